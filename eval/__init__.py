@@ -1,0 +1,1 @@
+"""Evaluation: benchmark suites, metrics, and scoring a rollout engine on them."""

@@ -1,0 +1,31 @@
+"""Reward functions for GRPO: built-in rewards, resolving reward specs, and scoring batches.
+
+The lowest layer of rlreason: it imports nothing else from the project (only relative imports,
+so it works whether installed as ``rlreason.rewards`` or imported from the source tree).
+See :mod:`.registry` for the reward-function contract.
+"""
+
+from .format import format_reward, tag_count_reward
+from .math import WARNINGS, accuracy_reward, extract_answer, parse_gold, parse_number
+from .registry import BUILTIN, RewardFunc, RewardImportError, RewardSpecError, completion_text, resolve, reward_name
+from .runner import RewardOutput, score, unique_names
+
+__all__ = [
+    "BUILTIN",
+    "WARNINGS",
+    "RewardFunc",
+    "RewardImportError",
+    "RewardOutput",
+    "RewardSpecError",
+    "accuracy_reward",
+    "completion_text",
+    "extract_answer",
+    "format_reward",
+    "parse_gold",
+    "parse_number",
+    "resolve",
+    "reward_name",
+    "score",
+    "tag_count_reward",
+    "unique_names",
+]

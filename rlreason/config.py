@@ -1,0 +1,229 @@
+"""The run configuration: one dataclass, YAML file plus command-line overrides.
+
+Field names follow TRL's ``GRPOConfig`` where the concept is the same (num_generations,
+max_completion_length, beta, epsilon, epsilon_high, loss_type, scale_rewards,
+num_iterations, temperature, top_p, reward_funcs, reward_weights, ...), so a TRL user
+can read a config without a glossary. Unknown keys are an error that names the key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+LOSS_TYPES = ("grpo", "dapo")
+SCALE_REWARDS = ("group", "batch", "none")
+
+
+class ConfigError(ValueError):
+    """A bad config key or value; the message names the key."""
+
+
+@dataclass
+class GRPOConfig:
+    # --- run ---
+    output_dir: str = "runs/tiny_cpu"
+    seed: int = 0
+    max_steps: int = 300  # rollout batches; each gives num_iterations optimizer steps
+    num_threads: int | None = None  # torch intra-op threads; 1 is fastest for tiny models on CPU
+
+    # --- model ---
+    model_name_or_path: str = "tiny"  # "tiny" = the embedded model, built on first use
+    trust_remote_code: bool = False
+    gradient_checkpointing: bool = False
+
+    # --- data ---
+    dataset_name: str = "arith"  # "arith" = the embedded task; else a hub id or a local json/jsonl/parquet/csv
+    dataset_split: str = "train"
+    prompt_column: str = "prompt"
+    column_map: dict[str, str] = field(default_factory=dict)  # source column -> name the trainer expects
+    use_chat_template: bool = True
+    prompt_template: str | None = None  # e.g. "Question: {prompt}\nAnswer:"; applied before the chat template
+    system_prompt: str | None = None
+    arith_difficulty: dict[str, Any] = field(default_factory=dict)  # rlreason.tasks.arith.Difficulty fields
+    arith_train_size: int = 20000
+
+    # --- rewards ---
+    reward_funcs: list[str] = field(default_factory=lambda: ["accuracy"])
+    reward_weights: list[float] | None = None
+
+    # --- generation ---
+    num_generations: int = 8
+    max_prompt_length: int = 128
+    max_completion_length: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    generation_batch_prompts: int = 64  # prompts per generate() call (memory bound)
+
+    # --- optimisation ---
+    per_device_train_batch_size: int = 64  # completions per micro-batch
+    gradient_accumulation_steps: int = 2  # micro-batches per optimizer step
+    learning_rate: float = 1e-5
+    lr_scheduler_type: str = "constant_with_warmup"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.99
+    max_grad_norm: float = 1.0
+
+    # --- GRPO ---
+    loss_type: str = "dapo"  # grpo: per-sequence mean; dapo: token mean over the batch
+    scale_rewards: str = "group"  # group | batch | none
+    beta: float = 0.0  # KL coefficient; 0 loads no reference model
+    epsilon: float = 0.2
+    epsilon_high: float | None = None  # None = epsilon (symmetric clip)
+    num_iterations: int = 1  # updates per rollout batch
+
+    # --- evaluation, logging, checkpoints ---
+    eval_steps: int = 50  # held-out greedy eval every N steps (0 = only before and after)
+    eval_size: int = 200  # problems in the periodic eval
+    final_eval_size: int = 1000  # problems in the before/after eval
+    eval_max_tokens: int | None = None  # None = max_completion_length
+    logging_steps: int = 1
+    log_completions_steps: int = 10  # write sampled completions every N steps
+    save_steps: int = 100
+    save_total_limit: int = 2
+    report_to: list[str] = field(default_factory=list)  # accelerate trackers: tensorboard, wandb, ...
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def completions_per_step(self) -> int:
+        """Completions generated per process per step (TRL's generation batch)."""
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps
+
+    def validate(self) -> None:
+        def need(ok: bool, key: str, msg: str) -> None:
+            if not ok:
+                raise ConfigError(f"config key '{key}': {msg}")
+
+        need(self.num_generations >= 2, "num_generations",
+             f"must be >= 2 for group advantages, got {self.num_generations}")
+        need(self.completions_per_step % self.num_generations == 0, "per_device_train_batch_size",
+             f"per_device_train_batch_size * gradient_accumulation_steps = {self.completions_per_step} "
+             f"must be a multiple of num_generations = {self.num_generations}")
+        need(self.loss_type in LOSS_TYPES, "loss_type", f"must be one of {LOSS_TYPES}, got {self.loss_type!r}")
+        need(self.scale_rewards in SCALE_REWARDS, "scale_rewards",
+             f"must be one of {SCALE_REWARDS}, got {self.scale_rewards!r}")
+        need(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
+        need(self.beta >= 0, "beta", f"must be >= 0, got {self.beta}")
+        need(self.epsilon > 0, "epsilon", f"must be > 0, got {self.epsilon}")
+        need(self.epsilon_high is None or self.epsilon_high > 0, "epsilon_high", "must be > 0")
+        need(self.num_iterations >= 1, "num_iterations", f"must be >= 1, got {self.num_iterations}")
+        need(self.max_steps >= 1, "max_steps", f"must be >= 1, got {self.max_steps}")
+        need(self.max_completion_length >= 1, "max_completion_length", "must be >= 1")
+        need(self.temperature > 0, "temperature", "training samples need temperature > 0")
+        need(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+        need(len(self.reward_funcs) > 0, "reward_funcs", "name at least one reward function")
+        need(self.reward_weights is None or len(self.reward_weights) == len(self.reward_funcs), "reward_weights",
+             f"has {len(self.reward_weights or [])} entries but reward_funcs has {len(self.reward_funcs)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _field_types() -> dict[str, Any]:
+    hints = typing.get_type_hints(GRPOConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(GRPOConfig)}
+
+
+def _check_type(key: str, value: Any, tp: Any) -> Any:
+    """Coerce/validate one value against its annotation; names the key on failure."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check_type(key, value, a)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"config key '{key}': bad value {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            value = [value] if isinstance(value, str | int | float) else value
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}': expected a list, got {type(value).__name__}")
+        (inner,) = typing.get_args(tp)
+        return [_check_type(key, v, inner) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {type(value).__name__}")
+        return dict(value)
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML reads "1e-5" as a string
+        except ValueError:
+            pass
+    if tp is Any or (isinstance(tp, type) and isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+        return value
+    raise ConfigError(f"config key '{key}': expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def from_dict(values: dict[str, Any]) -> GRPOConfig:
+    """Build a config, rejecting unknown keys (with a did-you-mean) and ill-typed values."""
+    types_ = _field_types()
+    clean = {}
+    for key, value in values.items():
+        if key not in types_:
+            hint = difflib.get_close_matches(key, types_, n=1)
+            raise ConfigError(f"unknown config key '{key}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""))
+        clean[key] = _check_type(key, value, types_[key])
+    return GRPOConfig(**clean)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    return data
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``--key value``, ``--key=value`` or ``key=value`` items -> dict; values parsed as YAML."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(items):
+        item = items[i]
+        if item.startswith("--"):
+            item = item[2:]
+            if "=" not in item:
+                if i + 1 >= len(items):
+                    raise ConfigError(f"config key '{item}' given on the command line without a value")
+                item = f"{item}={items[i + 1]}"
+                i += 1
+        if "=" not in item:
+            raise ConfigError(f"cannot read command-line override {item!r}: use --key value or key=value")
+        key, raw = item.split("=", 1)
+        out[key.replace("-", "_")] = yaml.safe_load(raw) if raw != "" else None
+        i += 1
+    return out
+
+
+def parse_args(argv: list[str] | None = None, default_config: str | Path | None = None) -> GRPOConfig:
+    ap = argparse.ArgumentParser(description="Train with GRPO. Any config key can be overridden: --key value")
+    ap.add_argument("--config", default=str(default_config) if default_config else None, help="YAML config file")
+    args, rest = ap.parse_known_args(argv)
+    values = load_yaml(args.config) if args.config else {}
+    values.update(parse_overrides(rest))
+    return from_dict(values)

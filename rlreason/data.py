@@ -1,0 +1,301 @@
+"""Datasets in, prompts out: loading, prompt rendering and preparation for the trainer.
+
+``load_dataset_any`` accepts a local data file, a ``save_to_disk`` directory or a hub id.
+``prepare`` renames columns, checks the prompt and answer columns exist, renders every
+prompt into ``prompt_text`` (through the tokenizer's chat template when there is one),
+tokenizes it into ``prompt_ids`` and drops prompts that are too long. Every other column
+is kept, because reward functions receive the whole row.
+
+``arith_dataset`` is the embedded arithmetic task (``rlreason.tasks.arith``) as a dataset.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from rlreason.tasks import arith
+
+logger = logging.getLogger("rlreason.data")
+
+# File extension -> `datasets` packaged builder that reads it.
+FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+
+# Markers `save_to_disk` writes: a Dataset writes state.json, a DatasetDict dataset_dict.json.
+_SAVED_MARKERS = ("state.json", "dataset_dict.json")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _looks_like_path(source: str) -> bool:
+    """Whether ``source`` is meant as a local path rather than a hub id.
+
+    Hub ids are ``name`` or ``owner/name``, so a single ``/`` is not enough to call
+    something a path; a known extension, an explicit prefix, a backslash or a second
+    separator is.
+    """
+    if Path(source).suffix.lower() in FILE_BUILDERS:
+        return True
+    if source.startswith(("/", "./", "../", "~", ".\\", "..\\")) or os.path.isabs(source):
+        return True
+    return "\\" in source or source.count("/") >= 2
+
+
+def _load_file(path: Path, split: str) -> datasets.Dataset:
+    """Load one local data file with the packaged builder for its extension.
+
+    A single file holds only the ``train`` split; ``split`` is passed on so that slices
+    such as ``train[:100]`` work.
+    """
+    builder = FILE_BUILDERS.get(path.suffix.lower())
+    if builder is None:
+        raise ValueError(f"unsupported data file {str(path)!r}: expected one of {sorted(FILE_BUILDERS)}")
+    return datasets.load_dataset(builder, data_files=str(path), split=split)
+
+
+def _load_saved(path: Path, split: str) -> datasets.Dataset:
+    """Load a ``save_to_disk`` directory; for a DatasetDict pick ``split``."""
+    loaded = datasets.load_from_disk(str(path))
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise ValueError(f"split {split!r} not in {str(path)!r}; available splits: {sorted(loaded)}")
+        return loaded[split]
+    return loaded
+
+
+def _load_hub(source: str, split: str, data_files: str | None) -> datasets.Dataset:
+    """``datasets.load_dataset`` on a hub id (or local data folder), with a clear error on failure."""
+    try:
+        return datasets.load_dataset(source, split=split, data_files=data_files)
+    except Exception as e:  # the hub raises many types (HTTP, connection, not found); all mean "can't load"
+        raise ValueError(
+            f"could not load dataset {source!r} (split={split!r}) with datasets.load_dataset: {e}. "
+            "It is not a local file or directory; hub downloads may be unavailable offline "
+            "-- pass a local .json/.jsonl/.parquet/.csv file or a save_to_disk directory instead."
+        ) from e
+
+
+def load_dataset_any(source: str, split: str = "train", data_files: str | None = None) -> datasets.Dataset:
+    """Load a dataset from a local file, a ``save_to_disk`` directory or the hub.
+
+    Args:
+        source: a path to a ``.json``/``.jsonl``/``.parquet``/``.csv`` file, a directory
+            written by ``save_to_disk``, or a hub id such as ``openai/gsm8k``.
+        split: the split to return (``train`` is the only split of a single file).
+        data_files: passed to ``datasets.load_dataset`` for hub ids and plain data folders.
+
+    Raises:
+        FileNotFoundError: ``source`` looks like a local path and does not exist.
+        ValueError: the hub load failed, or the file type / split is not available.
+    """
+    path = Path(source).expanduser()
+    if path.is_file():
+        if data_files is not None:
+            raise ValueError(f"data_files={data_files!r} does not apply to the single file {source!r}")
+        return _load_file(path, split)
+    if path.is_dir():
+        if any((path / marker).exists() for marker in _SAVED_MARKERS):
+            return _load_saved(path, split)
+        # A folder of data files (e.g. a cloned hub repo): `datasets` infers the builder itself.
+        return _load_hub(str(path), split, data_files)
+    if _looks_like_path(source):
+        raise FileNotFoundError(f"dataset path not found: {source!r}")
+    return _load_hub(source, split, data_files)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _is_conversation(value: Any) -> bool:
+    """Whether a prompt value is a list of chat messages (dicts with role and content)."""
+    return (
+        isinstance(value, list)
+        and len(value) > 0
+        and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
+    )
+
+
+def _with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:
+    """``messages`` with a system message first, unless there is none to add or one already."""
+    if not system_prompt or any(m.get("role") == "system" for m in messages):
+        return list(messages)
+    return [{"role": "system", "content": system_prompt}, *messages]
+
+
+def _has_chat_template(tokenizer: Any) -> bool:
+    """Whether ``tokenizer`` can render chat messages (base models often have no template)."""
+    return tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
+
+
+def _fill_template(template: str, row: dict, prompt: Any) -> str:
+    """``template`` formatted with the row's columns plus ``{prompt}``, with readable errors."""
+    fields = {**row, "prompt": prompt}
+    try:
+        return template.format(**fields)
+    except KeyError as e:
+        missing = e.args[0] if e.args else "?"
+        raise ValueError(
+            f"prompt template placeholder {{{missing}}} has no matching column; available columns: {sorted(fields)}"
+        ) from e
+    except (IndexError, ValueError) as e:
+        # Positional fields ("{}") or stray braces; literal braces must be doubled ("{{").
+        raise ValueError(f"invalid prompt template {template!r}: {e} (write literal braces as {{{{ and }}}})") from e
+
+
+def _apply_chat_template(tokenizer: Any, messages: list[dict]) -> str:
+    """Render messages as the prompt the model continues: template text, not token ids."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def render_prompt(
+    row: dict,
+    *,
+    prompt_column: str,
+    tokenizer: Any = None,
+    use_chat_template: bool = True,
+    template: str | None = None,
+    system_prompt: str | None = None,
+) -> str | list[dict]:
+    """Turn one dataset row into the prompt the policy sees.
+
+    A conversational prompt (a list of ``{"role", "content"}`` messages) gets ``system_prompt``
+    prepended unless it already has a system message. A plain prompt is first formatted with
+    ``template`` (which sees every column, and the prompt column as ``{prompt}``) and then
+    becomes the user message. With ``use_chat_template`` and a tokenizer that has a chat
+    template, the messages are rendered to a string ending in the generation prompt.
+
+    Returns:
+        The prompt string; a conversational row that is not rendered through a chat template
+        comes back as its list of messages.
+    """
+    if prompt_column not in row:
+        raise ValueError(f"prompt column {prompt_column!r} not in row; available columns: {sorted(row)}")
+    value = row[prompt_column]
+    chat = use_chat_template and _has_chat_template(tokenizer)
+
+    if _is_conversation(value):
+        if template is not None:
+            raise ValueError("a prompt template cannot be applied to conversational (list of messages) prompts")
+        messages = _with_system(value, system_prompt)
+        return _apply_chat_template(tokenizer, messages) if chat else messages
+
+    text = _fill_template(template, row, value) if template is not None else str(value)
+    if chat:
+        return _apply_chat_template(tokenizer, _with_system([{"role": "user", "content": text}], system_prompt))
+    return f"{system_prompt}\n{text}" if system_prompt else text
+
+
+# --------------------------------------------------------------------------- preparation
+
+
+def _rename(dataset: datasets.Dataset, column_map: dict[str, str] | None) -> datasets.Dataset:
+    """Apply ``column_map`` (source name -> target name), checking the sources exist."""
+    mapping = {src: dst for src, dst in (column_map or {}).items() if src != dst}
+    if not mapping:
+        return dataset
+    missing = [src for src in mapping if src not in dataset.column_names]
+    if missing:
+        raise ValueError(f"column_map renames {missing}, not in the dataset; its columns are {dataset.column_names}")
+    return dataset.rename_columns(mapping)
+
+
+def _require_column(dataset: datasets.Dataset, column: str, role: str) -> None:
+    """Fail early, with the actual columns and the fix, when a needed column is absent."""
+    if column not in dataset.column_names:
+        raise ValueError(
+            f"{role} column {column!r} not found; the dataset's columns are {dataset.column_names}. "
+            f"Pass column_map={{'<your column>': {column!r}}} to rename one, or set {role}_column."
+        )
+
+
+def _drop_long(dataset: datasets.Dataset, max_prompt_length: int) -> datasets.Dataset:
+    """Drop rows whose ``prompt_ids`` exceed ``max_prompt_length``, logging how many went."""
+    kept = dataset.filter(lambda ids: len(ids) <= max_prompt_length, input_columns="prompt_ids")
+    dropped = len(dataset) - len(kept)
+    if dropped:
+        logger.warning(
+            "dropped %d of %d prompts longer than max_prompt_length=%d tokens",
+            dropped,
+            len(dataset),
+            max_prompt_length,
+        )
+    if len(dataset) and not len(kept):
+        # An empty dataset would fail much later and less clearly inside the trainer.
+        raise ValueError(f"all {len(dataset)} prompts are longer than max_prompt_length={max_prompt_length} tokens")
+    return kept
+
+
+def prepare(
+    dataset: datasets.Dataset,
+    *,
+    prompt_column: str = "prompt",
+    answer_column: str | None = "answer",
+    column_map: dict[str, str] | None = None,
+    tokenizer: Any = None,
+    use_chat_template: bool = True,
+    template: str | None = None,
+    system_prompt: str | None = None,
+    max_prompt_length: int | None = None,
+) -> datasets.Dataset:
+    """Make ``dataset`` ready for the trainer.
+
+    Renames columns per ``column_map``, checks ``prompt_column`` (and ``answer_column``) exist,
+    adds ``prompt_text`` (see ``render_prompt``) and, with a tokenizer, ``prompt_ids``. With
+    ``max_prompt_length`` (in tokens, so a tokenizer is needed) longer prompts are dropped.
+    All original columns are kept.
+    """
+    if max_prompt_length is not None:
+        if tokenizer is None:
+            raise ValueError("max_prompt_length counts tokens, so prepare() needs a tokenizer")
+        if max_prompt_length < 1:
+            raise ValueError(f"max_prompt_length must be >= 1, got {max_prompt_length}")
+    dataset = _rename(dataset, column_map)
+    _require_column(dataset, prompt_column, "prompt")
+    if answer_column is not None:
+        _require_column(dataset, answer_column, "answer")
+    chat = use_chat_template and _has_chat_template(tokenizer)
+    if use_chat_template and tokenizer is not None and not chat:
+        logger.info("tokenizer has no chat template; prompts are used as raw text")
+    if not chat and len(dataset) and _is_conversation(dataset[0][prompt_column]):
+        # The trainer needs a string to generate from; only a chat template can flatten messages.
+        # Arrow columns have one type, so the first row stands for all of them.
+        raise ValueError("conversational prompts need a tokenizer with a chat template and use_chat_template=True")
+
+    def add_prompt(row: dict) -> dict:
+        text = render_prompt(
+            row,
+            prompt_column=prompt_column,
+            tokenizer=tokenizer,
+            use_chat_template=use_chat_template,
+            template=template,
+            system_prompt=system_prompt,
+        )
+        out: dict[str, Any] = {"prompt_text": text}
+        if tokenizer is not None:
+            # The chat template already inserted any special tokens; adding more would double them.
+            out["prompt_ids"] = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return out
+
+    dataset = dataset.map(add_prompt, desc="rendering prompts")
+    if max_prompt_length is not None:
+        dataset = _drop_long(dataset, max_prompt_length)
+    return dataset
+
+
+# --------------------------------------------------------------------------- embedded task
+
+
+def arith_dataset(n: int, seed: int, split: str, difficulty: arith.Difficulty | None = None) -> datasets.Dataset:
+    """``n`` arithmetic problems of ``split`` as a dataset with ``prompt`` and ``answer`` columns."""
+    problems = arith.generate(n, seed, split, difficulty if difficulty is not None else arith.Difficulty())
+    records = arith.to_records(problems)
+    # from_dict with explicit columns keeps the schema even when n == 0.
+    return datasets.Dataset.from_dict(
+        {"prompt": [r["prompt"] for r in records], "answer": [r["answer"] for r in records]},
+        features=datasets.Features({"prompt": datasets.Value("string"), "answer": datasets.Value("string")}),
+    )

@@ -1,0 +1,70 @@
+"""The embedded tiny model: tokenizer round-trip, vLLM-compatible shape, caching, determinism."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import torch
+from transformers import AutoConfig, AutoTokenizer
+
+from rlreason import tiny
+
+
+def test_tokenizer_round_trip_gives_same_ids(tiny_path):
+    tok = AutoTokenizer.from_pretrained(tiny_path)
+    assert type(tok).__name__ == "Qwen2Tokenizer"
+    text = tiny.prompt_text(tok, "47+38-19") + "<think>47+38=85;85-19=66</think><answer>66</answer><|im_end|>"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    # the same ids from a tokenizer rebuilt by the class Transformers picks on load
+    again = AutoTokenizer.from_pretrained(tiny_path)(text, add_special_tokens=False)["input_ids"]
+    assert ids == again
+    assert tok.decode(ids) == text
+    # the chat markers and tags are single tokens or short merges, not raw bytes
+    assert tok.convert_tokens_to_ids("<|im_start|>") in ids
+    assert len(ids) < len(text) // 2
+
+
+def test_tokenizer_special_tokens_and_padding(tiny_path):
+    tok = AutoTokenizer.from_pretrained(tiny_path)
+    assert tok.padding_side == "left"
+    assert tok.pad_token_id is not None and tok.eos_token_id is not None
+    assert tok.pad_token_id != tok.eos_token_id
+    assert tok.eos_token == "<|im_end|>"
+    batch = tok(["1+2", "11+22-33"], padding=True, add_special_tokens=False)
+    assert batch["input_ids"][0][0] == tok.pad_token_id  # padded on the left
+    assert batch["attention_mask"][0][0] == 0
+
+
+def test_model_config_fits_vllm(tiny_path):
+    cfg = AutoConfig.from_pretrained(tiny_path)
+    assert cfg.model_type == "qwen2"
+    assert cfg.head_dim >= 32
+    assert cfg.hidden_size // cfg.num_attention_heads >= 32
+    meta = json.loads((tiny_path / "rlreason_tiny.json").read_text())
+    assert meta["key"] == tiny_path.name.rsplit("-", 1)[1]
+
+
+def test_cached_build_is_reused(tiny_path, test_spec):
+    before = (tiny_path / "model.safetensors").stat().st_mtime_ns
+    assert tiny.ensure(test_spec) == tiny_path
+    assert (tiny_path / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_build_is_deterministic(tiny_cache, tmp_path):
+    spec = dataclasses.replace(tiny.TinySpec(), name="det", sft_steps=5, sft_batch=8)
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(1)
+    tiny.build(spec, tmp_path / "a", log=lambda *a: None)
+    tiny.build(spec, tmp_path / "b", log=lambda *a: None)
+    a = load_file(tmp_path / "a" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "a" / "tokenizer.json").read_text() == (tmp_path / "b" / "tokenizer.json").read_text()
+
+
+def test_spec_key_changes_with_spec():
+    assert tiny.TinySpec().key() != dataclasses.replace(tiny.TinySpec(), slip_rate=0.1).key()
+    assert tiny.TinySpec().key() == tiny.TinySpec().key()
