@@ -33,7 +33,7 @@ from rlreason import algorithms as A
 from rlreason.checkpoint import save_checkpoint, save_model
 from rlreason.config import GRPOConfig
 from rlreason.eval.core import evaluate
-from rlreason.eval.metrics import diff_interval
+from rlreason.eval.metrics import diff_interval, wilson_interval
 from rlreason.rewards.registry import reward_name
 from rlreason.rewards.runner import score
 from rlreason.rollout.base import RolloutEngine, Sample, SamplingConfig
@@ -153,6 +153,7 @@ class GRPOTrainer:
         self.prompts_per_process = cfg.completions_per_step // cfg.num_generations
         self.step = 0
         self.nonfinite_skipped = 0
+        self._perm: tuple[int, torch.Tensor] | None = None
         self.log = RunLogger(cfg.output_dir, cfg.max_steps, enabled=self.acc.is_main_process,
                              progress=cfg.progress, accelerator=self.acc)
         if cfg.report_to:
@@ -171,9 +172,15 @@ class GRPOTrainer:
         for pos in range(step * per_step + rank * self.prompts_per_process,
                          step * per_step + (rank + 1) * self.prompts_per_process):
             epoch, idx = divmod(pos, n)
-            g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
-            rows.append(self.train_dataset[int(torch.randperm(n, generator=g)[idx])])
+            rows.append(self.train_dataset[int(self._permutation(epoch)[idx])])
         return rows
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        """The dataset order for ``epoch``, seeded by (seed, epoch); the current one is kept."""
+        if self._perm is None or self._perm[0] != epoch:
+            g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+            self._perm = (epoch, torch.randperm(len(self.train_dataset), generator=g))
+        return self._perm[1]
 
     # ------------------------------------------------------------------ rollout
 
@@ -313,8 +320,6 @@ class GRPOTrainer:
                               dtype=torch.float64, device=self.acc.device)
         counts = self.acc.reduce(counts, "sum") if self.acc.num_processes > 1 else counts
         correct, total, fmt, length, trunc = counts.tolist()
-        from rlreason.eval.metrics import wilson_interval
-
         lo, hi = wilson_interval(int(correct), int(total))
         return {"eval/accuracy": correct / total, "eval/accuracy_ci_low": lo, "eval/accuracy_ci_high": hi,
                 "eval/correct": int(correct), "eval/n": int(total), "eval/format_rate": fmt / total,
@@ -355,9 +360,9 @@ class GRPOTrainer:
             n_comp = len(ro.samples) * self.acc.num_processes
             n_tok = sum(len(s.token_ids) for s in ro.samples) * self.acc.num_processes
             metrics.update({"time/step_s": dt, "perf/samples_per_s": n_comp / dt, "perf/tokens_per_s": n_tok / dt})
-            if "accuracy_reward" in ro.per_func or any(n.startswith("accuracy") for n in ro.per_func):
-                name = next(n for n in ro.per_func if n.startswith("accuracy"))
-                metrics["accuracy"] = metrics[f"rewards/{name}/mean"]
+            acc_name = next((n for n in ro.per_func if n.startswith("accuracy")), None)
+            if acc_name is not None:  # the progress bar's "acc": the accuracy reward's batch mean
+                metrics["accuracy"] = metrics[f"rewards/{acc_name}/mean"]
             metrics = self._reduce(metrics)
             samples_per_s.append(metrics["perf/samples_per_s"])
             if cfg.eval_steps and self.step % cfg.eval_steps == 0 and self.step < cfg.max_steps:

@@ -6,7 +6,6 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported: tiny models hate threads
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -16,31 +15,19 @@ torch.set_num_threads(1)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
-# Small and quick to build, but warmed up enough to emit the answer format.
-TEST_SPEC_KW = dict(name="test", sft_steps=200, sft_batch=32)
-
-
-@pytest.fixture(scope="session")
-def tiny_cache(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("rlreason-cache")
-    old = os.environ.get("RLREASON_CACHE")
-    os.environ["RLREASON_CACHE"] = str(root)
-    yield root
-    if old is None:
-        os.environ.pop("RLREASON_CACHE", None)
-    else:
-        os.environ["RLREASON_CACHE"] = old
-
 
 @pytest.fixture(scope="session")
 def test_spec():
+    """The default embedded model: the tests exercise what users run. Built once into the
+    cache (``$RLREASON_CACHE``, default ~/.cache/rlreason; CI points it at a fresh folder),
+    so after ``make demo`` the tests reuse it."""
     from rlreason.tiny import TinySpec
 
-    return dataclasses.replace(TinySpec(), **TEST_SPEC_KW)
+    return TinySpec()
 
 
 @pytest.fixture(scope="session")
-def tiny_path(tiny_cache, test_spec) -> Path:
+def tiny_path(test_spec) -> Path:
     from rlreason.tiny import ensure
 
     return ensure(test_spec, log=lambda *a: None)

@@ -44,7 +44,7 @@ def test_short_run_trains_and_writes_everything(tiny_path, tmp_path):
         "--eval_size", "10", "--eval_steps", "2", "--save_steps", "2", "--log_completions_steps", "2",
         "--reward_funcs", f"[accuracy, format, {reward_file}:crashy_reward]", "--reward_weights", "[1.0, 0.5, 1.0]",
         "--beta", "0.04", "--num_iterations", "2",
-    ], {"RLREASON_CACHE": os.environ["RLREASON_CACHE"]})
+    ], {})
     assert res.returncode == 0, res.stderr[-3000:]
 
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -90,7 +90,7 @@ def test_short_run_trains_and_writes_everything(tiny_path, tmp_path):
 def test_bad_reward_name_fails_fast_with_its_name(tiny_path, tmp_path):
     res = _launch(["--model_name_or_path", str(tiny_path), "--output_dir", str(tmp_path / "r"),
                    "--reward_funcs", "[accuracy, no_such_reward]"],
-                  {"RLREASON_CACHE": os.environ["RLREASON_CACHE"]}, timeout=120)
+                  {}, timeout=120)
     assert res.returncode != 0
     assert "no_such_reward" in res.stderr
 

@@ -51,7 +51,7 @@ def test_cached_build_is_reused(tiny_path, test_spec):
     assert (tiny_path / "model.safetensors").stat().st_mtime_ns == before
 
 
-def test_build_is_deterministic(tiny_cache, tmp_path):
+def test_build_is_deterministic(tmp_path):
     spec = dataclasses.replace(tiny.TinySpec(), name="det", sft_steps=5, sft_batch=8)
     from safetensors.torch import load_file
 
