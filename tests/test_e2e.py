@@ -100,3 +100,27 @@ def test_unknown_config_key_fails_fast(tmp_path):
     res = _launch(["--output_dir", str(tmp_path / "r"), "--num_generation", "4"], {}, timeout=120)
     assert res.returncode != 0
     assert "unknown config key 'num_generation'" in res.stderr
+
+
+@pytest.mark.slow
+def test_runs_on_a_local_jsonl_dataset_with_column_mapping(tiny_path, tmp_path):
+    gsm8k = ROOT.parent / "shared" / "data" / "benchmarks" / "gsm8k_test.jsonl"
+    if not gsm8k.exists():
+        pytest.skip("shared benchmark data not present")
+    out = tmp_path / "run"
+    res = _launch([
+        "--model_name_or_path", str(tiny_path), "--output_dir", str(out), "--dataset_name", str(gsm8k),
+        "--prompt_column", "question", "--system_prompt", "Answer with #### N.",
+        "--max_prompt_length", "120", "--max_completion_length", "24", "--max_steps", "2",
+        "--num_generations", "4", "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1",
+        "--save_steps", "0",
+    ], {})
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]  # no held-out suite for a custom dataset: no eval rows
+    # the GSM8K 'answer' column (a rationale ending in '#### N') reached the reward as the gold:
+    # a parseable gold scores 0 or 1, never None, so the accuracy mean is a number
+    assert all(r["rewards/accuracy_reward/mean"] is not None for r in rows)
+    comp = [json.loads(x) for x in (out / "completions.jsonl").read_text().splitlines()]
+    assert comp and all(c["reward/accuracy_reward"] in (0.0, 1.0) for c in comp)
+    assert "Answer with #### N." not in comp[0]["prompt"]  # the raw question is what rewards see
