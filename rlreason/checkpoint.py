@@ -8,6 +8,7 @@ temporary folder that is renamed into place only when complete.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -15,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 CKPT_RE = re.compile(r"^step-(\d+)$")
+# accelerate warns on every save that tied weights (lm_head = embed_tokens) were de-duplicated;
+# that is how safetensors stores tied weights, and the reload is tested, so keep the log clean.
+logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
 
 
 def checkpoint_dirs(output_dir: str | Path) -> list[Path]:

@@ -31,6 +31,7 @@ class RunLogger:
         self.accelerator = accelerator
         self.console = Console(stderr=True)
         self._progress = None
+        self._last_eval: float | None = None
         if enabled:
             self.dir.mkdir(parents=True, exist_ok=True)
             self._metrics = open(self.dir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115 (closed in close())
@@ -55,12 +56,16 @@ class RunLogger:
     def advance(self, step: int, metrics: dict[str, Any]) -> None:
         if self._progress is None:
             return
-        parts = [f"reward {metrics.get('reward/mean', float('nan')):.3f}"]
+        parts = []
+        if "reward/mean" in metrics:
+            parts.append(f"reward {metrics['reward/mean']:.3f}")
         if "accuracy" in metrics:
             parts.append(f"acc {metrics['accuracy']:.3f}")
-        if "eval/accuracy" in metrics:
-            parts.append(f"heldout {metrics['eval/accuracy']:.3f}")
-        parts.append(f"{metrics.get('perf/samples_per_s', 0.0):.1f} samples/s")
+        self._last_eval = metrics.get("eval/accuracy", self._last_eval)
+        if self._last_eval is not None:  # the latest held-out score stays on the bar between evals
+            parts.append(f"held-out {self._last_eval:.3f}")
+        if "perf/samples_per_s" in metrics:
+            parts.append(f"{metrics['perf/samples_per_s']:.1f} samples/s")
         self._progress.update(self._task, completed=step, stats=" | ".join(parts))
 
     def completions(self, step: int, rows: list[dict[str, Any]]) -> None:

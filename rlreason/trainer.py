@@ -345,6 +345,7 @@ class GRPOTrainer:
         before = self.evaluate(cfg.final_eval_size)
         if before:
             self.log.log(0, {k: v for k, v in before.items() if k != "eval/samples"})
+            self.log.advance(0, before)
             self.log.print(f"held-out accuracy before training: {before['eval/accuracy']:.3f} "
                            f"({before['eval/correct']}/{before['eval/n']})")
         samples_per_s = []
