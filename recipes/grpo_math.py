@@ -25,10 +25,10 @@ from rlreason import tiny
 from rlreason.config import GRPOConfig, parse_args
 from rlreason.data import arith_dataset, load_dataset_any, prepare
 from rlreason.eval.suites import arith_suite
-from rlreason.rewards import accuracy_reward, format_reward, resolve
+from rlreason.rewards import accuracy_reward, build_rewards, format_reward
 from rlreason.tasks.arith import Difficulty
 from rlreason.tracking import plot_run
-from rlreason.trainer import GRPOTrainer
+from rlreason.trainer import INTERNAL_COLUMNS, GRPOTrainer
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "tiny_cpu.yaml"
 
@@ -74,11 +74,15 @@ def main(argv: list[str] | None = None) -> dict:
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    build_rewards(cfg.reward_funcs, cfg.reward_weights)  # a bad reward name fails now, before any model loads
     model, tokenizer = load_policy(cfg, acc)
-    reward_funcs = [resolve(name) for name in cfg.reward_funcs]
     train, eval_rows = load_data(cfg, tokenizer)
-    trainer = GRPOTrainer(cfg, model, tokenizer, train, reward_funcs, eval_rows=eval_rows,
-                          eval_accuracy_fn=accuracy_reward, eval_format_fn=format_reward, accelerator=acc)
+    # again, now that the dataset's columns are known: a reward asking for a missing column fails here
+    columns = set(train.column_names) - {cfg.prompt_column, *INTERNAL_COLUMNS} | {"completion_ids"}
+    reward_funcs, reward_weights = build_rewards(cfg.reward_funcs, cfg.reward_weights, columns=columns)
+    trainer = GRPOTrainer(cfg, model, tokenizer, train, reward_funcs, reward_weights=reward_weights,
+                          eval_rows=eval_rows, eval_accuracy_fn=accuracy_reward, eval_format_fn=format_reward,
+                          accelerator=acc)
     summary = trainer.train()
     trainer.save_final(out / "final_model")
     if acc.is_main_process:

@@ -5,21 +5,45 @@ so it works whether installed as ``rlreason.rewards`` or imported from the sourc
 See :mod:`.registry` for the reward-function contract.
 """
 
-from .format import format_reward, tag_count_reward
+from .format import FormatReward, TagCountReward, format_lenient_reward, format_reward, tag_count_reward
+from .length import CosineLengthReward, RepetitionPenaltyReward, SoftOverlongReward
 from .math import WARNINGS, accuracy_reward, extract_answer, parse_gold, parse_number
-from .registry import BUILTIN, RewardFunc, RewardImportError, RewardSpecError, completion_text, resolve, reward_name
-from .runner import RewardOutput, score, unique_names
+from .registry import (
+    BUILTIN,
+    REWARDS,
+    RewardFunc,
+    RewardImportError,
+    RewardSignatureError,
+    RewardSpecError,
+    build_rewards,
+    check_signature,
+    completion_text,
+    resolve,
+    reward_name,
+)
+from .runner import RewardOutput, RewardRunner, score, unique_names
 
 __all__ = [
     "BUILTIN",
+    "REWARDS",
     "WARNINGS",
+    "CosineLengthReward",
+    "FormatReward",
+    "RepetitionPenaltyReward",
     "RewardFunc",
     "RewardImportError",
     "RewardOutput",
+    "RewardRunner",
+    "RewardSignatureError",
     "RewardSpecError",
+    "SoftOverlongReward",
+    "TagCountReward",
     "accuracy_reward",
+    "build_rewards",
+    "check_signature",
     "completion_text",
     "extract_answer",
+    "format_lenient_reward",
     "format_reward",
     "parse_gold",
     "parse_number",

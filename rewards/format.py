@@ -1,4 +1,10 @@
-"""Format rewards: does a completion have the ``<think>...</think><answer>...</answer>`` shape."""
+"""Format rewards: does a completion have the ``<think>...</think><answer>...</answer>`` shape.
+
+The rewards are callable classes rather than functions so that configured instances pickle
+(a process pool ships them to workers) and carry a stable ``__name__`` for logging.
+``format_reward`` and ``tag_count_reward`` are ready-made instances, so code that imported
+the former functions keeps working.
+"""
 
 from __future__ import annotations
 
@@ -9,32 +15,68 @@ from ._text import completion_text
 
 TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 
-# Whitespace is allowed only between the two blocks; nothing may come before or after.
-_SHAPE = re.compile(r"<think>.*?</think>\s*<answer>(.*?)</answer>", re.DOTALL)
+# Strict: whitespace is allowed only between the two blocks; nothing may come before or after.
+_STRICT_SHAPE = re.compile(r"<think>.*?</think>\s*<answer>(.*?)</answer>", re.DOTALL)
+# Lenient: the blocks in order, anything (text, whitespace) before, between and after.
+_LENIENT_SHAPE = re.compile(r"<think>.*?</think>.*?<answer>(.*?)</answer>", re.DOTALL)
 
 
-def format_reward(prompts: list, completions: list, **kwargs: Any) -> list[float]:
-    """1.0 for a completion that is exactly ``<think>...</think><answer>...</answer>``, else 0.0.
+def _tags_once(text: str) -> bool:
+    """Each of the four tags exactly once: extra tags would let a non-greedy match swallow them,
+    and several answers are ambiguous to the answer extractor (which takes the last one)."""
+    return all(text.count(tag) == 1 for tag in TAGS)
 
-    Whitespace between ``</think>`` and ``<answer>`` is allowed; anything before ``<think>`` or
-    after ``</answer>`` (even whitespace) is not. Each of the four tags must appear exactly once,
-    and the answer must not be empty or blank. The thinking may be empty.
+
+class FormatReward:
+    """1.0 for a completion in the think/answer format, else 0.0.
+
+    ``strict=True`` (registry name ``format``): the completion is exactly
+    ``<think>...</think><answer>...</answer>``; whitespace between ``</think>`` and ``<answer>``
+    is allowed, anything before ``<think>`` or after ``</answer>`` (even whitespace) is not.
+
+    ``strict=False`` (registry name ``format_lenient``): the four tags appear in order, and any
+    text or whitespace may come before, between and after the two blocks.
+
+    In both modes each tag must appear exactly once and the answer must not be blank; the
+    thinking may be empty. Conversational completions are scored on the last message.
     """
-    return [1.0 if _well_formed(completion_text(c)) else 0.0 for c in completions]
+
+    def __init__(self, strict: bool = True) -> None:
+        if not isinstance(strict, bool):
+            raise TypeError(f"FormatReward: strict must be True or False, got {strict!r}")
+        self.strict = strict
+        self.__name__ = "format_reward" if strict else "format_lenient_reward"
+
+    def __call__(self, prompts: list, completions: list, **kwargs: Any) -> list[float]:
+        return [1.0 if self._matches(completion_text(c)) else 0.0 for c in completions]
+
+    def _matches(self, text: str) -> bool:
+        if not _tags_once(text):
+            return False
+        m = _STRICT_SHAPE.fullmatch(text) if self.strict else _LENIENT_SHAPE.search(text)
+        return m is not None and bool(m.group(1).strip())
+
+    def __repr__(self) -> str:
+        return f"FormatReward(strict={self.strict})"
 
 
-def _well_formed(text: str) -> bool:
-    # Counting first rules out extra tags the non-greedy match would otherwise swallow.
-    if any(text.count(tag) != 1 for tag in TAGS):
-        return False
-    m = _SHAPE.fullmatch(text)
-    return m is not None and bool(m.group(1).strip())
-
-
-def tag_count_reward(prompts: list, completions: list, **kwargs: Any) -> list[float]:
+class TagCountReward:
     """0.25 for each of ``<think>``, ``</think>``, ``<answer>``, ``</answer>`` appearing exactly once.
 
-    A denser signal than :func:`format_reward` for a model that has not learned the format yet:
+    A denser signal than :class:`FormatReward` for a model that has not learned the format yet:
     it gives partial credit and ignores order and surrounding text.
     """
-    return [0.25 * sum(completion_text(c).count(tag) == 1 for tag in TAGS) for c in completions]
+
+    def __init__(self) -> None:
+        self.__name__ = "tag_count_reward"
+
+    def __call__(self, prompts: list, completions: list, **kwargs: Any) -> list[float]:
+        return [0.25 * sum(completion_text(c).count(tag) == 1 for tag in TAGS) for c in completions]
+
+    def __repr__(self) -> str:
+        return "TagCountReward()"
+
+
+format_reward = FormatReward(strict=True)
+format_lenient_reward = FormatReward(strict=False)
+tag_count_reward = TagCountReward()

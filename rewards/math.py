@@ -1,29 +1,192 @@
-"""Accuracy reward for answers that are numbers.
+"""The math answer verifier: the ``accuracy`` reward.
 
-This first version compares exact rational values: ``"1,234"``, ``"1234.0"`` and
-``"\\frac{2468}{2}"`` all equal 1234. Symbolic answers (expressions, intervals, units) are
-not understood yet; a full LaTeX/sympy verifier will replace :func:`parse_number` later, so
-extraction, parsing and comparison are kept as separate small functions.
+Three steps, each its own module:
+
+1. extraction (:mod:`._extract`): the completion's final answer, by configurable rules
+   (``<answer>`` tag, last ``\\boxed{}``, "final answer is", GSM8K ``####``, fallbacks);
+2. parsing (:mod:`._equiv`, :mod:`._latex`): the answer and the gold become structured
+   values (numbers, expressions, tuples, sets, intervals, matrices, equations, choices, text);
+3. equivalence (:mod:`._equiv`): exact rational arithmetic first, symbolic answers by
+   high-precision numeric evaluation; a decimal gold is compared at its own precision.
+
+A gold answer that cannot be parsed makes the reward ``None`` ("does not apply") and is
+counted in :data:`WARNINGS`; it is never scored as a match. The conventions are documented
+in ``docs/rewards.md`` (section "The math verifier").
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
 
+from ._equiv import Num, Parsed, equivalent, parse_answer
+from ._extract import FALLBACKS, RULES
+from ._extract import extract_answer as _extract
 from ._text import completion_text
+
+__all__ = [
+    "FALLBACKS",
+    "RULES",
+    "WARNINGS",
+    "AccuracyReward",
+    "Parsed",
+    "accuracy_reward",
+    "extract_answer",
+    "parse_answer",
+    "parse_gold",
+    "parse_number",
+    "verify",
+]
 
 # Counts of problems worth surfacing in training logs; the trainer reads and reports these.
 WARNINGS: Counter[str] = Counter()
 # Golds already warned about, so a bad dataset row does not print a warning every step.
 _WARNED_GOLDS: set[str] = set()
+# Markers that say a gold string is a whole solution, not just the answer.
+_SOLUTION_MARKERS = ("\\boxed", "\\fbox", "####", "<answer>", "final answer", "Final Answer")
 
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-_BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_GSM8K = re.compile(r"####[ \t]*([^\n]*)")
+
+def extract_answer(text: str, rules: Sequence[str] = RULES, fallback: str | Sequence[str] | None = None) -> str | None:
+    """The final answer of a completion, or None. See :mod:`._extract` for the rules.
+
+    With the defaults: the last ``<answer>`` (or the box inside it), else the last
+    ``\\boxed{}``/``\\fbox{}`` (adjacent boxes joined by "and"/commas form one answer, joined
+    by "or" none), else the line after "final answer is", else after ``####``.
+    """
+    return _extract(text, rules, fallback)
+
+
+# --------------------------------------------------------------------------------------------
+# Golds
+
+
+def parse_gold(gold: Any) -> Parsed | None:
+    """The parsed value of a gold answer, or None if it cannot be trusted.
+
+    A gold may be a number (int, float, Fraction) or text. Text holding a solution (a
+    ``\\boxed{}``, a GSM8K ``####`` line, an ``<answer>`` tag) is reduced to its final answer
+    first; otherwise the whole text is the answer. Results are cached per gold string.
+    """
+    if isinstance(gold, bool):  # bool is an int subclass, but True is never a meant answer
+        return None
+    if isinstance(gold, (int, Fraction)):
+        return Parsed(str(gold), Num(Fraction(gold)))
+    if isinstance(gold, float):
+        # Via str, so 0.1 is 1/10 (what was written) and not the binary float's exact value.
+        try:
+            return Parsed(str(gold), Num(Fraction(str(gold)), _places(str(gold))))
+        except ValueError:  # nan, inf
+            return None
+    if isinstance(gold, str):
+        return _parse_gold_text(gold)
+    return None
+
+
+def _places(text: str) -> int | None:
+    return len(text.split(".")[1]) if "." in text and "e" not in text.lower() else None
+
+
+@functools.lru_cache(maxsize=16384)
+def _parse_gold_text(gold: str) -> Parsed | None:
+    if any(marker in gold for marker in _SOLUTION_MARKERS):
+        answer = _extract(gold)
+        return parse_answer(answer) if answer is not None else None
+    parsed = parse_answer(gold)
+    if parsed is None or (parsed.is_text and len(gold.split()) > 2):
+        # A sentence ("The answer is 33"): read it the way a completion is read.
+        answer = _extract(gold, fallback=("answer_phrase", "last_math"))
+        reread = parse_answer(answer) if answer is not None else None
+        return reread if reread is not None else parsed
+    return parsed
+
+
+# --------------------------------------------------------------------------------------------
+# The reward
+
+
+def verify(gold: Any, answer: str | None) -> bool | None:
+    """Whether an already extracted ``answer`` matches ``gold``; None if the gold is unparseable.
+
+    An answer that is missing or cannot be read is wrong (False), never None.
+    """
+    gold_parsed = parse_gold(gold)
+    if gold_parsed is None:
+        return None
+    if answer is None:
+        return False
+    pred = parse_answer(answer)
+    return pred is not None and equivalent(gold_parsed, pred)
+
+
+class AccuracyReward:
+    """The accuracy reward, configured per dataset: 1.0 for a correct final answer, else 0.0.
+
+    ``extract`` names the extraction rules to use (any of :data:`RULES`; they keep their
+    fixed priority), ``fallback`` what to read when none of their markers occurs (one of
+    :data:`FALLBACKS`, a sequence of them tried in order, or None for "no answer").
+    A class, not a closure, so a configured reward pickles (process pools, checkpoints).
+
+    Example: ``AccuracyReward(extract=("gsm8k",), fallback="last_number")`` for a model
+    trained to end with ``#### N`` that sometimes forgets the marker.
+    """
+
+    def __init__(
+        self,
+        extract: Sequence[str] = RULES,
+        fallback: str | Sequence[str] | None = None,
+        name: str = "accuracy_reward",
+    ) -> None:
+        self.extract = tuple(extract)
+        self.fallback = fallback if fallback is None or isinstance(fallback, str) else tuple(fallback)
+        _extract("", self.extract, self.fallback)  # fail now on a misspelled rule, not mid-training
+        self.__name__ = name
+
+    def __call__(self, prompts: list, completions: list, answer: list, **kwargs: Any) -> list[float | None]:
+        """One score per completion: 1.0, 0.0, or None where the gold cannot be parsed.
+
+        No extractable or parseable answer scores 0.0. Each completion whose gold cannot be
+        parsed increments ``WARNINGS["unparseable_gold"]``; each distinct bad gold is warned
+        about once.
+        """
+        if len(answer) != len(completions):
+            raise ValueError(f"got {len(completions)} completions but {len(answer)} answers")
+        return [self.score(completion_text(c), gold) for c, gold in zip(completions, answer, strict=True)]
+
+    def score(self, text: str, gold: Any) -> float | None:
+        """The score of one completion text against one gold."""
+        gold_parsed = parse_gold(gold)
+        if gold_parsed is None:
+            _note_unparseable_gold(gold)
+            return None
+        answer = _extract(text, self.extract, self.fallback)
+        if answer is None:
+            return 0.0
+        pred = parse_answer(answer)
+        return 1.0 if pred is not None and equivalent(gold_parsed, pred) else 0.0
+
+    def __repr__(self) -> str:
+        return f"AccuracyReward(extract={self.extract!r}, fallback={self.fallback!r})"
+
+
+# The registry's "accuracy": the default rules, no fallback.
+accuracy_reward = AccuracyReward()
+
+
+def _note_unparseable_gold(gold: Any) -> None:
+    WARNINGS["unparseable_gold"] += 1
+    key = repr(gold)  # repr, since a gold of an unexpected type may not be hashable
+    if key not in _WARNED_GOLDS:
+        _WARNED_GOLDS.add(key)
+        warnings.warn(f"accuracy reward: cannot parse gold answer {gold!r}; scoring it None", stacklevel=3)
+
+
+# --------------------------------------------------------------------------------------------
+# The plain-number parser of the first version, kept for callers that want a Fraction.
 
 _INT = r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)"  # thousands separators only in groups of three
 # re.ASCII: \d would otherwise accept other scripts' digits, which int() also reads.
@@ -32,69 +195,14 @@ _SLASH_FRACTION = re.compile(rf"({_INT})\s*/\s*({_INT})", re.ASCII)
 _LATEX_FRACTION = re.compile(rf"([+-]?)\\[dt]?frac\s*\{{\s*({_INT})\s*\}}\s*\{{\s*({_INT})\s*\}}", re.ASCII)
 
 
-def extract_answer(text: str) -> str | None:
-    """The final answer of a completion, or None.
-
-    The rule, first that applies wins:
-
-    1. the content of the LAST ``<answer>...</answer>``; if that content itself contains a
-       ``\\boxed{...}``, the last box inside it (so ``<answer>\\boxed{5}</answer>`` gives ``5``);
-    2. else the content of the last complete ``\\boxed{...}`` or ``\\fbox{...}``, nested
-       braces included (``\\boxed{\\frac{1}{2}}`` gives ``\\frac{1}{2}``); a box whose braces
-       never close (a truncated completion) is ignored;
-    3. else the rest of the line after the last GSM8K-style ``#### ``.
-
-    The chosen content is stripped of surrounding whitespace; if it is empty the result is
-    None (an empty last answer does not fall back to an earlier rule: it is the model's answer).
-    """
-    tagged = _ANSWER_TAG.findall(text)
-    if tagged:
-        content = tagged[-1]
-        boxed = _last_boxed(content)
-        return _non_empty(boxed if boxed is not None else content)
-    boxed = _last_boxed(text)
-    if boxed is not None:
-        return _non_empty(boxed)
-    hashes = _GSM8K.findall(text)
-    if hashes:
-        return _non_empty(hashes[-1])
-    return None
-
-
-def _last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{}``/``\\fbox{}`` whose braces balance, or None."""
-    for match in reversed(list(_BOX_OPEN.finditer(text))):
-        content = _balanced_content(text, match.end())
-        if content is not None:
-            return content
-    return None
-
-
-def _balanced_content(text: str, start: int) -> str | None:
-    """Text from ``start`` up to the brace closing the ``{`` just before it; None if unclosed."""
-    depth = 1
-    for i in range(start, len(text)):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start:i]
-    return None
-
-
-def _non_empty(s: str) -> str | None:
-    s = s.strip()
-    return s or None
-
-
 def parse_number(s: str) -> Fraction | None:
-    """The exact value of a numeric answer, or None if it is not one of the supported forms.
+    """The exact value of a plain numeric answer, or None if it is not one.
 
     Supported: integers with optional sign, thousands separators (``1,234``) and leading
-    zeros (``007``); decimals (``-3.50``, ``.5``); simple fractions of integers ``a/b``,
-    ``\\frac{a}{b}`` (also ``\\dfrac``, ``\\tfrac``, and ``-\\frac{a}{b}``). Surrounding
-    spaces and ``$`` signs are stripped. A zero denominator, or anything else, gives None.
+    zeros (``007``); decimals (``-3.50``, ``.5``); simple fractions ``a/b``, ``\\frac{a}{b}``
+    (also ``\\dfrac``, ``\\tfrac``, ``-\\frac{a}{b}``). Surrounding spaces and ``$`` are
+    stripped. A zero denominator, or anything else, gives None. (The verifier itself reads
+    far more; see :func:`parse_answer`.)
     """
     s = s.strip().strip("$").strip()
     if _NUMBER.fullmatch(s):
@@ -112,58 +220,3 @@ def _ratio(sign: str, numerator: str, denominator: str) -> Fraction | None:
         return None
     value = Fraction(int(numerator.replace(",", "")), den)
     return -value if sign == "-" else value
-
-
-def parse_gold(gold: Any) -> Fraction | None:
-    """The value of a gold answer, or None if it cannot be trusted.
-
-    A gold may be a number (int, float, Fraction) or text. Text is parsed as a number; failing
-    that, its final answer is extracted first, so full GSM8K solutions (``... #### 72``) and
-    MATH solutions (``... \\boxed{3}``) work as golds.
-    """
-    if isinstance(gold, bool):  # bool is an int subclass, but True is never a meant answer
-        return None
-    if isinstance(gold, (int, Fraction)):
-        return Fraction(gold)
-    if isinstance(gold, float):
-        # Via str, so 0.1 is 1/10 (what was written) and not the binary float's exact value.
-        try:
-            return Fraction(str(gold))
-        except ValueError:  # nan, inf
-            return None
-    if isinstance(gold, str):
-        value = parse_number(gold)
-        if value is None and (extracted := extract_answer(gold)) is not None:
-            value = parse_number(extracted)
-        return value
-    return None
-
-
-def accuracy_reward(prompts: list, completions: list, answer: list, **kwargs: Any) -> list[float | None]:
-    """1.0 if a completion's extracted answer equals the gold exactly (as fractions), else 0.0.
-
-    No extractable or parseable answer scores 0.0. A gold that cannot be parsed scores None
-    ("does not apply") rather than anything that could be rewarded; each such completion
-    increments ``WARNINGS["unparseable_gold"]``, and each distinct bad gold is warned about once.
-    """
-    if len(answer) != len(completions):
-        raise ValueError(f"got {len(completions)} completions but {len(answer)} answers")
-    return [_score_one(completion_text(c), gold) for c, gold in zip(completions, answer, strict=True)]
-
-
-def _score_one(text: str, gold: Any) -> float | None:
-    gold_value = parse_gold(gold)
-    if gold_value is None:
-        _note_unparseable_gold(gold)
-        return None
-    extracted = extract_answer(text)
-    predicted = parse_number(extracted) if extracted is not None else None
-    return 1.0 if predicted == gold_value else 0.0
-
-
-def _note_unparseable_gold(gold: Any) -> None:
-    WARNINGS["unparseable_gold"] += 1
-    key = repr(gold)  # repr, since a gold of an unexpected type may not be hashable
-    if key not in _WARNED_GOLDS:
-        _WARNED_GOLDS.add(key)
-        warnings.warn(f"accuracy reward: cannot parse gold answer {gold!r}; scoring it None", stacklevel=2)

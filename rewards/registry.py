@@ -10,39 +10,67 @@ entry per completion (completions are strings or conversational message lists; u
 as a list of the same length, so a reward names the columns it needs (``answer``) and takes
 ``**kwargs`` for the rest. It returns one value per completion; ``None`` means the reward
 does not apply to that completion (it is left out of the weighted sum, not scored 0).
+
+:func:`build_rewards` turns a config's ``reward_funcs`` entries (names, ``module:function``,
+``file.py:function``, or ``{"name", "weight", "kwargs"}`` mappings) into configured callables
+and weights, checking every name, argument and signature at start-up. See docs/rewards.md.
 """
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib
 import importlib.util
+import inspect
 import itertools
+import math
+import numbers
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ._text import completion_text
-from .format import format_reward, tag_count_reward
+from .format import format_lenient_reward, format_reward, tag_count_reward
+from .length import CosineLengthReward, RepetitionPenaltyReward, SoftOverlongReward
 from .math import accuracy_reward
 
 RewardFunc = Callable[..., list[float | None]]
 
+# The rewards :func:`resolve` returns ready to call, as they were before configurable rewards.
 BUILTIN: dict[str, RewardFunc] = {
     "accuracy": accuracy_reward,
     "format": format_reward,
     "tag_count": tag_count_reward,
 }
 
+# Every built-in name. A value is either ready to call (a function or an instance: config
+# kwargs become a functools.partial) or a class (instantiated with the config kwargs).
+REWARDS: dict[str, Callable] = {
+    **BUILTIN,
+    "format_lenient": format_lenient_reward,
+    "soft_overlong": SoftOverlongReward,
+    "cosine_length": CosineLengthReward,
+    "repetition_penalty": RepetitionPenaltyReward,
+}
+
+# Keys of a dict entry in ``reward_funcs``.
+ENTRY_KEYS = ("name", "weight", "kwargs")
+
 # Modules loaded from files get distinct names, so two files both called rewards.py coexist.
 _file_module_ids = itertools.count()
 
 __all__ = [
     "BUILTIN",
+    "ENTRY_KEYS",
+    "REWARDS",
     "RewardFunc",
     "RewardImportError",
+    "RewardSignatureError",
     "RewardSpecError",
+    "build_rewards",
+    "check_signature",
     "completion_text",
     "resolve",
     "reward_name",
@@ -60,14 +88,30 @@ class RewardImportError(RewardSpecError, ImportError):
     """
 
 
-def resolve(spec: str | Callable) -> RewardFunc:
-    """The reward function a spec names.
+class RewardSignatureError(RewardSpecError):
+    """A reward whose parameters do not fit the calling convention or the dataset's columns."""
 
-    ``spec`` is a callable (returned as is), a builtin name (see :data:`BUILTIN`),
+
+# --------------------------------------------------------------------------- resolving one spec
+
+
+def resolve(spec: str | Callable) -> RewardFunc:
+    """The reward function a spec names, ready to call.
+
+    ``spec`` is a callable (returned as is), a builtin name (see :data:`REWARDS`),
     ``"pkg.module:function"``, or ``"path/to/file.py:function"``. The part after the colon
-    may be dotted (``"module:Class.method"``). Raises :class:`RewardSpecError` or
+    may be dotted (``"module:Class.method"``). A class (a configurable builtin such as
+    ``repetition_penalty``, or ``"module:Class"``) is instantiated without arguments; use
+    :func:`build_rewards` to pass arguments. Raises :class:`RewardSpecError` or
     :class:`RewardImportError`, naming the spec, when it cannot be resolved.
     """
+    if callable(spec) and not inspect.isclass(spec):
+        return spec
+    return _materialize(_target(spec), {}, repr(spec))
+
+
+def _target(spec: str | Callable) -> Callable:
+    """What a spec names: a function, a callable instance, or a class still to instantiate."""
     if callable(spec):
         return spec
     if not isinstance(spec, str):
@@ -82,15 +126,82 @@ def resolve(spec: str | Callable) -> RewardFunc:
     return _get_callable(module, attr, spec)
 
 
-def _builtin(name: str) -> RewardFunc:
+def _builtin(name: str) -> Callable:
     try:
-        return BUILTIN[name]
+        return REWARDS[name]
     except KeyError:
-        known = ", ".join(sorted(BUILTIN))
+        known = ", ".join(sorted(REWARDS))
+        close = difflib.get_close_matches(name, REWARDS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise RewardSpecError(
-            f"unknown reward {name!r}; builtin rewards are: {known} "
+            f"unknown reward {name!r}{hint}; builtin rewards are: {known} "
             "(or give 'module:function' or 'path/to/file.py:function')"
         ) from None
+
+
+def _materialize(target: Callable, kwargs: dict[str, Any], label: str) -> RewardFunc:
+    """``target`` configured with ``kwargs``: a class is instantiated, anything else is wrapped in a
+    ``functools.partial`` (named like the function, so logs and TRL see the same name)."""
+    if inspect.isclass(target):
+        return _instantiate(target, kwargs, label)
+    if not kwargs:
+        return target
+    _check_bound_kwargs(target, kwargs, label)
+    partial = functools.partial(target, **kwargs)
+    partial.__name__ = reward_name(target)  # type: ignore[attr-defined]  # TRL reads __name__
+    return partial
+
+
+def _instantiate(cls: type, kwargs: dict[str, Any], label: str) -> RewardFunc:
+    try:
+        signature = inspect.signature(cls)
+    except (TypeError, ValueError):
+        signature = None
+    if signature is not None:
+        _check_kwarg_names(signature, kwargs, label, cls.__name__, allow_var_keyword=True)
+        try:
+            signature.bind(**kwargs)
+        except TypeError as e:
+            raise RewardSpecError(f"reward {label}: {e}; {cls.__name__} takes {_describe(signature)}") from None
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:  # the constructor's own argument checks
+        raise RewardSpecError(f"reward {label}: {e}") from e
+
+
+def _check_bound_kwargs(fn: Callable, kwargs: dict[str, Any], label: str) -> None:
+    """Config kwargs must name real parameters: ones that would only land in ``**kwargs`` are typos."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return  # no signature to check against (a C function): the first call will tell
+    _check_kwarg_names(signature, kwargs, label, reward_name(fn), allow_var_keyword=False)
+
+
+def _check_kwarg_names(
+    signature: inspect.Signature, kwargs: dict[str, Any], label: str, owner: str, *, allow_var_keyword: bool
+) -> None:
+    """Name the first kwarg that is no parameter of ``signature`` (with a did-you-mean).
+
+    A constructor's ``**kwargs`` may accept anything (``allow_var_keyword``); a reward's
+    ``**kwargs`` is where the columns go, so a config kwarg landing there is a typo.
+    """
+    params = signature.parameters
+    if allow_var_keyword and any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    named = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    for key in kwargs:
+        if key not in named:
+            close = difflib.get_close_matches(key, named, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise RewardSpecError(
+                f"reward {label}: no parameter named {key!r}{hint}; {owner} takes {_describe(signature)}"
+            )
+
+
+def _describe(signature: inspect.Signature) -> str:
+    params = [str(p) for p in signature.parameters.values()]
+    return f"({', '.join(params)})" if params else "no arguments"
 
 
 def _is_path(target: str) -> bool:
@@ -157,3 +268,126 @@ def reward_name(fn: Callable) -> str:
         return reward_name(fn.func)
     name = getattr(fn, "__name__", None)
     return name if isinstance(name, str) and name else type(fn).__name__
+
+
+# --------------------------------------------------------------------------- checking a signature
+
+
+def check_signature(fn: Callable, columns: set[str] | None = None) -> None:
+    """Raise :class:`RewardSignatureError` unless ``fn`` can be called as a reward.
+
+    Rewards are called ``fn(prompts=..., completions=..., **columns)`` (TRL also passes
+    ``completion_ids`` and ``trainer_state``), so ``fn`` must accept ``prompts`` and
+    ``completions`` by keyword, or have ``**kwargs``. With ``columns`` (the dataset's columns
+    other than the prompt) it must also: get every parameter it requires from a column (the
+    error names the missing column), and, without ``**kwargs``, name every column, since each
+    one is passed to it. A callable without an inspectable signature is accepted unchecked.
+    """
+    name = reward_name(fn)
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
+    by_keyword = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    for p in params:
+        if p.kind is p.POSITIONAL_ONLY and p.default is p.empty:
+            raise RewardSignatureError(
+                f"reward {name!r}: parameter {p.name!r} is positional-only, "
+                "but rewards are called with keyword arguments"
+            )
+    for needed in ("prompts", "completions"):
+        if needed not in by_keyword and not var_kw:
+            raise RewardSignatureError(
+                f"reward {name!r} must accept the keyword argument {needed!r} (or **kwargs): rewards are called as "
+                "fn(prompts=..., completions=..., **columns), as in TRL"
+            )
+    if columns is None:
+        return
+    available = set(columns) | {"prompts", "completions"}
+    missing = [p.name for p in params if p.name in by_keyword and p.default is p.empty and p.name not in available]
+    if missing:
+        raise RewardSignatureError(
+            f"reward {name!r} needs the column {', '.join(map(repr, missing))}, which the dataset does not have; "
+            f"its columns are: {', '.join(sorted(columns)) or '(none)'} (rename one with column_map)"
+        )
+    unnamed = sorted(set(columns) - by_keyword)
+    if unnamed and not var_kw:
+        raise RewardSignatureError(
+            f"reward {name!r} has no **kwargs and no parameter for the column(s) {', '.join(map(repr, unnamed))}, "
+            "which every call passes; add **kwargs to its parameters"
+        )
+
+
+# --------------------------------------------------------------------------- building the reward list
+
+
+def build_rewards(
+    entries: list[str | dict | Callable],
+    weights: list[float] | None = None,
+    *,
+    columns: set[str] | None = None,
+) -> tuple[list[RewardFunc], list[float]]:
+    """The reward functions and weights a config's ``reward_funcs`` / ``reward_weights`` describe.
+
+    Each entry is a spec string (a builtin name, ``"pkg.module:function"`` or
+    ``"path/to/file.py:function"``), a callable, or a dict
+    ``{"name": spec, "weight": 0.5, "kwargs": {...}}`` (``weight`` and ``kwargs`` optional).
+    A class (a configurable builtin such as ``soft_overlong``, or ``"module:Class"``) is
+    instantiated with ``kwargs``; a function or callable instance with ``kwargs`` becomes a
+    ``functools.partial`` keeping the function's name. Weights come from ``weights`` (the
+    config's ``reward_weights``) or from the entries, not both; the default is 1.0.
+
+    Every function's signature is checked (:func:`check_signature`, against ``columns`` when
+    given), so a wrong name, argument or signature fails here, at start-up, with a
+    :class:`RewardSpecError` that names the entry, rather than in the middle of a run.
+    """
+    if not isinstance(entries, list | tuple) or not entries:
+        raise RewardSpecError(f"reward_funcs must be a non-empty list, got {entries!r}")
+    if weights is not None:
+        if not isinstance(weights, list | tuple) or len(weights) != len(entries):
+            raise RewardSpecError(
+                f"reward_weights {weights!r} must be a list with one weight per reward_funcs entry ({len(entries)})"
+            )
+        weights = [_check_weight(f"reward_weights[{i}]", w) for i, w in enumerate(weights)]
+    funcs: list[RewardFunc] = []
+    out_weights: list[float] = []
+    for i, entry in enumerate(entries):
+        try:
+            spec, weight, kwargs = _parse_entry(entry)
+            if weights is not None and weight is not None:
+                raise RewardSpecError("has its own weight but reward_weights is also given; use one or the other")
+            fn = _materialize(_target(spec), kwargs, repr(spec) if isinstance(spec, str) else reward_name(spec))
+            check_signature(fn, columns)
+        except RewardSpecError as e:
+            raise type(e)(f"reward_funcs[{i}]: {e}") from e
+        funcs.append(fn)
+        out_weights.append(weights[i] if weights is not None else (1.0 if weight is None else weight))
+    return funcs, out_weights
+
+
+def _parse_entry(entry: Any) -> tuple[str | Callable, float | None, dict[str, Any]]:
+    """(spec, weight or None, kwargs) of one ``reward_funcs`` entry."""
+    if isinstance(entry, str) or callable(entry):
+        return entry, None, {}
+    if not isinstance(entry, dict):
+        raise RewardSpecError(f"entry must be a spec string or a mapping with keys {ENTRY_KEYS}, got {entry!r}")
+    unknown = sorted(set(entry) - set(ENTRY_KEYS))
+    if unknown:
+        raise RewardSpecError(
+            f"unknown key(s) {unknown} in {entry!r}; an entry's keys are {ENTRY_KEYS} "
+            "(put the reward's own arguments under 'kwargs')"
+        )
+    if "name" not in entry:
+        raise RewardSpecError(f"{entry!r} has no 'name'")
+    kwargs = entry.get("kwargs") or {}
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise RewardSpecError(f"'kwargs' must be a mapping of argument names to values, got {kwargs!r}")
+    weight = entry.get("weight")
+    return entry["name"], (None if weight is None else _check_weight("weight", weight)), dict(kwargs)
+
+
+def _check_weight(label: str, weight: Any) -> float:
+    if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight):
+        raise RewardSpecError(f"{label} must be a finite number, got {weight!r}")
+    return float(weight)

@@ -1,25 +1,53 @@
-"""Scoring a batch of completions with several reward functions, in process.
+"""Scoring a batch of completions with several reward functions.
 
 A broken reward must not stop training: a function that raises, returns the wrong number of
 values, or returns values that are not finite numbers has those completions scored None
 (NaN in :attr:`RewardOutput.per_func`), counted in :attr:`RewardOutput.failures`, and logged.
 
-This runner calls the functions in the trainer's process. A sandboxed multi-process runner
-will replace it behind the same :func:`score` signature and :class:`RewardOutput`.
+Two ways to score:
+
+- :func:`score` calls every function once on the whole batch, in the caller's process. Simple,
+  but a reward that hangs hangs the trainer, and one that raises on one completion scores the
+  whole batch None.
+- :class:`RewardRunner` runs the functions in a pool of worker processes (see :mod:`._pool`)
+  with a per-call timeout and a memory cap. A call that hangs, raises, runs out of memory or
+  kills its worker is stopped, its worker replaced, and only the completions involved are
+  scored None and counted. Each is logged once (never again on retries) with the start of the
+  completion that caused it: the first three per function and batch in full, the rest summed
+  up in one line, so a reward broken on every completion does not flood the log.
+
+How :class:`RewardRunner` splits a batch: each function is called on chunks of completions
+(at most 64, about four chunks per worker), so the per-call overhead (pickling, two pipe hops)
+is paid per chunk, not per completion. A chunk call that fails as a whole is retried one
+completion per call, so a pathological completion costs its chunk one timeout plus its own
+retry, and its chunk-mates are still scored. Rewards are therefore expected to score each
+completion independently of the others in the batch (all built-in rewards do); a reward that
+compares completions within a batch should run with ``in_process=True`` (one call per batch).
+
+Overhead, measured with
+``OMP_NUM_THREADS=1 python -c "from rlreason.rewards.runner import _benchmark; _benchmark()"``
+(best of 5, a trivial reward on 1,024 completions, 2 shared CPU cores): :func:`score` 0.37 ms
+per batch (2.7M completions/s), ``RewardRunner(in_process=True)`` 0.43 ms, the pool with two
+workers 1.3-1.6 ms (about 700k completions/s): roughly 1 ms per batch of pickling and pipe
+hops, small next to a training step. With ``_benchmark(reward=accuracy_reward)``: 2.6 ms in
+process, 4.8 ms in the pool.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
-import numbers
-import traceback
+import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
+from ._pool import BatchResult, Pool, PoolConfig, as_float, run_in_process, short_repr, where
 from .registry import reward_name
 
 logger = logging.getLogger("rlreason.rewards")
@@ -131,13 +159,8 @@ def _run_one(fn: Callable, name: str, prompts: list, completions: list, columns:
     return _check_values(name, result)
 
 
-def _where(e: BaseException) -> str:
-    """`` at file:line in function`` for the frame that raised, to find the bug without DEBUG logs."""
-    frames = traceback.extract_tb(e.__traceback__)
-    if not frames:
-        return ""
-    last = frames[-1]
-    return f" at {last.filename}:{last.lineno} in {last.name}"
+_where = where  # shared with the pool's workers
+_as_float = as_float
 
 
 def _check_values(name: str, result: Sequence[Any]) -> tuple[list[float], int]:
@@ -160,15 +183,181 @@ def _check_values(name: str, result: Sequence[Any]) -> tuple[list[float], int]:
     return values, len(bad)
 
 
-def _as_float(v: Any) -> float | None:
-    """``v`` as a float (NaN for None, meaning "does not apply"); None if ``v`` is invalid."""
-    if v is None:
-        return math.nan
-    # numbers.Real: int, bool, float, Fraction, and numpy scalars; not str, complex or containers.
-    if not isinstance(v, numbers.Real):
-        return None
-    try:
-        value = float(v)
-    except (OverflowError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
+# ---------------------------------------------------------------------------------------------
+# The sandboxed runner
+
+_MAX_CHUNK = 64  # completions per call: small enough that retrying a failed chunk one by one is cheap
+_CHUNKS_PER_WORKER = 4  # enough chunks that a slow one does not leave the other workers idle
+_MAX_LOGGED = 3  # detailed warnings per function per batch; the rest are summed up in one line
+
+
+class RewardRunner:
+    """Scores batches like :func:`score`, but in sandboxed worker processes.
+
+    Each call of a reward function gets ``timeout_s`` seconds and ``memory_mb`` MB of address
+    space beyond what its worker maps at start (``None``: no cap). A call that hangs, raises,
+    exhausts memory or kills its worker is stopped and its worker replaced; its completions
+    are retried one per call, and those that still fail are scored None, counted in
+    ``failures`` and logged (see the module docstring). ``timeout_s`` is per call, and a call scores a chunk of
+    up to ``chunk_size`` completions (default: at most 64), so set it for a chunk; a chunk
+    that times out because the reward is slow is rescored one completion per call, which
+    succeeds, at the cost of one timeout.
+
+    A function is given up on for the rest of a batch (remaining completions scored None,
+    "skipped") after ``max_timeouts`` one-completion calls timed out, or after
+    ``2 * num_workers`` timeouts with no call succeeding: this bounds the stall a reward that
+    always hangs causes to about two timeouts per batch, and one with many pathological
+    inputs to about ``2 * max_timeouts * timeout_s / num_workers``.
+
+    Heavy one-time setup (loading a model, warming a cache) belongs at import time or in the
+    constructor of a callable reward: with ``"fork"`` the workers inherit it; done inside the
+    first call it would be repeated in every replacement worker, within the timeout.
+
+    ``start_method``: ``"fork"`` (default, Linux) forks the manager process from this one when
+    the runner is built, so build it early: before the trainer starts threads (a fork copies
+    locks other threads hold) and before it loads big things into CPU memory (the manager keeps
+    a copy-on-write snapshot of that moment). Every function works (closures, lambdas,
+    functions loaded from files). ``"spawn"`` starts a fresh
+    interpreter: safe whatever threads run, but slower to start and the functions must pickle
+    (module-level functions and instances of module-level classes, including those in files
+    loaded with :func:`~.registry.resolve`). Workers are always forked from the manager.
+
+    ``in_process=True`` calls the functions in this process with the same chunk-then-retry
+    rules (one chunk per function), without timeouts or memory cap: for debugging, and for
+    rewards that must see the whole batch.
+
+    Close it with :meth:`close` or use it as a context manager; it is also closed when
+    garbage-collected and at interpreter exit.
+    """
+
+    def __init__(
+        self,
+        funcs: Sequence[Callable],
+        weights: Sequence[float] | None = None,
+        *,
+        num_workers: int = 2,
+        timeout_s: float = 10.0,
+        memory_mb: float | None = 1024,
+        in_process: bool = False,
+        chunk_size: int | None = None,
+        max_timeouts: int = 16,
+        start_method: Literal["fork", "spawn"] = "fork",
+    ) -> None:
+        self.funcs = list(funcs)
+        self.weights = _check_weights(self.funcs, weights)
+        self.names = unique_names(self.funcs)
+        _check_settings(num_workers, timeout_s, memory_mb, chunk_size, max_timeouts)
+        self.num_workers = num_workers
+        self.chunk_size = chunk_size
+        self._lock = threading.Lock()  # one batch at a time through the pipe to the manager
+        self._closed = False
+        self._pool: Pool | None = None
+        if not in_process and self.funcs:
+            config = PoolConfig(num_workers, float(timeout_s), memory_mb, max_timeouts)
+            self._pool = Pool(self.funcs, config, start_method)
+
+    @property
+    def in_process(self) -> bool:
+        return self._pool is None
+
+    def score(self, prompts: list, completions: list, columns: dict[str, list]) -> RewardOutput:
+        """Score ``completions``: same arguments, result and ValueErrors as :func:`score`."""
+        _check_inputs(prompts, completions, columns)
+        if self._closed:
+            raise RuntimeError("this RewardRunner is closed")
+        with self._lock:
+            result = self._run(list(prompts), list(completions), {k: list(v) for k, v in columns.items()})
+        return self._output(result, completions)
+
+    def close(self) -> None:
+        """Stop the worker processes. Idempotent."""
+        self._closed = True
+        if self._pool is not None:
+            self._pool.close()
+
+    def __enter__(self) -> RewardRunner:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _run(self, prompts: list, completions: list, columns: dict[str, list]) -> BatchResult:
+        n = len(completions)
+        if self._pool is None or n == 0:
+            return run_in_process(self.funcs, prompts, completions, columns)
+        result = self._pool.run(prompts, completions, columns, self._chunk_size(n))
+        if result is None:
+            logger.error("the reward manager process died; scoring this batch None and starting a new one")
+            return BatchResult.all_failed(len(self.funcs), n, "crash", "the reward manager process died")
+        return result
+
+    def _chunk_size(self, n: int) -> int:
+        if self.chunk_size is not None:
+            return self.chunk_size
+        return max(1, min(_MAX_CHUNK, math.ceil(n / (self.num_workers * _CHUNKS_PER_WORKER))))
+
+    def _output(self, result: BatchResult, completions: list) -> RewardOutput:
+        total = torch.zeros(len(completions), dtype=torch.float32)
+        per_func: dict[str, torch.Tensor] = {}
+        failures: dict[str, int] = {}
+        for name, weight, values, failed in zip(self.names, self.weights, result.values, result.failures, strict=True):
+            scores = torch.tensor(values, dtype=torch.float32)
+            per_func[name], failures[name] = scores, len(failed)
+            total += torch.where(torch.isnan(scores), 0.0, scores) * weight
+            _log_failures(name, failed, completions)
+        return RewardOutput(total=total, per_func=per_func, failures=failures)
+
+
+def _check_settings(
+    num_workers: int, timeout_s: float, memory_mb: float | None, chunk_size: int | None, max_timeouts: int
+) -> None:
+    if num_workers < 1:
+        raise ValueError(f"num_workers must be at least 1, got {num_workers}")
+    if not timeout_s > 0:
+        raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+    if memory_mb is not None and not memory_mb > 0:
+        raise ValueError(f"memory_mb must be positive or None, got {memory_mb}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1 or None, got {chunk_size}")
+    if max_timeouts < 1:
+        raise ValueError(f"max_timeouts must be at least 1, got {max_timeouts}")
+
+
+def _log_failures(name: str, failed: list[tuple[int, str, str]], completions: list) -> None:
+    """One warning per failed completion, with what it was, up to ``_MAX_LOGGED``; then a summary."""
+    for index, _, detail in failed[:_MAX_LOGGED]:
+        logger.warning(
+            "reward %r %s on completion %d: %s; scored None", name, detail, index, short_repr(completions[index])
+        )
+    if len(failed) > _MAX_LOGGED:
+        kinds = collections.Counter(kind for _, kind, _ in failed[_MAX_LOGGED:])
+        summary = ", ".join(f"{count} {kind}" for kind, count in kinds.most_common())
+        more = sum(kinds.values())
+        logger.warning("reward %r: %d more completions scored None in this batch (%s)", name, more, summary)
+
+
+def _benchmark(n: int = 1024, repeats: int = 5, reward: Callable | None = None) -> None:
+    """Print scoring throughput of ``reward`` (default: a trivial one), in process vs in the pool.
+
+    Run: ``OMP_NUM_THREADS=1 python -c "from rlreason.rewards.runner import _benchmark; _benchmark()"``.
+    """
+
+    def trivial(prompts: list, completions: list, **kwargs: Any) -> list[float]:
+        return [float(len(c) % 2) for c in completions]
+
+    reward = reward or trivial
+    prompts, completions = ["p"] * n, [f"<think>{i}+1</think><answer>{i + 1}</answer>" for i in range(n)]
+    columns = {"answer": [str(i + 1 if i % 3 else i) for i in range(n)]}
+    for label, kwargs in [("score()", None), ("in_process", {"in_process": True}), ("pool, 2 workers", {})]:
+        runner = None if kwargs is None else RewardRunner([reward], **kwargs)
+        best = math.inf
+        for _ in range(repeats):
+            start = time.perf_counter()
+            if runner is None:
+                score([reward], None, prompts, completions, columns)
+            else:
+                runner.score(prompts, completions, columns)
+            best = min(best, time.perf_counter() - start)
+        if runner is not None:
+            runner.close()
+        print(f"{label:>16}: {best * 1e3:7.2f} ms per batch of {n}, {n / best:10,.0f} completions/s", file=sys.stdout)

@@ -1,44 +1,79 @@
-"""The math of GRPO as pure tensor functions: no I/O, no model, shapes in docstrings.
+"""The math of the GRPO family as pure tensor functions: no I/O, no model, shapes in docstrings.
 
 Notation: N = B*G sequences (B prompts, G completions each, a prompt's completions
-adjacent), T = completion length (padded), V = vocabulary size.
+adjacent), T = completion length (padded), V = vocabulary size. ``mask`` [N, T] marks
+real completion tokens.
 
-GRPO (Shao et al. 2024, DeepSeekMath, eq. 3) maximises, per completion token,
+The objective, per completion token (GRPO: Shao et al. 2024, DeepSeekMath, eq. 3)::
 
-    min(r_t * A, clip(r_t, 1 - eps_low, 1 + eps_high) * A) - beta * KL_t
+    J = agg_t[ min(r_t * A, clip(r_t, 1 - eps_low, 1 + eps_high) * A) ] - beta * KL
 
 with r_t = pi(o_t) / pi_old(o_t) and A the completion's reward relative to its group.
-Separate low/high epsilons are DAPO's clip-higher (Yu et al. 2025, eq. 10).
+The members of the family differ in four choices, each one function below:
+
+- advantage estimator: ``group_advantages`` (GRPO, Dr. GRPO), ``rloo_advantages``,
+  ``reinforce_pp_advantages``;
+- importance ratio: per token (PPO/GRPO) or per sequence (GSPO), ``log_importance_ratio``;
+- clipping: ``token_surrogate`` (clip-higher, dual clip), plus the truncated
+  importance-sampling correction for sampler/trainer mismatch, ``truncated_is_weight``;
+- aggregation over tokens: ``aggregate``.
+
+``PRESETS`` names the combinations (``loss_type``), each with the paper it follows.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
 AdvantageScale = Literal["group", "batch", "none"]
-AggregateMode = Literal["token_mean", "seq_mean"]
+AggregateMode = Literal["token_mean", "seq_mean", "seq_sum_norm"]
+RatioLevel = Literal["token", "sequence"]
+KLKind = Literal["k1", "k2", "k3"]
+
+# exp(20) ~ 5e8: far outside any clip range. Clamping the log-ratio there keeps a stale or
+# mismatched token from producing inf (and then nan) without changing any clipped value.
+MAX_LOG_RATIO = 20.0
+
+
+# ---------------------------------------------------------------------------- advantages
+
+
+def _flat_groups(rewards: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """rewards [B*G] -> (rewards [B, G], flat [B] bool: every reward in the group is equal).
+
+    Equality is exact (max == min): a float tolerance on the std can be defeated by rounding,
+    and then the std division blows tiny differences up into +-1 advantages.
+    """
+    if rewards.ndim != 1 or group_size < 1 or rewards.numel() % group_size:
+        raise ValueError(f"rewards must be 1-D with a multiple of {group_size} entries, got {tuple(rewards.shape)}")
+    grouped = rewards.view(-1, group_size)
+    return grouped, grouped.max(dim=1).values == grouped.min(dim=1).values
+
+
+def _zero_flat(adv: torch.Tensor, flat: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """adv [B, G], flat [B] -> (adv [B*G] with flat groups exactly 0, metrics)."""
+    adv = torch.where(flat[:, None], torch.zeros_like(adv), adv)
+    return adv.reshape(-1), {"frac_zero_std_groups": flat.float().mean().item()}
 
 
 def group_advantages(
     rewards: torch.Tensor, group_size: int, scale: AdvantageScale = "group", eps: float = 1e-4
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Each reward minus its group's mean, optionally divided by a std.
+    """Each reward minus its group's mean, optionally divided by a std (GRPO, eq. in sec. 4.1.2).
 
     rewards: [B*G] -> advantages: [B*G]
 
-    ``scale="group"`` divides by the group's std (GRPO), ``"batch"`` by the whole batch's
-    std, ``"none"`` not at all (Dr. GRPO, Liu et al. 2025). A group whose rewards are all
-    equal carries no signal: its advantages are exactly 0, decided by exact equality
-    (max == min), because a float tolerance on the std can be defeated by rounding and
-    then ``eps`` would blow tiny differences up into +-1 advantages.
+    ``scale="group"``: divide by the group's std (GRPO). ``"batch"``: by the whole batch's std
+    (more robust to groups with tiny spread; with the group-mean baseline this is
+    REINFORCE++-baseline). ``"none"``: not at all (Dr. GRPO, Liu et al. 2025, sec. 3.1: the std
+    division over-weights nearly solved or nearly hopeless prompts). A group whose rewards
+    are all equal carries no signal: its advantages are exactly 0.
     """
-    if rewards.ndim != 1 or rewards.numel() % group_size:
-        raise ValueError(f"rewards must be 1-D with a multiple of {group_size} entries, got {tuple(rewards.shape)}")
-    grouped = rewards.view(-1, group_size)
+    grouped, flat = _flat_groups(rewards, group_size)
     centered = grouped - grouped.mean(dim=1, keepdim=True)
-    flat = grouped.max(dim=1).values == grouped.min(dim=1).values  # [B]
     if scale == "group":
         std = grouped.std(dim=1, keepdim=True) if group_size > 1 else torch.ones_like(centered[:, :1])
         centered = centered / (std + eps)
@@ -47,8 +82,38 @@ def group_advantages(
         centered = centered / (std + eps)
     elif scale != "none":
         raise ValueError(f"scale must be 'group', 'batch' or 'none', got {scale!r}")
-    adv = torch.where(flat[:, None], torch.zeros_like(centered), centered)
-    return adv.reshape(-1), {"frac_zero_std_groups": flat.float().mean().item()}
+    return _zero_flat(centered, flat)
+
+
+def rloo_advantages(rewards: torch.Tensor, group_size: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """REINFORCE leave-one-out (Ahmadian et al. 2024, eq. 7): r_i - mean_{j != i} r_j.
+
+    rewards: [B*G] -> advantages: [B*G]. Equal to G/(G-1) * (r_i - group mean); a group
+    of one has no other sample to compare with and gets 0.
+    """
+    grouped, flat = _flat_groups(rewards, group_size)
+    if group_size == 1:
+        return _zero_flat(torch.zeros_like(grouped), torch.ones_like(flat))
+    others_mean = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
+    return _zero_flat(grouped - others_mean, flat)
+
+
+def reinforce_pp_advantages(
+    rewards: torch.Tensor, group_size: int, eps: float = 1e-4
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """REINFORCE++ (Hu 2025, eq. 9-10, outcome reward, no KL in the reward): the reward
+    normalised over the whole batch, (r - mean_batch) / std_batch; no per-prompt baseline.
+
+    rewards: [B*G] -> advantages: [B*G]. Groups with equal rewards still get exactly 0, as
+    for every estimator here, so that an all-correct prompt is not pushed up merely for
+    being easier than the batch average.
+    """
+    grouped, flat = _flat_groups(rewards, group_size)
+    std = rewards.std() if rewards.numel() > 1 else rewards.new_tensor(1.0)
+    return _zero_flat((grouped - rewards.mean()) / (std + eps), flat)
+
+
+# ---------------------------------------------------------------------------- log-probs
 
 
 def selective_log_softmax(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -69,61 +134,195 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
+# ---------------------------------------------------------------------------- surrogate
+
+
+def log_importance_ratio(
+    logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor, level: RatioLevel = "token"
+) -> torch.Tensor:
+    """log(pi / pi_old) per token, or per sequence broadcast over its tokens.
+
+    logp, old_logp, mask: [N, T] -> [N, T]
+
+    ``"token"``: log r_t = logp_t - old_logp_t (PPO, GRPO). ``"sequence"``: GSPO (Zheng et al.
+    2025, eq. 7), the length-normalised sequence ratio s_i = (pi(y_i) / pi_old(y_i))^(1/|y_i|),
+    i.e. the mean of the token log-ratios, the same for every token of the sequence.
+    Clamped to +-MAX_LOG_RATIO so exp() never overflows.
+    """
+    log_r = logp - old_logp
+    if level == "sequence":
+        m = mask.to(log_r.dtype)
+        seq = (log_r * m).sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp(min=1)
+        log_r = seq.expand_as(log_r)
+    elif level != "token":
+        raise ValueError(f"importance sampling level must be 'token' or 'sequence', got {level!r}")
+    return log_r.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
+
+
 def token_surrogate(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
     adv: torch.Tensor,
     eps_low: float,
     eps_high: float,
+    mask: torch.Tensor | None = None,
+    level: RatioLevel = "token",
+    dual_clip: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token PPO-clip loss (to minimise) with separate low/high clip ranges.
 
-    logp, old_logp: [N, T]; adv: [N] -> loss: [N, T], clipped: [N, T] bool
+    logp, old_logp: [N, T]; adv: [N]; mask: [N, T] (needed for level="sequence")
+    -> loss: [N, T], clipped: [N, T] bool
 
-    loss = -min(r * A, clip(r, 1 - eps_low, 1 + eps_high) * A), r = exp(logp - old_logp).
-    ``clipped`` marks tokens where the clipped term was the smaller one, i.e. where the
-    gradient was cut off; its mean over completion tokens is the clip fraction.
+    loss = max(-r * A, -clip(r, 1 - eps_low, 1 + eps_high) * A), the negated PPO objective
+    (Schulman et al. 2017, eq. 7); eps_high > eps_low is DAPO's clip-higher (Yu et al. 2025,
+    eq. 10). ``dual_clip = c > 1`` also bounds the loss of negative-advantage tokens by
+    -c * A (Ye et al. 2020, eq. 5), so one token with a huge ratio cannot dominate.
+    ``clipped`` marks tokens whose gradient was cut by a clip; its mean over completion
+    tokens is the clip fraction.
     """
-    ratio = torch.exp(logp - old_logp)
+    if mask is None:
+        mask = torch.ones_like(logp)
+    ratio = torch.exp(log_importance_ratio(logp, old_logp, mask, level))
     a = adv.unsqueeze(1)
-    unclipped = ratio * a
-    clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * a
-    return -torch.minimum(unclipped, clipped), clipped < unclipped
+    unclipped = -ratio * a
+    clipped_loss = -torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * a
+    loss = torch.maximum(unclipped, clipped_loss)
+    clipped = clipped_loss > unclipped
+    if dual_clip is not None:
+        if dual_clip <= 1:
+            raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
+        bound = -dual_clip * a  # > 0 where A < 0
+        hit = (a < 0) & (loss > bound)
+        loss = torch.where(hit, bound.expand_as(loss), loss)
+        clipped = clipped | hit
+    return loss, clipped
+
+
+def truncated_is_weight(old_logp: torch.Tensor, sampler_logp: torch.Tensor, cap: float) -> torch.Tensor:
+    """Truncated importance-sampling weight for sampler/trainer mismatch (Yao et al. 2025,
+    "Your efficient RL framework secretly brings you off-policy RL training", eq. 3).
+
+    old_logp (trainer's log-probs of the sampling policy), sampler_logp (the engine's): [N, T]
+    -> weight [N, T] = min(pi_old / pi_sampler, cap), no gradient.
+
+    vLLM and the trainer never compute exactly the same probabilities (kernels, precision),
+    so the samples are slightly off-policy; this reweights them, with the cap bounding variance.
+    """
+    if cap <= 0:
+        raise ValueError(f"importance sampling cap must be > 0, got {cap}")
+    log_w = (old_logp - sampler_logp).detach().clamp(max=MAX_LOG_RATIO)
+    return torch.exp(log_w).clamp(max=cap)
+
+
+# ---------------------------------------------------------------------------- KL
+
+
+def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: KLKind = "k3") -> torch.Tensor:
+    """Per-token estimate of KL(pi || pi_ref) from samples of pi (Schulman 2020, "Approximating
+    KL divergence").
+
+    logp, ref_logp: [N, T] -> [N, T], with d = ref_logp - logp:
+    k1 = -d (unbiased, can be negative), k2 = d^2 / 2 (biased, low variance),
+    k3 = exp(d) - d - 1 (unbiased and >= 0; GRPO's choice, eq. 4).
+    """
+    d = (ref_logp - logp).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
+    if kind == "k1":
+        return -d
+    if kind == "k2":
+        return 0.5 * d * d
+    if kind == "k3":
+        return torch.exp(d) - d - 1
+    raise ValueError(f"KL estimator must be 'k1', 'k2' or 'k3', got {kind!r}")
 
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """Per-token k3 estimate of KL(pi || pi_ref) (Schulman 2020): unbiased and >= 0.
+    """k3 estimate of KL(pi || pi_ref); see ``kl_estimate``. logp, ref_logp: [N, T] -> [N, T]"""
+    return kl_estimate(logp, ref_logp, "k3")
 
-    logp, ref_logp: [N, T] -> [N, T];  k3 = exp(ref - logp) - (ref - logp) - 1
-    """
-    d = ref_logp - logp
-    return torch.exp(d) - d - 1
+
+# ---------------------------------------------------------------------------- aggregation
 
 
 def aggregate(
-    loss: torch.Tensor, mask: torch.Tensor, mode: AggregateMode = "token_mean", denom: float | None = None
+    loss: torch.Tensor,
+    mask: torch.Tensor,
+    mode: AggregateMode = "token_mean",
+    denom: float | None = None,
+    max_len: int | None = None,
 ) -> torch.Tensor:
     """Reduce a per-token loss to a scalar over the completion tokens in ``mask``.
 
     loss, mask: [N, T] -> scalar
 
-    ``token_mean``: sum of token losses / number of tokens (DAPO: every token weighs the same,
-    so long answers are not diluted). ``seq_mean``: each sequence's token mean, then the mean
-    over sequences (the original GRPO). ``denom`` is the number of tokens (token_mean) or of
-    sequences (seq_mean) in the *whole* batch: pass it when the batch is split into
-    micro-batches, so that the summed micro-batch gradients equal the full-batch gradient.
+    - ``token_mean``: sum of token losses / number of tokens: every token weighs the same
+      (DAPO, eq. 12; BNPO when the count is per micro-batch).
+    - ``seq_mean``: each sequence's token mean, then the mean over sequences (GRPO, eq. 3);
+      a token of a short answer weighs more than one of a long answer.
+    - ``seq_sum_norm``: token sum / (sequences * max_len), a constant (Dr. GRPO, eq. 4 /
+      sec. 3.1): no length bias in either direction.
+
+    ``denom`` replaces the divisor's count (tokens for token_mean, sequences for the others):
+    pass the whole batch's count when the batch is split into micro-batches, so that the
+    summed micro-batch gradients equal the full-batch gradient.
     """
     mask = mask.to(loss.dtype)
     if mode == "token_mean":
-        total = (loss * mask).sum()
-        return total / (denom if denom is not None else mask.sum().clamp(min=1))
+        return (loss * mask).sum() / (denom if denom is not None else mask.sum().clamp(min=1))
+    n_seq = denom if denom is not None else max(loss.shape[0], 1)
     if mode == "seq_mean":
-        per_seq = (loss * mask).sum(1) / mask.sum(1).clamp(min=1)
-        return per_seq.sum() / (denom if denom is not None else max(loss.shape[0], 1))
-    raise ValueError(f"aggregate mode must be 'token_mean' or 'seq_mean', got {mode!r}")
+        return ((loss * mask).sum(1) / mask.sum(1).clamp(min=1)).sum() / n_seq
+    if mode == "seq_sum_norm":
+        if not max_len:
+            raise ValueError("aggregate mode 'seq_sum_norm' needs max_len (the max completion length)")
+        return (loss * mask).sum() / (n_seq * max_len)
+    raise ValueError(f"aggregate mode must be 'token_mean', 'seq_mean' or 'seq_sum_norm', got {mode!r}")
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``x`` over the positions where ``mask`` is set (0 if none). x, mask: [N, T]."""
     mask = mask.to(x.dtype)
     return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+# ---------------------------------------------------------------------------- presets
+
+
+@dataclass(frozen=True)
+class LossPreset:
+    """A named member of the family: how tokens are aggregated, which ratio, which scaling."""
+
+    aggregation: AggregateMode
+    batch_normalised: bool  # token counts over the whole batch (True) or per micro-batch (BNPO)
+    ratio_level: RatioLevel
+    scale_rewards: AdvantageScale
+    source: str
+
+
+PRESETS: dict[str, LossPreset] = {
+    # J = 1/G sum_i 1/|o_i| sum_t min(r A, clip(r) A)                  (Shao et al. 2024, eq. 3)
+    "grpo": LossPreset("seq_mean", True, "token", "group", "DeepSeekMath, Shao et al. 2024, eq. 3"),
+    # J = 1/(G L) sum_i sum_t min(r A, clip(r) A), A = r - mean(r)     (Liu et al. 2025, eq. 4)
+    "dr_grpo": LossPreset("seq_sum_norm", True, "token", "none", "Understanding R1-Zero, Liu et al. 2025, eq. 4"),
+    # J = 1/sum_i|o_i| sum_i sum_t min(r A, clip(r, 1-el, 1+eh) A)       (Yu et al. 2025, eq. 8/12)
+    "dapo": LossPreset("token_mean", True, "token", "group", "DAPO, Yu et al. 2025, eq. 8"),
+    # token mean per micro-batch, as TRL's "bnpo"                        (Xiao et al. 2025, eq. 6)
+    "bnpo": LossPreset("token_mean", False, "token", "group", "BNPO, Xiao et al. 2025"),
+    # J = 1/G sum_i min(s_i A, clip(s_i) A), s_i = (pi/pi_old)^(1/|y_i|) (Zheng et al. 2025, eq. 5-7)
+    "gspo": LossPreset("seq_mean", True, "sequence", "group", "GSPO, Zheng et al. 2025, eq. 5-7"),
+}
+
+ADVANTAGE_ESTIMATORS = ("grpo", "rloo", "reinforce_pp")
+
+
+def advantages(
+    rewards: torch.Tensor, group_size: int, estimator: str = "grpo", scale: AdvantageScale = "group"
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Dispatch to an advantage estimator. rewards: [B*G] -> advantages: [B*G]"""
+    if estimator == "grpo":
+        return group_advantages(rewards, group_size, scale)
+    if estimator == "rloo":
+        return rloo_advantages(rewards, group_size)
+    if estimator == "reinforce_pp":
+        return reinforce_pp_advantages(rewards, group_size)
+    raise ValueError(f"advantage estimator must be one of {ADVANTAGE_ESTIMATORS}, got {estimator!r}")

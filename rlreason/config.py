@@ -19,8 +19,11 @@ from typing import Any
 
 import yaml
 
-LOSS_TYPES = ("grpo", "dapo")
+LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "gspo")  # rlreason.algorithms.PRESETS
 SCALE_REWARDS = ("group", "batch", "none")
+ADVANTAGE_ESTIMATORS = ("grpo", "rloo", "reinforce_pp")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+RATIO_LEVELS = ("token", "sequence")
 
 
 class ConfigError(ValueError):
@@ -52,8 +55,12 @@ class GRPOConfig:
     arith_train_size: int = 20000
 
     # --- rewards ---
-    reward_funcs: list[str] = field(default_factory=lambda: ["accuracy"])
+    # names, "pkg.module:fn", "path/file.py:fn", or {name, weight, kwargs} mappings (docs/rewards.md)
+    reward_funcs: list[str | dict[str, Any]] = field(default_factory=lambda: ["accuracy"])
     reward_weights: list[float] | None = None
+    reward_num_workers: int = 2  # worker processes scoring rewards (timeouts, memory cap); 0 = in-process
+    reward_timeout_s: float = 10.0  # per reward call (a chunk of up to 64 completions)
+    reward_memory_mb: int | None = 1024  # address space a reward worker may add; None = no cap
 
     # --- generation ---
     num_generations: int = 8
@@ -75,12 +82,21 @@ class GRPOConfig:
     adam_beta2: float = 0.99
     max_grad_norm: float = 1.0
 
-    # --- GRPO ---
-    loss_type: str = "dapo"  # grpo: per-sequence mean; dapo: token mean over the batch
-    scale_rewards: str = "group"  # group | batch | none
+    # --- GRPO family (see rlreason/algorithms.py and docs/algorithms.md) ---
+    loss_type: str = "dapo"  # preset: grpo | dr_grpo | dapo | bnpo | gspo
+    advantage_estimator: str = "grpo"  # grpo (group baseline) | rloo | reinforce_pp
+    scale_rewards: str | None = None  # group | batch | none; None = the loss_type preset's choice
+    importance_sampling_level: str | None = None  # token | sequence; None = the preset's (gspo: sequence)
     beta: float = 0.0  # KL coefficient; 0 loads no reference model
+    kl_estimator: str = "k3"  # k1 | k2 | k3
     epsilon: float = 0.2
-    epsilon_high: float | None = None  # None = epsilon (symmetric clip)
+    epsilon_high: float | None = None  # None = epsilon (symmetric clip); DAPO uses 0.28
+    dual_clip: float | None = None  # c > 1 bounds negative-advantage losses at c * |A| (Ye et al. 2020)
+    importance_sampling_cap: float | None = None  # truncated IS on sampler/trainer mismatch; None = off
+    entropy_coef: float = 0.0  # > 0 adds an entropy bonus
+    mask_truncated_completions: bool = False  # exclude completions cut at max_completion_length from the loss
+    dynamic_sampling: bool = False  # DAPO: drop zero-variance groups, sample more prompts to refill
+    max_resample_rounds: int = 3  # extra generation rounds per step for dynamic sampling
     num_iterations: int = 1  # updates per rollout batch
 
     # --- evaluation, logging, checkpoints ---
@@ -114,8 +130,21 @@ class GRPOConfig:
              f"per_device_train_batch_size * gradient_accumulation_steps = {self.completions_per_step} "
              f"must be a multiple of num_generations = {self.num_generations}")
         need(self.loss_type in LOSS_TYPES, "loss_type", f"must be one of {LOSS_TYPES}, got {self.loss_type!r}")
-        need(self.scale_rewards in SCALE_REWARDS, "scale_rewards",
+        need(self.scale_rewards is None or self.scale_rewards in SCALE_REWARDS, "scale_rewards",
              f"must be one of {SCALE_REWARDS}, got {self.scale_rewards!r}")
+        need(self.advantage_estimator in ADVANTAGE_ESTIMATORS, "advantage_estimator",
+             f"must be one of {ADVANTAGE_ESTIMATORS}, got {self.advantage_estimator!r}")
+        need(self.importance_sampling_level is None or self.importance_sampling_level in RATIO_LEVELS,
+             "importance_sampling_level", f"must be one of {RATIO_LEVELS}, got {self.importance_sampling_level!r}")
+        need(self.kl_estimator in KL_ESTIMATORS, "kl_estimator",
+             f"must be one of {KL_ESTIMATORS}, got {self.kl_estimator!r}")
+        need(self.dual_clip is None or self.dual_clip > 1, "dual_clip", f"must be > 1, got {self.dual_clip}")
+        need(self.importance_sampling_cap is None or self.importance_sampling_cap > 0, "importance_sampling_cap",
+             f"must be > 0, got {self.importance_sampling_cap}")
+        need(self.entropy_coef >= 0, "entropy_coef", f"must be >= 0, got {self.entropy_coef}")
+        need(self.max_resample_rounds >= 0, "max_resample_rounds", "must be >= 0")
+        need(self.reward_num_workers >= 0, "reward_num_workers", f"must be >= 0, got {self.reward_num_workers}")
+        need(self.reward_timeout_s > 0, "reward_timeout_s", f"must be > 0, got {self.reward_timeout_s}")
         need(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
         need(self.beta >= 0, "beta", f"must be >= 0, got {self.beta}")
         need(self.epsilon > 0, "epsilon", f"must be > 0, got {self.epsilon}")

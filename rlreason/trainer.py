@@ -35,10 +35,14 @@ from rlreason.config import GRPOConfig
 from rlreason.eval.core import evaluate
 from rlreason.eval.metrics import diff_interval, wilson_interval
 from rlreason.rewards.registry import reward_name
-from rlreason.rewards.runner import score
+from rlreason.rewards.runner import RewardRunner
 from rlreason.rollout.base import RolloutEngine, Sample, SamplingConfig
 from rlreason.rollout.hf import HFEngine, positions_from_mask
 from rlreason.tracking import RunLogger
+
+
+def _is_peft(model) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
 
 # Columns the data pipeline adds; rewards get every other column.
 INTERNAL_COLUMNS = ("prompt_text", "prompt_ids")
@@ -46,23 +50,48 @@ INTERNAL_COLUMNS = ("prompt_text", "prompt_ids")
 
 @dataclass
 class Rollout:
-    """One step's experience on this process. N = prompts * G completions."""
+    """One step's experience on this process. N = prompts * G completions, groups adjacent."""
 
     prompt_ids: list[list[int]]  # [N] (each prompt repeated G times)
     samples: list[Sample]  # [N]
     rewards: torch.Tensor  # [N] weighted sum
     per_func: dict[str, torch.Tensor]  # name -> [N], NaN where None
-    advantages: torch.Tensor  # [N]
     prompts: list[Any]  # [N] raw prompts, for logging
+    group_size: int
     metrics: dict[str, float]
+    advantages: torch.Tensor | None = None  # [N], set once the batch is final
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.samples) // self.group_size
+
+    def informative_groups(self) -> list[int]:
+        """Indices of groups whose rewards are not all equal (they carry a learning signal)."""
+        g = self.rewards.view(-1, self.group_size)
+        return torch.nonzero(g.max(1).values != g.min(1).values).flatten().tolist()
+
+    def select(self, groups: list[int]) -> Rollout:
+        """Only the given groups (in that order)."""
+        G = self.group_size
+        idx = [i * G + j for i in groups for j in range(G)]
+        t = torch.tensor(idx, dtype=torch.long)
+        return Rollout([self.prompt_ids[i] for i in idx], [self.samples[i] for i in idx], self.rewards[t],
+                       {k: v[t] for k, v in self.per_func.items()}, [self.prompts[i] for i in idx], G, self.metrics)
+
+    def concat(self, other: Rollout) -> Rollout:
+        return Rollout(self.prompt_ids + other.prompt_ids, self.samples + other.samples,
+                       torch.cat([self.rewards, other.rewards]),
+                       {k: torch.cat([v, other.per_func[k]]) for k, v in self.per_func.items()},
+                       self.prompts + other.prompts, self.group_size, self.metrics)
 
 
-def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int,
+         sampler_logprobs: list[list[float]] | None = None) -> dict[str, torch.Tensor]:
     """[left-padded prompt | right-padded completion] rows for a log-prob pass.
 
     -> input_ids, attention_mask, position_ids: [N, P + T]; completion_mask: [N, T];
-    plus "prompt_width" P. Positions skip the left padding, as in generation, so the
-    trainer scores exactly the computation the sampler did.
+    sampler_logp: [N, T] if given; plus "prompt_width" P. Positions skip the left padding,
+    as in generation, so the trainer scores exactly the computation the sampler did.
     """
     p_w = max(map(len, prompt_ids))
     c_w = max(1, max(map(len, completion_ids)))
@@ -75,21 +104,29 @@ def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: i
         if c:
             ids[i, p_w:p_w + len(c)] = torch.tensor(c)
             mask[i, p_w:p_w + len(c)] = 1
-    return {
+    out = {
         "input_ids": ids,
         "attention_mask": mask,
         "position_ids": positions_from_mask(mask),
         "completion_mask": mask[:, p_w:].clone(),
         "prompt_width": p_w,
     }
+    if sampler_logprobs is not None:
+        lp = torch.zeros((n, c_w), dtype=torch.float32)
+        for i, row in enumerate(sampler_logprobs):
+            lp[i, :len(row)] = torch.tensor(row, dtype=torch.float32)
+        out["sampler_logp"] = lp
+    return out
 
 
 def completion_logprobs(model, batch: dict[str, torch.Tensor], temperature: float = 1.0,
-                        with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                        with_entropy: bool = False, entropy_grad: bool = False
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs of the completion tokens under ``model``.
 
-    -> logp [N, T] (and entropy [N, T] without grad, if asked). Logits are divided by the
-    sampling temperature so the ratio compares the distribution the tokens were drawn from.
+    -> logp [N, T] (and entropy [N, T] if asked; with gradient only for an entropy bonus).
+    Logits are divided by the sampling temperature so the ratio compares the distribution
+    the tokens were drawn from.
     """
     p_w = batch["prompt_width"]
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -100,8 +137,8 @@ def completion_logprobs(model, batch: dict[str, torch.Tensor], temperature: floa
     logp = A.selective_log_softmax(logits, batch["input_ids"][:, p_w:])
     ent = None
     if with_entropy:
-        with torch.no_grad():
-            ent = A.entropy_from_logits(logits.detach())
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            ent = A.entropy_from_logits(logits if entropy_grad else logits.detach())
     return logp, ent
 
 
@@ -113,6 +150,7 @@ class GRPOTrainer:
         tokenizer,
         train_dataset: datasets.Dataset,
         reward_funcs: list[Callable],
+        reward_weights: list[float] | None = None,
         eval_rows: list[dict] | None = None,
         eval_accuracy_fn: Callable | None = None,
         eval_format_fn: Callable | None = None,
@@ -128,13 +166,25 @@ class GRPOTrainer:
         self.train_dataset = train_dataset
         self.reward_funcs = reward_funcs
         self.reward_names = [reward_name(f) for f in reward_funcs]
+        # Built first: the runner forks its manager process now, before this process holds
+        # much memory or starts threads. A reward that hangs, crashes or blows memory there
+        # costs only its completions (scored None, counted), never the run.
+        self.rewards = RewardRunner(reward_funcs, reward_weights if reward_weights is not None else cfg.reward_weights,
+                                    num_workers=max(cfg.reward_num_workers, 1), timeout_s=cfg.reward_timeout_s,
+                                    memory_mb=cfg.reward_memory_mb, in_process=cfg.reward_num_workers == 0)
         self.eval_rows = eval_rows or []
         self.eval_accuracy_fn = eval_accuracy_fn
         self.eval_format_fn = eval_format_fn
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
+        self.preset = A.PRESETS[cfg.loss_type]
+        self.scale_rewards = cfg.scale_rewards or self.preset.scale_rewards
+        self.ratio_level = cfg.importance_sampling_level or self.preset.ratio_level
         self.ref_model = None
-        if cfg.beta > 0:  # the reference is only needed (and only loaded) for the KL term
+        self.ref_is_base_adapter = _is_peft(model) and cfg.beta > 0
+        if cfg.beta > 0 and not self.ref_is_base_adapter:
+            # The reference is only needed (and only loaded) for the KL term. With LoRA it is the
+            # policy with its adapter disabled: no second copy of the weights.
             self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                       betas=(cfg.adam_beta1, cfg.adam_beta2))
@@ -153,7 +203,14 @@ class GRPOTrainer:
         self.prompts_per_process = cfg.completions_per_step // cfg.num_generations
         self.step = 0
         self.nonfinite_skipped = 0
+        self.extra_prompts_drawn = 0  # dynamic sampling's own prompt stream position
         self._perm: tuple[int, torch.Tensor] | None = None
+        # Estimators that normalise over the whole batch need every process's rewards.
+        self.global_advantages = cfg.advantage_estimator == "reinforce_pp" or (
+            cfg.advantage_estimator == "grpo" and self.scale_rewards == "batch")
+        if cfg.dynamic_sampling and self.global_advantages and self.acc.num_processes > 1:
+            raise ValueError("dynamic_sampling with batch-normalised advantages (advantage_estimator reinforce_pp "
+                             "or scale_rewards batch) is not supported with several processes yet")
         self.log = RunLogger(cfg.output_dir, cfg.max_steps, enabled=self.acc.is_main_process,
                              progress=cfg.progress, accelerator=self.acc)
         if cfg.report_to:
@@ -182,6 +239,16 @@ class GRPOTrainer:
             self._perm = (epoch, torch.randperm(len(self.train_dataset), generator=g))
         return self._perm[1]
 
+    def extra_prompt_rows(self, k: int) -> list[dict]:
+        """``k`` more prompts for dynamic sampling, from a stream of their own (a different
+        seeded order, offset by rank), so refills never take the prompts of later steps."""
+        n = len(self.train_dataset)
+        g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + 7_919 * (self.acc.process_index + 1))
+        order = torch.randperm(n, generator=g)
+        rows = [self.train_dataset[int(order[(self.extra_prompts_drawn + i) % n])] for i in range(k)]
+        self.extra_prompts_drawn += k
+        return rows
+
     # ------------------------------------------------------------------ rollout
 
     def rollout(self, rows: list[dict]) -> Rollout:
@@ -195,22 +262,15 @@ class GRPOTrainer:
         completions = [[{"role": "assistant", "content": s.text}] if conversational else s.text for s in samples]
         skip = {self.cfg.prompt_column, *INTERNAL_COLUMNS}
         columns = {k: [r[k] for r in rows for _ in range(G)] for k in rows[0] if k not in skip}
+        columns["completion_ids"] = [s.token_ids for s in samples]  # as TRL passes them: length rewards count tokens
         t0 = time.perf_counter()
-        out = score(self.reward_funcs, self.cfg.reward_weights, prompts, completions, columns)
+        out = self.rewards.score(prompts, completions, columns)
         t_score = time.perf_counter() - t0
         rewards = out.total
-        if self.cfg.scale_rewards == "batch" and self.acc.num_processes > 1:
-            # batch std must be over the global batch: compute it from gathered rewards
-            all_r = self.acc.gather(rewards.to(self.acc.device)).cpu()
-            centered, m = A.group_advantages(rewards, G, "none")
-            adv = centered / (all_r.std() + 1e-4)
-        else:
-            adv, m = A.group_advantages(rewards, G, self.cfg.scale_rewards)
         lengths = torch.tensor([len(s.token_ids) for s in samples], dtype=torch.float)
         metrics = {
             "reward/mean": rewards.mean().item(),
             "reward/std": rewards.std().item() if len(rewards) > 1 else 0.0,
-            **m,
             "completion/mean_length": lengths.mean().item(),
             "completion/max_length": lengths.max().item(),
             "completion/truncated_frac": sum(s.finish_reason == "length" for s in samples) / len(samples),
@@ -222,8 +282,47 @@ class GRPOTrainer:
             metrics[f"rewards/{name}/mean"] = ok.mean().item() if len(ok) else float("nan")
             metrics[f"rewards/{name}/std"] = ok.std().item() if len(ok) > 1 else 0.0
             metrics[f"rewards/{name}/failures"] = float(out.failures.get(name, 0))
-        return Rollout([r["prompt_ids"] for r in rows for _ in range(G)], samples, rewards, out.per_func, adv,
-                       prompts, metrics)
+        return Rollout([r["prompt_ids"] for r in rows for _ in range(G)], samples, rewards, out.per_func,
+                       prompts, G, metrics)
+
+    def collect(self) -> Rollout:
+        """This step's batch: a rollout of this step's prompts; with dynamic sampling (DAPO,
+        sec. 3.2), groups whose rewards are all equal are dropped and more prompts sampled until
+        the batch is full again or ``max_resample_rounds`` extra rounds are spent."""
+        cfg = self.cfg
+        ro = self.rollout(self.prompt_rows(self.step))
+        metrics = dict(ro.metrics)
+        if cfg.dynamic_sampling:
+            want = self.prompts_per_process
+            ro = ro.select(ro.informative_groups())
+            rounds = 0
+            while ro.num_groups < want and rounds < cfg.max_resample_rounds:
+                rounds += 1
+                more = self.rollout(self.extra_prompt_rows(want))
+                metrics["time/generation_s"] += more.metrics["time/generation_s"]
+                metrics["time/scoring_s"] += more.metrics["time/scoring_s"]
+                ro = ro.concat(more.select(more.informative_groups()))
+            ro = ro.select(list(range(min(want, ro.num_groups))))
+            metrics.update({"dynamic_sampling/rounds": float(rounds),
+                            "dynamic_sampling/extra_prompts": float(rounds * want),
+                            "dynamic_sampling/kept_groups": float(ro.num_groups)})
+        ro.advantages, m = self.compute_advantages(ro.rewards)
+        ro.metrics = {**metrics, **m}
+        return ro
+
+    def compute_advantages(self, rewards: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Advantages of this process's rewards [N] -> [N]. Estimators that normalise over the
+        batch see the global batch: rewards are gathered from every process first."""
+        cfg, G = self.cfg, self.cfg.num_generations
+        est, scale = cfg.advantage_estimator, self.scale_rewards
+        if len(rewards) == 0:
+            return rewards.clone(), {"frac_zero_std_groups": float("nan")}
+        if self.global_advantages and self.acc.num_processes > 1:
+            all_r = self.acc.gather(rewards.to(self.acc.device)).cpu()
+            adv, m = A.advantages(all_r, G, est, scale)
+            start = self.acc.process_index * len(rewards)
+            return adv[start:start + len(rewards)], m
+        return A.advantages(rewards, G, est, scale)
 
     # ------------------------------------------------------------------ update
 
@@ -232,7 +331,11 @@ class GRPOTrainer:
         out = []
         for i in range(0, len(ro.samples), mb):
             sl = slice(i, i + mb)
-            batch = pack(ro.prompt_ids[sl], [s.token_ids for s in ro.samples[sl]], self.tokenizer.pad_token_id)
+            batch = pack(ro.prompt_ids[sl], [s.token_ids for s in ro.samples[sl]], self.tokenizer.pad_token_id,
+                         [s.logprobs for s in ro.samples[sl]] if self.cfg.importance_sampling_cap else None)
+            if self.cfg.mask_truncated_completions:  # DAPO's overlong filtering: no signal from cut-off answers
+                cut = torch.tensor([s.finish_reason == "length" for s in ro.samples[sl]])
+                batch["completion_mask"][cut] = 0
             out.append((sl, {k: v.to(self.acc.device) if torch.is_tensor(v) else v for k, v in batch.items()}))
         return out
 
@@ -240,47 +343,78 @@ class GRPOTrainer:
     def _frozen_logprobs(self, model, batches) -> list[torch.Tensor]:
         return [completion_logprobs(model, b, self.cfg.temperature)[0] for _, b in batches]
 
+    def _reference_logprobs(self, batches) -> list[torch.Tensor] | None:
+        if self.cfg.beta == 0:
+            return None
+        if self.ref_is_base_adapter:
+            with self.acc.unwrap_model(self.model).disable_adapter():
+                return self._frozen_logprobs(self.model, batches)
+        return self._frozen_logprobs(self.ref_model, batches)
+
+    def _denominator(self, batches) -> tuple[float | None, int]:
+        """(denom for ``aggregate``, n_tokens) for the preset's aggregation.
+
+        Counts over the whole batch, so micro-batching leaves the gradient unchanged; for a
+        token mean over processes the count is global, because data-parallel training averages
+        the processes' gradients."""
+        n_tokens = sum(b["completion_mask"].sum().item() for _, b in batches)
+        if self.preset.aggregation != "token_mean":
+            return float(sum(b["input_ids"].shape[0] for _, b in batches)), n_tokens
+        if not self.preset.batch_normalised:
+            return None, n_tokens  # BNPO: each micro-batch normalised by its own token count
+        total = n_tokens
+        if self.acc.num_processes > 1:
+            total = self.acc.reduce(torch.tensor(float(n_tokens), device=self.acc.device), "sum").item()
+            total /= self.acc.num_processes
+        return max(total, 1.0), n_tokens
+
     def update(self, ro: Rollout) -> dict[str, float]:
-        cfg = self.cfg
+        cfg, preset = self.cfg, self.preset
         t0 = time.perf_counter()
+        if not ro.samples:  # dynamic sampling found no group with a signal: nothing to learn from
+            return {"empty_batch": 1.0, "time/training_s": 0.0}
         batches = self._micro_batches(ro)
         adv = ro.advantages.to(self.acc.device)
-        # Denominators over the whole batch, so micro-batching leaves the gradient unchanged.
-        n_tokens = sum(b["completion_mask"].sum().item() for _, b in batches)
-        denom = max(n_tokens, 1) if cfg.loss_type == "dapo" else len(ro.samples)
-        mode = "token_mean" if cfg.loss_type == "dapo" else "seq_mean"
+        denom, n_tokens = self._denominator(batches)
+        per_micro = 1.0 if denom is not None else 1.0 / len(batches)
         # With one update per rollout the policy that sampled is the policy being trained:
         # old log-probs equal the current ones (detached), so no extra forward pass is spent.
         old = self._frozen_logprobs(self.model, batches) if cfg.num_iterations > 1 else None
-        ref = self._frozen_logprobs(self.ref_model, batches) if self.ref_model is not None else None
+        ref = self._reference_logprobs(batches)
         self.model.train()
-        stats: dict[str, float] = {"clip_frac": 0.0, "entropy": 0.0, "kl": 0.0, "loss": 0.0}
-        grad_norms, skipped = [], 0
+        stats = dict.fromkeys(("clip_frac", "entropy", "kl", "loss", "is_weight"), 0.0)
+        grad_norms = []
         for _ in range(cfg.num_iterations):
             for j, (sl, b) in enumerate(batches):
-                last = j == len(batches) - 1
-                ctx = contextlib.nullcontext() if last else self.acc.no_sync(self.model)
+                ctx = contextlib.nullcontext() if j == len(batches) - 1 else self.acc.no_sync(self.model)
                 with ctx:
-                    logp, ent = completion_logprobs(self.model, b, cfg.temperature, with_entropy=True)
+                    logp, ent = completion_logprobs(self.model, b, cfg.temperature, with_entropy=True,
+                                                    entropy_grad=cfg.entropy_coef > 0)
                     mask = b["completion_mask"]
                     old_logp = old[j] if old is not None else logp.detach()
                     loss_tok, clipped = A.token_surrogate(logp, old_logp, adv[sl], cfg.epsilon,
-                                                          cfg.epsilon_high or cfg.epsilon)
+                                                          cfg.epsilon_high or cfg.epsilon, mask=mask,
+                                                          level=self.ratio_level, dual_clip=cfg.dual_clip)
+                    if cfg.importance_sampling_cap:
+                        w = A.truncated_is_weight(old_logp, b["sampler_logp"], cfg.importance_sampling_cap)
+                        loss_tok = loss_tok * w
+                        stats["is_weight"] += (w * mask).sum().item()
                     if ref is not None:
-                        kl = A.kl_k3(logp, ref[j])
+                        kl = A.kl_estimate(logp, ref[j], cfg.kl_estimator)
                         loss_tok = loss_tok + cfg.beta * kl
                         stats["kl"] += (kl.detach() * mask).sum().item()
-                    loss = A.aggregate(loss_tok, mask, mode, denom=denom)
+                    if cfg.entropy_coef > 0:
+                        loss_tok = loss_tok - cfg.entropy_coef * ent
+                    loss = A.aggregate(loss_tok, mask, preset.aggregation, denom=denom,
+                                       max_len=cfg.max_completion_length) * per_micro
                     self.acc.backward(loss)
                 stats["loss"] += loss.item()
                 stats["clip_frac"] += (clipped & mask.bool()).sum().item()
-                stats["entropy"] += (ent * mask).sum().item()
-            grad_norm = self.acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-            grad_norm = float(grad_norm)
+                stats["entropy"] += (ent.detach() * mask).sum().item()
+            grad_norm = float(self.acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm))
             if math.isfinite(grad_norm) and math.isfinite(stats["loss"]):
                 self.optimizer.step()
             else:  # a non-finite update would poison the weights: skip it and count it
-                skipped += 1
                 self.nonfinite_skipped += 1
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -298,6 +432,8 @@ class GRPOTrainer:
         }
         if ref is not None:
             metrics["kl"] = stats["kl"] / tok
+        if cfg.importance_sampling_cap:
+            metrics["is_weight_mean"] = stats["is_weight"] / tok
         return metrics
 
     def sync_weights(self) -> None:
@@ -338,6 +474,16 @@ class GRPOTrainer:
         self.log.completions(self.step, rows)
 
     def train(self) -> dict[str, Any]:
+        try:
+            return self._train()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the reward workers (also done at garbage collection and interpreter exit)."""
+        self.rewards.close()
+
+    def _train(self) -> dict[str, Any]:
         cfg = self.cfg
         if self.acc.is_main_process:
             Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
@@ -352,7 +498,7 @@ class GRPOTrainer:
         t_train = time.perf_counter()
         while self.step < cfg.max_steps:
             t0 = time.perf_counter()
-            ro = self.rollout(self.prompt_rows(self.step))
+            ro = self.collect()
             metrics = dict(ro.metrics)
             metrics.update(self.update(ro))
             self.sync_weights()

@@ -119,3 +119,153 @@ def test_masked_mean():
     x = torch.tensor([[1.0, 3.0], [5.0, 7.0]])
     assert A.masked_mean(x, torch.tensor([[1, 0], [1, 1]])).item() == pytest.approx(13 / 3)
     assert A.masked_mean(x, torch.zeros(2, 2)).item() == 0.0
+
+
+# ---------------------------------------------------------------- the rest of the family
+
+
+def test_rloo_leave_one_out():
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0, 3.0, 3.0, 3.0, 3.0])
+    adv, m = A.rloo_advantages(r, 4)
+    # r=1: others (0+0+1)/3 -> 1 - 1/3; r=0: others (1+0+1)/3 -> 0 - 2/3
+    assert torch.allclose(adv, torch.tensor([2 / 3, -2 / 3, -2 / 3, 2 / 3, 0, 0, 0, 0]))
+    assert m["frac_zero_std_groups"] == 0.5
+
+
+def test_single_sample_groups_get_zero():
+    r = torch.tensor([1.0, 0.0, 5.0])
+    for est in ("grpo", "rloo", "reinforce_pp"):
+        adv, m = A.advantages(r, 1, est)
+        assert adv.tolist() == [0.0, 0.0, 0.0], est
+        assert m["frac_zero_std_groups"] == 1.0
+
+
+def test_reinforce_pp_batch_normalised():
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0])
+    adv, _ = A.reinforce_pp_advantages(r, 4)
+    s = math.sqrt(5.5 / 7) + 1e-4  # batch mean 1.25, unbiased batch var 5.5/7
+    assert torch.allclose(adv, torch.tensor([-0.25 / s, -1.25 / s, -1.25 / s, -0.25 / s, 0, 0, 0, 0]), atol=1e-6)
+
+
+def test_advantages_dispatch_rejects_unknown():
+    with pytest.raises(ValueError, match="advantage estimator"):
+        A.advantages(torch.zeros(4), 2, "ppo")
+
+
+def test_sequence_level_ratio_is_masked_mean():
+    logp = torch.tensor([[0.1, 0.3, 9.0], [0.0, 0.0, 0.0]])
+    old = torch.zeros(2, 3)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    lr = A.log_importance_ratio(logp, old, mask, "sequence")
+    assert torch.allclose(lr, torch.tensor([[0.2, 0.2, 0.2], [0.0, 0.0, 0.0]]))
+    assert torch.allclose(A.log_importance_ratio(logp, old, mask, "token"), logp)
+    with pytest.raises(ValueError, match="importance sampling level"):
+        A.log_importance_ratio(logp, old, mask, "word")
+
+
+def test_gspo_clips_the_whole_sequence():
+    # token log-ratios 0.5 and -0.1 (mean 0.2): s = e^0.2 = 1.2214 > 1 + 0.1, so with A > 0 both tokens are clipped
+    logp = torch.tensor([[0.5, -0.1]])
+    loss, clipped = A.token_surrogate(logp, torch.zeros(1, 2), torch.tensor([2.0]), 0.1, 0.1,
+                                      mask=torch.ones(1, 2), level="sequence")
+    assert torch.allclose(loss, torch.tensor([[-2.2, -2.2]]))
+    assert clipped.tolist() == [[True, True]]
+
+
+def test_dual_clip_bounds_negative_advantage_loss():
+    old = torch.zeros(1, 3)
+    logp = torch.log(torch.tensor([[5.0, 2.0, 0.5]]))
+    adv = torch.tensor([-1.0])
+    loss, clipped = A.token_surrogate(logp, old, adv, 0.2, 0.2, dual_clip=3.0)
+    # ratio 5: max(5, 1.2) = 5 -> capped at c*|A| = 3; ratio 2: 2 < 3 stays; ratio 0.5: max(0.5, 0.8) = 0.8
+    assert torch.allclose(loss, torch.tensor([[3.0, 2.0, 0.8]]))
+    assert clipped.tolist() == [[True, False, True]]
+    # positive advantages are untouched by the dual clip
+    loss_pos, _ = A.token_surrogate(logp, old, -adv, 0.2, 0.2, dual_clip=3.0)
+    assert torch.allclose(loss_pos, torch.tensor([[-1.2, -1.2, -0.5]]))
+    with pytest.raises(ValueError, match="dual_clip"):
+        A.token_surrogate(logp, old, adv, 0.2, 0.2, dual_clip=0.5)
+
+
+def test_ratio_overflow_stays_finite():
+    logp = torch.tensor([[100.0, -100.0]])
+    loss, _ = A.token_surrogate(logp, torch.zeros(1, 2), torch.tensor([-1.0]), 0.2, 0.2)
+    assert torch.isfinite(loss).all()
+    assert loss[0, 0].item() == pytest.approx(math.exp(A.MAX_LOG_RATIO), rel=1e-5)
+    kl = A.kl_estimate(logp, torch.zeros(1, 2), "k3")
+    assert torch.isfinite(kl).all()
+
+
+def test_truncated_is_weight():
+    old = torch.log(torch.tensor([[0.6, 0.2, 0.3]]))
+    sampler = torch.log(torch.tensor([[0.2, 0.4, 0.3]]))
+    w = A.truncated_is_weight(old, sampler, cap=2.0)
+    # ratios 3 (capped at 2), 0.5, 1
+    assert torch.allclose(w, torch.tensor([[2.0, 0.5, 1.0]]))
+    with pytest.raises(ValueError, match="cap"):
+        A.truncated_is_weight(old, sampler, 0.0)
+
+
+def test_kl_estimators_hand_values():
+    logp = torch.log(torch.tensor([[0.5]]))
+    ref = torch.log(torch.tensor([[0.25]]))
+    d = math.log(0.5)  # ref - logp
+    assert A.kl_estimate(logp, ref, "k1").item() == pytest.approx(-d)
+    assert A.kl_estimate(logp, ref, "k2").item() == pytest.approx(0.5 * d * d)
+    assert A.kl_estimate(logp, ref, "k3").item() == pytest.approx(math.exp(d) - d - 1)
+    assert A.kl_estimate(ref, ref, "k3").item() == 0.0
+    with pytest.raises(ValueError, match="KL estimator"):
+        A.kl_estimate(logp, ref, "k4")
+
+
+def test_aggregate_dr_grpo_and_empty_completion():
+    loss = torch.tensor([[1.0, 2.0, 3.0], [4.0, 9.0, 9.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    # token sum 10 / (2 sequences * max_len 5)
+    assert A.aggregate(loss, mask, "seq_sum_norm", max_len=5).item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="max_len"):
+        A.aggregate(loss, mask, "seq_sum_norm")
+    # an empty completion adds nothing to the token mean and 0 to the sequence mean (but counts as a sequence)
+    loss2 = torch.tensor([[1.0, 2.0], [5.0, 5.0]])
+    mask2 = torch.tensor([[1, 1], [0, 0]])
+    assert A.aggregate(loss2, mask2, "token_mean").item() == pytest.approx(1.5)
+    assert A.aggregate(loss2, mask2, "seq_mean").item() == pytest.approx(0.75)
+
+
+def test_presets_cover_the_config_choices():
+    from rlreason.config import LOSS_TYPES
+
+    assert set(A.PRESETS) == set(LOSS_TYPES)
+    assert A.PRESETS["gspo"].ratio_level == "sequence"
+    assert A.PRESETS["dr_grpo"].scale_rewards == "none" and A.PRESETS["dr_grpo"].aggregation == "seq_sum_norm"
+    assert not A.PRESETS["bnpo"].batch_normalised and A.PRESETS["dapo"].batch_normalised
+
+
+@pytest.mark.parametrize("preset", sorted(A.PRESETS))
+def test_on_policy_gradient_equals_plain_policy_gradient(preset):
+    """num_iterations=1, beta=0: r = 1, so each preset's gradient must be the plain policy
+    gradient -agg(A * grad log pi) of its aggregation (GSPO included: its sequence ratio has
+    the gradient of the mean token log-prob, which seq_mean also takes)."""
+    p = A.PRESETS[preset]
+    torch.manual_seed(0)
+    policy = torch.nn.Linear(6, 7)  # toy policy: features -> logits over 7 tokens
+    x = torch.randn(4, 5, 6)
+    ids = torch.randint(0, 7, (4, 5))
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]])
+    adv = torch.tensor([1.0, -0.5, 2.0, -1.5])
+
+    def grads(loss_fn):
+        policy.zero_grad()
+        logp = A.selective_log_softmax(policy(x), ids)
+        loss_fn(logp).backward()
+        return [q.grad.clone() for q in policy.parameters()]
+
+    def surrogate(logp):
+        loss, _ = A.token_surrogate(logp, logp.detach(), adv, 0.2, 0.28, mask=mask, level=p.ratio_level)
+        return A.aggregate(loss, mask, p.aggregation, max_len=5)
+
+    def plain(logp):
+        return A.aggregate(-adv[:, None] * logp, mask, p.aggregation, max_len=5)
+
+    for a, b in zip(grads(surrogate), grads(plain), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), preset

@@ -120,14 +120,16 @@ def test_parse_number_rejects_garbage(text: str) -> None:
         ("72", Fraction(72)),
         ("She sold 48/2 = 24 clips.\n#### 72", Fraction(72)),  # full GSM8K solution
         ("so \\boxed{\\frac{1}{2}}", Fraction(1, 2)),  # MATH-style solution
-        ("x^2", None),
+        ("\\frac{1}{", None),  # malformed (x^2 is a valid symbolic gold since the sympy verifier)
         (True, None),
         (float("nan"), None),
         (None, None),
     ],
 )
 def test_parse_gold(gold: object, expected: Fraction | None) -> None:
-    assert parse_gold(gold) == expected
+    # parse_gold returns a parsed answer (None if unparseable); .number is a plain number's value.
+    parsed = parse_gold(gold)
+    assert (parsed if expected is None else parsed.number) == expected
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,7 +176,7 @@ def test_accuracy_reward_conversational_completions() -> None:
 
 
 def test_accuracy_reward_unparseable_gold_is_none_counted_and_warned_once() -> None:
-    gold = "an unparseable gold for this test only"
+    gold = "\\frac{an unparseable gold}{for this test only"  # malformed LaTeX (plain text is a valid text gold)
     before = WARNINGS["unparseable_gold"]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")  # so only the reward's own once-per-gold rule limits them

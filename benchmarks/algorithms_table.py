@@ -1,0 +1,103 @@
+"""Learning table for the loss_type presets on the embedded task (docs/algorithms.md).
+
+    python benchmarks/algorithms_table.py                  # full table: 5 presets x 3 seeds
+    python benchmarks/algorithms_table.py --steps 20 --seeds 0 --presets grpo gspo   # a quick look
+
+Each run is `recipes/grpo_math.py` on the default tiny model and task, with the same budget
+(steps, batch, learning rate, two updates per rollout so that ratios and clipping matter) and
+the same seeds; only the preset and its paper's clip range change. Runs go two at a time,
+one thread each. The table is printed and written between the markers in docs/algorithms.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "algorithms.md"
+BEGIN, END = "<!-- learning-table:begin -->", "<!-- learning-table:end -->"
+
+# The clip ranges each paper uses; everything else is shared.
+PRESET_ARGS = {
+    "grpo": ["--epsilon", "0.2"],
+    "dr_grpo": ["--epsilon", "0.2"],
+    "dapo": ["--epsilon", "0.2", "--epsilon_high", "0.28"],
+    "bnpo": ["--epsilon", "0.2"],
+    "gspo": ["--epsilon", "3e-4", "--epsilon_high", "4e-4"],
+}
+
+
+def run_one(preset: str, seed: int, args: argparse.Namespace) -> dict:
+    out = Path(args.out) / f"{preset}-s{seed}"
+    cmd = [sys.executable, str(ROOT / "recipes" / "grpo_math.py"), "--output_dir", str(out),
+           "--loss_type", preset, "--seed", str(seed), "--max_steps", str(args.steps),
+           "--num_iterations", "2", "--learning_rate", str(args.lr), "--final_eval_size", str(args.eval_size),
+           "--eval_steps", "0", "--save_steps", "0", "--progress", "false", "--num_threads", "1",
+           "--log_completions_steps", "0", *PRESET_ARGS[preset]]
+    t0 = time.time()
+    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if res.returncode != 0:
+        raise RuntimeError(f"{preset} seed {seed} failed:\n{res.stderr[-3000:]}")
+    s = json.loads((out / "summary.json").read_text())
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if "clip_frac" in r]
+    s.update(preset=preset, seed=seed, wall_s=time.time() - t0,
+             clip_frac=statistics.mean(r["clip_frac"] for r in train),
+             step_s=statistics.mean(r["time/step_s"] for r in train))
+    print(f"{preset:8s} seed {seed}: {s['heldout_before']:.3f} -> {s['heldout_after']:.3f} "
+          f"({s['step_s']:.2f} s/step, clip {s['clip_frac']:.4f})", flush=True)
+    return s
+
+
+def table(results: list[dict], args: argparse.Namespace) -> str:
+    lines = [f"Budget per run: {args.steps} steps x 128 completions (16 prompts x 8), 2 updates per rollout, "
+             f"lr {args.lr}, held-out greedy accuracy on {args.eval_size} problems; seeds "
+             f"{', '.join(map(str, args.seeds))}; 1 thread per run, 2 runs at a time on 2 cores.",
+             f"Produced by `python benchmarks/algorithms_table.py` ({time.strftime('%Y-%m-%d')}).", "",
+             "| loss_type | held-out before | held-out after (mean ± sd) | per seed | clip fraction | s/step |",
+             "|---|---|---|---|---|---|"]
+    for preset in args.presets:
+        rs = [r for r in results if r["preset"] == preset]
+        after = [r["heldout_after"] for r in rs]
+        sd = statistics.stdev(after) if len(after) > 1 else 0.0
+        lines.append(f"| {preset} | {100 * rs[0]['heldout_before']:.1f}% | {100 * statistics.mean(after):.1f}% "
+                     f"± {100 * sd:.1f} | {', '.join(f'{100 * a:.1f}' for a in after)} | "
+                     f"{statistics.mean(r['clip_frac'] for r in rs):.4f} | "
+                     f"{statistics.mean(r['step_s'] for r in rs):.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--presets", nargs="+", default=list(PRESET_ARGS))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--lr", type=float, default=3e-5)
+    ap.add_argument("--eval-size", type=int, default=500)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--out", default=str(ROOT / "runs" / "algorithms"))
+    ap.add_argument("--no-doc", action="store_true", help="print the table only")
+    args = ap.parse_args()
+    jobs = [(p, s) for s in args.seeds for p in args.presets]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        results = list(pool.map(lambda job: run_one(*job, args), jobs))
+    md = table(results, args)
+    print(md)
+    (Path(args.out) / "results.json").write_text(json.dumps(results, indent=2))
+    if not args.no_doc and DOC.exists():
+        text = DOC.read_text()
+        if BEGIN in text and END in text:
+            head, rest = text.split(BEGIN, 1)
+            DOC.write_text(head + BEGIN + "\n" + md + "\n" + END + rest.split(END, 1)[1])
+
+
+if __name__ == "__main__":
+    main()
