@@ -146,6 +146,10 @@ def _materialize(target: Callable, kwargs: dict[str, Any], label: str) -> Reward
         return _instantiate(target, kwargs, label)
     if not kwargs:
         return target
+    if any(target is v for v in REWARDS.values()) and not inspect.isroutine(target):
+        # A built-in that is a ready-made instance of a configurable class (accuracy, format):
+        # its kwargs configure a new instance of that class rather than becoming call arguments.
+        return _instantiate(type(target), kwargs, label)
     _check_bound_kwargs(target, kwargs, label)
     partial = functools.partial(target, **kwargs)
     partial.__name__ = reward_name(target)  # type: ignore[attr-defined]  # TRL reads __name__

@@ -666,3 +666,14 @@ def test_preflight_output_to_a_stream(broken_jsonl: Path) -> None:
     buffer = io.StringIO()
     assert pf.run_cli(args, buffer) == 0
     assert "OK: 0 of 2 rows bad" in buffer.getvalue()
+
+
+def test_builtin_accuracy_is_configurable_per_dataset_from_the_config() -> None:
+    # {name: accuracy, kwargs: {...}} configures a new AccuracyReward, not call arguments
+    (fn,), _ = build_rewards([{"name": "accuracy", "kwargs": {"fallback": "last_number"}}])
+    assert reward_name(fn) == "accuracy_reward"
+    assert fn(prompts=["q"], completions=["so it is 42"], answer=["42"]) == [1.0]
+    (plain,), _ = build_rewards(["accuracy"])
+    assert plain(prompts=["q"], completions=["so it is 42"], answer=["42"]) == [0.0]  # no fallback by default
+    with pytest.raises(RewardSpecError, match="fallbak.*did you mean 'fallback'"):
+        build_rewards([{"name": "accuracy", "kwargs": {"fallbak": "last_number"}}])

@@ -146,3 +146,21 @@ def test_lora_reference_is_the_base_model_with_adapter_disabled(tiny_path, tmp_p
     assert not torch.allclose(policy[0], ref[0])  # the adapter is really on outside the context
     m = tr.update(ro)
     assert m["kl"] > 0
+
+
+@pytest.mark.parametrize(("iterations", "passes_per_micro_batch"), [(1, 1), (2, 3)])
+def test_old_logprobs_cost_a_forward_pass_only_when_reused(tiny_path, tmp_path, iterations, passes_per_micro_batch):
+    """num_iterations=1: old log-probs are the current ones detached, so one forward per
+    micro-batch; num_iterations=2: one pass for old log-probs plus one per update."""
+    torch.manual_seed(0)
+    tr = make_trainer(tiny_path, tmp_path, reward_funcs=[_varied_reward], num_iterations=iterations,
+                      per_device_train_batch_size=8, gradient_accumulation_steps=2)
+    ro = tr.collect()
+    calls = []
+    core = tr.acc.unwrap_model(tr.model).model
+    handle = core.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        tr.update(ro)
+    finally:
+        handle.remove()
+    assert len(calls) == passes_per_micro_batch * 2  # two micro-batches
