@@ -45,6 +45,20 @@ def load_policy(cfg: GRPOConfig, acc: Accelerator):
     return model, tokenizer
 
 
+def build_engine(cfg: GRPOConfig, model, tokenizer):
+    """None (the trainer generates with transformers on the policy itself) or a vLLM engine."""
+    if not cfg.use_vllm:
+        return None
+    try:
+        from rlreason.rollout.vllm import VLLMEngine
+
+        return VLLMEngine(model, tokenizer, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                          tensor_parallel_size=cfg.vllm_tensor_parallel_size,
+                          enable_sleep_mode=cfg.vllm_enable_sleep_mode, seed=cfg.seed)
+    except ImportError as e:
+        raise SystemExit(f"config key 'use_vllm': vLLM is not installed here ({e}); see docs/install.md") from e
+
+
 def load_data(cfg: GRPOConfig, tokenizer) -> tuple[datasets.Dataset, list[dict]]:
     common = dict(prompt_column=cfg.prompt_column, column_map=cfg.column_map, tokenizer=tokenizer,
                   use_chat_template=cfg.use_chat_template, template=cfg.prompt_template,
@@ -82,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     reward_funcs, reward_weights = build_rewards(cfg.reward_funcs, cfg.reward_weights, columns=columns)
     trainer = GRPOTrainer(cfg, model, tokenizer, train, reward_funcs, reward_weights=reward_weights,
                           eval_rows=eval_rows, eval_accuracy_fn=accuracy_reward, eval_format_fn=format_reward,
-                          accelerator=acc)
+                          engine=build_engine(cfg, model, tokenizer), accelerator=acc)
     summary = trainer.train()
     trainer.save_final(out / "final_model")
     if acc.is_main_process:

@@ -24,6 +24,7 @@ SCALE_REWARDS = ("group", "batch", "none")
 ADVANTAGE_ESTIMATORS = ("grpo", "rloo", "reinforce_pp")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 RATIO_LEVELS = ("token", "sequence")
+VLLM_MODES = ("colocate",)
 
 
 class ConfigError(ValueError):
@@ -70,6 +71,14 @@ class GRPOConfig:
     top_p: float = 1.0
     top_k: int = 0
     generation_batch_prompts: int = 64  # prompts per generate() call (memory bound)
+
+    # --- rollout engine ---
+    use_vllm: bool = False  # generate with vLLM (needs vllm installed; docs/install.md) instead of transformers
+    vllm_mode: str = "colocate"  # colocate: vLLM in the trainer's process (server mode is not available yet)
+    vllm_gpu_memory_utilization: float = 0.3
+    vllm_tensor_parallel_size: int = 1
+    vllm_enable_sleep_mode: bool = False  # free vLLM's KV cache while training (GPU)
+    weight_sync_steps: int = 1  # push the policy's weights to a separate engine every N steps
 
     # --- optimisation ---
     per_device_train_batch_size: int = 64  # completions per micro-batch
@@ -143,6 +152,9 @@ class GRPOConfig:
              f"must be > 0, got {self.importance_sampling_cap}")
         need(self.entropy_coef >= 0, "entropy_coef", f"must be >= 0, got {self.entropy_coef}")
         need(self.max_resample_rounds >= 0, "max_resample_rounds", "must be >= 0")
+        need(self.vllm_mode in VLLM_MODES, "vllm_mode",
+             f"must be one of {VLLM_MODES} (server mode is not available yet), got {self.vllm_mode!r}")
+        need(self.weight_sync_steps >= 1, "weight_sync_steps", f"must be >= 1, got {self.weight_sync_steps}")
         need(self.reward_num_workers >= 0, "reward_num_workers", f"must be >= 0, got {self.reward_num_workers}")
         need(self.reward_timeout_s > 0, "reward_timeout_s", f"must be > 0, got {self.reward_timeout_s}")
         need(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")

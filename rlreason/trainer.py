@@ -501,8 +501,9 @@ class GRPOTrainer:
             ro = self.collect()
             metrics = dict(ro.metrics)
             metrics.update(self.update(ro))
-            self.sync_weights()
             self.step += 1
+            if self.step % cfg.weight_sync_steps == 0:
+                self.sync_weights()
             dt = time.perf_counter() - t0
             n_comp = len(ro.samples) * self.acc.num_processes
             n_tok = sum(len(s.token_ids) for s in ro.samples) * self.acc.num_processes

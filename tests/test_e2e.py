@@ -123,3 +123,15 @@ def test_runs_on_a_local_jsonl_dataset_with_column_mapping(tiny_path, tmp_path):
     comp = [json.loads(x) for x in (out / "completions.jsonl").read_text().splitlines()]
     assert comp and all(c["reward/accuracy_reward"] in (0.0, 1.0) for c in comp)
     assert "Answer with #### N." not in comp[0]["prompt"]  # the raw question is what rewards see
+
+
+@pytest.mark.slow
+def test_use_vllm_without_vllm_installed_is_a_clear_error(tiny_path, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here: tests/test_vllm.py covers it")
+    res = _launch(["--model_name_or_path", str(tiny_path), "--output_dir", str(tmp_path / "r"), "--use_vllm", "true"],
+                  {}, timeout=180)
+    assert res.returncode != 0
+    assert "config key 'use_vllm': vLLM is not installed" in res.stderr
