@@ -1,12 +1,39 @@
-"""Benchmark suites. For now the embedded arithmetic suite; the standard math suites
-(gsm8k, math500, aime, amc, minerva, olympiadbench) come with the evaluation issue."""
+"""Benchmark suites: where each benchmark's problems come from and how to read its gold answers.
+
+A :class:`Suite` names a data source (a local file, else a hub dataset), the columns that
+hold the problem, the gold and (optionally) a reference solution, subject and level, how
+the gold is represented (``gold_format``) and the prompt template used by default.
+
+Built-in suites read the benchmark files in ``$RLREASON_BENCHMARKS`` (default
+``<repo>/../shared/data/benchmarks``); a suite whose file is absent falls back to its hub id.
+Add a suite with :func:`register_suite` or a YAML file (:func:`load_suite_file`)::
+
+    suites:
+      - name: mytest
+        local_path: data/my_test.jsonl    # relative to the YAML file
+        problem_column: question
+        answer_column: answer
+        gold_format: plain
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from rlreason.rewards.math import extract_answer
 from rlreason.tasks import arith
 
 # Fixed so that every run, before and after training, is scored on the same problems.
 ARITH_EVAL_SEED = 12345
+
+GoldFormat = Literal["plain", "gsm8k", "boxed_solution", "list"]
+GOLD_FORMATS: tuple[str, ...] = ("plain", "gsm8k", "boxed_solution", "list")
+REPO = Path(__file__).resolve().parents[1]
 
 
 def arith_suite(n: int, difficulty: arith.Difficulty | None = None, seed: int = ARITH_EVAL_SEED) -> list[dict]:
@@ -17,3 +44,292 @@ def arith_suite(n: int, difficulty: arith.Difficulty | None = None, seed: int = 
     """
     problems = arith.generate(n, seed=seed, split="heldout", difficulty=difficulty or arith.Difficulty())
     return arith.to_records(problems)
+
+
+# --------------------------------------------------------------------------- templates
+
+
+R1_SYSTEM = (
+    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
+    "The assistant first thinks about the reasoning process in the mind and then provides the user with "
+    "the answer. The reasoning process and answer are enclosed within <think> </think> and <answer> </answer> "
+    "tags, respectively, i.e., <think> reasoning process here </think> <answer> answer here </answer>."
+)
+BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+@dataclass(frozen=True)
+class Template:
+    """How a problem becomes the user message, and what "following the format" means.
+
+    ``user`` is a ``str.format`` template over the row's columns and ``{prompt}`` (None:
+    the problem text as is); ``system`` an optional system prompt; ``format`` the check
+    behind ``format_rate``: ``think_answer`` (``<think>..</think><answer>..</answer>``,
+    strict, as the trainer's format reward), ``boxed`` (a complete ``\\boxed{}``) or
+    ``any_answer`` (any extractable answer).
+    """
+
+    name: str
+    user: str | None = None
+    system: str | None = None
+    format: Literal["think_answer", "boxed", "any_answer"] = "any_answer"
+
+
+TEMPLATES: dict[str, Template] = {
+    "plain": Template("plain"),
+    "boxed": Template("boxed", user="{prompt}\n" + BOXED_INSTRUCTION.replace("{}", "{{}}"), format="boxed"),
+    "r1": Template("r1", system=R1_SYSTEM, format="think_answer"),
+    # The arithmetic task's prompt is the bare expression; the model was warmed up on the tags.
+    "arith": Template("arith", format="think_answer"),
+}
+
+
+def get_template(name: str) -> Template:
+    """The built-in template ``name``; ValueError listing the known ones otherwise."""
+    if name not in TEMPLATES:
+        raise ValueError(f"unknown prompt template {name!r}; known: {', '.join(TEMPLATES)}")
+    return TEMPLATES[name]
+
+
+# --------------------------------------------------------------------------- suites
+
+
+@dataclass(frozen=True)
+class Suite:
+    """One benchmark.
+
+    ``local_path`` (absolute, or relative to the benchmarks folder) wins over ``hf_id``
+    when the file exists. ``gold_format`` says where the gold answer is:
+
+    - ``plain``: ``answer_column`` holds the answer (string or number);
+    - ``gsm8k``: ``answer_column`` holds a rationale ending ``#### <answer>``;
+    - ``boxed_solution``: no answer column; the gold is the last ``\\boxed{}`` of ``solution_column``;
+    - ``list``: ``answer_column`` holds a list of answers (``$..$`` math), joined with ", ".
+
+    ``solution_column`` (a string, or a list of strings joined by blank lines) is a
+    reference solution, used by the self-consistency check. ``generator`` builds rows in
+    code instead of loading data (the arith suite); it is called with the problem limit.
+    """
+
+    name: str
+    hf_id: str | None = None
+    hf_split: str = "test"
+    local_path: str | None = None
+    problem_column: str = "problem"
+    answer_column: str | None = "answer"
+    gold_format: GoldFormat = "plain"
+    solution_column: str | None = None
+    subject_column: str | None = None
+    level_column: str | None = None
+    default_template: str = "boxed"
+    hf_config: str | None = None
+    id_column: str | None = None
+    generator: Any = None  # Callable[[int], list[dict]] | None; Any keeps the dataclass printable in YAML errors
+
+    def __post_init__(self) -> None:
+        if self.gold_format not in GOLD_FORMATS:
+            raise ValueError(
+                f"suite {self.name!r}: gold_format must be one of {GOLD_FORMATS}, got {self.gold_format!r}")
+        if self.gold_format == "boxed_solution" and not self.solution_column:
+            raise ValueError(f"suite {self.name!r}: gold_format 'boxed_solution' needs solution_column")
+        if self.gold_format != "boxed_solution" and not self.answer_column:
+            raise ValueError(f"suite {self.name!r}: gold_format {self.gold_format!r} needs answer_column")
+        if self.generator is None and not (self.local_path or self.hf_id):
+            raise ValueError(f"suite {self.name!r}: needs local_path or hf_id")
+        get_template(self.default_template)
+
+    def describe(self) -> dict[str, Any]:
+        """The suite's definition as plain data (for results files); ``generator`` by name."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "generator"}
+        if self.generator is not None:
+            d["generator"] = getattr(self.generator, "__name__", repr(self.generator))
+        return d
+
+
+def _arith_rows(limit: int | None) -> list[dict]:
+    return arith_suite(limit if limit is not None else 1000)
+
+
+BUILTIN_SUITES: tuple[Suite, ...] = (
+    Suite("gsm8k", hf_id="openai/gsm8k", hf_config="main", local_path="gsm8k_test.jsonl",
+          problem_column="question", answer_column="answer", gold_format="gsm8k", solution_column="answer"),
+    Suite("math500", hf_id="HuggingFaceH4/MATH-500", local_path="math500.jsonl", solution_column="solution",
+          subject_column="subject", level_column="level", id_column="unique_id"),
+    Suite("aime24", hf_id="HuggingFaceH4/aime_2024", hf_split="train", local_path="aime24.jsonl",
+          solution_column="solution", id_column="id"),
+    # Not in the shared data. Assumed hub layout (unverified offline): split "train", columns problem/answer.
+    Suite("aime25", hf_id="yentinglin/aime_2025", hf_split="train", local_path="aime25.jsonl", id_column="id"),
+    Suite("amc23", hf_id="math-ai/amc23", local_path="amc23.jsonl", id_column="id"),
+    Suite("minerva_math", hf_id="math-ai/minervamath", local_path="minerva_math.jsonl", answer_column=None,
+          gold_format="boxed_solution", solution_column="solution", subject_column="type", id_column="idx"),
+    Suite("olympiadbench", hf_id="Hothan/OlympiadBench", hf_config="OE_TO_maths_en_COMP", hf_split="train",
+          local_path="olympiadbench.jsonl", problem_column="question", answer_column="final_answer",
+          gold_format="list", solution_column="solution", subject_column="subfield", id_column="id"),
+    Suite("arith", problem_column="prompt", default_template="arith", generator=_arith_rows),
+)
+
+SUITES: dict[str, Suite] = {s.name: s for s in BUILTIN_SUITES}
+
+
+def register_suite(suite: Suite, overwrite: bool = False) -> Suite:
+    """Add ``suite`` to the registry (``SUITES``) so it can be named in ``--suites``."""
+    if suite.name in SUITES and not overwrite:
+        raise ValueError(f"a suite named {suite.name!r} is already registered; pass overwrite=True to replace it")
+    SUITES[suite.name] = suite
+    return suite
+
+
+def get_suite(name: str) -> Suite:
+    """The registered suite ``name``; ValueError listing the known ones otherwise."""
+    if name not in SUITES:
+        raise ValueError(f"unknown suite {name!r}; known: {', '.join(SUITES)} (add one with --suite-file)")
+    return SUITES[name]
+
+
+def load_suite_file(path: str | Path, overwrite: bool = True) -> list[Suite]:
+    """Register the suites of a YAML file: a list of Suite fields, or ``{"suites": [...]}``.
+
+    A relative ``local_path`` is taken relative to the YAML file's folder.
+    """
+    import yaml
+
+    path = Path(path)
+    data = yaml.safe_load(path.read_text())
+    entries = data.get("suites") if isinstance(data, dict) else data
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: expected a list of suites (or a mapping with key 'suites')")
+    known = {f.name for f in dataclasses.fields(Suite)} - {"generator"}
+    suites = []
+    for entry in entries:
+        unknown = set(entry) - known
+        if unknown:
+            raise ValueError(
+                f"{path}: suite {entry.get('name')!r} has unknown keys {sorted(unknown)}; known: {sorted(known)}")
+        if entry.get("local_path") and not Path(entry["local_path"]).is_absolute():
+            entry = {**entry, "local_path": str((path.parent / entry["local_path"]).resolve())}
+        suites.append(register_suite(Suite(**entry), overwrite=overwrite))
+    return suites
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def benchmarks_dir() -> Path:
+    """Where built-in suites look for their files: ``$RLREASON_BENCHMARKS`` or ``<repo>/../shared/data/benchmarks``."""
+    env = os.environ.get("RLREASON_BENCHMARKS")
+    return Path(env) if env else REPO.parent / "shared" / "data" / "benchmarks"
+
+
+def local_candidates(suite: Suite) -> list[Path]:
+    """The local paths tried for ``suite``, in order."""
+    if not suite.local_path:
+        return []
+    p = Path(suite.local_path).expanduser()
+    return [p] if p.is_absolute() else [benchmarks_dir() / p, Path.cwd() / p]
+
+
+def load_rows(suite: Suite, limit: int | None = None, allow_hub: bool = True) -> list[dict]:
+    """The suite's raw rows (the first ``limit``): generated, from the local file, or from the hub.
+
+    Raises FileNotFoundError naming the suite and every path tried when no local file exists
+    and ``allow_hub`` is False or the hub load fails (e.g. offline).
+    """
+    if suite.generator is not None:
+        return list(suite.generator(limit))[:limit]
+    tried = local_candidates(suite)
+    for path in tried:
+        if path.is_file():
+            return _read_local(path, limit)
+    where = ", ".join(str(p) for p in tried) or "(no local_path)"
+    if not allow_hub or not suite.hf_id:
+        raise FileNotFoundError(f"suite {suite.name!r}: no local file (tried {where}) and no hub fallback allowed")
+    try:
+        import datasets
+
+        split = suite.hf_split if limit is None else f"{suite.hf_split}[:{limit}]"
+        return list(datasets.load_dataset(suite.hf_id, suite.hf_config, split=split))
+    except Exception as e:  # offline, not found, gated: all mean "cannot load"
+        raise FileNotFoundError(
+            f"suite {suite.name!r}: no local file (tried {where}; set RLREASON_BENCHMARKS to the folder holding it) "
+            f"and loading hub dataset {suite.hf_id!r} (config={suite.hf_config!r}, split={suite.hf_split!r}) "
+            f"failed: {type(e).__name__}: {e}"
+        ) from e
+
+
+def _read_local(path: Path, limit: int | None) -> list[dict]:
+    """Rows of a local data file. JSONL is read directly: exact JSON values (no Arrow type
+    coercion across rows), no cache written, and fast; other formats go through ``datasets``."""
+    if path.suffix.lower() == ".jsonl":
+        rows = []
+        with path.open(encoding="utf-8") as f:
+            for line in f:
+                if limit is not None and len(rows) >= limit:
+                    break
+                if line.strip():
+                    rows.append(json.loads(line))
+        return rows
+    from rlreason.data import load_dataset_any  # datasets is slow to import; only when needed
+
+    data = load_dataset_any(str(path), split="train")
+    return list(data.select(range(min(limit, len(data))))) if limit is not None else list(data)
+
+
+def _strip_math(s: str) -> str:
+    """``$x$`` -> ``x`` (OlympiadBench wraps its answers in inline math)."""
+    s = s.strip()
+    while len(s) >= 2 and s.startswith("$") and s.endswith("$"):
+        s = s[1:-1].strip()
+    return s
+
+
+def solution_text(suite: Suite, row: dict) -> str | None:
+    """The row's reference solution as one string (lists joined by blank lines), or None."""
+    if not suite.solution_column or row.get(suite.solution_column) is None:
+        return None
+    sol = row[suite.solution_column]
+    return "\n\n".join(sol) if isinstance(sol, list) else str(sol)
+
+
+def gold_of(suite: Suite, row: dict) -> Any:
+    """The gold answer of ``row`` per ``suite.gold_format``, ready for ``verify(gold, answer)``.
+
+    ``plain`` returns the value as stored (a float like ``27.0`` stays a float, compared at
+    its own precision by the verifier); the others return a string, or None when the row
+    has no recoverable gold.
+    """
+    if suite.gold_format == "boxed_solution":
+        sol = solution_text(suite, row)
+        return extract_answer(sol, rules=("boxed",)) if sol else None
+    value = row.get(suite.answer_column)  # type: ignore[arg-type]
+    if value is None:
+        return None
+    if suite.gold_format == "gsm8k":
+        return str(value).split("####")[-1].strip().replace(",", "")
+    if suite.gold_format == "list":
+        items = value if isinstance(value, list) else [value]
+        return ", ".join(_strip_math(str(v)) for v in items)
+    return value
+
+
+def load_problems(suite: Suite, limit: int | None = None, allow_hub: bool = True) -> list[dict]:
+    """The suite as problems ``{"index", "id", "problem", "gold", "solution", "subject", "level", "row"}``.
+
+    ``row`` is the raw row (templates may use any of its columns); ``id`` is the id column's
+    value or the index.
+    """
+    rows = load_rows(suite, limit, allow_hub)
+    problems = []
+    for i, row in enumerate(rows):
+        if suite.problem_column not in row:
+            raise ValueError(f"suite {suite.name!r}: problem column {suite.problem_column!r} not in {sorted(row)}")
+        problems.append({
+            "index": i,
+            "id": row.get(suite.id_column, i) if suite.id_column else i,
+            "problem": row[suite.problem_column],
+            "gold": gold_of(suite, row),
+            "solution": solution_text(suite, row),
+            "subject": row.get(suite.subject_column) if suite.subject_column else None,
+            "level": row.get(suite.level_column) if suite.level_column else None,
+            "row": row,
+        })
+    return problems

@@ -113,6 +113,8 @@ class GRPOConfig:
     eval_size: int = 200  # problems in the periodic eval
     final_eval_size: int = 1000  # problems in the before/after eval
     eval_max_tokens: int | None = None  # None = max_completion_length
+    eval_suites: list[str] = field(default_factory=list)  # benchmark suites (rlreason.eval.suites) at eval_steps
+    eval_suites_limit: int | None = None  # problems per suite (None = all)
     logging_steps: int = 1
     log_completions_steps: int = 10  # write sampled completions every N steps
     save_steps: int = 100

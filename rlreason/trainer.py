@@ -32,7 +32,7 @@ from transformers import get_scheduler
 from rlreason import algorithms as A
 from rlreason.checkpoint import save_checkpoint, save_model
 from rlreason.config import GRPOConfig
-from rlreason.eval.core import evaluate
+from rlreason.eval.core import EvalProtocol, evaluate, evaluate_suites, flat_metrics
 from rlreason.eval.metrics import diff_interval, wilson_interval
 from rlreason.rewards.registry import reward_name
 from rlreason.rewards.runner import RewardRunner
@@ -462,6 +462,22 @@ class GRPOTrainer:
                 "eval/mean_length": length / total, "eval/truncated_frac": trunc / total,
                 "eval/samples": res["samples"]}
 
+    def evaluate_suites(self) -> dict[str, float]:
+        """Greedy pass@1 (and friends) on the configured benchmark suites, on the main process
+        (the others wait), with the suites' own prompt templates: the same code as
+        ``python -m rlreason.eval``."""
+        cfg = self.cfg
+        if not cfg.eval_suites:
+            return {}
+        flat: dict[str, float] = {}
+        if self.acc.is_main_process:
+            protocol = EvalProtocol(max_tokens=cfg.eval_max_tokens or cfg.max_completion_length, seed=cfg.seed)
+            results = evaluate_suites(self.engine, self.tokenizer, cfg.eval_suites, protocol,
+                                      limit=cfg.eval_suites_limit)
+            flat = flat_metrics(results, prefix="suite")
+        self.acc.wait_for_everyone()
+        return flat
+
     def _log_completions(self, ro: Rollout) -> None:
         G = self.cfg.num_generations
         rows = []
@@ -489,9 +505,11 @@ class GRPOTrainer:
             Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
         t_start = time.perf_counter()
         before = self.evaluate(cfg.final_eval_size)
+        before.update(self.evaluate_suites())
         if before:
             self.log.log(0, {k: v for k, v in before.items() if k != "eval/samples"})
             self.log.advance(0, before)
+        if "eval/accuracy" in before:
             self.log.print(f"held-out accuracy before training: {before['eval/accuracy']:.3f} "
                            f"({before['eval/correct']}/{before['eval/n']})")
         samples_per_s = []
@@ -516,6 +534,7 @@ class GRPOTrainer:
             if cfg.eval_steps and self.step % cfg.eval_steps == 0 and self.step < cfg.max_steps:
                 ev = self.evaluate(cfg.eval_size)
                 metrics.update({k: v for k, v in ev.items() if k != "eval/samples"})
+                metrics.update(self.evaluate_suites())
             if self.step % cfg.logging_steps == 0 or self.step == cfg.max_steps:
                 self.log.log(self.step, metrics)
             if cfg.log_completions_steps and (self.step == 1 or self.step % cfg.log_completions_steps == 0):
@@ -525,6 +544,7 @@ class GRPOTrainer:
                 self.save(self.step)
         train_time = time.perf_counter() - t_train
         after = self.evaluate(cfg.final_eval_size)
+        after.update(self.evaluate_suites())
         if after:
             self.log.log(self.step, {k: v for k, v in after.items() if k != "eval/samples"})
         self.save(self.step)
@@ -532,7 +552,11 @@ class GRPOTrainer:
         summary = {"steps": self.step, "train_time_s": train_time, "total_time_s": time.perf_counter() - t_start,
                    "samples_per_s": sum(samples_per_s) / max(len(samples_per_s), 1),
                    "nonfinite_skipped": self.nonfinite_skipped}
-        if before and after:
+        suites_after = {k: v for k, v in after.items() if k.startswith("suite/")}
+        if suites_after:
+            summary["suites_before"] = {k: v for k, v in before.items() if k.startswith("suite/")}
+            summary["suites_after"] = suites_after
+        if "eval/accuracy" in before and "eval/accuracy" in after:
             lo, hi = diff_interval(before["eval/correct"], before["eval/n"], after["eval/correct"], after["eval/n"])
             summary.update({"heldout_before": before["eval/accuracy"], "heldout_after": after["eval/accuracy"],
                             "heldout_n": after["eval/n"], "gain": after["eval/accuracy"] - before["eval/accuracy"],

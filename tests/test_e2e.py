@@ -135,3 +135,24 @@ def test_use_vllm_without_vllm_installed_is_a_clear_error(tiny_path, tmp_path):
                   {}, timeout=180)
     assert res.returncode != 0
     assert "config key 'use_vllm': vLLM is not installed" in res.stderr
+
+
+@pytest.mark.slow
+def test_periodic_benchmark_suite_eval_during_training(tiny_path, tmp_path):
+    out = tmp_path / "run"
+    res = _launch([
+        "--model_name_or_path", str(tiny_path), "--output_dir", str(out), "--max_steps", "2", "--eval_steps", "1",
+        "--eval_suites", "[arith]", "--eval_suites_limit", "30", "--final_eval_size", "30", "--eval_size", "30",
+        "--num_generations", "4", "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1",
+        "--save_steps", "0",
+    ], {})
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    suite_rows = [r for r in rows if "suite/arith/pass@1" in r]
+    assert [r["step"] for r in suite_rows] == [0, 1, 2]  # before, periodic, after
+    # the suite harness and the trainer's held-out eval score the same 30 arith problems alike
+    for r in suite_rows:
+        if "eval/accuracy" in r:
+            assert r["suite/arith/pass@1"] == pytest.approx(r["eval/accuracy"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert "suite/arith/pass@1" in summary["suites_after"]

@@ -1,0 +1,148 @@
+"""``python -m rlreason.eval``: score a checkpoint on benchmark suites, or compare two results files.
+
+    python -m rlreason.eval --model PATH --suites math500,gsm8k --n 4 --k 1,4 --limit 50 --out results/
+    python -m rlreason.eval --compare a/results.json b/results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rlreason.eval.suites import SUITES, TEMPLATES, load_suite_file
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m rlreason.eval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="model folder or hub id; 'tiny' = the embedded tiny model")
+    p.add_argument("--suites", default="math500", help=f"comma-separated; built in: {','.join(SUITES)}")
+    p.add_argument("--suite-file", action="append", default=[], help="YAML file defining more suites (repeatable)")
+    p.add_argument("--limit", type=int, default=None, help="first N problems of each suite")
+    p.add_argument("--n", type=int, default=1, help="samples per problem")
+    p.add_argument("--k", default=None, help="comma-separated k for pass@k and maj@k (default: 1 and n)")
+    p.add_argument("--temperature", type=float, default=None, help="default 0 (greedy) for n=1, else 0.6")
+    p.add_argument("--top-p", type=float, default=None, help="default 1.0 for greedy, else 0.95")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--max-tokens", type=int, default=1024)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--template", choices=sorted(TEMPLATES), default=None, help="default: each suite's own")
+    p.add_argument("--user-template", default=None, help="str.format template over the row, with {prompt}")
+    p.add_argument("--system-prompt", default=None, help="overrides the template's ('' for none)")
+    p.add_argument("--chat-template", choices=("auto", "on", "off"), default="auto")
+    p.add_argument("--extract-fallback", default=None,
+                   help="comma-separated answer fallbacks when no marker is found (whole,answer_phrase,last_math,"
+                        "last_number); default none")
+    p.add_argument("--engine", choices=("hf", "vllm"), default="hf")
+    p.add_argument("--engine-kwargs", default="{}", help="JSON dict passed to the engine's constructor")
+    p.add_argument("--dtype", default="auto", help="hf engine: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
+    p.add_argument("--batch-prompts", type=int, default=64, help="hf engine: prompts per generate() call")
+    p.add_argument("--no-hub", action="store_true", help="never download a suite from the hub")
+    p.add_argument("--out", default=None, help="folder for results.json and problems.jsonl")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="print two results files side by side and exit")
+    args = p.parse_args(argv)
+    if not args.compare and not args.model:
+        p.error("--model is required (or use --compare A B)")
+    return args
+
+
+def build_protocol(args: argparse.Namespace):
+    """The ``EvalProtocol`` the arguments describe (sampling defaults depend on ``--n``)."""
+    from rlreason.eval.core import EvalProtocol
+
+    temperature = args.temperature if args.temperature is not None else (0.0 if args.n == 1 else 0.6)
+    top_p = args.top_p if args.top_p is not None else (1.0 if temperature == 0 else 0.95)
+    ks = tuple(int(k) for k in args.k.split(",")) if args.k else tuple(sorted({1, args.n}))
+    fallback = tuple(args.extract_fallback.split(",")) if args.extract_fallback else None
+    return EvalProtocol(n=args.n, temperature=temperature, top_p=top_p, top_k=args.top_k, max_tokens=args.max_tokens,
+                        seed=args.seed, ks=ks, limit=args.limit, template=args.template,
+                        user_template=args.user_template, system_prompt=args.system_prompt,
+                        chat_template=args.chat_template, extract_fallback=fallback)
+
+
+def resolve_model(model: str) -> str:
+    """``tiny`` -> the embedded model's cached folder; anything else unchanged."""
+    if model == "tiny":
+        from rlreason.tiny import ensure
+
+        return str(ensure(log=lambda *a: print(*a, file=sys.stderr)))
+    return model
+
+
+def build_engine(args: argparse.Namespace, model_path: str) -> tuple[Any, Any]:
+    """(engine, tokenizer) for ``--engine``. vLLM is imported only when asked for."""
+    from transformers import AutoTokenizer
+
+    kwargs = json.loads(args.engine_kwargs)
+    if args.engine == "vllm":
+        try:
+            import vllm  # noqa: F401  (fail here, with a clear message, before anything loads)
+
+            from rlreason.rollout.vllm import VLLMEngine
+        except ImportError as e:
+            raise SystemExit(f"--engine vllm needs vLLM and rlreason.rollout.vllm ({e}); "
+                             "install vllm (GPU) or use --engine hf") from e
+        kwargs.setdefault("seed", args.seed)
+        if args.dtype != "auto":
+            kwargs.setdefault("dtype", args.dtype)
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        # VLLMEngine(model, tokenizer, *, seed, dtype, gpu_memory_utilization, ...) in rlreason/rollout/vllm.py
+        return VLLMEngine(model_path, tokenizer, **kwargs), tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rlreason.rollout.hf import HFEngine
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = {"auto": torch.bfloat16 if device == "cuda" else torch.float32,
+             "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, **kwargs).to(device).eval()
+    if tokenizer.pad_token_id is None:
+        # Batched generation needs padding; eos as pad is safe here since nothing is trained.
+        tokenizer.pad_token = tokenizer.eos_token
+    return HFEngine(model, tokenizer, max_batch_prompts=args.batch_prompts), tokenizer
+
+
+def run_compare(a_path: str, b_path: str) -> str:
+    from rlreason.eval.report import compare_table, config_differences
+
+    a, b = (json.loads(Path(p).read_text()) for p in (a_path, b_path))
+    lines = [f"A = {a_path}", f"B = {b_path}"]
+    diffs = config_differences(a, b)
+    if diffs:
+        lines.append("protocol differs: " + "; ".join(diffs))
+    lines.append(compare_table(a, b, ("A", "B")))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    args = parse_args(argv)
+    if args.compare:
+        print(run_compare(*args.compare))
+        return None
+    for f in args.suite_file:
+        load_suite_file(f)
+    from rlreason.eval.core import evaluate_suites
+    from rlreason.eval.report import markdown_table, write_results
+
+    protocol = build_protocol(args)
+    names = [s.strip() for s in args.suites.split(",") if s.strip()]
+    model_path = resolve_model(args.model)
+    engine, tokenizer = build_engine(args, model_path)
+    results = evaluate_suites(engine, tokenizer, names, protocol, allow_hub=not args.no_hub,
+                              log=lambda line: print(line, file=sys.stderr))
+    extra = {"model": args.model, "model_path": model_path, "engine": args.engine,
+             "engine_kwargs": json.loads(args.engine_kwargs), "dtype": args.dtype, "argv": argv or sys.argv[1:]}
+    if args.out:
+        paths = write_results(results, args.out, extra)
+        print(f"wrote {paths['results']} and {paths['problems']}", file=sys.stderr)
+    print(markdown_table(results["suites"]))
+    return results
+
+
+if __name__ == "__main__":
+    main()
