@@ -104,7 +104,9 @@ def main(argv: list[str] | None = None) -> dict:
         plot_run(out / "metrics.jsonl", out / "plot.png")
         print_summary(summary, out)
     acc.end_training()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    # Tear down the process group accelerate created (a clean exit under torchrun / accelerate
+    # launch); a colocated vLLM owns its own single-process group and cleans it up itself.
+    if acc.num_processes > 1 and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     return summary
 
