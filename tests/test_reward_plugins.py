@@ -412,7 +412,7 @@ def test_build_rewards_unknown_name_lists_builtins() -> None:
             "no parameter named 'max_len' \\(did you mean 'max_length'\\?\\)",
         ),
         ([{"name": scaled_len, "kwargs": {"scal": 2}}], None, "no parameter named 'scal'.*scale"),
-        ([{"name": "format", "kwargs": {"strict": False}}], None, "no parameter named 'strict'"),
+        ([{"name": "format", "kwargs": {"strictt": False}}], None, "no parameter named 'strictt'.*'strict'"),
         ([{"name": "format", "max_length": 8}], None, "unknown key.*'max_length'.*under 'kwargs'"),
         ([{"weight": 1.0}], None, "has no 'name'"),
         ([{"name": "format", "kwargs": [1]}], None, "'kwargs' must be a mapping"),
@@ -666,6 +666,14 @@ def test_preflight_output_to_a_stream(broken_jsonl: Path) -> None:
     buffer = io.StringIO()
     assert pf.run_cli(args, buffer) == 0
     assert "OK: 0 of 2 rows bad" in buffer.getvalue()
+
+
+def test_builtin_format_instance_is_reconfigured_by_kwargs() -> None:
+    (lenient,), _ = build_rewards([{"name": "format", "kwargs": {"strict": False}}])
+    text = "Sure! <think>a</think> <answer>1</answer> done"
+    assert lenient(prompts=["q"], completions=[text]) == [1.0]
+    (strict,), _ = build_rewards(["format"])
+    assert strict(prompts=["q"], completions=[text]) == [0.0]
 
 
 def test_builtin_accuracy_is_configurable_per_dataset_from_the_config() -> None:
