@@ -34,10 +34,9 @@ from rlreason.checkpoint import save_checkpoint, save_model
 from rlreason.config import GRPOConfig
 from rlreason.eval.core import EvalProtocol, evaluate, evaluate_suites, flat_metrics
 from rlreason.eval.metrics import diff_interval, wilson_interval
-from rlreason.rewards.registry import reward_name
 from rlreason.rewards.runner import RewardRunner
 from rlreason.rollout.base import RolloutEngine, Sample, SamplingConfig
-from rlreason.rollout.hf import HFEngine, positions_from_mask
+from rlreason.rollout.hf import HFEngine, left_pad, positions_from_mask, right_pad
 from rlreason.tracking import RunLogger
 
 
@@ -93,29 +92,18 @@ def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: i
     sampler_logp: [N, T] if given; plus "prompt_width" P. Positions skip the left padding,
     as in generation, so the trainer scores exactly the computation the sampler did.
     """
-    p_w = max(map(len, prompt_ids))
-    c_w = max(1, max(map(len, completion_ids)))
-    n = len(prompt_ids)
-    ids = torch.full((n, p_w + c_w), pad_id, dtype=torch.long)
-    mask = torch.zeros((n, p_w + c_w), dtype=torch.long)
-    for i, (p, c) in enumerate(zip(prompt_ids, completion_ids, strict=True)):
-        ids[i, p_w - len(p):p_w] = torch.tensor(p)
-        mask[i, p_w - len(p):p_w] = 1
-        if c:
-            ids[i, p_w:p_w + len(c)] = torch.tensor(c)
-            mask[i, p_w:p_w + len(c)] = 1
+    p_ids, p_mask = left_pad(prompt_ids, pad_id)
+    c_ids, c_mask = right_pad(completion_ids, pad_id, min_width=1)
+    mask = torch.cat([p_mask, c_mask], dim=1)
     out = {
-        "input_ids": ids,
+        "input_ids": torch.cat([p_ids, c_ids], dim=1),
         "attention_mask": mask,
         "position_ids": positions_from_mask(mask),
-        "completion_mask": mask[:, p_w:].clone(),
-        "prompt_width": p_w,
+        "completion_mask": c_mask,
+        "prompt_width": p_ids.shape[1],
     }
     if sampler_logprobs is not None:
-        lp = torch.zeros((n, c_w), dtype=torch.float32)
-        for i, row in enumerate(sampler_logprobs):
-            lp[i, :len(row)] = torch.tensor(row, dtype=torch.float32)
-        out["sampler_logp"] = lp
+        out["sampler_logp"] = right_pad(sampler_logprobs, 0.0, min_width=c_ids.shape[1], dtype=torch.float32)[0]
     return out
 
 
@@ -165,7 +153,6 @@ class GRPOTrainer:
         self.tokenizer = tokenizer
         self.train_dataset = train_dataset
         self.reward_funcs = reward_funcs
-        self.reward_names = [reward_name(f) for f in reward_funcs]
         # Built first: the runner forks its manager process now, before this process holds
         # much memory or starts threads. A reward that hangs, crashes or blows memory there
         # costs only its completions (scored None, counted), never the run.

@@ -4,11 +4,11 @@ sampler log-probs equal the trainer's log-probs."""
 from __future__ import annotations
 
 import torch
+from _logprobs import trainer_logprobs
 
 from rlreason.rollout.base import RolloutEngine, SamplingConfig
 from rlreason.rollout.hf import HFEngine, left_pad
 from rlreason.tiny import prompt_text
-from rlreason.trainer import completion_logprobs, pack
 
 QUESTIONS = ["3+4", "47+38-19", "5-9+12-1", "80-7", "1+2+3+4"]
 
@@ -64,11 +64,8 @@ def test_sampling_logprobs_match_trainer_logprobs(tiny_model):
     prompts = _prompts(tok)
     torch.manual_seed(0)
     groups = HFEngine(model, tok).generate(prompts, 3, SamplingConfig(max_tokens=40, temperature=1.0))
-    flat = [s for g in groups for s in g]
+    flat, logp = trainer_logprobs(model, prompts, groups, tok.pad_token_id)
     assert len({tuple(s.token_ids) for s in flat}) > len(prompts)  # sampling actually varies
-    batch = pack([p for p in prompts for _ in range(3)], [s.token_ids for s in flat], tok.pad_token_id)
-    with torch.no_grad():
-        logp, _ = completion_logprobs(model, batch)
     for i, s in enumerate(flat):
         n = len(s.token_ids)
         assert len(s.logprobs) == n

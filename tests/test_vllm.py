@@ -20,6 +20,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache; before 
 
 import datasets  # noqa: E402
 import torch  # noqa: E402
+from _logprobs import trainer_logprobs  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
@@ -31,7 +32,7 @@ from rlreason.rollout.base import RolloutEngine, SamplingConfig  # noqa: E402
 from rlreason.rollout.hf import HFEngine  # noqa: E402
 from rlreason.rollout.vllm import VLLMEngine, hf_to_vllm_layout  # noqa: E402
 from rlreason.tiny import prompt_text  # noqa: E402
-from rlreason.trainer import GRPOTrainer, completion_logprobs, pack  # noqa: E402
+from rlreason.trainer import GRPOTrainer  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 
@@ -103,12 +104,9 @@ def test_greedy_equals_hf_engine_token_for_token(engine, fresh_model, tok, promp
 
 def test_sampled_logprobs_match_the_trainers(engine, fresh_model, tok, prompts):
     groups = engine.generate(prompts, 4, SamplingConfig(max_tokens=40, temperature=1.0))
-    flat = [s for g in groups for s in g]
     assert all(len(g) == 4 for g in groups)
+    flat, logp = trainer_logprobs(fresh_model, prompts, groups, tok.pad_token_id)
     assert len({tuple(s.token_ids) for s in flat}) > len(prompts)  # n samples of a prompt differ
-    batch = pack([p for p in prompts for _ in range(4)], [s.token_ids for s in flat], tok.pad_token_id)
-    with torch.no_grad():
-        logp, _ = completion_logprobs(fresh_model, batch)
     for i, s in enumerate(flat):
         n = len(s.token_ids)
         assert len(s.logprobs) == n
@@ -122,10 +120,7 @@ def test_sampled_logprobs_match_the_trainers(engine, fresh_model, tok, prompts):
 def test_temperature_and_top_p_logprobs_are_the_sampling_distributions(engine, fresh_model, tok, prompts):
     # logprobs_mode="processed_logprobs": after temperature (top-p 1 keeps the whole distribution)
     groups = engine.generate(prompts[:4], 2, SamplingConfig(max_tokens=30, temperature=0.7))
-    flat = [s for g in groups for s in g]
-    batch = pack([p for p in prompts[:4] for _ in range(2)], [s.token_ids for s in flat], tok.pad_token_id)
-    with torch.no_grad():
-        logp, _ = completion_logprobs(fresh_model, batch, temperature=0.7)
+    flat, logp = trainer_logprobs(fresh_model, prompts[:4], groups, tok.pad_token_id, temperature=0.7)
     for i, s in enumerate(flat):
         torch.testing.assert_close(torch.tensor(s.logprobs), logp[i, :len(s.token_ids)], atol=LOGPROB_ATOL, rtol=0)
     # top-k 1 is greedy; its processed log-probs are all 0
