@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
+from rlreason.rollout.hf import right_pad
 from rlreason.tasks import arith
 
 BUILD_THREADS = 2
@@ -151,12 +152,8 @@ def _sft_batch(tokenizer, pairs: list[tuple[str, str]]) -> dict[str, torch.Tenso
         c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [eos]
         rows.append(p + c)
         labels.append([-100] * len(p) + c)
-    width = max(map(len, rows))
-    pad = tokenizer.pad_token_id
-    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
-    lab = torch.tensor([r + [-100] * (width - len(r)) for r in labels])
-    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-    return {"input_ids": ids, "attention_mask": mask, "labels": lab}
+    ids, mask = right_pad(rows, tokenizer.pad_token_id)
+    return {"input_ids": ids, "attention_mask": mask, "labels": right_pad(labels, -100)[0]}
 
 
 def warmup(model, tokenizer, spec: TinySpec, log=print) -> list[float]:
