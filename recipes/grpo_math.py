@@ -45,10 +45,21 @@ def load_policy(cfg: GRPOConfig, acc: Accelerator):
     return model, tokenizer
 
 
-def build_engine(cfg: GRPOConfig, model, tokenizer):
-    """None (the trainer generates with transformers on the policy itself) or a vLLM engine."""
+def build_engine(cfg: GRPOConfig, model, tokenizer, acc: Accelerator):
+    """None (the trainer generates with transformers on the policy itself) or a vLLM engine:
+    colocated in this process, or a client of a running ``rlreason-vllm-serve`` (server mode)."""
     if not cfg.use_vllm:
         return None
+    if cfg.vllm_mode == "server":
+        from rlreason.rollout.vllm_server import VLLMServerEngine
+
+        url = cfg.vllm_server_base_url or f"http://{cfg.vllm_server_host}:{cfg.vllm_server_port}"
+        engine = VLLMServerEngine(url, tokenizer, weight_transfer=cfg.vllm_weight_transfer,
+                                  group_port=cfg.vllm_group_port, seed=cfg.seed + 1000 * acc.process_index,
+                                  connect_timeout_s=cfg.vllm_server_timeout, is_sender=acc.is_main_process)
+        engine.load_weights(model.named_parameters())  # the server may hold other weights than the policy's
+        acc.wait_for_everyone()
+        return engine
     try:
         from rlreason.rollout.vllm import VLLMEngine
 
@@ -94,10 +105,15 @@ def main(argv: list[str] | None = None) -> dict:
     # again, now that the dataset's columns are known: a reward asking for a missing column fails here
     columns = set(train.column_names) - {cfg.prompt_column, *INTERNAL_COLUMNS} | {"completion_ids"}
     reward_funcs, reward_weights = build_rewards(cfg.reward_funcs, cfg.reward_weights, columns=columns)
+    engine = build_engine(cfg, model, tokenizer, acc)
     trainer = GRPOTrainer(cfg, model, tokenizer, train, reward_funcs, reward_weights=reward_weights,
                           eval_rows=eval_rows, eval_accuracy_fn=accuracy_reward, eval_format_fn=format_reward,
-                          engine=build_engine(cfg, model, tokenizer), accelerator=acc)
-    summary = trainer.train()
+                          engine=engine, accelerator=acc)
+    try:
+        summary = trainer.train()
+    finally:
+        if engine is not None:
+            engine.close()
     trainer.save_final(out / "final_model")
     if acc.is_main_process:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -24,7 +24,7 @@ SCALE_REWARDS = ("group", "batch", "none")
 ADVANTAGE_ESTIMATORS = ("grpo", "rloo", "reinforce_pp")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 RATIO_LEVELS = ("token", "sequence")
-VLLM_MODES = ("colocate",)
+VLLM_MODES = ("colocate", "server")
 
 
 class ConfigError(ValueError):
@@ -74,10 +74,16 @@ class GRPOConfig:
 
     # --- rollout engine ---
     use_vllm: bool = False  # generate with vLLM (needs vllm installed; docs/install.md) instead of transformers
-    vllm_mode: str = "colocate"  # colocate: vLLM in the trainer's process (server mode is not available yet)
+    vllm_mode: str = "colocate"  # colocate: vLLM in the trainer's process; server: a separate rlreason-vllm-serve
     vllm_gpu_memory_utilization: float = 0.3
     vllm_tensor_parallel_size: int = 1
     vllm_enable_sleep_mode: bool = False  # free vLLM's KV cache while training (GPU)
+    vllm_server_base_url: str | None = None  # server mode; None = http://{vllm_server_host}:{vllm_server_port}
+    vllm_server_host: str = "127.0.0.1"
+    vllm_server_port: int = 8000
+    vllm_server_timeout: float = 240.0  # seconds to wait for the server to come up
+    vllm_group_port: int = 51216  # port the trainer opens for the weight-transfer group (server mode)
+    vllm_weight_transfer: str = "auto"  # server mode: nccl | gloo | auto (nccl with a GPU); must match the server
     weight_sync_steps: int = 1  # push the policy's weights to a separate engine every N steps
 
     # --- optimisation ---
@@ -155,7 +161,9 @@ class GRPOConfig:
         need(self.entropy_coef >= 0, "entropy_coef", f"must be >= 0, got {self.entropy_coef}")
         need(self.max_resample_rounds >= 0, "max_resample_rounds", "must be >= 0")
         need(self.vllm_mode in VLLM_MODES, "vllm_mode",
-             f"must be one of {VLLM_MODES} (server mode is not available yet), got {self.vllm_mode!r}")
+             f"must be one of {VLLM_MODES}, got {self.vllm_mode!r}")
+        need(self.vllm_weight_transfer in ("auto", "gloo", "nccl"), "vllm_weight_transfer",
+             f"must be auto, gloo or nccl, got {self.vllm_weight_transfer!r}")
         need(self.weight_sync_steps >= 1, "weight_sync_steps", f"must be >= 1, got {self.weight_sync_steps}")
         need(self.reward_num_workers >= 0, "reward_num_workers", f"must be >= 0, got {self.reward_num_workers}")
         need(self.reward_timeout_s > 0, "reward_timeout_s", f"must be > 0, got {self.reward_timeout_s}")

@@ -427,6 +427,8 @@ class GRPOTrainer:
         """Give the engine the new policy; nothing to move when it generates with the policy itself."""
         if not self.engine_shares_policy:
             self.engine.load_weights(self.acc.unwrap_model(self.model).named_parameters())
+            # a shared server is updated by one process: nobody generates before it has the new weights
+            self.acc.wait_for_everyone()
 
     # ------------------------------------------------------------------ eval / loop
 

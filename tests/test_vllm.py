@@ -1,10 +1,12 @@
-"""The colocated vLLM engine on CPU, against the transformers engine on the real tiny model:
-greedy outputs token for token, sampler log-probs, weight sync into the repacked CPU kernels,
-and a short GRPO run generating with vLLM.
+"""The vLLM engines on CPU, against the transformers engine on the real tiny model: greedy
+outputs token for token, sampler log-probs, weight sync into the repacked CPU kernels, and a
+short GRPO run generating with vLLM. Every test runs twice: with the colocated engine (vLLM in
+this process) and with the server engine (a real ``rlreason-vllm-serve`` subprocess on
+localhost, weights pushed over the gloo transfer backend).
 
 Needs vLLM (skipped without it); run in the vLLM environment (scripts/setup_vllm_cpu.sh):
     VLLM_CPU_KVCACHE_SPACE=1 .venv-vllm/bin/python -m pytest -q -m vllm tests/test_vllm.py
-One engine is shared by the whole module (it takes ~10-30 s to start).
+One engine of each kind is shared by the module (each takes ~10-30 s to start).
 """
 
 from __future__ import annotations
@@ -12,6 +14,13 @@ from __future__ import annotations
 import copy
 import json
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +29,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache; before 
 
 import datasets  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
 from _logprobs import trainer_logprobs  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
@@ -31,6 +41,7 @@ from rlreason.rewards import accuracy_reward, format_reward  # noqa: E402
 from rlreason.rollout.base import RolloutEngine, SamplingConfig  # noqa: E402
 from rlreason.rollout.hf import HFEngine  # noqa: E402
 from rlreason.rollout.vllm import VLLMEngine, hf_to_vllm_layout  # noqa: E402
+from rlreason.rollout.vllm_server import VLLMServerEngine  # noqa: E402
 from rlreason.tiny import prompt_text  # noqa: E402
 from rlreason.trainer import GRPOTrainer  # noqa: E402
 
@@ -53,10 +64,54 @@ def prompts(tok):
     return [tok(prompt_text(tok, q), add_special_tokens=False)["input_ids"] for q in QUESTIONS]
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
-def engine(tiny_path, tok):
-    model = AutoModelForCausalLM.from_pretrained(tiny_path).eval()
-    eng = VLLMEngine(model, tok, seed=0)  # starts on dummy weights; the model's arrive via load_weights
+def server_url(tiny_path, tmp_path_factory):
+    """A real vLLM server on localhost, started the way users start it (``rlreason-vllm-serve``),
+    in fp32 like the policy so that its outputs can be compared with the HF model's."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("vllm-server") / "server.log"
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "rlreason.rollout.vllm_server", "--model", str(tiny_path), "--host", "127.0.0.1",
+           "--port", str(port), "--dtype", "float32", "--weight-transfer", "gloo", "--enforce-eager"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"vLLM server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"vLLM server did not come up:\n{log.read_text()[-4000:]}") from None
+                time.sleep(1)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="module", params=["colocate", "server"])
+def engine(request, tiny_path, tok):
+    if request.param == "colocate":
+        model = AutoModelForCausalLM.from_pretrained(tiny_path).eval()
+        eng = VLLMEngine(model, tok, seed=0)  # starts on dummy weights; the model's arrive via load_weights
+    else:
+        eng = VLLMServerEngine(request.getfixturevalue("server_url"), tok, weight_transfer="gloo",
+                               group_port=free_port(), seed=0)
     yield eng
     eng.close()
 
@@ -71,7 +126,10 @@ def fresh_model(tiny_path, engine):
 
 def _assert_kernels_hold(engine, model):
     """The weights vLLM's kernels compute with (linear layers read back through their repacked
-    oneDNN weights) equal the HF model's, in vLLM's fused layout."""
+    oneDNN weights) equal the HF model's, in vLLM's fused layout. (The server's workers are in
+    another process: there the greedy outputs and log-probs after a sync are the check.)"""
+    if not isinstance(engine, VLLMEngine):
+        return
     got = engine.kernel_weights()
     want = hf_to_vllm_layout({k: v.detach() for k, v in model.named_parameters()}, model.config)
     assert set(want) <= {k.split(":")[0] for k in got}
@@ -173,6 +231,8 @@ def test_load_weights_rejects_an_incomplete_or_unknown_set(engine, fresh_model):
 
 
 def test_sleep_mode(engine, tiny_path, tok):
+    if not isinstance(engine, VLLMEngine):
+        pytest.skip("sleep mode is the colocated engine's (a server keeps its memory)")
     with pytest.raises(RuntimeError, match="enable_sleep_mode"):
         engine.sleep()
     # vLLM has no sleep mode on CPU: it refuses the option while building its config, before any engine starts
@@ -206,9 +266,16 @@ def _grpo_run(tiny_path, tmp_path, tok, name, engine=None) -> tuple[dict, list[d
     return summary, [r for r in rows if "loss" in r], tr
 
 
-def test_short_grpo_run_with_vllm_matches_the_hf_engine_run(tiny_path, tmp_path, tok, engine):
+@pytest.fixture(scope="module")
+def hf_run(tiny_path, tmp_path_factory, tok):
+    """The same short run generating with transformers: the reference for both vLLM engines."""
+    s_hf, steps_hf, _ = _grpo_run(tiny_path, tmp_path_factory.mktemp("hf"), tok, "hf")
+    return s_hf, steps_hf
+
+
+def test_short_grpo_run_with_vllm_matches_the_hf_engine_run(tiny_path, tmp_path, tok, engine, hf_run):
     s_vl, steps_vl, tr = _grpo_run(tiny_path, tmp_path, tok, "vllm", engine)
-    s_hf, steps_hf, _ = _grpo_run(tiny_path, tmp_path, tok, "hf")
+    s_hf, steps_hf = hf_run
     assert len(steps_vl) == len(steps_hf) == STEPS
     for r_vl, r_hf in zip(steps_vl, steps_hf, strict=True):
         assert set(r_vl) == set(r_hf)  # the same metrics, whichever engine generated
@@ -242,3 +309,36 @@ class _EvalOnly:
         self.eval_rows, self.eval_accuracy_fn = tr.eval_rows, tr.eval_accuracy_fn
         self.eval_format_fn, self.acc, self.cfg = tr.eval_format_fn, tr.acc, tr.cfg
         self.eval_sampling, self.engine = tr.eval_sampling, engine
+
+
+def test_server_engine_refuses_a_mismatched_or_missing_server(engine, tok):
+    if not isinstance(engine, VLLMServerEngine):
+        pytest.skip("server mode only")
+    with pytest.raises(RuntimeError, match="weight-transfer backend 'gloo'.*'nccl'"):
+        VLLMServerEngine(engine.base_url, tok, weight_transfer="nccl")
+    with pytest.raises(ConnectionError, match="no vLLM server answered.*vllm_server_base_url"):
+        VLLMServerEngine(f"http://127.0.0.1:{free_port()}", tok, connect_timeout_s=2)
+
+
+def test_recipe_yaml_switches_to_server_mode(engine, tmp_path):
+    """Last in the module: the recipe's engine takes over the server's weight-transfer group."""
+    if not isinstance(engine, VLLMServerEngine):
+        pytest.skip("server mode only")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    import grpo_math
+
+    engine.close()  # one trainer at a time drives a server's weight transfer
+    cfg = tmp_path / "server.yaml"
+    cfg.write_text(yaml.safe_dump({"use_vllm": True, "vllm_mode": "server", "vllm_server_base_url": engine.base_url,
+                                   "vllm_weight_transfer": "gloo", "vllm_group_port": free_port(),
+                                   "importance_sampling_cap": 2.0}))
+    out = tmp_path / "run"
+    summary = grpo_math.main(["--config", str(cfg), "--output_dir", str(out), "--max_steps", "6",
+                              "--learning_rate", "1e-4", "--eval_steps", "0", "--final_eval_size", "100",
+                              "--eval_size", "100", "--save_steps", "0", "--progress", "false"])
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    assert len(steps) == 6 and summary["steps"] == 6
+    # every step sampled from the weights the trainer held: the server was synced each step
+    assert all(r["is_weight_mean"] == pytest.approx(1.0, abs=2e-3) for r in steps), [r["is_weight_mean"] for r in steps]
+    assert (out / "final_model" / "model.safetensors").exists()
