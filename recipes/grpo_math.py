@@ -21,7 +21,7 @@ import yaml
 from accelerate import Accelerator
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlreason import tiny
+from rlreason import lora, tiny
 from rlreason.config import GRPOConfig, parse_args
 from rlreason.data import arith_dataset, load_dataset_any, prepare
 from rlreason.eval.suites import arith_suite
@@ -41,7 +41,12 @@ def load_policy(cfg: GRPOConfig, acc: Accelerator):
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
     if tokenizer.pad_token_id is None:
         raise ValueError(f"tokenizer of {path} has no pad token; set one in the model folder")
-    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, dtype=torch.float32)
+    quant = lora.quantization_config(cfg)
+    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=cfg.trust_remote_code,
+                                                 dtype=torch.bfloat16 if quant else torch.float32,
+                                                 quantization_config=quant)
+    if cfg.use_peft:
+        model = lora.apply_lora(model, cfg)
     return model, tokenizer
 
 
@@ -57,7 +62,7 @@ def build_engine(cfg: GRPOConfig, model, tokenizer, acc: Accelerator):
         engine = VLLMServerEngine(url, tokenizer, weight_transfer=cfg.vllm_weight_transfer,
                                   group_port=cfg.vllm_group_port, seed=cfg.seed + 1000 * acc.process_index,
                                   connect_timeout_s=cfg.vllm_server_timeout, is_sender=acc.is_main_process)
-        engine.load_weights(model.named_parameters())  # the server may hold other weights than the policy's
+        engine.load_weights(lora.merged_named_parameters(model))  # the server may hold other weights than ours
         acc.wait_for_everyone()
         return engine
     try:

@@ -43,6 +43,14 @@ class GRPOConfig:
     model_name_or_path: str = "tiny"  # "tiny" = the embedded model, built on first use
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False
+    # --- LoRA / QLoRA (peft); the reference model for the KL term is the adapter-disabled base ---
+    use_peft: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: str | list[str] = "all-linear"
+    lora_modules_to_save: list[str] = field(default_factory=list)  # fully trained (e.g. ["lm_head"])
+    load_in_4bit: bool = False  # QLoRA: NF4 base weights (bitsandbytes, CUDA)
 
     # --- data ---
     dataset_name: str = "arith"  # "arith" = the embedded task; else a hub id or a local json/jsonl/parquet/csv
@@ -164,6 +172,10 @@ class GRPOConfig:
              f"must be one of {VLLM_MODES}, got {self.vllm_mode!r}")
         need(self.vllm_weight_transfer in ("auto", "gloo", "nccl"), "vllm_weight_transfer",
              f"must be auto, gloo or nccl, got {self.vllm_weight_transfer!r}")
+        need(self.lora_r >= 1, "lora_r", f"must be >= 1, got {self.lora_r}")
+        need(0 <= self.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
+        need(not self.load_in_4bit or self.use_peft, "load_in_4bit",
+             "4-bit weights cannot be trained directly: set use_peft: true (QLoRA)")
         need(self.weight_sync_steps >= 1, "weight_sync_steps", f"must be >= 1, got {self.weight_sync_steps}")
         need(self.reward_num_workers >= 0, "reward_num_workers", f"must be >= 0, got {self.reward_num_workers}")
         need(self.reward_timeout_s > 0, "reward_timeout_s", f"must be > 0, got {self.reward_timeout_s}")

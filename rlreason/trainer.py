@@ -34,14 +34,11 @@ from rlreason.checkpoint import save_checkpoint, save_model
 from rlreason.config import GRPOConfig
 from rlreason.eval.core import EvalProtocol, evaluate, evaluate_suites, flat_metrics
 from rlreason.eval.metrics import diff_interval, wilson_interval
+from rlreason.lora import is_peft_model, merged_named_parameters, save_merged
 from rlreason.rewards.runner import RewardRunner
 from rlreason.rollout.base import RolloutEngine, Sample, SamplingConfig
 from rlreason.rollout.hf import HFEngine, left_pad, positions_from_mask, right_pad
 from rlreason.tracking import RunLogger
-
-
-def _is_peft(model) -> bool:
-    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
 
 # Columns the data pipeline adds; rewards get every other column.
 INTERNAL_COLUMNS = ("prompt_text", "prompt_ids")
@@ -168,7 +165,7 @@ class GRPOTrainer:
         self.scale_rewards = cfg.scale_rewards or self.preset.scale_rewards
         self.ratio_level = cfg.importance_sampling_level or self.preset.ratio_level
         self.ref_model = None
-        self.ref_is_base_adapter = _is_peft(model) and cfg.beta > 0
+        self.ref_is_base_adapter = is_peft_model(model) and cfg.beta > 0
         if cfg.beta > 0 and not self.ref_is_base_adapter:
             # The reference is only needed (and only loaded) for the KL term. With LoRA it is the
             # policy with its adapter disabled: no second copy of the weights.
@@ -426,7 +423,8 @@ class GRPOTrainer:
     def sync_weights(self) -> None:
         """Give the engine the new policy; nothing to move when it generates with the policy itself."""
         if not self.engine_shares_policy:
-            self.engine.load_weights(self.acc.unwrap_model(self.model).named_parameters())
+            # LoRA: merged weights under the base model's names (the engine serves a plain model)
+            self.engine.load_weights(merged_named_parameters(self.acc.unwrap_model(self.model)))
             # a shared server is updated by one process: nobody generates before it has the new weights
             self.acc.wait_for_everyone()
 
@@ -580,4 +578,14 @@ class GRPOTrainer:
                                keep=self.cfg.save_total_limit)
 
     def save_final(self, out_dir: str | Path) -> Path:
-        return save_model(self.acc, self.model, self.tokenizer, out_dir)
+        """The trained policy as a plain Hugging Face model; with LoRA the merged weights, and
+        the adapter itself in ``out_dir/adapter``."""
+        model = self.acc.unwrap_model(self.model)
+        if not is_peft_model(model):
+            return save_model(self.acc, self.model, self.tokenizer, out_dir)
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            save_merged(model, self.tokenizer, out_dir)
+            model.save_pretrained(Path(out_dir) / "adapter", safe_serialization=True)
+        self.acc.wait_for_everyone()
+        return Path(out_dir)

@@ -37,6 +37,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from rlreason.config import GRPOConfig  # noqa: E402
 from rlreason.data import arith_dataset, prepare  # noqa: E402
 from rlreason.eval.suites import arith_suite  # noqa: E402
+from rlreason.lora import merged_named_parameters  # noqa: E402
 from rlreason.rewards import accuracy_reward, format_reward  # noqa: E402
 from rlreason.rollout.base import RolloutEngine, SamplingConfig  # noqa: E402
 from rlreason.rollout.hf import HFEngine  # noqa: E402
@@ -228,6 +229,23 @@ def test_load_weights_reaches_the_repacked_cpu_kernels(engine, fresh_model, tok,
 def test_load_weights_rejects_an_incomplete_or_unknown_set(engine, fresh_model):
     with pytest.raises(NotImplementedError):
         engine.load_weights([("model.layers.0.self_attn.q_proj.lora_A.weight", torch.zeros(1))])
+
+
+def test_lora_policy_reaches_the_engine_as_merged_weights(engine, tiny_path, tok, prompts):
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(3)
+    lora = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_path), peft.LoraConfig(
+        r=8, lora_alpha=32, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"], init_lora_weights=False))
+    lora.eval()
+    with lora.disable_adapter():
+        base = HFEngine(lora, tok).generate(prompts, 1, GREEDY)
+    want = HFEngine(lora, tok).generate(prompts, 1, GREEDY)
+    assert sum(a[0].token_ids != b[0].token_ids for a, b in zip(base, want, strict=True)) >= 2
+    engine.load_weights(merged_named_parameters(lora))
+    got = engine.generate(prompts, 1, GREEDY)
+    assert [g[0].token_ids for g in got] == [w[0].token_ids for w in want]
+    for g, w in zip(got, want, strict=True):
+        assert max(abs(x - y) for x, y in zip(g[0].logprobs, w[0].logprobs, strict=True)) < LOGPROB_ATOL
 
 
 def test_sleep_mode(engine, tiny_path, tok):

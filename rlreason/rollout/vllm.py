@@ -173,7 +173,9 @@ class VLLMEngine:
             **llm_kwargs,
         )
         if hf_model is not None:
-            self.load_weights(hf_model.named_parameters())
+            from rlreason.lora import merged_named_parameters
+
+            self.load_weights(merged_named_parameters(hf_model))
 
     # ------------------------------------------------------------------ generation
 
