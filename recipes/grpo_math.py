@@ -22,12 +22,12 @@ from accelerate import Accelerator
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlreason import lora, tiny
+from rlreason.checkpoint import check_output_dir
 from rlreason.config import GRPOConfig, parse_args
 from rlreason.data import arith_dataset, load_dataset_any, prepare
 from rlreason.eval.suites import arith_suite
 from rlreason.rewards import accuracy_reward, build_rewards, format_reward
 from rlreason.tasks.arith import Difficulty
-from rlreason.tracking import plot_run
 from rlreason.trainer import INTERNAL_COLUMNS, GRPOTrainer
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "tiny_cpu.yaml"
@@ -38,7 +38,14 @@ def load_policy(cfg: GRPOConfig, acc: Accelerator):
     if path == "tiny":
         with acc.main_process_first():  # one process builds the cached model, the others reuse it
             path = str(tiny.ensure(log=acc.print))
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    local = Path(path).expanduser()
+    if not local.exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1):
+        raise FileNotFoundError(f"config key 'model_name_or_path': no model folder at {path}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    except OSError as e:
+        raise OSError(f"config key 'model_name_or_path': cannot load a tokenizer from {path!r} (neither a local "
+                      f"model folder nor a reachable hub model): {e}") from e
     if tokenizer.pad_token_id is None:
         raise ValueError(f"tokenizer of {path} has no pad token; set one in the model folder")
     quant = lora.quantization_config(cfg)
@@ -101,9 +108,12 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(cfg.num_threads)
     acc = Accelerator(log_with=cfg.report_to or None, project_dir=cfg.output_dir)
     out = Path(cfg.output_dir)
+    # another run's checkpoints there: refuse (or, with overwrite_output_dir, delete) before any model loads
+    check_output_dir(out, cfg.resume_from_checkpoint, cfg.overwrite_output_dir, delete=acc.is_main_process)
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    acc.wait_for_everyone()
     build_rewards(cfg.reward_funcs, cfg.reward_weights)  # a bad reward name fails now, before any model loads
     model, tokenizer = load_policy(cfg, acc)
     train, eval_rows = load_data(cfg, tokenizer)
@@ -119,10 +129,10 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         if engine is not None:
             engine.close()
-    trainer.save_final(out / "final_model")
+    if not summary["interrupted"]:  # a stopped run's state is in its checkpoint; it has no final model yet
+        trainer.save_final(out / "final_model")
     if acc.is_main_process:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        plot_run(out / "metrics.jsonl", out / "plot.png")
         print_summary(summary, out)
     acc.end_training()
     # Tear down the process group accelerate created (a clean exit under torchrun / accelerate
@@ -140,7 +150,11 @@ def print_summary(s: dict, out: Path) -> None:
             f"held-out greedy accuracy ({s['heldout_n']} problems): {s['heldout_before']:.3f} -> "
             f"{s['heldout_after']:.3f}  (gain {100 * s['gain']:+.1f} points, 95% CI "
             f"[{100 * s['gain_ci95'][0]:+.1f}, {100 * s['gain_ci95'][1]:+.1f}])")
-    lines.append(f"outputs in {out}/: metrics.jsonl completions.jsonl plot.png summary.json config.yaml final_model/")
+    if s.get("interrupted"):
+        lines.append(f"stopped early at step {s['steps']} (checkpoint saved): rerun with "
+                     f"--resume_from_checkpoint auto to continue")
+    lines.append(f"outputs in {out}/: report.html metrics.jsonl completions.jsonl plot.png summary.json config.yaml "
+                 f"checkpoints/" + ("" if s.get("interrupted") else " final_model/"))
     print("\n".join(lines), file=sys.stderr)
 
 

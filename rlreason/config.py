@@ -132,7 +132,12 @@ class GRPOConfig:
     logging_steps: int = 1
     log_completions_steps: int = 10  # write sampled completions every N steps
     save_steps: int = 100
-    save_total_limit: int = 2
+    save_total_limit: int = 2  # newest checkpoints kept (plus the best one if metric_for_best_model is set)
+    metric_for_best_model: str | None = None  # e.g. "eval/accuracy": also keep the checkpoint that scored best
+    greater_is_better: bool = True
+    resume_from_checkpoint: str | None = None  # "auto" = newest complete checkpoint in output_dir, or a path
+    overwrite_output_dir: bool = False  # start over in an output_dir that holds another run's checkpoints
+    max_nonfinite_steps: int = 3  # stop (with a checkpoint) after this many non-finite updates in a row
     report_to: list[str] = field(default_factory=list)  # accelerate trackers: tensorboard, wandb, ...
     progress: bool = True
 
@@ -172,6 +177,8 @@ class GRPOConfig:
              f"must be one of {VLLM_MODES}, got {self.vllm_mode!r}")
         need(self.vllm_weight_transfer in ("auto", "gloo", "nccl"), "vllm_weight_transfer",
              f"must be auto, gloo or nccl, got {self.vllm_weight_transfer!r}")
+        need(self.max_nonfinite_steps >= 1, "max_nonfinite_steps", f"must be >= 1, got {self.max_nonfinite_steps}")
+        need(self.save_total_limit >= 0, "save_total_limit", f"must be >= 0, got {self.save_total_limit}")
         need(self.lora_r >= 1, "lora_r", f"must be >= 1, got {self.lora_r}")
         need(0 <= self.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
         need(not self.load_in_4bit or self.use_peft, "load_in_4bit",

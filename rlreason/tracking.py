@@ -1,8 +1,9 @@
 """What a run shows and leaves behind: a progress bar, JSONL metrics, sampled completions,
-accelerate trackers, and a plot of reward and held-out accuracy."""
+accelerate trackers, a plot of the curves and a static HTML report."""
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import time
@@ -90,8 +91,19 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), int | float)]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _smooth(vals: list[float]) -> tuple[list[float], int]:
+    w = max(1, len(vals) // 20)
+    return [sum(vals[max(0, i - w + 1):i + 1]) / len(vals[max(0, i - w + 1):i + 1]) for i in range(len(vals))], w
+
+
 def plot_run(metrics_path: str | Path, out_png: str | Path) -> Path:
-    """Reward (per step, with a moving average) and held-out accuracy over steps, as a PNG."""
+    """Training reward, held-out accuracy (with its 95% CI), completion length and KL to the
+    reference (or entropy, without a KL term) over steps, as one PNG."""
     import matplotlib
 
     matplotlib.use("Agg")  # headless: runs on clusters and in CI
@@ -100,18 +112,20 @@ def plot_run(metrics_path: str | Path, out_png: str | Path) -> Path:
     rows = read_metrics(metrics_path)
     train = [r for r in rows if r.get("reward/mean") is not None]
     evals = [r for r in rows if r.get("eval/accuracy") is not None]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    if train:
-        steps = [r["step"] for r in train]
-        rew = [r["reward/mean"] for r in train]
-        ax1.plot(steps, rew, alpha=0.3, label="reward (step)")
-        w = max(1, len(rew) // 20)
-        smooth = [sum(rew[max(0, i - w + 1):i + 1]) / len(rew[max(0, i - w + 1):i + 1]) for i in range(len(rew))]
-        ax1.plot(steps, smooth, label=f"reward ({w}-step mean)")
-    ax1.set_xlabel("step")
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    ax1, ax2, ax3, ax4 = axes.flat
+    for ax, key, label in ((ax1, "reward/mean", "reward"), (ax3, "completion/mean_length", "mean length")):
+        steps, vals = _series(train, key)
+        if vals:
+            sm, w = _smooth(vals)
+            ax.plot(steps, vals, alpha=0.3, label=f"{label} (step)")
+            ax.plot(steps, sm, label=f"{label} ({w}-step mean)")
+            ax.legend()
+        ax.set_xlabel("step")
     ax1.set_ylabel("mean reward")
     ax1.set_title("Training reward")
-    ax1.legend()
+    ax3.set_ylabel("tokens")
+    ax3.set_title("Completion length")
     if evals:
         steps = [r["step"] for r in evals]
         acc = [r["eval/accuracy"] for r in evals]
@@ -123,8 +137,68 @@ def plot_run(metrics_path: str | Path, out_png: str | Path) -> Path:
     ax2.set_xlabel("step")
     ax2.set_ylabel("accuracy")
     ax2.set_title("Held-out accuracy")
+    key = "kl" if any(r.get("kl") is not None for r in train) else "entropy"
+    steps, vals = _series(train, key)
+    if vals:
+        ax4.plot(steps, vals, label=key)
+        ax4.legend()
+    ax4.set_xlabel("step")
+    ax4.set_title("KL to the reference" if key == "kl" else "Policy entropy (no KL term)")
     fig.tight_layout()
     out_png = Path(out_png)
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
     return out_png
+
+
+def _table(rows: list[list[Any]], header: list[str]) -> str:
+    esc = html.escape
+    head = "".join(f"<th>{esc(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{esc(_fmt(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list | dict):
+        return json.dumps(v)
+    return str(v)
+
+
+def write_report(output_dir: str | Path, config: dict[str, Any], summary: dict[str, Any],
+                 max_steps_shown: int = 30, per_step: int = 8) -> Path:
+    """``report.html`` (self-contained apart from ``plot.png`` beside it): the summary, the
+    curves, sampled completions with their rewards per logged step, and the config."""
+    out = Path(output_dir)
+    metrics = out / "metrics.jsonl"
+    if metrics.exists():
+        plot_run(metrics, out / "plot.png")
+    comps: dict[int, list[dict[str, Any]]] = {}
+    if (out / "completions.jsonl").exists():
+        for r in read_metrics(out / "completions.jsonl"):
+            comps.setdefault(r["step"], []).append(r)
+    sections = [f"<h1>rlreason run: {html.escape(str(out))}</h1>",
+                "<p><b>stopped early (checkpoint saved; resume with resume_from_checkpoint: auto)</b></p>"
+                if summary.get("interrupted") else "",
+                "<h2>Summary</h2>", _table([[k, v] for k, v in summary.items()], ["", "value"]),
+                '<h2>Curves</h2><img src="plot.png" alt="training curves" style="max-width:100%">',
+                "<h2>Sampled completions</h2>"]
+    steps = sorted(comps)
+    if len(steps) > max_steps_shown:  # first, last and evenly spaced in between
+        idx = {round(i * (len(steps) - 1) / (max_steps_shown - 1)) for i in range(max_steps_shown)}
+        steps = [steps[i] for i in sorted(idx)]
+    for st in steps:
+        rows = comps[st][:per_step]
+        sections.append(f"<h3>step {st}</h3>")
+        sections.append(_table([[r.get("prompt"), r.get("completion"), r.get("reward"), r.get("advantage"),
+                                 r.get("finish_reason")] for r in rows],
+                               ["prompt", "completion", "reward", "advantage", "finish"]))
+    sections += ["<h2>Config</h2>", _table([[k, v] for k, v in config.items()], ["key", "value"])]
+    style = ("<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1em}"
+             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top;font-size:13px}"
+             "td{white-space:pre-wrap;max-width:60em}</style>")
+    path = out / "report.html"
+    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>rlreason report</title>{style}"
+                    f"</head><body>{''.join(sections)}</body></html>")
+    return path

@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +32,14 @@ from accelerate.utils import set_seed
 from transformers import get_scheduler
 
 from rlreason import algorithms as A
-from rlreason.checkpoint import save_checkpoint, save_model
+from rlreason.checkpoint import (
+    check_output_dir,
+    read_state,
+    resolve_resume,
+    save_checkpoint,
+    save_model,
+    truncate_jsonl,
+)
 from rlreason.config import GRPOConfig
 from rlreason.eval.core import EvalProtocol, evaluate, evaluate_suites, flat_metrics
 from rlreason.eval.metrics import diff_interval, wilson_interval
@@ -38,7 +47,7 @@ from rlreason.lora import is_peft_model, merged_named_parameters, save_merged
 from rlreason.rewards.runner import RewardRunner
 from rlreason.rollout.base import RolloutEngine, Sample, SamplingConfig
 from rlreason.rollout.hf import HFEngine, left_pad, positions_from_mask, right_pad
-from rlreason.tracking import RunLogger
+from rlreason.tracking import RunLogger, write_report
 
 # Columns the data pipeline adds; rewards get every other column.
 INTERNAL_COLUMNS = ("prompt_text", "prompt_ids")
@@ -195,6 +204,20 @@ class GRPOTrainer:
         if cfg.dynamic_sampling and self.global_advantages and self.acc.num_processes > 1:
             raise ValueError("dynamic_sampling with batch-normalised advantages (advantage_estimator reinforce_pp "
                              "or scale_rewards batch) is not supported with several processes yet")
+        # Before the logger opens its files: refuse to mix with another run's checkpoints, and on
+        # resume drop what the interrupted run logged after its last checkpoint.
+        self.resume_path = resolve_resume(cfg.output_dir, cfg.resume_from_checkpoint)
+        check_output_dir(cfg.output_dir, cfg.resume_from_checkpoint, cfg.overwrite_output_dir,
+                         delete=self.acc.is_main_process)
+        if self.acc.is_main_process and self.resume_path is not None:
+            done = read_state(self.resume_path)["step"]
+            for name in ("metrics.jsonl", "completions.jsonl"):
+                truncate_jsonl(Path(cfg.output_dir) / name, done)
+        self.acc.wait_for_everyone()
+        self.nonfinite_streak = 0  # non-finite updates in a row
+        self.last_eval: dict[str, float] = {}  # the latest periodic eval, saved with checkpoints
+        self.heldout_before: dict[str, Any] = {}
+        self.stop_requested = False  # set by SIGTERM/SIGINT: checkpoint at the next step boundary and stop
         self.log = RunLogger(cfg.output_dir, cfg.max_steps, enabled=self.acc.is_main_process,
                              progress=cfg.progress, accelerator=self.acc)
         if cfg.report_to:
@@ -395,11 +418,15 @@ class GRPOTrainer:
                 stats["loss"] += loss.item()
                 stats["clip_frac"] += (clipped & mask.bool()).sum().item()
                 stats["entropy"] += (ent.detach() * mask).sum().item()
+            # The clipped norm is computed over the all-reduced gradients, so every process takes
+            # the same decision; a non-finite loss anywhere makes it non-finite everywhere.
             grad_norm = float(self.acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm))
-            if math.isfinite(grad_norm) and math.isfinite(stats["loss"]):
+            if math.isfinite(grad_norm):
                 self.optimizer.step()
+                self.nonfinite_streak = 0
             else:  # a non-finite update would poison the weights: skip it and count it
                 self.nonfinite_skipped += 1
+                self.nonfinite_streak += 1
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             grad_norms.append(grad_norm)
@@ -486,59 +513,97 @@ class GRPOTrainer:
         """Stop the reward workers (also done at garbage collection and interpreter exit)."""
         self.rewards.close()
 
+    @contextlib.contextmanager
+    def _stop_on_signals(self):
+        """SIGTERM (the usual preemption notice) and SIGINT ask for a stop at the next step
+        boundary: checkpoint, summary, clean exit. A second SIGINT interrupts at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers can only be installed from the main thread
+            return
+
+        def request(signum, frame):
+            if signum == signal.SIGINT and self.stop_requested:
+                raise KeyboardInterrupt
+            self.stop_requested = True
+            self.log.print(f"[yellow]{signal.Signals(signum).name}: stopping after this step, with a checkpoint")
+
+        old = {sig: signal.signal(sig, request) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+
+    def _any_process(self, flag: bool) -> bool:
+        """True on every process if it is True on one (so all stop at the same step)."""
+        if self.acc.num_processes == 1:
+            return flag
+        t = torch.tensor([float(flag)], device=self.acc.device)
+        return bool(self.acc.reduce(t, reduction="sum").item() > 0)
+
+    def _resume(self, path: Path) -> None:
+        """Restore everything a checkpoint holds; the loop then continues as if never stopped."""
+        self.acc.load_state(str(path))  # weights, optimizer, scheduler, every rank's RNG states
+        state = read_state(path)
+        self.step = state["step"]
+        self.extra_prompts_drawn = state.get("extra_prompts_drawn", 0)
+        self.nonfinite_skipped = state.get("nonfinite_skipped", 0)
+        self.nonfinite_streak = state.get("nonfinite_streak", 0)
+        self.last_eval = state.get("metrics", {})
+        self.heldout_before = state.get("heldout_before", {})
+        self.sync_weights()  # a separate engine started from the initial weights
+        self.log.print(f"resumed from {path} at step {self.step}")
+
     def _train(self) -> dict[str, Any]:
         cfg = self.cfg
         if self.acc.is_main_process:
             Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
         t_start = time.perf_counter()
-        before = self.evaluate(cfg.final_eval_size)
-        before.update(self.evaluate_suites())
+        if self.resume_path is not None:
+            self._resume(self.resume_path)
+            before = self.heldout_before
+        else:
+            before = self.evaluate(cfg.final_eval_size)
+            before.update(self.evaluate_suites())
+            if before:
+                self.log.log(0, {k: v for k, v in before.items() if k != "eval/samples"})
+            self.heldout_before = {k: v for k, v in before.items() if k != "eval/samples"}
         if before:
-            self.log.log(0, {k: v for k, v in before.items() if k != "eval/samples"})
-            self.log.advance(0, before)
+            self.log.advance(self.step, before)
         if "eval/accuracy" in before:
             self.log.print(f"held-out accuracy before training: {before['eval/accuracy']:.3f} "
                            f"({before['eval/correct']}/{before['eval/n']})")
         samples_per_s = []
         t_train = time.perf_counter()
-        while self.step < cfg.max_steps:
-            t0 = time.perf_counter()
-            ro = self.collect()
-            metrics = dict(ro.metrics)
-            metrics.update(self.update(ro))
-            self.step += 1
-            if self.step % cfg.weight_sync_steps == 0:
-                self.sync_weights()
-            dt = time.perf_counter() - t0
-            n_comp = len(ro.samples) * self.acc.num_processes
-            n_tok = sum(len(s.token_ids) for s in ro.samples) * self.acc.num_processes
-            metrics.update({"time/step_s": dt, "perf/samples_per_s": n_comp / dt, "perf/tokens_per_s": n_tok / dt})
-            acc_name = next((n for n in ro.per_func if n.startswith("accuracy")), None)
-            if acc_name is not None:  # the progress bar's "acc": the accuracy reward's batch mean
-                metrics["accuracy"] = metrics[f"rewards/{acc_name}/mean"]
-            metrics = self._reduce(metrics)
-            samples_per_s.append(metrics["perf/samples_per_s"])
-            if cfg.eval_steps and self.step % cfg.eval_steps == 0 and self.step < cfg.max_steps:
-                ev = self.evaluate(cfg.eval_size)
-                metrics.update({k: v for k, v in ev.items() if k != "eval/samples"})
-                metrics.update(self.evaluate_suites())
-            if self.step % cfg.logging_steps == 0 or self.step == cfg.max_steps:
-                self.log.log(self.step, metrics)
-            if cfg.log_completions_steps and (self.step == 1 or self.step % cfg.log_completions_steps == 0):
-                self._log_completions(ro)
-            self.log.advance(self.step, metrics)
-            if cfg.save_steps and self.step % cfg.save_steps == 0 and self.step < cfg.max_steps:
-                self.save(self.step)
+        interrupted = False
+        with self._stop_on_signals():
+            while self.step < cfg.max_steps:
+                metrics, n_samples = self._one_step()
+                samples_per_s.append(metrics["perf/samples_per_s"])
+                if self.nonfinite_streak >= cfg.max_nonfinite_steps:
+                    ckpt = self.save(self.step)
+                    raise FloatingPointError(
+                        f"{self.nonfinite_streak} updates in a row had a non-finite loss or gradient (all skipped, "
+                        f"so the weights are the last good ones, saved in {ckpt}); lower 'learning_rate', check "
+                        f"the rewards for inf/NaN, or raise 'max_nonfinite_steps'")
+                if self._any_process(self.stop_requested):
+                    interrupted = True
+                    self.save(self.step)
+                    break
+                if cfg.save_steps and self.step % cfg.save_steps == 0 and self.step < cfg.max_steps:
+                    self.save(self.step)
         train_time = time.perf_counter() - t_train
-        after = self.evaluate(cfg.final_eval_size)
-        after.update(self.evaluate_suites())
-        if after:
-            self.log.log(self.step, {k: v for k, v in after.items() if k != "eval/samples"})
-        self.save(self.step)
+        after: dict[str, Any] = {}
+        if not interrupted:
+            after = self.evaluate(cfg.final_eval_size)
+            after.update(self.evaluate_suites())
+            if after:
+                self.log.log(self.step, {k: v for k, v in after.items() if k != "eval/samples"})
+            self.save(self.step)
         self.log.close()
         summary = {"steps": self.step, "train_time_s": train_time, "total_time_s": time.perf_counter() - t_start,
                    "samples_per_s": sum(samples_per_s) / max(len(samples_per_s), 1),
-                   "nonfinite_skipped": self.nonfinite_skipped}
+                   "nonfinite_skipped": self.nonfinite_skipped, "interrupted": interrupted}
         suites_after = {k: v for k, v in after.items() if k.startswith("suite/")}
         if suites_after:
             summary["suites_before"] = {k: v for k, v in before.items() if k.startswith("suite/")}
@@ -550,9 +615,44 @@ class GRPOTrainer:
                             "gain_ci95": [lo, hi],
                             "before_ci95": [before["eval/accuracy_ci_low"], before["eval/accuracy_ci_high"]],
                             "after_ci95": [after["eval/accuracy_ci_low"], after["eval/accuracy_ci_high"]]})
+        if self.acc.is_main_process:
+            write_report(cfg.output_dir, cfg.to_dict(), summary)
+        if interrupted:
+            self.log.print(f"stopped at step {self.step} with a checkpoint; continue with "
+                           f"--resume_from_checkpoint auto --output_dir {cfg.output_dir}")
         if cfg.report_to:
             self.acc.end_training()
         return summary
+
+    def _one_step(self) -> tuple[dict[str, float], int]:
+        """Collect, update, sync, log (and evaluate when due). -> (the step's metrics, samples)."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        ro = self.collect()
+        metrics = dict(ro.metrics)
+        metrics.update(self.update(ro))
+        self.step += 1
+        if self.step % cfg.weight_sync_steps == 0:
+            self.sync_weights()
+        dt = time.perf_counter() - t0
+        n_comp = len(ro.samples) * self.acc.num_processes
+        n_tok = sum(len(s.token_ids) for s in ro.samples) * self.acc.num_processes
+        metrics.update({"time/step_s": dt, "perf/samples_per_s": n_comp / dt, "perf/tokens_per_s": n_tok / dt})
+        acc_name = next((n for n in ro.per_func if n.startswith("accuracy")), None)
+        if acc_name is not None:  # the progress bar's "acc": the accuracy reward's batch mean
+            metrics["accuracy"] = metrics[f"rewards/{acc_name}/mean"]
+        metrics = self._reduce(metrics)
+        if cfg.eval_steps and self.step % cfg.eval_steps == 0 and self.step < cfg.max_steps:
+            ev = self.evaluate(cfg.eval_size)
+            ev.update(self.evaluate_suites())
+            self.last_eval = {k: v for k, v in ev.items() if isinstance(v, int | float)}
+            metrics.update({k: v for k, v in ev.items() if k != "eval/samples"})
+        if self.step % cfg.logging_steps == 0 or self.step == cfg.max_steps:
+            self.log.log(self.step, metrics)
+        if cfg.log_completions_steps and (self.step == 1 or self.step % cfg.log_completions_steps == 0):
+            self._log_completions(ro)
+        self.log.advance(self.step, metrics)
+        return metrics, n_comp
 
     def _reduce(self, metrics: dict[str, float]) -> dict[str, float]:
         """Average scalar metrics over processes (max for maxima)."""
@@ -573,9 +673,16 @@ class GRPOTrainer:
         return out
 
     def save(self, step: int) -> Path:
-        return save_checkpoint(self.acc, self.cfg.output_dir, step,
-                               {"config": self.cfg.to_dict(), "nonfinite_skipped": self.nonfinite_skipped},
-                               keep=self.cfg.save_total_limit)
+        """A checkpoint of everything ``_resume`` needs to continue exactly from ``step``."""
+        state = {"config": self.cfg.to_dict(), "extra_prompts_drawn": self.extra_prompts_drawn,
+                 "nonfinite_skipped": self.nonfinite_skipped, "nonfinite_streak": self.nonfinite_streak,
+                 "metrics": self.last_eval, "heldout_before": self.heldout_before,
+                 # the KL reference is the initial policy (or, with LoRA, the adapter-disabled base)
+                 "reference_model": None if self.ref_model is None and not self.ref_is_base_adapter
+                 else ("base_adapter_disabled" if self.ref_is_base_adapter else self.cfg.model_name_or_path)}
+        return save_checkpoint(self.acc, self.cfg.output_dir, step, state, keep=self.cfg.save_total_limit,
+                               best_metric=self.cfg.metric_for_best_model,
+                               greater_is_better=self.cfg.greater_is_better)
 
     def save_final(self, out_dir: str | Path) -> Path:
         """The trained policy as a plain Hugging Face model; with LoRA the merged weights, and
