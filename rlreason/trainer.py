@@ -599,6 +599,7 @@ class GRPOTrainer:
             after.update(self.evaluate_suites())
             if after:
                 self.log.log(self.step, {k: v for k, v in after.items() if k != "eval/samples"})
+                self.last_eval = {k: v for k, v in after.items() if isinstance(v, int | float)}
             self.save(self.step)
         self.log.close()
         summary = {"steps": self.step, "train_time_s": train_time, "total_time_s": time.perf_counter() - t_start,
