@@ -43,6 +43,9 @@ class GRPOConfig:
     model_name_or_path: str = "tiny"  # "tiny" = the embedded model, built on first use
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False
+    # tokens per chunk of the LM head + log-softmax in the log-prob passes, so the [batch, seq, vocab]
+    # logits never exist at once (rlreason/logprobs.py); 0 or None = the model's full logits
+    logprob_chunk_size: int | None = 512
 
     # --- data ---
     dataset_name: str = "arith"  # "arith" = the embedded task; else a hub id or a local json/jsonl/parquet/csv
@@ -159,6 +162,8 @@ class GRPOConfig:
         need(self.weight_sync_steps >= 1, "weight_sync_steps", f"must be >= 1, got {self.weight_sync_steps}")
         need(self.reward_num_workers >= 0, "reward_num_workers", f"must be >= 0, got {self.reward_num_workers}")
         need(self.reward_timeout_s > 0, "reward_timeout_s", f"must be > 0, got {self.reward_timeout_s}")
+        need(self.logprob_chunk_size is None or self.logprob_chunk_size >= 0, "logprob_chunk_size",
+             f"must be >= 0 (0 or None = unchunked), got {self.logprob_chunk_size}")
         need(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
         need(self.beta >= 0, "beta", f"must be >= 0, got {self.beta}")
         need(self.epsilon > 0, "epsilon", f"must be > 0, got {self.epsilon}")

@@ -34,14 +34,11 @@ from rlreason.checkpoint import save_checkpoint, save_model
 from rlreason.config import GRPOConfig
 from rlreason.eval.core import EvalProtocol, evaluate, evaluate_suites, flat_metrics
 from rlreason.eval.metrics import diff_interval, wilson_interval
+from rlreason.logprobs import chunked_completion_logprobs, is_peft
 from rlreason.rewards.runner import RewardRunner
 from rlreason.rollout.base import RolloutEngine, Sample, SamplingConfig
 from rlreason.rollout.hf import HFEngine, left_pad, positions_from_mask, right_pad
 from rlreason.tracking import RunLogger
-
-
-def _is_peft(model) -> bool:
-    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
 
 # Columns the data pipeline adds; rewards get every other column.
 INTERNAL_COLUMNS = ("prompt_text", "prompt_ids")
@@ -108,14 +105,18 @@ def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: i
 
 
 def completion_logprobs(model, batch: dict[str, torch.Tensor], temperature: float = 1.0,
-                        with_entropy: bool = False, entropy_grad: bool = False
+                        with_entropy: bool = False, entropy_grad: bool = False, chunk_size: int | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs of the completion tokens under ``model``.
 
     -> logp [N, T] (and entropy [N, T] if asked; with gradient only for an entropy bonus).
     Logits are divided by the sampling temperature so the ratio compares the distribution
-    the tokens were drawn from.
+    the tokens were drawn from. ``chunk_size`` > 0: the LM head and log-softmax run that many
+    tokens at a time (``rlreason.logprobs``), never holding the [N, L, V] logits; else the
+    model's full logits, the reference the chunked pass is tested against.
     """
+    if chunk_size:
+        return chunked_completion_logprobs(model, batch, temperature, chunk_size, with_entropy, entropy_grad)
     p_w = batch["prompt_width"]
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                 position_ids=batch["position_ids"], use_cache=False)
@@ -168,7 +169,7 @@ class GRPOTrainer:
         self.scale_rewards = cfg.scale_rewards or self.preset.scale_rewards
         self.ratio_level = cfg.importance_sampling_level or self.preset.ratio_level
         self.ref_model = None
-        self.ref_is_base_adapter = _is_peft(model) and cfg.beta > 0
+        self.ref_is_base_adapter = is_peft(model) and cfg.beta > 0
         if cfg.beta > 0 and not self.ref_is_base_adapter:
             # The reference is only needed (and only loaded) for the KL term. With LoRA it is the
             # policy with its adapter disabled: no second copy of the weights.
@@ -328,7 +329,8 @@ class GRPOTrainer:
 
     @torch.no_grad()
     def _frozen_logprobs(self, model, batches) -> list[torch.Tensor]:
-        return [completion_logprobs(model, b, self.cfg.temperature)[0] for _, b in batches]
+        return [completion_logprobs(model, b, self.cfg.temperature, chunk_size=self.cfg.logprob_chunk_size)[0]
+                for _, b in batches]
 
     def _reference_logprobs(self, batches) -> list[torch.Tensor] | None:
         if self.cfg.beta == 0:
@@ -376,7 +378,8 @@ class GRPOTrainer:
                 ctx = contextlib.nullcontext() if j == len(batches) - 1 else self.acc.no_sync(self.model)
                 with ctx:
                     logp, ent = completion_logprobs(self.model, b, cfg.temperature, with_entropy=True,
-                                                    entropy_grad=cfg.entropy_coef > 0)
+                                                    entropy_grad=cfg.entropy_coef > 0,
+                                                    chunk_size=cfg.logprob_chunk_size)
                     mask = b["completion_mask"]
                     old_logp = old[j] if old is not None else logp.detach()
                     loss_tok, clipped = A.token_surrogate(logp, old_logp, adv[sl], cfg.epsilon,
