@@ -42,7 +42,7 @@ class GRPOConfig:
     # --- model ---
     model_name_or_path: str = "tiny"  # "tiny" = the embedded model, built on first use
     trust_remote_code: bool = False
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # recompute each layer's activations in the backward (less memory)
     # tokens per chunk of the LM head + log-softmax in the log-prob passes, so the [batch, seq, vocab]
     # logits never exist at once (rlreason/logprobs.py); 0 or None = the model's full logits
     logprob_chunk_size: int | None = 512

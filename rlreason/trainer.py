@@ -131,6 +131,21 @@ def completion_logprobs(model, batch: dict[str, torch.Tensor], temperature: floa
     return logp, ent
 
 
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute each decoder layer's activations in the backward instead of keeping them.
+
+    Non-reentrant checkpointing: it needs no ``requires_grad`` inputs (so a LoRA model with
+    frozen embeddings works) and supports ``no_sync``. transformers >= 5.2x calls it activation
+    checkpointing and deprecates the old name, which older versions (vLLM's pin) still need.
+    The training forward passes ``use_cache=False``, as checkpointed layers require.
+    """
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 class GRPOTrainer:
     def __init__(
         self,
@@ -164,7 +179,7 @@ class GRPOTrainer:
         self.eval_accuracy_fn = eval_accuracy_fn
         self.eval_format_fn = eval_format_fn
         if cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+            enable_gradient_checkpointing(model)
         self.preset = A.PRESETS[cfg.loss_type]
         self.scale_rewards = cfg.scale_rewards or self.preset.scale_rewards
         self.ratio_level = cfg.importance_sampling_level or self.preset.ratio_level
