@@ -25,6 +25,7 @@ ADVANTAGE_ESTIMATORS = ("grpo", "rloo", "reinforce_pp")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 RATIO_LEVELS = ("token", "sequence")
 VLLM_MODES = ("colocate",)
+OPTIMIZERS = ("adamw_torch", "adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit")  # rlreason.optim
 
 
 class ConfigError(ValueError):
@@ -93,6 +94,7 @@ class GRPOConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.99
     max_grad_norm: float = 1.0
+    optim: str = "adamw_torch"  # adamw_torch | adamw_8bit | paged_adamw_8bit (8-bit: pip install bitsandbytes)
 
     # --- GRPO family (see rlreason/algorithms.py and docs/algorithms.md) ---
     loss_type: str = "dapo"  # preset: grpo | dr_grpo | dapo | bnpo | gspo
@@ -162,6 +164,7 @@ class GRPOConfig:
         need(self.weight_sync_steps >= 1, "weight_sync_steps", f"must be >= 1, got {self.weight_sync_steps}")
         need(self.reward_num_workers >= 0, "reward_num_workers", f"must be >= 0, got {self.reward_num_workers}")
         need(self.reward_timeout_s > 0, "reward_timeout_s", f"must be > 0, got {self.reward_timeout_s}")
+        need(self.optim in OPTIMIZERS, "optim", f"must be one of {OPTIMIZERS}, got {self.optim!r}")
         need(self.logprob_chunk_size is None or self.logprob_chunk_size >= 0, "logprob_chunk_size",
              f"must be >= 0 (0 or None = unchunked), got {self.logprob_chunk_size}")
         need(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")

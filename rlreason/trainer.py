@@ -35,6 +35,7 @@ from rlreason.config import GRPOConfig
 from rlreason.eval.core import EvalProtocol, evaluate, evaluate_suites, flat_metrics
 from rlreason.eval.metrics import diff_interval, wilson_interval
 from rlreason.logprobs import chunked_completion_logprobs, is_peft
+from rlreason.optim import optimizer_class
 from rlreason.rewards.runner import RewardRunner
 from rlreason.rollout.base import RolloutEngine, Sample, SamplingConfig
 from rlreason.rollout.hf import HFEngine, left_pad, positions_from_mask, right_pad
@@ -162,6 +163,7 @@ class GRPOTrainer:
         accelerator: Accelerator | None = None,
     ) -> None:
         self.cfg = cfg
+        optim_cls = optimizer_class(cfg.optim)  # first: a missing bitsandbytes fails before any work
         self.acc = accelerator or Accelerator(log_with=cfg.report_to or None, project_dir=cfg.output_dir)
         set_seed(cfg.seed, device_specific=True)
         if "prompt_ids" not in train_dataset.column_names:
@@ -189,8 +191,8 @@ class GRPOTrainer:
             # The reference is only needed (and only loaded) for the KL term. With LoRA it is the
             # policy with its adapter disabled: no second copy of the weights.
             self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                                      betas=(cfg.adam_beta1, cfg.adam_beta2))
+        optimizer = optim_cls(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                              betas=(cfg.adam_beta1, cfg.adam_beta2))
         scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=cfg.warmup_steps,
                                   num_training_steps=cfg.max_steps * cfg.num_iterations)
         self.model, self.optimizer, self.scheduler = self.acc.prepare(model, optimizer, scheduler)
