@@ -150,22 +150,31 @@ def chunked_completion_logprobs(model, batch: dict[str, torch.Tensor], temperatu
     on wrong log-probs.
     """
     core, decoder, head = causal_lm_parts(model)
-    captured: list[torch.Tensor] = []
-    hook = decoder.register_forward_hook(lambda mod, args, out: captured.append(out[0]))
+    captured: list[tuple[torch.Tensor, torch.autocast]] = []
+
+    def grab(mod, args, out) -> None:
+        # The head must run under the autocast the model's forward ran under (accelerate's
+        # mixed precision wraps only that forward), or its precision would differ.
+        device = out[0].device.type
+        captured.append((out[0], torch.autocast(device, dtype=torch.get_autocast_dtype(device),
+                                                enabled=torch.is_autocast_enabled(device))))
+
+    hook = decoder.register_forward_hook(grab)
     try:
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                     position_ids=batch["position_ids"], use_cache=False, logits_to_keep=1)
     finally:
         hook.remove()
-    hidden = captured[0]  # [N, L, H]
+    hidden, autocast = captured[0]  # hidden [N, L, H]
     transform = logit_transform(core.config)
-    with torch.no_grad():
-        expected = out.logits[:, -1].float()  # [N, V]
-        ours = transform(head(hidden[:, -1]).float())
-        if not torch.allclose(ours, expected, rtol=2e-2, atol=2e-2 * (1.0 + expected.abs().max().item())):
-            raise ValueError(f"{type(core).__name__}: the chunked log-prob pass does not reproduce the model's "
-                             f"logits (max difference {(ours - expected).abs().max().item():.3g}); the model "
-                             "transforms its logits in a way rlreason does not know. Set logprob_chunk_size: 0")
-    p_w = batch["prompt_width"]
-    return chunked_token_logprobs(hidden[:, p_w - 1:-1], batch["input_ids"][:, p_w:], head, chunk_size,
-                                  temperature, transform, with_entropy, entropy_grad)
+    with autocast:
+        with torch.no_grad():
+            expected = out.logits[:, -1].float()  # [N, V]
+            ours = transform(head(hidden[:, -1]).float())
+            if not torch.allclose(ours, expected, rtol=2e-2, atol=2e-2 * (1.0 + expected.abs().max().item())):
+                raise ValueError(f"{type(core).__name__}: the chunked log-prob pass does not reproduce the model's "
+                                 f"logits (max difference {(ours - expected).abs().max().item():.3g}); the model "
+                                 "transforms its logits in a way rlreason does not know. Set logprob_chunk_size: 0")
+        p_w = batch["prompt_width"]
+        return chunked_token_logprobs(hidden[:, p_w - 1:-1], batch["input_ids"][:, p_w:], head, chunk_size,
+                                      temperature, transform, with_entropy, entropy_grad)

@@ -118,6 +118,22 @@ def test_model_chunked_equals_unchunked(tied, temperature):
         torch.testing.assert_close(g1[k], g0[k], atol=1e-5, rtol=1e-4, msg=k)
 
 
+def test_mixed_precision_head_runs_under_the_forward_autocast():
+    """accelerate's bf16 autocast wraps only the model's forward: the chunked head must run under it too,
+    or its log-probs would be computed in another precision than the full-logits ones."""
+    from accelerate import Accelerator
+
+    model = Accelerator(cpu=True, mixed_precision="bf16").prepare(_model(tied=False, vocab=256))
+    batch = pack(PROMPTS, COMPLETIONS, 0)
+    m = batch["completion_mask"].bool()
+    with torch.no_grad():
+        full, _ = completion_logprobs(model, batch, chunk_size=None)
+        chunked, _ = completion_logprobs(model, batch, chunk_size=4)
+        fp32, _ = completion_logprobs(_model(tied=False, vocab=256), batch, chunk_size=None)  # same weights
+    assert (full[m] - fp32[m]).abs().max() > 1e-4  # autocast is really on: bf16 changes the numbers
+    torch.testing.assert_close(chunked[m], full[m], atol=1e-5, rtol=0)  # and the chunked head uses it too
+
+
 def test_softcapping_model_is_reproduced():
     """Gemma 2 soft-caps its logits (final_logit_softcapping): the chunked head applies the same cap."""
     from transformers import Gemma2Config, Gemma2ForCausalLM
