@@ -121,9 +121,10 @@ def test_model_chunked_equals_unchunked(tied, temperature):
 def test_mixed_precision_head_runs_under_the_forward_autocast():
     """accelerate's bf16 autocast wraps only the model's forward: the chunked head must run under it too,
     or its log-probs would be computed in another precision than the full-logits ones."""
-    from accelerate import Accelerator
-
-    model = Accelerator(cpu=True, mixed_precision="bf16").prepare(_model(tied=False, vocab=256))
+    model = _model(tied=False, vocab=256)
+    # what accelerate's prepare() does with mixed_precision="bf16" (its state is a per-process
+    # singleton, so the test cannot build a second Accelerator with another precision)
+    model.forward = torch.autocast("cpu", dtype=torch.bfloat16)(model.forward)
     batch = pack(PROMPTS, COMPLETIONS, 0)
     m = batch["completion_mask"].bool()
     with torch.no_grad():
