@@ -25,6 +25,7 @@ ADVANTAGE_ESTIMATORS = ("grpo", "rloo", "reinforce_pp")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 RATIO_LEVELS = ("token", "sequence")
 VLLM_MODES = ("colocate", "server")
+OPTIMIZERS = ("adamw_torch", "adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit")  # rlreason.optim
 
 
 class ConfigError(ValueError):
@@ -42,7 +43,10 @@ class GRPOConfig:
     # --- model ---
     model_name_or_path: str = "tiny"  # "tiny" = the embedded model, built on first use
     trust_remote_code: bool = False
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # recompute each layer's activations in the backward (less memory)
+    # tokens per chunk of the LM head + log-softmax in the log-prob passes, so the [batch, seq, vocab]
+    # logits never exist at once (rlreason/logprobs.py); 0 or None = the model's full logits
+    logprob_chunk_size: int | None = 512
     # --- LoRA / QLoRA (peft); the reference model for the KL term is the adapter-disabled base ---
     use_peft: bool = False
     lora_r: int = 16
@@ -104,6 +108,7 @@ class GRPOConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.99
     max_grad_norm: float = 1.0
+    optim: str = "adamw_torch"  # adamw_torch | adamw_8bit | paged_adamw_8bit (8-bit: pip install bitsandbytes)
 
     # --- GRPO family (see rlreason/algorithms.py and docs/algorithms.md) ---
     loss_type: str = "dapo"  # preset: grpo | dr_grpo | dapo | bnpo | gspo
@@ -186,6 +191,9 @@ class GRPOConfig:
         need(self.weight_sync_steps >= 1, "weight_sync_steps", f"must be >= 1, got {self.weight_sync_steps}")
         need(self.reward_num_workers >= 0, "reward_num_workers", f"must be >= 0, got {self.reward_num_workers}")
         need(self.reward_timeout_s > 0, "reward_timeout_s", f"must be > 0, got {self.reward_timeout_s}")
+        need(self.optim in OPTIMIZERS, "optim", f"must be one of {OPTIMIZERS}, got {self.optim!r}")
+        need(self.logprob_chunk_size is None or self.logprob_chunk_size >= 0, "logprob_chunk_size",
+             f"must be >= 0 (0 or None = unchunked), got {self.logprob_chunk_size}")
         need(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
         need(self.beta >= 0, "beta", f"must be >= 0, got {self.beta}")
         need(self.epsilon > 0, "epsilon", f"must be > 0, got {self.epsilon}")

@@ -43,7 +43,9 @@ from rlreason.checkpoint import (
 from rlreason.config import GRPOConfig
 from rlreason.eval.core import EvalProtocol, evaluate, evaluate_suites, flat_metrics
 from rlreason.eval.metrics import diff_interval, wilson_interval
+from rlreason.logprobs import chunked_completion_logprobs
 from rlreason.lora import is_peft_model, merged_named_parameters, save_merged
+from rlreason.optim import optimizer_class
 from rlreason.rewards.runner import RewardRunner
 from rlreason.rollout.base import RolloutEngine, Sample, SamplingConfig
 from rlreason.rollout.hf import HFEngine, left_pad, positions_from_mask, right_pad
@@ -114,14 +116,18 @@ def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: i
 
 
 def completion_logprobs(model, batch: dict[str, torch.Tensor], temperature: float = 1.0,
-                        with_entropy: bool = False, entropy_grad: bool = False
+                        with_entropy: bool = False, entropy_grad: bool = False, chunk_size: int | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs of the completion tokens under ``model``.
 
     -> logp [N, T] (and entropy [N, T] if asked; with gradient only for an entropy bonus).
     Logits are divided by the sampling temperature so the ratio compares the distribution
-    the tokens were drawn from.
+    the tokens were drawn from. ``chunk_size`` > 0: the LM head and log-softmax run that many
+    tokens at a time (``rlreason.logprobs``), never holding the [N, L, V] logits; else the
+    model's full logits, the reference the chunked pass is tested against.
     """
+    if chunk_size:
+        return chunked_completion_logprobs(model, batch, temperature, chunk_size, with_entropy, entropy_grad)
     p_w = batch["prompt_width"]
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                 position_ids=batch["position_ids"], use_cache=False)
@@ -134,6 +140,21 @@ def completion_logprobs(model, batch: dict[str, torch.Tensor], temperature: floa
         with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             ent = A.entropy_from_logits(logits if entropy_grad else logits.detach())
     return logp, ent
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute each decoder layer's activations in the backward instead of keeping them.
+
+    Non-reentrant checkpointing: it needs no ``requires_grad`` inputs (so a LoRA model with
+    frozen embeddings works) and supports ``no_sync``. transformers >= 5.2x calls it activation
+    checkpointing and deprecates the old name, which older versions (vLLM's pin) still need.
+    The training forward passes ``use_cache=False``, as checkpointed layers require.
+    """
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 class GRPOTrainer:
@@ -152,6 +173,7 @@ class GRPOTrainer:
         accelerator: Accelerator | None = None,
     ) -> None:
         self.cfg = cfg
+        optim_cls = optimizer_class(cfg.optim)  # first: a missing bitsandbytes fails before any work
         self.acc = accelerator or Accelerator(log_with=cfg.report_to or None, project_dir=cfg.output_dir)
         set_seed(cfg.seed, device_specific=True)
         if "prompt_ids" not in train_dataset.column_names:
@@ -169,7 +191,7 @@ class GRPOTrainer:
         self.eval_accuracy_fn = eval_accuracy_fn
         self.eval_format_fn = eval_format_fn
         if cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+            enable_gradient_checkpointing(model)
         self.preset = A.PRESETS[cfg.loss_type]
         self.scale_rewards = cfg.scale_rewards or self.preset.scale_rewards
         self.ratio_level = cfg.importance_sampling_level or self.preset.ratio_level
@@ -179,8 +201,8 @@ class GRPOTrainer:
             # The reference is only needed (and only loaded) for the KL term. With LoRA it is the
             # policy with its adapter disabled: no second copy of the weights.
             self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                                      betas=(cfg.adam_beta1, cfg.adam_beta2))
+        optimizer = optim_cls(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                              betas=(cfg.adam_beta1, cfg.adam_beta2))
         scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=cfg.warmup_steps,
                                   num_training_steps=cfg.max_steps * cfg.num_iterations)
         self.model, self.optimizer, self.scheduler = self.acc.prepare(model, optimizer, scheduler)
@@ -348,7 +370,8 @@ class GRPOTrainer:
 
     @torch.no_grad()
     def _frozen_logprobs(self, model, batches) -> list[torch.Tensor]:
-        return [completion_logprobs(model, b, self.cfg.temperature)[0] for _, b in batches]
+        return [completion_logprobs(model, b, self.cfg.temperature, chunk_size=self.cfg.logprob_chunk_size)[0]
+                for _, b in batches]
 
     def _reference_logprobs(self, batches) -> list[torch.Tensor] | None:
         if self.cfg.beta == 0:
@@ -396,7 +419,8 @@ class GRPOTrainer:
                 ctx = contextlib.nullcontext() if j == len(batches) - 1 else self.acc.no_sync(self.model)
                 with ctx:
                     logp, ent = completion_logprobs(self.model, b, cfg.temperature, with_entropy=True,
-                                                    entropy_grad=cfg.entropy_coef > 0)
+                                                    entropy_grad=cfg.entropy_coef > 0,
+                                                    chunk_size=cfg.logprob_chunk_size)
                     mask = b["completion_mask"]
                     old_logp = old[j] if old is not None else logp.detach()
                     loss_tok, clipped = A.token_surrogate(logp, old_logp, adv[sl], cfg.epsilon,

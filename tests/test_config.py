@@ -41,6 +41,9 @@ def test_validation_errors_name_keys():
         GRPOConfig(reward_funcs=["accuracy", "format"], reward_weights=[1.0])
     with pytest.raises(ConfigError, match="'num_generations'"):
         GRPOConfig(num_generations=1)
+    with pytest.raises(ConfigError, match="'logprob_chunk_size'"):
+        GRPOConfig(logprob_chunk_size=-1)
+    assert from_dict({"logprob_chunk_size": None}).logprob_chunk_size is None  # None (or 0): full logits
 
 
 def test_overrides_forms_and_precedence(tmp_path):

