@@ -83,6 +83,10 @@ class GRPOConfig:
     top_p: float = 1.0
     top_k: int = 0
     generation_batch_prompts: int = 64  # prompts per generate() call (memory bound)
+    # Seed each prompt's sampling from (seed, its position in the prompt stream): rollouts then
+    # do not depend on batching or on the number of processes (the transformers engine then
+    # generates one prompt group per call, which is slower on a GPU).
+    generation_seed_per_prompt: bool = False
 
     # --- rollout engine ---
     use_vllm: bool = False  # generate with vLLM (needs vllm installed; docs/install.md) instead of transformers
@@ -151,7 +155,9 @@ class GRPOConfig:
 
     @property
     def completions_per_step(self) -> int:
-        """Completions generated per process per step (TRL's generation batch)."""
+        """Completions generated per process per step (TRL's generation batch). As in TRL the
+        batch sizes are per device: the global batch of a step is this times the number of
+        processes, so keep it fixed across process counts by scaling per_device_train_batch_size."""
         return self.per_device_train_batch_size * self.gradient_accumulation_steps
 
     def validate(self) -> None:

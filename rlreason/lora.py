@@ -92,6 +92,11 @@ def merged_named_parameters(model) -> Iterator[tuple[str, torch.Tensor]]:
     from peft.tuners.lora import LoraLayer
 
     base = model.get_base_model()
+    if any(hasattr(p, "ds_id") or type(p).__name__ == "DTensor" for p in base.parameters()):
+        # the deltas would be computed from shards; a LoRA policy is small enough for plain DDP
+        raise NotImplementedError("merged LoRA weights from a ZeRO-3/FSDP-sharded policy are not supported; "
+                                  "train LoRA with DDP or ZeRO-2 (recipes/accelerate/multi_gpu.yaml, "
+                                  "deepspeed_zero2.yaml)")
     lora_layers = {name: mod for name, mod in base.named_modules() if isinstance(mod, LoraLayer)}
     for name, p in base.named_parameters():
         if ".lora_" in name or ".original_module." in name:

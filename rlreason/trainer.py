@@ -2,7 +2,8 @@
 
 One step:
 1. take this step's prompts (a seeded permutation, sharded across processes; each
-   prompt's whole group is generated on one process, so group statistics are local);
+   prompt's whole group is generated on one process, so group statistics are local;
+   statistics over the whole batch are computed on every process's data, see below);
 2. sample ``num_generations`` completions per prompt with the rollout engine;
 3. score them with the reward functions (weighted sum; a failing reward scores None);
 4. turn rewards into group-relative advantages;
@@ -10,12 +11,22 @@ One step:
    whole batch in micro-batches of ``per_device_train_batch_size`` completions;
 6. hand the new weights to the engine (free when the engine shares the policy);
 7. log metrics, evaluate on held-out problems, checkpoint.
+
+With several processes (data parallel: DDP through accelerate), the batch of a step is the
+union of the processes' shards, and the update equals the single-process update on that
+batch (tests/test_distributed.py checks it in 2 processes): batch-level advantage
+statistics gather every process's rewards; loss denominators that count the whole batch
+(tokens, sequences) use global counts divided by the number of processes, because DDP
+averages the processes' gradients; metrics are computed on the gathered samples or summed
+over processes. A process whose shard is empty (dynamic sampling) still takes part in
+every collective, with a zero-weight micro-batch.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import math
 import signal
 import threading
@@ -28,7 +39,7 @@ from typing import Any
 import datasets
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from transformers import get_scheduler
 
 from rlreason import algorithms as A
@@ -41,6 +52,7 @@ from rlreason.checkpoint import (
     truncate_jsonl,
 )
 from rlreason.config import GRPOConfig
+from rlreason.distributed import full_named_parameters, gather_varlen, reduce_sum
 from rlreason.eval.core import EvalProtocol, evaluate, evaluate_suites, flat_metrics
 from rlreason.eval.metrics import diff_interval, wilson_interval
 from rlreason.logprobs import chunked_completion_logprobs
@@ -220,12 +232,15 @@ class GRPOTrainer:
         self.nonfinite_skipped = 0
         self.extra_prompts_drawn = 0  # dynamic sampling's own prompt stream position
         self._perm: tuple[int, torch.Tensor] | None = None
-        # Estimators that normalise over the whole batch need every process's rewards.
+        # Estimators that normalise over the whole batch need every process's rewards (gathered
+        # with their lengths, so dynamic sampling's unequal shards work too).
         self.global_advantages = cfg.advantage_estimator == "reinforce_pp" or (
             cfg.advantage_estimator == "grpo" and self.scale_rewards == "batch")
-        if cfg.dynamic_sampling and self.global_advantages and self.acc.num_processes > 1:
-            raise ValueError("dynamic_sampling with batch-normalised advantages (advantage_estimator reinforce_pp "
-                             "or scale_rewards batch) is not supported with several processes yet")
+        if self.acc.distributed_type == DistributedType.DEEPSPEED and cfg.gradient_accumulation_steps > 1:
+            # accelerate lets the DeepSpeed engine step after every backward unless it is told
+            # about accumulation; the trainer accumulates its micro-batches itself.
+            raise ValueError("with DeepSpeed set gradient_accumulation_steps: 1 (one micro-batch per optimizer step; "
+                             "the trainer's own micro-batch accumulation does not drive DeepSpeed's yet)")
         # Before the logger opens its files: refuse to mix with another run's checkpoints, and on
         # resume drop what the interrupted run logged after its last checkpoint.
         self.resume_path = resolve_resume(cfg.output_dir, cfg.resume_from_checkpoint)
@@ -248,18 +263,30 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------ data
 
+    def prompt_positions(self, step: int) -> range:
+        """This process's positions in the run's prompt stream at ``step``: the step's global
+        batch is ``prompts_per_process * num_processes`` consecutive positions, and rank r
+        takes the r-th slice, so the shards are disjoint and their union (in rank order) is
+        what one process with the whole batch would draw."""
+        per_step = self.prompts_per_process * self.acc.num_processes
+        start = step * per_step + self.acc.process_index * self.prompts_per_process
+        return range(start, start + self.prompts_per_process)
+
     def prompt_rows(self, step: int) -> list[dict]:
         """This process's prompts for ``step``: a pure function of (seed, step), so a resumed
         run draws exactly the prompts the uninterrupted run would have."""
         n = len(self.train_dataset)
-        world, rank = self.acc.num_processes, self.acc.process_index
-        per_step = self.prompts_per_process * world
         rows = []
-        for pos in range(step * per_step + rank * self.prompts_per_process,
-                         step * per_step + (rank + 1) * self.prompts_per_process):
+        for pos in self.prompt_positions(step):
             epoch, idx = divmod(pos, n)
             rows.append(self.train_dataset[int(self._permutation(epoch)[idx])])
         return rows
+
+    def prompt_seed(self, stream: str, pos: int) -> int:
+        """The sampling seed of the prompt at ``pos`` of a prompt stream (``generation_seed_per_prompt``):
+        a function of (seed, stream, position) only, never of the process count or batching."""
+        digest = hashlib.blake2b(f"{self.cfg.seed}:{stream}:{pos}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "little") >> 1  # < 2**63, as torch.manual_seed wants
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         """The dataset order for ``epoch``, seeded by (seed, epoch); the current one is kept."""
@@ -278,12 +305,24 @@ class GRPOTrainer:
         self.extra_prompts_drawn += k
         return rows
 
+    def _seeds(self, stream: str, positions: range) -> list[int] | None:
+        if not self.cfg.generation_seed_per_prompt:
+            return None
+        return [self.prompt_seed(stream, p) for p in positions]
+
     # ------------------------------------------------------------------ rollout
 
-    def rollout(self, rows: list[dict]) -> Rollout:
+    def rollout(self, rows: list[dict], seeds: list[int] | None = None) -> Rollout:
+        """Generate and score ``rows`` on this process (no communication: with dynamic sampling
+        the processes run different numbers of rounds). ``metrics`` holds this process's
+        timings and reward failure counts; batch statistics come from ``sample_metrics``."""
         G = self.cfg.num_generations
         t0 = time.perf_counter()
-        groups = self.engine.generate([r["prompt_ids"] for r in rows], G, self.sampling)
+        prompt_ids = [r["prompt_ids"] for r in rows]
+        if seeds is None:
+            groups = self.engine.generate(prompt_ids, G, self.sampling)
+        else:
+            groups = self.engine.generate(prompt_ids, G, self.sampling, seeds=seeds)
         t_gen = time.perf_counter() - t0
         samples = [s for g in groups for s in g]
         prompts = [r[self.cfg.prompt_column] for r in rows for _ in range(G)]
@@ -295,39 +334,53 @@ class GRPOTrainer:
         t0 = time.perf_counter()
         out = self.rewards.score(prompts, completions, columns)
         t_score = time.perf_counter() - t0
-        rewards = out.total
-        lengths = torch.tensor([len(s.token_ids) for s in samples], dtype=torch.float)
+        metrics = {"time/generation_s": t_gen, "time/scoring_s": t_score}
+        for name in out.per_func:
+            metrics[f"rewards/{name}/failures"] = float(out.failures.get(name, 0))
+        return Rollout([r["prompt_ids"] for r in rows for _ in range(G)], samples, out.total, out.per_func,
+                       prompts, G, metrics)
+
+    def sample_metrics(self, ro: Rollout) -> dict[str, float]:
+        """Reward and length statistics of the whole step's batch: every process's samples are
+        gathered first (a mean of per-process means or stds would be wrong for unequal shards)."""
+        names = list(ro.per_func)
+        cols = [ro.rewards.float(), *(ro.per_func[k].float() for k in names),
+                torch.tensor([float(len(s.token_ids)) for s in ro.samples]),
+                torch.tensor([float(s.finish_reason == "length") for s in ro.samples])]
+        table = gather_varlen(self.acc, torch.stack(cols, dim=1).reshape(len(ro.samples), len(cols)))
+        if len(table) == 0:
+            return {}
+        rewards, lengths, truncated = table[:, 0], table[:, -2], table[:, -1]
         metrics = {
             "reward/mean": rewards.mean().item(),
             "reward/std": rewards.std().item() if len(rewards) > 1 else 0.0,
             "completion/mean_length": lengths.mean().item(),
             "completion/max_length": lengths.max().item(),
-            "completion/truncated_frac": sum(s.finish_reason == "length" for s in samples) / len(samples),
-            "time/generation_s": t_gen,
-            "time/scoring_s": t_score,
+            "completion/truncated_frac": truncated.mean().item(),
         }
-        for name, vals in out.per_func.items():
+        for i, name in enumerate(names):
+            vals = table[:, 1 + i]
             ok = vals[~torch.isnan(vals)]
             metrics[f"rewards/{name}/mean"] = ok.mean().item() if len(ok) else float("nan")
             metrics[f"rewards/{name}/std"] = ok.std().item() if len(ok) > 1 else 0.0
-            metrics[f"rewards/{name}/failures"] = float(out.failures.get(name, 0))
-        return Rollout([r["prompt_ids"] for r in rows for _ in range(G)], samples, rewards, out.per_func,
-                       prompts, G, metrics)
+        return metrics
 
     def collect(self) -> Rollout:
         """This step's batch: a rollout of this step's prompts; with dynamic sampling (DAPO,
         sec. 3.2), groups whose rewards are all equal are dropped and more prompts sampled until
         the batch is full again or ``max_resample_rounds`` extra rounds are spent."""
         cfg = self.cfg
-        ro = self.rollout(self.prompt_rows(self.step))
-        metrics = dict(ro.metrics)
+        ro = self.rollout(self.prompt_rows(self.step), self._seeds("train", self.prompt_positions(self.step)))
+        metrics = {**ro.metrics, **self.sample_metrics(ro)}  # of the policy's draw, before any filtering
         if cfg.dynamic_sampling:
             want = self.prompts_per_process
             ro = ro.select(ro.informative_groups())
             rounds = 0
             while ro.num_groups < want and rounds < cfg.max_resample_rounds:
                 rounds += 1
-                more = self.rollout(self.extra_prompt_rows(want))
+                first = self.extra_prompts_drawn
+                more = self.rollout(self.extra_prompt_rows(want),
+                                    self._seeds(f"extra-{self.acc.process_index}", range(first, first + want)))
                 metrics["time/generation_s"] += more.metrics["time/generation_s"]
                 metrics["time/scoring_s"] += more.metrics["time/scoring_s"]
                 ro = ro.concat(more.select(more.informative_groups()))
@@ -341,23 +394,44 @@ class GRPOTrainer:
 
     def compute_advantages(self, rewards: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Advantages of this process's rewards [N] -> [N]. Estimators that normalise over the
-        batch see the global batch: rewards are gathered from every process first."""
+        batch see the global batch: rewards are gathered from every process first (shards may
+        differ in length). Collective with several processes: every process calls it, even
+        with no rewards."""
         cfg, G = self.cfg, self.cfg.num_generations
         est, scale = cfg.advantage_estimator, self.scale_rewards
-        if len(rewards) == 0:
-            return rewards.clone(), {"frac_zero_std_groups": float("nan")}
-        if self.global_advantages and self.acc.num_processes > 1:
-            all_r = self.acc.gather(rewards.to(self.acc.device)).cpu()
+        world = self.acc.num_processes
+        if self.global_advantages and world > 1:
+            sizes = gather_varlen(self.acc, torch.tensor([len(rewards)])).tolist()
+            all_r = gather_varlen(self.acc, rewards.float())
+            if len(all_r) == 0:
+                return rewards.clone(), {"frac_zero_std_groups": float("nan")}
             adv, m = A.advantages(all_r, G, est, scale)
-            start = self.acc.process_index * len(rewards)
+            start = sum(sizes[:self.acc.process_index])
             return adv[start:start + len(rewards)], m
-        return A.advantages(rewards, G, est, scale)
+        if len(rewards) == 0:
+            adv, m = rewards.clone(), {"frac_zero_std_groups": float("nan")}
+        else:
+            adv, m = A.advantages(rewards, G, est, scale)
+        if world > 1:  # the fraction over all groups, not a mean of per-process fractions
+            n_groups = len(rewards) // G
+            flat = 0.0 if n_groups == 0 else m["frac_zero_std_groups"] * n_groups
+            flat, total = reduce_sum(self.acc, [flat, float(n_groups)])
+            m["frac_zero_std_groups"] = flat / total if total else float("nan")
+        return adv, m
 
     # ------------------------------------------------------------------ update
 
     def _micro_batches(self, ro: Rollout) -> list[tuple[slice, dict[str, torch.Tensor]]]:
         mb = self.cfg.per_device_train_batch_size
         out = []
+        if not ro.samples:
+            # An empty shard (dynamic sampling kept no group here) while other processes train:
+            # one pad-token row with an all-zero mask joins DDP's gradient all-reduce with zero
+            # gradients, so the processes' collectives stay matched.
+            pad = self.tokenizer.pad_token_id
+            batch = pack([[pad]], [[pad]], pad, [[0.0]] if self.cfg.importance_sampling_cap else None)
+            batch["completion_mask"].zero_()
+            return [(slice(0, 1), {k: v.to(self.acc.device) if torch.is_tensor(v) else v for k, v in batch.items()})]
         for i in range(0, len(ro.samples), mb):
             sl = slice(i, i + mb)
             batch = pack(ro.prompt_ids[sl], [s.token_ids for s in ro.samples[sl]], self.tokenizer.pad_token_id,
@@ -381,31 +455,33 @@ class GRPOTrainer:
                 return self._frozen_logprobs(self.model, batches)
         return self._frozen_logprobs(self.ref_model, batches)
 
-    def _denominator(self, batches) -> tuple[float | None, int]:
-        """(denom for ``aggregate``, n_tokens) for the preset's aggregation.
+    def _denominator(self, batches, n_sequences: int) -> tuple[float | None, int]:
+        """(denom for ``aggregate``, this process's n_tokens) for the preset's aggregation.
 
-        Counts over the whole batch, so micro-batching leaves the gradient unchanged; for a
-        token mean over processes the count is global, because data-parallel training averages
-        the processes' gradients."""
-        n_tokens = sum(b["completion_mask"].sum().item() for _, b in batches)
-        if self.preset.aggregation != "token_mean":
-            return float(sum(b["input_ids"].shape[0] for _, b in batches)), n_tokens
-        if not self.preset.batch_normalised:
+        Counts over the whole batch, so micro-batching leaves the gradient unchanged. With
+        several processes the count is the global one divided by the number of processes:
+        DDP averages the processes' gradients, so each process's sum over its shard divided by
+        global/world makes the average the single-process loss (sum over the batch / global),
+        also when the shards differ in size (dynamic sampling)."""
+        n_tokens = int(sum(b["completion_mask"].sum().item() for _, b in batches))
+        if self.preset.aggregation == "token_mean" and not self.preset.batch_normalised:
             return None, n_tokens  # BNPO: each micro-batch normalised by its own token count
-        total = n_tokens
+        count = float(n_tokens if self.preset.aggregation == "token_mean" else n_sequences)
         if self.acc.num_processes > 1:
-            total = self.acc.reduce(torch.tensor(float(n_tokens), device=self.acc.device), "sum").item()
-            total /= self.acc.num_processes
-        return max(total, 1.0), n_tokens
+            count = reduce_sum(self.acc, [count])[0] / self.acc.num_processes
+        return max(count, 1.0 / self.acc.num_processes), n_tokens
 
     def update(self, ro: Rollout) -> dict[str, float]:
+        """``num_iterations`` optimizer steps on this step's batch. Collective with several
+        processes: every process calls it once per step, also with an empty shard."""
         cfg, preset = self.cfg, self.preset
         t0 = time.perf_counter()
-        if not ro.samples:  # dynamic sampling found no group with a signal: nothing to learn from
+        if reduce_sum(self.acc, [float(len(ro.samples))])[0] == 0:
+            # dynamic sampling found no group with a signal anywhere: nothing to learn from
             return {"empty_batch": 1.0, "time/training_s": 0.0}
         batches = self._micro_batches(ro)
-        adv = ro.advantages.to(self.acc.device)
-        denom, n_tokens = self._denominator(batches)
+        adv = ro.advantages.to(self.acc.device) if ro.samples else torch.zeros(1, device=self.acc.device)
+        denom, n_tokens = self._denominator(batches, len(ro.samples))
         per_micro = 1.0 if denom is not None else 1.0 / len(batches)
         # With one update per rollout the policy that sampled is the policy being trained:
         # old log-probs equal the current ones (detached), so no extra forward pass is spent.
@@ -442,10 +518,14 @@ class GRPOTrainer:
                 stats["loss"] += loss.item()
                 stats["clip_frac"] += (clipped & mask.bool()).sum().item()
                 stats["entropy"] += (ent.detach() * mask).sum().item()
-            # The clipped norm is computed over the all-reduced gradients, so every process takes
-            # the same decision; a non-finite loss anywhere makes it non-finite everywhere.
-            grad_norm = float(self.acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm))
-            if math.isfinite(grad_norm):
+            norm = self.acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+            grad_norm = float("nan") if norm is None else float(norm)  # None: DeepSpeed before its first step
+            # The gradient norm is the same on every process (after the all-reduce), the loss is
+            # not: all processes must agree to step, or their weights drift apart.
+            finite = (norm is None or math.isfinite(grad_norm)) and math.isfinite(stats["loss"])
+            if self.acc.num_processes > 1:
+                finite = reduce_sum(self.acc, [float(finite)])[0] == self.acc.num_processes
+            if finite:
                 self.optimizer.step()
                 self.nonfinite_streak = 0
             else:  # a non-finite update would poison the weights: skip it and count it
@@ -455,6 +535,11 @@ class GRPOTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             grad_norms.append(grad_norm)
         k = cfg.num_iterations
+        # Token averages over the whole batch: sums and token counts of all processes. The loss
+        # is each process's share of DDP's averaged objective: averaged in _reduce.
+        keys = ("clip_frac", "entropy", "kl", "is_weight")
+        *sums, n_tokens = reduce_sum(self.acc, [stats[x] for x in keys] + [float(n_tokens)])
+        stats.update(zip(keys, sums, strict=True))
         tok = max(n_tokens, 1) * k
         metrics = {
             "loss": stats["loss"] / k,
@@ -474,8 +559,12 @@ class GRPOTrainer:
     def sync_weights(self) -> None:
         """Give the engine the new policy; nothing to move when it generates with the policy itself."""
         if not self.engine_shares_policy:
-            # LoRA: merged weights under the base model's names (the engine serves a plain model)
-            self.engine.load_weights(merged_named_parameters(self.acc.unwrap_model(self.model)))
+            unwrapped = self.acc.unwrap_model(self.model)
+            if is_peft_model(unwrapped):  # LoRA: W + BA under the base model's names (the engine serves a plain model)
+                weights = merged_named_parameters(unwrapped)
+            else:  # full tensors (gathered one at a time if the policy is sharded), plain names
+                weights = full_named_parameters(self.model, self.acc)
+            self.engine.load_weights(weights)
             # a shared server is updated by one process: nobody generates before it has the new weights
             self.acc.wait_for_everyone()
 
@@ -560,10 +649,7 @@ class GRPOTrainer:
 
     def _any_process(self, flag: bool) -> bool:
         """True on every process if it is True on one (so all stop at the same step)."""
-        if self.acc.num_processes == 1:
-            return flag
-        t = torch.tensor([float(flag)], device=self.acc.device)
-        return bool(self.acc.reduce(t, reduction="sum").item() > 0)
+        return flag if self.acc.num_processes == 1 else reduce_sum(self.acc, [float(flag)])[0] > 0
 
     def _resume(self, path: Path) -> None:
         """Restore everything a checkpoint holds; the loop then continues as if never stopped."""
@@ -660,8 +746,8 @@ class GRPOTrainer:
         if self.step % cfg.weight_sync_steps == 0:
             self.sync_weights()
         dt = time.perf_counter() - t0
-        n_comp = len(ro.samples) * self.acc.num_processes
-        n_tok = sum(len(s.token_ids) for s in ro.samples) * self.acc.num_processes
+        n_comp = len(ro.samples)  # this process's; _reduce sums the rates over processes
+        n_tok = sum(len(s.token_ids) for s in ro.samples)
         metrics.update({"time/step_s": dt, "perf/samples_per_s": n_comp / dt, "perf/tokens_per_s": n_tok / dt})
         acc_name = next((n for n in ro.per_func if n.startswith("accuracy")), None)
         if acc_name is not None:  # the progress bar's "acc": the accuracy reward's batch mean
@@ -679,8 +765,16 @@ class GRPOTrainer:
         self.log.advance(self.step, metrics)
         return metrics, n_comp
 
+    # Per-process counts and rates whose global value is the sum over processes. Batch
+    # statistics (rewards, lengths, token averages, grad norm) are already global when they
+    # get here (computed on gathered data), so averaging them changes nothing; what is left
+    # per process is timings (averaged) and the loss (DDP's objective: the average).
+    SUMMED_METRICS = ("perf/samples_per_s", "perf/tokens_per_s", "dynamic_sampling/extra_prompts",
+                      "dynamic_sampling/kept_groups")
+
     def _reduce(self, metrics: dict[str, float]) -> dict[str, float]:
-        """Average scalar metrics over processes (max for maxima)."""
+        """Combine scalar metrics over processes: sums for counts and rates, max for maxima,
+        else the mean."""
         if self.acc.num_processes == 1:
             return metrics
         keys = sorted(k for k, v in metrics.items() if isinstance(v, int | float))
@@ -689,8 +783,8 @@ class GRPOTrainer:
         out = dict(metrics)
         for i, k in enumerate(keys):
             col = gathered[:, i]
-            if k.startswith("perf/"):
-                out[k] = col[0].item()  # already global (counted with num_processes)
+            if k in self.SUMMED_METRICS or k.endswith("/failures"):
+                out[k] = col.sum().item()
             elif k.endswith("max_length"):
                 out[k] = col.max().item()
             else:

@@ -50,7 +50,10 @@ class Sample:
 @runtime_checkable
 class RolloutEngine(Protocol):
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig) -> list[list[Sample]]:
-        """``n`` samples for each prompt (token ids), grouped per prompt in input order."""
+        """``n`` samples for each prompt (token ids), grouped per prompt in input order.
+
+        Engines may also take ``seeds=`` (one int per prompt, making each group a function of
+        prompt and seed only); the trainer passes it only with ``generation_seed_per_prompt``."""
         ...
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:

@@ -81,10 +81,26 @@ class HFEngine:
         self.eos_ids = [eos] if isinstance(eos, int) else list(eos)
 
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig) -> list[list[Sample]]:
+    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig,
+                 seeds: list[int] | None = None) -> list[list[Sample]]:
+        """``n`` samples per prompt. With ``seeds`` (one per prompt) each prompt's group is
+        generated alone with the RNG seeded by its seed, so its samples depend only on (model,
+        prompt, seed): not on the other prompts of the batch, nor on how a batch is split over
+        processes. That costs batching: one generate call per prompt."""
         if any(len(p) == 0 for p in prompts):
             raise ValueError("empty prompt: every prompt needs at least one token")
         out: list[list[Sample]] = []
+        if seeds is not None:
+            if len(seeds) != len(prompts):
+                raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
+            device = next(self.model.parameters()).device
+            for prompt, seed in zip(prompts, seeds, strict=True):
+                # fork_rng: the caller's RNG stream is left as it was
+                with torch.random.fork_rng(devices=[device] if device.type != "cpu" else [],
+                                           device_type=device.type):
+                    torch.manual_seed(seed)
+                    out.extend(self._generate_chunk([prompt], n, sampling))
+            return out
         for i in range(0, len(prompts), self.max_batch_prompts):
             out.extend(self._generate_chunk(prompts[i:i + self.max_batch_prompts], n, sampling))
         return out
