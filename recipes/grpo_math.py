@@ -24,7 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rlreason import lora, tiny
 from rlreason.checkpoint import check_output_dir
 from rlreason.config import GRPOConfig, parse_args
-from rlreason.data import arith_dataset, load_dataset_any, prepare
+from rlreason.data import arith_dataset, filter_rows, load_dataset_any, prepare
 from rlreason.eval.suites import arith_suite
 from rlreason.rewards import accuracy_reward, build_rewards, format_reward
 from rlreason.tasks.arith import Difficulty
@@ -96,7 +96,8 @@ def load_data(cfg: GRPOConfig, tokenizer) -> tuple[datasets.Dataset, list[dict]]
         n_eval = max(cfg.final_eval_size, cfg.eval_size)
         eval_rows = list(prepare(datasets.Dataset.from_list(arith_suite(n_eval, difficulty)), **common))
     else:
-        train = prepare(load_dataset_any(cfg.dataset_name, cfg.dataset_split), answer_column=None, **common)
+        raw = load_dataset_any(cfg.dataset_name, cfg.dataset_split, name=cfg.dataset_config)
+        train = prepare(filter_rows(raw, cfg.dataset_filter), answer_column=None, **common)
     return train, eval_rows
 
 

@@ -59,6 +59,8 @@ class GRPOConfig:
     # --- data ---
     dataset_name: str = "arith"  # "arith" = the embedded task; else a hub id or a local json/jsonl/parquet/csv
     dataset_split: str = "train"
+    dataset_config: str | None = None  # the hub dataset's configuration (subset), e.g. "main" for openai/gsm8k
+    dataset_filter: dict[str, list[Any]] = field(default_factory=dict)  # keep rows with column value in list
     prompt_column: str = "prompt"
     column_map: dict[str, str] = field(default_factory=dict)  # source column -> name the trainer expects
     use_chat_template: bool = True

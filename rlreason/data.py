@@ -68,10 +68,10 @@ def _load_saved(path: Path, split: str) -> datasets.Dataset:
     return loaded
 
 
-def _load_hub(source: str, split: str, data_files: str | None) -> datasets.Dataset:
+def _load_hub(source: str, split: str, data_files: str | None, name: str | None = None) -> datasets.Dataset:
     """``datasets.load_dataset`` on a hub id (or local data folder), with a clear error on failure."""
     try:
-        return datasets.load_dataset(source, split=split, data_files=data_files)
+        return datasets.load_dataset(source, name, split=split, data_files=data_files)
     except Exception as e:  # the hub raises many types (HTTP, connection, not found); all mean "can't load"
         raise ValueError(
             f"could not load dataset {source!r} (split={split!r}) with datasets.load_dataset: {e}. "
@@ -80,7 +80,8 @@ def _load_hub(source: str, split: str, data_files: str | None) -> datasets.Datas
         ) from e
 
 
-def load_dataset_any(source: str, split: str = "train", data_files: str | None = None) -> datasets.Dataset:
+def load_dataset_any(source: str, split: str = "train", data_files: str | None = None,
+                     name: str | None = None) -> datasets.Dataset:
     """Load a dataset from a local file, a ``save_to_disk`` directory or the hub.
 
     Args:
@@ -88,6 +89,7 @@ def load_dataset_any(source: str, split: str = "train", data_files: str | None =
             written by ``save_to_disk``, or a hub id such as ``openai/gsm8k``.
         split: the split to return (``train`` is the only split of a single file).
         data_files: passed to ``datasets.load_dataset`` for hub ids and plain data folders.
+        name: the hub dataset's configuration (subset), e.g. ``main`` for ``openai/gsm8k``.
 
     Raises:
         FileNotFoundError: ``source`` looks like a local path and does not exist.
@@ -102,10 +104,26 @@ def load_dataset_any(source: str, split: str = "train", data_files: str | None =
         if any((path / marker).exists() for marker in _SAVED_MARKERS):
             return _load_saved(path, split)
         # A folder of data files (e.g. a cloned hub repo): `datasets` infers the builder itself.
-        return _load_hub(str(path), split, data_files)
+        return _load_hub(str(path), split, data_files, name)
     if _looks_like_path(source):
         raise FileNotFoundError(f"dataset path not found: {source!r}")
-    return _load_hub(source, split, data_files)
+    return _load_hub(source, split, data_files, name)
+
+
+def filter_rows(ds: datasets.Dataset, keep: dict[str, list[Any]]) -> datasets.Dataset:
+    """Rows whose ``column`` value is one of ``keep[column]``, for every column given (e.g.
+    ``{"level": ["Level 3", "Level 4", "Level 5"]}``). A missing column is an error naming it."""
+    if not keep:
+        return ds
+    missing = [c for c in keep if c not in ds.column_names]
+    if missing:
+        raise ValueError(f"config key 'dataset_filter': no column {missing[0]!r} in the dataset "
+                         f"(columns: {', '.join(ds.column_names)})")
+    allowed = {c: set(v) for c, v in keep.items()}
+    out = ds.filter(lambda row: all(row[c] in vals for c, vals in allowed.items()))
+    if len(out) == 0:
+        raise ValueError(f"config key 'dataset_filter': no row of the {len(ds)} matches {keep}")
+    return out
 
 
 # --------------------------------------------------------------------------- rendering

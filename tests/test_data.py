@@ -334,3 +334,16 @@ def test_arith_dataset_difficulty_and_empty():
     assert all(sum(p.count(op) for op in "+-") == 2 for p in ds["prompt"])
     empty = arith_dataset(0, seed=1, split="train")
     assert len(empty) == 0 and empty.column_names == ["prompt", "answer"]
+
+
+def test_filter_rows_keeps_listed_values_and_names_a_missing_column():
+    from rlreason.data import filter_rows
+
+    ds = datasets.Dataset.from_list([{"problem": str(i), "level": f"Level {i % 5 + 1}"} for i in range(20)])
+    kept = filter_rows(ds, {"level": ["Level 3", "Level 4", "Level 5"]})
+    assert len(kept) == 12 and set(kept["level"]) == {"Level 3", "Level 4", "Level 5"}
+    assert filter_rows(ds, {}) is ds
+    with pytest.raises(ValueError, match="dataset_filter.*'difficulty'.*problem, level"):
+        filter_rows(ds, {"difficulty": ["hard"]})
+    with pytest.raises(ValueError, match="dataset_filter.*no row"):
+        filter_rows(ds, {"level": ["Level 9"]})
