@@ -55,12 +55,12 @@ from rlreason.config import GRPOConfig
 from rlreason.distributed import full_named_parameters, gather_varlen, reduce_sum
 from rlreason.eval.core import EvalProtocol, evaluate, evaluate_suites, flat_metrics
 from rlreason.eval.metrics import diff_interval, wilson_interval
-from rlreason.logprobs import chunked_completion_logprobs
+from rlreason.logprobs import completion_logprobs, enable_gradient_checkpointing, pack
 from rlreason.lora import is_peft_model, merged_named_parameters, save_merged
 from rlreason.optim import optimizer_class
 from rlreason.rewards.runner import RewardRunner
 from rlreason.rollout.base import RolloutEngine, Sample, SamplingConfig
-from rlreason.rollout.hf import HFEngine, left_pad, positions_from_mask, right_pad
+from rlreason.rollout.hf import HFEngine
 from rlreason.tracking import RunLogger, write_report
 
 # Columns the data pipeline adds; rewards get every other column.
@@ -102,71 +102,6 @@ class Rollout:
                        torch.cat([self.rewards, other.rewards]),
                        {k: torch.cat([v, other.per_func[k]]) for k, v in self.per_func.items()},
                        self.prompts + other.prompts, self.group_size, self.metrics)
-
-
-def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int,
-         sampler_logprobs: list[list[float]] | None = None) -> dict[str, torch.Tensor]:
-    """[left-padded prompt | right-padded completion] rows for a log-prob pass.
-
-    -> input_ids, attention_mask, position_ids: [N, P + T]; completion_mask: [N, T];
-    sampler_logp: [N, T] if given; plus "prompt_width" P. Positions skip the left padding,
-    as in generation, so the trainer scores exactly the computation the sampler did.
-    """
-    p_ids, p_mask = left_pad(prompt_ids, pad_id)
-    c_ids, c_mask = right_pad(completion_ids, pad_id, min_width=1)
-    mask = torch.cat([p_mask, c_mask], dim=1)
-    out = {
-        "input_ids": torch.cat([p_ids, c_ids], dim=1),
-        "attention_mask": mask,
-        "position_ids": positions_from_mask(mask),
-        "completion_mask": c_mask,
-        "prompt_width": p_ids.shape[1],
-    }
-    if sampler_logprobs is not None:
-        out["sampler_logp"] = right_pad(sampler_logprobs, 0.0, min_width=c_ids.shape[1], dtype=torch.float32)[0]
-    return out
-
-
-def completion_logprobs(model, batch: dict[str, torch.Tensor], temperature: float = 1.0,
-                        with_entropy: bool = False, entropy_grad: bool = False, chunk_size: int | None = None
-                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-token log-probs of the completion tokens under ``model``.
-
-    -> logp [N, T] (and entropy [N, T] if asked; with gradient only for an entropy bonus).
-    Logits are divided by the sampling temperature so the ratio compares the distribution
-    the tokens were drawn from. ``chunk_size`` > 0: the LM head and log-softmax run that many
-    tokens at a time (``rlreason.logprobs``), never holding the [N, L, V] logits; else the
-    model's full logits, the reference the chunked pass is tested against.
-    """
-    if chunk_size:
-        return chunked_completion_logprobs(model, batch, temperature, chunk_size, with_entropy, entropy_grad)
-    p_w = batch["prompt_width"]
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                position_ids=batch["position_ids"], use_cache=False)
-    logits = out.logits[:, p_w - 1:-1].float()  # position t predicts token t + 1
-    if temperature != 1.0:
-        logits = logits / temperature
-    logp = A.selective_log_softmax(logits, batch["input_ids"][:, p_w:])
-    ent = None
-    if with_entropy:
-        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-            ent = A.entropy_from_logits(logits if entropy_grad else logits.detach())
-    return logp, ent
-
-
-def enable_gradient_checkpointing(model) -> None:
-    """Recompute each decoder layer's activations in the backward instead of keeping them.
-
-    Non-reentrant checkpointing: it needs no ``requires_grad`` inputs (so a LoRA model with
-    frozen embeddings works) and supports ``no_sync``. transformers >= 5.2x calls it activation
-    checkpointing and deprecates the old name, which older versions (vLLM's pin) still need.
-    The training forward passes ``use_cache=False``, as checkpointed layers require.
-    """
-    kwargs = {"use_reentrant": False}
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 class GRPOTrainer:

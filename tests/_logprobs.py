@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from rlreason.logprobs import completion_logprobs, pack
 from rlreason.rollout.base import Sample
-from rlreason.trainer import completion_logprobs, pack
 
 
 def trainer_logprobs(model, prompts: list[list[int]], groups: list[list[Sample]], pad_id: int,

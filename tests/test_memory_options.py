@@ -13,8 +13,8 @@ from test_trainer import _varied_reward, make_trainer, one_step, params
 from transformers import AutoModelForCausalLM
 
 from rlreason.config import ConfigError, GRPOConfig
+from rlreason.logprobs import completion_logprobs, enable_gradient_checkpointing, pack
 from rlreason.optim import optimizer_class
-from rlreason.trainer import completion_logprobs, enable_gradient_checkpointing, pack
 
 PROMPTS = [[5, 6, 7], [8, 9], [10, 11, 12, 13]]
 COMPLETIONS = [[20, 21, 22, 23, 24], [30, 31], [40, 41, 42, 43, 44, 45, 46]]

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from rlreason import algorithms as A
+from rlreason.logprobs import completion_logprobs, pack
 from rlreason.rollout.base import SamplingConfig
 from rlreason.rollout.hf import HFEngine
 from rlreason.tiny import prompt_text
-from rlreason.trainer import completion_logprobs, pack
 
 trl = pytest.importorskip("trl")
 
