@@ -47,6 +47,14 @@ class GRPOConfig:
     # tokens per chunk of the LM head + log-softmax in the log-prob passes, so the [batch, seq, vocab]
     # logits never exist at once (rlreason/logprobs.py); 0 or None = the model's full logits
     logprob_chunk_size: int | None = 512
+    # Log-prob passes over rows [prompt | its completions] with a block mask (rlreason/packing.py): each
+    # prompt is computed once per group and no completion is padded; same log-probs, less compute. Used
+    # when micro-batches hold whole groups and the attention takes a custom mask (sdpa, eager).
+    pack_prompt_groups: bool = True
+    # Longest packed row; a group that does not fit is split over rows (each with the prompt). Masked
+    # attention costs the square of the row, so longer rows trade less prompt recompute for more
+    # attention; None = the model's hidden size (the best of 64-4096 on the tiny model: docs/benchmarks.md).
+    pack_max_row_tokens: int | None = None
     # --- LoRA / QLoRA (peft); the reference model for the KL term is the adapter-disabled base ---
     use_peft: bool = False
     lora_r: int = 16
@@ -199,6 +207,8 @@ class GRPOConfig:
         need(self.weight_sync_steps >= 1, "weight_sync_steps", f"must be >= 1, got {self.weight_sync_steps}")
         need(self.reward_num_workers >= 0, "reward_num_workers", f"must be >= 0, got {self.reward_num_workers}")
         need(self.reward_timeout_s > 0, "reward_timeout_s", f"must be > 0, got {self.reward_timeout_s}")
+        need(self.pack_max_row_tokens is None or self.pack_max_row_tokens >= 1, "pack_max_row_tokens",
+             f"must be >= 1, got {self.pack_max_row_tokens}")
         need(self.optim in OPTIMIZERS, "optim", f"must be one of {OPTIMIZERS}, got {self.optim!r}")
         need(self.logprob_chunk_size is None or self.logprob_chunk_size >= 0, "logprob_chunk_size",
              f"must be >= 0 (0 or None = unchunked), got {self.logprob_chunk_size}")

@@ -25,6 +25,7 @@ from torch.utils.checkpoint import checkpoint
 
 from rlreason import algorithms as A
 from rlreason.lora import is_peft_model
+from rlreason.packing import model_attention_mask
 from rlreason.rollout.hf import left_pad, positions_from_mask, right_pad
 
 # Tokens per chunk by default: 512 x 151,936 fp32 logits is 311 MB, and a matmul of 512 rows
@@ -135,18 +136,10 @@ def causal_lm_parts(model) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.M
     return core, decoder, head
 
 
-def chunked_completion_logprobs(model, batch: dict[str, torch.Tensor], temperature: float = 1.0,
-                                chunk_size: int = DEFAULT_CHUNK_SIZE, with_entropy: bool = False,
-                                entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``trainer.completion_logprobs`` without the [N, L, V] logits: logp [N, T] (+ entropy [N, T]).
-
-    ``batch`` as ``trainer.pack`` builds it. The forward goes through ``model`` itself (so DDP
-    still synchronises gradients and PEFT adapters apply) with ``logits_to_keep=1``; a hook on
-    the decoder picks up the hidden states [N, L, H]. The one position of logits the model does
-    compute checks that the chunked head reproduces the model's logits, so a model that
-    transforms them in a way ``logit_transform`` does not know fails loudly instead of training
-    on wrong log-probs.
-    """
+def _hidden_states(model, inputs: dict[str, torch.Tensor]):
+    """One forward of ``model`` with ``logits_to_keep=1`` -> (core, head, hidden [R, L, H], the
+    autocast the forward ran under, the logit transform), after checking on the one position of
+    logits the model computed that the head and transform reproduce its logits."""
     core, decoder, head = causal_lm_parts(model)
     captured: list[tuple[torch.Tensor, torch.autocast]] = []
 
@@ -159,26 +152,79 @@ def chunked_completion_logprobs(model, batch: dict[str, torch.Tensor], temperatu
 
     hook = decoder.register_forward_hook(grab)
     try:
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    position_ids=batch["position_ids"], use_cache=False, logits_to_keep=1)
+        out = model(**inputs, use_cache=False, logits_to_keep=1)
     finally:
         hook.remove()
-    hidden, autocast = captured[0]  # hidden [N, L, H]
+    hidden, autocast = captured[0]  # hidden [R, L, H]
     transform = logit_transform(core.config)
+    with autocast, torch.no_grad():
+        expected = out.logits[:, -1].float()  # [R, V]
+        ours = transform(head(hidden[:, -1]).float())
+        # (non-finite logits are the trainer's non-finite guard's business, not a transform mismatch)
+        finite = bool(torch.isfinite(expected).all())
+        if finite and not torch.allclose(ours, expected, rtol=2e-2, atol=2e-2 * (1.0 + expected.abs().max().item())):
+            raise ValueError(f"{type(core).__name__}: the chunked log-prob pass does not reproduce the model's "
+                             f"logits (max difference {(ours - expected).abs().max().item():.3g}); the model "
+                             "transforms its logits in a way rlreason does not know. Set logprob_chunk_size: 0")
+    return core, head, hidden, autocast, transform
+
+
+def chunked_completion_logprobs(model, batch: dict[str, torch.Tensor], temperature: float = 1.0,
+                                chunk_size: int = DEFAULT_CHUNK_SIZE, with_entropy: bool = False,
+                                entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``trainer.completion_logprobs`` without the [N, L, V] logits: logp [N, T] (+ entropy [N, T]).
+
+    ``batch`` as ``trainer.pack`` builds it. The forward goes through ``model`` itself (so DDP
+    still synchronises gradients and PEFT adapters apply) with ``logits_to_keep=1``; a hook on
+    the decoder picks up the hidden states [N, L, H]. The one position of logits the model does
+    compute checks that the chunked head reproduces the model's logits, so a model that
+    transforms them in a way ``logit_transform`` does not know fails loudly instead of training
+    on wrong log-probs.
+    """
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
+    core, head, hidden, autocast, transform = _hidden_states(model, inputs)
     with autocast:
-        with torch.no_grad():
-            expected = out.logits[:, -1].float()  # [N, V]
-            ours = transform(head(hidden[:, -1]).float())
-            # (non-finite logits are the trainer's non-finite guard's business, not a transform mismatch)
-            finite = bool(torch.isfinite(expected).all())
-            if finite and not torch.allclose(ours, expected, rtol=2e-2,
-                                             atol=2e-2 * (1.0 + expected.abs().max().item())):
-                raise ValueError(f"{type(core).__name__}: the chunked log-prob pass does not reproduce the model's "
-                                 f"logits (max difference {(ours - expected).abs().max().item():.3g}); the model "
-                                 "transforms its logits in a way rlreason does not know. Set logprob_chunk_size: 0")
         p_w = batch["prompt_width"]
         return chunked_token_logprobs(hidden[:, p_w - 1:-1], batch["input_ids"][:, p_w:], head, chunk_size,
                                       temperature, transform, with_entropy, entropy_grad)
+
+
+def packed_completion_logprobs(model, batch: dict[str, torch.Tensor], temperature: float = 1.0,
+                               chunk_size: int | None = DEFAULT_CHUNK_SIZE, with_entropy: bool = False,
+                               entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs of the completion tokens of a prompt-group-packed batch (``rlreason.packing``).
+
+    -> logp [N, T] (+ entropy [N, T]) in the padded layout of ``completion_mask``, zero on
+    padding. Only the hidden states that predict completion tokens go through the LM head
+    (chunked when ``chunk_size`` > 0, else the model's full logits are taken and indexed).
+    """
+    core = extract_model_from_parallel(model)
+    dtype = next(core.parameters()).dtype
+    mask = model_attention_mask(core, batch["attention_mask"], dtype if dtype.is_floating_point else torch.float32)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": mask, "position_ids": batch["position_ids"]}
+    valid = batch["token_mask"].bool()  # [N, T]
+    src, ids = batch["src"][valid], batch["completion_ids"][valid]  # [n]
+    if chunk_size:
+        _, head, hidden, autocast, transform = _hidden_states(model, inputs)
+        with autocast:
+            h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, src)  # [n, H]
+            lp, ent = chunked_token_logprobs(h[None], ids[None], head, chunk_size, temperature, transform,
+                                             with_entropy, entropy_grad)
+    else:
+        logits = model(**inputs, use_cache=False).logits
+        logits = logits.reshape(-1, logits.shape[-1]).index_select(0, src).float()  # [n, V]
+        if temperature != 1.0:
+            logits = logits / temperature
+        lp = A.selective_log_softmax(logits, ids)
+        ent = None
+        if with_entropy:
+            with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+                ent = A.entropy_from_logits(logits if entropy_grad else logits.detach())
+
+    def scatter(x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(valid.shape, dtype=x.dtype, device=x.device).masked_scatter(valid, x.reshape(-1))
+
+    return scatter(lp), scatter(ent) if ent is not None else None
 
 
 # ---------------------------------------------------------------------- the trainer's log-prob pass
@@ -216,8 +262,11 @@ def completion_logprobs(model, batch: dict[str, torch.Tensor], temperature: floa
     Logits are divided by the sampling temperature so the ratio compares the distribution
     the tokens were drawn from. ``chunk_size`` > 0: the LM head and log-softmax run that many
     tokens at a time (``rlreason.logprobs``), never holding the [N, L, V] logits; else the
-    model's full logits, the reference the chunked pass is tested against.
+    model's full logits, the reference the chunked pass is tested against. A batch packed by
+    prompt group (``rlreason.packing``, it has "src") is scored from its packed rows.
     """
+    if "src" in batch:
+        return packed_completion_logprobs(model, batch, temperature, chunk_size, with_entropy, entropy_grad)
     if chunk_size:
         return chunked_completion_logprobs(model, batch, temperature, chunk_size, with_entropy, entropy_grad)
     p_w = batch["prompt_width"]

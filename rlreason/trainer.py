@@ -58,6 +58,7 @@ from rlreason.eval.metrics import diff_interval, wilson_interval
 from rlreason.logprobs import completion_logprobs, enable_gradient_checkpointing, pack
 from rlreason.lora import is_peft_model, merged_named_parameters, save_merged
 from rlreason.optim import optimizer_class
+from rlreason.packing import pack_groups, supports_packing
 from rlreason.rewards.runner import RewardRunner
 from rlreason.rollout.base import RolloutEngine, Sample, SamplingConfig
 from rlreason.rollout.hf import HFEngine
@@ -155,6 +156,9 @@ class GRPOTrainer:
         self.model, self.optimizer, self.scheduler = self.acc.prepare(model, optimizer, scheduler)
         if self.ref_model is not None:
             self.ref_model = self.ref_model.to(self.acc.device)
+        self.packing_supported = supports_packing(self.acc.unwrap_model(self.model))
+        self.pack_row_tokens = cfg.pack_max_row_tokens or max(
+            64, getattr(self.acc.unwrap_model(self.model).config.get_text_config(), "hidden_size", 1024))
         self.engine = engine or HFEngine(self.acc.unwrap_model(self.model), tokenizer, cfg.generation_batch_prompts)
         self.engine_shares_policy = isinstance(self.engine, HFEngine) and \
             self.engine.model is self.acc.unwrap_model(self.model)
@@ -367,10 +371,19 @@ class GRPOTrainer:
             batch = pack([[pad]], [[pad]], pad, [[0.0]] if self.cfg.importance_sampling_cap else None)
             batch["completion_mask"].zero_()
             return [(slice(0, 1), {k: v.to(self.acc.device) if torch.is_tensor(v) else v for k, v in batch.items()})]
+        G = ro.group_size
+        # Packed by prompt group when every micro-batch holds whole groups (rlreason/packing.py):
+        # the same per-token log-probs without G copies of each prompt or completion padding.
+        packed = self.cfg.pack_prompt_groups and mb % G == 0 and self.packing_supported
         for i in range(0, len(ro.samples), mb):
             sl = slice(i, i + mb)
-            batch = pack(ro.prompt_ids[sl], [s.token_ids for s in ro.samples[sl]], self.tokenizer.pad_token_id,
-                         [s.logprobs for s in ro.samples[sl]] if self.cfg.importance_sampling_cap else None)
+            sampler = [s.logprobs for s in ro.samples[sl]] if self.cfg.importance_sampling_cap else None
+            completions = [s.token_ids for s in ro.samples[sl]]
+            if packed:
+                batch = pack_groups(ro.prompt_ids[sl], completions, self.tokenizer.pad_token_id, G,
+                                    self.pack_row_tokens, sampler)
+            else:
+                batch = pack(ro.prompt_ids[sl], completions, self.tokenizer.pad_token_id, sampler)
             if self.cfg.mask_truncated_completions:  # DAPO's overlong filtering: no signal from cut-off answers
                 cut = torch.tensor([s.finish_reason == "length" for s in ro.samples[sl]])
                 batch["completion_mask"][cut] = 0

@@ -1,0 +1,103 @@
+"""Prompt-group packing for the log-prob passes: each prompt once, its completions after it.
+
+GRPO's G completions of a prompt share the prompt. The padded layout (``trainer.pack``) runs
+every completion as its own row ``[prompt | completion | padding]``, so the prompt's tokens go
+through the model G times, forward and backward, and every row is padded to the longest
+completion. Packed, a row is ``[prompt | c_1 | c_2 | ... | c_k | padding]`` with a block mask:
+the prompt is causal, each completion sees the whole prompt and its own earlier tokens, never
+another completion. Positions restart after the prompt for every completion, exactly as in
+generation (where the prompt was prefilled once and its KV cache copied G times), so each
+completion token's log-prob is the same computation as in the padded layout, up to float
+rounding; the gradient reaching the prompt's tokens is the sum over its completions, as it
+is when the prompt is repeated. Saved: (G - 1) prompt copies per group and the completion
+padding; paid: attention over a longer row (dense masked attention is quadratic in the row).
+
+Rows are capped at ``max_row_tokens``: a group whose completions do not fit is split over
+several rows, each starting with the prompt.
+
+Notation: N completions, T the longest completion, R rows, W the row width.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rlreason.rollout.hf import right_pad
+
+
+def pack_groups(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int, group_size: int,
+                max_row_tokens: int = 4096, sampler_logprobs: list[list[float]] | None = None
+                ) -> dict[str, torch.Tensor]:
+    """Pack N = groups * ``group_size`` samples (groups adjacent, each group sharing one prompt).
+
+    -> input_ids, position_ids: [R, W]; attention_mask: [R, 1, W, W] bool (True = may attend);
+    completion_mask, token_mask: [N, T] (1 on completion tokens); completion_ids: [N, T];
+    src: [N, T] flat index into the [R * W] positions of the hidden state that predicts each
+    completion token (0 on padding); sampler_logp: [N, T] if given.
+    """
+    n = len(completion_ids)
+    if n % group_size or len(prompt_ids) != n:
+        raise ValueError(f"{n} completions and {len(prompt_ids)} prompts are not whole groups of {group_size}")
+    rows: list[list[int]] = []  # token ids
+    segs: list[list[int]] = []  # 0: prompt, k >= 1: k-th completion of the row
+    pos: list[list[int]] = []
+    where: list[tuple[int, int, int]] = []  # per sample: (row, start in row, prompt length)
+    for g in range(0, n, group_size):
+        prompt = prompt_ids[g]
+        if any(prompt_ids[i] != prompt for i in range(g, g + group_size)):
+            raise ValueError("pack_groups: the samples of a group must share their prompt")
+        if not prompt:
+            raise ValueError("pack_groups: empty prompt")
+        P = len(prompt)
+        row = None
+        for i in range(g, g + group_size):
+            c = completion_ids[i]
+            if row is None or (len(rows[row]) + len(c) > max_row_tokens and segs[row][-1] > 0):
+                rows.append(list(prompt))
+                segs.append([0] * P)
+                pos.append(list(range(P)))
+                row = len(rows) - 1
+            k = segs[row][-1] + 1
+            where.append((row, len(rows[row]), P))
+            rows[row].extend(c)
+            segs[row].extend([k] * len(c))
+            pos[row].extend(range(P, P + len(c)))
+    ids, valid = right_pad(rows, pad_id)
+    W = ids.shape[1]
+    seg = right_pad(segs, -1)[0]
+    position_ids = right_pad(pos, 0)[0]
+    idx = torch.arange(W)
+    causal = idx[None, :] <= idx[:, None]  # [q, k]
+    seg_q, seg_k = seg[:, :, None], seg[:, None, :]
+    attend = causal & ((seg_k == 0) | (seg_k == seg_q)) & (seg_q >= 0) & (seg_k >= 0)
+    attend |= torch.eye(W, dtype=torch.bool)  # padding queries see themselves: no empty softmax row
+    c_ids, c_mask = right_pad(completion_ids, pad_id, min_width=1)
+    T = c_ids.shape[1]
+    src = torch.zeros((n, T), dtype=torch.long)
+    for i, (r, start, P) in enumerate(where):
+        L = len(completion_ids[i])
+        if L:
+            # token t is predicted at row position start + t - 1; the first by the prompt's last token
+            flat = torch.arange(start - 1, start + L - 1)
+            flat[0] = P - 1
+            src[i, :L] = r * W + flat
+    out = {"input_ids": ids, "attention_mask": attend.unsqueeze(1), "position_ids": position_ids,
+           "completion_ids": c_ids, "completion_mask": c_mask, "token_mask": c_mask.clone(), "src": src,
+           "row_tokens": valid}
+    if sampler_logprobs is not None:
+        out["sampler_logp"] = right_pad(sampler_logprobs, 0.0, min_width=T, dtype=torch.float32)[0]
+    return out
+
+
+def supports_packing(model) -> bool:
+    """Whether the model takes a custom 4D attention mask: transformers' sdpa and eager
+    attention do (a prepared 4D mask is used as given); flash-attention kernels do not."""
+    cfg = getattr(model, "config", None)
+    return getattr(cfg, "_attn_implementation", None) in ("sdpa", "eager")
+
+
+def model_attention_mask(model, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The bool block mask as the model's attention wants it: bool for sdpa, additive for eager."""
+    if getattr(getattr(model, "config", None), "_attn_implementation", None) == "eager":
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    return mask
