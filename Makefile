@@ -19,8 +19,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# A rerun replaces the previous demo run in runs/tiny_cpu (a plain recipe run would refuse to
+# start over another run's checkpoints).
 demo: $(STAMP)
-	$(BIN)/accelerate launch recipes/grpo_math.py
+	$(BIN)/accelerate launch recipes/grpo_math.py --overwrite_output_dir true
 
 test: $(STAMP)
 	$(BIN)/ruff check .
