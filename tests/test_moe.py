@@ -4,12 +4,17 @@ the trainer's MoE path on a small Qwen2-MoE."""
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
 
 from rlreason import moe
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_trainer import _varied_reward, make_trainer, one_step, params  # noqa: E402
 
 H, E, K, VOCAB = 32, 4, 2, 8
 
@@ -192,3 +197,80 @@ def test_router_stats_flat_round_trip():
     back = s.from_flat(s.flat())
     assert torch.equal(back.counts, s.counts) and torch.equal(back.flip_sum, s.flip_sum)
     assert back.aux_sum == 4.0 and back.aux_n == 2
+
+
+# ---------------------------------------------------------------------- the trainer on a tiny MoE
+
+
+def _capture_expert_calls(model) -> tuple[list[torch.Tensor], list]:
+    """Every MoE layer's expert indices as the experts module receives them, in call order."""
+    calls: list[torch.Tensor] = []
+    handles = [m.register_forward_pre_hook(lambda mod, args: calls.append(args[1].detach().clone()))
+               for m in model.modules() if type(m).__name__ == "Qwen2MoeExperts"]
+    return calls, handles
+
+
+@pytest.mark.parametrize("replay", [True, False])
+def test_training_pass_routes_like_the_old_pass_only_with_replay(tiny_moe_path, tmp_path, replay):
+    """Two updates on one batch with a large learning rate: the second training pass runs after
+    an optimizer step. With routing replay its experts are the old pass's; without, some differ."""
+    torch.manual_seed(0)
+    tr = make_trainer(tiny_moe_path, tmp_path, reward_funcs=[_varied_reward], num_iterations=2,
+                      learning_rate=3e-2, routing_replay=replay, per_device_train_batch_size=16)
+    ro = tr.collect()
+    model = tr.acc.unwrap_model(tr.model)
+    n_layers = len(tr.routers)
+    calls, handles = _capture_expert_calls(model)
+    try:
+        m = tr.update(ro)
+    finally:
+        for h in handles:
+            h.remove()
+    # one micro-batch: the old pass, then iteration 1 and iteration 2, each n_layers calls
+    assert len(calls) == 3 * n_layers
+    old, first, second = calls[:n_layers], calls[n_layers:2 * n_layers], calls[2 * n_layers:]
+    assert all(torch.equal(a, b) for a, b in zip(old, first, strict=True))  # same weights, same routing
+    same = [torch.equal(a, b) for a, b in zip(old, second, strict=True)]
+    if replay:
+        assert all(same)
+        assert m["moe/routing_flip_frac"] > 0  # the router itself would have switched experts
+    else:
+        assert not all(same)
+        assert m["moe/routing_flip_frac"] > 0
+    assert m["nonfinite_skipped"] == 0
+
+
+def test_router_metrics_and_aux_loss_in_the_update(tiny_moe_path, tmp_path):
+    torch.manual_seed(0)
+    tr = make_trainer(tiny_moe_path, tmp_path, reward_funcs=[_varied_reward], router_aux_loss_coef=0.0)
+    ro = tr.collect()
+    m = tr.update(ro)
+    E = tr.routers[0].num_experts
+    for i in range(len(tr.routers)):
+        loads = [m[f"moe/layer{i}/load/{e}"] for e in range(E)]
+        assert sum(loads) == pytest.approx(1.0, abs=1e-6)
+        assert 0 <= m[f"moe/layer{i}/router_entropy"] <= math.log(E)
+    assert m["moe/aux_loss"] >= 2.0 - 1e-4  # >= top_k, its value for a perfectly balanced router
+    assert "moe/routing_flip_frac" not in m  # one update per rollout and no replay: no old pass
+    # The load-balancing loss changes the update where router logits have a gradient: the
+    # routers and everything below them, but not the last layer's experts or the final norm
+    # (they are above every router). Same seed, so everything else is equal.
+    results = []
+    for coef in (0.0, 1.0):
+        torch.manual_seed(0)
+        # no gradient clipping: the global norm would couple every parameter's update to the aux term
+        tr = make_trainer(tiny_moe_path, tmp_path, reward_funcs=[_varied_reward], router_aux_loss_coef=coef,
+                          max_grad_norm=1e9)
+        before = params(tr)
+        one_step(tr)
+        results.append({k: v - before[k] for k, v in params(tr).items()})
+    changed = {k for k in results[0] if not torch.equal(results[0][k], results[1][k])}
+    last = len(tr.routers) - 1
+    assert {f"model.layers.{i}.mlp.gate.weight" for i in range(last + 1)} <= changed
+    assert not changed & {"model.norm.weight", f"model.layers.{last}.mlp.experts.gate_up_proj",
+                          f"model.layers.{last}.mlp.experts.down_proj"}
+
+
+def test_routing_replay_needs_an_moe_policy(tiny_path, tmp_path):
+    with pytest.raises(ValueError, match="routing_replay"):
+        make_trainer(tiny_path, tmp_path, routing_replay=True)
