@@ -274,3 +274,30 @@ def test_router_metrics_and_aux_loss_in_the_update(tiny_moe_path, tmp_path):
 def test_routing_replay_needs_an_moe_policy(tiny_path, tmp_path):
     with pytest.raises(ValueError, match="routing_replay"):
         make_trainer(tiny_path, tmp_path, routing_replay=True)
+
+
+@pytest.mark.slow
+def test_moe_recipe_runs_from_its_yaml_and_reports_router_health(tiny_moe_path, tmp_path):
+    import importlib.util
+    import json
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("grpo_math_recipe", root / "recipes" / "grpo_math.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    out = tmp_path / "run"
+    recipe.main(["--config", str(root / "recipes" / "configs" / "tiny_moe_cpu.yaml"),
+                 "--model_name_or_path", str(tiny_moe_path),  # the quick build: same architecture
+                 "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "16",
+                 "--final_eval_size", "8", "--eval_steps", "0", "--save_steps", "0", "--progress", "false",
+                 "--num_threads", "1"])
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if "clip_frac" in r]
+    assert len(train) == 2
+    for r in train:
+        for key in ("moe/load_cv", "moe/router_entropy", "moe/aux_loss", "moe/routing_flip_frac",
+                    "moe/layer0/load/0", "moe/layer3/load_cv", "ratio/log_std"):
+            assert key in r, key
+    report = (out / "report.html").read_text()
+    assert "Router health" in report and "moe/routing_flip_frac" in report
+    assert (out / "router.png").stat().st_size > 0
