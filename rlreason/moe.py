@@ -3,14 +3,15 @@
 An MoE layer sends each token to the ``k`` experts with the largest router probabilities. In
 RL the importance ratio pi_theta / pi_old compares two forward passes, and with an MoE policy
 they can differ not only by the weights but by *which experts ran*: a small change in router
-logits flips a token's top-k, and the token's log-prob then jumps discontinuously. GSPO
-(Zheng et al. 2025, arXiv 2507.18071, sec. 5.3) reports that after each gradient update about
-10% of the activated experts change for a new token in the 48-layer Qwen3-30B-A3B, describes
-the "Routing Replay" it needed to make token-level GRPO converge on MoE models (cache the
-experts activated in pi_old and reuse them in pi_theta when computing the ratios), and
-motivates the sequence-level ratio as a way to do without it. R3, "Rollout Routing Replay"
-(Ma et al. 2025, arXiv 2510.11370), records the routing in the inference engine at rollout
-time and replays it in the training forward.
+logits flips a token's top-k, and the token's log-prob then jumps discontinuously. The GSPO
+paper (Zheng et al. 2025, arXiv 2507.18071) reports that on the 48-layer Qwen3-30B-A3B-Base
+about 10% of the experts activated for a rollout change after a gradient update, describes
+the "Routing Replay" token-level GRPO needed to converge on MoE models (cache the experts
+activated in pi_old and reuse them in pi_theta when computing the ratios), and presents its
+sequence-level ratio as a way to do without it. R3, Rollout Routing Replay (Ma et al. 2025,
+arXiv 2510.11370), records the routing mask in the inference engine at rollout time and
+replays it in the training forward, with the gating weights computed from the training
+router's logits so that the router still gets gradients.
 
 Here (``RoutingCapture``):
 

@@ -35,7 +35,9 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 from rlreason.rollout.hf import right_pad
 from rlreason.tasks import arith
 
-BUILD_THREADS = 2
+# Threads for the build (a fixed count keeps it reproducible on a machine); RLREASON_BUILD_THREADS
+# overrides it, e.g. 1 on oversubscribed cores, where two threads can be several times slower.
+BUILD_THREADS = int(os.environ.get("RLREASON_BUILD_THREADS", "2"))
 BUILD_VERSION = 1  # bump when the build procedure changes, so old caches are not reused
 PAD, EOS, IM_START = "<|endoftext|>", "<|im_end|>", "<|im_start|>"
 CHATML_TEMPLATE = (
@@ -95,7 +97,7 @@ MOE_FIELDS = ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "sh
 # and task are the dense model's. The warm-up adds the Switch load-balancing loss at 0.01
 # (Fedus et al. 2021's value) so that RL starts from a router that uses all experts.
 TINY_MOE = TinySpec(name="tiny-moe", num_experts=8, num_experts_per_tok=2, moe_intermediate_size=96,
-                    shared_expert_intermediate_size=192, router_aux_loss_coef=0.01, sft_steps=600)
+                    shared_expert_intermediate_size=192, router_aux_loss_coef=0.01)
 
 # Names ``model_name_or_path`` accepts for the embedded models.
 SPECS = {"tiny": TinySpec(), "tiny-moe": TINY_MOE}
