@@ -1,5 +1,9 @@
 """The embedded tiny model: a locally trained tokenizer, a small Qwen2, a short SFT warm-up.
 
+Two specs ship: ``tiny`` (a dense Qwen2, ``TinySpec()``) and ``tiny-moe`` (``TINY_MOE``, a
+Qwen2-MoE with the same attention, tokenizer and warm-up data); ``SPECS`` maps the names that
+``model_name_or_path`` accepts to them.
+
 Nothing is downloaded. The build is deterministic for a spec (seeded data, seeded init,
 one thread), cached under ``$RLREASON_CACHE`` (default ``~/.cache/rlreason``) in a folder
 named by a hash of the spec, and reused. Rebuild with ``python -m rlreason.tiny --rebuild``.
