@@ -186,6 +186,8 @@ def plot_router(metrics_path: str | Path, out_png: str | Path) -> Path | None:
         grid = [[last[f"moe/layer{i}/load/{e}"] for e in range(n_exp)] for i in range(n_layers)]
         im = ax4.imshow(grid, aspect="auto", cmap="viridis", vmin=0)
         fig.colorbar(im, ax=ax4, label="share of routed assignments")
+        ax4.set_xticks(range(n_exp))
+        ax4.set_yticks(range(n_layers))
         ax4.set_xlabel("expert")
         ax4.set_ylabel("layer")
     ax4.set_title(f"Expert load at step {last['step']}")
