@@ -486,7 +486,9 @@ class GRPOTrainer:
                     if cap is not None:
                         # every real token went through the routers (none of an empty shard's pad row counts)
                         routed = b["attention_mask"] if ro.samples else torch.zeros_like(b["attention_mask"])
-                        aux = cap.aux_loss(routed)
+                        # without a gradient when it is only logged: no [tokens, experts] graph per layer
+                        with torch.set_grad_enabled(self.router_aux_loss_coef > 0 and torch.is_grad_enabled()):
+                            aux = cap.aux_loss(routed)
                         if self.router_aux_loss_coef > 0:
                             loss = loss + self.router_aux_loss_coef * aux * (real[j] / max(sum(real), 1.0))
                         s = cap.stats(routed, reference=routes[j] if routes is not None else None)
