@@ -35,9 +35,9 @@ DEFAULT_CONFIG = Path(__file__).parent / "configs" / "tiny_cpu.yaml"
 
 def load_policy(cfg: GRPOConfig, acc: Accelerator):
     path = cfg.model_name_or_path
-    if path == "tiny":
+    if path in tiny.SPECS:  # "tiny" (dense Qwen2) or "tiny-moe" (Qwen2-MoE)
         with acc.main_process_first():  # one process builds the cached model, the others reuse it
-            path = str(tiny.ensure(log=acc.print))
+            path = str(tiny.ensure(tiny.SPECS[path], log=acc.print))
     local = Path(path).expanduser()
     if not local.exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1):
         raise FileNotFoundError(f"config key 'model_name_or_path': no model folder at {path}")

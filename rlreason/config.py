@@ -140,6 +140,12 @@ class GRPOConfig:
     dynamic_sampling: bool = False  # DAPO: drop zero-variance groups, sample more prompts to refill
     max_resample_rounds: int = 3  # extra generation rounds per step for dynamic sampling
     num_iterations: int = 1  # updates per rollout batch
+    # --- mixture-of-experts policies (rlreason/moe.py, docs/moe.md); ignored for dense models ---
+    # weight of the Switch load-balancing loss in the objective; None = the model config's
+    # router_aux_loss_coef if its output_router_logits is true (transformers' convention), else 0
+    router_aux_loss_coef: float | None = None
+    routing_replay: bool = False  # training passes reuse the experts chosen in the old-policy pass
+    log_expert_load: bool = True  # log every expert's load per layer (moe/layer<i>/load/<e>), not only summaries
 
     # --- evaluation, logging, checkpoints ---
     eval_steps: int = 50  # held-out greedy eval every N steps (0 = only before and after)
@@ -193,6 +199,8 @@ class GRPOConfig:
         need(self.importance_sampling_cap is None or self.importance_sampling_cap > 0, "importance_sampling_cap",
              f"must be > 0, got {self.importance_sampling_cap}")
         need(self.entropy_coef >= 0, "entropy_coef", f"must be >= 0, got {self.entropy_coef}")
+        need(self.router_aux_loss_coef is None or self.router_aux_loss_coef >= 0, "router_aux_loss_coef",
+             f"must be >= 0, got {self.router_aux_loss_coef}")
         need(self.max_resample_rounds >= 0, "max_resample_rounds", "must be >= 0")
         need(self.vllm_mode in VLLM_MODES, "vllm_mode",
              f"must be one of {VLLM_MODES}, got {self.vllm_mode!r}")

@@ -1,5 +1,9 @@
 """The embedded tiny model: a locally trained tokenizer, a small Qwen2, a short SFT warm-up.
 
+Two specs ship: ``tiny`` (a dense Qwen2, ``TinySpec()``) and ``tiny-moe`` (``TINY_MOE``, a
+Qwen2-MoE with the same attention, tokenizer and warm-up data); ``SPECS`` maps the names that
+``model_name_or_path`` accepts to them.
+
 Nothing is downloaded. The build is deterministic for a spec (seeded data, seeded init,
 one thread), cached under ``$RLREASON_CACHE`` (default ``~/.cache/rlreason``) in a folder
 named by a hash of the spec, and reused. Rebuild with ``python -m rlreason.tiny --rebuild``.
@@ -35,7 +39,9 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 from rlreason.rollout.hf import right_pad
 from rlreason.tasks import arith
 
-BUILD_THREADS = 2
+# Threads for the build (a fixed count keeps it reproducible on a machine); RLREASON_BUILD_THREADS
+# overrides it, e.g. 1 on oversubscribed cores, where two threads can be several times slower.
+BUILD_THREADS = int(os.environ.get("RLREASON_BUILD_THREADS", "2"))
 BUILD_VERSION = 1  # bump when the build procedure changes, so old caches are not reused
 PAD, EOS, IM_START = "<|endoftext|>", "<|im_end|>", "<|im_start|>"
 CHATML_TEMPLATE = (
@@ -65,10 +71,40 @@ class TinySpec:
     sft_batch: int = 64
     sft_lr: float = 3e-3
     sft_warmup: int = 50
+    # Mixture-of-experts variant (Qwen2-MoE: a shared expert plus top-k routed experts in every
+    # layer). num_experts = 0 is the dense Qwen2; these fields then stay out of the cache key,
+    # so the dense model's key (and cached build) is what it was before they existed.
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0
+    shared_expert_intermediate_size: int = 0
+    router_aux_loss_coef: float = 0.0  # the load-balancing loss's weight in the warm-up
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
 
     def key(self) -> str:
-        blob = json.dumps({"v": BUILD_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
+        fields = dataclasses.asdict(self)
+        if not self.is_moe:
+            for name in MOE_FIELDS:
+                del fields[name]
+        blob = json.dumps({"v": BUILD_VERSION, **fields}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+MOE_FIELDS = ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "shared_expert_intermediate_size",
+              "router_aux_loss_coef")
+
+# The tiny MoE: 8 routed experts of width 96, top-2, plus a shared expert of width 192, so a
+# token's active MLP width (192 + 2 x 96 = 384) equals the dense model's. Attention, vocabulary
+# and task are the dense model's. The warm-up adds the Switch load-balancing loss at 0.01
+# (Fedus et al. 2021's value) so that RL starts from a router that uses all experts.
+TINY_MOE = TinySpec(name="tiny-moe", num_experts=8, num_experts_per_tok=2, moe_intermediate_size=96,
+                    shared_expert_intermediate_size=192, router_aux_loss_coef=0.01)
+
+# Names ``model_name_or_path`` accepts for the embedded models.
+SPECS = {"tiny": TinySpec(), "tiny-moe": TINY_MOE}
 
 
 def cache_root() -> Path:
@@ -112,9 +148,17 @@ def build_tokenizer(corpus: list[str], vocab_size: int):
 
 
 def build_model(spec: TinySpec, tokenizer):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2MoeConfig, Qwen2MoeForCausalLM
 
-    config = Qwen2Config(
+    moe = {}
+    if spec.is_moe:
+        moe = dict(num_experts=spec.num_experts, num_experts_per_tok=spec.num_experts_per_tok,
+                   moe_intermediate_size=spec.moe_intermediate_size,
+                   shared_expert_intermediate_size=spec.shared_expert_intermediate_size,
+                   norm_topk_prob=False,  # Qwen1.5-MoE's choice: routed weights are the raw softmax probabilities
+                   decoder_sparse_step=1, output_router_logits=False, router_aux_loss_coef=spec.router_aux_loss_coef)
+    config = (Qwen2MoeConfig if spec.is_moe else Qwen2Config)(
+        **moe,
         vocab_size=len(tokenizer),
         hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size,
@@ -130,7 +174,7 @@ def build_model(spec: TinySpec, tokenizer):
         torch_dtype="float32",
     )
     torch.manual_seed(spec.seed)
-    model = Qwen2ForCausalLM(config)
+    model = (Qwen2MoeForCausalLM if spec.is_moe else Qwen2ForCausalLM)(config)
     model.generation_config.eos_token_id = config.eos_token_id
     model.generation_config.pad_token_id = config.pad_token_id
     model.generation_config.bos_token_id = None
@@ -176,7 +220,9 @@ def warmup(model, tokenizer, spec: TinySpec, log=print) -> list[float]:
     for step in range(spec.sft_steps):
         chunk = problems[step * spec.sft_batch:(step + 1) * spec.sft_batch]
         pairs = [(prompt_text(tokenizer, p.question), arith.trace(p, spec.slip_rate, rng)[0]) for p in chunk]
-        loss = model(**_sft_batch(tokenizer, pairs)).loss
+        # an MoE model adds router_aux_loss_coef x its load-balancing loss to the loss itself
+        extra = {"output_router_logits": True} if spec.is_moe else {}
+        loss = model(**_sft_batch(tokenizer, pairs), **extra).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -246,8 +292,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Build (or rebuild) the embedded tiny model.")
     ap.add_argument("--rebuild", action="store_true", help="rebuild even if cached")
     ap.add_argument("--sft-steps", type=int, default=None)
+    ap.add_argument("--model", choices=sorted(SPECS), default="tiny")
     args = ap.parse_args(argv)
-    spec = TinySpec()
+    spec = SPECS[args.model]
     if args.sft_steps is not None:
         spec = dataclasses.replace(spec, sft_steps=args.sft_steps)
     print(ensure(spec, rebuild=args.rebuild))

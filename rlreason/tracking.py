@@ -151,6 +151,53 @@ def plot_run(metrics_path: str | Path, out_png: str | Path) -> Path:
     return out_png
 
 
+def plot_router(metrics_path: str | Path, out_png: str | Path) -> Path | None:
+    """Router health of an MoE policy over steps (the ``moe/`` metrics of rlreason/moe.py):
+    load-balance CV, router entropy, routing flips and the load-balancing loss, and the last
+    logged step's expert load per layer. None if the run logged no router metrics."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in read_metrics(metrics_path) if r.get("moe/load_cv") is not None]
+    if not train:
+        return None
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    ax1, ax2, ax3, ax4 = axes.flat
+    panels = ((ax1, (("moe/load_cv", "mean over layers"), ("moe/load_cv_max", "worst layer")),
+               "Load-balance CV (0 = balanced)"),
+              (ax2, (("moe/router_entropy", "router entropy (nats)"),), "Router entropy"),
+              (ax3, (("moe/routing_flip_frac", "tokens whose top-k differs from the old pass"),
+                     ("ratio/log_std", "std of token log-ratio")), "Routing flips and ratio spread"))
+    for ax, keys, title in panels:
+        for key, label in keys:
+            steps, vals = _series(train, key)
+            if vals:
+                ax.plot(steps, vals, label=label)
+        if ax.lines:
+            ax.legend()
+        ax.set_title(title)
+        ax.set_xlabel("step")
+    last = train[-1]
+    n_layers = len({k.split("/")[1] for k in last if k.startswith("moe/layer") and "/load/" in k})
+    if n_layers:
+        n_exp = len([k for k in last if k.startswith("moe/layer0/load/")])
+        grid = [[last[f"moe/layer{i}/load/{e}"] for e in range(n_exp)] for i in range(n_layers)]
+        im = ax4.imshow(grid, aspect="auto", cmap="viridis", vmin=0)
+        fig.colorbar(im, ax=ax4, label="share of routed assignments")
+        ax4.set_xticks(range(n_exp))
+        ax4.set_yticks(range(n_layers))
+        ax4.set_xlabel("expert")
+        ax4.set_ylabel("layer")
+    ax4.set_title(f"Expert load at step {last['step']}")
+    fig.tight_layout()
+    out_png = Path(out_png)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
+
+
 def _table(rows: list[list[Any]], header: list[str]) -> str:
     esc = html.escape
     head = "".join(f"<th>{esc(str(h))}</th>" for h in header)
@@ -182,8 +229,15 @@ def write_report(output_dir: str | Path, config: dict[str, Any], summary: dict[s
                 "<p><b>stopped early (checkpoint saved; resume with resume_from_checkpoint: auto)</b></p>"
                 if summary.get("interrupted") else "",
                 "<h2>Summary</h2>", _table([[k, v] for k, v in summary.items()], ["", "value"]),
-                '<h2>Curves</h2><img src="plot.png" alt="training curves" style="max-width:100%">',
-                "<h2>Sampled completions</h2>"]
+                '<h2>Curves</h2><img src="plot.png" alt="training curves" style="max-width:100%">']
+    if metrics.exists() and plot_router(metrics, out / "router.png") is not None:
+        last = [r for r in read_metrics(metrics) if r.get("moe/load_cv") is not None][-1]
+        keys = [k for k in last if k.startswith(("moe/", "ratio/")) and "/load/" not in k]
+        sections += ["<h2>Router health (mixture of experts)</h2>",
+                     f"<p>Last logged step ({last['step']}); see docs/moe.md for the definitions.</p>",
+                     _table([[k, last[k]] for k in keys], ["metric", "value"]),
+                     '<img src="router.png" alt="router health" style="max-width:100%">']
+    sections.append("<h2>Sampled completions</h2>")
     steps = sorted(comps)
     if len(steps) > max_steps_shown:  # first, last and evenly spaced in between
         idx = {round(i * (len(steps) - 1) / (max_steps_shown - 1)) for i in range(max_steps_shown)}

@@ -57,6 +57,7 @@ from rlreason.eval.core import EvalProtocol, evaluate, evaluate_suites, flat_met
 from rlreason.eval.metrics import diff_interval, wilson_interval
 from rlreason.logprobs import completion_logprobs, enable_gradient_checkpointing, pack
 from rlreason.lora import is_peft_model, merged_named_parameters, save_merged
+from rlreason.moe import ROUTER_CLASSES, RouterStats, RoutingCapture, aux_loss_coef, find_routers
 from rlreason.optim import optimizer_class
 from rlreason.packing import pack_groups, supports_packing
 from rlreason.rewards.runner import RewardRunner
@@ -154,6 +155,14 @@ class GRPOTrainer:
         scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=cfg.warmup_steps,
                                   num_training_steps=cfg.max_steps * cfg.num_iterations)
         self.model, self.optimizer, self.scheduler = self.acc.prepare(model, optimizer, scheduler)
+        # Mixture-of-experts policy: router metrics every step, optional load-balancing loss and
+        # routing replay (rlreason/moe.py). Nothing of it runs for a dense model.
+        self.routers = find_routers(self.acc.unwrap_model(self.model))
+        if cfg.routing_replay and not self.routers:
+            raise ValueError("config key 'routing_replay': the policy has no mixture-of-experts routers "
+                             f"rlreason knows (it recognises {', '.join(sorted(ROUTER_CLASSES))})")
+        self.router_aux_loss_coef = aux_loss_coef(self.acc.unwrap_model(self.model).config,
+                                                  cfg.router_aux_loss_coef) if self.routers else 0.0
         if self.ref_model is not None:
             self.ref_model = self.ref_model.to(self.acc.device)
         self.packing_supported = supports_packing(self.acc.unwrap_model(self.model))
@@ -395,6 +404,21 @@ class GRPOTrainer:
         return [completion_logprobs(model, b, self.cfg.temperature, chunk_size=self.cfg.logprob_chunk_size)[0]
                 for _, b in batches]
 
+    @torch.no_grad()
+    def _old_pass(self, batches) -> tuple[list[torch.Tensor], list[list[torch.Tensor]] | None]:
+        """Old log-probs (per micro-batch [n, T]) with the weights that sampled; for an MoE
+        policy also the experts each router chose in this pass (per micro-batch, n_layers x
+        [n * L, k]): the reference for the routing flip fraction and what routing replay reuses."""
+        if not self.routers:
+            return self._frozen_logprobs(self.model, batches), None
+        logps, routes = [], []
+        for _, b in batches:
+            with RoutingCapture(self.model) as cap:
+                logps.append(completion_logprobs(self.model, b, self.cfg.temperature,
+                                                 chunk_size=self.cfg.logprob_chunk_size)[0])
+            routes.append(cap.chosen_indices())
+        return logps, routes
+
     def _reference_logprobs(self, batches) -> list[torch.Tensor] | None:
         if self.cfg.beta == 0:
             return None
@@ -432,16 +456,26 @@ class GRPOTrainer:
         denom, n_tokens = self._denominator(batches, len(ro.samples))
         per_micro = 1.0 if denom is not None else 1.0 / len(batches)
         # With one update per rollout the policy that sampled is the policy being trained:
-        # old log-probs equal the current ones (detached), so no extra forward pass is spent.
-        old = self._frozen_logprobs(self.model, batches) if cfg.num_iterations > 1 else None
+        # old log-probs equal the current ones (detached), so no extra forward pass is spent
+        # (unless routing replay needs the old pass's experts).
+        replay = cfg.routing_replay and bool(self.routers)
+        old, routes = self._old_pass(batches) if cfg.num_iterations > 1 or replay else (None, None)
         ref = self._reference_logprobs(batches)
         self.model.train()
-        stats = dict.fromkeys(("clip_frac", "entropy", "kl", "loss", "is_weight"), 0.0)
+        stats = dict.fromkeys(("clip_frac", "entropy", "kl", "loss", "is_weight", "log_ratio", "log_ratio_sq"), 0.0)
+        max_abs_log_ratio = 0.0
         grad_norms = []
+        router = RouterStats.zeros(len(self.routers), self.routers[0].num_experts) if self.routers else None
+        # the load-balancing loss of a micro-batch is weighted by its share of this process's tokens
+        real = [float(b["attention_mask"].sum()) if ro.samples else 0.0 for _, b in batches]
         for _ in range(cfg.num_iterations):
             for j, (sl, b) in enumerate(batches):
                 ctx = contextlib.nullcontext() if j == len(batches) - 1 else self.acc.no_sync(self.model)
-                with ctx:
+                # routing stays captured (and replayed) through the backward: a checkpointed layer's
+                # recompute must route as its forward did
+                capture = RoutingCapture(self.model, routes[j] if replay else None) if self.routers \
+                    else contextlib.nullcontext()
+                with ctx, capture as cap:
                     logp, ent = completion_logprobs(self.model, b, cfg.temperature, with_entropy=True,
                                                     entropy_grad=cfg.entropy_coef > 0,
                                                     chunk_size=cfg.logprob_chunk_size)
@@ -462,7 +496,22 @@ class GRPOTrainer:
                         loss_tok = loss_tok - cfg.entropy_coef * ent
                     loss = A.aggregate(loss_tok, mask, preset.aggregation, denom=denom,
                                        max_len=cfg.max_completion_length) * per_micro
+                    if cap is not None:
+                        # every real token went through the routers (none of an empty shard's pad row counts)
+                        routed = b["attention_mask"] if ro.samples else torch.zeros_like(b["attention_mask"])
+                        # without a gradient when it is only logged: no [tokens, experts] graph per layer
+                        with torch.set_grad_enabled(self.router_aux_loss_coef > 0 and torch.is_grad_enabled()):
+                            aux = cap.aux_loss(routed)
+                        if self.router_aux_loss_coef > 0:
+                            loss = loss + self.router_aux_loss_coef * aux * (real[j] / max(sum(real), 1.0))
+                        s = cap.stats(routed, reference=routes[j] if routes is not None else None)
+                        s.aux_sum, s.aux_n = aux.item(), 1
+                        router.add(s)
                     self.acc.backward(loss)
+                log_ratio = (logp.detach() - old_logp) * mask
+                stats["log_ratio"] += log_ratio.sum().item()
+                stats["log_ratio_sq"] += log_ratio.pow(2).sum().item()
+                max_abs_log_ratio = max(max_abs_log_ratio, log_ratio.abs().max().item())
                 stats["loss"] += loss.item()
                 stats["clip_frac"] += (clipped & mask.bool()).sum().item()
                 stats["entropy"] += (ent.detach() * mask).sum().item()
@@ -485,13 +534,18 @@ class GRPOTrainer:
         k = cfg.num_iterations
         # Token averages over the whole batch: sums and token counts of all processes. The loss
         # is each process's share of DDP's averaged objective: averaged in _reduce.
-        keys = ("clip_frac", "entropy", "kl", "is_weight")
+        keys = ("clip_frac", "entropy", "kl", "is_weight", "log_ratio", "log_ratio_sq")
         *sums, n_tokens = reduce_sum(self.acc, [stats[x] for x in keys] + [float(n_tokens)])
         stats.update(zip(keys, sums, strict=True))
         tok = max(n_tokens, 1) * k
+        mean_lr = stats["log_ratio"] / tok
         metrics = {
             "loss": stats["loss"] / k,
             "clip_frac": stats["clip_frac"] / tok,
+            # spread of the token log-ratio log(pi_theta / pi_old) over completion tokens and all
+            # training passes (the first pass of a batch has ratio 1 up to numerics)
+            "ratio/log_std": math.sqrt(max(stats["log_ratio_sq"] / tok - mean_lr ** 2, 0.0)),
+            "ratio/max_abs_log": max_abs_log_ratio,
             "entropy": stats["entropy"] / tok,
             "grad_norm": sum(grad_norms) / k,
             "lr": self.scheduler.get_last_lr()[0],
@@ -502,6 +556,10 @@ class GRPOTrainer:
             metrics["kl"] = stats["kl"] / tok
         if cfg.importance_sampling_cap:
             metrics["is_weight_mean"] = stats["is_weight"] / tok
+        if router is not None:
+            if self.acc.num_processes > 1:
+                router = router.from_flat(reduce_sum(self.acc, router.flat()))
+            metrics.update(router.metrics(per_expert=cfg.log_expert_load))
         return metrics
 
     def sync_weights(self) -> None:
@@ -733,7 +791,7 @@ class GRPOTrainer:
             col = gathered[:, i]
             if k in self.SUMMED_METRICS or k.endswith("/failures"):
                 out[k] = col.sum().item()
-            elif k.endswith("max_length"):
+            elif k.endswith(("max_length", "/max_abs_log")):
                 out[k] = col.max().item()
             else:
                 out[k] = col.nanmean().item()

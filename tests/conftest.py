@@ -40,3 +40,15 @@ def tiny_model(tiny_path):
     tok = AutoTokenizer.from_pretrained(tiny_path)
     model = AutoModelForCausalLM.from_pretrained(tiny_path).eval()
     return model, tok
+
+
+@pytest.fixture(scope="session")
+def tiny_moe_path() -> Path:
+    """A quickly built tiny MoE (the TINY_MOE architecture, 30 warm-up steps): for the trainer's
+    MoE code paths, not for learning (test_recipe_configs runs the real one)."""
+    import dataclasses
+
+    from rlreason.tiny import TINY_MOE, ensure
+
+    return ensure(dataclasses.replace(TINY_MOE, name="tiny-moe-test", sft_steps=30, sft_batch=16),
+                  log=lambda *a: None)

@@ -14,12 +14,12 @@ from rlreason.eval.suites import SUITES
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "recipes" / "configs").glob("*.yaml"))
-GPU_CONFIGS = [p for p in CONFIGS if p.name != "tiny_cpu.yaml"]
+GPU_CONFIGS = [p for p in CONFIGS if p.name not in ("tiny_cpu.yaml", "tiny_moe_cpu.yaml")]
 
 
 def test_the_recipe_set_is_there():
     names = {p.name for p in CONFIGS}
-    assert {"tiny_cpu.yaml", "qwen2.5-math-1.5b_r1zero.yaml", "qwen2.5-math-7b_zero3.yaml",
+    assert {"tiny_cpu.yaml", "tiny_moe_cpu.yaml", "qwen2.5-math-1.5b_r1zero.yaml", "qwen2.5-math-7b_zero3.yaml",
             "qwen2.5-1.5b-instruct_lora_24gb.yaml"} <= names
 
 
