@@ -106,6 +106,12 @@ class Rollout:
                        self.prompts + other.prompts, self.group_size, self.metrics)
 
 
+def _input_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[rows, width] 1 where the model input holds a real token: the 2D attention mask of a
+    padded batch; a prompt-group-packed batch's block mask is 4D, it carries "row_tokens"."""
+    return batch["row_tokens"] if "row_tokens" in batch else batch["attention_mask"]
+
+
 class GRPOTrainer:
     def __init__(
         self,
@@ -467,7 +473,7 @@ class GRPOTrainer:
         grad_norms = []
         router = RouterStats.zeros(len(self.routers), self.routers[0].num_experts) if self.routers else None
         # the load-balancing loss of a micro-batch is weighted by its share of this process's tokens
-        real = [float(b["attention_mask"].sum()) if ro.samples else 0.0 for _, b in batches]
+        real = [float(_input_tokens(b).sum()) if ro.samples else 0.0 for _, b in batches]
         for _ in range(cfg.num_iterations):
             for j, (sl, b) in enumerate(batches):
                 ctx = contextlib.nullcontext() if j == len(batches) - 1 else self.acc.no_sync(self.model)
@@ -498,7 +504,7 @@ class GRPOTrainer:
                                        max_len=cfg.max_completion_length) * per_micro
                     if cap is not None:
                         # every real token went through the routers (none of an empty shard's pad row counts)
-                        routed = b["attention_mask"] if ro.samples else torch.zeros_like(b["attention_mask"])
+                        routed = _input_tokens(b) if ro.samples else torch.zeros_like(_input_tokens(b))
                         # without a gradient when it is only logged: no [tokens, experts] graph per layer
                         with torch.set_grad_enabled(self.router_aux_loss_coef > 0 and torch.is_grad_enabled()):
                             aux = cap.aux_loss(routed)
