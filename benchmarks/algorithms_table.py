@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, replace_block, run_recipe  # benchmarks/ is on sys.path when a script runs
+
 DOC = ROOT / "docs" / "algorithms.md"
 BEGIN, END = "<!-- learning-table:begin -->", "<!-- learning-table:end -->"
 
@@ -36,20 +34,11 @@ PRESET_ARGS = {
 
 
 def run_one(preset: str, seed: int, args: argparse.Namespace) -> dict:
-    out = Path(args.out) / f"{preset}-s{seed}"
-    cmd = [sys.executable, str(ROOT / "recipes" / "grpo_math.py"), "--output_dir", str(out),
-           "--loss_type", preset, "--seed", str(seed), "--max_steps", str(args.steps),
-           "--num_iterations", "2", "--learning_rate", str(args.lr), "--final_eval_size", str(args.eval_size),
-           "--eval_steps", "0", "--save_steps", "0", "--progress", "false", "--num_threads", "1",
-           "--log_completions_steps", "0", *PRESET_ARGS[preset]]
-    t0 = time.time()
-    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    if res.returncode != 0:
-        raise RuntimeError(f"{preset} seed {seed} failed:\n{res.stderr[-3000:]}")
-    s = json.loads((out / "summary.json").read_text())
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    train = [r for r in rows if "clip_frac" in r]
-    s.update(preset=preset, seed=seed, wall_s=time.time() - t0,
+    s, train, wall = run_recipe(Path(args.out) / f"{preset}-s{seed}", [
+        "--loss_type", preset, "--seed", str(seed), "--max_steps", str(args.steps), "--num_iterations", "2",
+        "--learning_rate", str(args.lr), "--final_eval_size", str(args.eval_size), "--eval_steps", "0",
+        "--save_steps", "0", "--log_completions_steps", "0", *PRESET_ARGS[preset]], f"{preset} seed {seed}")
+    s.update(preset=preset, seed=seed, wall_s=wall,
              clip_frac=statistics.mean(r["clip_frac"] for r in train),
              step_s=statistics.mean(r["time/step_s"] for r in train))
     print(f"{preset:8s} seed {seed}: {s['heldout_before']:.3f} -> {s['heldout_after']:.3f} "
@@ -92,11 +81,8 @@ def main() -> None:
     md = table(results, args)
     print(md)
     (Path(args.out) / "results.json").write_text(json.dumps(results, indent=2))
-    if not args.no_doc and DOC.exists():
-        text = DOC.read_text()
-        if BEGIN in text and END in text:
-            head, rest = text.split(BEGIN, 1)
-            DOC.write_text(head + BEGIN + "\n" + md + "\n" + END + rest.split(END, 1)[1])
+    if not args.no_doc:
+        replace_block(DOC, BEGIN, END, md)
 
 
 if __name__ == "__main__":

@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, replace_block, run_recipe  # benchmarks/ is on sys.path when a script runs
+
 DOC = ROOT / "docs" / "moe.md"
 PLOT = ROOT / "docs" / "moe_compare.png"
 CONFIG = ROOT / "recipes" / "configs" / "tiny_moe_cpu.yaml"
@@ -44,21 +42,11 @@ CURVES = ("clip_frac", "ratio/log_std", "ratio/max_abs_log", "moe/routing_flip_f
 
 
 def run_one(method: str, seed: int, args: argparse.Namespace) -> dict:
-    out = Path(args.out) / f"{method}-s{seed}"
-    cmd = [sys.executable, str(ROOT / "recipes" / "grpo_math.py"), "--config", str(CONFIG),
-           "--output_dir", str(out), "--overwrite_output_dir", "true", "--seed", str(seed),
-           "--max_steps", str(args.steps), "--final_eval_size", str(args.eval_size), "--eval_steps", "0",
-           "--save_steps", "0", "--progress", "false", "--num_threads", "1", "--log_completions_steps", "0",
-           *METHOD_ARGS[method]]
-    t0 = time.time()
-    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    if res.returncode != 0:
-        raise RuntimeError(f"{method} seed {seed} failed:\n{res.stderr[-3000:]}")
-    s = json.loads((out / "summary.json").read_text())
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    train = [r for r in rows if "clip_frac" in r]
-    s.update(method=method, seed=seed, wall_s=time.time() - t0,
-             curves={k: [r.get(k) for r in train] for k in CURVES})
+    s, train, wall = run_recipe(Path(args.out) / f"{method}-s{seed}", [
+        "--config", str(CONFIG), "--overwrite_output_dir", "true", "--seed", str(seed), "--max_steps", str(args.steps),
+        "--final_eval_size", str(args.eval_size), "--eval_steps", "0", "--save_steps", "0",
+        "--log_completions_steps", "0", *METHOD_ARGS[method]], f"{method} seed {seed}")
+    s.update(method=method, seed=seed, wall_s=wall, curves={k: [r.get(k) for r in train] for k in CURVES})
     print(f"{method:7s} seed {seed}: {s['heldout_before']:.3f} -> {s['heldout_after']:.3f} "
           f"({statistics.mean(s['curves']['time/step_s']):.1f} s/step, flips "
           f"{statistics.mean(s['curves']['moe/routing_flip_frac']):.4f})", flush=True)
@@ -136,12 +124,8 @@ def main() -> None:
     md = table(results, args)
     print(md)
     (Path(args.out) / "results.json").write_text(json.dumps(results, indent=2))
-    if not args.no_doc and DOC.exists():
+    if not args.no_doc and replace_block(DOC, BEGIN, END, md):
         plot(results, args, PLOT)
-        text = DOC.read_text()
-        if BEGIN in text and END in text:
-            head, rest = text.split(BEGIN, 1)
-            DOC.write_text(head + BEGIN + "\n" + md + "\n" + END + rest.split(END, 1)[1])
 
 
 if __name__ == "__main__":

@@ -43,6 +43,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from _common import replace_block  # benchmarks/ is on sys.path when a script runs
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -324,14 +326,9 @@ def _version(pkg: str) -> str:
 
 
 def write_docs(text: str, command: str) -> None:
-    block = f"{BEGIN}\n```bash\n{command}\n```\n\n{text}\n{END}"
-    doc = DOCS.read_text()
-    if BEGIN in doc and END in doc:
-        head, rest = doc.split(BEGIN, 1)
-        doc = head + block + rest.split(END, 1)[1]
-    else:
-        doc = doc.rstrip("\n") + "\n\n## rlreason vs TRL\n\n" + block + "\n"
-    DOCS.write_text(doc)
+    body = f"```bash\n{command}\n```\n\n{text}"
+    if not replace_block(DOCS, BEGIN, END, body):  # first run: the section does not exist yet
+        DOCS.write_text(DOCS.read_text().rstrip("\n") + f"\n\n## rlreason vs TRL\n\n{BEGIN}\n{body}\n{END}\n")
 
 
 def main(argv: list[str] | None = None) -> dict:

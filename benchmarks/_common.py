@@ -1,0 +1,43 @@
+"""What the comparison benchmarks share: running the recipe in a fresh process, and writing a
+generated block between two markers of a docs page."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_recipe(out: Path, args: list[str], label: str) -> tuple[dict, list[dict], float]:
+    """``recipes/grpo_math.py --output_dir out *args`` in a fresh process, one thread.
+
+    -> (summary.json, the per-step rows of metrics.jsonl, wall seconds). A failed run raises
+    with the tail of its stderr, named by ``label``.
+    """
+    cmd = [sys.executable, str(ROOT / "recipes" / "grpo_math.py"), "--output_dir", str(out), "--progress", "false",
+           "--num_threads", "1", *args]
+    t0 = time.time()
+    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if res.returncode != 0:
+        raise RuntimeError(f"{label} failed:\n{res.stderr[-3000:]}")
+    summary = json.loads((out / "summary.json").read_text())
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return summary, [r for r in rows if "clip_frac" in r], time.time() - t0
+
+
+def replace_block(doc: Path, begin: str, end: str, body: str) -> bool:
+    """Put ``body`` between the ``begin`` and ``end`` marker lines of ``doc`` (kept); False if
+    the page or a marker is missing (nothing is written then)."""
+    if not doc.exists():
+        return False
+    text = doc.read_text()
+    if begin not in text or end not in text:
+        return False
+    head, rest = text.split(begin, 1)
+    doc.write_text(head + begin + "\n" + body + "\n" + end + rest.split(end, 1)[1])
+    return True
