@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -19,8 +20,9 @@ def run_recipe(out: Path, args: list[str], label: str) -> tuple[dict, list[dict]
     -> (summary.json, the per-step rows of metrics.jsonl, wall seconds). A failed run raises
     with the tail of its stderr, named by ``label``.
     """
-    cmd = [sys.executable, str(ROOT / "recipes" / "grpo_math.py"), "--output_dir", str(out), "--progress", "false",
-           "--num_threads", "1", *args]
+    # a rerun of a benchmark replaces its previous runs (the recipe refuses a folder with checkpoints otherwise)
+    cmd = [sys.executable, str(ROOT / "recipes" / "grpo_math.py"), "--output_dir", str(out), "--overwrite_output_dir",
+           "true", "--progress", "false", "--num_threads", "1", *args]
     t0 = time.time()
     res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if res.returncode != 0:
@@ -41,3 +43,12 @@ def replace_block(doc: Path, begin: str, end: str, body: str) -> bool:
     head, rest = text.split(begin, 1)
     doc.write_text(head + begin + "\n" + body + "\n" + end + rest.split(end, 1)[1])
     return True
+
+
+def heldout_cells(runs: list[dict]) -> str:
+    """The held-out columns of a comparison table for one method's runs (one per seed):
+    "before | after mean ± sd | per seed", accuracies in percent."""
+    after = [r["heldout_after"] for r in runs]
+    sd = statistics.stdev(after) if len(after) > 1 else 0.0
+    return (f"{100 * runs[0]['heldout_before']:.1f}% | {100 * statistics.mean(after):.1f}% ± {100 * sd:.1f} | "
+            f"{', '.join(f'{100 * a:.1f}' for a in after)}")

@@ -18,7 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _common import ROOT, replace_block, run_recipe  # benchmarks/ is on sys.path when a script runs
+from _common import ROOT, heldout_cells, replace_block, run_recipe  # benchmarks/ is on sys.path when a script runs
 
 DOC = ROOT / "docs" / "algorithms.md"
 BEGIN, END = "<!-- learning-table:begin -->", "<!-- learning-table:end -->"
@@ -55,10 +55,7 @@ def table(results: list[dict], args: argparse.Namespace) -> str:
              "|---|---|---|---|---|---|"]
     for preset in args.presets:
         rs = [r for r in results if r["preset"] == preset]
-        after = [r["heldout_after"] for r in rs]
-        sd = statistics.stdev(after) if len(after) > 1 else 0.0
-        lines.append(f"| {preset} | {100 * rs[0]['heldout_before']:.1f}% | {100 * statistics.mean(after):.1f}% "
-                     f"± {100 * sd:.1f} | {', '.join(f'{100 * a:.1f}' for a in after)} | "
+        lines.append(f"| {preset} | {heldout_cells(rs)} | "
                      f"{statistics.mean(r['clip_frac'] for r in rs):.4f} | "
                      f"{statistics.mean(r['step_s'] for r in rs):.2f} |")
     return "\n".join(lines)

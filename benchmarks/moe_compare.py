@@ -23,7 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _common import ROOT, replace_block, run_recipe  # benchmarks/ is on sys.path when a script runs
+from _common import ROOT, heldout_cells, replace_block, run_recipe  # benchmarks/ is on sys.path when a script runs
 
 DOC = ROOT / "docs" / "moe.md"
 PLOT = ROOT / "docs" / "moe_compare.png"
@@ -43,7 +43,7 @@ CURVES = ("clip_frac", "ratio/log_std", "ratio/max_abs_log", "moe/routing_flip_f
 
 def run_one(method: str, seed: int, args: argparse.Namespace) -> dict:
     s, train, wall = run_recipe(Path(args.out) / f"{method}-s{seed}", [
-        "--config", str(CONFIG), "--overwrite_output_dir", "true", "--seed", str(seed), "--max_steps", str(args.steps),
+        "--config", str(CONFIG), "--seed", str(seed), "--max_steps", str(args.steps),
         "--final_eval_size", str(args.eval_size), "--eval_steps", "0", "--save_steps", "0",
         "--log_completions_steps", "0", *METHOD_ARGS[method]], f"{method} seed {seed}")
     s.update(method=method, seed=seed, wall_s=wall, curves={k: [r.get(k) for r in train] for k in CURVES})
@@ -69,11 +69,8 @@ def table(results: list[dict], args: argparse.Namespace) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for m in args.methods:
         rs = [r for r in results if r["method"] == m]
-        after = [r["heldout_after"] for r in rs]
-        sd = statistics.stdev(after) if len(after) > 1 else 0.0
         lines.append(
-            f"| {LABELS[m]} | {100 * rs[0]['heldout_before']:.1f}% | {100 * statistics.mean(after):.1f}% "
-            f"± {100 * sd:.1f} | {', '.join(f'{100 * a:.1f}' for a in after)} | {_mean(rs, 'clip_frac'):.4f} | "
+            f"| {LABELS[m]} | {heldout_cells(rs)} | {_mean(rs, 'clip_frac'):.4f} | "
             f"{_mean(rs, 'ratio/log_std'):.4f} | {_mean(rs, 'ratio/max_abs_log'):.3f} | "
             f"{100 * _mean(rs, 'moe/routing_flip_frac'):.2f}% | {_mean(rs, 'moe/load_cv', last=True):.3f} | "
             f"{_mean(rs, 'moe/router_entropy', last=True):.3f} | {_mean(rs, 'moe/aux_loss'):.4f} | "
