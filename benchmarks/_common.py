@@ -14,14 +14,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_recipe(out: Path, args: list[str], label: str) -> tuple[dict, list[dict], float]:
-    """``recipes/grpo_math.py --output_dir out *args`` in a fresh process, one thread.
+def run_recipe(out: Path, args: list[str], label: str, recipe: str = "grpo_math.py") -> tuple[dict, list[dict], float]:
+    """``recipes/<recipe> --output_dir out *args`` in a fresh process, one thread.
 
     -> (summary.json, the per-step rows of metrics.jsonl, wall seconds). A failed run raises
     with the tail of its stderr, named by ``label``.
     """
     # a rerun of a benchmark replaces its previous runs (the recipe refuses a folder with checkpoints otherwise)
-    cmd = [sys.executable, str(ROOT / "recipes" / "grpo_math.py"), "--output_dir", str(out), "--overwrite_output_dir",
+    cmd = [sys.executable, str(ROOT / "recipes" / recipe), "--output_dir", str(out), "--overwrite_output_dir",
            "true", "--progress", "false", "--num_threads", "1", *args]
     t0 = time.time()
     res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})

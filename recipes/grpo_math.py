@@ -25,6 +25,7 @@ from rlreason import lora, tiny
 from rlreason.checkpoint import check_output_dir
 from rlreason.config import GRPOConfig, parse_args
 from rlreason.data import arith_dataset, filter_rows, load_dataset_any, prepare
+from rlreason.distill import check_same_tokenizer
 from rlreason.eval.suites import arith_suite
 from rlreason.rewards import accuracy_reward, build_rewards, format_reward
 from rlreason.tasks.arith import Difficulty
@@ -33,21 +34,41 @@ from rlreason.trainer import INTERNAL_COLUMNS, GRPOTrainer
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "tiny_cpu.yaml"
 
 
-def load_policy(cfg: GRPOConfig, acc: Accelerator):
-    path = cfg.model_name_or_path
-    if path in tiny.SPECS:  # "tiny" (dense Qwen2) or "tiny-moe" (Qwen2-MoE)
+def load_tokenizer(cfg: GRPOConfig, acc: Accelerator, key: str = "model_name_or_path"):
+    """(resolved path, tokenizer) of the model named by config key ``key``: an embedded tiny
+    model (built on first use), a local folder or a hub id."""
+    path = getattr(cfg, key)
+    if path in tiny.SPECS:  # "tiny" (dense Qwen2), "tiny-moe" (Qwen2-MoE), "tiny-small" (a smaller Qwen2)
         with acc.main_process_first():  # one process builds the cached model, the others reuse it
             path = str(tiny.ensure(tiny.SPECS[path], log=acc.print))
     local = Path(path).expanduser()
     if not local.exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1):
-        raise FileNotFoundError(f"config key 'model_name_or_path': no model folder at {path}")
+        raise FileNotFoundError(f"config key '{key}': no model folder at {path}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
     except OSError as e:
-        raise OSError(f"config key 'model_name_or_path': cannot load a tokenizer from {path!r} (neither a local "
+        raise OSError(f"config key '{key}': cannot load a tokenizer from {path!r} (neither a local "
                       f"model folder nor a reachable hub model): {e}") from e
     if tokenizer.pad_token_id is None:
-        raise ValueError(f"tokenizer of {path} has no pad token; set one in the model folder")
+        raise ValueError(f"config key '{key}': the tokenizer of {path} has no pad token; set one in the model folder")
+    return path, tokenizer
+
+
+def load_teacher(cfg: GRPOConfig, acc: Accelerator, tokenizer=None):
+    """(teacher, its tokenizer) for distillation, or (None, None) without teacher_model_name_or_path.
+    With the student's ``tokenizer`` given (on-policy distillation), the two must be the same."""
+    if not cfg.teacher_model_name_or_path:
+        return None, None
+    path, teacher_tok = load_tokenizer(cfg, acc, "teacher_model_name_or_path")
+    if tokenizer is not None:
+        check_same_tokenizer(tokenizer, teacher_tok, cfg.model_name_or_path, cfg.teacher_model_name_or_path)
+    teacher = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=cfg.trust_remote_code,
+                                                   dtype=torch.float32 if acc.device.type == "cpu" else torch.bfloat16)
+    return teacher.eval().requires_grad_(False), teacher_tok
+
+
+def load_policy(cfg: GRPOConfig, acc: Accelerator):
+    path, tokenizer = load_tokenizer(cfg, acc)
     quant = lora.quantization_config(cfg)
     model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=cfg.trust_remote_code,
                                                  dtype=torch.bfloat16 if quant else torch.float32,
@@ -101,8 +122,9 @@ def load_data(cfg: GRPOConfig, tokenizer) -> tuple[datasets.Dataset, list[dict]]
     return train, eval_rows
 
 
-def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_args(argv, default_config=DEFAULT_CONFIG)
+def start(cfg: GRPOConfig) -> tuple[Accelerator, Path]:
+    """The accelerator and the output folder (with the resolved config.yaml), after checking
+    that the folder may be used and that the reward names resolve: before any model loads."""
     datasets.disable_progress_bars()  # one progress bar: the training one
     transformers.utils.logging.disable_progress_bar()
     if cfg.num_threads:
@@ -116,20 +138,18 @@ def main(argv: list[str] | None = None) -> dict:
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     acc.wait_for_everyone()
     build_rewards(cfg.reward_funcs, cfg.reward_weights)  # a bad reward name fails now, before any model loads
-    model, tokenizer = load_policy(cfg, acc)
-    train, eval_rows = load_data(cfg, tokenizer)
-    # again, now that the dataset's columns are known: a reward asking for a missing column fails here
+    return acc, out
+
+
+def dataset_rewards(cfg: GRPOConfig, train: datasets.Dataset):
+    """The reward functions, checked against the dataset's columns (a reward asking for a missing
+    column fails here)."""
     columns = set(train.column_names) - {cfg.prompt_column, *INTERNAL_COLUMNS} | {"completion_ids"}
-    reward_funcs, reward_weights = build_rewards(cfg.reward_funcs, cfg.reward_weights, columns=columns)
-    engine = build_engine(cfg, model, tokenizer, acc)
-    trainer = GRPOTrainer(cfg, model, tokenizer, train, reward_funcs, reward_weights=reward_weights,
-                          eval_rows=eval_rows, eval_accuracy_fn=accuracy_reward, eval_format_fn=format_reward,
-                          engine=engine, accelerator=acc)
-    try:
-        summary = trainer.train()
-    finally:
-        if engine is not None:
-            engine.close()
+    return build_rewards(cfg.reward_funcs, cfg.reward_weights, columns=columns)
+
+
+def finish(acc: Accelerator, trainer: GRPOTrainer, summary: dict, out: Path) -> dict:
+    """Final model, summary.json and the summary lines; then a clean exit of the process group."""
     if not summary["interrupted"]:  # a stopped run's state is in its checkpoint; it has no final model yet
         trainer.save_final(out / "final_model")
     if acc.is_main_process:
@@ -141,6 +161,29 @@ def main(argv: list[str] | None = None) -> dict:
     if acc.num_processes > 1 and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     return summary
+
+
+def run(cfg: GRPOConfig) -> dict:
+    """GRPO; with ``teacher_model_name_or_path`` set, on-policy distillation from that teacher."""
+    acc, out = start(cfg)
+    model, tokenizer = load_policy(cfg, acc)
+    teacher, _ = load_teacher(cfg, acc, tokenizer)  # before the data: a tokenizer mismatch fails first
+    train, eval_rows = load_data(cfg, tokenizer)
+    reward_funcs, reward_weights = dataset_rewards(cfg, train)
+    engine = build_engine(cfg, model, tokenizer, acc)
+    trainer = GRPOTrainer(cfg, model, tokenizer, train, reward_funcs, reward_weights=reward_weights,
+                          eval_rows=eval_rows, eval_accuracy_fn=accuracy_reward, eval_format_fn=format_reward,
+                          engine=engine, accelerator=acc, teacher=teacher)
+    try:
+        summary = trainer.train()
+    finally:
+        if engine is not None:
+            engine.close()
+    return finish(acc, trainer, summary, out)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return run(parse_args(argv, default_config=DEFAULT_CONFIG))
 
 
 def print_summary(s: dict, out: Path) -> None:

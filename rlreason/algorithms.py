@@ -18,6 +18,9 @@ The members of the family differ in four choices, each one function below:
   importance-sampling correction for sampler/trainer mismatch, ``truncated_is_weight``;
 - aggregation over tokens: ``aggregate``.
 
+On-policy distillation reuses the same surrogate with per-token advantages from a teacher's
+log-probs: ``teacher_advantages``.
+
 ``PRESETS`` names the combinations (``loss_type``), each with the paper it follows.
 """
 
@@ -171,7 +174,8 @@ def token_surrogate(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token PPO-clip loss (to minimise) with separate low/high clip ranges.
 
-    logp, old_logp: [N, T]; adv: [N]; mask: [N, T] (needed for level="sequence")
+    logp, old_logp: [N, T]; adv: [N] (one advantage per sequence) or [N, T] (per token, e.g.
+    on-policy distillation's ``teacher_advantages``); mask: [N, T] (needed for level="sequence")
     -> loss: [N, T], clipped: [N, T] bool
 
     loss = max(-r * A, -clip(r, 1 - eps_low, 1 + eps_high) * A), the negated PPO objective
@@ -184,7 +188,7 @@ def token_surrogate(
     if mask is None:
         mask = torch.ones_like(logp)
     ratio = torch.exp(log_importance_ratio(logp, old_logp, mask, level))
-    a = adv.unsqueeze(1)
+    a = adv.unsqueeze(1) if adv.dim() == 1 else adv
     unclipped = -ratio * a
     clipped_loss = -torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * a
     loss = torch.maximum(unclipped, clipped_loss)
@@ -239,6 +243,43 @@ def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: KLKind = "k3")
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """k3 estimate of KL(pi || pi_ref); see ``kl_estimate``. logp, ref_logp: [N, T] -> [N, T]"""
     return kl_estimate(logp, ref_logp, "k3")
+
+
+# ---------------------------------------------------------------------------- distillation
+
+
+def teacher_advantages(
+    student_logp: torch.Tensor,
+    teacher_logp: torch.Tensor,
+    mask: torch.Tensor,
+    kl_coef: float = 1.0,
+    seq_adv: torch.Tensor | None = None,
+    reward_weight: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token advantages of on-policy distillation (Agarwal et al. 2024, "On-policy
+    distillation of language models" (GKD) with the reverse KL; Lu et al. 2025, Thinking Machines,
+    "On-policy distillation").
+
+    student_logp (the sampling policy's log-probs of its own sampled tokens, no gradient),
+    teacher_logp (the teacher's log-probs of the same tokens), mask: [N, T]; seq_adv: [N] or None
+    -> adv [N, T], reverse_kl [N, T] (both zero outside ``mask``)
+
+    reverse_kl_t = log pi_student(o_t) - log pi_teacher(o_t) is the one-sample estimate of
+    KL(pi_student || pi_teacher) at step t, from the student's own samples. Its negation is a
+    dense reward: a token the teacher finds likely (relative to the student) is reinforced.
+    With the policy-gradient surrogate, adv_t = -kl_coef * reverse_kl_t makes the gradient
+    kl_coef * sum_t reverse_kl_t * grad log pi(o_t), the per-token (discount 0) estimator of the
+    reverse KL's gradient, minimised by the student: mode-seeking, so the student learns the
+    teacher's most likely behaviour on the states the student itself reaches.
+    ``reward_weight`` * ``seq_adv`` mixes in the verifier's group-relative advantage (the same
+    value on every token of a completion).
+    """
+    m = mask.to(student_logp.dtype)
+    reverse_kl = (student_logp - teacher_logp).detach() * m
+    adv = -kl_coef * reverse_kl
+    if seq_adv is not None and reward_weight:
+        adv = adv + reward_weight * seq_adv.unsqueeze(1) * m
+    return adv, reverse_kl
 
 
 # ---------------------------------------------------------------------------- aggregation

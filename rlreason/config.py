@@ -147,6 +147,14 @@ class GRPOConfig:
     routing_replay: bool = False  # training passes reuse the experts chosen in the old-policy pass
     log_expert_load: bool = True  # log every expert's load per layer (moe/layer<i>/load/<e>), not only summaries
 
+    # --- on-policy distillation (rlreason/algorithms.py: teacher_advantages; docs/distillation.md) ---
+    # A teacher that scores every sampled token: the per-token reverse KL to it is the advantage
+    # (times teacher_kl_coef), plus teacher_reward_weight x the verifier's group advantage. The
+    # teacher must share the student's tokenizer. None = plain GRPO.
+    teacher_model_name_or_path: str | None = None
+    teacher_kl_coef: float = 1.0
+    teacher_reward_weight: float = 0.0  # 0 = distillation alone (rewards are still computed and logged)
+
     # --- evaluation, logging, checkpoints ---
     eval_steps: int = 50  # held-out greedy eval every N steps (0 = only before and after)
     eval_size: int = 200  # problems in the periodic eval
@@ -220,6 +228,12 @@ class GRPOConfig:
         need(self.optim in OPTIMIZERS, "optim", f"must be one of {OPTIMIZERS}, got {self.optim!r}")
         need(self.logprob_chunk_size is None or self.logprob_chunk_size >= 0, "logprob_chunk_size",
              f"must be >= 0 (0 or None = unchunked), got {self.logprob_chunk_size}")
+        need(self.teacher_kl_coef >= 0, "teacher_kl_coef", f"must be >= 0, got {self.teacher_kl_coef}")
+        need(self.teacher_reward_weight >= 0, "teacher_reward_weight",
+             f"must be >= 0, got {self.teacher_reward_weight}")
+        need(not (self.teacher_model_name_or_path and self.dynamic_sampling and not self.teacher_reward_weight),
+             "dynamic_sampling", "drops groups whose rewards are all equal, which still carry the teacher's signal: "
+             "turn it off for distillation, or mix in the reward with teacher_reward_weight > 0")
         need(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
         need(self.beta >= 0, "beta", f"must be >= 0, got {self.beta}")
         need(self.epsilon > 0, "epsilon", f"must be > 0, got {self.epsilon}")
@@ -237,9 +251,62 @@ class GRPOConfig:
         return dataclasses.asdict(self)
 
 
-def _field_types() -> dict[str, Any]:
-    hints = typing.get_type_hints(GRPOConfig)
-    return {f.name: hints[f.name] for f in dataclasses.fields(GRPOConfig)}
+DISTILL_MODES = ("on_policy", "offline")
+SELECTIONS = ("best_of_k", "all_correct", "shortest_correct")  # rlreason.distill.select_completions
+
+
+@dataclass
+class DistillConfig(GRPOConfig):
+    """``recipes/distill.py``'s config: every GRPO key plus the offline mode's (docs/distillation.md).
+
+    on_policy: GRPO's loop with ``teacher_model_name_or_path`` set (the teacher's per-token log-probs
+    are the advantages). offline: the teacher answers ``distill_num_problems`` training problems
+    ``distill_samples_per_problem`` times, the reward functions keep the verified answers
+    (``distill_selection``), the result is saved as a dataset with its provenance, and the student
+    is fine-tuned on it for ``max_steps`` steps of ``per_device_train_batch_size *
+    gradient_accumulation_steps`` sequences (rlreason.sft).
+    """
+
+    output_dir: str = "runs/distill"
+    distill_mode: str = "on_policy"  # on_policy | offline
+    # offline: where the rejection-sampled dataset is saved (None = output_dir/distill_data); if it
+    # already holds one made with the same settings, it is reused instead of sampled again
+    distill_dataset_path: str | None = None
+    distill_num_problems: int = 2000  # training problems the teacher answers (the first of a seeded order)
+    distill_samples_per_problem: int = 8  # k answers per problem
+    distill_selection: str = "best_of_k"  # best_of_k | all_correct | shortest_correct
+    distill_min_reward: float = 1.0  # an answer counts as verified when its weighted reward is >= this
+    distill_max_per_problem: int | None = 4  # cap on kept answers per problem (all_correct), None = no cap
+    distill_temperature: float | None = None  # teacher's sampling temperature; None = temperature
+
+    def validate(self) -> None:
+        super().validate()
+
+        def need(ok: bool, key: str, msg: str) -> None:
+            if not ok:
+                raise ConfigError(f"config key '{key}': {msg}")
+
+        need(self.distill_mode in DISTILL_MODES, "distill_mode",
+             f"must be one of {DISTILL_MODES}, got {self.distill_mode!r}")
+        need(bool(self.teacher_model_name_or_path), "teacher_model_name_or_path",
+             "distillation needs a teacher model (a model folder or hub id sharing the student's tokenizer)")
+        need(self.distill_selection in SELECTIONS, "distill_selection",
+             f"must be one of {SELECTIONS}, got {self.distill_selection!r}")
+        need(self.distill_num_problems >= 1, "distill_num_problems", f"must be >= 1, got {self.distill_num_problems}")
+        need(self.distill_samples_per_problem >= 1, "distill_samples_per_problem",
+             f"must be >= 1, got {self.distill_samples_per_problem}")
+        need(self.distill_max_per_problem is None or self.distill_max_per_problem >= 1, "distill_max_per_problem",
+             f"must be >= 1 or null, got {self.distill_max_per_problem}")
+        need(self.distill_temperature is None or self.distill_temperature >= 0, "distill_temperature",
+             f"must be >= 0 (0 = greedy), got {self.distill_temperature}")
+        if self.distill_mode == "offline":
+            need(self.importance_sampling_cap is None, "importance_sampling_cap",
+                 "offline distillation trains on the teacher's tokens, which have no student sampler log-probs")
+
+
+def _field_types(cls: type[GRPOConfig] = GRPOConfig) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
 def _check_type(key: str, value: Any, tp: Any) -> Any:
@@ -281,16 +348,16 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
     raise ConfigError(f"config key '{key}': expected {getattr(tp, '__name__', tp)}, got {value!r}")
 
 
-def from_dict(values: dict[str, Any]) -> GRPOConfig:
+def from_dict(values: dict[str, Any], cls: type[GRPOConfig] = GRPOConfig) -> GRPOConfig:
     """Build a config, rejecting unknown keys (with a did-you-mean) and ill-typed values."""
-    types_ = _field_types()
+    types_ = _field_types(cls)
     clean = {}
     for key, value in values.items():
         if key not in types_:
             hint = difflib.get_close_matches(key, types_, n=1)
             raise ConfigError(f"unknown config key '{key}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""))
         clean[key] = _check_type(key, value, types_[key])
-    return GRPOConfig(**clean)
+    return cls(**clean)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -324,10 +391,11 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def parse_args(argv: list[str] | None = None, default_config: str | Path | None = None) -> GRPOConfig:
-    ap = argparse.ArgumentParser(description="Train with GRPO. Any config key can be overridden: --key value")
+def parse_args(argv: list[str] | None = None, default_config: str | Path | None = None,
+               cls: type[GRPOConfig] = GRPOConfig) -> GRPOConfig:
+    ap = argparse.ArgumentParser(description=f"Train ({cls.__name__}). Any config key can be overridden: --key value")
     ap.add_argument("--config", default=str(default_config) if default_config else None, help="YAML config file")
     args, rest = ap.parse_known_args(argv)
     values = load_yaml(args.config) if args.config else {}
     values.update(parse_overrides(rest))
-    return from_dict(values)
+    return from_dict(values, cls)

@@ -13,7 +13,10 @@ is when the prompt is repeated. Saved: (G - 1) prompt copies per group and the c
 padding; paid: attention over a longer row (dense masked attention is quadratic in the row).
 
 Rows are capped at ``max_row_tokens``: a group whose completions do not fit is split over
-several rows, each starting with the prompt.
+several rows, each starting with the prompt. With ``share_rows`` a group may also start in a
+row another group has begun, if it fits there whole (classic sequence packing, as SFT does
+with many short examples; ``rlreason.sft``): every token then also carries its group's index,
+and attention never crosses groups.
 
 Notation: N completions, T the longest completion, R rows, W the row width.
 """
@@ -26,8 +29,8 @@ from rlreason.rollout.hf import right_pad
 
 
 def pack_groups(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int, group_size: int,
-                max_row_tokens: int = 4096, sampler_logprobs: list[list[float]] | None = None
-                ) -> dict[str, torch.Tensor]:
+                max_row_tokens: int = 4096, sampler_logprobs: list[list[float]] | None = None,
+                share_rows: bool = False) -> dict[str, torch.Tensor]:
     """Pack N = groups * ``group_size`` samples (groups adjacent, each group sharing one prompt).
 
     -> input_ids, position_ids: [R, W]; attention_mask: [R, 1, W, W] bool (True = may attend);
@@ -39,9 +42,10 @@ def pack_groups(prompt_ids: list[list[int]], completion_ids: list[list[int]], pa
     if n % group_size or len(prompt_ids) != n:
         raise ValueError(f"{n} completions and {len(prompt_ids)} prompts are not whole groups of {group_size}")
     rows: list[list[int]] = []  # token ids
-    segs: list[list[int]] = []  # 0: prompt, k >= 1: k-th completion of the row
+    segs: list[list[int]] = []  # 0: prompt, k >= 1: k-th completion of the row's group
+    grps: list[list[int]] = []  # the group each token belongs to
     pos: list[list[int]] = []
-    where: list[tuple[int, int, int]] = []  # per sample: (row, start in row, prompt length)
+    where: list[tuple[int, int, int]] = []  # per sample: (row, start in row, row index of its prompt's last token)
     for g in range(0, n, group_size):
         prompt = prompt_ids[g]
         if any(prompt_ids[i] != prompt for i in range(g, g + group_size)):
@@ -49,37 +53,47 @@ def pack_groups(prompt_ids: list[list[int]], completion_ids: list[list[int]], pa
         if not prompt:
             raise ValueError("pack_groups: empty prompt")
         P = len(prompt)
-        row = None
+        whole = P + sum(len(completion_ids[i]) for i in range(g, g + group_size))
+        shared = share_rows and rows and len(rows[-1]) + whole <= max_row_tokens
+        row, n_in_row, prompt_end = None, 0, -1
         for i in range(g, g + group_size):
             c = completion_ids[i]
-            if row is None or (len(rows[row]) + len(c) > max_row_tokens and segs[row][-1] > 0):
-                rows.append(list(prompt))
-                segs.append([0] * P)
-                pos.append(list(range(P)))
-                row = len(rows) - 1
-            k = segs[row][-1] + 1
-            where.append((row, len(rows[row]), P))
+            if row is None or (len(rows[row]) + len(c) > max_row_tokens and n_in_row > 0):
+                if not (row is None and shared):  # a new row, unless the whole group fits the last one
+                    for lst in (rows, segs, grps, pos):
+                        lst.append([])
+                row, n_in_row = len(rows) - 1, 0
+                prompt_end = len(rows[row]) + P - 1
+                rows[row].extend(prompt)
+                segs[row].extend([0] * P)
+                grps[row].extend([g] * P)
+                pos[row].extend(range(P))
+            n_in_row += 1
+            where.append((row, len(rows[row]), prompt_end))
             rows[row].extend(c)
-            segs[row].extend([k] * len(c))
+            segs[row].extend([n_in_row] * len(c))
+            grps[row].extend([g] * len(c))
             pos[row].extend(range(P, P + len(c)))
     ids, valid = right_pad(rows, pad_id)
     W = ids.shape[1]
     seg = right_pad(segs, -1)[0]
+    grp = right_pad(grps, -1)[0]
     position_ids = right_pad(pos, 0)[0]
     idx = torch.arange(W)
     causal = idx[None, :] <= idx[:, None]  # [q, k]
     seg_q, seg_k = seg[:, :, None], seg[:, None, :]
-    attend = causal & ((seg_k == 0) | (seg_k == seg_q)) & (seg_q >= 0) & (seg_k >= 0)
+    same_group = grp[:, :, None] == grp[:, None, :]
+    attend = causal & same_group & ((seg_k == 0) | (seg_k == seg_q)) & (seg_q >= 0) & (seg_k >= 0)
     attend |= torch.eye(W, dtype=torch.bool)  # padding queries see themselves: no empty softmax row
     c_ids, c_mask = right_pad(completion_ids, pad_id, min_width=1)
     T = c_ids.shape[1]
     src = torch.zeros((n, T), dtype=torch.long)
-    for i, (r, start, P) in enumerate(where):
+    for i, (r, start, prompt_end) in enumerate(where):
         L = len(completion_ids[i])
         if L:
             # token t is predicted at row position start + t - 1; the first by the prompt's last token
             flat = torch.arange(start - 1, start + L - 1)
-            flat[0] = P - 1
+            flat[0] = prompt_end
             src[i, :L] = r * W + flat
     out = {"input_ids": ids, "attention_mask": attend.unsqueeze(1), "position_ids": position_ids,
            "completion_ids": c_ids, "completion_mask": c_mask, "token_mask": c_mask.clone(), "src": src,

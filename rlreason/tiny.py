@@ -1,8 +1,9 @@
 """The embedded tiny model: a locally trained tokenizer, a small Qwen2, a short SFT warm-up.
 
-Two specs ship: ``tiny`` (a dense Qwen2, ``TinySpec()``) and ``tiny-moe`` (``TINY_MOE``, a
-Qwen2-MoE with the same attention, tokenizer and warm-up data); ``SPECS`` maps the names that
-``model_name_or_path`` accepts to them.
+Three specs ship: ``tiny`` (a dense Qwen2, ``TinySpec()``), ``tiny-moe`` (``TINY_MOE``, a
+Qwen2-MoE with the same attention, tokenizer and warm-up data) and ``tiny-small``
+(``TINY_SMALL``, a narrower, shallower dense Qwen2 with the same tokenizer: the distillation
+student); ``SPECS`` maps the names that ``model_name_or_path`` accepts to them.
 
 Nothing is downloaded. The build is deterministic for a spec (seeded data, seeded init,
 one thread), cached under ``$RLREASON_CACHE`` (default ``~/.cache/rlreason``) in a folder
@@ -103,8 +104,15 @@ MOE_FIELDS = ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "sh
 TINY_MOE = TinySpec(name="tiny-moe", num_experts=8, num_experts_per_tok=2, moe_intermediate_size=96,
                     shared_expert_intermediate_size=192, router_aux_loss_coef=0.01)
 
+# The distillation student (docs/distillation.md): the dense model's depth at half its width
+# (0.27M parameters, a third of it), with the same tokenizer (the tokenizer depends only on the
+# seed, the task and the vocabulary size, which it shares), so the dense model can teach it token
+# by token. (Two layers of width 64 could not learn the task: 3% held-out after the warm-up.)
+TINY_SMALL = TinySpec(name="tiny-small", hidden_size=64, num_layers=4, num_heads=2, num_kv_heads=1,
+                      intermediate_size=256)
+
 # Names ``model_name_or_path`` accepts for the embedded models.
-SPECS = {"tiny": TinySpec(), "tiny-moe": TINY_MOE}
+SPECS = {"tiny": TinySpec(), "tiny-moe": TINY_MOE, "tiny-small": TINY_SMALL}
 
 
 def cache_root() -> Path:

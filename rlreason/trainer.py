@@ -113,6 +113,10 @@ def _input_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 class GRPOTrainer:
+    # whether several prompt groups may share a packed row (rlreason.packing); GRPO's groups are
+    # long enough to fill rows, many short SFT examples are not (rlreason.sft)
+    share_pack_rows = False
+
     def __init__(
         self,
         cfg: GRPOConfig,
@@ -126,7 +130,10 @@ class GRPOTrainer:
         eval_format_fn: Callable | None = None,
         engine: RolloutEngine | None = None,
         accelerator: Accelerator | None = None,
+        teacher=None,
     ) -> None:
+        """``teacher``: a causal LM sharing ``tokenizer`` for on-policy distillation (its per-token
+        log-probs give the advantages, ``cfg.teacher_kl_coef``); None for plain GRPO."""
         self.cfg = cfg
         optim_cls = optimizer_class(cfg.optim)  # first: a missing bitsandbytes fails before any work
         self.acc = accelerator or Accelerator(log_with=cfg.report_to or None, project_dir=cfg.output_dir)
@@ -171,7 +178,15 @@ class GRPOTrainer:
                                                   cfg.router_aux_loss_coef) if self.routers else 0.0
         if self.ref_model is not None:
             self.ref_model = self.ref_model.to(self.acc.device)
-        self.packing_supported = supports_packing(self.acc.unwrap_model(self.model))
+        if teacher is not None and not cfg.teacher_model_name_or_path:
+            raise ValueError("a teacher model was given but config key 'teacher_model_name_or_path' is not set")
+        self.teacher = None if teacher is None else teacher.to(self.acc.device).eval().requires_grad_(False)
+        if self.teacher is not None and self.teacher.get_output_embeddings().weight.shape[0] < len(tokenizer):
+            raise ValueError(f"config key 'teacher_model_name_or_path': the teacher's output layer has "
+                             f"{self.teacher.get_output_embeddings().weight.shape[0]} rows but the tokenizer has "
+                             f"{len(tokenizer)} tokens; teacher and student must share a tokenizer")
+        self.packing_supported = supports_packing(self.acc.unwrap_model(self.model)) and (
+            self.teacher is None or supports_packing(self.teacher))
         self.pack_row_tokens = cfg.pack_max_row_tokens or max(
             64, getattr(self.acc.unwrap_model(self.model).config.get_text_config(), "hidden_size", 1024))
         self.engine = engine or HFEngine(self.acc.unwrap_model(self.model), tokenizer, cfg.generation_batch_prompts)
@@ -396,7 +411,7 @@ class GRPOTrainer:
             completions = [s.token_ids for s in ro.samples[sl]]
             if packed:
                 batch = pack_groups(ro.prompt_ids[sl], completions, self.tokenizer.pad_token_id, G,
-                                    self.pack_row_tokens, sampler)
+                                    self.pack_row_tokens, sampler, share_rows=self.share_pack_rows)
             else:
                 batch = pack(ro.prompt_ids[sl], completions, self.tokenizer.pad_token_id, sampler)
             if self.cfg.mask_truncated_completions:  # DAPO's overlong filtering: no signal from cut-off answers
@@ -406,9 +421,11 @@ class GRPOTrainer:
         return out
 
     @torch.no_grad()
-    def _frozen_logprobs(self, model, batches) -> list[torch.Tensor]:
-        return [completion_logprobs(model, b, self.cfg.temperature, chunk_size=self.cfg.logprob_chunk_size)[0]
-                for _, b in batches]
+    def _frozen_logprobs(self, model, batches, temperature: float | None = None) -> list[torch.Tensor]:
+        """Per micro-batch [n, T] log-probs under a model that is not trained (default: at the
+        sampling temperature, the distribution the policy sampled from)."""
+        t = self.cfg.temperature if temperature is None else temperature
+        return [completion_logprobs(model, b, t, chunk_size=self.cfg.logprob_chunk_size)[0] for _, b in batches]
 
     @torch.no_grad()
     def _old_pass(self, batches) -> tuple[list[torch.Tensor], list[list[torch.Tensor]] | None]:
@@ -432,6 +449,15 @@ class GRPOTrainer:
             with self.acc.unwrap_model(self.model).disable_adapter():
                 return self._frozen_logprobs(self.model, batches)
         return self._frozen_logprobs(self.ref_model, batches)
+
+    def token_loss(self, logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-token loss to minimise and its clip flags, [n, T] each: the clipped surrogate
+        of the configured preset. (A subclass with another objective overrides only this:
+        rlreason.sft.SFTTrainer's is the negative log-likelihood.)"""
+        cfg = self.cfg
+        return A.token_surrogate(logp, old_logp, adv, cfg.epsilon, cfg.epsilon_high or cfg.epsilon, mask=mask,
+                                 level=self.ratio_level, dual_clip=cfg.dual_clip)
 
     def _denominator(self, batches, n_sequences: int) -> tuple[float | None, int]:
         """(denom for ``aggregate``, this process's n_tokens) for the preset's aggregation.
@@ -467,8 +493,11 @@ class GRPOTrainer:
         replay = cfg.routing_replay and bool(self.routers)
         old, routes = self._old_pass(batches) if cfg.num_iterations > 1 or replay else (None, None)
         ref = self._reference_logprobs(batches)
+        # the teacher's own distribution (temperature 1) is the target of on-policy distillation
+        teacher = self._frozen_logprobs(self.teacher, batches, 1.0) if self.teacher is not None else None
         self.model.train()
-        stats = dict.fromkeys(("clip_frac", "entropy", "kl", "loss", "is_weight", "log_ratio", "log_ratio_sq"), 0.0)
+        stats = dict.fromkeys(("clip_frac", "entropy", "kl", "loss", "is_weight", "log_ratio", "log_ratio_sq",
+                               "reverse_kl"), 0.0)
         max_abs_log_ratio = 0.0
         grad_norms = []
         router = RouterStats.zeros(len(self.routers), self.routers[0].num_experts) if self.routers else None
@@ -487,9 +516,12 @@ class GRPOTrainer:
                                                     chunk_size=cfg.logprob_chunk_size)
                     mask = b["completion_mask"]
                     old_logp = old[j] if old is not None else logp.detach()
-                    loss_tok, clipped = A.token_surrogate(logp, old_logp, adv[sl], cfg.epsilon,
-                                                          cfg.epsilon_high or cfg.epsilon, mask=mask,
-                                                          level=self.ratio_level, dual_clip=cfg.dual_clip)
+                    adv_j = adv[sl]
+                    if teacher is not None:  # per-token advantages from the teacher: [n, T]
+                        adv_j, reverse_kl = A.teacher_advantages(old_logp, teacher[j], mask, cfg.teacher_kl_coef,
+                                                                 adv_j, cfg.teacher_reward_weight)
+                        stats["reverse_kl"] += reverse_kl.sum().item()
+                    loss_tok, clipped = self.token_loss(logp, old_logp, adv_j, mask)
                     if cfg.importance_sampling_cap:
                         w = A.truncated_is_weight(old_logp, b["sampler_logp"], cfg.importance_sampling_cap)
                         loss_tok = loss_tok * w
@@ -540,7 +572,7 @@ class GRPOTrainer:
         k = cfg.num_iterations
         # Token averages over the whole batch: sums and token counts of all processes. The loss
         # is each process's share of DDP's averaged objective: averaged in _reduce.
-        keys = ("clip_frac", "entropy", "kl", "is_weight", "log_ratio", "log_ratio_sq")
+        keys = ("clip_frac", "entropy", "kl", "is_weight", "log_ratio", "log_ratio_sq", "reverse_kl")
         *sums, n_tokens = reduce_sum(self.acc, [stats[x] for x in keys] + [float(n_tokens)])
         stats.update(zip(keys, sums, strict=True))
         tok = max(n_tokens, 1) * k
@@ -560,6 +592,8 @@ class GRPOTrainer:
         }
         if ref is not None:
             metrics["kl"] = stats["kl"] / tok
+        if teacher is not None:  # mean per completion token of log pi_student - log pi_teacher
+            metrics["distill/reverse_kl"] = stats["reverse_kl"] / tok
         if cfg.importance_sampling_cap:
             metrics["is_weight_mean"] = stats["is_weight"] / tok
         if router is not None:
@@ -810,7 +844,8 @@ class GRPOTrainer:
                  "metrics": self.last_eval, "heldout_before": self.heldout_before,
                  # the KL reference is the initial policy (or, with LoRA, the adapter-disabled base)
                  "reference_model": None if self.ref_model is None and not self.ref_is_base_adapter
-                 else ("base_adapter_disabled" if self.ref_is_base_adapter else self.cfg.model_name_or_path)}
+                 else ("base_adapter_disabled" if self.ref_is_base_adapter else self.cfg.model_name_or_path),
+                 "teacher_model": self.cfg.teacher_model_name_or_path}
         return save_checkpoint(self.acc, self.cfg.output_dir, step, state, keep=self.cfg.save_total_limit,
                                best_metric=self.cfg.metric_for_best_model,
                                greater_is_better=self.cfg.greater_is_better)

@@ -32,6 +32,21 @@ def test_layout_of_one_group_split_over_two_rows():
     assert b["attention_mask"][1, 0, 4].int().tolist() == [0, 0, 0, 0, 1]  # padding sees only itself
 
 
+def test_shared_rows_pack_whole_groups_and_never_attend_across_them():
+    # groups of 1 (SFT examples): [1, 2 | 3, 4], [5 | 6], [7, 8, 9 | 10, 11]; rows of at most 7 tokens
+    b = pack_groups([[1, 2], [5], [7, 8, 9]], [[3, 4], [6], [10, 11]], pad_id=0, group_size=1, max_row_tokens=7,
+                    share_rows=True)
+    assert b["input_ids"].tolist() == [[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 0]]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1], [0, 1, 2, 3, 4, 0]]
+    # the second example's only token is predicted by its own prompt's last token, row position 4
+    assert b["src"].tolist() == [[1, 2], [4, 0], [6 + 2, 6 + 3]]
+    m = b["attention_mask"][0, 0].int().tolist()
+    assert m[4] == [0, 0, 0, 0, 1, 0]  # the second prompt sees nothing of the first example
+    assert m[5] == [0, 0, 0, 0, 1, 1]
+    # without share_rows every group starts its own row
+    assert pack_groups([[1, 2], [5], [7, 8, 9]], [[3, 4], [6], [10, 11]], 0, 1, 7)["input_ids"].shape[0] == 3
+
+
 def test_groups_must_share_their_prompt():
     with pytest.raises(ValueError, match="share their prompt"):
         pack_groups([[1], [2]], [[3], [4]], 0, 2)
@@ -53,13 +68,17 @@ def rollout(tiny_path):
 
 
 @pytest.mark.parametrize("chunk_size", [512, 7, 0])
-@pytest.mark.parametrize("row_tokens", [4096, 40])  # one row per group; groups split over rows
-def test_packed_logprobs_entropy_and_gradient_equal_padded(rollout, chunk_size, row_tokens):
+@pytest.mark.parametrize("row_tokens,share", [(4096, False), (40, False), (4096, True), (60, True)])
+def test_packed_logprobs_entropy_and_gradient_equal_padded(rollout, chunk_size, row_tokens, share):
+    """one row per group; groups split over rows; and shared rows (all groups in one row, or
+    several groups per row with some split)"""
     model, tok, prompts, completions = rollout
     padded = pack(prompts, completions, tok.pad_token_id)
-    packed = pack_groups(prompts, completions, tok.pad_token_id, 4, max_row_tokens=row_tokens)
+    packed = pack_groups(prompts, completions, tok.pad_token_id, 4, max_row_tokens=row_tokens, share_rows=share)
     if row_tokens == 40:
         assert packed["input_ids"].shape[0] > 3
+    if share and row_tokens == 4096:
+        assert packed["input_ids"].shape[0] == 1  # the three groups in one row
     mask = padded["completion_mask"]
     assert torch.equal(mask, packed["completion_mask"])
     weights = torch.randn(mask.shape, generator=torch.Generator().manual_seed(0))

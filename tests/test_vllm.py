@@ -329,6 +329,24 @@ class _EvalOnly:
         self.eval_sampling, self.engine = tr.eval_sampling, engine
 
 
+def test_teacher_rejection_sampling_through_vllm(engine, fresh_model, tok):
+    """Offline distillation's sampling step (rlreason.distill) with a vLLM engine as the teacher's."""
+    from rlreason.distill import rejection_sample
+    from rlreason.rewards.runner import RewardRunner
+
+    rows = list(prepare(arith_dataset(8, 4, "train"), tokenizer=tok))
+    runner = RewardRunner([accuracy_reward], None, in_process=True)
+    sampling = SamplingConfig(max_tokens=40, temperature=1.0)
+    records, stats = rejection_sample(engine, rows, 4, sampling, runner.score, "all_correct", 1.0, 2,
+                                      seeds=list(range(8)))
+    assert stats.samples == 32 and stats.kept == len(records) > 0
+    for r in records:
+        assert r["reward"] == 1.0 and accuracy_reward([r["prompt"]], [r["completion"]], answer=[r["answer"]]) == [1.0]
+        assert tok.decode(r["completion_ids"], skip_special_tokens=True) == r["completion"]
+    again, _ = rejection_sample(engine, rows, 4, sampling, runner.score, "all_correct", 1.0, 2, seeds=list(range(8)))
+    assert [r["completion"] for r in again] == [r["completion"] for r in records]  # seeded per problem
+
+
 def test_server_engine_refuses_a_mismatched_or_missing_server(engine, tok):
     if not isinstance(engine, VLLMServerEngine):
         pytest.skip("server mode only")

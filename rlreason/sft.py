@@ -1,0 +1,71 @@
+"""Supervised fine-tuning on fixed completions: the student's side of offline distillation.
+
+``SFTTrainer`` is the GRPO trainer with two things replaced: a step's batch comes from the
+dataset (prompt and completion token ids, e.g. a teacher's verified answers from
+``rlreason.distill``) instead of from sampling, and the per-token loss is the negative
+log-likelihood of the completion tokens (``token_loss``). Everything else is the GRPO loop's:
+the loss only on completion tokens, averaged over all completion tokens of the step
+(``loss_type: dapo``'s token mean) however it is split into micro-batches; packing (several
+short examples per row under a block mask, ``share_pack_rows``); chunked log-probs;
+accelerate (DDP, DeepSpeed, FSDP); held-out evaluation before, during and after; checkpoints,
+exact resume, progress, metrics and report.
+
+A step takes ``per_device_train_batch_size * gradient_accumulation_steps`` examples per process
+from a seeded order of the dataset (a new order every epoch), so ``max_steps`` sets the number
+of sequences trained on, the same unit as a GRPO run's completions per step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import datasets
+import torch
+
+from rlreason.rollout.base import Sample
+from rlreason.trainer import GRPOTrainer, Rollout
+
+SFT_COLUMNS = ("prompt_ids", "completion_ids")
+
+
+class SFTTrainer(GRPOTrainer):
+    share_pack_rows = True
+
+    def __init__(self, cfg, model, tokenizer, train_dataset: datasets.Dataset, **kwargs) -> None:
+        missing = [c for c in SFT_COLUMNS if c not in train_dataset.column_names]
+        if missing:
+            raise ValueError(f"the SFT dataset has no column(s) {missing}: it needs token ids of prompts and "
+                             f"completions (rlreason.distill builds them); it has {train_dataset.column_names}")
+        if cfg.loss_type not in ("dapo", "bnpo"):
+            # the NLL is a token mean; the sequence-level presets would weigh tokens by their answer's length
+            raise ValueError(f"config key 'loss_type': SFT averages the loss over tokens; use dapo, not "
+                             f"{cfg.loss_type!r}")
+        kwargs.setdefault("reward_funcs", [])
+        super().__init__(cfg, model, tokenizer, train_dataset, **kwargs)
+        self.prompts_per_process = cfg.completions_per_step  # one example per "prompt", no groups
+
+    def collect(self) -> Rollout:
+        """This step's examples as a ``Rollout`` of groups of one; the advantage is unused."""
+        rows = self.prompt_rows(self.step)
+        text_col = "completion" if "completion" in self.train_dataset.column_names else None
+        samples = [Sample(token_ids=list(r["completion_ids"]),
+                          text=_text(r[text_col]) if text_col else "", finish_reason="stop") for r in rows]
+        rewards = torch.tensor([float(r.get("reward", math.nan)) for r in rows])
+        prompts = [r.get(self.cfg.prompt_column, "") for r in rows]
+        ro = Rollout([list(r["prompt_ids"]) for r in rows], samples, rewards, {}, prompts, 1,
+                     {"time/generation_s": 0.0, "time/scoring_s": 0.0})
+        ro.metrics.update(self.sample_metrics(ro))
+        ro.advantages = torch.ones(len(samples))
+        return ro
+
+    def token_loss(self, logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Negative log-likelihood per token, [n, T]; nothing is clipped."""
+        return -logp, torch.zeros_like(mask, dtype=torch.bool)
+
+
+def _text(completion) -> str:
+    """A completion's text: a string, or the content of a list of chat messages."""
+    if isinstance(completion, list):
+        return "".join(m.get("content", "") for m in completion)
+    return str(completion)
