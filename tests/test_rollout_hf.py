@@ -128,8 +128,9 @@ def _processed_reference(logits: torch.Tensor, temperature: float, top_k: int, t
     keep the top_k largest (and ties), then the most likely tokens until their mass reaches
     top_p (a token stays if the tokens more likely than it hold less than top_p). [T, V] -> [T, V]"""
     z = logits.double() / temperature
-    kth = z.sort(-1, descending=True).values[:, top_k - 1:top_k]
-    z = torch.where(z >= kth, z, torch.tensor(float("-inf"), dtype=z.dtype))
+    if top_k:
+        kth = z.sort(-1, descending=True).values[:, top_k - 1:top_k]
+        z = torch.where(z >= kth, z, torch.tensor(float("-inf"), dtype=z.dtype))
     out = torch.full_like(z, float("-inf"))
     for t in range(z.shape[0]):
         p = z[t].softmax(-1)
@@ -143,13 +144,14 @@ def _processed_reference(logits: torch.Tensor, temperature: float, top_k: int, t
     return out.log_softmax(-1)
 
 
-def test_sampled_logprobs_equal_full_forward_recompute(tiny_model):
-    """temperature 0.7, top-p 0.9, top-k 6: every returned log-prob is the sampled token's
-    log-prob under the processed distribution recomputed from one forward over prompt +
-    completion, and every sampled token is inside the kept set."""
+@pytest.mark.parametrize(("temperature", "top_p", "top_k"), [(0.7, 0.9, 6), (1.5, 1.0, 3), (1.2, 0.8, 0)])
+def test_sampled_logprobs_equal_full_forward_recompute(tiny_model, temperature, top_p, top_k):
+    """Every returned log-prob is the sampled token's log-prob under the processed distribution
+    (temperature, top-k, top-p) recomputed from one forward over prompt + completion, and every
+    sampled token is inside the kept set. The 2nd case is mostly cut by top-k, the 3rd by top-p."""
     model, tok = tiny_model
     prompts = _prompts(tok)
-    sampling = SamplingConfig(max_tokens=40, temperature=0.7, top_p=0.9, top_k=6)
+    sampling = SamplingConfig(max_tokens=40, temperature=temperature, top_p=top_p, top_k=top_k)
     torch.manual_seed(1)
     groups = HFEngine(model, tok).generate(prompts, 4, sampling)
     checked = 0
@@ -157,7 +159,7 @@ def test_sampled_logprobs_equal_full_forward_recompute(tiny_model):
         for s in group:
             with torch.no_grad():
                 logits = model(torch.tensor([prompt + s.token_ids])).logits[0, len(prompt) - 1:-1]
-            ref = _processed_reference(logits, 0.7, 6, 0.9).gather(-1, torch.tensor(s.token_ids)[:, None]).squeeze(-1)
+            ref = _processed_reference(logits, temperature, top_k, top_p).gather(-1, torch.tensor(s.token_ids)[:, None]).squeeze(-1)
             assert torch.isfinite(ref).all()  # never a token that top-k/top-p removed
             torch.testing.assert_close(torch.tensor(s.logprobs, dtype=torch.float64), ref, atol=1e-4, rtol=0)
             checked += len(s.token_ids)
