@@ -52,13 +52,14 @@ def test_prompt_is_prefilled_once_per_group(tiny_model):
     finally:
         handle.remove()
     width = max(map(len, prompts))
-    # first call: every prompt once (not 4 times), all but its last token
-    assert calls[0] == (len(prompts), width - 1)
-    # then only new tokens: the last prompt token, then one token per step, for at most all
-    # 4 * 5 samples (fewer as rows finish: the batch never grows)
+    # first call: every prompt once (not 4 times); its last logits give the first tokens
+    assert calls[0] == (len(prompts), width)
+    # then only new tokens, one per step, for at most all 4 * 5 samples (fewer as rows
+    # finish: the batch never grows)
     assert calls[1] == (4 * len(prompts), 1)
     assert all(c[1] == 1 for c in calls[1:])
     assert all(a[0] >= b[0] for a, b in zip(calls[1:-1], calls[2:], strict=True))
+    assert len(calls) == 8  # the prefill and 7 steps for 8 tokens
     processed = sum(b * t for b, t in calls)
     assert processed < 4 * len(prompts) * width  # fewer tokens than repeating the prompts 4 times
 
@@ -159,7 +160,8 @@ def test_sampled_logprobs_equal_full_forward_recompute(tiny_model, temperature, 
         for s in group:
             with torch.no_grad():
                 logits = model(torch.tensor([prompt + s.token_ids])).logits[0, len(prompt) - 1:-1]
-            ref = _processed_reference(logits, temperature, top_k, top_p).gather(-1, torch.tensor(s.token_ids)[:, None]).squeeze(-1)
+            ref = _processed_reference(logits, temperature, top_k, top_p)
+            ref = ref.gather(-1, torch.tensor(s.token_ids)[:, None]).squeeze(-1)
             assert torch.isfinite(ref).all()  # never a token that top-k/top-p removed
             torch.testing.assert_close(torch.tensor(s.logprobs, dtype=torch.float64), ref, atol=1e-4, rtol=0)
             checked += len(s.token_ids)
