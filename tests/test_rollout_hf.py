@@ -3,6 +3,8 @@ sampler log-probs equal the trainer's log-probs."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from _logprobs import trainer_logprobs
@@ -243,3 +245,19 @@ def test_first_token_frequencies_match_the_tempered_softmax(tiny_model):
     # and each sample's log-prob is that of its token
     lp = expect.log()
     assert all(abs(s.logprobs[0] - lp[s.token_ids[0]].item()) < 1e-4 for s in group)
+
+
+def test_peft_wrapped_model_decodes_with_the_current_cache_kwarg(tiny_model):
+    """A peft wrapper's forward only has **kwargs: the cache and logits_to_keep kwargs are named
+    from the wrapped model (no deprecated ``past_key_values`` per step), and a zero-initialised
+    adapter decodes greedily exactly as the base model."""
+    peft = pytest.importorskip("peft")
+    model, tok = tiny_model
+    prompts = _prompts(tok)
+    ref = [[s.token_ids for s in g] for g in HFEngine(model, tok).generate(prompts, 2, SamplingConfig(
+        max_tokens=40, temperature=0.0))]
+    wrapped = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).eval()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*past_key_values.*")
+        out = HFEngine(wrapped, tok).generate(prompts, 2, SamplingConfig(max_tokens=40, temperature=0.0))
+    assert [[s.token_ids for s in g] for g in out] == ref

