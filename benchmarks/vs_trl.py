@@ -3,13 +3,14 @@
 Both trainers get the same model (the embedded tiny model, and a randomly initialised model
 with Qwen2.5-0.5B's architecture and the tiny tokenizer's vocabulary), the same prompts in the
 same order (rlreason's arithmetic task in the chat template; TRL gets the rendered prompt text
-in rlreason's seeded order, with its own shuffling off), group size, per-step batch,
-completion length, sampling (temperature 1.0, no top-p/top-k, transformers ``generate``, no
-vLLM), learning rate, optimizer (AdamW, betas 0.9/0.99, constant schedule, grad-norm clip 1.0),
-seed and loss (``loss_type: dapo``, beta 0, clip 0.2/0.28, group-scaled advantages, one update
-per rollout batch), fp32. Each run is a fresh subprocess (so its peak RSS is its own: the
-``ru_maxrss`` that ``wait4`` reports for it, which includes its waited-for children such as
-rlreason's reward workers), and the trainers alternate: TRL, rlreason, TRL, rlreason, ...
+in rlreason's seeded order, with its own shuffling off), group size, per-step batch, completion
+length, sampling (temperature 1.0, no top-p/top-k, no vLLM: TRL's transformers ``generate``,
+rlreason's ``HFEngine`` decode loop), learning rate, optimizer (AdamW, betas 0.9/0.99, constant
+schedule, grad-norm clip 1.0), seed and loss (``loss_type: dapo``, beta 0, clip 0.2/0.28,
+group-scaled advantages, one update per rollout batch), fp32. Each run is a fresh subprocess
+(so its peak RSS is its own: the ``ru_maxrss`` that ``wait4`` reports for it, which includes
+its waited-for children such as rlreason's reward workers), and the trainers alternate: TRL,
+rlreason, TRL, rlreason, ...
 
 Per run it records the wall time of every optimizer step (step end to step end, so logging
 and everything else in the loop is included), split into generation (rlreason:
