@@ -20,7 +20,9 @@ backward, optimizer; TRL: the rest of the step after ``_generate_and_score_compl
 other (what is left: advantages, padding, metrics, logging). The first ``--warmup`` steps are
 not counted. After the fixed step budget both final models are evaluated by the same code
 (``rlreason.eval.core.evaluate`` with greedy decoding on the same held-out problems). On the
-random-initialised model accuracy is meaningless (always ~0) and only speed is reported.
+random-initialised model accuracy is meaningless (always ~0) and only speed is reported; its
+reward is ``varied_reward`` (a hash of the text) in both trainers, so that its groups carry
+signal and both run real updates.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/vs_trl.py                 # both sizes, 3 reps, docs table
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/vs_trl.py --sizes tiny --reps 1 --steps 2 --no-docs
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -73,6 +76,7 @@ class Work:
     eval_n: int
     seed: int = 0
     layers: int = 24  # large model only
+    reward: str = "accuracy"  # accuracy | varied (see varied_reward)
 
     @property
     def accumulation(self) -> int:
@@ -83,7 +87,23 @@ def default_work(size: str, args) -> Work:
     if size == "tiny":  # the default recipe's step shape (recipes/configs/tiny_cpu.yaml)
         return Work("tiny", args.steps, 16, 8, 64, 64, 3e-5, args.eval_n)
     # CPU time: a 358M fp32 model takes minutes per step here, so a small batch and few steps
-    return Work("large", args.large_steps, 4, 4, 8, 32, 1e-6, 0, layers=args.large_layers)
+    return Work("large", args.large_steps, 4, 4, 8, 32, 1e-6, 0, layers=args.large_layers, reward="varied")
+
+
+def varied_reward(completions, **kwargs) -> list[float]:
+    """The random large model's reward: 0, 1 or 2 from a hash of each completion's text. Its
+    answers are never right, so with the accuracy reward every group would be flat (advantage 0)
+    and there would be nothing to learn from: rlreason leaves such groups out of the update
+    (``skip_zero_advantage_groups``), which would make that a test of nothing. With this reward
+    groups vary and both trainers run real updates."""
+    texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+    return [float(int(hashlib.md5(t.encode()).hexdigest(), 16) % 3) for t in texts]
+
+
+def reward_func(work: Work):
+    from rlreason.rewards import accuracy_reward
+
+    return accuracy_reward if work.reward == "accuracy" else varied_reward
 
 
 # --------------------------------------------------------------------------- child: one training run
@@ -134,7 +154,6 @@ def heldout_accuracy(model, tok, rows: list[dict], max_tokens: int) -> float | N
 
 def run_rlreason(work: Work, out_dir: str) -> dict:
     from rlreason.config import GRPOConfig
-    from rlreason.rewards import accuracy_reward
     from rlreason.trainer import GRPOTrainer
 
     model, tok, train, heldout = build(work)
@@ -144,7 +163,7 @@ def run_rlreason(work: Work, out_dir: str) -> dict:
                      temperature=1.0, learning_rate=work.learning_rate, loss_type="dapo", scale_rewards="group",
                      beta=0.0, epsilon=0.2, epsilon_high=0.28, lr_scheduler_type="constant", eval_steps=0,
                      save_steps=0, log_completions_steps=0, progress=False)
-    trainer = GRPOTrainer(cfg, model, tok, train, [accuracy_reward])
+    trainer = GRPOTrainer(cfg, model, tok, train, [reward_func(work)])
     steps = []
     t_prev = time.perf_counter()
     # The trainer's own loop minus its before/after evaluation and final checkpoint (TRL's run
@@ -165,8 +184,6 @@ def run_trl(work: Work, out_dir: str) -> dict:
     import datasets
     import trl
     from transformers import TrainerCallback
-
-    from rlreason.rewards import accuracy_reward
 
     model, tok, train, heldout = build(work)
     # rlreason's prompt order for the whole run (its seeded permutation, epoch 0), as rendered
@@ -201,7 +218,7 @@ def run_trl(work: Work, out_dir: str) -> dict:
             cur.clear()
             Clock.last = t
 
-    trainer = trl.GRPOTrainer(model=model, reward_funcs=[accuracy_reward], args=args, train_dataset=ds,
+    trainer = trl.GRPOTrainer(model=model, reward_funcs=[reward_func(work)], args=args, train_dataset=ds,
                               processing_class=tok, callbacks=[Clock()])
 
     def timed(name: str, fn):

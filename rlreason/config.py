@@ -140,6 +140,11 @@ class GRPOConfig:
     dynamic_sampling: bool = False  # DAPO: drop zero-variance groups, sample more prompts to refill
     max_resample_rounds: int = 3  # extra generation rounds per step for dynamic sampling
     num_iterations: int = 1  # updates per rollout batch
+    # Leave groups whose advantages are all 0 out of the forward/backward passes: the same update
+    # for less compute (applies when nothing else in the loss reaches them: beta 0, no entropy bonus,
+    # no teacher, a dense policy, a whole-batch-normalised loss_type). Token metrics (entropy, clip
+    # fraction) then cover the trained groups; skipped_groups_frac says how many were left out.
+    skip_zero_advantage_groups: bool = True
     # --- mixture-of-experts policies (rlreason/moe.py, docs/moe.md); ignored for dense models ---
     # weight of the Switch load-balancing loss in the objective; None = the model config's
     # router_aux_loss_coef if its output_router_logits is true (transformers' convention), else 0

@@ -97,7 +97,8 @@ class Rollout:
         idx = [i * G + j for i in groups for j in range(G)]
         t = torch.tensor(idx, dtype=torch.long)
         return Rollout([self.prompt_ids[i] for i in idx], [self.samples[i] for i in idx], self.rewards[t],
-                       {k: v[t] for k, v in self.per_func.items()}, [self.prompts[i] for i in idx], G, self.metrics)
+                       {k: v[t] for k, v in self.per_func.items()}, [self.prompts[i] for i in idx], G, self.metrics,
+                       None if self.advantages is None else self.advantages[t])
 
     def concat(self, other: Rollout) -> Rollout:
         return Rollout(self.prompt_ids + other.prompt_ids, self.samples + other.samples,
@@ -459,21 +460,36 @@ class GRPOTrainer:
         return A.token_surrogate(logp, old_logp, adv, cfg.epsilon, cfg.epsilon_high or cfg.epsilon, mask=mask,
                                  level=self.ratio_level, dual_clip=cfg.dual_clip)
 
-    def _denominator(self, batches, n_sequences: int) -> tuple[float | None, int]:
-        """(denom for ``aggregate``, this process's n_tokens) for the preset's aggregation.
+    def _completion_tokens(self, ro: Rollout) -> int:
+        """Completion tokens of ``ro`` that the loss covers (as the micro-batches' completion masks count them)."""
+        cut = self.cfg.mask_truncated_completions
+        return sum(len(s.token_ids) for s in ro.samples if not (cut and s.finish_reason == "length"))
+
+    def _skips_flat_groups(self) -> bool:
+        """Whether groups whose advantages are all 0 can be left out of the forward and backward
+        passes without changing the update: their tokens' surrogate loss is 0 with 0 gradient at
+        any ratio, and nothing else in the loss reaches them (no KL or entropy term, no teacher,
+        no router loss), provided the loss is normalised by whole-batch counts (not BNPO's
+        per-micro-batch ones), which ``update`` keeps counting over every sample."""
+        cfg = self.cfg
+        return (cfg.skip_zero_advantage_groups and cfg.beta == 0 and cfg.entropy_coef == 0 and self.teacher is None
+                and not self.routers and self.preset.batch_normalised)
+
+    def _denominator(self, n_tokens: int, n_sequences: int) -> float | None:
+        """The denom for ``aggregate`` for the preset's aggregation, from this process's whole
+        batch (completion tokens, sequences).
 
         Counts over the whole batch, so micro-batching leaves the gradient unchanged. With
         several processes the count is the global one divided by the number of processes:
         DDP averages the processes' gradients, so each process's sum over its shard divided by
         global/world makes the average the single-process loss (sum over the batch / global),
         also when the shards differ in size (dynamic sampling)."""
-        n_tokens = int(sum(b["completion_mask"].sum().item() for _, b in batches))
         if self.preset.aggregation == "token_mean" and not self.preset.batch_normalised:
-            return None, n_tokens  # BNPO: each micro-batch normalised by its own token count
+            return None  # BNPO: each micro-batch normalised by its own token count
         count = float(n_tokens if self.preset.aggregation == "token_mean" else n_sequences)
         if self.acc.num_processes > 1:
             count = reduce_sum(self.acc, [count])[0] / self.acc.num_processes
-        return max(count, 1.0 / self.acc.num_processes), n_tokens
+        return max(count, 1.0 / self.acc.num_processes)
 
     def update(self, ro: Rollout) -> dict[str, float]:
         """``num_iterations`` optimizer steps on this step's batch. Collective with several
@@ -483,9 +499,17 @@ class GRPOTrainer:
         if reduce_sum(self.acc, [float(len(ro.samples))])[0] == 0:
             # dynamic sampling found no group with a signal anywhere: nothing to learn from
             return {"empty_batch": 1.0, "time/training_s": 0.0}
+        denom = self._denominator(self._completion_tokens(ro), len(ro.samples))
+        n_groups = ro.num_groups
+        if self._skips_flat_groups() and ro.samples:
+            # Groups with no learning signal (all advantages 0: e.g. every answer right, or every
+            # one wrong) only cost compute: train on the others, normalised by the whole batch.
+            live = ro.advantages.view(-1, ro.group_size).ne(0).any(1)
+            if not live.all():
+                ro = ro.select(live.nonzero().flatten().tolist())
         batches = self._micro_batches(ro)
         adv = ro.advantages.to(self.acc.device) if ro.samples else torch.zeros(1, device=self.acc.device)
-        denom, n_tokens = self._denominator(batches, len(ro.samples))
+        n_tokens = int(sum(b["completion_mask"].sum().item() for _, b in batches))  # the tokens trained on
         per_micro = 1.0 if denom is not None else 1.0 / len(batches)
         # With one update per rollout the policy that sampled is the policy being trained:
         # old log-probs equal the current ones (detached), so no extra forward pass is spent
@@ -573,7 +597,8 @@ class GRPOTrainer:
         # Token averages over the whole batch: sums and token counts of all processes. The loss
         # is each process's share of DDP's averaged objective: averaged in _reduce.
         keys = ("clip_frac", "entropy", "kl", "is_weight", "log_ratio", "log_ratio_sq", "reverse_kl")
-        *sums, n_tokens = reduce_sum(self.acc, [stats[x] for x in keys] + [float(n_tokens)])
+        *sums, n_tokens, n_trained, n_groups = reduce_sum(
+            self.acc, [stats[x] for x in keys] + [float(n_tokens), float(ro.num_groups), float(n_groups)])
         stats.update(zip(keys, sums, strict=True))
         tok = max(n_tokens, 1) * k
         mean_lr = stats["log_ratio"] / tok
@@ -588,6 +613,8 @@ class GRPOTrainer:
             "grad_norm": sum(grad_norms) / k,
             "lr": self.scheduler.get_last_lr()[0],
             "nonfinite_skipped": float(self.nonfinite_skipped),
+            # groups left out of the passes (all advantages 0); token statistics above cover the others
+            "skipped_groups_frac": 1.0 - n_trained / n_groups if n_groups else 0.0,
             "time/training_s": time.perf_counter() - t0,
         }
         if ref is not None:

@@ -105,7 +105,6 @@ def sample_tokens(scores: torch.Tensor, greedy: bool) -> tuple[torch.Tensor, tor
     return tok.squeeze(-1), (scores.gather(-1, tok) - lse).squeeze(-1)
 
 
-
 @torch.no_grad()
 def decode(model, prompts: list[list[int]], n: int, sampling: SamplingConfig, stop_ids: list[int],
            pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
