@@ -58,7 +58,7 @@ from rlreason.eval.metrics import diff_interval, wilson_interval
 from rlreason.logprobs import completion_logprobs, enable_gradient_checkpointing, pack
 from rlreason.lora import is_peft_model, merged_named_parameters, save_merged
 from rlreason.moe import ROUTER_CLASSES, RouterStats, RoutingCapture, aux_loss_coef, find_routers
-from rlreason.optim import optimizer_class
+from rlreason.optim import optimizer_class, optimizer_kwargs
 from rlreason.packing import pack_groups, supports_packing
 from rlreason.rewards.runner import RewardRunner
 from rlreason.rollout.base import RolloutEngine, Sample, SamplingConfig
@@ -164,8 +164,10 @@ class GRPOTrainer:
             # The reference is only needed (and only loaded) for the KL term. With LoRA it is the
             # policy with its adapter disabled: no second copy of the weights.
             self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-        optimizer = optim_cls(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                              betas=(cfg.adam_beta1, cfg.adam_beta2))
+        params = list(model.parameters())
+        sharded = self.acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+        optimizer = optim_cls(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                              betas=(cfg.adam_beta1, cfg.adam_beta2), **optimizer_kwargs(cfg.optim, params, sharded))
         scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=cfg.warmup_steps,
                                   num_training_steps=cfg.max_steps * cfg.num_iterations)
         self.model, self.optimizer, self.scheduler = self.acc.prepare(model, optimizer, scheduler)

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 
 from rlreason.config import ConfigError, GRPOConfig
 from rlreason.logprobs import completion_logprobs, enable_gradient_checkpointing, pack
-from rlreason.optim import optimizer_class
+from rlreason.optim import optimizer_class, optimizer_kwargs
 
 PROMPTS = [[5, 6, 7], [8, 9], [10, 11, 12, 13]]
 COMPLETIONS = [[20, 21, 22, 23, 24], [30, 31], [40, 41, 42, 43, 44, 45, 46]]
@@ -97,3 +97,25 @@ def test_8bit_optim_uses_the_bitsandbytes_class(tiny_path, tmp_path, monkeypatch
     before = params(tr)
     one_step(tr)
     assert any(not torch.equal(before[k], v) for k, v in params(tr).items())
+
+
+def test_adamw_is_fused_where_it_applies():
+    params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2, 2))]
+    assert optimizer_kwargs("adamw_torch", params, sharded=False) == {"fused": True}
+    assert optimizer_kwargs("adamw_torch", params, sharded=True) == {}  # DeepSpeed / FSDP own their optimizer
+    assert optimizer_kwargs("adamw_8bit", params, sharded=False) == {}
+    assert optimizer_kwargs("adamw_torch", [torch.nn.Parameter(torch.zeros(2, dtype=torch.int8),
+                                                               requires_grad=False)], sharded=False) == {}
+    # the fused step is the reference AdamW's up to float rounding
+    torch.manual_seed(0)
+    w = torch.randn(64, 32)
+    grads = [torch.randn(64, 32) for _ in range(5)]
+    out = []
+    for fused in (False, True):
+        p = torch.nn.Parameter(w.clone())
+        opt = torch.optim.AdamW([p], lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1, fused=fused)
+        for g in grads:
+            p.grad = g.clone()
+            opt.step()
+        out.append(p.detach())
+    torch.testing.assert_close(out[1], out[0], atol=1e-6, rtol=1e-5)
