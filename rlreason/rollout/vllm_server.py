@@ -126,13 +126,18 @@ class VLLMServerEngine:
                         seed=seed)
         return self.client.post("v1/completions", body)
 
-    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig) -> list[list[Sample]]:
+    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig,
+                 seeds: list[int] | None = None) -> list[list[Sample]]:
+        """``n`` samples per prompt; ``seeds`` (one per prompt) replace the engine's own per-call
+        seeds, so a group depends only on (weights, prompt, seed), as with the colocated engine."""
         if any(len(p) == 0 for p in prompts):
             raise ValueError("empty prompt: every prompt needs at least one token")
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
         # the colocated engine's seeding: request i's samples use seeds s_i .. s_i + n - 1
         rng = random.Random(f"rlreason-vllm:{self.seed}:{self._calls}")
         self._calls += 1
-        seeds = [rng.randrange(2**31) for _ in prompts]
+        seeds = [s % 2**31 for s in seeds] if seeds is not None else [rng.randrange(2**31) for _ in prompts]
         with ThreadPoolExecutor(max_workers=max(1, min(self.max_concurrency, len(prompts)))) as pool:
             responses = list(pool.map(lambda p, s: self._request(p, n, sampling, s), prompts, seeds))
         groups = []
