@@ -30,14 +30,24 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
-from grpo_math import build_engine, dataset_rewards, finish, load_data, load_policy, load_teacher, run, start
+from grpo_math import (
+    build_engine,
+    dataset_rewards,
+    finish,
+    load_data,
+    load_policy,
+    load_teacher,
+    load_tokenizer,
+    run,
+    start,
+)
 from rich.progress import track
 
 from rlreason import distill
 from rlreason.config import DistillConfig, parse_args
 from rlreason.data import prepare
 from rlreason.rewards import accuracy_reward, format_reward
-from rlreason.rewards.runner import RewardRunner
+from rlreason.rewards.runner import RewardRunner, unique_names
 from rlreason.rollout.base import SamplingConfig
 from rlreason.rollout.hf import HFEngine
 from rlreason.sft import SFTTrainer
@@ -60,40 +70,37 @@ def teacher_sampling(cfg: DistillConfig) -> SamplingConfig:
 def sample_dataset(cfg: DistillConfig, acc: Accelerator, path: Path, log=print):
     """Rejection-sample the teacher into a dataset at ``path`` (or reuse the one there, if it was
     made with the same settings). -> (dataset, provenance, seconds spent sampling)."""
-    teacher, teacher_tok = load_teacher(cfg, acc)
+    _, teacher_tok = load_tokenizer(cfg, acc, "teacher_model_name_or_path")
     train, _ = load_data(cfg, teacher_tok)  # prompts rendered with the teacher's own template
     reward_funcs, reward_weights = dataset_rewards(cfg, train)
     n = min(cfg.distill_num_problems, len(train))
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed)).tolist()[:n]
-    rows = [dict(train[i], problem_index=i) for i in order]
     sampling = teacher_sampling(cfg)
-    names = [getattr(f, "__name__", str(f)) for f in reward_funcs]
-    stats = distill.RejectionStats()
-    source = {"dataset_name": cfg.dataset_name, "split": cfg.dataset_split, "problems": n,
-              "order_seed": cfg.seed, **({"arith_train_size": cfg.arith_train_size} if cfg.dataset_name == "arith"
-                                         else {})}
-    expected = distill.make_provenance(cfg.teacher_model_name_or_path, teacher_tok, sampling,
-                                       cfg.distill_samples_per_problem, names, reward_weights, cfg.distill_selection,
-                                       cfg.distill_min_reward, cfg.distill_max_per_problem, source, cfg.seed,
-                                       stats)["settings"]
+    source = {"dataset_name": cfg.dataset_name, "split": cfg.dataset_split, "problems": n, "order_seed": cfg.seed,
+              **({"arith_train_size": cfg.arith_train_size} if cfg.dataset_name == "arith" else {})}
+    settings = distill.dataset_settings(cfg.teacher_model_name_or_path, teacher_tok, sampling,
+                                        cfg.distill_samples_per_problem, unique_names(reward_funcs), reward_weights,
+                                        cfg.distill_selection, cfg.distill_min_reward, cfg.distill_max_per_problem,
+                                        source, cfg.seed)
     if path.exists():
         ds, prov = distill.load_dataset(path)
-        if prov.get("settings") != expected:
-            differ = sorted(k for k in expected if prov.get("settings", {}).get(k) != expected[k])
+        if prov.get("settings") != settings:
+            differ = sorted(k for k in settings if prov.get("settings", {}).get(k) != settings[k])
             raise ValueError(f"config key 'distill_dataset_path': {path} holds a dataset made with other settings "
                              f"({', '.join(differ)}); point distill_dataset_path elsewhere or delete it to resample")
         log(f"reusing the distillation dataset at {path} ({len(ds)} examples)")
         return ds, prov, 0.0
     t0 = time.perf_counter()
+    teacher, _ = load_teacher(cfg, acc)
     engine = build_engine(cfg, teacher, teacher_tok, acc) or HFEngine(teacher.to(acc.device), teacher_tok,
                                                                      cfg.generation_batch_prompts)
     runner = RewardRunner(reward_funcs, reward_weights, num_workers=max(cfg.reward_num_workers, 1),
                           timeout_s=cfg.reward_timeout_s, memory_mb=cfg.reward_memory_mb,
                           in_process=cfg.reward_num_workers == 0)
-    mine = rows[acc.process_index::acc.num_processes]
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed)).tolist()[:n]
+    mine = [dict(train[i], problem_index=i) for i in order[acc.process_index::acc.num_processes]]
     chunk = max(cfg.generation_batch_prompts, 1)
     records: list[dict] = []
-    stats_mine = stats
+    stats = distill.RejectionStats()
     try:
         starts = range(0, len(mine), chunk)
         for i in track(starts, description="teacher sampling", disable=not (acc.is_main_process and cfg.progress)):
@@ -103,22 +110,19 @@ def sample_dataset(cfg: DistillConfig, acc: Accelerator, path: Path, log=print):
                 cfg.distill_min_reward, cfg.distill_max_per_problem, cfg.prompt_column, skip_columns=("prompt_text",),
                 seeds=[problem_seed(cfg.seed, r["problem_index"]) for r in part])
             records.extend(recs)
-            stats_mine.add(st)
+            stats.add(st)
     finally:
         runner.close()
         if hasattr(engine, "close"):
             engine.close()
     if acc.num_processes > 1:  # every process's answers and counts
         records = gather_object(records)
-        stats = distill.RejectionStats()
-        for st in gather_object([stats_mine]):
+        shards, stats = gather_object([stats]), distill.RejectionStats()
+        for st in shards:
             stats.add(st)
     records.sort(key=lambda r: (r["problem_index"], r["sample_index"]))
     seconds = time.perf_counter() - t0
-    prov = distill.make_provenance(cfg.teacher_model_name_or_path, teacher_tok, sampling,
-                                   cfg.distill_samples_per_problem, names, reward_weights, cfg.distill_selection,
-                                   cfg.distill_min_reward, cfg.distill_max_per_problem, source, cfg.seed, stats)
-    prov["sampling_seconds"] = round(seconds, 1)
+    prov = distill.make_provenance(settings, stats, seconds)
     ds = distill.build_dataset(records, prov)
     if acc.is_main_process:
         distill.save_dataset(ds, path)

@@ -95,6 +95,21 @@ def score(
     return RewardOutput(total=total, per_func=per_func, failures=failures)
 
 
+def reward_inputs(rows: list[dict], texts: list[str], token_ids: list[list[int]], n: int, prompt_column: str,
+                  skip: Sequence[str] = ()) -> tuple[list, list, dict[str, list]]:
+    """The arguments of a reward call for ``n`` completions per row (rows' completions adjacent):
+    (prompts, completions, columns), as TRL passes them. A completion is its text, or an assistant
+    message when the prompts are conversations; every row column except the prompt and ``skip``
+    arrives once per completion, plus ``completion_ids`` (length rewards count tokens)."""
+    prompts = [r[prompt_column] for r in rows for _ in range(n)]
+    conversational = bool(prompts) and isinstance(prompts[0], list)
+    completions = [[{"role": "assistant", "content": t}] if conversational else t for t in texts]
+    leave_out = {prompt_column, *skip}
+    columns = {k: [r[k] for r in rows for _ in range(n)] for k in rows[0] if k not in leave_out} if rows else {}
+    columns["completion_ids"] = token_ids
+    return prompts, completions, columns
+
+
 def unique_names(funcs: Sequence[Callable]) -> list[str]:
     """The functions' names, with ``_2``, ``_3``... appended to repeats so each is unique."""
     used: set[str] = set()

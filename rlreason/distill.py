@@ -28,6 +28,7 @@ from typing import Any
 
 import datasets
 
+from rlreason.rewards.runner import reward_inputs
 from rlreason.rollout.base import RolloutEngine, SamplingConfig
 
 SELECTIONS = ("best_of_k", "all_correct", "shortest_correct")
@@ -141,12 +142,8 @@ def rejection_sample(engine: RolloutEngine, rows: list[dict], k: int, sampling: 
     groups = engine.generate(prompt_ids, k, sampling) if seeds is None else \
         engine.generate(prompt_ids, k, sampling, seeds=seeds)
     samples = [s for g in groups for s in g]
-    prompts = [r[prompt_column] for r in rows for _ in range(k)]
-    conversational = bool(prompts) and isinstance(prompts[0], list)
-    completions = [[{"role": "assistant", "content": s.text}] if conversational else s.text for s in samples]
-    skip = {prompt_column, "prompt_ids", *skip_columns}
-    columns = {c: [r[c] for r in rows for _ in range(k)] for c in rows[0] if c not in skip} if rows else {}
-    columns["completion_ids"] = [s.token_ids for s in samples]
+    prompts, completions, columns = reward_inputs(rows, [s.text for s in samples], [s.token_ids for s in samples], k,
+                                                  prompt_column, skip=("prompt_ids", *skip_columns))
     out = score(prompts, completions, columns)
     total = out.total.tolist()
     per_func = {name: v.tolist() for name, v in out.per_func.items()}
@@ -214,20 +211,23 @@ def load_dataset(path: str | Path) -> tuple[datasets.Dataset, dict[str, Any]]:
     return ds, provenance_of(ds)
 
 
-def make_provenance(teacher: str, teacher_tokenizer, sampling: SamplingConfig, k: int, reward_names: list[str],
-                    reward_weights: list[float] | None, selection: str, min_reward: float,
-                    max_per_problem: int | None, source: dict[str, Any], seed: int, stats: RejectionStats
-                    ) -> dict[str, Any]:
-    """Everything needed to know where a distillation dataset came from and to redo it. The
-    ``settings`` part is what decides whether a saved dataset can be reused for a new run."""
+def dataset_settings(teacher: str, teacher_tokenizer, sampling: SamplingConfig, k: int, reward_names: list[str],
+                     reward_weights: list[float] | None, selection: str, min_reward: float,
+                     max_per_problem: int | None, source: dict[str, Any], seed: int) -> dict[str, Any]:
+    """What decides a distillation dataset's content: a saved dataset is reused only by a run
+    whose settings are equal. JSON-normalised (tuples become lists), as it reads back from disk."""
     settings = {"teacher": teacher, "tokenizer": tokenizer_fingerprint(teacher_tokenizer),
                 "sampling": asdict(sampling), "samples_per_problem": k,
                 "rewards": {"names": reward_names, "weights": reward_weights},
                 "selection": {"rule": selection, "min_reward": min_reward, "max_per_problem": max_per_problem,
                               "dedup": "same text up to whitespace"},
                 "source": source, "seed": seed}
-    settings = json.loads(json.dumps(settings))  # as it reads back from disk (tuples become lists)
-    return {"settings": settings, "counts": asdict(stats),
+    return json.loads(json.dumps(settings))
+
+
+def make_provenance(settings: dict[str, Any], stats: RejectionStats, sampling_seconds: float) -> dict[str, Any]:
+    """Everything needed to know where a distillation dataset came from and to redo it."""
+    return {"settings": settings, "counts": asdict(stats), "sampling_seconds": round(sampling_seconds, 1),
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "rlreason_version": _version()}
 

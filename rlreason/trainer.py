@@ -60,7 +60,7 @@ from rlreason.lora import is_peft_model, merged_named_parameters, save_merged
 from rlreason.moe import ROUTER_CLASSES, RouterStats, RoutingCapture, aux_loss_coef, find_routers
 from rlreason.optim import optimizer_class, optimizer_kwargs
 from rlreason.packing import pack_groups, supports_packing
-from rlreason.rewards.runner import RewardRunner
+from rlreason.rewards.runner import RewardRunner, reward_inputs
 from rlreason.rollout.base import RolloutEngine, Sample, SamplingConfig
 from rlreason.rollout.hf import HFEngine
 from rlreason.tracking import RunLogger, write_report
@@ -297,12 +297,8 @@ class GRPOTrainer:
             groups = self.engine.generate(prompt_ids, G, self.sampling, seeds=seeds)
         t_gen = time.perf_counter() - t0
         samples = [s for g in groups for s in g]
-        prompts = [r[self.cfg.prompt_column] for r in rows for _ in range(G)]
-        conversational = bool(prompts) and isinstance(prompts[0], list)
-        completions = [[{"role": "assistant", "content": s.text}] if conversational else s.text for s in samples]
-        skip = {self.cfg.prompt_column, *INTERNAL_COLUMNS}
-        columns = {k: [r[k] for r in rows for _ in range(G)] for k in rows[0] if k not in skip}
-        columns["completion_ids"] = [s.token_ids for s in samples]  # as TRL passes them: length rewards count tokens
+        prompts, completions, columns = reward_inputs(rows, [s.text for s in samples], [s.token_ids for s in samples],
+                                                      G, self.cfg.prompt_column, skip=INTERNAL_COLUMNS)
         t0 = time.perf_counter()
         out = self.rewards.score(prompts, completions, columns)
         t_score = time.perf_counter() - t0

@@ -99,8 +99,9 @@ def test_dataset_round_trips_with_its_provenance(tmp_path, tiny_model):
     _, tok = tiny_model
     stats = distill.RejectionStats(problems=2, samples=8, verified=3, kept=2, problems_kept=2)
     sampling = SamplingConfig(max_tokens=64, temperature=0.8, top_p=0.95)
-    prov = distill.make_provenance("teacher-dir", tok, sampling, 4, ["accuracy_reward"], [1.0], "best_of_k", 1.0,
-                                   None, {"dataset_name": "arith"}, 7, stats)
+    settings = distill.dataset_settings("teacher-dir", tok, sampling, 4, ["accuracy_reward"], [1.0], "best_of_k", 1.0,
+                                        None, {"dataset_name": "arith"}, 7)
+    prov = distill.make_provenance(settings, stats, 12.34)
     records = [{"prompt": [{"role": "user", "content": "1+1"}], "completion": [{"role": "assistant", "content": "2"}],
                 "prompt_ids": [1, 2], "completion_ids": [3, 4], "reward": 1.0, "answer": "2"},
                {"prompt": [{"role": "user", "content": "2+2"}], "completion": [{"role": "assistant", "content": "4"}],
@@ -114,7 +115,7 @@ def test_dataset_round_trips_with_its_provenance(tmp_path, tiny_model):
     assert s["sampling"] == {"max_tokens": 64, "temperature": 0.8, "top_p": 0.95, "top_k": 0, "stop_token_ids": []}
     assert s["selection"]["rule"] == "best_of_k" and s["rewards"]["names"] == ["accuracy_reward"]
     assert s["tokenizer"] == distill.tokenizer_fingerprint(tok)
-    assert p["counts"]["kept"] == 2 and p["rlreason_version"]
+    assert p["counts"]["kept"] == 2 and p["sampling_seconds"] == 12.3 and p["rlreason_version"]
     assert loaded.to_list() == ds.to_list()
     # TRL's conversational prompt-completion format
     assert loaded[0]["prompt"][0]["role"] == "user" and loaded[0]["completion"][0]["role"] == "assistant"
