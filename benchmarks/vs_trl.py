@@ -96,8 +96,9 @@ def varied_reward(completions, **kwargs) -> list[float]:
     and there would be nothing to learn from: rlreason leaves such groups out of the update
     (``skip_zero_advantage_groups``), which would make that a test of nothing. With this reward
     groups vary and both trainers run real updates."""
-    texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
-    return [float(int(hashlib.md5(t.encode()).hexdigest(), 16) % 3) for t in texts]
+    from rlreason.rewards import completion_text
+
+    return [float(int(hashlib.md5(completion_text(c).encode()).hexdigest(), 16) % 3) for c in completions]
 
 
 def reward_func(work: Work):

@@ -23,7 +23,6 @@ See docs/distillation.md.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 
@@ -46,20 +45,14 @@ from rich.progress import track
 from rlreason import distill
 from rlreason.config import DistillConfig, parse_args
 from rlreason.data import prepare
-from rlreason.rewards import accuracy_reward, format_reward
+from rlreason.rewards import accuracy_reward, completion_text, format_reward
 from rlreason.rewards.runner import RewardRunner, unique_names
 from rlreason.rollout.base import SamplingConfig
 from rlreason.rollout.hf import HFEngine
 from rlreason.sft import SFTTrainer
+from rlreason.trainer import stream_seed
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "distill_onpolicy_tiny.yaml"
-
-
-def problem_seed(seed: int, index: int) -> int:
-    """The teacher's sampling seed for one problem: the dataset's answers do not depend on how
-    the problems were batched or split over processes."""
-    digest = hashlib.blake2b(f"{seed}:distill:{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
 
 
 def teacher_sampling(cfg: DistillConfig) -> SamplingConfig:
@@ -108,7 +101,8 @@ def sample_dataset(cfg: DistillConfig, acc: Accelerator, path: Path, log=print):
             recs, st = distill.rejection_sample(
                 engine, part, cfg.distill_samples_per_problem, sampling, runner.score, cfg.distill_selection,
                 cfg.distill_min_reward, cfg.distill_max_per_problem, cfg.prompt_column, skip_columns=("prompt_text",),
-                seeds=[problem_seed(cfg.seed, r["problem_index"]) for r in part])
+                # per problem: the answers do not depend on batching or the number of processes
+                seeds=[stream_seed(cfg.seed, "distill", r["problem_index"]) for r in part])
             records.extend(recs)
             stats.add(st)
     finally:
@@ -144,8 +138,7 @@ def for_student(ds, prov: dict, cfg: DistillConfig, tokenizer):
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
 
     def encode(row: dict) -> dict:
-        c = row["completion"]
-        text = "".join(m["content"] for m in c) if isinstance(c, list) else c
+        text = completion_text(row["completion"])
         return {"completion_ids": tokenizer(text, add_special_tokens=False)["input_ids"] + eos}
 
     return ds.map(encode)

@@ -39,7 +39,6 @@ def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
     return getattr(bnb_optim, BNB_CLASSES[name])
 
 
-
 def optimizer_kwargs(name: str, params: list[torch.nn.Parameter], sharded: bool) -> dict:
     """Extra constructor arguments: ``fused=True`` for torch's AdamW when every parameter is a
     plain floating-point tensor on a CPU or CUDA device and the policy is not sharded

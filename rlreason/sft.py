@@ -22,6 +22,7 @@ import math
 import datasets
 import torch
 
+from rlreason.rewards import completion_text
 from rlreason.rollout.base import Sample
 from rlreason.trainer import GRPOTrainer, Rollout
 
@@ -49,7 +50,7 @@ class SFTTrainer(GRPOTrainer):
         rows = self.prompt_rows(self.step)
         text_col = "completion" if "completion" in self.train_dataset.column_names else None
         samples = [Sample(token_ids=list(r["completion_ids"]),
-                          text=_text(r[text_col]) if text_col else "", finish_reason="stop") for r in rows]
+                          text=completion_text(r[text_col]) if text_col else "", finish_reason="stop") for r in rows]
         rewards = torch.tensor([float(r.get("reward", math.nan)) for r in rows])
         prompts = [r.get(self.cfg.prompt_column, "") for r in rows]
         ro = Rollout([list(r["prompt_ids"]) for r in rows], samples, rewards, {}, prompts, 1,
@@ -62,10 +63,3 @@ class SFTTrainer(GRPOTrainer):
                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Negative log-likelihood per token, [n, T]; nothing is clipped."""
         return -logp, torch.zeros_like(mask, dtype=torch.bool)
-
-
-def _text(completion) -> str:
-    """A completion's text: a string, or the content of a list of chat messages."""
-    if isinstance(completion, list):
-        return "".join(m.get("content", "") for m in completion)
-    return str(completion)

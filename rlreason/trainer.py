@@ -107,6 +107,14 @@ class Rollout:
                        self.prompts + other.prompts, self.group_size, self.metrics)
 
 
+def stream_seed(seed: int, stream: str, pos: int) -> int:
+    """The sampling seed of the item at ``pos`` of a named stream (a run's prompts, the distillation
+    teacher's problems): a function of (seed, stream, position) only, never of the process count
+    or batching."""
+    digest = hashlib.blake2b(f"{seed}:{stream}:{pos}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1  # < 2**63, as torch.manual_seed wants
+
+
 def _input_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """[rows, width] 1 where the model input holds a real token: the 2D attention mask of a
     padded batch; a prompt-group-packed batch's block mask is 4D, it carries "row_tokens"."""
@@ -255,10 +263,8 @@ class GRPOTrainer:
         return rows
 
     def prompt_seed(self, stream: str, pos: int) -> int:
-        """The sampling seed of the prompt at ``pos`` of a prompt stream (``generation_seed_per_prompt``):
-        a function of (seed, stream, position) only, never of the process count or batching."""
-        digest = hashlib.blake2b(f"{self.cfg.seed}:{stream}:{pos}".encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "little") >> 1  # < 2**63, as torch.manual_seed wants
+        """The sampling seed of the prompt at ``pos`` of a prompt stream (``generation_seed_per_prompt``)."""
+        return stream_seed(self.cfg.seed, stream, pos)
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         """The dataset order for ``epoch``, seeded by (seed, epoch); the current one is kept."""
