@@ -3,29 +3,43 @@
 :func:`parse_answer` turns an answer string into a small tree of nodes (:class:`Num`,
 :class:`Expr`, :class:`Seq`, :class:`Interval`, :class:`Union`, :class:`Matrix`,
 :class:`Relation`, :class:`Labeled`, :class:`Choice`, :class:`Text`); :func:`equivalent`
-compares a gold tree with a predicted one. Cheap checks come first: the normalized strings,
-then exact rational arithmetic; sympy is only involved for symbolic answers, and then only
-through numeric evaluation (at 30 digits, and at fixed sample points for free symbols),
-never ``simplify``, whose running time is unbounded.
+compares a gold tree with a predicted one.
+
+Soundness comes first: two answers are equal only when their *values* are equal. The only
+string comparison is of the normalized texts, and :func:`normalize` only removes what cannot
+change a value (see its docstring; ``tests/test_verifier.py`` checks each rule). Plain numbers
+are exact rationals. Symbolic answers are compared through their difference ``d = gold - pred``:
+``d`` is zero when sympy's automatic evaluation makes it 0, or when sympy's adaptive-precision
+evaluation finds no nonzero digit within :data:`ZERO_BITS` bits (``57+e^{-100}`` differs from 57
+at the 44th digit and is told apart; a difference is never compared *relative to the answers*,
+which is how ``123456789012300+\\pi`` once equalled ``123456789012345``). With variables, ``d``
+is evaluated exactly at several rational points (positive and negative, below and above 1, a
+different value per variable), so ``x^{100}+x`` is not ``x^{100}``. ``simplify`` is never called,
+and every number built is bounded (:mod:`._latex`), so every check ends in bounded time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
-import zlib
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Final
 
 import sympy
+from sympy.core.evalf import PrecisionExhausted
 
-from ._latex import LatexError, parse_latex
+from ._latex import _WORDS, MAX_EXPONENT, MAX_RESULT_DIGITS, LatexError, TooLarge, parse_latex
 
 MAX_ANSWER_CHARS: Final = 1_000  # longer "answers" are not answers; refusing them bounds the work
 _LATEX2SYMPY_MAX_CHARS: Final = 300
-_REL_TOL: Final = 1e-12  # two exact constants agreeing to 12 digits are taken as equal
-_SIG_TOL: Final = 1e-9  # sample-point values are compared more loosely (cancellation)
+# Working precision for deciding that a constant is 0: no nonzero bit within 256 bits (~77
+# digits) of cancellation. A truly equal pair that sympy does not simplify costs ~10 ms here.
+ZERO_BITS: Final = 256
 
 
 class AnswerError(ValueError):
@@ -47,12 +61,10 @@ class Num:
 
 @dataclass(frozen=True)
 class Expr:
-    """A sympy expression that is not a plain rational; ``sig`` is its numeric fingerprint:
-    its value (constants), or its values at fixed sample points of its free symbols."""
+    """A sympy expression that is not a plain rational, and the names of its free symbols."""
 
     expr: sympy.Expr
     symbols: frozenset[str]
-    sig: tuple[complex, ...] | None
 
 
 @dataclass(frozen=True)
@@ -107,7 +119,11 @@ class Choice:
 
 @dataclass(frozen=True)
 class Text:
+    """A word answer (``text`` case-folded, letters and digits only: ``Evelyn``, ``even``), or,
+    with ``exact``, an answer mixing words and math, compared as written (spaces aside)."""
+
     text: str
+    exact: bool = False
 
 
 Node = Num | Expr | Seq | Interval | Union | Matrix | Relation | Labeled | Choice | Text
@@ -136,7 +152,8 @@ class Parsed:
 
 _UNICODE = {
     "−": "-", "–": "-", "·": "\\cdot ", "×": "\\times ", "÷": "\\div ", "π": "\\pi ", "√": "\\sqrt",
-    "≤": "<=", "≥": ">=", "≠": "!=", "∞": "\\infty ", "°": "", "∪": "\\cup ", "∈": "\\in ", "±": "\\pm ",
+    "≤": "<=", "≥": ">=", "≠": "!=", "∞": "\\infty ", "°": "^\\circ ", "∪": "\\cup ", "∈": "\\in ",
+    "±": "\\pm ", "⟨": "\\langle ", "⟩": "\\rangle ",
 }  # fmt: skip
 _REPLACEMENTS = [
     (re.compile(r"\\left\s*\\?\.|\\right\s*\\?\."), ""),  # \left. and \right. are invisible
@@ -145,7 +162,11 @@ _REPLACEMENTS = [
     (re.compile(r"\\[dtc]frac(?![a-zA-Z])"), r"\\frac"),
     (re.compile(r"\\dbinom(?![a-zA-Z])"), r"\\binom"),
     (re.compile(r"(\d),\\!\s*(?=\d{3})|(\d)\{,\}(?=\d{3})"), r"\1\2,"),  # 10,\!080 and 14{,}916
-    (re.compile(r"(?<!\\)\\[!,;: ]|~|\\q?quad(?![a-zA-Z])"), " "),
+    (re.compile(r"(?<!\\)\\[!,;: ]|~|\\q?quad"), " "),  # \quadx too: a spacing command, not a name
+    (re.compile(r"\\mathbb\s*\{?\s*R\s*\}?"), r"(-\\infty,\\infty)"),
+    (re.compile(r"\\langle(?![a-zA-Z])"), "("),  # a vector <1,2,3> is the tuple of its entries
+    (re.compile(r"\\rangle(?![a-zA-Z])"), ")"),
+    (re.compile(r"(?<=[)\]])\s*\^\s*\{?\s*(?:T|\\top|\\intercal)\s*\}?"), ""),  # (1,2)^T: vectors are tuples
     (re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ(?![a-zA-Z])|\\degree(?![a-zA-Z])"), ""),
     (re.compile(r"\\(?:leq?|leqslant)(?![a-zA-Z])|=<"), "<="),
     (re.compile(r"\\(?:geq?|geqslant)(?![a-zA-Z])|=>"), ">="),
@@ -158,16 +179,31 @@ _REPLACEMENTS = [
      r"\1"),
 ]  # fmt: skip
 _PERCENT = re.compile(r"\s*(?:\\%|%|\bpercent(?:age)?\b|\bpct\b)\s*$")
-# Trailing unit words after something numeric: "125 miles", "864 inches^2", "5.4 cents".
-_UNITS = re.compile(r"^(.*?[\d}.)])\s*(?:[a-zA-Z]{2,}\.?)(?:\s+[a-zA-Z]{2,}\.?)*\s*(?:\^\{?[23]\}?)?$")
+# Trailing unit words after something numeric: "125 miles", "864 inches^2", "5.4 cents";
+# never a math name ("2 pi" is 2π, "3 sqrt(2)" is not 3).
+_MATH_WORD = rf"(?:{'|'.join(sorted(_WORDS, key=len, reverse=True))})\b"
+_UNITS = re.compile(
+    rf"^(.*?[\d}}.)])\s*(?!{_MATH_WORD})(?:[a-zA-Z]{{2,}}\.?)(?:\s+(?!{_MATH_WORD})[a-zA-Z]{{2,}}\.?)*\s*(?:\^\{{?[23]\}}?)?$"
+)
+# Degrees inside a trigonometric function are radians times pi/180: \tan 45^\circ is 1.
+_TRIG = re.compile(r"\\(?:sin|cos|tan|sec|csc|cot)(?![a-zA-Z])|(?<![a-zA-Z\\])(?:sin|cos|tan|sec|csc|cot)\(")
+_DEGREES = re.compile(r"(\d+(?:\.\d+)?)\s*\^\s*(?:\{\s*\\circ\s*\}|\\circ(?![a-zA-Z]))")
+# A repeating decimal: 0.\overline{3}, 1.2\overline{45}, 0.\dot{3}.
+_REPEATING = re.compile(r"(\d*)\.(\d*)\\(?:overline|dot)\s*(?:\{\s*(\d+)\s*\}|(\d))")
 _WORD_SEPARATORS = re.compile(r"\s*\b(?:and|or)\b\s*")
+_OR = re.compile(r"\s*\bor\b\s*")
 _LETTERS3 = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}")
+_WORDS_ONLY = re.compile(r"[A-Za-z][A-Za-z\s'\-]*")
 
 
 def normalize(text: str) -> tuple[str, bool]:
     """(normalized text, whether it was a percentage). Removes what never changes the value:
-    math delimiters, spacing commands, ``\\left``/``\\right``, text wrappers, degree signs,
-    dollar signs, trailing units and full stops; unifies fraction commands and relations."""
+    math delimiters, spacing commands, ``\\left``/``\\right``, text wrappers, degree signs
+    (after turning degrees inside a trigonometric function into radians), dollar signs,
+    trailing unit words and full stops; rewrites what is only another spelling of the same
+    value: ``\\dfrac``->``\\frac``, ``\\le``->``<=``, ``\\mathbb{R}``->``(-\\infty,\\infty)``,
+    ``\\langle a,b\\rangle`` and ``(a,b)^T`` -> ``(a,b)``, ``0.\\overline{3}`` -> ``\\frac{1}{3}``.
+    Whitespace runs become one space; they are never removed (``\\pi r`` is not ``\\pir``)."""
     s = text.strip()
     if "\\\\" in s and "\\begin" not in s:  # doubly escaped source text: \\frac
         s = re.sub(r"\\\\(?=[a-zA-Z{}])", r"\\", s)
@@ -176,6 +212,10 @@ def normalize(text: str) -> tuple[str, bool]:
             s = s.replace(char, repl)
     if s.startswith(("\\(", "\\[")) and s.endswith(("\\)", "\\]")):
         s = s[2:-2]
+    if _TRIG.search(s):
+        s = _DEGREES.sub(r"(\1\\pi/180)", s)
+    if "\\overline" in s or "\\dot" in s:
+        s = _REPEATING.sub(_repeating_to_fraction, s)
     for pattern, repl in _REPLACEMENTS:
         s = pattern.sub(repl, s)
     s = s.strip().rstrip(".\\").strip()
@@ -192,8 +232,17 @@ def _is_text_only(s: str) -> bool:
     return not re.search(r"\d", s)
 
 
+def _repeating_to_fraction(m: re.Match[str]) -> str:
+    """``a.b\\overline{c}`` as the exact fraction it denotes: (abc - ab) / (10^|b| (10^|c| - 1))."""
+    whole, fixed, period = m.group(1) or "0", m.group(2), m.group(3) or m.group(4)
+    value = Fraction(int(whole + fixed + period) - int(whole + fixed), 10 ** len(fixed) * (10 ** len(period) - 1))
+    return f"\\frac{{{value.numerator}}}{{{value.denominator}}}"
+
+
 def _key(s: str) -> str:
-    return s.replace(" ", "").replace("{", "").replace("}", "").lower()
+    """The text two answers must share to be equal without parsing: the normalized text itself.
+    (An earlier key also dropped braces and case, which made ``\\frac{1}{25}`` equal ``\\frac{12}{5}``.)"""
+    return s
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,10 +280,25 @@ def _parse(s: str) -> Node:
         return Choice(m.group(1))
     if len(parts := _split_top(s, ";")) > 1:
         return _sequence([_parse(p) for p in parts], "list")
+    if _OR.search(s) and (union := _or_union(s)) is not None:
+        return union
     s = _WORD_SEPARATORS.sub(",", s).strip(",") if _WORD_SEPARATORS.search(s) else s
     if len(parts := _split_top(s, ",")) > 1 and not _NUMBER.match(s):
         return _sequence([_parse_item(p) for p in parts if p], "list")
     return _parse_item(s)
+
+
+def _or_union(s: str) -> Union | None:
+    """``x<-1 or x>2``: inequalities (or intervals) joined by "or" are the union of their sets.
+    (Joined by "and" they would be an intersection; those stay a list.)"""
+    parts = [p for p in _OR.split(s) if p]
+    if len(parts) < 2:
+        return None
+    try:
+        nodes = [_parse_item(p) for p in parts]
+    except (AnswerError, LatexError, TypeError, ValueError):
+        return None
+    return Union(tuple(nodes)) if all(isinstance(n, Interval) for n in nodes) else None
 
 
 def _sequence(items: list[Node], kind: str) -> Node:
@@ -258,6 +322,8 @@ def _parse_item(s: str) -> Node:
         return Union(tuple(_as_interval(_parse_item(p)) for p in parts))
     if _REL_OPS.search(s) and len(_split_relations(s)[0]) > 1:
         return _relation(s)
+    if (m := _SCALED_MATRIX.match(s)) and (scaled := _scaled_matrix(m.group(1), m.group(2))) is not None:
+        return scaled
     if (bracketed := _bracketed(s)) is not None:
         return bracketed
     if "\\pm" in s:
@@ -269,9 +335,17 @@ def _parse_item(s: str) -> Node:
         return Text(_key(s))
     if (num := _fast_number(s)) is not None:
         return num
-    if _LETTERS3.search(s) and "\\" not in s and _balanced(s):  # words; not malformed LaTeX
+    if _WORDS_ONLY.fullmatch(s) and _has_prose(s):  # the whole answer is words: "Evelyn", "even"
         return Text(re.sub(r"[^a-z0-9]", "", s.lower()))
+    if _has_prose(s) and "\\" not in s and _balanced(s):  # words mixed with math: compared as written
+        return Text(s.replace(" ", ""), exact=True)
     return _expression(s)
+
+
+def _has_prose(s: str) -> bool:
+    """A run of three or more letters that is not a function or constant name (``sqrt``, ``pi``):
+    read as a product of one-letter variables, "east" would equal "seat"."""
+    return any(w not in _WORDS for w in _LETTERS3.findall(s))
 
 
 def _fast_number(s: str) -> Num | None:
@@ -346,6 +420,29 @@ def _closes_at_end(s: str, start: int) -> bool:
 
 
 _MATRIX = re.compile(r"^\\begin\{([pbBvV]?matrix|array)\}(?:\{[^{}]*\})?(.*)\\end\{\1\}$", re.DOTALL)
+_SCALED_MATRIX = re.compile(
+    r"^([^\\]*?|\\frac\{[^{}]*\}\{[^{}]*\})\s*(\\begin\{([pbBvV]?matrix)\}.*\\end\{\3\})$", re.DOTALL
+)
+
+
+def _scaled_matrix(coefficient: str, body: str) -> Matrix | None:
+    """``2\\begin{pmatrix}1\\\\2\\end{pmatrix}``: a constant times a matrix, entry by entry."""
+    if not coefficient.strip():
+        return None
+    coef, matrix = _parse_item(coefficient), _matrix(body)
+    if matrix is None or not _is_constant(coef):
+        return None
+    factor = _sympy_value(coef)
+    rows = []
+    for row in matrix.rows:
+        if not all(isinstance(cell, (Num, Expr)) for cell in row):
+            return None
+        rows.append(tuple(_node_of(factor * _sympy_value(cell)) for cell in row))
+    return Matrix(tuple(rows))
+
+
+def _sympy_value(node: Num | Expr) -> sympy.Expr:
+    return sympy.Rational(node.value.numerator, node.value.denominator) if isinstance(node, Num) else node.expr
 
 
 def _matrix(s: str) -> Matrix | None:
@@ -426,6 +523,8 @@ def _relation(s: str) -> Node:
 
 
 def _equation(parts: list[str]) -> Node:
+    if len(parts) == 2 and not _is_label(parts[0]) and _is_label(parts[1]) and _is_constant(_parse_item(parts[0])):
+        parts = parts[::-1]  # "2 = x" gives x the value 2, as "x = 2" does
     if _is_label(parts[0]) or len(parts) > 2:  # x = 5, or a chain 1 = x = 0: the last value counts
         value = _parse(parts[-1])
         relation = None
@@ -504,12 +603,16 @@ def _as_interval(node: Node) -> Node:
     raise AnswerError("union of non-sets")
 
 
-_TOWER = re.compile(r"\^\s*\{?\s*\d+\s*\^|\^\s*\{?\s*\d{6,}|\d{4,}\s*!")
+# Refused before the slow parser sees them: towers, 6+ digit exponents, big or repeated
+# factorials (10!!! slipped through once and evaluated without end), binomials, huge literals.
+_TOWER = re.compile(r"\^\s*\{?\s*\d+\s*\^|\^\s*\{?\s*\d{5,}|\d{4,}\s*!|!\s*!|[)}]\s*!|\\binom|\\choose|\d{60,}")
 
 
 def _expression(s: str) -> Node:
     try:
         expr = parse_latex(s)
+    except TooLarge as e:  # never retried by the slow parser, which would compute the value
+        raise AnswerError(str(e)) from None
     except LatexError:
         expr = _latex2sympy(s)
     return _node_of(expr)
@@ -517,18 +620,103 @@ def _expression(s: str) -> Node:
 
 def _latex2sympy(s: str) -> sympy.Expr:
     """The slow, broad parser, for what :func:`parse_latex` does not know; guarded against
-    inputs whose evaluation could explode (power towers, huge factorials, long inputs)."""
-    if len(s) > _LATEX2SYMPY_MAX_CHARS or _TOWER.search(s):
+    inputs whose evaluation could explode (power towers, huge factorials, long inputs), before
+    it runs and, on what it returns, before anything is evaluated. Its ANTLR parser is itself
+    slow on nesting (measured: 5 nested braces 1 s, 20 nested braces 10 s, 21 chained ``^``
+    20 s), so deep nesting is refused and, in a main thread, a timer stops it after
+    :data:`SLOW_PARSE_SECONDS`."""
+    if len(s) > _LATEX2SYMPY_MAX_CHARS or _TOWER.search(s) or s.count("^") > 4 or _depth(s) > 4:
         raise AnswerError("refusing to evaluate")
-    from latex2sympy2_extended import latex2sympy  # slow import, and only needed here
-
+    if unknown := {name for name in _COMMAND.findall(s) if name not in _KNOWN_COMMANDS}:
+        # It reads an unknown command leniently (\pir as pi*r): a guess, not a value.
+        raise AnswerError(f"unknown command \\{min(unknown)}")
+    latex2sympy = _slow_parser()
     try:
-        expr = latex2sympy(s)
+        with _deadline(SLOW_PARSE_SECONDS):
+            expr = latex2sympy(s)
+    except _Timeout:
+        raise AnswerError("slow parse timed out") from None
     except Exception as e:  # it raises bare Exceptions for syntax errors
         raise AnswerError(f"unparseable: {e}") from None
     if not isinstance(expr, sympy.Expr):
         raise AnswerError("not an expression")
+    _check_size(expr)
     return expr
+
+
+SLOW_PARSE_SECONDS: Final = 0.8
+_COMMAND = re.compile(r"\\([a-zA-Z]+)")
+# The commands the slow parser may see: what final answers use and it reads as written.
+_KNOWN_COMMANDS: Final = frozenset({
+    "frac", "dfrac", "tfrac", "sqrt", "pi", "infty", "cdot", "times", "div", "pm", "mp", "le", "leq", "ge", "geq",
+    "ne", "neq", "lt", "gt", "in", "notin", "cup", "cap", "setminus", "emptyset", "varnothing", "sin", "cos", "tan",
+    "sec", "csc", "cot", "arcsin", "arccos", "arctan", "sinh", "cosh", "tanh", "log", "ln", "exp", "lim", "sum",
+    "prod", "int", "binom", "overline", "vec", "hat", "bar", "circ", "prime", "angle", "perp", "parallel", "approx",
+    "equiv", "mid", "ldots", "cdots", "dots", "mathrm", "mathbf", "operatorname", "text", "textbf", "mbox", "left",
+    "right", "big", "Big", "quad", "qquad", "displaystyle", "alpha", "beta", "gamma", "delta", "epsilon",
+    "varepsilon", "zeta", "eta", "theta", "vartheta", "iota", "kappa", "lambda", "mu", "nu", "xi", "rho", "sigma",
+    "tau", "upsilon", "phi", "varphi", "chi", "psi", "omega", "Gamma", "Delta", "Theta", "Lambda", "Xi", "Sigma",
+    "Phi", "Psi", "Omega", "begin", "end", "matrix", "pmatrix", "bmatrix", "vmatrix", "array", "to", "infin",
+    "cdotp", "ast", "star", "lfloor", "rfloor", "lceil", "rceil", "vert", "lvert", "rvert", "Vert"
+})  # fmt: skip
+
+
+@functools.cache
+def _slow_parser() -> Callable[[str], object]:
+    """latex2sympy, imported and warmed up once outside any deadline: its first call builds
+    ANTLR's tables (~0.4 s), which must not count against one answer's time."""
+    from latex2sympy2_extended import latex2sympy  # slow import, and only needed here
+
+    latex2sympy("x+1")
+    return latex2sympy
+
+
+class _Timeout(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    """Raises :class:`_Timeout` in the block after ``seconds`` (a real-time timer; only in the
+    main thread, and only where nobody else uses SIGALRM; elsewhere the guards above bound it)."""
+    usable = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGALRM) in (
+        signal.SIG_DFL, signal.SIG_IGN, None)
+    if not usable:
+        yield
+        return
+
+    def _expire(signum: int, frame: object) -> None:
+        raise _Timeout
+
+    previous = signal.signal(signal.SIGALRM, _expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _depth(s: str) -> int:
+    depth = deepest = 0
+    for char in s:
+        depth += (char in "([{") - (char in ")]}")
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _check_size(expr: sympy.Expr) -> None:
+    """Refuses a tree holding a number, power or factorial too large to evaluate."""
+    for node in sympy.preorder_traversal(expr):
+        if node.is_Integer and abs(node) > _MAX_INTEGER:
+            raise AnswerError("number too large")
+        if node.is_Pow and node.exp.is_Number and abs(node.exp) > MAX_EXPONENT and not node.base.is_Number:
+            raise AnswerError("exponent too large")
+        if isinstance(node, (sympy.factorial, sympy.factorial2)) and node.args[0].is_Number and node.args[0] > 1000:
+            raise AnswerError("factorial too large")
+
+
+_MAX_INTEGER: Final = 10**MAX_RESULT_DIGITS
 
 
 def _node_of(expr: sympy.Expr) -> Node:
@@ -540,28 +728,75 @@ def _node_of(expr: sympy.Expr) -> Node:
 
 
 def _make_expr(expr: sympy.Expr) -> Expr:
-    symbols = frozenset(str(s) for s in expr.free_symbols)
-    return Expr(expr, symbols, _signature(expr))
+    return Expr(expr, frozenset(str(s) for s in expr.free_symbols))
 
 
-def _signature(expr: sympy.Expr) -> tuple[complex, ...] | None:
-    """The expression's value (constants) or values at three fixed points, or None when it
-    cannot be evaluated (division by zero there, unknown functions)."""
-    symbols = sorted(expr.free_symbols, key=str)
-    points = [{} for _ in range(3 if symbols else 1)]
-    for sym in symbols:
-        seed = zlib.crc32(str(sym).encode())
-        # Irrational-looking, distinct per symbol; one point negative so |x| differs from x.
-        points[0][sym] = sympy.Float(0.5 + (seed % 1000) / 997)
-        points[1][sym] = sympy.Float(1.3 + (seed % 617) / 613)
-        points[2][sym] = -sympy.Float(0.7 + (seed % 311) / 307)
+# --------------------------------------------------------------------------------------------
+# Zero tests: the only way two values are found equal
+
+
+def _is_zero(value: sympy.Expr) -> bool | None:
+    """Whether a constant is exactly 0: True, False, or None when it has no finite value.
+
+    0 after sympy's automatic evaluation is 0. Otherwise the constant is evaluated with
+    sympy's adaptive precision, which raises the working precision until it has 20 correct
+    digits of the *difference itself*: a nonzero value, however small next to the terms it
+    came from, is found nonzero (``e^{-100}``); only when :data:`ZERO_BITS` bits of
+    cancellation leave no nonzero digit is it taken as 0 (``(1+\\sqrt2)^2 - 3 - 2\\sqrt2``).
+    """
+    if value.is_Number:
+        if value is sympy.nan or value.is_infinite:
+            return None
+        return bool(value == 0)
+    if value.has(sympy.oo, -sympy.oo, sympy.zoo, sympy.nan):
+        return None
     try:
-        values = tuple(complex(expr.evalf(30, subs=p)) for p in points)
-    except (TypeError, ValueError, ZeroDivisionError, OverflowError, AttributeError):
+        approx = sympy.N(value, 20, strict=True, maxn=ZERO_BITS)
+    except PrecisionExhausted:
+        return True
+    except (ArithmeticError, TypeError, ValueError, AttributeError, RecursionError, NotImplementedError):
         return None
-    if any(v != v or abs(v) == float("inf") for v in values):  # nan or inf
+    real, imag = approx.as_real_imag()
+    if not (real.is_Number and imag.is_Number) or real.is_infinite or imag.is_infinite:
         return None
-    return values
+    return bool(real == 0 and imag == 0)
+
+
+# Rational sample points for variables: both signs, below and above 1, prime denominators, and
+# a different value for each variable (x - y must not vanish). Exact arithmetic at rationals
+# keeps polynomials and rational functions exact; the zero test handles the rest.
+_BASES: Final = (Fraction(3, 7), Fraction(-11, 13), Fraction(29, 17), Fraction(-53, 19), Fraction(7, 23))
+
+
+def _points(symbols: list[sympy.Symbol]) -> list[dict[sympy.Symbol, sympy.Rational]]:
+    points = []
+    for k, base in enumerate(_BASES):
+        point = {}
+        for i, sym in enumerate(symbols):
+            value = base + Fraction(i * (k + 2), 31 + 6 * i)
+            point[sym] = sympy.Rational(value.numerator, value.denominator)
+        points.append(point)
+    return points
+
+
+def _is_zero_function(diff: sympy.Expr) -> bool:
+    """Whether ``diff`` is identically 0: 0 at every sample point where it has a value, with
+    at least three such points."""
+    if diff == 0:
+        return True
+    symbols = sorted(diff.free_symbols, key=str)
+    if not symbols:
+        return _is_zero(diff) is True
+    defined = 0
+    for point in _points(symbols):
+        try:
+            zero = _is_zero(diff.xreplace(point))
+        except (TypeError, ValueError, ZeroDivisionError, OverflowError, RecursionError):
+            zero = None
+        if zero is False:
+            return False
+        defined += zero is True
+    return defined >= 3
 
 
 # --------------------------------------------------------------------------------------------
@@ -591,9 +826,16 @@ def _equal(g: Node, p: Node) -> bool:
         return _seq_equal(g, p)
     if isinstance(g, Interval):
         return _interval_equal(g, p)
-    if isinstance(g, Union):
-        parts = p.parts if isinstance(p, Union) else (p,)
-        return len(parts) == len(g.parts) and all(_equal(a, b) for a, b in zip(g.parts, parts, strict=True))
+    if isinstance(g, Union):  # the same parts, in any order (a union of sets is unordered)
+        parts = list(p.parts) if isinstance(p, Union) else [p]
+        if len(parts) != len(g.parts):
+            return False
+        for a in g.parts:
+            match = next((i for i, b in enumerate(parts) if _equal(a, b)), None)
+            if match is None:
+                return False
+            parts.pop(match)
+        return True
     if isinstance(g, Matrix):
         return _matrix_equal(g, p)
     if isinstance(g, Relation):
@@ -601,7 +843,7 @@ def _equal(g: Node, p: Node) -> bool:
     if isinstance(g, Choice):
         return isinstance(p, Choice) and p.letter == g.letter
     if isinstance(g, Text):
-        return isinstance(p, Text) and p.text == g.text
+        return isinstance(p, Text) and p.text == g.text and p.exact == g.exact
     return False
 
 
@@ -614,12 +856,23 @@ def _values_equal(g: Num | Expr, p: Num | Expr) -> bool:
     expr = g if isinstance(g, Expr) else p
     num = g if isinstance(g, Num) else p
     assert isinstance(expr, Expr) and isinstance(num, Num)
-    if expr.symbols or expr.sig is None:
+    if expr.symbols:
         return False
-    value = expr.sig[0]
-    if isinstance(g, Num) and g.places is not None:  # a decimal gold: compare at its precision
-        return abs(value.imag) < 1e-12 and _within_places(Fraction(value.real), g)
-    return abs(value - float(num.value)) <= _REL_TOL * max(1.0, abs(value))
+    if isinstance(g, Num) and g.places is not None and g.places >= 2:  # a rounded decimal gold
+        value = _decimal_value(expr.expr)
+        return value is not None and _within_places(value, g)
+    return _is_zero(expr.expr - sympy.Rational(num.value.numerator, num.value.denominator)) is True
+
+
+def _decimal_value(expr: sympy.Expr) -> Fraction | None:
+    """A real constant's value to 30 digits, as a Fraction; None if not real or not finite."""
+    try:
+        real, imag = sympy.N(expr, 30).as_real_imag()
+    except (ArithmeticError, TypeError, ValueError, AttributeError, RecursionError):
+        return None
+    if not (real.is_Float or real.is_Rational) or real.is_infinite or abs(imag) > 1e-25:
+        return None
+    return Fraction(str(real))
 
 
 def _nums_equal(g: Num, p: Num) -> bool:
@@ -645,15 +898,12 @@ def _within_places(value: Fraction, gold: Num) -> bool:
 
 
 def _exprs_equal(g: Expr, p: Expr) -> bool:
+    """Same variables (case matters) and a difference that is identically zero."""
     if g.symbols != p.symbols:
         return False
-    if g.sig is None or p.sig is None:
-        return g.expr == p.expr
-    return all(_close(a, b) for a, b in zip(g.sig, p.sig, strict=True))
-
-
-def _close(a: complex, b: complex) -> bool:
-    return abs(a - b) <= _SIG_TOL * max(1.0, abs(a), abs(b))
+    if g.expr == p.expr:
+        return True
+    return _is_zero_function(g.expr - p.expr)
 
 
 def _seq_equal(g: Seq, p: Node) -> bool:
@@ -705,14 +955,24 @@ def _matrix_equal(g: Matrix, p: Node) -> bool:
 
 
 def _relations_equal(g: Relation, p: Relation) -> bool:
-    """Same relation: ``diff`` proportional (by a positive factor for inequalities)."""
+    """Same relation: ``g.diff = r * p.diff`` identically, for a constant r != 0 (r > 0 for
+    inequalities, whose direction a negative factor would flip). r is read off at the first
+    sample point where ``p.diff`` is not 0, then the identity is checked at all points."""
     if g.diff is None or p.diff is None:
         return g.key == p.key and bool(g.key)
-    if g.op != p.op or g.diff.symbols != p.diff.symbols or g.diff.sig is None or p.diff.sig is None:
+    if g.op != p.op or g.diff.symbols != p.diff.symbols:
         return False
-    ratios = [a / b for a, b in zip(g.diff.sig, p.diff.sig, strict=True) if abs(b) > 1e-300]
-    if len(ratios) != len(g.diff.sig) or abs(ratios[0]) < 1e-12:
+    gd, pd = g.diff.expr, p.diff.expr
+    symbols = sorted(pd.free_symbols | gd.free_symbols, key=str)
+    ratio = None
+    for point in _points(symbols) if symbols else [{}]:
+        if _is_zero(pd.xreplace(point)) is False:
+            ratio = gd.xreplace(point) / pd.xreplace(point)
+            break
+    if ratio is None or _is_zero(ratio) is not False:
         return False
-    if g.op in ("<", "<=") and not (ratios[0].real > 0 and abs(ratios[0].imag) < 1e-12):
-        return False
-    return all(_close(r, ratios[0]) for r in ratios)
+    if g.op in ("<", "<="):
+        value = _decimal_value(ratio)
+        if value is None or value <= 0:
+            return False
+    return _is_zero_function(gd - ratio * pd)

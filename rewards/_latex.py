@@ -5,6 +5,15 @@ call; most answers are short (``3\\sqrt{13}``, ``\\frac{\\pi}{6}``, ``x^3+3x-6``
 recursive-descent parser handles them in well under a millisecond. Anything it does not
 know raises :class:`LatexError`, and the caller falls back to ``latex2sympy``.
 
+It also reads the plain-text syntax models write outside LaTeX (sympy's ``str`` form):
+``sqrt(3)``, ``exp(-2)``, ``log(2)/3``, ``x**2``, ``pi``: a known function or constant name is
+one token (``(?<![a-zA-Z])sqrt(?![a-zA-Z])``), and a plain-text function needs parentheses
+(``sqrt 23`` is refused rather than guessed).
+
+Every numeric value it builds is bounded: a power, factorial or binomial whose exact value
+would exceed :data:`MAX_RESULT_DIGITS` digits raises :class:`TooLarge` *before* sympy computes
+it, and the caller must not retry such an input with another parser.
+
 Grammar (implicit multiplication binds like ``*``)::
 
     expr    := term (('+' | '-') term)*
@@ -21,7 +30,8 @@ from typing import Final
 
 import sympy
 
-MAX_EXPONENT_DIGITS: Final = 100_000  # a numeric power with more digits than this is refused
+MAX_RESULT_DIGITS: Final = 10_000  # a number with more digits than this is not an answer
+MAX_EXPONENT: Final = 10_000  # |numeric exponent| of a non-numeric base: x^{10^9} at a sample point is a huge rational
 MAX_FACTORIAL: Final = 1_000
 
 
@@ -29,8 +39,21 @@ class LatexError(ValueError):
     """The text is not an expression this parser understands (or is too expensive to build)."""
 
 
+class TooLarge(LatexError):
+    """The expression denotes a value too large to compute; no other parser may try it."""
+
+
+# Plain-text names (sympy's str form): each is one token, never a product of letters.
+_WORDS = {
+    "sqrt": "sqrt", "exp": "exp", "log": "log", "ln": "ln", "sin": "sin", "cos": "cos", "tan": "tan",
+    "sec": "sec", "csc": "csc", "cot": "cot", "asin": "arcsin", "acos": "arccos", "atan": "arctan",
+    "arcsin": "arcsin", "arccos": "arccos", "arctan": "arctan", "sinh": "sinh", "cosh": "cosh", "tanh": "tanh",
+    "abs": "abs", "pi": "pi", "oo": "infty", "inf": "infty", "infty": "infty", "infinity": "infty",
+}  # fmt: skip
 _TOKEN = re.compile(
-    r"\s*(?:(?P<num>\d+(?:\.\d*)?|\.\d+)|(?P<cmd>\\[a-zA-Z]+|\\[{}|])|(?P<op>[-+*/^_!()\[\]{}|])|(?P<letter>[a-zA-Z]))",
+    r"\s*(?:(?P<num>\d+(?:\.\d*)?|\.\d+)|(?P<cmd>\\[a-zA-Z]+|\\[{}|])"
+    rf"|(?P<word>(?<![a-zA-Z\\])(?:{'|'.join(sorted(_WORDS, key=len, reverse=True))})(?![a-zA-Z]))"
+    r"|(?P<op>\*\*|[-+*/^_!()\[\]{}|])|(?P<letter>[a-zA-Z]))",
     re.ASCII,
 )
 _GREEK = {
@@ -42,6 +65,10 @@ _FUNCS = {
     "sin": sympy.sin, "cos": sympy.cos, "tan": sympy.tan, "sec": sympy.sec, "csc": sympy.csc, "cot": sympy.cot,
     "arcsin": sympy.asin, "arccos": sympy.acos, "arctan": sympy.atan, "sinh": sympy.sinh, "cosh": sympy.cosh,
     "tanh": sympy.tanh, "ln": sympy.log, "exp": sympy.exp, "log": sympy.log,
+}  # fmt: skip
+_INVERSES = {
+    "sin": sympy.asin, "cos": sympy.acos, "tan": sympy.atan, "sec": sympy.asec, "csc": sympy.acsc, "cot": sympy.acot,
+    "sinh": sympy.asinh, "cosh": sympy.acosh, "tanh": sympy.atanh,
 }  # fmt: skip
 _MUL_CMDS = {"\\cdot", "\\times", "\\ast"}
 
@@ -119,7 +146,7 @@ class _Parser:
 
     def starts_atom(self, token: tuple[str, str]) -> bool:
         kind, value = token
-        if kind in ("num", "letter"):
+        if kind in ("num", "letter", "word"):
             return True
         if kind == "cmd":
             name = value[1:]
@@ -138,7 +165,7 @@ class _Parser:
     def postfix(self) -> sympy.Expr:
         base = self.atom()
         while True:
-            if self.accept("^"):
+            if self.accept("^") or self.accept("**"):
                 base = _power(base, self.exponent())
             elif self.accept("!"):
                 base = _factorial(base)
@@ -178,6 +205,8 @@ class _Parser:
             return _number(value)
         if kind == "letter":
             return self.symbol(value)
+        if kind == "word":
+            return self.word(_WORDS[value])
         if value in ("(", "[", "{"):
             inner = self.expr()
             self.take({"(": ")", "[": "]", "{": "}"}[value])
@@ -211,13 +240,26 @@ class _Parser:
             return sympy.I
         return sympy.Symbol(letter)
 
+    def word(self, name: str) -> sympy.Expr:
+        """A plain-text name: a constant, or a function whose argument is parenthesised."""
+        if name in ("pi", "infty"):
+            return self.command(name)
+        token = self.peek()
+        if token is None or token[1] not in ("(", "^", "**"):
+            raise LatexError(f"plain-text {name} without parentheses")
+        if name == "abs":
+            return sympy.Abs(self.atom())
+        if name == "sqrt":
+            return sympy.sqrt(self.atom())
+        return self.function(name)
+
     def command(self, name: str) -> sympy.Expr:
         if name == "frac":
             num = self.group()
             return num / self.group()
         if name == "binom":
             n = self.group()
-            return sympy.binomial(n, self.group())
+            return _binomial(n, self.group())
         if name == "sqrt":
             if self.accept("["):
                 index = self.expr()
@@ -239,7 +281,7 @@ class _Parser:
         base = None
         if name == "log" and self.accept("_"):
             base = self.group()
-        if self.accept("^"):
+        if self.accept("^") or self.accept("**"):
             power = self.exponent()
         token = self.peek()
         if token is not None and token[1] in ("(", "["):
@@ -249,6 +291,8 @@ class _Parser:
             arg = self.postfix()
             while (nxt := self.peek()) is not None and nxt[0] in ("num", "letter"):
                 arg = arg * self.postfix()
+        if power == -1 and name in _INVERSES:  # \sin^{-1} x is arcsin x, as \sin^2 x is (\sin x)^2
+            return _INVERSES[name](arg)
         value = _FUNCS[name](arg) if base is None else sympy.log(arg, base)
         return value if power is None else _power(value, power)
 
@@ -260,18 +304,52 @@ def _number(text: str) -> sympy.Expr:
 
 
 def _power(base: sympy.Expr, exponent: sympy.Expr) -> sympy.Expr:
-    """base**exponent, refusing numeric powers too large to compute (``9^{9^{9^9}}``)."""
-    if exponent.is_Number and base.is_Number and abs(base) not in (0, 1):
-        try:
-            magnitude = abs(float(exponent)) * abs(math.log10(abs(float(base))))
-        except (OverflowError, ValueError):  # an exponent beyond float range is too large anyway
-            magnitude = math.inf
-        if magnitude > MAX_EXPONENT_DIGITS:
-            raise LatexError("power too large")
+    """base**exponent, refusing numeric powers too large to compute (``9^{9^{9^9}}``,
+    ``\\sqrt{2}^{10^{12}}``, ``\\pi^{9^{99999}}``) before sympy tries: the digits of the result
+    are estimated as |exponent| * |log10 |base||, from a 15-digit value of the base."""
+    if exponent.is_Number and not exponent.is_zero:
+        if base.is_number:
+            if base.is_zero or abs(base) == 1:
+                return base**exponent
+            try:
+                magnitude = abs(float(exponent)) * abs(math.log10(abs(complex(base.evalf(15)))))
+            except (OverflowError, ValueError, TypeError, ZeroDivisionError):
+                magnitude = math.inf  # an exponent beyond float range is too large anyway
+            if magnitude > MAX_RESULT_DIGITS:
+                raise TooLarge("power too large")
+        elif abs(exponent) > MAX_EXPONENT:
+            raise TooLarge("exponent too large")
+    elif base.is_number and exponent.is_number and abs(base) != 1 and _digits_estimate(exponent) > 4:
+        raise TooLarge("exponent too large")  # 2^{\\pi^{20}}: a symbolic exponent of huge value
     return base**exponent
 
 
+def _digits_estimate(value: sympy.Expr) -> float:
+    """log10 |value| from a 15-digit evaluation (inf when it cannot be evaluated)."""
+    try:
+        return math.log10(abs(complex(value.evalf(15))) or 1.0)
+    except (OverflowError, ValueError, TypeError, ZeroDivisionError):
+        return math.inf
+
+
+def _binomial(n: sympy.Expr, k: sympy.Expr) -> sympy.Expr:
+    """binomial(n, k), refusing numeric ones with more than MAX_RESULT_DIGITS digits
+    (``\\binom{10^9}{300000}``), estimated with lgamma before sympy computes them."""
+    if n.is_Number and k.is_Number:
+        try:
+            nf, kf = float(n), float(k)
+            if 0 <= kf <= nf:
+                digits = (math.lgamma(nf + 1) - math.lgamma(kf + 1) - math.lgamma(nf - kf + 1)) / math.log(10)
+                if digits > MAX_RESULT_DIGITS:
+                    raise TooLarge("binomial too large")
+        except OverflowError:
+            raise TooLarge("binomial too large") from None
+    return sympy.binomial(n, k)
+
+
 def _factorial(value: sympy.Expr) -> sympy.Expr:
-    if value.is_Number and (not value.is_integer or value < 0 or value > MAX_FACTORIAL):
+    if value.is_Number and value > MAX_FACTORIAL:
+        raise TooLarge("factorial too large")
+    if value.is_Number and (not value.is_integer or value < 0):
         raise LatexError("factorial out of range")
     return sympy.factorial(value)

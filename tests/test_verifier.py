@@ -135,6 +135,64 @@ EQUIVALENCE_CASES = {
         ("52_8", "42_8", False),
     ],
     "complex": [("6 - 5i", "6-5i", True), ("1+2i", "2i+1", True), ("6-5i", "6+5i", False)],
+    # Issue 16: wrong answers an earlier verifier scored right, through a key that dropped
+    # braces and case, and a text fallback that dropped operators.
+    "near_misses_across_braces": [
+        ("\\frac{12}{5}", "\\frac{1}{25}", False),
+        ("\\sqrt{23}", "\\sqrt{2}3", False),
+        ("2^{n+1}", "2^n+1", False),
+        ("e^{x+1}", "e^x+1", False),
+        ("\\frac{x}{y+1}", "\\frac{x}{y}+1", False),
+        ("x", "X", False),  # variables are case-sensitive
+        ("2\\pi r", "2\\pir", False),
+    ],
+    "plain_text_functions": [
+        ("-1 + sqrt(3)", "1 + sqrt(3)", False),
+        ("exp(-2)", "exp(2)", False),
+        ("log(2)/3", "log(2)*3", False),
+        ("-1+sqrt(3)", "\\sqrt{3}-1", True),
+        ("e^{-2}", "exp(-2)", True),
+        ("\\frac{\\ln 2}{3}", "log(2)/3", True),
+        ("x^2", "x**2", True),
+        ("2\\pi", "2 pi", True),  # "pi" is a constant, not a unit word
+        ("\\sqrt{23}", "sqrt 23", False),  # plain-text sqrt needs parentheses: not guessed
+    ],
+    "exact_where_exact": [
+        ("57", "57+e^{-100}", False),
+        ("57", "57+10^{-13}", False),
+        ("x^{100}", "x^{100}+x", False),
+        ("123456789012345", "123456789012300+\\pi", False),
+        ("x-y", "0", False),
+        ("(1+\\sqrt2)^2", "3+2\\sqrt2", True),
+        ("\\sqrt{5+2\\sqrt6}", "\\sqrt2+\\sqrt3", True),
+        ("\\log_2 8", "\\ln 8/\\ln 2", True),
+    ],
+    "sets_written_otherwise": [
+        ("(-\\infty,-1)\\cup(2,\\infty)", "(2,\\infty)\\cup(-\\infty,-1)", True),
+        ("(-\\infty,\\infty)", "\\mathbb{R}", True),
+        ("(-\\infty,-1)\\cup(2,\\infty)", "x<-1 \\text{ or } x>2", True),
+        ("(-\\infty,-1)\\cup(2,\\infty)", "x<-1 \\text{ and } x>2", False),
+        ("(-\\infty,-1)\\cup(2,\\infty)", "(2,\\infty)\\cup(-\\infty,1)", False),
+    ],
+    "degrees_repeating_vectors": [
+        ("1", "\\tan 45^\\circ", True),
+        ("\\frac12", "\\sin 30^\\circ", True),
+        ("\\frac12", "\\sin 30", False),  # radians without a degree sign
+        ("\\frac13", "0.\\overline{3}", True),
+        ("\\frac{41}{333}", "0.\\overline{123}", True),
+        ("\\frac{1}{6}", "0.1\\overline{6}", True),
+        ("\\frac13", "0.\\overline{4}", False),
+        ("\\begin{pmatrix}2\\\\4\\end{pmatrix}", "2\\begin{pmatrix}1\\\\2\\end{pmatrix}", True),
+        ("\\begin{pmatrix}2\\\\4\\end{pmatrix}", "3\\begin{pmatrix}1\\\\2\\end{pmatrix}", False),
+        ("\\begin{pmatrix}1\\\\2\\end{pmatrix}", "(1,2)^T", True),
+        ("\\begin{pmatrix}1\\\\2\\\\3\\end{pmatrix}", "\\langle 1,2,3\\rangle", True),
+        ("\\begin{pmatrix}1\\\\2\\\\3\\end{pmatrix}", "\\langle 1,3,2\\rangle", False),
+    ],
+    "labels_and_spacing": [
+        ("2 = x", "2", True),
+        ("2 = x", "3", False),
+        ("\\quadx = 3", "3", True),
+    ],
 }
 
 
@@ -165,6 +223,27 @@ def test_equivalence(gold: str, pred: str, expected: bool) -> None:
 )
 def test_extract_rules(text: str, expected: str | None) -> None:
     assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Final Answer: The largest $n$ is 34.", "34"),
+        ("Final Answer: so we get $\\frac{3}{4}$ of the cake", "\\frac{3}{4}"),
+        ("Final Answer: Evelyn", "Evelyn"),
+        ("Final Answer: 5 cm", "5 cm"),
+    ],
+)
+def test_final_answer_sentence_gives_its_last_expression(text: str, expected: str) -> None:
+    assert extract_answer(text) == expected
+
+
+def test_box_extraction_is_linear() -> None:
+    """One pass pairs the braces: 20k characters of unclosed or adjacent boxes stay cheap."""
+    for text in ("\\boxed{" * 3000, "\\boxed{1}" * 2500, "{" * 20_000 + "\\boxed{1}"):
+        start = time.perf_counter()
+        extract_answer(text)
+        assert time.perf_counter() - start < 0.2
 
 
 def test_extract_fallbacks_and_rule_selection() -> None:
@@ -303,3 +382,99 @@ def test_gsm8k_own_and_other_answers() -> None:
     )
     wrong = [(i, j) for (i, j), s in zip(pairs, scores, strict=True) if (s == 1.0) != (golds[i] == golds[j])]
     assert wrong == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Soundness of the shortcuts, and bounded time
+
+
+def test_normalization_rules_preserve_the_value() -> None:
+    """Each rewriting ``normalize`` does is a change of spelling, never of value: the raw and
+    the rewritten form parse to the same value (the comparison below bypasses the text key),
+    and the reason is the comment on each row."""
+    from rlreason.rewards._equiv import _equal, normalize, parse_answer
+
+    rows = [
+        ("\\left( \\frac{1}{2} \\right)", "( \\frac{1}{2} )"),  # \left/\right only size delimiters
+        ("\\dfrac{3}{4}", "\\frac{3}{4}"),  # display and text styles of one fraction
+        ("x \\le 3", "x <= 3"),  # one relation, two spellings
+        ("10,\\!080", "10,080"),  # a thin space inside a number
+        ("$\\sqrt{2}$", "\\sqrt{2}"),  # math delimiters
+        ("\\text{ 5 }", "5"),  # a text wrapper
+        ("\\mathbb{R}", "(-\\infty,\\infty)"),  # the reals as an interval
+        ("\\langle 1,2\\rangle", "( 1,2)"),  # a vector as its tuple
+        ("0.\\overline{3}", "\\frac{1}{3}"),  # a repeating decimal is that fraction
+        ("\\tan 45^\\circ", "\\tan (45\\pi/180)"),  # degrees inside a trig function are radians * pi/180
+        ("125 miles", "125"),  # a trailing unit word
+    ]
+    for raw, rewritten in rows:
+        assert normalize(raw)[0] == rewritten, raw
+    # And the value survives: parsed without the rewriting (an equal-valued spelling), equal.
+    for raw, spelled in [("\\dfrac{3}{4}", "3/4"), ("\\mathbb{R}", "(-\\infty,\\infty)"),
+                         ("0.\\overline{3}", "1/3"), ("\\tan 45^\\circ", "1")]:
+        a, b = parse_answer(raw), parse_answer(spelled)
+        assert a is not None and b is not None and _equal(a.node, b.node), raw
+    # Whitespace is collapsed, never removed: it can end a command name.
+    assert normalize("\\pi   r")[0] == "\\pi r" and verify("\\pi r", "\\pir") is False
+    # A math name is never a unit word.
+    assert normalize("2 pi")[0] == "2 pi" and normalize("3 sqrt(2)")[0] == "3 sqrt(2)"
+
+
+def test_equal_keys_mean_equal_values_on_the_corpus() -> None:
+    """The one string shortcut, equal normalized texts, agrees with the value comparison on
+    every pair of MATH-500 golds and final answers whose texts normalize alike."""
+    from rlreason.rewards._equiv import _equal, parse_answer
+
+    rows = _jsonl(DATA / "benchmarks" / "math500.jsonl")
+    texts = [r["answer"] for r in rows] + [a for r in rows if (a := extract_answer(r["solution"])) is not None]
+    by_key: dict[str, list] = {}
+    for text in texts:
+        if (parsed := parse_answer(text)) is not None:
+            by_key.setdefault(parsed.key, []).append(parsed)
+    checked = 0
+    for group in by_key.values():
+        for other in group[1:]:
+            assert _equal(group[0].node, other.node), (group[0].key, other.key)
+            checked += 1
+    assert checked > 100
+
+
+ADVERSARIAL = [
+    "10!!!", "\\boxed{10!!!}", "\\pi^{9^{99999}}", "\\binom{10^9}{300000}", "\\sqrt{2}^{10^{12}}",
+    "9^{9^{9^9}}", "2^{2^{2^{2^{2}}}}", "x^{10^{9}}", "(x+1)^{100000}", "\\sin(10^{100000})", "e^{e^{e^{e^{e}}}}",
+    "10^{10^{10}}", "1000000!", "(2^{1000})!", "2\\uparrow\\uparrow 5", "\\int_0^1 x dx",
+    "\\lim_{x\\to 0} \\frac{\\sin x}{x}", "x^x^x^x^x^x^x^x^x^x^x^x^x^x^x^x^x^x^x^x^x\\uparrow",
+    "{{{{{{{{{{{{x}}}}}}}}}}}}\\uparrow", "{" * 500, "\\left(" * 300, "1" * 999, "x^" * 400,
+    "\\frac{1}{" * 200, "\\frac{a}{b}\\mathrm{cm}^{" + "{" * 20,
+]  # fmt: skip
+
+
+def _worst_latency(inputs: list[str]) -> tuple[float, str]:
+    from rlreason.rewards._equiv import parse_answer
+
+    worst = (0.0, "")
+    for text in inputs:
+        parse_answer.cache_clear()
+        start = time.perf_counter()
+        verify("x+1", text)
+        verify(text, "3")
+        worst = max(worst, (time.perf_counter() - start, text))
+    return worst
+
+
+def test_every_check_ends_within_a_second_in_the_main_thread() -> None:
+    seconds, text = _worst_latency(ADVERSARIAL)
+    assert seconds < 1.0, (seconds, text)
+
+
+def test_every_check_ends_within_a_second_in_a_worker_thread() -> None:
+    """No timer signal off the main thread: the guards alone must bound the work."""
+    import threading
+
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(_worst_latency(ADVERSARIAL)), daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    assert result, "a check did not finish in 60 s"
+    seconds, text = result[0]
+    assert seconds < 1.0, (seconds, text)
