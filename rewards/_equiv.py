@@ -187,7 +187,7 @@ _UNITS = re.compile(
 )
 # Degrees inside a trigonometric function are radians times pi/180: \tan 45^\circ is 1.
 _TRIG = re.compile(r"\\(?:sin|cos|tan|sec|csc|cot)(?![a-zA-Z])|(?<![a-zA-Z\\])(?:sin|cos|tan|sec|csc|cot)\(")
-_DEGREES = re.compile(r"(\d+(?:\.\d+)?)\s*\^\s*(?:\{\s*\\circ\s*\}|\\circ(?![a-zA-Z]))")
+_DEGREES = re.compile(r"\{?\s*(\d+(?:\.\d+)?)\s*\}?\s*\^\s*(?:\{\s*\\circ\s*\}|\\circ(?![a-zA-Z]))")
 # A repeating decimal: 0.\overline{3}, 1.2\overline{45}, 0.\dot{3}.
 _REPEATING = re.compile(r"(\d*)\.(\d*)\\(?:overline|dot)\s*(?:\{\s*(\d+)\s*\}|(\d))")
 _WORD_SEPARATORS = re.compile(r"\s*\b(?:and|or)\b\s*")
