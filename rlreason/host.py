@@ -5,10 +5,10 @@ affinity, as ``taskset`` or a container's cpuset sets it) capped by its cgroup C
 ``docker --cpus`` or a Kubernetes limit sets it), never ``os.cpu_count()``: more OpenMP threads
 than cores is the oversubscription collapse. Even within that, the tiny models default to one
 thread: on 2 shared cores, next to one single-threaded busy loop, the tiny model's build with 2
-threads ran its first 100 warm-up steps in 541 s instead of 26 s alone (20.8x), and with 1 thread
-in 36 s (issue 22; ``benchmarks/busy_machine.py`` measures it). Each parallel region of a 0.8M
-model is tens of microseconds, so a thread that waits for a descheduled sibling at every barrier
-loses a scheduler time slice each time.
+threads ran its first 100 warm-up steps in 541 s instead of 26 s alone (20.8x; issue 22); one
+thread took 36 s there on a busy shared machine (a rough check: ``benchmarks/busy_machine.py``
+measures it). Each parallel region of a 0.8M model is tens of microseconds, so a thread that
+waits for a descheduled sibling at every barrier loses a scheduler time slice each time.
 
 ``exit_with_launcher()`` ties a training process to the ``accelerate launch`` (or torchrun)
 process that started it: killing the launcher, which does not forward signals to the process it

@@ -42,8 +42,9 @@ from rlreason.rollout.hf import right_pad
 from rlreason.tasks import arith
 
 # Threads for the build: a fixed count keeps it reproducible. One by default: on 2 cores shared with
-# one busy loop, 2 threads ran 100 warm-up steps in 541 s (26 s alone), 1 thread in 36 s (rlreason.host;
-# benchmarks/busy_machine.py). RLREASON_BUILD_THREADS asks for more, capped at the usable cores.
+# one busy loop, 2 threads ran 100 warm-up steps in 541 s (26 s alone); 1 thread does not collapse
+# (rlreason/host.py; benchmarks/busy_machine.py). RLREASON_BUILD_THREADS asks for more, capped at the
+# usable cores. The weights depend on the thread count: a cache built with 2 threads differs from a 1-thread build.
 BUILD_THREADS = 1
 BUILD_VERSION = 1  # bump when the build procedure changes, so old caches are not reused
 PAD, EOS, IM_START = "<|endoftext|>", "<|im_end|>", "<|im_start|>"
