@@ -128,8 +128,8 @@ def start(cfg: GRPOConfig) -> tuple[Accelerator, Path]:
     that the folder may be used and that the reward names resolve: before any model loads."""
     datasets.disable_progress_bars()  # one progress bar: the training one
     transformers.utils.logging.disable_progress_bar()
-    # never more threads than usable cores (rlreason.host); unset: one per usable core
-    torch.set_num_threads(capped_threads(cfg.num_threads))
+    # never more threads than usable cores (rlreason.host); unset: torch's default (OMP_NUM_THREADS or the cores)
+    torch.set_num_threads(capped_threads(cfg.num_threads or torch.get_num_threads()))
     exit_with_launcher()  # a SIGTERM to `accelerate launch` reaches this process (it checkpoints and stops)
     acc = Accelerator(log_with=cfg.report_to or None, project_dir=cfg.output_dir)
     out = Path(cfg.output_dir)

@@ -72,8 +72,10 @@ def test_the_build_uses_one_thread_by_default_and_never_more_than_usable_cores(o
     assert tiny.build_threads() == 1
 
 
-def test_the_recipe_never_sets_more_threads_than_usable_cores(one_core, tmp_path):
-    grpo_math.start(GRPOConfig(output_dir=str(tmp_path / "run"), num_threads=2))
+@pytest.mark.parametrize("threads", [2, None])  # None: torch's default, which knows nothing of the affinity
+def test_the_recipe_never_sets_more_threads_than_usable_cores(one_core, tmp_path, threads):
+    torch.set_num_threads(2)
+    grpo_math.start(GRPOConfig(output_dir=str(tmp_path / "run"), num_threads=threads))
     assert torch.get_num_threads() == 1
 
 
