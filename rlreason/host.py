@@ -27,34 +27,61 @@ from pathlib import Path
 CGROUP = Path("/sys/fs/cgroup")
 
 
-def cgroup_cpu_limit(root: Path = CGROUP) -> float | None:
-    """The cgroup CPU quota in cores (e.g. 1.5), or None when there is none.
-
-    cgroup v2: ``<root>/cpu.max`` holds ``"<quota> <period>"`` or ``"max <period>"``.
-    cgroup v1: ``<root>/cpu/cpu.cfs_quota_us`` (-1 = none) and ``cpu.cfs_period_us``
-    (also under ``cpu,cpuacct/``)."""
+def _own_cgroups(proc_cgroup: Path) -> tuple[str, str]:
+    """This process's (cgroup v2 path, cgroup v1 cpu controller path) from /proc/self/cgroup."""
+    v2 = v1 = "/"
     try:
-        quota, period = (root / "cpu.max").read_text().split()[:2]
+        for line in proc_cgroup.read_text().splitlines():
+            num, controllers, path = line.split(":", 2)
+            if num == "0" and not controllers:
+                v2 = path
+            elif "cpu" in controllers.split(","):
+                v1 = path
+    except (OSError, ValueError):
+        pass
+    return v2, v1
+
+
+def _ancestry(base: Path, path: str) -> list[Path]:
+    """``base/path`` and every folder above it up to ``base``: a parent's limit applies too."""
+    parts = [p for p in path.split("/") if p and p != ".."]
+    return [base.joinpath(*parts[:i]) for i in range(len(parts), -1, -1)]
+
+
+def _read_limit(folder: Path) -> float | None:
+    try:  # cgroup v2: "<quota> <period>" or "max <period>"
+        quota, period = (folder / "cpu.max").read_text().split()[:2]
         return None if quota == "max" else int(quota) / int(period)
     except (OSError, ValueError):
         pass
-    for sub in ("cpu", "cpu,cpuacct"):
-        try:
-            quota = int((root / sub / "cpu.cfs_quota_us").read_text())
-            period = int((root / sub / "cpu.cfs_period_us").read_text())
-        except (OSError, ValueError):
-            continue
-        return None if quota <= 0 or period <= 0 else quota / period
-    return None
+    try:  # cgroup v1: quota -1 = none
+        quota = int((folder / "cpu.cfs_quota_us").read_text())
+        period = int((folder / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if quota <= 0 or period <= 0 else quota / period
 
 
-def usable_cpus(affinity: set[int] | None = None, cgroup_root: Path = CGROUP) -> int:
+def cgroup_cpu_limit(root: Path = CGROUP, proc_cgroup: Path = Path("/proc/self/cgroup")) -> float | None:
+    """The cgroup CPU quota in cores (e.g. 1.5), or None when there is none: the smallest over
+    this process's cgroup and its ancestors (a container sees its own as ``/``).
+
+    cgroup v2: ``<root>/<path>/cpu.max``; v1: ``<root>/cpu/<path>/cpu.cfs_quota_us`` and
+    ``cpu.cfs_period_us`` (also under ``cpu,cpuacct/``)."""
+    v2, v1 = _own_cgroups(proc_cgroup)
+    folders = _ancestry(root, v2) + [f for sub in ("cpu", "cpu,cpuacct") for f in _ancestry(root / sub, v1)]
+    limits = [x for x in map(_read_limit, folders) if x is not None]
+    return min(limits) if limits else None
+
+
+def usable_cpus(affinity: set[int] | None = None, cgroup_root: Path = CGROUP,
+                proc_cgroup: Path = Path("/proc/self/cgroup")) -> int:
     """Cores this process may use: its affinity set (``os.sched_getaffinity(0)`` unless given),
     capped by the cgroup quota rounded down (1.5 cores of quota is 1 full core); at least 1."""
     if affinity is None:
         affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
     n = len(affinity) or 1
-    limit = cgroup_cpu_limit(cgroup_root)
+    limit = cgroup_cpu_limit(cgroup_root, proc_cgroup)
     if limit is not None:
         n = min(n, math.floor(limit))
     return max(1, n)

@@ -40,7 +40,23 @@ def cgroup(tmp_path: Path, files: dict[str, str]) -> Path:
     ({"cpu.max": "garbage"}, {0, 1, 2}, 3),                                 # unreadable: no limit
 ])
 def test_usable_cpus_is_the_affinity_capped_by_the_cgroup_quota(tmp_path, files, affinity, expected):
-    assert host.usable_cpus(affinity, cgroup(tmp_path, files)) == expected
+    root = cgroup(tmp_path / "cg", files)
+    assert host.usable_cpus(affinity, root, proc_cgroup=tmp_path / "none") == expected  # a container's view: "/"
+    (tmp_path / "self").write_text("0::/\n")
+    assert host.usable_cpus(affinity, root, proc_cgroup=tmp_path / "self") == expected
+
+
+@pytest.mark.parametrize(("proc", "files", "expected"), [
+    ("0::/user.slice/job\n", {"user.slice/job/cpu.max": "100000 100000", "cpu.max": "max 100000"}, 1),
+    ("0::/a/b\n", {"a/cpu.max": "200000 100000", "a/b/cpu.max": "max 100000"}, 2),  # the parent's limit
+    ("0::/a/b\n", {"a/b/cpu.max": "300000 100000", "a/cpu.max": "max 100000"}, 3),
+    ("4:memory:/x\n1:cpu,cpuacct:/k8s/pod\n0::/\n",                                 # v1, nested
+     {"cpu,cpuacct/k8s/pod/cpu.cfs_quota_us": "250000", "cpu,cpuacct/k8s/pod/cpu.cfs_period_us": "100000"}, 2),
+    ("0::/other\n", {"a/b/cpu.max": "100000 100000"}, 8),                              # another cgroup's limit
+])
+def test_usable_cpus_reads_this_process_cgroup_and_its_ancestors(tmp_path, proc, files, expected):
+    (tmp_path / "self").write_text(proc)
+    assert host.usable_cpus(set(range(8)), cgroup(tmp_path / "cg", files), proc_cgroup=tmp_path / "self") == expected
 
 
 def test_capped_threads_never_exceeds_the_usable_cores():
