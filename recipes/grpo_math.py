@@ -27,6 +27,7 @@ from rlreason.config import GRPOConfig, parse_args
 from rlreason.data import arith_dataset, filter_rows, load_dataset_any, prepare
 from rlreason.distill import check_same_tokenizer
 from rlreason.eval.suites import arith_suite
+from rlreason.host import capped_threads, exit_with_launcher
 from rlreason.rewards import accuracy_reward, build_rewards, format_reward
 from rlreason.tasks.arith import Difficulty
 from rlreason.trainer import INTERNAL_COLUMNS, GRPOTrainer
@@ -127,8 +128,9 @@ def start(cfg: GRPOConfig) -> tuple[Accelerator, Path]:
     that the folder may be used and that the reward names resolve: before any model loads."""
     datasets.disable_progress_bars()  # one progress bar: the training one
     transformers.utils.logging.disable_progress_bar()
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    # never more threads than usable cores (rlreason.host); unset: torch's default (OMP_NUM_THREADS or the cores)
+    torch.set_num_threads(capped_threads(cfg.num_threads or torch.get_num_threads()))
+    exit_with_launcher()  # a SIGTERM to `accelerate launch` reaches this process (it checkpoints and stops)
     acc = Accelerator(log_with=cfg.report_to or None, project_dir=cfg.output_dir)
     out = Path(cfg.output_dir)
     # another run's checkpoints there: refuse (or, with overwrite_output_dir, delete) before any model loads

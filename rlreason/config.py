@@ -38,7 +38,7 @@ class GRPOConfig:
     output_dir: str = "runs/tiny_cpu"
     seed: int = 0
     max_steps: int = 300  # rollout batches; each gives num_iterations optimizer steps
-    num_threads: int | None = None  # torch intra-op threads; 1 is fastest for tiny models on CPU
+    num_threads: int | None = None  # torch intra-op threads, at most the usable cores (None: torch default)
 
     # --- model ---
     model_name_or_path: str = "tiny"  # "tiny" = the embedded model, built on first use

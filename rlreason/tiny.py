@@ -37,12 +37,15 @@ from pathlib import Path
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
+from rlreason.host import capped_threads
 from rlreason.rollout.hf import right_pad
 from rlreason.tasks import arith
 
-# Threads for the build (a fixed count keeps it reproducible on a machine); RLREASON_BUILD_THREADS
-# overrides it, e.g. 1 on oversubscribed cores, where two threads can be several times slower.
-BUILD_THREADS = int(os.environ.get("RLREASON_BUILD_THREADS", "2"))
+# Threads for the build: a fixed count keeps it reproducible. One by default: on 2 cores shared with
+# one busy loop, 2 threads ran 100 warm-up steps in 541 s (26 s alone); 1 thread does not collapse
+# (rlreason/host.py; benchmarks/busy_machine.py). RLREASON_BUILD_THREADS asks for more, capped at the
+# usable cores. The weights depend on the thread count: a cache built with 2 threads differs from a 1-thread build.
+BUILD_THREADS = 1
 BUILD_VERSION = 1  # bump when the build procedure changes, so old caches are not reused
 PAD, EOS, IM_START = "<|endoftext|>", "<|im_end|>", "<|im_start|>"
 CHATML_TEMPLATE = (
@@ -113,6 +116,12 @@ TINY_SMALL = TinySpec(name="tiny-small", hidden_size=64, num_layers=4, num_heads
 
 # Names ``model_name_or_path`` accepts for the embedded models.
 SPECS = {"tiny": TinySpec(), "tiny-moe": TINY_MOE, "tiny-small": TINY_SMALL}
+
+
+def build_threads() -> int:
+    """The build's intra-op threads: RLREASON_BUILD_THREADS (default 1), never more than the
+    cores this process may use."""
+    return capped_threads(int(os.environ.get("RLREASON_BUILD_THREADS", BUILD_THREADS)))
 
 
 def cache_root() -> Path:
@@ -280,9 +289,8 @@ def ensure(spec: TinySpec = TinySpec(), rebuild: bool = False, log=print) -> Pat
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".build-"))
     try:
         threads = torch.get_num_threads()
-        # A fixed thread count keeps the build bit-for-bit reproducible on a machine; two
-        # threads are ~1.8x faster than one for the warm-up's batched matmuls.
-        torch.set_num_threads(BUILD_THREADS)
+        # A fixed thread count keeps the build bit-for-bit reproducible on a machine
+        torch.set_num_threads(build_threads())
         try:
             build(spec, tmp, log=log)
         finally:

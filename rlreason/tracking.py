@@ -198,19 +198,67 @@ def plot_router(metrics_path: str | Path, out_png: str | Path) -> Path | None:
     return out_png
 
 
-def _table(rows: list[list[Any]], header: list[str]) -> str:
+def _table(rows: list[list[Any]], header: list[str], fmt=None) -> str:
+    """An HTML table; ``fmt(row key, value)`` renders each cell (default: ``_fmt(value)``)."""
     esc = html.escape
+    fmt = fmt or (lambda key, v: _fmt(v))
     head = "".join(f"<th>{esc(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{esc(_fmt(c))}</td>" for c in r) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(f"<td>{esc(fmt(r[0], c))}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _fmt(v: Any) -> str:
+    """A value as a reader wants it: floats to 4 significant digits, lists as ``[a, b]``."""
     if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, list | dict):
-        return json.dumps(v)
+        return f"{v:.4g}" if math.isfinite(v) else str(v)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return ", ".join(f"{k}: {_fmt(x)}" for k, x in v.items())
     return str(v)
+
+
+def _pct(v: Any) -> str:
+    return f"{100 * v:.1f}%" if isinstance(v, int | float) and not isinstance(v, bool) else _fmt(v)
+
+
+def _duration(s: float) -> str:
+    return f"{s:.3g} s" if s < 120 else f"{s / 60:.1f} min"
+
+
+# summary / metric keys whose values are fractions shown as percents
+_FRACTION_WORDS = ("heldout_before", "heldout_after", "accuracy", "pass@", "maj@", "rate", "frac")
+
+
+def _summary_value(key: str, v: Any) -> str:
+    """A summary.json value with its unit: accuracies in percent (one decimal), the gain in
+    percentage points, CIs as ``[a, b]``, times in s or min."""
+    if isinstance(v, dict):
+        return "; ".join(f"{k}: {_summary_value(k, x)}" for k, x in v.items())
+    if isinstance(v, bool) or not isinstance(v, int | float | list):
+        return _fmt(v)
+    if key == "gain":
+        return f"{100 * v:+.1f} points"
+    if key == "gain_ci95":
+        return "[" + ", ".join(f"{100 * x:+.1f}" for x in v) + "] points"
+    if key.endswith("_time_s"):
+        return _duration(v)
+    if key.endswith("per_s"):
+        return f"{v:,.0f}" if v >= 1000 else f"{v:.3g}"
+    if key.endswith(("_ci95", "_ci")) or any(w in key for w in _FRACTION_WORDS):
+        return "[" + ", ".join(_pct(x) for x in v) + "]" if isinstance(v, list) else _pct(v)
+    return _fmt(v)
+
+
+def _settings(config: dict[str, Any]) -> str:
+    """The run's key settings, one line for the top of the report."""
+    batch = config.get("per_device_train_batch_size")
+    accum = config.get("gradient_accumulation_steps", 1)
+    items = [("model", config.get("model_name_or_path")), ("loss_type", config.get("loss_type")),
+             ("steps", config.get("max_steps")), ("lr", config.get("learning_rate")),
+             ("num_generations", config.get("num_generations")),
+             ("batch", f"{batch} per device x {accum} accumulation steps" if accum and accum > 1 else batch)]
+    return " &middot; ".join(f"{html.escape(k)} <b>{html.escape(_fmt(v))}</b>" for k, v in items if v is not None)
 
 
 def write_report(output_dir: str | Path, config: dict[str, Any], summary: dict[str, Any],
@@ -226,9 +274,10 @@ def write_report(output_dir: str | Path, config: dict[str, Any], summary: dict[s
         for r in read_metrics(out / "completions.jsonl"):
             comps.setdefault(r["step"], []).append(r)
     sections = [f"<h1>rlreason run: {html.escape(str(out))}</h1>",
+                f"<p class='settings'>{_settings(config)}</p>",
                 "<p><b>stopped early (checkpoint saved; resume with resume_from_checkpoint: auto)</b></p>"
                 if summary.get("interrupted") else "",
-                "<h2>Summary</h2>", _table([[k, v] for k, v in summary.items()], ["", "value"]),
+                "<h2>Summary</h2>", _table([[k, v] for k, v in summary.items()], ["", "value"], _summary_value),
                 '<h2>Curves</h2><img src="plot.png" alt="training curves" style="max-width:100%">']
     if metrics.exists() and plot_router(metrics, out / "router.png") is not None:
         last = [r for r in read_metrics(metrics) if r.get("moe/load_cv") is not None][-1]

@@ -1,0 +1,83 @@
+"""Stopping the launcher stops the run: SIGTERM or SIGINT to the `accelerate launch` process a user
+started (what `kill <pid>` does) reaches the training process, which checkpoints and exits as on a
+direct SIGTERM, and nothing of the run is left behind. Real processes: the README's launch command."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ACCELERATE = Path(sys.executable).parent / "accelerate"
+ARGS = ["--max_steps", "200", "--save_steps", "0", "--per_device_train_batch_size", "32",
+        "--gradient_accumulation_steps", "1", "--num_generations", "4", "--eval_steps", "0",
+        "--final_eval_size", "40", "--eval_size", "40", "--progress", "false", "--num_threads", "1"]
+STOP_WITHIN_S = 90  # a step of this run takes ~1 s alone; the margin is for a busy machine
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for a parent that does not reap it counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def children(pid: int) -> list[int]:
+    return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+
+
+def in_group(pgid: int) -> list[int]:
+    """Live processes of process group ``pgid`` (the launcher's session: the run and its workers)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                out.append(int(d.name))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_the_launcher_checkpoints_and_stops_the_run(tiny_path, tmp_path, sig):
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    launcher = subprocess.Popen([str(ACCELERATE), "launch", "recipes/grpo_math.py", "--config",
+                                 "recipes/configs/tiny_cpu.yaml", "--output_dir", str(out), *ARGS],
+                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)  # its own group: the test can clean up
+    try:
+        metrics = out / "metrics.jsonl"
+        deadline = time.monotonic() + 300
+        while not (metrics.exists() and '"step": 1,' in metrics.read_text()):
+            assert launcher.poll() is None, launcher.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "no training step within 300 s"
+            time.sleep(0.1)
+        (trainer,) = children(launcher.pid)
+        launcher.send_signal(sig)  # to the launcher only, as `kill <pid>` does
+        launcher.wait(timeout=30)
+        deadline = time.monotonic() + STOP_WITHIN_S
+        while alive(trainer):
+            assert time.monotonic() < deadline, f"the training process outlived its launcher by {STOP_WITHIN_S} s"
+            time.sleep(0.2)
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["interrupted"] and 1 <= summary["steps"] < 200
+        assert (out / "checkpoints" / f"step-{summary['steps']:07d}").is_dir()
+        assert not (out / "final_model").exists()
+        assert in_group(launcher.pid) == []  # no orphan: no process of the run remains
+    finally:
+        if in_group(launcher.pid):
+            os.killpg(launcher.pid, signal.SIGKILL)
+        launcher.wait()
