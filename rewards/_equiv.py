@@ -175,8 +175,9 @@ _REPLACEMENTS = [
     (re.compile(r"\\gt(?![a-zA-Z])"), ">"),
     (re.compile(r"\\mp(?![a-zA-Z])"), r"\\pm"),
     (re.compile(r"\\\$|\$"), ""),
+    # A wrapper's content stays apart from a command before it: 5\times\mathrm{e} is not 5\timese.
     (re.compile(r"\\(?:textbf|textit|textnormal|textrm|mathrm|mathbf|mathit|mbox|text|operatorname)\s*\{([^{}]*)\}"),
-     r"\1"),
+     lambda m: (" " if m.start() and m.string[m.start() - 1].isalpha() else "") + m.group(1)),
 ]  # fmt: skip
 _PERCENT = re.compile(r"\s*(?:\\%|%|\bpercent(?:age)?\b|\bpct\b)\s*$")
 # Trailing unit words after something numeric: "125 miles", "864 inches^2", "5.4 cents";
@@ -856,8 +857,8 @@ def _values_equal(g: Num | Expr, p: Num | Expr) -> bool:
     expr = g if isinstance(g, Expr) else p
     num = g if isinstance(g, Num) else p
     assert isinstance(expr, Expr) and isinstance(num, Num)
-    if expr.symbols:
-        return False
+    if expr.symbols:  # equal only if the expression is that constant whatever its variables
+        return _is_zero_function(expr.expr - sympy.Rational(num.value.numerator, num.value.denominator))
     if isinstance(g, Num) and g.places is not None and g.places >= 2:  # a rounded decimal gold
         value = _decimal_value(expr.expr)
         return value is not None and _within_places(value, g)
@@ -898,9 +899,8 @@ def _within_places(value: Fraction, gold: Num) -> bool:
 
 
 def _exprs_equal(g: Expr, p: Expr) -> bool:
-    """Same variables (case matters) and a difference that is identically zero."""
-    if g.symbols != p.symbols:
-        return False
+    """A difference that is identically zero (variables are case-sensitive names; two answers
+    in different variables are equal only when both are the same constant)."""
     if g.expr == p.expr:
         return True
     return _is_zero_function(g.expr - p.expr)

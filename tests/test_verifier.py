@@ -144,6 +144,7 @@ EQUIVALENCE_CASES = {
         ("e^{x+1}", "e^x+1", False),
         ("\\frac{x}{y+1}", "\\frac{x}{y}+1", False),
         ("x", "X", False),  # variables are case-sensitive
+        ("x", "y", False),
         ("2\\pi r", "2\\pir", False),
     ],
     "plain_text_functions": [
@@ -166,6 +167,10 @@ EQUIVALENCE_CASES = {
         ("(1+\\sqrt2)^2", "3+2\\sqrt2", True),
         ("\\sqrt{5+2\\sqrt6}", "\\sqrt2+\\sqrt3", True),
         ("\\log_2 8", "\\ln 8/\\ln 2", True),
+        ("5e^{4}", "5\\times\\mathrm{e}^{4}", True),  # a wrapper's content is not glued to \\times
+        ("\\frac52", "\\frac{5\\cdot\\frac{y+9}{2}}{y+9}", True),  # a constant, whatever its variable
+        ("\\sin^{-1}(\\frac12)", "\\frac{\\pi}{6}", True),  # arcsin
+        ("\\frac{1}{\\sin(\\frac12)}", "\\sin^{-1}(\\frac12)", False),
     ],
     "sets_written_otherwise": [
         ("(-\\infty,-1)\\cup(2,\\infty)", "(2,\\infty)\\cup(-\\infty,-1)", True),
@@ -404,7 +409,7 @@ def test_normalization_rules_preserve_the_value() -> None:
         ("\\mathbb{R}", "(-\\infty,\\infty)"),  # the reals as an interval
         ("\\langle 1,2\\rangle", "( 1,2)"),  # a vector as its tuple
         ("0.\\overline{3}", "\\frac{1}{3}"),  # a repeating decimal is that fraction
-        ("\\tan 45^\\circ", "\\tan (45\\pi/180)"),  # degrees inside a trig function are radians * pi/180
+        ("\\tan 45^\\circ", "\\tan(45\\pi/180)"),  # degrees inside a trig function are radians * pi/180
         ("125 miles", "125"),  # a trailing unit word
     ]
     for raw, rewritten in rows:
