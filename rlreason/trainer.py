@@ -179,6 +179,12 @@ class GRPOTrainer:
         scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=cfg.warmup_steps,
                                   num_training_steps=cfg.max_steps * cfg.num_iterations)
         self.model, self.optimizer, self.scheduler = self.acc.prepare(model, optimizer, scheduler)
+        # One scheduler step per optimizer step, whatever the process count. accelerate's prepared
+        # scheduler otherwise steps the real one num_processes times per call (it assumes each
+        # process's dataloader batch adds to the global batch count), which ran the schedule N times
+        # too fast on N processes (tests/test_distributed_math.py). It stays prepared, so the
+        # checkpoint still holds its state.
+        self.scheduler.step_with_optimizer = False
         # Mixture-of-experts policy: router metrics every step, optional load-balancing loss and
         # routing replay (rlreason/moe.py). Nothing of it runs for a dense model.
         self.routers = find_routers(self.acc.unwrap_model(self.model))

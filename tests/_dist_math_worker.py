@@ -1,0 +1,89 @@
+"""Worker for tests/test_distributed_math.py: run as a plain script (one process) or under
+``torch.distributed.run`` (several processes, gloo on CPU).
+
+    python tests/_dist_math_worker.py lr --model DIR --out FILE
+    python -m torch.distributed.run --nproc_per_node 2 tests/_dist_math_worker.py lr --model DIR --out FILE
+
+``lr``: GRPOTrainer.train() with a linear warmup + decay schedule; the main process writes the
+learning rate every step logged (metrics.jsonl), so one process and N processes can be compared.
+
+``forwards``: one GRPOTrainer.update per process on a rollout where the processes hold
+different numbers of live groups (skip_zero_advantage_groups on, several micro-batches): every
+process writes how many forward passes its policy ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+# The LR run: 6 steps x 2 updates = 12 scheduler steps, 3 of warmup.
+LR_STEPS, LR_ITERATIONS, LR_WARMUP, LR = 6, 2, 3, 1e-3
+
+
+def _hash_reward(completions, **kw) -> list[float]:
+    return [float(int(hashlib.md5(c.encode()).hexdigest(), 16) % 3) for c in completions]
+
+
+def _run_dir(acc, tmp: str) -> Path:
+    from accelerate.utils import broadcast_object_list
+
+    run_dir = Path(tmp) / "run"
+    if acc.num_processes > 1:  # one folder for all processes: the main process's
+        run_dir = Path(broadcast_object_list([str(run_dir)])[0])
+    return run_dir
+
+
+def lr_run(model_dir: str, out: Path) -> None:
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlreason.config import GRPOConfig
+    from rlreason.data import arith_dataset, prepare
+    from rlreason.trainer import GRPOTrainer
+
+    acc = Accelerator(cpu=True)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    train = prepare(arith_dataset(32, 0, "train"), tokenizer=tok)
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = _run_dir(acc, tmp)
+        cfg = GRPOConfig(output_dir=str(run_dir), seed=0, max_steps=LR_STEPS, num_iterations=LR_ITERATIONS,
+                         lr_scheduler_type="linear", warmup_steps=LR_WARMUP, learning_rate=LR, num_generations=2,
+                         per_device_train_batch_size=2, gradient_accumulation_steps=1, max_completion_length=8,
+                         reward_num_workers=0, eval_steps=0, save_steps=0, final_eval_size=0,
+                         log_completions_steps=0, progress=False)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        trainer = GRPOTrainer(cfg, model, tok, train, [_hash_reward], accelerator=acc)
+        trainer.train()
+        if acc.is_main_process:
+            rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            out.write_text(json.dumps({"world": acc.num_processes,
+                                       "lr": [r["lr"] for r in rows if "lr" in r]}))
+        acc.wait_for_everyone()
+    acc.end_training()
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("mode", choices=["lr"])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--out", required=True, type=Path)
+    args = ap.parse_args(argv)
+    lr_run(args.model, args.out)
+    if torch.distributed.is_initialized():  # a clean exit: no gloo teardown at interpreter shutdown
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
