@@ -74,13 +74,71 @@ def lr_run(model_dir: str, out: Path) -> None:
     acc.end_training()
 
 
+# The forward-count run: 4 prompts x 2 samples per step over all processes, two micro-batches per
+# process (2 processes: one group per micro-batch), two updates per rollout.
+FW_PROMPTS, FW_G, FW_MICRO = 4, 2, 2
+
+
+def _alternating(prompts, completions, **kw) -> list[float]:
+    """0, 1, 0, 1, ...: every group has signal (advantages +-1), whatever was sampled."""
+    return [float(i % 2) for i in range(len(completions))]
+
+
+def forwards_run(model_dir: str, out: Path) -> None:
+    """One step in which the last prompt of the global batch has no signal (a flat group, skipped):
+    with 2 processes, process 1 trains one group (one micro-batch) and process 0 two."""
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlreason.config import GRPOConfig
+    from rlreason.data import arith_dataset, prepare
+    from rlreason.trainer import GRPOTrainer
+
+    acc = Accelerator(cpu=True)
+    world = acc.num_processes
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    train = prepare(arith_dataset(32, 0, "train"), tokenizer=tok)
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(0 * 100_003 + 0))
+    flat = train[int(perm[FW_PROMPTS - 1])]["prompt"]
+
+    def reward(prompts, completions, **kw) -> list[float]:
+        return [0.0 if p == flat else r for p, r in zip(prompts, _alternating(prompts, completions), strict=True)]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = _run_dir(acc, tmp)
+        cfg = GRPOConfig(output_dir=str(run_dir), seed=0, max_steps=1, num_iterations=2, num_generations=FW_G,
+                         per_device_train_batch_size=FW_PROMPTS * FW_G // world // FW_MICRO,
+                         gradient_accumulation_steps=FW_MICRO, max_completion_length=12, learning_rate=1e-4,
+                         generation_seed_per_prompt=True, skip_zero_advantage_groups=True, reward_num_workers=0,
+                         eval_steps=0, save_steps=0, final_eval_size=0, log_completions_steps=0, progress=False)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        trainer = GRPOTrainer(cfg, model, tok, train, [reward], accelerator=acc)
+        ro = trainer.collect()
+        calls: list[int] = []
+        core = acc.unwrap_model(trainer.model).model
+        handle = core.register_forward_pre_hook(lambda *a: calls.append(1))
+        metrics = trainer.update(ro)
+        handle.remove()
+        forwards = acc.gather(torch.tensor([len(calls)])).tolist()
+        live = acc.gather(torch.tensor([int(ro.advantages.view(-1, FW_G).ne(0).any(1).sum())])).tolist()
+        # each process's loss is its share of DDP's averaged objective (the trainer's _reduce averages it)
+        loss = acc.gather(torch.tensor([metrics["loss"]], dtype=torch.float64)).mean().item()
+        if acc.is_main_process:
+            out.write_text(json.dumps({"world": world, "forwards": forwards, "live_groups": live,
+                                       "loss": loss, "grad_norm": metrics["grad_norm"],
+                                       "skipped_groups_frac": metrics["skipped_groups_frac"]}))
+        acc.wait_for_everyone()
+        trainer.close()
+    acc.end_training()
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["lr"])
+    ap.add_argument("mode", choices=["lr", "forwards"])
     ap.add_argument("--model", required=True)
     ap.add_argument("--out", required=True, type=Path)
     args = ap.parse_args(argv)
-    lr_run(args.model, args.out)
+    {"lr": lr_run, "forwards": forwards_run}[args.mode](args.model, args.out)
     if torch.distributed.is_initialized():  # a clean exit: no gloo teardown at interpreter shutdown
         torch.distributed.destroy_process_group()
 
