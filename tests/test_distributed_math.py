@@ -40,7 +40,8 @@ def test_lr_schedule_on_two_processes_equals_one_process(tiny_path, tmp_path):
     # the LR logged after step s: s * num_iterations scheduler steps taken
     expected = [LR * _linear(s * LR_ITERATIONS, LR_WARMUP, total) for s in range(1, LR_STEPS + 1)]
     assert got[1]["lr"] == pytest.approx(expected, rel=1e-9, abs=1e-12)
-    # before the fix, 2 processes stepped the schedule twice per update: [1e-3, 8e-4, 4e-4, 0, 0, 0]
+    # before the fix, 2 processes stepped the schedule twice per update: [8.9e-4, 4.4e-4, 0, 0, 0, 0]
+    # instead of [6.7e-4, 8.9e-4, 6.7e-4, 4.4e-4, 2.2e-4, 0]
     assert got[2]["lr"] == pytest.approx(got[1]["lr"], rel=1e-9, abs=1e-12)
 
 
