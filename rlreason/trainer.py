@@ -457,7 +457,7 @@ class GRPOTrainer:
         # the same per-token log-probs without G copies of each prompt or completion padding.
         packed = self.cfg.pack_prompt_groups and mb % G == 0 and self.packing_supported
         for i in range(0, len(ro.samples), mb):
-            sl = slice(i, i + mb)
+            sl = slice(i, min(i + mb, len(ro.samples)))  # exact: padding micro-batches' advantages follow
             sampler = [s.logprobs for s in ro.samples[sl]] if self._uses_sampler_logprobs() else None
             completions = [s.token_ids for s in ro.samples[sl]]
             if packed:

@@ -74,9 +74,11 @@ def lr_run(model_dir: str, out: Path) -> None:
     acc.end_training()
 
 
-# The forward-count run: 4 prompts x 2 samples per step over all processes, two micro-batches per
-# process (2 processes: one group per micro-batch), two updates per rollout.
-FW_PROMPTS, FW_G, FW_MICRO = 4, 2, 2
+# The forward-count run: 8 prompts x 2 samples per step over all processes, two micro-batches per
+# process (2 processes: two groups per micro-batch), two updates per rollout. The prompts at these
+# positions of the step's global batch have no signal (flat groups, skipped): with 2 processes,
+# process 0 keeps 3 groups (micro-batches of 2 and 1), process 1 keeps 1 (one micro-batch, half full).
+FW_PROMPTS, FW_G, FW_MICRO, FW_FLAT = 8, 2, 2, (3, 5, 6, 7)
 
 
 def _alternating(prompts, completions, **kw) -> list[float]:
@@ -85,8 +87,8 @@ def _alternating(prompts, completions, **kw) -> list[float]:
 
 
 def forwards_run(model_dir: str, out: Path) -> None:
-    """One step in which the last prompt of the global batch has no signal (a flat group, skipped):
-    with 2 processes, process 1 trains one group (one micro-batch) and process 0 two."""
+    """One step with the flat groups of FW_FLAT skipped: the processes keep different numbers of
+    groups, and micro-batches that are not full."""
     from accelerate import Accelerator
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -99,10 +101,10 @@ def forwards_run(model_dir: str, out: Path) -> None:
     tok = AutoTokenizer.from_pretrained(model_dir)
     train = prepare(arith_dataset(32, 0, "train"), tokenizer=tok)
     perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(0 * 100_003 + 0))
-    flat = train[int(perm[FW_PROMPTS - 1])]["prompt"]
+    flat = {train[int(perm[i])]["prompt"] for i in FW_FLAT}
 
     def reward(prompts, completions, **kw) -> list[float]:
-        return [0.0 if p == flat else r for p, r in zip(prompts, _alternating(prompts, completions), strict=True)]
+        return [0.0 if p in flat else r for p, r in zip(prompts, _alternating(prompts, completions), strict=True)]
 
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = _run_dir(acc, tmp)

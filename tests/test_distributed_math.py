@@ -47,18 +47,19 @@ def test_lr_schedule_on_two_processes_equals_one_process(tiny_path, tmp_path):
 
 @pytest.mark.slow
 def test_ranks_run_equal_forwards_with_skipped_groups(tiny_path, tmp_path):
-    """Process 1 has one live group, process 0 two (two micro-batches each, flat groups skipped,
-    num_iterations 2): both must run the same forward passes (a sharded policy's all-gathers hang
-    otherwise), and the update must still be the one-process update of the same batch."""
+    """Process 0 keeps three live groups (micro-batches of 2 and 1 groups), process 1 one (flat
+    groups skipped, num_iterations 2): both must run the same forward passes (a sharded policy's
+    all-gathers hang otherwise), and the update must still be the one-process update of the same
+    batch."""
     got = {}
     for n in (1, 2):
         out = tmp_path / f"fw{n}.json"
         assert_clean_exit(run(_launch(n, "forwards", "--model", str(tiny_path), "--out", str(out))))
         got[n] = json.loads(out.read_text())
     two, one = got[2], got[1]
-    assert two["live_groups"] == [2, 1]  # the shards really differ
+    assert two["live_groups"] == [3, 1]  # the shards really differ
     # 2 micro-batches x (old pass + 2 updates) on both; before the fix process 1 ran 1 x 3
     assert two["forwards"] == [6, 6]
-    assert one["skipped_groups_frac"] == two["skipped_groups_frac"] == 0.25
+    assert one["skipped_groups_frac"] == two["skipped_groups_frac"] == 0.5
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-4, abs=1e-7)
     assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-4)
