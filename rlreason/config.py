@@ -110,7 +110,9 @@ class GRPOConfig:
     vllm_server_timeout: float = 240.0  # seconds to wait for the server to come up
     vllm_group_port: int = 51216  # port the trainer opens for the weight-transfer group (server mode)
     vllm_weight_transfer: str = "auto"  # server mode: nccl | gloo | auto (nccl with a GPU); must match the server
-    weight_sync_steps: int = 1  # push the policy's weights to a separate engine every N steps
+    # push the policy's weights to a separate engine every N steps; on the steps in between its own
+    # log-probs are pi_old (the behaviour policy) of the ratio
+    weight_sync_steps: int = 1
 
     # --- optimisation ---
     per_device_train_batch_size: int = 64  # completions per micro-batch

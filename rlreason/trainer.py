@@ -19,7 +19,10 @@ statistics gather every process's rewards; loss denominators that count the whol
 (tokens, sequences) use global counts divided by the number of processes, because DDP
 averages the processes' gradients; metrics are computed on the gathered samples or summed
 over processes. A process whose shard is empty (dynamic sampling) still takes part in
-every collective, with a zero-weight micro-batch.
+every collective, with a zero-weight micro-batch, and every process runs as many micro-batches
+as the one with the most (padding micro-batches of zero weight: a sharded policy's forwards are
+collectives). The learning-rate schedule takes one step per optimizer step, whatever the number
+of processes.
 """
 
 from __future__ import annotations
@@ -499,7 +502,9 @@ class GRPOTrainer:
     def _stale_sampler(self) -> bool:
         """Whether this step's rollout came from older weights than the policy's: a separate engine
         is synced every ``weight_sync_steps`` steps, after the update of a step that is a multiple
-        of it (and at start and resume), so it lags at every other step."""
+        of it (and at start), so it lags at the steps in between. (After a resume, which syncs, the
+        first steps until the next multiple count as lagging although they are not: their ratio
+        then compares the policy with the engine's own numerics, which is harmless.)"""
         k = self.cfg.weight_sync_steps
         return not self.engine_shares_policy and k > 1 and self.step % k != 0
 
@@ -618,10 +623,11 @@ class GRPOTrainer:
         truncation = (cfg.top_k, cfg.top_p) if cfg.top_k > 0 or cfg.top_p < 1 else None
         # A stale sampler (weight_sync_steps > 1) drew from weights the trainer no longer has: its own
         # log-probs are the behaviour policy, so the ratio (and its clip) covers the lag. The trainer's
-        # current weights as pi_old made the ratio 1 and ignored the lag.
+        # current weights as pi_old made the ratio 1 and ignored the lag. The importance weight then
+        # has nothing left to correct (pi_old is the sampler's): it is 1.
         stale = self._stale_sampler() and bool(ro.samples)
         behaviour = self._frozen_logprobs(self.model, batches, truncation=truncation) \
-            if cfg.importance_sampling_cap and truncation else None
+            if cfg.importance_sampling_cap and truncation and not stale else None
         # the teacher's own distribution (temperature 1) is the target of on-policy distillation
         teacher = self._frozen_logprobs(self.teacher, batches, 1.0) if self.teacher is not None else None
         self.model.train()

@@ -177,16 +177,18 @@ def test_truncated_logprobs_are_the_samplers(tiny_path, tmp_path):
 # ---------------------------------------------------------------------- (8) a stale sampler
 
 
-def test_stale_sampler_is_the_behaviour_policy(tiny_path, tmp_path):
+@pytest.mark.parametrize("extra", [{}, {"importance_sampling_cap": 2.0, "top_p": 0.9}])
+def test_stale_sampler_is_the_behaviour_policy(tiny_path, tmp_path, extra):
     """A separate engine synced every 2 steps: at step 2 it samples with step 0's weights. The PPO
     ratio must then compare the policy with the sampler (log-ratio far from 0, as the update moved
-    the weights), not with itself (ratio 1: the lag ignored). Steps 1 and 3 sample fresh: ratio 1."""
+    the weights), not with itself (ratio 1: the lag ignored). Steps 1 and 3 sample fresh: ratio 1.
+    With TIS on, its weight is 1 at every step: the lag is the ratio's business, not the weight's."""
     from rlreason.rollout.hf import HFEngine
 
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(tiny_path)
     engine = HFEngine(AutoModelForCausalLM.from_pretrained(tiny_path), tok)
-    cfg = GRPOConfig(output_dir=str(tmp_path / "run"), weight_sync_steps=2, **SMALL)
+    cfg = GRPOConfig(output_dir=str(tmp_path / "run"), weight_sync_steps=2, **SMALL, **extra)
     train = prepare(arith_dataset(64, 0, "train"), tokenizer=tok)
     tr = GRPOTrainer(cfg, AutoModelForCausalLM.from_pretrained(tiny_path), tok, train, [_varied_reward],
                      engine=engine, accelerator=Accelerator(cpu=True))
@@ -195,6 +197,8 @@ def test_stale_sampler_is_the_behaviour_policy(tiny_path, tmp_path):
     assert [m["stale_sampler"] for m in logged] == [0.0, 1.0, 0.0]
     assert logged[0]["ratio/max_abs_log"] == 0.0 and logged[2]["ratio/max_abs_log"] == 0.0
     assert logged[1]["ratio/max_abs_log"] > 1e-2, logged[1]["ratio/max_abs_log"]
+    if extra:
+        assert [m["is_weight_mean"] for m in logged] == pytest.approx([1.0] * 3, abs=1e-3)
 
 
 # ---------------------------------------------------------------------- (6) settings that compute something else
