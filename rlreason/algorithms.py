@@ -69,9 +69,10 @@ def group_advantages(
 
     rewards: [B*G] -> advantages: [B*G]
 
-    ``scale="group"``: divide by the group's std (GRPO). ``"batch"``: by the whole batch's std
-    (more robust to groups with tiny spread; with the group-mean baseline this is
-    REINFORCE++-baseline). ``"none"``: not at all (Dr. GRPO, Liu et al. 2025, sec. 3.1: the std
+    ``scale="group"``: divide by the group's std (GRPO). ``"batch"``: by the std of the raw
+    rewards over the whole batch (TRL's scale_rewards "batch"; more robust to groups with tiny
+    spread). That is not REINFORCE++-baseline (Hu 2025), which divides the group-centred
+    rewards by their own batch std. ``"none"``: not at all (Dr. GRPO, Liu et al. 2025, sec. 3.1: the std
     division over-weights nearly solved or nearly hopeless prompts). A group whose rewards
     are all equal carries no signal: its advantages are exactly 0.
     """
@@ -109,7 +110,9 @@ def reinforce_pp_advantages(
 
     rewards: [B*G] -> advantages: [B*G]. Groups with equal rewards still get exactly 0, as
     for every estimator here, so that an all-correct prompt is not pushed up merely for
-    being easier than the batch average.
+    being easier than the batch average. So it is not the paper's form: the batch mean and std
+    include the flat groups' rewards (the kept advantages are not zero-mean over the batch), and
+    no KL penalty is folded into the reward (here the KL, if any, is a loss term).
     """
     grouped, flat = _flat_groups(rewards, group_size)
     std = rewards.std() if rewards.numel() > 1 else rewards.new_tensor(1.0)
@@ -229,6 +232,11 @@ def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: KLKind = "k3")
     logp, ref_logp: [N, T] -> [N, T], with d = ref_logp - logp:
     k1 = -d (unbiased, can be negative), k2 = d^2 / 2 (biased, low variance),
     k3 = exp(d) - d - 1 (unbiased and >= 0; GRPO's choice, eq. 4).
+
+    Those are properties of the values. As loss terms (differentiated through logp only, on the
+    policy's own samples) their expected per-token gradients are: k1: E[grad log pi] = 0, noise
+    only; k2: E[(log pi - log ref) grad log pi] = grad KL(pi || ref); k3: E[(1 - ref/pi) grad
+    log pi] = grad KL(ref || pi), the forward KL's gradient.
     """
     d = (ref_logp - logp).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
     if kind == "k1":
@@ -338,6 +346,8 @@ class LossPreset:
     ratio_level: RatioLevel
     scale_rewards: AdvantageScale
     source: str
+    # the paper's clip range (eps_low, eps_high), used when the config sets neither epsilon key
+    clip: tuple[float, float] = (0.2, 0.2)
 
 
 PRESETS: dict[str, LossPreset] = {
@@ -346,12 +356,26 @@ PRESETS: dict[str, LossPreset] = {
     # J = 1/(G L) sum_i sum_t min(r A, clip(r) A), A = r - mean(r)     (Liu et al. 2025, eq. 4)
     "dr_grpo": LossPreset("seq_sum_norm", True, "token", "none", "Understanding R1-Zero, Liu et al. 2025, eq. 4"),
     # J = 1/sum_i|o_i| sum_i sum_t min(r A, clip(r, 1-el, 1+eh) A)       (Yu et al. 2025, eq. 8/12)
-    "dapo": LossPreset("token_mean", True, "token", "group", "DAPO, Yu et al. 2025, eq. 8"),
-    # token mean per micro-batch, as TRL's "bnpo"                        (Xiao et al. 2025, eq. 6)
-    "bnpo": LossPreset("token_mean", False, "token", "group", "BNPO, Xiao et al. 2025"),
+    # clip-higher: eps_low 0.2, eps_high 0.28 (sec. 3.1 and 4.1)
+    "dapo": LossPreset("token_mean", True, "token", "group", "DAPO, Yu et al. 2025, eq. 8", (0.2, 0.28)),
+    # token mean per micro-batch: TRL's loss_type "bnpo" ("batch-normalised"). Not the method of
+    # Xiao et al. 2025 (BNPO, Beta normalisation of rewards), which only shares the acronym.
+    "bnpo": LossPreset("token_mean", False, "token", "group", "TRL's loss_type bnpo (token mean per local batch)"),
     # J = 1/G sum_i min(s_i A, clip(s_i) A), s_i = (pi/pi_old)^(1/|y_i|) (Zheng et al. 2025, eq. 5-7)
-    "gspo": LossPreset("seq_mean", True, "sequence", "group", "GSPO, Zheng et al. 2025, eq. 5-7"),
+    # s_i is a per-token geometric mean, so its range is tiny: eps 3e-4 / 4e-4 (sec. 5.1); 0.2
+    # would almost never clip it
+    "gspo": LossPreset("seq_mean", True, "sequence", "group", "GSPO, Zheng et al. 2025, eq. 5-7", (3e-4, 4e-4)),
 }
+
+
+def clip_range(loss_type: str, epsilon: float | None, epsilon_high: float | None) -> tuple[float, float]:
+    """The (eps_low, eps_high) a run uses: the ``loss_type`` preset's paper values when neither
+    is set; ``epsilon`` alone gives a symmetric clip (TRL's meaning of epsilon_high None);
+    ``epsilon_high`` alone keeps the preset's eps_low."""
+    low, high = PRESETS[loss_type].clip
+    if epsilon is None:
+        return low, high if epsilon_high is None else epsilon_high
+    return epsilon, epsilon if epsilon_high is None else epsilon_high
 
 ADVANTAGE_ESTIMATORS = ("grpo", "rloo", "reinforce_pp")
 

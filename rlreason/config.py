@@ -59,7 +59,7 @@ class GRPOConfig:
     use_peft: bool = False
     lora_r: int = 16
     lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    lora_dropout: float = 0.05  # SFT only: GRPO switches dropout off (it is noise in the ratio and KL)
     lora_target_modules: str | list[str] = "all-linear"
     lora_modules_to_save: list[str] = field(default_factory=list)  # fully trained (e.g. ["lm_head"])
     load_in_4bit: bool = False  # QLoRA: NF4 base weights (bitsandbytes, CUDA)
@@ -110,7 +110,9 @@ class GRPOConfig:
     vllm_server_timeout: float = 240.0  # seconds to wait for the server to come up
     vllm_group_port: int = 51216  # port the trainer opens for the weight-transfer group (server mode)
     vllm_weight_transfer: str = "auto"  # server mode: nccl | gloo | auto (nccl with a GPU); must match the server
-    weight_sync_steps: int = 1  # push the policy's weights to a separate engine every N steps
+    # push the policy's weights to a separate engine every N steps; on the steps in between its own
+    # log-probs are pi_old (the behaviour policy) of the ratio
+    weight_sync_steps: int = 1
 
     # --- optimisation ---
     per_device_train_batch_size: int = 64  # completions per micro-batch
@@ -131,8 +133,11 @@ class GRPOConfig:
     importance_sampling_level: str | None = None  # token | sequence; None = the preset's (gspo: sequence)
     beta: float = 0.0  # KL coefficient; 0 loads no reference model
     kl_estimator: str = "k3"  # k1 | k2 | k3
-    epsilon: float = 0.2
-    epsilon_high: float | None = None  # None = epsilon (symmetric clip); DAPO uses 0.28
+    # Clip range; with neither set, the loss_type preset's paper values (dapo 0.2/0.28, gspo 3e-4/4e-4,
+    # else 0.2/0.2; rlreason.algorithms.clip_range); epsilon alone = a symmetric clip. The resolved
+    # values are what to_dict (the run's config.yaml) holds.
+    epsilon: float | None = None
+    epsilon_high: float | None = None
     dual_clip: float | None = None  # c > 1 bounds negative-advantage losses at c * |A| (Ye et al. 2020)
     importance_sampling_cap: float | None = None  # truncated IS on sampler/trainer mismatch; None = off
     entropy_coef: float = 0.0  # > 0 adds an entropy bonus
@@ -241,7 +246,7 @@ class GRPOConfig:
              "turn it off for distillation, or mix in the reward with teacher_reward_weight > 0")
         need(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
         need(self.beta >= 0, "beta", f"must be >= 0, got {self.beta}")
-        need(self.epsilon > 0, "epsilon", f"must be > 0, got {self.epsilon}")
+        need(self.epsilon is None or self.epsilon > 0, "epsilon", f"must be > 0, got {self.epsilon}")
         need(self.epsilon_high is None or self.epsilon_high > 0, "epsilon_high", "must be > 0")
         need(self.num_iterations >= 1, "num_iterations", f"must be >= 1, got {self.num_iterations}")
         need(self.max_steps >= 1, "max_steps", f"must be >= 1, got {self.max_steps}")
@@ -252,8 +257,16 @@ class GRPOConfig:
         need(self.reward_weights is None or len(self.reward_weights) == len(self.reward_funcs), "reward_weights",
              f"has {len(self.reward_weights or [])} entries but reward_funcs has {len(self.reward_funcs)}")
 
+    def clip_range(self) -> tuple[float, float]:
+        """(eps_low, eps_high) after the loss_type preset's defaults (rlreason.algorithms.clip_range)."""
+        from rlreason.algorithms import clip_range  # here: the config module stays free of torch
+
+        return clip_range(self.loss_type, self.epsilon, self.epsilon_high)
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["epsilon"], d["epsilon_high"] = self.clip_range()  # what the run uses, not "the preset's"
+        return d
 
 
 DISTILL_MODES = ("on_policy", "offline")

@@ -26,7 +26,8 @@ from torch.utils.checkpoint import checkpoint
 from rlreason import algorithms as A
 from rlreason.lora import is_peft_model
 from rlreason.packing import model_attention_mask
-from rlreason.rollout.hf import left_pad, positions_from_mask, right_pad
+from rlreason.rollout.base import SamplingConfig
+from rlreason.rollout.hf import left_pad, positions_from_mask, process_logits, right_pad
 
 # Tokens per chunk by default: 512 x 151,936 fp32 logits is 311 MB, and a matmul of 512 rows
 # is already large enough that chunking costs little time.
@@ -66,17 +67,32 @@ def logit_transform(config) -> LogitTransform:
                           softcap=getattr(cfg, "final_logit_softcapping", None) or None)
 
 
+def sampling_logits(logits: torch.Tensor, temperature: float, truncation: tuple[int, float] | None = None
+                    ) -> torch.Tensor:
+    """The logits of the distribution the sampler drew from. [..., V] -> [..., V]
+
+    Divided by the temperature; with ``truncation = (top_k, top_p)`` also cut as the sampler cut
+    them (``rlreason.rollout.hf.process_logits``: top-k, then top-p; removed tokens -inf), so a
+    log-softmax of them is the sampler's log-prob (vLLM's ``processed_logprobs``, the HF
+    engine's), not the full distribution's, which differs by the log of the kept mass.
+    """
+    if temperature != 1.0:
+        logits = logits / temperature
+    if truncation is not None:
+        top_k, top_p = truncation
+        logits = process_logits(logits, SamplingConfig(max_tokens=1, temperature=1.0, top_p=top_p, top_k=top_k))
+    return logits
+
+
 def _chunk_logprobs(hidden: torch.Tensor, ids: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor],
-                    transform: LogitTransform, temperature: float, with_entropy: bool, entropy_grad: bool
-                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                    transform: LogitTransform, temperature: float, with_entropy: bool, entropy_grad: bool,
+                    truncation: tuple[int, float] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One chunk: hidden [C, H], ids [C] -> (logp [C], entropy [C] or None).
 
     The same operations, in the same order and precision, as the unchunked path: head in the
     model's dtype, then float32, the model's transform, the temperature, log-softmax.
     """
-    logits = transform(head(hidden).float())
-    if temperature != 1.0:
-        logits = logits / temperature
+    logits = sampling_logits(transform(head(hidden).float()), temperature, truncation)
     logp = A.selective_log_softmax(logits, ids)
     ent = None
     if with_entropy:  # after logp: the backward's recompute may stop once logp's inputs are back
@@ -88,7 +104,8 @@ def _chunk_logprobs(hidden: torch.Tensor, ids: torch.Tensor, head: Callable[[tor
 def chunked_token_logprobs(hidden: torch.Tensor, ids: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor],
                            chunk_size: int = DEFAULT_CHUNK_SIZE, temperature: float = 1.0,
                            transform: LogitTransform | None = None, with_entropy: bool = False,
-                           entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                           entropy_grad: bool = False, truncation: tuple[int, float] | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log softmax(transform(head(hidden)) / temperature)[ids], ``chunk_size`` tokens at a time.
 
     hidden: [N, T, H] (the states that predict ``ids``), ids: [N, T] -> logp [N, T], and
@@ -106,7 +123,7 @@ def chunked_token_logprobs(hidden: torch.Tensor, ids: torch.Tensor, head: Callab
     logps, ents = [], []
     # split, not slicing: one backward node concatenates the chunks' gradients
     for h, i in zip(flat_h.split(chunk_size), flat_ids.split(chunk_size), strict=True):
-        args = (h, i, head, transform, temperature, with_entropy, entropy_grad)
+        args = (h, i, head, transform, temperature, with_entropy, entropy_grad, truncation)
         if torch.is_grad_enabled():
             lp, ent = checkpoint(_chunk_logprobs, *args, use_reentrant=False)
         else:
@@ -171,7 +188,8 @@ def _hidden_states(model, inputs: dict[str, torch.Tensor]):
 
 def chunked_completion_logprobs(model, batch: dict[str, torch.Tensor], temperature: float = 1.0,
                                 chunk_size: int = DEFAULT_CHUNK_SIZE, with_entropy: bool = False,
-                                entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                                entropy_grad: bool = False, truncation: tuple[int, float] | None = None
+                                ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``trainer.completion_logprobs`` without the [N, L, V] logits: logp [N, T] (+ entropy [N, T]).
 
     ``batch`` as ``trainer.pack`` builds it. The forward goes through ``model`` itself (so DDP
@@ -186,12 +204,13 @@ def chunked_completion_logprobs(model, batch: dict[str, torch.Tensor], temperatu
     with autocast:
         p_w = batch["prompt_width"]
         return chunked_token_logprobs(hidden[:, p_w - 1:-1], batch["input_ids"][:, p_w:], head, chunk_size,
-                                      temperature, transform, with_entropy, entropy_grad)
+                                      temperature, transform, with_entropy, entropy_grad, truncation)
 
 
 def packed_completion_logprobs(model, batch: dict[str, torch.Tensor], temperature: float = 1.0,
                                chunk_size: int | None = DEFAULT_CHUNK_SIZE, with_entropy: bool = False,
-                               entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                               entropy_grad: bool = False, truncation: tuple[int, float] | None = None
+                               ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs of the completion tokens of a prompt-group-packed batch (``rlreason.packing``).
 
     -> logp [N, T] (+ entropy [N, T]) in the padded layout of ``completion_mask``, zero on
@@ -209,12 +228,11 @@ def packed_completion_logprobs(model, batch: dict[str, torch.Tensor], temperatur
         with autocast:
             h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, src)  # [n, H]
             lp, ent = chunked_token_logprobs(h[None], ids[None], head, chunk_size, temperature, transform,
-                                             with_entropy, entropy_grad)
+                                             with_entropy, entropy_grad, truncation)
     else:
         logits = model(**inputs, use_cache=False).logits
         logits = logits.reshape(-1, logits.shape[-1]).index_select(0, src).float()  # [n, V]
-        if temperature != 1.0:
-            logits = logits / temperature
+        logits = sampling_logits(logits, temperature, truncation)
         lp = A.selective_log_softmax(logits, ids)
         ent = None
         if with_entropy:
@@ -254,27 +272,32 @@ def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: i
 
 
 def completion_logprobs(model, batch: dict[str, torch.Tensor], temperature: float = 1.0,
-                        with_entropy: bool = False, entropy_grad: bool = False, chunk_size: int | None = None
-                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                        with_entropy: bool = False, entropy_grad: bool = False, chunk_size: int | None = None,
+                        truncation: tuple[int, float] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs of the completion tokens under ``model``.
 
     -> logp [N, T] (and entropy [N, T] if asked; with gradient only for an entropy bonus).
     Logits are divided by the sampling temperature so the ratio compares the distribution
-    the tokens were drawn from. ``chunk_size`` > 0: the LM head and log-softmax run that many
+    the tokens were drawn from; ``truncation = (top_k, top_p)`` also applies the sampler's cut
+    (``sampling_logits``: the importance weight's pi_old must be the sampler's truncated
+    distribution). ``chunk_size`` > 0: the LM head and log-softmax run that many
     tokens at a time (``rlreason.logprobs``), never holding the [N, L, V] logits; else the
     model's full logits, the reference the chunked pass is tested against. A batch packed by
     prompt group (``rlreason.packing``, it has "src") is scored from its packed rows.
     """
+    if truncation is not None and with_entropy:
+        raise ValueError("completion_logprobs: the entropy of a truncated distribution is not computed (its "
+                         "removed tokens are -inf); ask for one or the other")
     if "src" in batch:
-        return packed_completion_logprobs(model, batch, temperature, chunk_size, with_entropy, entropy_grad)
+        return packed_completion_logprobs(model, batch, temperature, chunk_size, with_entropy, entropy_grad,
+                                          truncation)
     if chunk_size:
-        return chunked_completion_logprobs(model, batch, temperature, chunk_size, with_entropy, entropy_grad)
+        return chunked_completion_logprobs(model, batch, temperature, chunk_size, with_entropy, entropy_grad,
+                                           truncation)
     p_w = batch["prompt_width"]
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                 position_ids=batch["position_ids"], use_cache=False)
-    logits = out.logits[:, p_w - 1:-1].float()  # position t predicts token t + 1
-    if temperature != 1.0:
-        logits = logits / temperature
+    logits = sampling_logits(out.logits[:, p_w - 1:-1].float(), temperature, truncation)  # t predicts t + 1
     logp = A.selective_log_softmax(logits, batch["input_ids"][:, p_w:])
     ent = None
     if with_entropy:

@@ -31,6 +31,7 @@ SFT_COLUMNS = ("prompt_ids", "completion_ids")
 
 class SFTTrainer(GRPOTrainer):
     share_pack_rows = True
+    keep_dropout = True  # the NLL compares no two passes: lora_dropout stays a regulariser here
 
     def __init__(self, cfg, model, tokenizer, train_dataset: datasets.Dataset, **kwargs) -> None:
         missing = [c for c in SFT_COLUMNS if c not in train_dataset.column_names]

@@ -19,7 +19,10 @@ statistics gather every process's rewards; loss denominators that count the whol
 (tokens, sequences) use global counts divided by the number of processes, because DDP
 averages the processes' gradients; metrics are computed on the gathered samples or summed
 over processes. A process whose shard is empty (dynamic sampling) still takes part in
-every collective, with a zero-weight micro-batch.
+every collective, with a zero-weight micro-batch, and every process runs as many micro-batches
+as the one with the most (padding micro-batches of zero weight: a sharded policy's forwards are
+collectives). The learning-rate schedule takes one step per optimizer step, whatever the number
+of processes.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,10 +125,47 @@ def _input_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return batch["row_tokens"] if "row_tokens" in batch else batch["attention_mask"]
 
 
+def disable_dropout(model: torch.nn.Module) -> int:
+    """Switch every dropout of ``model`` off (``nn.Dropout`` modules, LoRA's included, and the
+    attention dropout transformers' attention modules hold as a float); -> how many were on.
+
+    Dropout in the log-prob passes is noise in the ratio pi_theta / pi_old: two passes over the
+    same tokens with the same weights disagree, so a ratio that should be 1 is clipped at random
+    (with num_iterations > 1), and the KL to the reference is not 0 when it should be. Eval mode
+    would also switch it off but also switches off transformers' gradient checkpointing, so the
+    probabilities are made 0 instead.
+    """
+    on = 0
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.Dropout) and mod.p > 0:
+            mod.p, on = 0.0, on + 1
+        if isinstance(getattr(mod, "attention_dropout", None), float) and mod.attention_dropout > 0:
+            mod.attention_dropout, on = 0.0, on + 1
+    return on
+
+
+def setting_warnings(cfg: GRPOConfig, separate_engine: bool) -> list[str]:
+    """Settings that run but likely do not compute what was meant (docs/algorithms.md, "What each
+    setting really computes"); the trainer warns about each at start-up."""
+    out = []
+    if cfg.beta > 0 and cfg.kl_estimator == "k1":
+        out.append("kl_estimator k1 with beta > 0: as a loss term k1's gradient, grad log pi, has expectation 0 "
+                   "under the policy's own samples, so the KL term adds noise and no pull towards the reference; "
+                   "use k2 (gradient of KL(pi || ref)) or k3 (GRPO's; gradient of KL(ref || pi))")
+    if separate_engine and cfg.weight_sync_steps > 1 and (cfg.top_p < 1 or cfg.top_k > 0):
+        out.append("weight_sync_steps > 1 with top_p < 1 or top_k > 0: the stale sampler's log-probs (the "
+                   "behaviour policy of the ratio) are of the truncated distribution, the policy's of the full "
+                   "one, so lagging steps' ratios are off by the kept mass")
+    return out
+
+
 class GRPOTrainer:
     # whether several prompt groups may share a packed row (rlreason.packing); GRPO's groups are
     # long enough to fill rows, many short SFT examples are not (rlreason.sft)
     share_pack_rows = False
+    # Dropout in training: off for GRPO (its ratios and KL compare passes, ``disable_dropout``); an
+    # objective that compares no passes (rlreason.sft's NLL) may keep it as a regulariser.
+    keep_dropout = False
 
     def __init__(
         self,
@@ -163,9 +204,12 @@ class GRPOTrainer:
         self.eval_format_fn = eval_format_fn
         if cfg.gradient_checkpointing:
             enable_gradient_checkpointing(model)
+        if not self.keep_dropout:  # before the reference is copied from it
+            disable_dropout(model)
         self.preset = A.PRESETS[cfg.loss_type]
         self.scale_rewards = cfg.scale_rewards or self.preset.scale_rewards
         self.ratio_level = cfg.importance_sampling_level or self.preset.ratio_level
+        self.clip_range = cfg.clip_range()  # the preset's paper values unless the config sets epsilon
         self.ref_model = None
         self.ref_is_base_adapter = is_peft_model(model) and cfg.beta > 0
         if cfg.beta > 0 and not self.ref_is_base_adapter:
@@ -179,6 +223,12 @@ class GRPOTrainer:
         scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=cfg.warmup_steps,
                                   num_training_steps=cfg.max_steps * cfg.num_iterations)
         self.model, self.optimizer, self.scheduler = self.acc.prepare(model, optimizer, scheduler)
+        # One scheduler step per optimizer step, whatever the process count. accelerate's prepared
+        # scheduler otherwise steps the real one num_processes times per call (it assumes each
+        # process's dataloader batch adds to the global batch count), which ran the schedule N times
+        # too fast on N processes (tests/test_distributed_math.py). It stays prepared, so the
+        # checkpoint still holds its state.
+        self.scheduler.step_with_optimizer = False
         # Mixture-of-experts policy: router metrics every step, optional load-balancing loss and
         # routing replay (rlreason/moe.py). Nothing of it runs for a dense model.
         self.routers = find_routers(self.acc.unwrap_model(self.model))
@@ -203,6 +253,8 @@ class GRPOTrainer:
         self.engine = engine or HFEngine(self.acc.unwrap_model(self.model), tokenizer, cfg.generation_batch_prompts)
         self.engine_shares_policy = isinstance(self.engine, HFEngine) and \
             self.engine.model is self.acc.unwrap_model(self.model)
+        for msg in setting_warnings(cfg, not self.engine_shares_policy):
+            warnings.warn(msg, stacklevel=2)
         self.sampling = SamplingConfig(max_tokens=cfg.max_completion_length, temperature=cfg.temperature,
                                        top_p=cfg.top_p, top_k=cfg.top_k)
         self.eval_sampling = SamplingConfig(max_tokens=cfg.eval_max_tokens or cfg.max_completion_length,
@@ -402,17 +454,14 @@ class GRPOTrainer:
             # An empty shard (dynamic sampling kept no group here) while other processes train:
             # one pad-token row with an all-zero mask joins DDP's gradient all-reduce with zero
             # gradients, so the processes' collectives stay matched.
-            pad = self.tokenizer.pad_token_id
-            batch = pack([[pad]], [[pad]], pad, [[0.0]] if self.cfg.importance_sampling_cap else None)
-            batch["completion_mask"].zero_()
-            return [(slice(0, 1), {k: v.to(self.acc.device) if torch.is_tensor(v) else v for k, v in batch.items()})]
+            return [(slice(0, 1), self._padding_micro_batch())]
         G = ro.group_size
         # Packed by prompt group when every micro-batch holds whole groups (rlreason/packing.py):
         # the same per-token log-probs without G copies of each prompt or completion padding.
         packed = self.cfg.pack_prompt_groups and mb % G == 0 and self.packing_supported
         for i in range(0, len(ro.samples), mb):
-            sl = slice(i, i + mb)
-            sampler = [s.logprobs for s in ro.samples[sl]] if self.cfg.importance_sampling_cap else None
+            sl = slice(i, min(i + mb, len(ro.samples)))  # exact: padding micro-batches' advantages follow
+            sampler = [s.logprobs for s in ro.samples[sl]] if self._uses_sampler_logprobs() else None
             completions = [s.token_ids for s in ro.samples[sl]]
             if packed:
                 batch = pack_groups(ro.prompt_ids[sl], completions, self.tokenizer.pad_token_id, G,
@@ -425,12 +474,57 @@ class GRPOTrainer:
             out.append((sl, {k: v.to(self.acc.device) if torch.is_tensor(v) else v for k, v in batch.items()}))
         return out
 
+    def _padding_micro_batch(self) -> dict[str, Any]:
+        """A micro-batch that changes nothing: one pad-token row with an all-zero completion mask
+        (zero loss, zero gradient, no routed tokens), marked "is_padding"."""
+        pad = self.tokenizer.pad_token_id
+        batch = pack([[pad]], [[pad]], pad, [[0.0]] if self._uses_sampler_logprobs() else None)
+        batch["completion_mask"].zero_()
+        batch = {k: v.to(self.acc.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        return {**batch, "is_padding": True}
+
+    def _match_micro_batches(self, batches: list, adv: torch.Tensor) -> tuple[list, torch.Tensor]:
+        """Pad this process's micro-batches [(slice, batch)] and advantages [n] with padding
+        micro-batches (advantage 0) up to the largest count of any process. Skipped groups and
+        dynamic sampling leave the processes with different counts, and every forward of a sharded
+        policy (FSDP's all-gathers, ZeRO-3) is a collective: unequal counts hang there. Under DDP
+        (one all-reduce, at the last micro-batch) it changes nothing but costs the padding's
+        forwards. Collective: every process calls it."""
+        if self.acc.num_processes == 1:
+            return batches, adv
+        counts = self.acc.gather(torch.tensor([len(batches)], device=self.acc.device))
+        extra = int(counts.max().item()) - len(batches)
+        for _ in range(extra):
+            batches.append((slice(len(adv), len(adv) + 1), self._padding_micro_batch()))
+            adv = torch.cat([adv, adv.new_zeros(1)])
+        return batches, adv
+
+    def _stale_sampler(self) -> bool:
+        """Whether this step's rollout came from older weights than the policy's: a separate engine
+        is synced every ``weight_sync_steps`` steps, after the update of a step that is a multiple
+        of it (and at start), so it lags at the steps in between. (After a resume, which syncs, the
+        first steps until the next multiple count as lagging although they are not: their ratio
+        then compares the policy with the engine's own numerics, which is harmless.)"""
+        k = self.cfg.weight_sync_steps
+        return not self.engine_shares_policy and k > 1 and self.step % k != 0
+
+    def _uses_sampler_logprobs(self) -> bool:
+        return bool(self.cfg.importance_sampling_cap) or self._stale_sampler()
+
     @torch.no_grad()
-    def _frozen_logprobs(self, model, batches, temperature: float | None = None) -> list[torch.Tensor]:
+    def _frozen_logprobs(self, model, batches, temperature: float | None = None,
+                         truncation: tuple[int, float] | None = None) -> list[torch.Tensor]:
         """Per micro-batch [n, T] log-probs under a model that is not trained (default: at the
-        sampling temperature, the distribution the policy sampled from)."""
+        sampling temperature, the distribution the policy sampled from; ``truncation`` = (top_k,
+        top_p) also cuts it as the sampler did)."""
         t = self.cfg.temperature if temperature is None else temperature
-        return [completion_logprobs(model, b, t, chunk_size=self.cfg.logprob_chunk_size)[0] for _, b in batches]
+        # Under the accelerator's mixed precision, as the prepared policy's forward runs: the reference
+        # (and teacher) are not prepared, so without this they ran in float32 while the policy ran in
+        # bf16, and the KL at step 1 (policy = reference) was 8e-6 instead of 0. A no-op without
+        # mixed precision, and for the policy, whose forward is already wrapped.
+        with self.acc.autocast():
+            return [completion_logprobs(model, b, t, chunk_size=self.cfg.logprob_chunk_size, truncation=truncation)[0]
+                    for _, b in batches]
 
     @torch.no_grad()
     def _old_pass(self, batches) -> tuple[list[torch.Tensor], list[list[torch.Tensor]] | None]:
@@ -461,8 +555,9 @@ class GRPOTrainer:
         of the configured preset. (A subclass with another objective overrides only this:
         rlreason.sft.SFTTrainer's is the negative log-likelihood.)"""
         cfg = self.cfg
-        return A.token_surrogate(logp, old_logp, adv, cfg.epsilon, cfg.epsilon_high or cfg.epsilon, mask=mask,
-                                 level=self.ratio_level, dual_clip=cfg.dual_clip)
+        eps_low, eps_high = self.clip_range
+        return A.token_surrogate(logp, old_logp, adv, eps_low, eps_high, mask=mask, level=self.ratio_level,
+                                 dual_clip=cfg.dual_clip)
 
     def _completion_tokens(self, ro: Rollout) -> int:
         """Completion tokens of ``ro`` that the loss covers (as the micro-batches' completion masks count them)."""
@@ -513,14 +608,26 @@ class GRPOTrainer:
                 ro = ro.select(live.nonzero().flatten().tolist())
         batches = self._micro_batches(ro)
         adv = ro.advantages.to(self.acc.device) if ro.samples else torch.zeros(1, device=self.acc.device)
+        per_micro = 1.0 if denom is not None else 1.0 / len(batches)  # BNPO: a mean over the real micro-batches
+        batches, adv = self._match_micro_batches(batches, adv)
         n_tokens = int(sum(b["completion_mask"].sum().item() for _, b in batches))  # the tokens trained on
-        per_micro = 1.0 if denom is not None else 1.0 / len(batches)
         # With one update per rollout the policy that sampled is the policy being trained:
         # old log-probs equal the current ones (detached), so no extra forward pass is spent
         # (unless routing replay needs the old pass's experts).
         replay = cfg.routing_replay and bool(self.routers)
         old, routes = self._old_pass(batches) if cfg.num_iterations > 1 or replay else (None, None)
         ref = self._reference_logprobs(batches)
+        # The importance weight's pi_old is the distribution the sampler drew from: with top-k/top-p
+        # that is the truncated one (the engines report truncated log-probs), so it gets its own
+        # pass; against the full distribution the weight was the kept mass (~0.9 at top_p 0.9).
+        truncation = (cfg.top_k, cfg.top_p) if cfg.top_k > 0 or cfg.top_p < 1 else None
+        # A stale sampler (weight_sync_steps > 1) drew from weights the trainer no longer has: its own
+        # log-probs are the behaviour policy, so the ratio (and its clip) covers the lag. The trainer's
+        # current weights as pi_old made the ratio 1 and ignored the lag. The importance weight then
+        # has nothing left to correct (pi_old is the sampler's): it is 1.
+        stale = self._stale_sampler() and bool(ro.samples)
+        behaviour = self._frozen_logprobs(self.model, batches, truncation=truncation) \
+            if cfg.importance_sampling_cap and truncation and not stale else None
         # the teacher's own distribution (temperature 1) is the target of on-policy distillation
         teacher = self._frozen_logprobs(self.teacher, batches, 1.0) if self.teacher is not None else None
         self.model.train()
@@ -530,7 +637,7 @@ class GRPOTrainer:
         grad_norms = []
         router = RouterStats.zeros(len(self.routers), self.routers[0].num_experts) if self.routers else None
         # the load-balancing loss of a micro-batch is weighted by its share of this process's tokens
-        real = [float(_input_tokens(b).sum()) if ro.samples else 0.0 for _, b in batches]
+        real = [0.0 if b.get("is_padding") else float(_input_tokens(b).sum()) for _, b in batches]
         for _ in range(cfg.num_iterations):
             for j, (sl, b) in enumerate(batches):
                 ctx = contextlib.nullcontext() if j == len(batches) - 1 else self.acc.no_sync(self.model)
@@ -543,7 +650,7 @@ class GRPOTrainer:
                                                     entropy_grad=cfg.entropy_coef > 0,
                                                     chunk_size=cfg.logprob_chunk_size)
                     mask = b["completion_mask"]
-                    old_logp = old[j] if old is not None else logp.detach()
+                    old_logp = b["sampler_logp"] if stale else (old[j] if old is not None else logp.detach())
                     adv_j = adv[sl]
                     if teacher is not None:  # per-token advantages from the teacher: [n, T]
                         adv_j, reverse_kl = A.teacher_advantages(old_logp, teacher[j], mask, cfg.teacher_kl_coef,
@@ -551,7 +658,8 @@ class GRPOTrainer:
                         stats["reverse_kl"] += reverse_kl.sum().item()
                     loss_tok, clipped = self.token_loss(logp, old_logp, adv_j, mask)
                     if cfg.importance_sampling_cap:
-                        w = A.truncated_is_weight(old_logp, b["sampler_logp"], cfg.importance_sampling_cap)
+                        pi_old = behaviour[j] if behaviour is not None else old_logp
+                        w = A.truncated_is_weight(pi_old, b["sampler_logp"], cfg.importance_sampling_cap)
                         loss_tok = loss_tok * w
                         stats["is_weight"] += (w * mask).sum().item()
                     if ref is not None:
@@ -564,7 +672,7 @@ class GRPOTrainer:
                                        max_len=cfg.max_completion_length) * per_micro
                     if cap is not None:
                         # every real token went through the routers (none of an empty shard's pad row counts)
-                        routed = _input_tokens(b) if ro.samples else torch.zeros_like(_input_tokens(b))
+                        routed = torch.zeros_like(_input_tokens(b)) if b.get("is_padding") else _input_tokens(b)
                         # without a gradient when it is only logged: no [tokens, experts] graph per layer
                         with torch.set_grad_enabled(self.router_aux_loss_coef > 0 and torch.is_grad_enabled()):
                             aux = cap.aux_loss(routed)
@@ -619,6 +727,7 @@ class GRPOTrainer:
             "nonfinite_skipped": float(self.nonfinite_skipped),
             # groups left out of the passes (all advantages 0); token statistics above cover the others
             "skipped_groups_frac": 1.0 - n_trained / n_groups if n_groups else 0.0,
+            "stale_sampler": float(self._stale_sampler()),
             "time/training_s": time.perf_counter() - t0,
         }
         if ref is not None:

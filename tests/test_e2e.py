@@ -70,6 +70,8 @@ def test_short_run_trains_and_writes_everything(tiny_path, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 4 and 0 <= summary["heldout_after"] <= 1
     assert "max_steps: 4" in (out / "config.yaml").read_text()
+    # the default loss_type dapo's clip range, resolved from its paper (none was set)
+    assert "epsilon: 0.2\nepsilon_high: 0.28\n" in (out / "config.yaml").read_text()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000002", "step-0000004"]
     assert (out / "checkpoints" / "step-0000004" / "trainer_state.json").exists()
 
