@@ -135,6 +135,10 @@ class AccuracyReward:
     trained to end with ``#### N`` that sometimes forgets the marker.
     """
 
+    # Scores each completion on its own, so the reward pool may split a batch over its workers
+    # (rewards/runner.py): the verifier is the slow reward, worth running in parallel.
+    rlreason_chunk_size = "auto"
+
     def __init__(
         self,
         extract: Sequence[str] = RULES,
