@@ -139,11 +139,13 @@ def _builtin(name: str) -> Callable:
         ) from None
 
 
-def _materialize(target: Callable, kwargs: dict[str, Any], label: str) -> RewardFunc:
+def _materialize(target: Callable, kwargs: dict[str, Any], label: str, named: bool = True) -> RewardFunc:
     """``target`` configured with ``kwargs``: a class is instantiated, anything else is wrapped in a
     ``functools.partial`` (named like the function, so logs and TRL see the same name)."""
     if inspect.isclass(target):
         return _instantiate(target, kwargs, label)
+    if named and _is_factory(target):  # a function handed over directly is meant as the reward itself
+        return _call_factory(target, kwargs, label)
     if not kwargs:
         return target
     if any(target is v for v in REWARDS.values()) and not inspect.isroutine(target):
@@ -154,6 +156,37 @@ def _materialize(target: Callable, kwargs: dict[str, Any], label: str) -> Reward
     partial = functools.partial(target, **kwargs)
     partial.__name__ = reward_name(target)  # type: ignore[attr-defined]  # TRL reads __name__
     return partial
+
+
+def _is_factory(target: Callable) -> bool:
+    """Whether ``target`` makes rewards rather than being one (TRL's ``get_soft_overlong_punishment``,
+    open-r1's ``get_cosine_scaled_reward``): a function that can take neither ``prompts`` nor
+    ``completions`` nor ``**kwargs``, so it could never be called as a reward."""
+    if not inspect.isfunction(target):
+        return False
+    try:
+        params = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return not any(p.kind is p.VAR_KEYWORD or p.name in ("prompts", "completions") for p in params)
+
+
+def _call_factory(factory: Callable, kwargs: dict[str, Any], label: str) -> RewardFunc:
+    """The reward ``factory(**kwargs)`` returns, with its arguments checked first."""
+    signature = inspect.signature(factory)
+    _check_kwarg_names(signature, kwargs, label, reward_name(factory), allow_var_keyword=False)
+    try:
+        signature.bind(**kwargs)
+    except TypeError as e:
+        raise RewardSpecError(f"reward {label}: {e}; the factory {reward_name(factory)} takes "
+                              f"{_describe(signature)} (give them under 'kwargs')") from None
+    try:
+        fn = factory(**kwargs)
+    except Exception as e:
+        raise RewardSpecError(f"reward {label}: the factory raised {e!r}") from e
+    if not callable(fn):
+        raise RewardSpecError(f"reward {label}: the factory returned a {type(fn).__name__}, not a reward function")
+    return fn
 
 
 def _instantiate(cls: type, kwargs: dict[str, Any], label: str) -> RewardFunc:
@@ -338,9 +371,12 @@ def build_rewards(
     ``"path/to/file.py:function"``), a callable, or a dict
     ``{"name": spec, "weight": 0.5, "kwargs": {...}}`` (``weight`` and ``kwargs`` optional).
     A class (a configurable builtin such as ``soft_overlong``, or ``"module:Class"``) is
-    instantiated with ``kwargs``; a function or callable instance with ``kwargs`` becomes a
-    ``functools.partial`` keeping the function's name. Weights come from ``weights`` (the
-    config's ``reward_weights``) or from the entries, not both; the default is 1.0.
+    instantiated with ``kwargs``; a factory (a function that takes neither ``prompts`` nor
+    ``completions`` nor ``**kwargs``, e.g. ``trl.rewards:get_soft_overlong_punishment``) is
+    called with ``kwargs`` and the reward it returns is used; a reward function or callable
+    instance with ``kwargs`` becomes a ``functools.partial`` keeping the function's name.
+    Weights come from ``weights`` (the config's ``reward_weights``) or from the entries, not
+    both; the default is 1.0.
 
     Every function's signature is checked (:func:`check_signature`, against ``columns`` when
     given), so a wrong name, argument or signature fails here, at start-up, with a
@@ -361,7 +397,8 @@ def build_rewards(
             spec, weight, kwargs = _parse_entry(entry)
             if weights is not None and weight is not None:
                 raise RewardSpecError("has its own weight but reward_weights is also given; use one or the other")
-            fn = _materialize(_target(spec), kwargs, repr(spec) if isinstance(spec, str) else reward_name(spec))
+            fn = _materialize(_target(spec), kwargs, repr(spec) if isinstance(spec, str) else reward_name(spec),
+                              named=isinstance(spec, str))
             check_signature(fn, columns)
         except RewardSpecError as e:
             raise type(e)(f"reward_funcs[{i}]: {e}") from e

@@ -685,3 +685,22 @@ def test_builtin_accuracy_is_configurable_per_dataset_from_the_config() -> None:
     assert plain(prompts=["q"], completions=["so it is 42"], answer=["42"]) == [0.0]  # no fallback by default
     with pytest.raises(RewardSpecError, match="fallbak.*did you mean 'fallback'"):
         build_rewards([{"name": "accuracy", "kwargs": {"fallbak": "last_number"}}])
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 17: factories configured with kwargs, as in TRL and open-r1
+
+
+def test_a_factory_with_kwargs_is_called_and_its_reward_used() -> None:
+    (fn,), _ = build_rewards([{"name": "trl.rewards:get_soft_overlong_punishment",
+                               "kwargs": {"max_completion_len": 10, "soft_punish_cache": 4}}],
+                             columns={"completion_ids", "answer"})
+    # TRL's soft overlong punishment: 0 up to max - cache tokens, then linear down to -1 at max
+    got = fn(prompts=["p"] * 3, completions=["a"] * 3, completion_ids=[[1] * 6, [1] * 8, [1] * 12])
+    assert got == [0.0, -0.5, -1.0]
+    (fn,), _ = build_rewards([{"name": "trl.rewards:get_repetition_penalty_reward", "kwargs": {"ngram_size": 2}}])
+    assert callable(fn)
+    with pytest.raises(RewardSpecError, match="no parameter named 'max_len'.*max_completion_len"):
+        build_rewards([{"name": "trl.rewards:get_soft_overlong_punishment", "kwargs": {"max_len": 10}}])
+    with pytest.raises(RewardSpecError, match="missing a required argument.*under 'kwargs'"):
+        build_rewards(["trl.rewards:get_soft_overlong_punishment"])
