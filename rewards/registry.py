@@ -32,23 +32,27 @@ from pathlib import Path
 from typing import Any
 
 from ._text import completion_text
-from .format import format_lenient_reward, format_reward, tag_count_reward
+from .format import format_lenient_reward, format_reward, r1_format_reward, r1_tag_count_reward, tag_count_reward
 from .length import CosineLengthReward, RepetitionPenaltyReward, SoftOverlongReward
 from .math import accuracy_reward
 
 RewardFunc = Callable[..., list[float | None]]
 
 # The rewards :func:`resolve` returns ready to call, as they were before configurable rewards.
+# "format" and "tag_count" are open-r1's (newlines around the tags), so an open-r1 config means
+# the same here; rlreason's inline forms are "think_answer_format" and "think_answer_tags".
 BUILTIN: dict[str, RewardFunc] = {
     "accuracy": accuracy_reward,
-    "format": format_reward,
-    "tag_count": tag_count_reward,
+    "format": r1_format_reward,
+    "tag_count": r1_tag_count_reward,
 }
 
 # Every built-in name. A value is either ready to call (a function or an instance: config
 # kwargs become a functools.partial) or a class (instantiated with the config kwargs).
 REWARDS: dict[str, Callable] = {
     **BUILTIN,
+    "think_answer_format": format_reward,
+    "think_answer_tags": tag_count_reward,
     "format_lenient": format_lenient_reward,
     "soft_overlong": SoftOverlongReward,
     "cosine_length": CosineLengthReward,
@@ -107,7 +111,7 @@ def resolve(spec: str | Callable) -> RewardFunc:
     """
     if callable(spec) and not inspect.isclass(spec):
         return spec
-    return _materialize(_target(spec), {}, repr(spec))
+    return _materialize(_target(spec), {}, repr(spec), named=False)  # what the spec names, never called
 
 
 def _target(spec: str | Callable) -> Callable:
