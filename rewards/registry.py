@@ -345,6 +345,14 @@ def check_signature(fn: Callable, columns: set[str] | None = None) -> None:
             )
     if columns is None:
         return
+    check_columns = getattr(fn, "check_columns", None)  # a reward that finds its columns by name (accuracy)
+    if callable(check_columns):
+        try:
+            check_columns(set(columns))
+        except ValueError as e:
+            raise RewardSignatureError(
+                f"reward {name!r} {e}, which the dataset does not have; its columns are: "
+                f"{', '.join(sorted(columns)) or '(none)'} (rename one with column_map)") from None
     available = set(columns) | {"prompts", "completions"}
     missing = [p.name for p in params if p.name in by_keyword and p.default is p.empty and p.name not in available]
     if missing:
