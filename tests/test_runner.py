@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import faulthandler
 import functools
 import gc
 import logging
@@ -19,6 +20,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -32,6 +34,8 @@ from rlreason.rewards.runner import RewardOutput, RewardRunner
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the worker pool is Linux-first")
 
+# Where the deliberately crashed worker's faulthandler dump goes (fixed here, before any fork).
+SEGV_DUMP = Path(tempfile.gettempdir()) / f"rlreason-test-segv-{os.getpid()}.txt"
 TIMEOUT = 0.5  # seconds per call in most tests: a hang costs a chunk timeout plus an item timeout
 
 # ---------------------------------------------------------------------------------------------
@@ -62,7 +66,11 @@ def evil_reward(prompts: list, completions: list, **kwargs: object) -> list[floa
         elif c == "EXIT":
             os._exit(3)
         elif c == "SEGV":
-            ctypes.string_at(0)  # reads address 0: SIGSEGV
+            # pytest's faulthandler writes the crash dump to the terminal (a dup of its stderr the
+            # worker inherits): send it to a file the test reads, so a green run prints no dump
+            with open(SEGV_DUMP, "w") as dump:  # noqa: PTH123 (open: faulthandler needs a real file)
+                faulthandler.enable(file=dump)
+                ctypes.string_at(0)  # reads address 0: SIGSEGV
         out.append(float(len(c)))
     return out
 
@@ -357,6 +365,9 @@ def test_dead_worker_is_replaced(death: str, caplog, no_leaks) -> None:
         assert runner.score(["p"] * 3, ["a", "bb", "ccc"], {}).total.tolist() == [1.0, 2.0, 3.0]
     expected = "exit code 3" if death == "EXIT" else "killed by SIGSEGV"
     assert any(expected in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
+    if death == "SEGV":  # the dump was captured, not printed
+        assert "Segmentation fault" in SEGV_DUMP.read_text()
+        SEGV_DUMP.unlink()
 
 
 def test_invalid_values_and_wrong_lengths_fail_per_completion(no_leaks) -> None:
