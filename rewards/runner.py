@@ -408,25 +408,30 @@ def _check_settings(
 
 def _log_failures(name: str, failed: list[tuple[int, str, str]], completions: list,
                   seen: set[tuple[str, str]] | None = None) -> None:
-    """One warning per failed completion, with what it was, up to ``_MAX_LOGGED``; then a summary.
+    """One warning per distinct failure (the first completion it hit, and how many more), up to
+    ``_MAX_LOGGED``; then a summary.
 
     A failure already logged in an earlier batch (same function, same detail) is only counted
     in the summary, so a reward broken on every completion shows its exception once, not every
     step (the trainer's metrics count every failure)."""
     seen = set() if seen is None else seen
-    new = [f for f in failed if (name, f[2]) not in seen]
-    for index, _, detail in new[:_MAX_LOGGED]:
-        logger.warning(
-            "reward %r %s on completion %d: %s; scored None", name, detail, index, short_repr(completions[index])
-        )
+    by_detail: dict[str, list[tuple[int, str, str]]] = {}
+    for f in failed:
+        by_detail.setdefault(f[2], []).append(f)
+    new = [fs for detail, fs in by_detail.items() if (name, detail) not in seen][:_MAX_LOGGED]
+    for fs in new:
+        index, _, detail = fs[0]
+        also = f" (and {len(fs) - 1} more completions)" if len(fs) > 1 else ""
+        logger.warning("reward %r %s on completion %d: %s%s; scored None", name, detail, index,
+                       short_repr(completions[index]), also)
         seen.add((name, detail))
-    rest = len(failed) - min(len(new), _MAX_LOGGED)
-    if rest > 0:
-        shown = {id(f) for f in new[:_MAX_LOGGED]}
-        kinds = collections.Counter(kind for f in failed if id(f) not in shown for kind in [f[1]])
+    shown = {id(f) for fs in new for f in fs}
+    rest = [f for f in failed if id(f) not in shown]
+    if rest:
+        kinds = collections.Counter(kind for _, kind, _ in rest)
         summary = ", ".join(f"{count} {kind}" for kind, count in kinds.most_common())
         level = logging.WARNING if new else logging.DEBUG  # nothing new: the metrics count it
-        logger.log(level, "reward %r: %d more completions scored None in this batch (%s)", name, rest, summary)
+        logger.log(level, "reward %r: %d more completions scored None in this batch (%s)", name, len(rest), summary)
 
 
 def _benchmark(n: int = 1024, repeats: int = 5, reward: Callable | None = None) -> None:
