@@ -31,6 +31,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from grpo_math import (
     build_engine,
+    clean_exit,
     dataset_rewards,
     finish,
     load_data,
@@ -161,8 +162,9 @@ def offline(cfg: DistillConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_args(argv, default_config=DEFAULT_CONFIG, cls=DistillConfig)
-    return offline(cfg) if cfg.distill_mode == "offline" else run(cfg)
+    with clean_exit():
+        cfg = parse_args(argv, default_config=DEFAULT_CONFIG, cls=DistillConfig)
+        return offline(cfg) if cfg.distill_mode == "offline" else run(cfg)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ summary.json, config.yaml (resolved), checkpoints/ and final_model/ (Hugging Fac
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -23,15 +25,45 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlreason import lora, tiny
 from rlreason.checkpoint import check_output_dir
-from rlreason.config import GRPOConfig, parse_args
+from rlreason.config import ConfigError, GRPOConfig, parse_args
 from rlreason.data import arith_dataset, filter_rows, load_dataset_any, prepare
 from rlreason.distill import check_same_tokenizer
 from rlreason.eval.suites import arith_suite
-from rlreason.rewards import accuracy_reward, build_rewards, format_reward
+from rlreason.rewards import RewardSpecError, accuracy_reward, build_rewards, format_reward
 from rlreason.tasks.arith import Difficulty
-from rlreason.trainer import INTERNAL_COLUMNS, GRPOTrainer
+from rlreason.trainer import INTERNAL_COLUMNS, GRPOTrainer, RewardFailureError
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "tiny_cpu.yaml"
+
+
+class StartupError(RuntimeError):
+    """A run that cannot start: a bad setting, a missing file, model or column."""
+
+
+@contextlib.contextmanager
+def starting():
+    """Errors while building the run's parts are the user's to fix (a path, a column, a key):
+    each becomes one StartupError line. Errors once training runs keep their traceback."""
+    try:
+        yield
+    except (ValueError, OSError, ImportError, KeyError) as e:
+        raise StartupError(str(e) if not isinstance(e, KeyError) else f"missing {e}") from e
+
+
+# Errors that say what to fix: one line on stderr and exit code 1, no traceback (set
+# RLREASON_TRACEBACK=1 to see it). A reward that scores nothing stops the run this way too.
+CLEAN_ERRORS = (StartupError, ConfigError, RewardSpecError, RewardFailureError, FloatingPointError)
+
+
+@contextlib.contextmanager
+def clean_exit():
+    try:
+        yield
+    except CLEAN_ERRORS as e:
+        if os.environ.get("RLREASON_TRACEBACK"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def load_tokenizer(cfg: GRPOConfig, acc: Accelerator, key: str = "model_name_or_path"):
@@ -49,6 +81,8 @@ def load_tokenizer(cfg: GRPOConfig, acc: Accelerator, key: str = "model_name_or_
     except OSError as e:
         raise OSError(f"config key '{key}': cannot load a tokenizer from {path!r} (neither a local "
                       f"model folder nor a reachable hub model): {e}") from e
+    if key == "model_name_or_path" and cfg.chat_template:  # as TRL: the config's template replaces the model's
+        tokenizer.chat_template = cfg.chat_template
     if tokenizer.pad_token_id is None:
         raise ValueError(f"config key '{key}': the tokenizer of {path} has no pad token; set one in the model folder")
     return path, tokenizer
@@ -165,15 +199,16 @@ def finish(acc: Accelerator, trainer: GRPOTrainer, summary: dict, out: Path) -> 
 
 def run(cfg: GRPOConfig) -> dict:
     """GRPO; with ``teacher_model_name_or_path`` set, on-policy distillation from that teacher."""
-    acc, out = start(cfg)
-    model, tokenizer = load_policy(cfg, acc)
-    teacher, _ = load_teacher(cfg, acc, tokenizer)  # before the data: a tokenizer mismatch fails first
-    train, eval_rows = load_data(cfg, tokenizer)
-    reward_funcs, reward_weights = dataset_rewards(cfg, train)
-    engine = build_engine(cfg, model, tokenizer, acc)
-    trainer = GRPOTrainer(cfg, model, tokenizer, train, reward_funcs, reward_weights=reward_weights,
-                          eval_rows=eval_rows, eval_accuracy_fn=accuracy_reward, eval_format_fn=format_reward,
-                          engine=engine, accelerator=acc, teacher=teacher)
+    with starting():
+        acc, out = start(cfg)
+        model, tokenizer = load_policy(cfg, acc)
+        teacher, _ = load_teacher(cfg, acc, tokenizer)  # before the data: a tokenizer mismatch fails first
+        train, eval_rows = load_data(cfg, tokenizer)
+        reward_funcs, reward_weights = dataset_rewards(cfg, train)
+        engine = build_engine(cfg, model, tokenizer, acc)
+        trainer = GRPOTrainer(cfg, model, tokenizer, train, reward_funcs, reward_weights=reward_weights,
+                              eval_rows=eval_rows, eval_accuracy_fn=accuracy_reward, eval_format_fn=format_reward,
+                              engine=engine, accelerator=acc, teacher=teacher)
     try:
         summary = trainer.train()
     finally:
@@ -183,7 +218,8 @@ def run(cfg: GRPOConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return run(parse_args(argv, default_config=DEFAULT_CONFIG))
+    with clean_exit():
+        return run(parse_args(argv, default_config=DEFAULT_CONFIG))
 
 
 def print_summary(s: dict, out: Path) -> None:
