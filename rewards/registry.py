@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ._pool import TRAINER_ARGS
 from ._text import completion_text
 from .format import format_lenient_reward, format_reward, r1_format_reward, r1_tag_count_reward, tag_count_reward
 from .length import CosineLengthReward, RepetitionPenaltyReward, SoftOverlongReward
@@ -353,7 +354,7 @@ def check_signature(fn: Callable, columns: set[str] | None = None) -> None:
             raise RewardSignatureError(
                 f"reward {name!r} {e}, which the dataset does not have; its columns are: "
                 f"{', '.join(sorted(columns)) or '(none)'} (rename one with column_map)") from None
-    available = set(columns) | {"prompts", "completions"}
+    available = set(columns) | {"prompts", "completions", *TRAINER_ARGS}  # TRL's, passed to every call
     missing = [p.name for p in params if p.name in by_keyword and p.default is p.empty and p.name not in available]
     if missing:
         raise RewardSignatureError(

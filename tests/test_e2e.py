@@ -253,7 +253,7 @@ def test_open_r1_config_and_rewards_run_unchanged(tiny_path, tmp_path, form):
     res = _launch(["--config", str(config)], {})
     assert res.returncode == 0, res.stderr[-3000:]
     assert "Traceback" not in res.stderr
-    assert "ignored 'torch_dtype', 'bf16'" in res.stderr and "'dataset_prompt_column' is read as" in res.stderr
+    assert "ignored 'bf16', 'torch_dtype'" in res.stderr and "'dataset_prompt_column' is read as" in res.stderr
 
     out = tmp_path / "run"
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]

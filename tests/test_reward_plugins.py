@@ -723,3 +723,10 @@ def test_open_r1_names_score_as_open_r1_does() -> None:
     assert tags(prompts=[None] * 4, completions=r1) == [1.0, 0.0, 1.0, 1.0]
     (own,), _ = build_rewards(["think_answer_format"])
     assert own(prompts=[None] * 4, completions=r1)[1] == 1.0  # the inline form keeps its own name
+
+
+def test_a_reward_may_name_trls_trainer_arguments() -> None:
+    def trl_reward(prompts, completions, trainer_state, log_metric, answer):
+        return [0.0] * len(completions)
+
+    check_signature(trl_reward, {"answer"})  # trainer_state / log_metric are passed, not columns
