@@ -40,6 +40,7 @@ from grpo_math import (
     load_tokenizer,
     run,
     start,
+    training_starts,
 )
 from rich.progress import track
 
@@ -154,6 +155,7 @@ def offline(cfg: DistillConfig) -> dict:
     _, eval_rows = load_data(cfg, tokenizer)
     trainer = SFTTrainer(cfg, model, tokenizer, train, reward_funcs=[], eval_rows=eval_rows,
                          eval_accuracy_fn=accuracy_reward, eval_format_fn=format_reward, accelerator=acc)
+    training_starts()
     summary = trainer.train()
     summary["distill"] = {"dataset": str(data_path), "examples": len(train), "teacher_sampling_s": sample_s,
                           "counts": prov.get("counts", {})}
@@ -162,10 +164,10 @@ def offline(cfg: DistillConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    with clean_exit():
-        cfg = parse_args(argv, default_config=DEFAULT_CONFIG, cls=DistillConfig)
-        return offline(cfg) if cfg.distill_mode == "offline" else run(cfg)
+    cfg = parse_args(argv, default_config=DEFAULT_CONFIG, cls=DistillConfig)
+    return offline(cfg) if cfg.distill_mode == "offline" else run(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    with clean_exit():
+        main()

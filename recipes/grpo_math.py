@@ -36,31 +36,26 @@ from rlreason.trainer import INTERNAL_COLUMNS, GRPOTrainer, RewardFailureError
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "tiny_cpu.yaml"
 
 
-class StartupError(RuntimeError):
-    """A run that cannot start: a bad setting, a missing file, model or column."""
+# Errors that say what to fix, run as a script: one line on stderr and exit code 1, no
+# traceback (RLREASON_TRACEBACK=1 shows it). Always for these; for the errors of building the
+# run's parts (a path, a column, a value: ValueError, OSError, ImportError) until training starts.
+CLEAN_ERRORS = (ConfigError, RewardSpecError, RewardFailureError, FloatingPointError)
+STARTUP_ERRORS = (ValueError, OSError, ImportError)
+_training = {"started": False}
 
 
-@contextlib.contextmanager
-def starting():
-    """Errors while building the run's parts are the user's to fix (a path, a column, a key):
-    each becomes one StartupError line. Errors once training runs keep their traceback."""
-    try:
-        yield
-    except (ValueError, OSError, ImportError, KeyError) as e:
-        raise StartupError(str(e) if not isinstance(e, KeyError) else f"missing {e}") from e
-
-
-# Errors that say what to fix: one line on stderr and exit code 1, no traceback (set
-# RLREASON_TRACEBACK=1 to see it). A reward that scores nothing stops the run this way too.
-CLEAN_ERRORS = (StartupError, ConfigError, RewardSpecError, RewardFailureError, FloatingPointError)
+def training_starts() -> None:
+    """From here on an unexpected error keeps its traceback (it is a bug to report, not a setting)."""
+    _training["started"] = True
 
 
 @contextlib.contextmanager
 def clean_exit():
     try:
         yield
-    except CLEAN_ERRORS as e:
-        if os.environ.get("RLREASON_TRACEBACK"):
+    except Exception as e:
+        if os.environ.get("RLREASON_TRACEBACK") or not (
+                isinstance(e, CLEAN_ERRORS) or (isinstance(e, STARTUP_ERRORS) and not _training["started"])):
             raise
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
@@ -199,16 +194,16 @@ def finish(acc: Accelerator, trainer: GRPOTrainer, summary: dict, out: Path) -> 
 
 def run(cfg: GRPOConfig) -> dict:
     """GRPO; with ``teacher_model_name_or_path`` set, on-policy distillation from that teacher."""
-    with starting():
-        acc, out = start(cfg)
-        model, tokenizer = load_policy(cfg, acc)
-        teacher, _ = load_teacher(cfg, acc, tokenizer)  # before the data: a tokenizer mismatch fails first
-        train, eval_rows = load_data(cfg, tokenizer)
-        reward_funcs, reward_weights = dataset_rewards(cfg, train)
-        engine = build_engine(cfg, model, tokenizer, acc)
-        trainer = GRPOTrainer(cfg, model, tokenizer, train, reward_funcs, reward_weights=reward_weights,
-                              eval_rows=eval_rows, eval_accuracy_fn=accuracy_reward, eval_format_fn=format_reward,
-                              engine=engine, accelerator=acc, teacher=teacher)
+    acc, out = start(cfg)
+    model, tokenizer = load_policy(cfg, acc)
+    teacher, _ = load_teacher(cfg, acc, tokenizer)  # before the data: a tokenizer mismatch fails first
+    train, eval_rows = load_data(cfg, tokenizer)
+    reward_funcs, reward_weights = dataset_rewards(cfg, train)
+    engine = build_engine(cfg, model, tokenizer, acc)
+    trainer = GRPOTrainer(cfg, model, tokenizer, train, reward_funcs, reward_weights=reward_weights,
+                          eval_rows=eval_rows, eval_accuracy_fn=accuracy_reward, eval_format_fn=format_reward,
+                          engine=engine, accelerator=acc, teacher=teacher)
+    training_starts()
     try:
         summary = trainer.train()
     finally:
@@ -218,8 +213,7 @@ def run(cfg: GRPOConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    with clean_exit():
-        return run(parse_args(argv, default_config=DEFAULT_CONFIG))
+    return run(parse_args(argv, default_config=DEFAULT_CONFIG))
 
 
 def print_summary(s: dict, out: Path) -> None:
@@ -239,4 +233,5 @@ def print_summary(s: dict, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with clean_exit():
+        main()
