@@ -424,7 +424,10 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"cannot read command-line override {item!r}: use --key value or key=value")
         key, raw = item.split("=", 1)
-        out[key.replace("-", "_")] = yaml.safe_load(raw) if raw != "" else None
+        value = yaml.safe_load(raw) if raw != "" else None
+        if "#" in raw and (value is None or isinstance(value, str)) and value != raw:
+            value = raw  # YAML read " #..." as a comment: a command-line text keeps all of it
+        out[key.replace("-", "_")] = value
         i += 1
     return out
 

@@ -151,6 +151,12 @@ def test_every_unknown_or_unsupported_key_is_named_in_one_message():
         from_dict({"dataset_prompt_column": "q", "prompt_column": "p"})
 
 
+def test_a_command_line_text_with_a_hash_is_kept_whole():
+    # found by the end-to-end test: --system_prompt "Answer with #### N." became "Answer with"
+    assert parse_overrides(["--system_prompt", "Answer with #### N.", "--seed", "3"]) == {
+        "system_prompt": "Answer with #### N.", "seed": 3}
+
+
 def test_trl_value_forms_and_scheduler_keys_are_accepted():
     cfg = from_dict({"scale_rewards": True, "optim": "adamw_torch_fused", "report_to": "none",
                      "lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": {"min_lr_rate": 0.1},
