@@ -34,7 +34,7 @@ from typing import Any
 from ._pool import TRAINER_ARGS
 from ._text import completion_text
 from .format import format_lenient_reward, format_reward, r1_format_reward, r1_tag_count_reward, tag_count_reward
-from .length import CosineLengthReward, RepetitionPenaltyReward, SoftOverlongReward
+from .length import CosineLengthReward, R1CosineReward, RepetitionPenaltyReward, SoftOverlongReward
 from .math import accuracy_reward
 
 RewardFunc = Callable[..., list[float | None]]
@@ -57,6 +57,7 @@ REWARDS: dict[str, Callable] = {
     "format_lenient": format_lenient_reward,
     "soft_overlong": SoftOverlongReward,
     "cosine_length": CosineLengthReward,
+    "cosine": R1CosineReward,  # open-r1's name and arguments
     "repetition_penalty": RepetitionPenaltyReward,
 }
 

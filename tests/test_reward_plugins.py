@@ -730,3 +730,18 @@ def test_a_reward_may_name_trls_trainer_arguments() -> None:
         return [0.0] * len(completions)
 
     check_signature(trl_reward, {"answer"})  # trainer_state / log_metric are passed, not columns
+
+
+def test_open_r1_cosine_takes_open_r1s_arguments() -> None:
+    # open-r1: correct goes max_value_correct -> min_value_correct over max_len characters
+    (cos,), _ = build_rewards([{"name": "cosine", "kwargs": {"max_len": 100, "min_value_correct": 0.25}}],
+                              columns={"solution"})
+    right = [[{"role": "assistant", "content": "<answer>4</answer>" + " " * n}] for n in (0, 82, 200)]
+    wrong = [[{"role": "assistant", "content": "<answer>5</answer>"}]]
+    got = cos(prompts=[None] * 4, completions=right + wrong, solution=["4"] * 4)
+    t = 18 / 100
+    assert got[0] == pytest.approx(0.25 + 0.5 * 0.75 * (1 + math.cos(math.pi * t)))
+    assert got[1] == pytest.approx(0.25 + 0.5 * 0.75 * (1 + math.cos(math.pi * 1.0)))  # 100 chars: the end value
+    assert got[2] == pytest.approx(0.25) and got[3] == pytest.approx(-0.5 + 0.5 * -0.5 * (1 + math.cos(math.pi * t)))
+    with pytest.raises(RewardSpecError, match="no parameter named 'max_length'"):
+        build_rewards([{"name": "cosine", "kwargs": {"max_length": 100}}])
