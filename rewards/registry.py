@@ -62,7 +62,9 @@ REWARDS: dict[str, Callable] = {
 }
 
 # Keys of a dict entry in ``reward_funcs``.
-ENTRY_KEYS = ("name", "weight", "kwargs")
+ENTRY_KEYS = ("name", "weight", "kwargs", "chunk_size")
+# What a reward opts in to chunked calls with (rewards/runner.py): an int, or "auto".
+CHUNK_ATTRIBUTE = "rlreason_chunk_size"
 
 # Modules loaded from files get distinct names, so two files both called rewards.py coexist.
 _file_module_ids = itertools.count()
@@ -413,6 +415,8 @@ def build_rewards(
                 raise RewardSpecError("has its own weight but reward_weights is also given; use one or the other")
             fn = _materialize(_target(spec), kwargs, repr(spec) if isinstance(spec, str) else reward_name(spec),
                               named=isinstance(spec, str))
+            if isinstance(entry, dict) and entry.get("chunk_size") is not None:
+                fn = _chunked(fn, entry["chunk_size"])
             check_signature(fn, columns)
         except RewardSpecError as e:
             raise type(e)(f"reward_funcs[{i}]: {e}") from e
@@ -440,6 +444,17 @@ def _parse_entry(entry: Any) -> tuple[str | Callable, float | None, dict[str, An
         raise RewardSpecError(f"'kwargs' must be a mapping of argument names to values, got {kwargs!r}")
     weight = entry.get("weight")
     return entry["name"], (None if weight is None else _check_weight("weight", weight)), dict(kwargs)
+
+
+def _chunked(fn: Callable, chunk_size: Any) -> RewardFunc:
+    """``fn`` opted in to chunked calls: a ``functools.partial`` carrying the chunk size (the
+    function itself, maybe a shared built-in, is not changed), logged under ``fn``'s name."""
+    if chunk_size != "auto" and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise RewardSpecError(f"chunk_size must be a positive int or 'auto', got {chunk_size!r}")
+    wrapped = functools.partial(fn)
+    wrapped.__name__ = reward_name(fn)  # type: ignore[attr-defined]
+    setattr(wrapped, CHUNK_ATTRIBUTE, chunk_size)
+    return wrapped
 
 
 def _check_weight(label: str, weight: Any) -> float:

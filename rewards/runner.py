@@ -50,14 +50,12 @@ from typing import Any, Literal
 import torch
 
 from ._pool import BatchResult, Pool, PoolConfig, Shared, as_float, run_in_process, short_repr, where
-from .registry import reward_name
+from .registry import CHUNK_ATTRIBUTE, reward_name
 
 logger = logging.getLogger("rlreason.rewards")
 
 # passed by name, so a column cannot reuse them
 _RESERVED = ("prompts", "completions", "trainer_state", "log_extra", "log_metric")
-# What a reward opts in to chunked calls with (see the module docstring).
-CHUNK_ATTRIBUTE = "rlreason_chunk_size"
 
 
 @dataclass

@@ -748,3 +748,15 @@ def test_no_applicable_term_is_not_a_score_and_a_repeated_failure_is_logged_once
     again = [r.getMessage() for r in caplog.records][len(first):]
     assert any("TypeError" in m for m in first)
     assert not any("TypeError" in m for m in again), again  # shown once, counted every batch
+
+
+def test_a_reward_funcs_entry_opts_a_reward_in_to_chunks(no_leaks) -> None:
+    from rlreason.rewards import build_rewards
+
+    funcs, _ = build_rewards([{"name": f"{__name__}:batch_size_reward", "chunk_size": 8},
+                              f"{__name__}:batch_size_reward"])
+    with RewardRunner(funcs, num_workers=2) as runner:
+        out = runner.score(["p"] * 32, [f"c{i}" for i in range(32)], {})
+    assert out.per_func["batch_size_reward"].tolist() == [8.0] * 32  # chunks of 8 for the opted-in entry
+    assert out.per_func["batch_size_reward_2"].tolist() == [32.0] * 32  # the same function, whole batch
+    assert batch_size_reward.__dict__ == {}  # the function itself is not changed
