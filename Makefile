@@ -21,8 +21,10 @@ install: $(STAMP)
 
 # A rerun replaces the previous demo run in runs/tiny_cpu (a plain recipe run would refuse to
 # start over another run's checkpoints).
+# One CPU process, said explicitly: accelerate warns about every launch setting left to its defaults.
+LAUNCH_FLAGS := --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no
 demo: $(STAMP)
-	$(BIN)/accelerate launch recipes/grpo_math.py --overwrite_output_dir true
+	$(BIN)/accelerate launch $(LAUNCH_FLAGS) recipes/grpo_math.py --overwrite_output_dir true
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default="auto", help="hf engine: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
     p.add_argument("--batch-prompts", type=int, default=64, help="hf engine: prompts per generate() call")
     p.add_argument("--no-hub", action="store_true", help="never download a suite from the hub")
-    p.add_argument("--out", default=None, help="folder for results.json and problems.jsonl")
+    p.add_argument("--out", default=None, help="folder for results.json, problems.jsonl and results.md")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="print two results files side by side and exit")
     args = p.parse_args(argv)
     if not args.compare and not args.model:
@@ -137,10 +137,12 @@ def main(argv: list[str] | None = None) -> dict | None:
                               log=lambda line: print(line, file=sys.stderr))
     extra = {"model": args.model, "model_path": model_path, "engine": args.engine,
              "engine_kwargs": json.loads(args.engine_kwargs), "dtype": args.dtype, "argv": argv or sys.argv[1:]}
+    table = markdown_table(results["suites"])
     if args.out:
         paths = write_results(results, args.out, extra)
-        print(f"wrote {paths['results']} and {paths['problems']}", file=sys.stderr)
-    print(markdown_table(results["suites"]))
+        (Path(args.out) / "results.md").write_text(table + "\n")  # the table, next to the numbers it shows
+        print(f"wrote {paths['results']}, {paths['problems']} and results.md", file=sys.stderr)
+    print(table)
     return results
 
 

@@ -31,6 +31,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from grpo_math import (
     build_engine,
+    clean_exit,
     dataset_rewards,
     finish,
     load_data,
@@ -39,6 +40,7 @@ from grpo_math import (
     load_tokenizer,
     run,
     start,
+    training_starts,
 )
 from rich.progress import track
 
@@ -153,6 +155,7 @@ def offline(cfg: DistillConfig) -> dict:
     _, eval_rows = load_data(cfg, tokenizer)
     trainer = SFTTrainer(cfg, model, tokenizer, train, reward_funcs=[], eval_rows=eval_rows,
                          eval_accuracy_fn=accuracy_reward, eval_format_fn=format_reward, accelerator=acc)
+    training_starts()
     summary = trainer.train()
     summary["distill"] = {"dataset": str(data_path), "examples": len(train), "teacher_sampling_s": sample_s,
                           "counts": prov.get("counts", {})}
@@ -166,4 +169,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    with clean_exit():
+        main()

@@ -10,7 +10,9 @@ summary.json, config.yaml (resolved), checkpoints/ and final_model/ (Hugging Fac
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -23,16 +25,41 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlreason import lora, tiny
 from rlreason.checkpoint import check_output_dir
-from rlreason.config import GRPOConfig, parse_args
+from rlreason.config import ConfigError, GRPOConfig, parse_args
 from rlreason.data import arith_dataset, filter_rows, load_dataset_any, prepare
 from rlreason.distill import check_same_tokenizer
 from rlreason.eval.suites import arith_suite
 from rlreason.host import capped_threads, exit_with_launcher
-from rlreason.rewards import accuracy_reward, build_rewards, format_reward
+from rlreason.rewards import RewardSpecError, accuracy_reward, build_rewards, format_reward
 from rlreason.tasks.arith import Difficulty
-from rlreason.trainer import INTERNAL_COLUMNS, GRPOTrainer
+from rlreason.trainer import INTERNAL_COLUMNS, GRPOTrainer, RewardFailureError
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "tiny_cpu.yaml"
+
+
+# Errors that say what to fix, run as a script: one line on stderr and exit code 1, no
+# traceback (RLREASON_TRACEBACK=1 shows it). Always for these; for the errors of building the
+# run's parts (a path, a column, a value: ValueError, OSError, ImportError) until training starts.
+CLEAN_ERRORS = (ConfigError, RewardSpecError, RewardFailureError, FloatingPointError)
+STARTUP_ERRORS = (ValueError, OSError, ImportError)
+_training = {"started": False}
+
+
+def training_starts() -> None:
+    """From here on an unexpected error keeps its traceback (it is a bug to report, not a setting)."""
+    _training["started"] = True
+
+
+@contextlib.contextmanager
+def clean_exit():
+    try:
+        yield
+    except Exception as e:
+        if os.environ.get("RLREASON_TRACEBACK") or not (
+                isinstance(e, CLEAN_ERRORS) or (isinstance(e, STARTUP_ERRORS) and not _training["started"])):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def load_tokenizer(cfg: GRPOConfig, acc: Accelerator, key: str = "model_name_or_path"):
@@ -50,6 +77,8 @@ def load_tokenizer(cfg: GRPOConfig, acc: Accelerator, key: str = "model_name_or_
     except OSError as e:
         raise OSError(f"config key '{key}': cannot load a tokenizer from {path!r} (neither a local "
                       f"model folder nor a reachable hub model): {e}") from e
+    if key == "model_name_or_path" and cfg.chat_template:  # as TRL: the config's template replaces the model's
+        tokenizer.chat_template = cfg.chat_template
     if tokenizer.pad_token_id is None:
         raise ValueError(f"config key '{key}': the tokenizer of {path} has no pad token; set one in the model folder")
     return path, tokenizer
@@ -176,6 +205,7 @@ def run(cfg: GRPOConfig) -> dict:
     trainer = GRPOTrainer(cfg, model, tokenizer, train, reward_funcs, reward_weights=reward_weights,
                           eval_rows=eval_rows, eval_accuracy_fn=accuracy_reward, eval_format_fn=format_reward,
                           engine=engine, accelerator=acc, teacher=teacher)
+    training_starts()
     try:
         summary = trainer.train()
     finally:
@@ -205,4 +235,5 @@ def print_summary(s: dict, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with clean_exit():
+        main()

@@ -53,12 +53,29 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 # An outcome of one call, as plain tuples so they pickle quickly:
-#   ("ok", values, bad)      values: one float per completion (NaN for None or invalid);
-#                            bad: (position, repr) of each value that is not a finite number
+#   ("ok", values, bad, logs) values: one float per completion (NaN for None or invalid);
+#                            bad: (position, repr) of each value that is not a finite number;
+#                            logs: what the reward passed to log_extra / log_metric (Logs), or None
 #   ("fail", kind, detail)   kind: raised | result | memory | timeout | crash | skipped
 Outcome = tuple
 # One failed completion, as reported to the caller: (index in the batch, kind, detail).
 Failure = tuple[int, str, str]
+# What one call logged: ({column: values for the call's completions}, {metric: [values]}).
+Logs = tuple[dict[str, list], dict[str, list[float]]]
+
+# Arguments TRL passes to every reward besides the columns; a reward receives them when it names
+# them or takes **kwargs (check_signature lets a reward without **kwargs omit them).
+TRAINER_ARGS = ("trainer_state", "log_extra", "log_metric")
+
+
+class Shared:
+    """A reward argument that is the same for every completion (``trainer_state``): passed to each
+    call as it is, never split by completion like a column."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
 
 _POLL_S = 0.5  # how often blocked loops look up (parent alive? manager alive?)
 _START_TIMEOUT_S = 120.0  # a spawned manager imports the reward modules; be generous
@@ -103,17 +120,47 @@ def where(e: BaseException) -> str:
     return f" at {last.filename}:{last.lineno} in {last.name}"
 
 
+def _accepts(fn: Callable) -> set[str] | None:
+    """The names of :data:`TRAINER_ARGS` ``fn`` can take; None if it takes every keyword."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.name in TRAINER_ARGS}
+
+
 def call_reward(fn: Callable, prompts: Sequence, completions: Sequence, columns: dict[str, Sequence]) -> Outcome:
     """Call ``fn`` once on these completions and check its result; never raises an ``Exception``.
 
-    An ``async def`` reward (or one returning an awaitable) is run to completion here.
+    A :class:`Shared` column is passed as its value; ``log_extra(column, values)`` and
+    ``log_metric(name, value)`` (TRL's) are passed to a reward that can take them, and what it
+    logs comes back in the outcome. An ``async def`` reward (or one returning an awaitable) is
+    run to completion here.
     """
+    extra: dict[str, list] = {}
+    metrics: dict[str, list[float]] = {}
+
+    def log_extra(column: str, values: list) -> None:
+        extra.setdefault(column, []).extend(values)
+
+    def log_metric(name: str, value: float) -> None:
+        metrics.setdefault(name, []).append(float(value))
+
     try:
         # Fresh lists, so a reward that mutates its arguments does not change what the next one sees.
-        result = fn(prompts=list(prompts), completions=list(completions), **{k: list(v) for k, v in columns.items()})
+        kwargs = {k: v.value if isinstance(v, Shared) else list(v) for k, v in columns.items()}
+        accepted = _accepts(fn)
+        loggers = {"log_extra": log_extra, "log_metric": log_metric}
+        kwargs.update({k: f for k, f in loggers.items() if accepted is None or k in accepted})
+        if accepted is not None:  # a reward without **kwargs gets only the trainer arguments it names
+            kwargs = {k: v for k, v in kwargs.items() if k not in TRAINER_ARGS or k in accepted}
+        result = fn(prompts=list(prompts), completions=list(completions), **kwargs)
         if inspect.isawaitable(result):
             result = run_awaitable(result)
-        return check_result(result, len(completions))
+        outcome = check_result(result, len(completions))
+        return (*outcome[:3], (extra, metrics)) if outcome[0] == "ok" and (extra or metrics) else outcome
     except MemoryError as e:
         return ("fail", "memory", f"ran out of memory (MemoryError{where(e)})")
     except RecursionError as e:  # before Exception: its repr can be long and is always the same
@@ -168,7 +215,7 @@ def check_result(result: Any, n: int) -> Outcome:
             bad.append((position, short_repr(v)))
             value = math.nan
         values.append(value)
-    return ("ok", values, bad)
+    return ("ok", values, bad, None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,6 +236,8 @@ class BatchResult:
 
     values: list[list[float]]
     failures: list[list[Failure]]
+    # per function, per successful call that logged something: (the call's indices, its Logs)
+    logs: list[list[tuple[list[int], Logs]]] | None = None
 
     @classmethod
     def all_failed(cls, num_funcs: int, n: int, kind: str, detail: str) -> BatchResult:
@@ -215,13 +264,17 @@ class Batch:
     chunk calls alone never give up on a function that does succeed (it may just be slow).
     """
 
-    def __init__(self, num_funcs: int, n: int, chunk_size: int, max_timeouts: int, futile_timeouts: int) -> None:
+    def __init__(self, num_funcs: int, n: int, chunk_size: int | Sequence[int], max_timeouts: int,
+                 futile_timeouts: int) -> None:
         self.values = [[math.nan] * n for _ in range(num_funcs)]
         self.failures: list[list[Failure]] = [[] for _ in range(num_funcs)]
+        self.logs: list[list[tuple[list[int], Logs]]] = [[] for _ in range(num_funcs)]
+        # one chunk size for all functions, or one per function (whole-batch rewards get n)
+        sizes = [chunk_size] * num_funcs if isinstance(chunk_size, int) else list(chunk_size)
         self.pending: deque[Task] = deque(
-            Task(f, list(range(start, min(start + chunk_size, n))))
+            Task(f, list(range(start, min(start + max(sizes[f], 1), n))))
             for f in range(num_funcs)
-            for start in range(0, n, chunk_size)
+            for start in range(0, n, max(sizes[f], 1))
         )
         self.max_timeouts = max_timeouts
         self.futile_timeouts = futile_timeouts
@@ -251,11 +304,13 @@ class Batch:
     def result(self) -> BatchResult:
         for failures in self.failures:
             failures.sort()
-        return BatchResult(self.values, self.failures)
+        return BatchResult(self.values, self.failures, self.logs)
 
     def _record_values(self, task: Task, outcome: Outcome) -> None:
-        _, values, bad = outcome
+        _, values, bad, *logs = outcome
         self.successes[task.func] += 1
+        if logs and logs[0] is not None:
+            self.logs[task.func].append((task.indices, logs[0]))
         for i, value in zip(task.indices, values, strict=True):
             self.values[task.func][i] = value
         for position, text in bad:
@@ -303,7 +358,7 @@ def _select(indices: list[int], prompts: Sequence, completions: Sequence, column
     return (
         [prompts[i] for i in indices],
         [completions[i] for i in indices],
-        {k: [v[i] for i in indices] for k, v in columns.items()},
+        {k: v if isinstance(v, Shared) else [v[i] for i in indices] for k, v in columns.items()},
     )
 
 

@@ -1,5 +1,11 @@
 """Format rewards: does a completion have the ``<think>...</think><answer>...</answer>`` shape.
 
+Two families. open-r1's (registry names ``format`` and ``tag_count``, as in open-r1's
+``rewards.py``, so an open-r1 config means the same here): the blocks on their own lines,
+``"<think>\n...\n</think>\n<answer>\n...\n</answer>"``. rlreason's own, for models that
+write the blocks inline (the embedded arithmetic task): ``think_answer_format`` (strict),
+``format_lenient`` and ``think_answer_tags``.
+
 The rewards are callable classes rather than functions so that configured instances pickle
 (a process pool ships them to workers) and carry a stable ``__name__`` for logging.
 ``format_reward`` and ``tag_count_reward`` are ready-made instances, so code that imported
@@ -45,7 +51,7 @@ class FormatReward:
         if not isinstance(strict, bool):
             raise TypeError(f"FormatReward: strict must be True or False, got {strict!r}")
         self.strict = strict
-        self.__name__ = "format_reward" if strict else "format_lenient_reward"
+        self.__name__ = "think_answer_format_reward" if strict else "format_lenient_reward"
 
     def __call__(self, prompts: list, completions: list, **kwargs: Any) -> list[float]:
         return [1.0 if self._matches(completion_text(c)) else 0.0 for c in completions]
@@ -68,7 +74,7 @@ class TagCountReward:
     """
 
     def __init__(self) -> None:
-        self.__name__ = "tag_count_reward"
+        self.__name__ = "think_answer_tags_reward"
 
     def __call__(self, prompts: list, completions: list, **kwargs: Any) -> list[float]:
         return [0.25 * sum(completion_text(c).count(tag) == 1 for tag in TAGS) for c in completions]
@@ -77,6 +83,43 @@ class TagCountReward:
         return "TagCountReward()"
 
 
-format_reward = FormatReward(strict=True)
+# open-r1's format: re.match with DOTALL | MULTILINE, so "$" also matches before a later newline
+# (text on lines after </answer> passes, as in open-r1).
+_R1_SHAPE = re.compile(r"^<think>\n.*?\n</think>\n<answer>\n.*?\n</answer>$", re.DOTALL | re.MULTILINE)
+# open-r1's tag_count: each of these exactly once is worth 0.25
+_R1_TAGS = ("<think>\n", "\n</think>\n", "\n<answer>\n", "\n</answer>")
+
+
+class R1FormatReward:
+    """open-r1's ``format_reward``: 1.0 when the completion is
+    ``"<think>\n...\n</think>\n<answer>\n...\n</answer>"`` (newlines required), else 0.0."""
+
+    def __init__(self) -> None:
+        self.__name__ = "format_reward"
+
+    def __call__(self, prompts: list, completions: list, **kwargs: Any) -> list[float]:
+        return [1.0 if _R1_SHAPE.match(completion_text(c)) else 0.0 for c in completions]
+
+    def __repr__(self) -> str:
+        return "R1FormatReward()"
+
+
+class R1TagCountReward:
+    """open-r1's ``tag_count_reward``: 0.25 for each of ``"<think>\n"``, ``"\n</think>\n"``,
+    ``"\n<answer>\n"``, ``"\n</answer>"`` appearing exactly once."""
+
+    def __init__(self) -> None:
+        self.__name__ = "tag_count_reward"
+
+    def __call__(self, prompts: list, completions: list, **kwargs: Any) -> list[float]:
+        return [0.25 * sum(completion_text(c).count(tag) == 1 for tag in _R1_TAGS) for c in completions]
+
+    def __repr__(self) -> str:
+        return "R1TagCountReward()"
+
+
+format_reward = FormatReward(strict=True)  # rlreason's strict format: registry name think_answer_format
 format_lenient_reward = FormatReward(strict=False)
-tag_count_reward = TagCountReward()
+tag_count_reward = TagCountReward()  # registry name think_answer_tags
+r1_format_reward = R1FormatReward()  # registry name format
+r1_tag_count_reward = R1TagCountReward()  # registry name tag_count

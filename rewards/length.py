@@ -216,6 +216,21 @@ class CosineLengthReward(_LengthMeasure):
         )
 
 
+class R1CosineReward(CosineLengthReward):
+    """open-r1's ``cosine`` reward with open-r1's arguments (``get_cosine_scaled_reward``): the
+    length in characters of the completion, ``max_len`` the length where the cosine ends; a
+    correct answer goes from ``max_value_correct`` (short) to ``min_value_correct`` (at
+    ``max_len``), a wrong one from ``min_value_wrong`` to ``max_value_wrong``. Correctness comes
+    from the built-in ``accuracy`` (gold ``answer``, else ``solution``). Registry name ``cosine``;
+    ``cosine_length`` is the same curve with rlreason's names and token lengths."""
+
+    def __init__(self, min_value_wrong: float = -1.0, max_value_wrong: float = -0.5,
+                 min_value_correct: float = 0.5, max_value_correct: float = 1.0, max_len: int = 1000) -> None:
+        super().__init__(max_length=max_len, correct_start=max_value_correct, correct_end=min_value_correct,
+                         wrong_start=min_value_wrong, wrong_end=max_value_wrong, unit="chars")
+        self.__name__ = "cosine_scaled_reward"
+
+
 def _accuracy_function(owner: str, accuracy: Callable | str | None) -> Callable:
     if accuracy is None:
         return accuracy_reward

@@ -43,6 +43,8 @@ __all__ = [
     "verify",
 ]
 
+# Where the accuracy reward looks for the gold, in order (rlreason's name, then open-r1's and TRL's).
+GOLD_COLUMNS = ("answer", "solution")
 # Counts of problems worth surfacing in training logs; the trainer reads and reports these.
 WARNINGS: Counter[str] = Counter()
 # Golds already warned about, so a bad dataset row does not print a warning every step.
@@ -135,27 +137,52 @@ class AccuracyReward:
     trained to end with ``#### N`` that sometimes forgets the marker.
     """
 
+    # Scores each completion on its own, so the reward pool may split a batch over its workers
+    # (rewards/runner.py): the verifier is the slow reward, worth running in parallel.
+    rlreason_chunk_size = "auto"
+
     def __init__(
         self,
         extract: Sequence[str] = RULES,
         fallback: str | Sequence[str] | None = None,
         name: str = "accuracy_reward",
+        gold_column: str | None = None,
     ) -> None:
+        self.gold_column = gold_column
         self.extract = tuple(extract)
         self.fallback = fallback if fallback is None or isinstance(fallback, str) else tuple(fallback)
         _extract("", self.extract, self.fallback)  # fail now on a misspelled rule, not mid-training
         self.__name__ = name
 
-    def __call__(self, prompts: list, completions: list, answer: list, **kwargs: Any) -> list[float | None]:
+    def __call__(self, prompts: list, completions: list, **kwargs: Any) -> list[float | None]:
         """One score per completion: 1.0, 0.0, or None where the gold cannot be parsed.
 
-        No extractable or parseable answer scores 0.0. Each completion whose gold cannot be
-        parsed increments ``WARNINGS["unparseable_gold"]``; each distinct bad gold is warned
-        about once.
+        The gold is the column ``gold_column`` names; by default ``answer``, else ``solution``
+        (open-r1's and TRL's name). No extractable or parseable answer scores 0.0. Each
+        completion whose gold cannot be parsed increments ``WARNINGS["unparseable_gold"]``;
+        each distinct bad gold is warned about once.
         """
+        column = self.gold_from(kwargs)
+        if column is None:
+            raise ValueError(f"{self.__name__}: no gold column: give 'answer' or 'solution', or set gold_column "
+                             f"(columns: {', '.join(sorted(kwargs))})")
+        answer = kwargs[column]
         if len(answer) != len(completions):
             raise ValueError(f"got {len(completions)} completions but {len(answer)} answers")
         return [self.score(completion_text(c), gold) for c, gold in zip(completions, answer, strict=True)]
+
+    def gold_from(self, columns: Any) -> str | None:
+        """The column holding the gold among ``columns``: ``gold_column``, else ``answer``, else
+        ``solution``; None if there is none."""
+        if self.gold_column is not None:
+            return self.gold_column if self.gold_column in columns else None
+        return next((c for c in GOLD_COLUMNS if c in columns), None)
+
+    def check_columns(self, columns: set[str]) -> None:
+        """Raise ValueError at start-up when the dataset has no gold column for this reward."""
+        if self.gold_from(columns) is None:
+            wanted = repr(self.gold_column) if self.gold_column else "'answer' or 'solution'"
+            raise ValueError(f"needs the gold column {wanted}")
 
     def score(self, text: str, gold: Any) -> float | None:
         """The score of one completion text against one gold."""
@@ -170,7 +197,8 @@ class AccuracyReward:
         return 1.0 if pred is not None and equivalent(gold_parsed, pred) else 0.0
 
     def __repr__(self) -> str:
-        return f"AccuracyReward(extract={self.extract!r}, fallback={self.fallback!r})"
+        gold = "" if self.gold_column is None else f", gold_column={self.gold_column!r}"
+        return f"AccuracyReward(extract={self.extract!r}, fallback={self.fallback!r}{gold})"
 
 
 # The registry's "accuracy": the default rules, no fallback.

@@ -31,32 +31,40 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ._pool import TRAINER_ARGS
 from ._text import completion_text
-from .format import format_lenient_reward, format_reward, tag_count_reward
-from .length import CosineLengthReward, RepetitionPenaltyReward, SoftOverlongReward
+from .format import format_lenient_reward, format_reward, r1_format_reward, r1_tag_count_reward, tag_count_reward
+from .length import CosineLengthReward, R1CosineReward, RepetitionPenaltyReward, SoftOverlongReward
 from .math import accuracy_reward
 
 RewardFunc = Callable[..., list[float | None]]
 
 # The rewards :func:`resolve` returns ready to call, as they were before configurable rewards.
+# "format" and "tag_count" are open-r1's (newlines around the tags), so an open-r1 config means
+# the same here; rlreason's inline forms are "think_answer_format" and "think_answer_tags".
 BUILTIN: dict[str, RewardFunc] = {
     "accuracy": accuracy_reward,
-    "format": format_reward,
-    "tag_count": tag_count_reward,
+    "format": r1_format_reward,
+    "tag_count": r1_tag_count_reward,
 }
 
 # Every built-in name. A value is either ready to call (a function or an instance: config
 # kwargs become a functools.partial) or a class (instantiated with the config kwargs).
 REWARDS: dict[str, Callable] = {
     **BUILTIN,
+    "think_answer_format": format_reward,
+    "think_answer_tags": tag_count_reward,
     "format_lenient": format_lenient_reward,
     "soft_overlong": SoftOverlongReward,
     "cosine_length": CosineLengthReward,
+    "cosine": R1CosineReward,  # open-r1's name and arguments
     "repetition_penalty": RepetitionPenaltyReward,
 }
 
 # Keys of a dict entry in ``reward_funcs``.
-ENTRY_KEYS = ("name", "weight", "kwargs")
+ENTRY_KEYS = ("name", "weight", "kwargs", "chunk_size")
+# What a reward opts in to chunked calls with (rewards/runner.py): an int, or "auto".
+CHUNK_ATTRIBUTE = "rlreason_chunk_size"
 
 # Modules loaded from files get distinct names, so two files both called rewards.py coexist.
 _file_module_ids = itertools.count()
@@ -107,7 +115,7 @@ def resolve(spec: str | Callable) -> RewardFunc:
     """
     if callable(spec) and not inspect.isclass(spec):
         return spec
-    return _materialize(_target(spec), {}, repr(spec))
+    return _materialize(_target(spec), {}, repr(spec), named=False)  # what the spec names, never called
 
 
 def _target(spec: str | Callable) -> Callable:
@@ -139,11 +147,13 @@ def _builtin(name: str) -> Callable:
         ) from None
 
 
-def _materialize(target: Callable, kwargs: dict[str, Any], label: str) -> RewardFunc:
+def _materialize(target: Callable, kwargs: dict[str, Any], label: str, named: bool = True) -> RewardFunc:
     """``target`` configured with ``kwargs``: a class is instantiated, anything else is wrapped in a
     ``functools.partial`` (named like the function, so logs and TRL see the same name)."""
     if inspect.isclass(target):
         return _instantiate(target, kwargs, label)
+    if named and _is_factory(target):  # a function handed over directly is meant as the reward itself
+        return _call_factory(target, kwargs, label)
     if not kwargs:
         return target
     if any(target is v for v in REWARDS.values()) and not inspect.isroutine(target):
@@ -154,6 +164,37 @@ def _materialize(target: Callable, kwargs: dict[str, Any], label: str) -> Reward
     partial = functools.partial(target, **kwargs)
     partial.__name__ = reward_name(target)  # type: ignore[attr-defined]  # TRL reads __name__
     return partial
+
+
+def _is_factory(target: Callable) -> bool:
+    """Whether ``target`` makes rewards rather than being one (TRL's ``get_soft_overlong_punishment``,
+    open-r1's ``get_cosine_scaled_reward``): a function that can take neither ``prompts`` nor
+    ``completions`` nor ``**kwargs``, so it could never be called as a reward."""
+    if not inspect.isfunction(target):
+        return False
+    try:
+        params = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return not any(p.kind is p.VAR_KEYWORD or p.name in ("prompts", "completions") for p in params)
+
+
+def _call_factory(factory: Callable, kwargs: dict[str, Any], label: str) -> RewardFunc:
+    """The reward ``factory(**kwargs)`` returns, with its arguments checked first."""
+    signature = inspect.signature(factory)
+    _check_kwarg_names(signature, kwargs, label, reward_name(factory), allow_var_keyword=False)
+    try:
+        signature.bind(**kwargs)
+    except TypeError as e:
+        raise RewardSpecError(f"reward {label}: {e}; the factory {reward_name(factory)} takes "
+                              f"{_describe(signature)} (give them under 'kwargs')") from None
+    try:
+        fn = factory(**kwargs)
+    except Exception as e:
+        raise RewardSpecError(f"reward {label}: the factory raised {e!r}") from e
+    if not callable(fn):
+        raise RewardSpecError(f"reward {label}: the factory returned a {type(fn).__name__}, not a reward function")
+    return fn
 
 
 def _instantiate(cls: type, kwargs: dict[str, Any], label: str) -> RewardFunc:
@@ -308,7 +349,15 @@ def check_signature(fn: Callable, columns: set[str] | None = None) -> None:
             )
     if columns is None:
         return
-    available = set(columns) | {"prompts", "completions"}
+    check_columns = getattr(fn, "check_columns", None)  # a reward that finds its columns by name (accuracy)
+    if callable(check_columns):
+        try:
+            check_columns(set(columns))
+        except ValueError as e:
+            raise RewardSignatureError(
+                f"reward {name!r} {e}, which the dataset does not have; its columns are: "
+                f"{', '.join(sorted(columns)) or '(none)'} (rename one with column_map)") from None
+    available = set(columns) | {"prompts", "completions", *TRAINER_ARGS}  # TRL's, passed to every call
     missing = [p.name for p in params if p.name in by_keyword and p.default is p.empty and p.name not in available]
     if missing:
         raise RewardSignatureError(
@@ -338,9 +387,12 @@ def build_rewards(
     ``"path/to/file.py:function"``), a callable, or a dict
     ``{"name": spec, "weight": 0.5, "kwargs": {...}}`` (``weight`` and ``kwargs`` optional).
     A class (a configurable builtin such as ``soft_overlong``, or ``"module:Class"``) is
-    instantiated with ``kwargs``; a function or callable instance with ``kwargs`` becomes a
-    ``functools.partial`` keeping the function's name. Weights come from ``weights`` (the
-    config's ``reward_weights``) or from the entries, not both; the default is 1.0.
+    instantiated with ``kwargs``; a factory (a function that takes neither ``prompts`` nor
+    ``completions`` nor ``**kwargs``, e.g. ``trl.rewards:get_soft_overlong_punishment``) is
+    called with ``kwargs`` and the reward it returns is used; a reward function or callable
+    instance with ``kwargs`` becomes a ``functools.partial`` keeping the function's name.
+    Weights come from ``weights`` (the config's ``reward_weights``) or from the entries, not
+    both; the default is 1.0.
 
     Every function's signature is checked (:func:`check_signature`, against ``columns`` when
     given), so a wrong name, argument or signature fails here, at start-up, with a
@@ -361,7 +413,10 @@ def build_rewards(
             spec, weight, kwargs = _parse_entry(entry)
             if weights is not None and weight is not None:
                 raise RewardSpecError("has its own weight but reward_weights is also given; use one or the other")
-            fn = _materialize(_target(spec), kwargs, repr(spec) if isinstance(spec, str) else reward_name(spec))
+            fn = _materialize(_target(spec), kwargs, repr(spec) if isinstance(spec, str) else reward_name(spec),
+                              named=isinstance(spec, str))
+            if isinstance(entry, dict) and entry.get("chunk_size") is not None:
+                fn = _chunked(fn, entry["chunk_size"])
             check_signature(fn, columns)
         except RewardSpecError as e:
             raise type(e)(f"reward_funcs[{i}]: {e}") from e
@@ -389,6 +444,17 @@ def _parse_entry(entry: Any) -> tuple[str | Callable, float | None, dict[str, An
         raise RewardSpecError(f"'kwargs' must be a mapping of argument names to values, got {kwargs!r}")
     weight = entry.get("weight")
     return entry["name"], (None if weight is None else _check_weight("weight", weight)), dict(kwargs)
+
+
+def _chunked(fn: Callable, chunk_size: Any) -> RewardFunc:
+    """``fn`` opted in to chunked calls: a ``functools.partial`` carrying the chunk size (the
+    function itself, maybe a shared built-in, is not changed), logged under ``fn``'s name."""
+    if chunk_size != "auto" and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise RewardSpecError(f"chunk_size must be a positive int or 'auto', got {chunk_size!r}")
+    wrapped = functools.partial(fn)
+    wrapped.__name__ = reward_name(fn)  # type: ignore[attr-defined]
+    setattr(wrapped, CHUNK_ATTRIBUTE, chunk_size)
+    return wrapped
 
 
 def _check_weight(label: str, weight: Any) -> float:

@@ -16,13 +16,15 @@ Two ways to score:
   completion that caused it: the first three per function and batch in full, the rest summed
   up in one line, so a reward broken on every completion does not flood the log.
 
-How :class:`RewardRunner` splits a batch: each function is called on chunks of completions
-(at most 64, about four chunks per worker), so the per-call overhead (pickling, two pipe hops)
-is paid per chunk, not per completion. A chunk call that fails as a whole is retried one
-completion per call, so a pathological completion costs its chunk one timeout plus its own
-retry, and its chunk-mates are still scored. Rewards are therefore expected to score each
-completion independently of the others in the batch (all built-in rewards do); a reward that
-compares completions within a batch should run with ``in_process=True`` (one call per batch).
+How :class:`RewardRunner` splits a batch: as in TRL, each function is called once with the
+whole batch, so a reward that compares completions across the batch (open-r1's ``len_reward``)
+sees what it would see under TRL. A reward that scores each completion independently may opt
+in to chunks (attribute ``rlreason_chunk_size``, or ``chunk_size`` in its ``reward_funcs``
+entry): an int, or ``"auto"`` (at most 64 completions, about four chunks per worker), so the
+workers score it in parallel and the per-call overhead (pickling, two pipe hops) is paid per
+chunk. Either way a call that fails as a whole is retried one completion per call, so a
+pathological completion costs its call one timeout plus its own retry, and the others are
+still scored.
 
 Overhead, measured with
 ``OMP_NUM_THREADS=1 python -c "from rlreason.rewards.runner import _benchmark; _benchmark()"``
@@ -42,17 +44,18 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 
-from ._pool import BatchResult, Pool, PoolConfig, as_float, run_in_process, short_repr, where
-from .registry import reward_name
+from ._pool import BatchResult, Pool, PoolConfig, Shared, as_float, run_in_process, short_repr, where
+from .registry import CHUNK_ATTRIBUTE, reward_name
 
 logger = logging.getLogger("rlreason.rewards")
 
-_RESERVED = ("prompts", "completions")  # passed by name, so a column cannot reuse them
+# passed by name, so a column cannot reuse them
+_RESERVED = ("prompts", "completions", "trainer_state", "log_extra", "log_metric")
 
 
 @dataclass
@@ -62,6 +65,17 @@ class RewardOutput:
     total: torch.Tensor  # [N] float32: weighted sum over functions, None/NaN terms left out
     per_func: dict[str, torch.Tensor]  # name -> [N] float32, NaN where the function gave None or failed
     failures: dict[str, int]  # name -> completions scored None because the function raised or misbehaved
+    errors: dict[str, str] = field(default_factory=dict)  # name -> the first failure's detail, if any
+    extra: dict[str, list] = field(default_factory=dict)  # log_extra columns, [N] each (None where not logged)
+    logged: dict[str, float] = field(default_factory=dict)  # log_metric values, averaged over the batch's calls
+
+    @property
+    def applicable(self) -> torch.Tensor:
+        """[N] bool: some reward term applies (is not None and did not fail). A completion
+        without one carries no learning signal: its total (0.0) is not a score."""
+        if not self.per_func:
+            return torch.zeros(len(self.total), dtype=torch.bool)
+        return ~torch.stack(list(self.per_func.values())).isnan().all(dim=0)
 
 
 def score(
@@ -95,19 +109,35 @@ def score(
     return RewardOutput(total=total, per_func=per_func, failures=failures)
 
 
+# The column where rlreason.data keeps the messages a plain-text prompt became in the chat template.
+MESSAGES_COLUMN = "prompt_messages"
+
+
 def reward_inputs(rows: list[dict], texts: list[str], token_ids: list[list[int]], n: int, prompt_column: str,
-                  skip: Sequence[str] = ()) -> tuple[list, list, dict[str, list]]:
+                  skip: Sequence[str] = (), plain_text: bool = False) -> tuple[list, list, dict[str, list]]:
     """The arguments of a reward call for ``n`` completions per row (rows' completions adjacent):
-    (prompts, completions, columns), as TRL passes them. A completion is its text, or an assistant
-    message when the prompts are conversations; every row column except the prompt and ``skip``
-    arrives once per completion, plus ``completion_ids`` (length rewards count tokens)."""
-    prompts = [r[prompt_column] for r in rows for _ in range(n)]
+    (prompts, completions, columns), as TRL passes them. A prompt that went through a chat
+    template is its message list (the rows' :data:`MESSAGES_COLUMN`, system message included)
+    and a completion then ``[{"role": "assistant", "content": text}]``, as for a conversational
+    dataset; otherwise (or with ``plain_text``) prompts and completions are strings. Every row
+    column except the prompt, :data:`MESSAGES_COLUMN` and ``skip`` arrives once per completion,
+    plus ``completion_ids`` (length rewards count tokens)."""
+    use_messages = not plain_text and bool(rows) and rows[0].get(MESSAGES_COLUMN) is not None
+    source = MESSAGES_COLUMN if use_messages else prompt_column
+    prompts = [r[source] for r in rows for _ in range(n)]
+    if plain_text and prompts and isinstance(prompts[0], list):
+        prompts = [_messages_text(p) for p in prompts]
     conversational = bool(prompts) and isinstance(prompts[0], list)
     completions = [[{"role": "assistant", "content": t}] if conversational else t for t in texts]
-    leave_out = {prompt_column, *skip}
+    leave_out = {prompt_column, MESSAGES_COLUMN, *skip}
     columns = {k: [r[k] for r in rows for _ in range(n)] for k in rows[0] if k not in leave_out} if rows else {}
     columns["completion_ids"] = token_ids
     return prompts, completions, columns
+
+
+def _messages_text(messages: list[dict]) -> str:
+    """A conversation as plain text for ``plain_text`` rewards: its messages' contents, one per line."""
+    return "\n".join(str(m.get("content", "")) for m in messages)
 
 
 def unique_names(funcs: Sequence[Callable]) -> list[str]:
@@ -237,9 +267,12 @@ class RewardRunner:
     (module-level functions and instances of module-level classes, including those in files
     loaded with :func:`~.registry.resolve`). Workers are always forked from the manager.
 
-    ``in_process=True`` calls the functions in this process with the same chunk-then-retry
-    rules (one chunk per function), without timeouts or memory cap: for debugging, and for
-    rewards that must see the whole batch.
+    ``chunk_size`` (None: each function's own ``rlreason_chunk_size``, else the whole batch)
+    sets the completions per call for every function; ``"auto"`` is at most 64, about four
+    chunks per worker.
+
+    ``in_process=True`` calls the functions in this process with the same call-then-retry
+    rules (one call per function), without timeouts or memory cap: for debugging.
 
     Close it with :meth:`close` or use it as a context manager; it is also closed when
     garbage-collected and at interpreter exit.
@@ -254,7 +287,7 @@ class RewardRunner:
         timeout_s: float = 10.0,
         memory_mb: float | None = 1024,
         in_process: bool = False,
-        chunk_size: int | None = None,
+        chunk_size: int | str | None = None,
         max_timeouts: int = 16,
         start_method: Literal["fork", "spawn"] = "fork",
     ) -> None:
@@ -264,6 +297,7 @@ class RewardRunner:
         _check_settings(num_workers, timeout_s, memory_mb, chunk_size, max_timeouts)
         self.num_workers = num_workers
         self.chunk_size = chunk_size
+        self._seen: set[tuple[str, str]] = set()  # (function, failure) already logged in full
         self._lock = threading.Lock()  # one batch at a time through the pipe to the manager
         self._closed = False
         self._pool: Pool | None = None
@@ -275,13 +309,23 @@ class RewardRunner:
     def in_process(self) -> bool:
         return self._pool is None
 
-    def score(self, prompts: list, completions: list, columns: dict[str, list]) -> RewardOutput:
-        """Score ``completions``: same arguments, result and ValueErrors as :func:`score`."""
+    def score(self, prompts: list, completions: list, columns: dict[str, list],
+              shared: dict[str, Any] | None = None) -> RewardOutput:
+        """Score ``completions``: same arguments, result and ValueErrors as :func:`score`.
+
+        ``shared``: arguments passed unchanged to every call (TRL's ``trainer_state``). Each
+        reward that can take them also gets TRL's ``log_extra`` and ``log_metric``; what it
+        logs is in the result's ``extra`` and ``logged``."""
         _check_inputs(prompts, completions, columns)
         if self._closed:
             raise RuntimeError("this RewardRunner is closed")
+        cols: dict[str, Any] = {k: list(v) for k, v in columns.items()}
+        for key, value in (shared or {}).items():
+            if key in cols:
+                raise ValueError(f"{key!r} is both a column and a shared argument")
+            cols[key] = Shared(value)
         with self._lock:
-            result = self._run(list(prompts), list(completions), {k: list(v) for k, v in columns.items()})
+            result = self._run(list(prompts), list(completions), cols)
         return self._output(result, completions)
 
     def close(self) -> None:
@@ -306,21 +350,43 @@ class RewardRunner:
             return BatchResult.all_failed(len(self.funcs), n, "crash", "the reward manager process died")
         return result
 
-    def _chunk_size(self, n: int) -> int:
-        if self.chunk_size is not None:
-            return self.chunk_size
-        return max(1, min(_MAX_CHUNK, math.ceil(n / (self.num_workers * _CHUNKS_PER_WORKER))))
+    def _chunk_size(self, n: int) -> list[int]:
+        """Completions per call, per function: the whole batch unless the runner or the function
+        asks for chunks."""
+        sizes = []
+        for fn in self.funcs:
+            size = self.chunk_size if self.chunk_size is not None else getattr(fn, CHUNK_ATTRIBUTE, None)
+            if size == "auto":
+                size = max(1, min(_MAX_CHUNK, math.ceil(n / (self.num_workers * _CHUNKS_PER_WORKER))))
+            sizes.append(n if size is None else int(size))
+        return sizes
 
     def _output(self, result: BatchResult, completions: list) -> RewardOutput:
         total = torch.zeros(len(completions), dtype=torch.float32)
         per_func: dict[str, torch.Tensor] = {}
         failures: dict[str, int] = {}
-        for name, weight, values, failed in zip(self.names, self.weights, result.values, result.failures, strict=True):
+        errors: dict[str, str] = {}
+        extra: dict[str, list] = {}
+        logged: dict[str, list[float]] = {}
+        logs = result.logs or [[] for _ in self.names]
+        for name, weight, values, failed, calls in zip(self.names, self.weights, result.values, result.failures, logs,
+                                                       strict=True):
             scores = torch.tensor(values, dtype=torch.float32)
             per_func[name], failures[name] = scores, len(failed)
             total += torch.where(torch.isnan(scores), 0.0, scores) * weight
-            _log_failures(name, failed, completions)
-        return RewardOutput(total=total, per_func=per_func, failures=failures)
+            if failed:
+                errors[name] = failed[0][2]
+            _log_failures(name, failed, completions, self._seen)
+            for indices, (columns, metrics) in calls:
+                for column, vals in columns.items():
+                    # values of a call, in its completions' order; a short list leaves the rest None
+                    slots = extra.setdefault(column, [None] * len(completions))
+                    for i, v in zip(indices, vals, strict=False):
+                        slots[i] = v
+                for metric, vals in metrics.items():
+                    logged.setdefault(metric, []).extend(vals)
+        return RewardOutput(total=total, per_func=per_func, failures=failures, errors=errors, extra=extra,
+                            logged={k: sum(v) / len(v) for k, v in logged.items() if v})
 
 
 def _check_settings(
@@ -332,23 +398,38 @@ def _check_settings(
         raise ValueError(f"timeout_s must be positive, got {timeout_s}")
     if memory_mb is not None and not memory_mb > 0:
         raise ValueError(f"memory_mb must be positive or None, got {memory_mb}")
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size must be at least 1 or None, got {chunk_size}")
+    if chunk_size is not None and chunk_size != "auto" and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be at least 1, 'auto' or None, got {chunk_size!r}")
     if max_timeouts < 1:
         raise ValueError(f"max_timeouts must be at least 1, got {max_timeouts}")
 
 
-def _log_failures(name: str, failed: list[tuple[int, str, str]], completions: list) -> None:
-    """One warning per failed completion, with what it was, up to ``_MAX_LOGGED``; then a summary."""
-    for index, _, detail in failed[:_MAX_LOGGED]:
-        logger.warning(
-            "reward %r %s on completion %d: %s; scored None", name, detail, index, short_repr(completions[index])
-        )
-    if len(failed) > _MAX_LOGGED:
-        kinds = collections.Counter(kind for _, kind, _ in failed[_MAX_LOGGED:])
+def _log_failures(name: str, failed: list[tuple[int, str, str]], completions: list,
+                  seen: set[tuple[str, str]] | None = None) -> None:
+    """One warning per distinct failure (the first completion it hit, and how many more), up to
+    ``_MAX_LOGGED``; then a summary.
+
+    A failure already logged in an earlier batch (same function, same detail) is only counted
+    in the summary, so a reward broken on every completion shows its exception once, not every
+    step (the trainer's metrics count every failure)."""
+    seen = set() if seen is None else seen
+    by_detail: dict[str, list[tuple[int, str, str]]] = {}
+    for f in failed:
+        by_detail.setdefault(f[2], []).append(f)
+    new = [fs for detail, fs in by_detail.items() if (name, detail) not in seen][:_MAX_LOGGED]
+    for fs in new:
+        index, _, detail = fs[0]
+        also = f" (and {len(fs) - 1} more completions)" if len(fs) > 1 else ""
+        logger.warning("reward %r %s on completion %d: %s%s; scored None", name, detail, index,
+                       short_repr(completions[index]), also)
+        seen.add((name, detail))
+    shown = {id(f) for fs in new for f in fs}
+    rest = [f for f in failed if id(f) not in shown]
+    if rest:
+        kinds = collections.Counter(kind for _, kind, _ in rest)
         summary = ", ".join(f"{count} {kind}" for kind, count in kinds.most_common())
-        more = sum(kinds.values())
-        logger.warning("reward %r: %d more completions scored None in this batch (%s)", name, more, summary)
+        level = logging.WARNING if new else logging.DEBUG  # nothing new: the metrics count it
+        logger.log(level, "reward %r: %d more completions scored None in this batch (%s)", name, len(rest), summary)
 
 
 def _benchmark(n: int = 1024, repeats: int = 5, reward: Callable | None = None) -> None:

@@ -26,6 +26,7 @@ log-probs: ``teacher_advantages``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -45,21 +46,45 @@ MAX_LOG_RATIO = 20.0
 
 
 def _flat_groups(rewards: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """rewards [B*G] -> (rewards [B, G], flat [B] bool: every reward in the group is equal).
+    """rewards [B*G] -> (rewards [B, G], flat [B] bool: the group carries no signal).
 
-    Equality is exact (max == min): a float tolerance on the std can be defeated by rounding,
-    and then the std division blows tiny differences up into +-1 advantages.
+    A group is flat when every reward it has is equal, or when fewer than two are not NaN.
+    NaN marks a completion with no applicable reward term (every reward returned None or
+    failed): it is left out of its group's statistics, as TRL's NaN-aware statistics do.
+    Equality is exact (max == min over the non-NaN rewards): a float tolerance on the std can
+    be defeated by rounding, and then the std division blows tiny differences up into +-1
+    advantages.
     """
     if rewards.ndim != 1 or group_size < 1 or rewards.numel() % group_size:
         raise ValueError(f"rewards must be 1-D with a multiple of {group_size} entries, got {tuple(rewards.shape)}")
     grouped = rewards.view(-1, group_size)
-    return grouped, grouped.max(dim=1).values == grouped.min(dim=1).values
+    valid = ~torch.isnan(grouped)
+    top = torch.where(valid, grouped, -math.inf).max(dim=1).values
+    bottom = torch.where(valid, grouped, math.inf).min(dim=1).values
+    return grouped, (top == bottom) | (valid.sum(dim=1) < 2)
+
+
+def signal_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """rewards [B*G] -> [B] bool: the group carries a learning signal (two or more non-NaN
+    rewards that are not all equal)."""
+    return ~_flat_groups(rewards, group_size)[1]
 
 
 def _zero_flat(adv: torch.Tensor, flat: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-    """adv [B, G], flat [B] -> (adv [B*G] with flat groups exactly 0, metrics)."""
-    adv = torch.where(flat[:, None], torch.zeros_like(adv), adv)
+    """adv [B, G], flat [B] -> (adv [B*G] with flat groups and NaN entries exactly 0, metrics)."""
+    adv = torch.where(flat[:, None] | torch.isnan(adv), torch.zeros_like(adv), adv)
     return adv.reshape(-1), {"frac_zero_std_groups": flat.float().mean().item()}
+
+
+def _nanstd(x: torch.Tensor, dim: int | None = None, keepdim: bool = False) -> torch.Tensor:
+    """The unbiased std of the non-NaN entries (as ``torch.std`` on them; NaN with fewer than two)."""
+    valid = ~torch.isnan(x)
+    n = valid.sum() if dim is None else valid.sum(dim=dim, keepdim=True)
+    mean = x.nanmean() if dim is None else x.nanmean(dim=dim, keepdim=True)
+    sq = torch.where(valid, (x - mean) ** 2, torch.zeros_like(x))
+    ss = sq.sum() if dim is None else sq.sum(dim=dim, keepdim=True)
+    std = torch.sqrt(ss / (n - 1))
+    return std if keepdim or dim is None else std.squeeze(dim)
 
 
 def group_advantages(
@@ -74,15 +99,17 @@ def group_advantages(
     spread). That is not REINFORCE++-baseline (Hu 2025), which divides the group-centred
     rewards by their own batch std. ``"none"``: not at all (Dr. GRPO, Liu et al. 2025, sec. 3.1: the std
     division over-weights nearly solved or nearly hopeless prompts). A group whose rewards
-    are all equal carries no signal: its advantages are exactly 0.
+    are all equal carries no signal: its advantages are exactly 0. A NaN reward (no applicable
+    term) is left out of every mean and std and gets advantage 0: ``[1, nan, 1, 0]`` gives
+    ``[.58, 0, .58, -1.15]``, the statistics of ``[1, 1, 0]``.
     """
     grouped, flat = _flat_groups(rewards, group_size)
-    centered = grouped - grouped.mean(dim=1, keepdim=True)
+    centered = grouped - grouped.nanmean(dim=1, keepdim=True)
     if scale == "group":
-        std = grouped.std(dim=1, keepdim=True) if group_size > 1 else torch.ones_like(centered[:, :1])
+        std = _nanstd(grouped, dim=1, keepdim=True) if group_size > 1 else torch.ones_like(centered[:, :1])
         centered = centered / (std + eps)
     elif scale == "batch":
-        std = rewards.std() if rewards.numel() > 1 else rewards.new_tensor(1.0)
+        std = _nanstd(rewards) if (~torch.isnan(rewards)).sum() > 1 else rewards.new_tensor(1.0)
         centered = centered / (std + eps)
     elif scale != "none":
         raise ValueError(f"scale must be 'group', 'batch' or 'none', got {scale!r}")
@@ -93,12 +120,15 @@ def rloo_advantages(rewards: torch.Tensor, group_size: int) -> tuple[torch.Tenso
     """REINFORCE leave-one-out (Ahmadian et al. 2024, eq. 7): r_i - mean_{j != i} r_j.
 
     rewards: [B*G] -> advantages: [B*G]. Equal to G/(G-1) * (r_i - group mean); a group
-    of one has no other sample to compare with and gets 0.
+    of one has no other sample to compare with and gets 0. NaN rewards (no applicable term)
+    are not among the "others" and get 0.
     """
     grouped, flat = _flat_groups(rewards, group_size)
     if group_size == 1:
         return _zero_flat(torch.zeros_like(grouped), torch.ones_like(flat))
-    others_mean = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
+    valid = ~torch.isnan(grouped)
+    total = torch.where(valid, grouped, torch.zeros_like(grouped)).sum(dim=1, keepdim=True)
+    others_mean = (total - grouped) / (valid.sum(dim=1, keepdim=True) - 1)
     return _zero_flat(grouped - others_mean, flat)
 
 
@@ -112,11 +142,12 @@ def reinforce_pp_advantages(
     for every estimator here, so that an all-correct prompt is not pushed up merely for
     being easier than the batch average. So it is not the paper's form: the batch mean and std
     include the flat groups' rewards (the kept advantages are not zero-mean over the batch), and
-    no KL penalty is folded into the reward (here the KL, if any, is a loss term).
+    no KL penalty is folded into the reward (here the KL, if any, is a loss term). NaN rewards
+    are left out of the batch statistics and get 0.
     """
     grouped, flat = _flat_groups(rewards, group_size)
-    std = rewards.std() if rewards.numel() > 1 else rewards.new_tensor(1.0)
-    return _zero_flat((grouped - rewards.mean()) / (std + eps), flat)
+    std = _nanstd(rewards) if (~torch.isnan(rewards)).sum() > 1 else rewards.new_tensor(1.0)
+    return _zero_flat((grouped - rewards.nanmean()) / (std + eps), flat)
 
 
 # ---------------------------------------------------------------------------- log-probs

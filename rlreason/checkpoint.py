@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +61,11 @@ def best_checkpoint(ckpts: list[Path], metric: str | None, greater_is_better: bo
 
 
 def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict[str, Any], keep: int,
-                    best_metric: str | None = None, greater_is_better: bool = True) -> Path:
+                    best_metric: str | None = None, greater_is_better: bool = True,
+                    extra: Callable[[Path], None] | None = None) -> Path:
     """Save a full training state for ``step``; keep the newest ``keep`` checkpoints (and the
-    best by ``state["metrics"][best_metric]`` when a metric is named)."""
+    best by ``state["metrics"][best_metric]`` when a metric is named). ``extra(folder)`` writes
+    more files into the checkpoint on the main process, before it is made visible."""
     root = Path(output_dir) / "checkpoints"
     final = root / f"step-{step:07d}"
     tmp = root / f".tmp-step-{step:07d}"
@@ -73,6 +76,8 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict[
     accelerator.save_state(str(tmp), safe_serialization=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if extra is not None:
+            extra(tmp)
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state}, indent=2))
         if final.exists():
             shutil.rmtree(final)

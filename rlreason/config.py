@@ -3,14 +3,16 @@
 Field names follow TRL's ``GRPOConfig`` where the concept is the same (num_generations,
 max_completion_length, beta, epsilon, epsilon_high, loss_type, scale_rewards,
 num_iterations, temperature, top_p, reward_funcs, reward_weights, ...), so a TRL user
-can read a config without a glossary. Unknown keys are an error that names the key.
+can read a config without a glossary. TRL's and open-r1's other keys are renamed, ignored
+with a warning, or refused with the reason (rlreason/config_compat.py); every unknown or
+unsupported key is named in one error.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from rlreason.config_compat import migrate
+
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "gspo")  # rlreason.algorithms.PRESETS
 SCALE_REWARDS = ("group", "batch", "none")
 ADVANTAGE_ESTIMATORS = ("grpo", "rloo", "reinforce_pp")
@@ -26,6 +30,9 @@ KL_ESTIMATORS = ("k1", "k2", "k3")
 RATIO_LEVELS = ("token", "sequence")
 VLLM_MODES = ("colocate", "server")
 OPTIMIZERS = ("adamw_torch", "adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit")  # rlreason.optim
+
+
+logger = logging.getLogger("rlreason.config")
 
 
 class ConfigError(ValueError):
@@ -37,7 +44,8 @@ class GRPOConfig:
     # --- run ---
     output_dir: str = "runs/tiny_cpu"
     seed: int = 0
-    max_steps: int = 300  # rollout batches; each gives num_iterations optimizer steps
+    max_steps: int = 300  # rollout batches; each gives num_iterations optimizer steps; -1 = num_train_epochs
+    num_train_epochs: float = 3.0  # passes over the dataset's prompts when max_steps is -1 (TRL's rule)
     num_threads: int | None = None  # torch intra-op threads, at most the usable cores (None: torch default)
 
     # --- model ---
@@ -74,6 +82,7 @@ class GRPOConfig:
     use_chat_template: bool = True
     prompt_template: str | None = None  # e.g. "Question: {prompt}\nAnswer:"; applied before the chat template
     system_prompt: str | None = None
+    chat_template: str | None = None  # a Jinja chat template that replaces the tokenizer's own (as in TRL)
     arith_difficulty: dict[str, Any] = field(default_factory=dict)  # rlreason.tasks.arith.Difficulty fields
     arith_train_size: int = 20000
 
@@ -82,7 +91,14 @@ class GRPOConfig:
     reward_funcs: list[str | dict[str, Any]] = field(default_factory=lambda: ["accuracy"])
     reward_weights: list[float] | None = None
     reward_num_workers: int = 2  # worker processes scoring rewards (timeouts, memory cap); 0 = in-process
-    reward_timeout_s: float = 10.0  # per reward call (a chunk of up to 64 completions)
+    # per reward call: the whole batch, or a chunk for rewards that opt in (docs/rewards.md)
+    reward_timeout_s: float = 10.0
+    # A reward that scores no completion (each failed or was None) this many steps in a row stops
+    # the run with an error and a checkpoint: a broken reward must never train in silence.
+    max_failed_reward_steps: int = 3
+    # Rewards get prompts/completions as strings even when the prompt went through a chat template
+    # (the default then is TRL's: message lists, [{"role": "assistant", "content": ...}]).
+    rewards_plain_text: bool = False
     reward_memory_mb: int | None = 1024  # address space a reward worker may add; None = no cap
 
     # --- generation ---
@@ -120,6 +136,8 @@ class GRPOConfig:
     learning_rate: float = 1e-5
     lr_scheduler_type: str = "constant_with_warmup"
     warmup_steps: int = 0
+    warmup_ratio: float = 0.0  # warmup as a fraction of the optimizer steps, when warmup_steps is 0 (TRL's rule)
+    lr_scheduler_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {min_lr_rate: 0.1} (cosine_with_min_lr)
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.99
@@ -224,6 +242,8 @@ class GRPOConfig:
              f"must be one of {VLLM_MODES}, got {self.vllm_mode!r}")
         need(self.vllm_weight_transfer in ("auto", "gloo", "nccl"), "vllm_weight_transfer",
              f"must be auto, gloo or nccl, got {self.vllm_weight_transfer!r}")
+        need(self.max_failed_reward_steps >= 1, "max_failed_reward_steps",
+             f"must be >= 1, got {self.max_failed_reward_steps}")
         need(self.max_nonfinite_steps >= 1, "max_nonfinite_steps", f"must be >= 1, got {self.max_nonfinite_steps}")
         need(self.save_total_limit >= 0, "save_total_limit", f"must be >= 0, got {self.save_total_limit}")
         need(self.lora_r >= 1, "lora_r", f"must be >= 1, got {self.lora_r}")
@@ -249,7 +269,10 @@ class GRPOConfig:
         need(self.epsilon is None or self.epsilon > 0, "epsilon", f"must be > 0, got {self.epsilon}")
         need(self.epsilon_high is None or self.epsilon_high > 0, "epsilon_high", "must be > 0")
         need(self.num_iterations >= 1, "num_iterations", f"must be >= 1, got {self.num_iterations}")
-        need(self.max_steps >= 1, "max_steps", f"must be >= 1, got {self.max_steps}")
+        need(self.max_steps >= 1 or self.max_steps == -1, "max_steps",
+             f"must be >= 1, or -1 for num_train_epochs, got {self.max_steps}")
+        need(self.num_train_epochs > 0, "num_train_epochs", f"must be > 0, got {self.num_train_epochs}")
+        need(0 <= self.warmup_ratio < 1, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
         need(self.max_completion_length >= 1, "max_completion_length", "must be >= 1")
         need(self.temperature > 0, "temperature", "training samples need temperature > 0")
         need(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
@@ -367,14 +390,24 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
 
 
 def from_dict(values: dict[str, Any], cls: type[GRPOConfig] = GRPOConfig) -> GRPOConfig:
-    """Build a config, rejecting unknown keys (with a did-you-mean) and ill-typed values."""
+    """Build a config from rlreason's keys and TRL's (rlreason/config_compat.py).
+
+    Every unknown or unsupported key and every ill-typed value is named in one ConfigError;
+    renamed and ignored TRL keys are named in one warning each."""
     types_ = _field_types(cls)
+    values, notes, errors = migrate(values, set(types_))
+    for note in notes:
+        logger.warning("config: %s", note)
     clean = {}
     for key, value in values.items():
-        if key not in types_:
-            hint = difflib.get_close_matches(key, types_, n=1)
-            raise ConfigError(f"unknown config key '{key}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""))
-        clean[key] = _check_type(key, value, types_[key])
+        try:
+            clean[key] = _check_type(key, value, types_[key])
+        except ConfigError as e:
+            errors.append(str(e))
+    if len(errors) == 1:
+        raise ConfigError(errors[0])
+    if errors:
+        raise ConfigError(f"{len(errors)} problems in the config:\n" + "\n".join(f"  - {e}" for e in errors))
     return cls(**clean)
 
 
@@ -404,7 +437,10 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"cannot read command-line override {item!r}: use --key value or key=value")
         key, raw = item.split("=", 1)
-        out[key.replace("-", "_")] = yaml.safe_load(raw) if raw != "" else None
+        value = yaml.safe_load(raw) if raw != "" else None
+        if "#" in raw and (value is None or isinstance(value, str)) and value != raw:
+            value = raw  # YAML read " #..." as a comment: a command-line text keeps all of it
+        out[key.replace("-", "_")] = value
         i += 1
     return out
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import datasets
 
+from rlreason.rewards.runner import MESSAGES_COLUMN
 from rlreason.tasks import arith
 
 logger = logging.getLogger("rlreason.data")
@@ -195,17 +196,27 @@ def render_prompt(
         raise ValueError(f"prompt column {prompt_column!r} not in row; available columns: {sorted(row)}")
     value = row[prompt_column]
     chat = use_chat_template and _has_chat_template(tokenizer)
+    messages = prompt_messages(row, prompt_column=prompt_column, template=template, system_prompt=system_prompt)
+    if chat:
+        return _apply_chat_template(tokenizer, messages)
+    if _is_conversation(value):
+        return messages
+    text = _fill_template(template, row, value) if template is not None else str(value)
+    return f"{system_prompt}\n{text}" if system_prompt else text
 
+
+def prompt_messages(row: dict, *, prompt_column: str, template: str | None = None,
+                    system_prompt: str | None = None) -> list[dict]:
+    """The chat messages a row's prompt becomes: a conversation with ``system_prompt`` first
+    (unless it has a system message), or the templated text as the user message after it.
+    What the chat template renders, and what rewards get as ``prompts`` (TRL's contract)."""
+    value = row[prompt_column]
     if _is_conversation(value):
         if template is not None:
             raise ValueError("a prompt template cannot be applied to conversational (list of messages) prompts")
-        messages = _with_system(value, system_prompt)
-        return _apply_chat_template(tokenizer, messages) if chat else messages
-
+        return _with_system(value, system_prompt)
     text = _fill_template(template, row, value) if template is not None else str(value)
-    if chat:
-        return _apply_chat_template(tokenizer, _with_system([{"role": "user", "content": text}], system_prompt))
-    return f"{system_prompt}\n{text}" if system_prompt else text
+    return _with_system([{"role": "user", "content": text}], system_prompt)
 
 
 # --------------------------------------------------------------------------- preparation
@@ -219,6 +230,16 @@ def _rename(dataset: datasets.Dataset, column_map: dict[str, str] | None) -> dat
     missing = [src for src in mapping if src not in dataset.column_names]
     if missing:
         raise ValueError(f"column_map renames {missing}, not in the dataset; its columns are {dataset.column_names}")
+    # A target that already exists and is not itself renamed away would be two columns of one name.
+    taken = [(src, dst) for src, dst in mapping.items() if dst in dataset.column_names and dst not in mapping]
+    targets = list(mapping.values())
+    twice = sorted({dst for dst in targets if targets.count(dst) > 1})
+    if taken or twice:
+        src, dst = taken[0] if taken else (None, twice[0])
+        why = (f"column_map renames {src!r} to {dst!r}, but the dataset already has a column {dst!r}" if src
+               else f"column_map renames several columns to {dst!r}")
+        raise ValueError(f"{why}; its columns are {dataset.column_names}. Rename or drop one of them (e.g. also map "
+                         f"{dst!r} to another name), or point the reward at the column (accuracy: gold_column)")
     return dataset.rename_columns(mapping)
 
 
@@ -263,7 +284,8 @@ def prepare(
     """Make ``dataset`` ready for the trainer.
 
     Renames columns per ``column_map``, checks ``prompt_column`` (and ``answer_column``) exist,
-    adds ``prompt_text`` (see ``render_prompt``) and, with a tokenizer, ``prompt_ids``. With
+    adds ``prompt_text`` (see ``render_prompt``), with a chat template the messages it rendered
+    (``prompt_messages``, what rewards get as ``prompts``) and, with a tokenizer, ``prompt_ids``. With
     ``max_prompt_length`` (in tokens, so a tokenizer is needed) longer prompts are dropped.
     All original columns are kept.
     """
@@ -294,6 +316,9 @@ def prepare(
             system_prompt=system_prompt,
         )
         out: dict[str, Any] = {"prompt_text": text}
+        if chat:  # rewards get the messages, as TRL passes a conversational prompt
+            out[MESSAGES_COLUMN] = prompt_messages(row, prompt_column=prompt_column, template=template,
+                                                   system_prompt=system_prompt)
         if tokenizer is not None:
             # The chat template already inserted any special tokens; adding more would double them.
             out["prompt_ids"] = tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -145,7 +145,9 @@ def rejection_sample(engine: RolloutEngine, rows: list[dict], k: int, sampling: 
     prompts, completions, columns = reward_inputs(rows, [s.text for s in samples], [s.token_ids for s in samples], k,
                                                   prompt_column, skip=("prompt_ids", *skip_columns))
     out = score(prompts, completions, columns)
-    total = out.total.tolist()
+    conversational = bool(rows) and isinstance(rows[0][prompt_column], list)
+    # no applicable reward term: no verdict (NaN, never passes), not a total of 0
+    total = [t if ok else math.nan for t, ok in zip(out.total.tolist(), out.applicable.tolist(), strict=True)]
     per_func = {name: v.tolist() for name, v in out.per_func.items()}
     stats = RejectionStats(problems=len(rows), samples=len(samples))
     stats.reward_failures = sum(1 for vals in per_func.values() for v in vals if math.isnan(v))
@@ -162,7 +164,10 @@ def rejection_sample(engine: RolloutEngine, rows: list[dict], k: int, sampling: 
         for j in keep:
             i = p * k + j
             records.append({**{c: v for c, v in row.items() if c not in skip_columns},
-                            "completion": completions[i], "completion_ids": list(samples[i].token_ids),
+                            # an assistant message for a conversational dataset, else the text (the
+                            # rewards may have seen a message: the prompt went through a chat template)
+                            "completion": completions[i] if conversational else samples[i].text,
+                            "completion_ids": list(samples[i].token_ids),
                             "reward": total[i], **{f"reward_{n}": per_func[n][i] for n in per_func},
                             "finish_reason": samples[i].finish_reason, "sample_index": j, "pass_rate": n_ok / k})
     return records, stats

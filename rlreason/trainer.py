@@ -5,7 +5,9 @@ One step:
    prompt's whole group is generated on one process, so group statistics are local;
    statistics over the whole batch are computed on every process's data, see below);
 2. sample ``num_generations`` completions per prompt with the rollout engine;
-3. score them with the reward functions (weighted sum; a failing reward scores None);
+3. score them with the reward functions (weighted sum; a failing reward scores None; a
+   completion with no applicable term has reward NaN: no signal, advantage 0; a reward that
+   gives nothing for ``max_failed_reward_steps`` steps in a row stops the run);
 4. turn rewards into group-relative advantages;
 5. ``num_iterations`` optimizer steps on the clipped surrogate (+ beta * KL), each over the
    whole batch in micro-batches of ``per_device_train_batch_size`` completions;
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import math
 import signal
@@ -41,10 +44,11 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import rich.markup
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
-from transformers import get_scheduler
+from transformers import TrainerState, get_scheduler
 
 from rlreason import algorithms as A
 from rlreason.checkpoint import (
@@ -64,13 +68,18 @@ from rlreason.lora import is_peft_model, merged_named_parameters, save_merged
 from rlreason.moe import ROUTER_CLASSES, RouterStats, RoutingCapture, aux_loss_coef, find_routers
 from rlreason.optim import optimizer_class, optimizer_kwargs
 from rlreason.packing import pack_groups, supports_packing
-from rlreason.rewards.runner import RewardRunner, reward_inputs
+from rlreason.rewards.runner import MESSAGES_COLUMN, RewardRunner, reward_inputs
 from rlreason.rollout.base import RolloutEngine, Sample, SamplingConfig
 from rlreason.rollout.hf import HFEngine
 from rlreason.tracking import RunLogger, write_report
 
 # Columns the data pipeline adds; rewards get every other column.
-INTERNAL_COLUMNS = ("prompt_text", "prompt_ids")
+INTERNAL_COLUMNS = ("prompt_text", "prompt_ids", MESSAGES_COLUMN)
+
+
+class RewardFailureError(RuntimeError):
+    """A reward gave no score (failed or None) on any completion for several steps in a row:
+    the run would train on nothing, so it stops (with a checkpoint)."""
 
 
 @dataclass
@@ -79,21 +88,22 @@ class Rollout:
 
     prompt_ids: list[list[int]]  # [N] (each prompt repeated G times)
     samples: list[Sample]  # [N]
-    rewards: torch.Tensor  # [N] weighted sum
+    rewards: torch.Tensor  # [N] weighted sum; NaN where no reward term applies (no signal)
     per_func: dict[str, torch.Tensor]  # name -> [N], NaN where None
     prompts: list[Any]  # [N] raw prompts, for logging
     group_size: int
     metrics: dict[str, float]
     advantages: torch.Tensor | None = None  # [N], set once the batch is final
+    extra: dict[str, list] = dataclasses.field(default_factory=dict)  # rewards' log_extra columns, [N] each
 
     @property
     def num_groups(self) -> int:
         return len(self.samples) // self.group_size
 
     def informative_groups(self) -> list[int]:
-        """Indices of groups whose rewards are not all equal (they carry a learning signal)."""
-        g = self.rewards.view(-1, self.group_size)
-        return torch.nonzero(g.max(1).values != g.min(1).values).flatten().tolist()
+        """Indices of groups whose rewards are not all equal (they carry a learning signal);
+        NaN rewards (no applicable term) do not count."""
+        return torch.nonzero(A.signal_groups(self.rewards, self.group_size)).flatten().tolist()
 
     def select(self, groups: list[int]) -> Rollout:
         """Only the given groups (in that order)."""
@@ -102,13 +112,16 @@ class Rollout:
         t = torch.tensor(idx, dtype=torch.long)
         return Rollout([self.prompt_ids[i] for i in idx], [self.samples[i] for i in idx], self.rewards[t],
                        {k: v[t] for k, v in self.per_func.items()}, [self.prompts[i] for i in idx], G, self.metrics,
-                       None if self.advantages is None else self.advantages[t])
+                       None if self.advantages is None else self.advantages[t],
+                       {k: [v[i] for i in idx] for k, v in self.extra.items()})
 
     def concat(self, other: Rollout) -> Rollout:
         return Rollout(self.prompt_ids + other.prompt_ids, self.samples + other.samples,
                        torch.cat([self.rewards, other.rewards]),
                        {k: torch.cat([v, other.per_func[k]]) for k, v in self.per_func.items()},
-                       self.prompts + other.prompts, self.group_size, self.metrics)
+                       self.prompts + other.prompts, self.group_size, self.metrics, None,
+                       {k: self.extra.get(k, [None] * len(self.samples))
+                        + other.extra.get(k, [None] * len(other.samples)) for k in {*self.extra, *other.extra}})
 
 
 def stream_seed(seed: int, stream: str, pos: int) -> int:
@@ -220,8 +233,15 @@ class GRPOTrainer:
         sharded = self.acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
         optimizer = optim_cls(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                               betas=(cfg.adam_beta1, cfg.adam_beta2), **optimizer_kwargs(cfg.optim, params, sharded))
-        scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=cfg.warmup_steps,
-                                  num_training_steps=cfg.max_steps * cfg.num_iterations)
+        if cfg.max_steps == -1:  # TRL's rule: the steps num_train_epochs passes over the prompts take
+            per_step = cfg.completions_per_step // cfg.num_generations * self.acc.num_processes
+            cfg.max_steps = max(1, math.ceil(cfg.num_train_epochs * len(train_dataset) / per_step))
+        total_updates = cfg.max_steps * cfg.num_iterations
+        # warmup_steps wins over warmup_ratio, as in transformers
+        warmup = cfg.warmup_steps or math.ceil(cfg.warmup_ratio * total_updates)
+        scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=warmup,
+                                  num_training_steps=total_updates,
+                                  scheduler_specific_kwargs=cfg.lr_scheduler_kwargs or None)
         self.model, self.optimizer, self.scheduler = self.acc.prepare(model, optimizer, scheduler)
         # One scheduler step per optimizer step, whatever the process count. accelerate's prepared
         # scheduler otherwise steps the real one num_processes times per call (it assumes each
@@ -284,6 +304,9 @@ class GRPOTrainer:
                 truncate_jsonl(Path(cfg.output_dir) / name, done)
         self.acc.wait_for_everyone()
         self.nonfinite_streak = 0  # non-finite updates in a row
+        self.dead_reward_streak: dict[str, int] = {}  # reward -> steps in a row it scored no completion
+        self.reward_errors: dict[str, str] = {}  # reward -> its latest failure, shown when the run stops
+        self.reward_failures_total: dict[str, int] = {}  # reward -> completions it failed on, whole run
         self.last_eval: dict[str, float] = {}  # the latest periodic eval, saved with checkpoints
         self.heldout_before: dict[str, Any] = {}
         self.stop_requested = False  # set by SIGTERM/SIGINT: checkpoint at the next step boundary and stop
@@ -356,15 +379,26 @@ class GRPOTrainer:
         t_gen = time.perf_counter() - t0
         samples = [s for g in groups for s in g]
         prompts, completions, columns = reward_inputs(rows, [s.text for s in samples], [s.token_ids for s in samples],
-                                                      G, self.cfg.prompt_column, skip=INTERNAL_COLUMNS)
+                                                      G, self.cfg.prompt_column, skip=INTERNAL_COLUMNS,
+                                                      plain_text=self.cfg.rewards_plain_text)
         t0 = time.perf_counter()
-        out = self.rewards.score(prompts, completions, columns)
+        out = self.rewards.score(prompts, completions, columns, shared={"trainer_state": self.trainer_state()})
         t_score = time.perf_counter() - t0
-        metrics = {"time/generation_s": t_gen, "time/scoring_s": t_score}
+        metrics = {"time/generation_s": t_gen, "time/scoring_s": t_score, **out.logged}
         for name in out.per_func:
             metrics[f"rewards/{name}/failures"] = float(out.failures.get(name, 0))
-        return Rollout([r["prompt_ids"] for r in rows for _ in range(G)], samples, out.total, out.per_func,
-                       prompts, G, metrics)
+        self.reward_errors.update(out.errors)
+        # No applicable term: NaN, left out of the group statistics (advantage 0), never a 0 score.
+        rewards = torch.where(out.applicable, out.total, torch.full_like(out.total, math.nan))
+        return Rollout([r["prompt_ids"] for r in rows for _ in range(G)], samples, rewards, out.per_func,
+                       prompts, G, metrics, extra=out.extra)
+
+    def trainer_state(self) -> TrainerState:
+        """What TRL passes rewards as ``trainer_state`` (they read ``global_step``, ``max_steps``)."""
+        n = max(len(self.train_dataset), 1)
+        per_step = self.prompts_per_process * self.acc.num_processes
+        return TrainerState(global_step=self.step, max_steps=self.cfg.max_steps, epoch=self.step * per_step / n,
+                            num_train_epochs=math.ceil(self.cfg.max_steps * per_step / n))
 
     def sample_metrics(self, ro: Rollout) -> dict[str, float]:
         """Reward and length statistics of the whole step's batch: every process's samples are
@@ -377,9 +411,11 @@ class GRPOTrainer:
         if len(table) == 0:
             return {}
         rewards, lengths, truncated = table[:, 0], table[:, -2], table[:, -1]
+        scored = rewards[~torch.isnan(rewards)]  # completions with no applicable term carry no score
         metrics = {
-            "reward/mean": rewards.mean().item(),
-            "reward/std": rewards.std().item() if len(rewards) > 1 else 0.0,
+            "reward/mean": scored.mean().item() if len(scored) else float("nan"),
+            "reward/std": scored.std().item() if len(scored) > 1 else 0.0,
+            "reward/no_signal_frac": 1.0 - len(scored) / len(rewards),
             "completion/mean_length": lengths.mean().item(),
             "completion/max_length": lengths.max().item(),
             "completion/truncated_frac": truncated.mean().item(),
@@ -389,6 +425,7 @@ class GRPOTrainer:
             ok = vals[~torch.isnan(vals)]
             metrics[f"rewards/{name}/mean"] = ok.mean().item() if len(ok) else float("nan")
             metrics[f"rewards/{name}/std"] = ok.std().item() if len(ok) > 1 else 0.0
+            metrics[f"rewards/{name}/none_frac"] = 1.0 - len(ok) / len(vals)
         return metrics
 
     def collect(self) -> Rollout:
@@ -795,10 +832,12 @@ class GRPOTrainer:
         G = self.cfg.num_generations
         rows = []
         for i in range(min(len(ro.samples), 2 * G)):  # the first two groups
+            reward = ro.rewards[i].item()
             rows.append({"prompt": ro.prompts[i], "completion": ro.samples[i].text,
-                         "reward": ro.rewards[i].item(), "advantage": ro.advantages[i].item(),
+                         "reward": None if math.isnan(reward) else reward, "advantage": ro.advantages[i].item(),
                          **{f"reward/{k}": (None if math.isnan(v[i].item()) else v[i].item())
                             for k, v in ro.per_func.items()},
+                         **{k: v[i] for k, v in ro.extra.items()},
                          "finish_reason": ro.samples[i].finish_reason})
         self.log.completions(self.step, rows)
 
@@ -876,6 +915,14 @@ class GRPOTrainer:
             while self.step < cfg.max_steps:
                 metrics, n_samples = self._one_step()
                 samples_per_s.append(metrics["perf/samples_per_s"])
+                if self.dead_rewards():
+                    ckpt = self.save(self.step)
+                    name = self.dead_rewards()[0]
+                    raise RewardFailureError(
+                        f"reward {name!r} scored no completion (every one failed or was None) in "
+                        f"{self.dead_reward_streak[name]} steps in a row, so the run stopped rather than train on "
+                        f"nothing (checkpoint: {ckpt}). Its error: {self.reward_errors.get(name, 'returned None')}. "
+                        f"Fix the reward, or raise 'max_failed_reward_steps'")
                 if self.nonfinite_streak >= cfg.max_nonfinite_steps:
                     ckpt = self.save(self.step)
                     raise FloatingPointError(
@@ -900,7 +947,8 @@ class GRPOTrainer:
         self.log.close()
         summary = {"steps": self.step, "train_time_s": train_time, "total_time_s": time.perf_counter() - t_start,
                    "samples_per_s": sum(samples_per_s) / max(len(samples_per_s), 1),
-                   "nonfinite_skipped": self.nonfinite_skipped, "interrupted": interrupted}
+                   "nonfinite_skipped": self.nonfinite_skipped, "interrupted": interrupted,
+                   "reward_failures": dict(self.reward_failures_total)}
         suites_after = {k: v for k, v in after.items() if k.startswith("suite/")}
         if suites_after:
             summary["suites_before"] = {k: v for k, v in before.items() if k.startswith("suite/")}
@@ -939,6 +987,7 @@ class GRPOTrainer:
         if acc_name is not None:  # the progress bar's "acc": the accuracy reward's batch mean
             metrics["accuracy"] = metrics[f"rewards/{acc_name}/mean"]
         metrics = self._reduce(metrics)
+        self._check_rewards(metrics)
         if cfg.eval_steps and self.step % cfg.eval_steps == 0 and self.step < cfg.max_steps:
             ev = self.evaluate(cfg.eval_size)
             ev.update(self.evaluate_suites())
@@ -950,6 +999,27 @@ class GRPOTrainer:
             self._log_completions(ro)
         self.log.advance(self.step, metrics)
         return metrics, n_comp
+
+    def _check_rewards(self, metrics: dict[str, float]) -> None:
+        """Count, per reward, the steps in a row it scored no completion (every one failed or was
+        None); print the first step's failures, and any reward's first dead step."""
+        names = [k[len("rewards/"):-len("/none_frac")] for k in metrics if k.startswith("rewards/")
+                 and k.endswith("/none_frac")]
+        for name in names:
+            failed = int(metrics.get(f"rewards/{name}/failures", 0))
+            self.reward_failures_total[name] = self.reward_failures_total.get(name, 0) + failed
+            dead = metrics[f"rewards/{name}/none_frac"] >= 1.0
+            self.dead_reward_streak[name] = self.dead_reward_streak.get(name, 0) + 1 if dead else 0
+            first_dead = dead and self.dead_reward_streak[name] == 1
+            if first_dead or (failed and self.step == 1):
+                why = self.reward_errors.get(name, "returned None")
+                scope = "every completion" if dead else f"{failed} completions"
+                self.log.print(f"[yellow]step {self.step}: reward {name!r} scored no value on {scope}: "
+                               f"{rich.markup.escape(why)}")
+
+    def dead_rewards(self) -> list[str]:
+        """Rewards that scored no completion for ``max_failed_reward_steps`` steps in a row."""
+        return [n for n, k in self.dead_reward_streak.items() if k >= self.cfg.max_failed_reward_steps]
 
     # Per-process counts and rates whose global value is the sum over processes. Batch
     # statistics (rewards, lengths, token averages, grad norm) are already global when they
@@ -988,7 +1058,20 @@ class GRPOTrainer:
                  "teacher_model": self.cfg.teacher_model_name_or_path}
         return save_checkpoint(self.acc, self.cfg.output_dir, step, state, keep=self.cfg.save_total_limit,
                                best_metric=self.cfg.metric_for_best_model,
-                               greater_is_better=self.cfg.greater_is_better)
+                               greater_is_better=self.cfg.greater_is_better, extra=self._hf_model_files)
+
+    def _hf_model_files(self, folder: Path) -> None:
+        """Make a checkpoint a Hugging Face model folder too: accelerate saved the weights as
+        model.safetensors under the model's own names; with config.json, the generation config and
+        the tokenizer next to them, ``from_pretrained(checkpoint)`` loads it (a full model; with
+        LoRA the weights are the adapter-wrapped model's, so load final_model/ instead)."""
+        model = self.acc.unwrap_model(self.model)
+        if is_peft_model(model):
+            return
+        model.config.save_pretrained(folder)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
 
     def save_final(self, out_dir: str | Path) -> Path:
         """The trained policy as a plain Hugging Face model; with LoRA the merged weights, and

@@ -49,14 +49,19 @@ CASES: dict[str, dict] = {
 
 def _hash_reward(completions, **kw) -> list[float]:
     """0, 1 or 2 from the completion's text: varies within groups of sampled completions."""
-    return [float(int(hashlib.md5(c.encode()).hexdigest(), 16) % 3) for c in completions]
+    from rlreason.rewards import completion_text
+
+    return [float(int(hashlib.md5(completion_text(c).encode()).hexdigest(), 16) % 3) for c in completions]
 
 
 def _blocking_reward(blocked: set[str]):
     """The hash reward, but a constant for the prompts in ``blocked`` (no signal: dynamic
     sampling drops their groups)."""
     def reward(prompts, completions, **kw) -> list[float]:
-        return [1.0 if p in blocked else r for p, r in zip(prompts, _hash_reward(completions), strict=True)]
+        from rlreason.rewards import completion_text  # the prompt's last (user) message: the raw prompt
+
+        return [1.0 if completion_text(p) in blocked else r
+                for p, r in zip(prompts, _hash_reward(completions), strict=True)]
     reward.__name__ = "blocking_reward"
     return reward
 

@@ -64,3 +64,17 @@ def test_cpu_config_starts_two_gloo_processes(tiny_path, tmp_path):
     assert_clean_exit(res)
     r = json.loads(out.read_text())
     assert r["world"] == 2 and r["same_names"] and r["max_abs_diff"] == 0.0
+
+
+def test_make_demo_launch_prints_no_defaults_warning(tmp_path):
+    # issue 17: `make demo` began with accelerate's "`--num_processes` was set to a value of `0`" warning
+    import re
+    import sys
+
+    flags = re.search(r"^LAUNCH_FLAGS := (.*)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert flags and "$(LAUNCH_FLAGS) recipes/grpo_math.py" in (ROOT / "Makefile").read_text()
+    script = tmp_path / "hello.py"
+    script.write_text("print('hello')\n")
+    res = run([sys.executable, "-m", "accelerate.commands.launch", *flags.group(1).split(), str(script)], timeout=120)
+    assert res.returncode == 0 and "hello" in res.stdout, res.stderr
+    assert "were not passed" not in res.stderr and "set to a value of" not in res.stderr, res.stderr

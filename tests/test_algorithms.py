@@ -269,3 +269,45 @@ def test_on_policy_gradient_equals_plain_policy_gradient(preset):
 
     for a, b in zip(grads(surrogate), grads(plain), strict=True):
         assert torch.allclose(a, b, atol=1e-6), preset
+
+
+def test_nan_rewards_are_left_out_of_group_statistics_and_get_zero_advantage():
+    # issue 17: [1, None, 1, 0] used to be [1, 0, 1, 0] -> [.87, -.87, .87, -.87]; the None row
+    # (no applicable reward term) carries no signal: the statistics are those of [1, 1, 0]
+    nan = math.nan
+    r = torch.tensor([1.0, nan, 1.0, 0.0, nan, nan, nan, nan, 3.0, nan, nan, nan])
+    adv, m = A.group_advantages(r, 4, "group")
+    s = math.sqrt(1 / 3)  # unbiased std of [1, 1, 0]
+    want = [(1 / 3) / (s + 1e-4), 0, (1 / 3) / (s + 1e-4), (-2 / 3) / (s + 1e-4), 0, 0, 0, 0, 0, 0, 0, 0]
+    assert torch.allclose(adv, torch.tensor(want), atol=1e-6), adv
+    assert not adv.isnan().any()
+    assert m["frac_zero_std_groups"] == pytest.approx(2 / 3)  # no valid row / one valid row: no signal
+    adv, _ = A.group_advantages(r, 4, "none")
+    assert torch.allclose(adv, torch.tensor([1 / 3, 0, 1 / 3, -2 / 3, 0, 0, 0, 0, 0, 0, 0, 0]), atol=1e-6)
+    adv, _ = A.group_advantages(r, 4, "batch")
+    bs = torch.tensor([1.0, 1.0, 0.0, 3.0]).std().item()
+    assert torch.allclose(adv[:4], torch.tensor([1 / 3, 0, 1 / 3, -2 / 3]) / (bs + 1e-4), atol=1e-6)
+    # RLOO: the others are the non-NaN rows of the group
+    adv, _ = A.rloo_advantages(r, 4)
+    assert torch.allclose(adv[:4], torch.tensor([0.5, 0.0, 0.5, -1.0]), atol=1e-6)
+    adv, _ = A.reinforce_pp_advantages(r, 4)
+    valid = torch.tensor([1.0, 1.0, 0.0, 3.0])
+    want = (torch.tensor([1.0, 0.0, 1.0, 0.0]) - valid.mean()) / (valid.std() + 1e-4)
+    assert torch.allclose(adv[:4], want * torch.tensor([1.0, 0.0, 1.0, 1.0]), atol=1e-6)
+    assert adv[4:].eq(0).all()
+    assert A.signal_groups(r, 4).tolist() == [True, False, False]
+
+
+def test_nan_free_rewards_give_the_same_advantages_as_before():
+    # the NaN-aware statistics equal the plain ones when nothing is NaN (same values as above tests)
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0, 0.5, 0.25, 0.0, 1.0])
+    for scale in ("group", "batch", "none"):
+        grouped = r.view(-1, 4)
+        centered = grouped - grouped.mean(1, keepdim=True)
+        if scale == "group":
+            centered = centered / (grouped.std(1, keepdim=True) + 1e-4)
+        elif scale == "batch":
+            centered = centered / (r.std() + 1e-4)
+        centered[1] = 0
+        adv, _ = A.group_advantages(r, 4, scale)
+        assert torch.allclose(adv, centered.reshape(-1), atol=1e-6), scale

@@ -60,3 +60,113 @@ def test_missing_value_and_missing_file():
         parse_overrides(["--beta"])
     with pytest.raises(ConfigError, match="not found"):
         parse_args(["--config", "/nonexistent/x.yaml"])
+
+
+# ------------------------------------------------------------------ issue 17: moving over from TRL / open-r1
+
+# Shaped like open-r1's recipes/Qwen2.5-1.5B-Instruct/grpo/config_demo.yaml (paths changed).
+OPEN_R1_DEMO = """
+model_name_or_path: tiny
+model_revision: main
+torch_dtype: bfloat16
+attn_implementation: flash_attention_2
+dataset_name: data.jsonl
+dataset_prompt_column: problem
+system_prompt: "You are a helpful AI Assistant. Respond as <think>\\n...\\n</think>\\n<answer>\\n...\\n</answer>"
+bf16: true
+use_vllm: false
+do_eval: false
+gradient_accumulation_steps: 4
+gradient_checkpointing: true
+gradient_checkpointing_kwargs:
+  use_reentrant: false
+hub_model_id: Qwen2.5-1.5B-Open-R1-GRPO
+hub_strategy: every_save
+learning_rate: 2.0e-05
+log_completions: true
+log_level: info
+logging_first_step: true
+logging_steps: 1
+logging_strategy: steps
+lr_scheduler_type: cosine
+max_prompt_length: 512
+max_completion_length: 1024
+max_steps: -1
+num_generations: 16
+num_train_epochs: 1
+output_dir: data/Qwen2.5-1.5B-Open-R1-GRPO
+overwrite_output_dir: true
+per_device_eval_batch_size: 16
+per_device_train_batch_size: 16
+push_to_hub: true
+reward_funcs:
+- accuracy
+- format
+- tag_count
+reward_weights:
+- 1.0
+- 1.0
+- 1.0
+report_to:
+- wandb
+save_strategy: "epoch"
+save_total_limit: 1
+seed: 42
+temperature: 0.7
+warmup_ratio: 0.1
+scale_rewards: false
+"""
+
+
+def test_an_open_r1_demo_config_loads_with_one_warning_per_reason(tmp_path, caplog):
+    import logging
+
+    path = tmp_path / "config_demo.yaml"
+    path.write_text(OPEN_R1_DEMO)
+    with caplog.at_level(logging.WARNING, logger="rlreason.config"):
+        cfg = parse_args(["--config", str(path)])
+    assert cfg.prompt_column == "problem"  # renamed
+    assert (cfg.max_steps, cfg.num_train_epochs, cfg.warmup_ratio) == (-1, 1.0, 0.1)
+    assert cfg.scale_rewards == "none"  # TRL's boolean form
+    notes = [r.getMessage() for r in caplog.records]
+    assert any("'dataset_prompt_column' is read as 'prompt_column'" in n for n in notes)
+    assert any("'push_to_hub'" in n and "hub" in n for n in notes)
+    assert any("'bf16'" in n and "accelerate" in n for n in notes)
+    assert len(notes) <= 8  # grouped by reason, not one line per key
+
+
+def test_every_unknown_or_unsupported_key_is_named_in_one_message():
+    values = {"num_generation": 4, "torch_dtyp": "bfloat16", "sync_ref_model": True, "deepspeed": "z.json",
+              "learning_rate": "fast"}
+    with pytest.raises(ConfigError) as e:
+        from_dict(values)
+    msg = str(e.value)
+    assert msg.startswith("5 problems in the config")
+    assert "unknown config key 'num_generation' (did you mean 'num_generations'?)" in msg
+    assert "unknown config key 'torch_dtyp'" in msg and "did you mean 'loss_type'" not in msg  # no misleading hint
+    assert "'sync_ref_model' is not supported: the KL reference is the initial policy" in msg
+    assert "'deepspeed' is not supported: give DeepSpeed to accelerate" in msg
+    assert "config key 'learning_rate'" in msg
+    with pytest.raises(ConfigError, match="both are given"):
+        from_dict({"dataset_prompt_column": "q", "prompt_column": "p"})
+
+
+def test_a_command_line_text_with_a_hash_is_kept_whole():
+    # found by the end-to-end test: --system_prompt "Answer with #### N." became "Answer with"
+    assert parse_overrides(["--system_prompt", "Answer with #### N.", "--seed", "3"]) == {
+        "system_prompt": "Answer with #### N.", "seed": 3}
+
+
+def test_trl_value_forms_and_scheduler_keys_are_accepted():
+    cfg = from_dict({"scale_rewards": True, "optim": "adamw_torch_fused", "report_to": "none",
+                     "lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": {"min_lr_rate": 0.1},
+                     "chat_template": "{{ messages }}"})
+    assert (cfg.scale_rewards, cfg.optim, cfg.report_to) == ("group", "adamw_torch", [])
+    assert cfg.lr_scheduler_kwargs == {"min_lr_rate": 0.1} and cfg.chat_template == "{{ messages }}"
+
+
+def test_the_migration_doc_shows_the_tables_in_code():
+    from rlreason.config_compat import markdown_tables
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "migrating_from_trl.md").read_text()
+    assert markdown_tables() in doc

@@ -347,3 +347,29 @@ def test_filter_rows_keeps_listed_values_and_names_a_missing_column():
         filter_rows(ds, {"difficulty": ["hard"]})
     with pytest.raises(ValueError, match="dataset_filter.*no row"):
         filter_rows(ds, {"level": ["Level 9"]})
+
+
+def test_column_map_onto_an_existing_column_is_a_clear_error():
+    # open-r1 datasets may have both 'solution' and 'answer'; mapping one onto the other was a raw pyarrow error
+    ds = datasets.Dataset.from_dict({"problem": ["1+1"], "solution": ["2"], "answer": ["2"]})
+    with pytest.raises(ValueError, match="renames 'solution' to 'answer', but the dataset already has a column"):
+        prepare(ds, prompt_column="problem", column_map={"solution": "answer"}, use_chat_template=False)
+    with pytest.raises(ValueError, match="renames several columns to 'gold'"):
+        prepare(ds, prompt_column="problem", column_map={"solution": "gold", "answer": "gold"},
+                use_chat_template=False)
+    # a swap is fine: the existing target is itself renamed away
+    out = prepare(ds, prompt_column="problem", column_map={"solution": "answer", "answer": "old_answer"},
+                  use_chat_template=False)
+    assert {"answer", "old_answer"} <= set(out.column_names)
+
+
+def test_accuracy_reads_the_gold_from_solution_or_the_configured_column():
+    from rlreason.rewards import RewardSignatureError, build_rewards
+
+    done = [[{"role": "assistant", "content": "<answer>2</answer>"}]]
+    (acc,), _ = build_rewards(["accuracy"], columns={"problem", "solution"})  # open-r1's column name
+    assert acc(prompts=[None], completions=done, solution=["$2$"]) == [1.0]
+    (acc,), _ = build_rewards([{"name": "accuracy", "kwargs": {"gold_column": "gold"}}], columns={"gold", "answer"})
+    assert acc(prompts=[None], completions=done, gold=["2"], answer=["3"]) == [1.0]
+    with pytest.raises(RewardSignatureError, match="needs the gold column 'answer' or 'solution'"):
+        build_rewards(["accuracy"], columns={"problem", "gold"})

@@ -290,3 +290,13 @@ def test_cli_runs_a_real_suite(tiny_path, tmp_path):
     assert m["problems"] == 5 and m["n_samples"] == 2
     assert {"pass@1", "pass@2", "maj@2", "pass@1_ci95", "mean_length", "truncation_rate", "by_subject"} <= set(m)
     assert len((out / "problems.jsonl").read_text().splitlines()) == 5
+
+
+def test_cli_writes_its_markdown_table_next_to_results_json(tiny_path, tmp_path, capsys):
+    from rlreason.eval.cli import main
+
+    out = tmp_path / "arith"
+    main(["--model", str(tiny_path), "--suites", "arith", "--limit", "4", "--max-tokens", "8", "--out", str(out)])
+    printed = capsys.readouterr().out
+    table = (out / "results.md").read_text()
+    assert "| arith |" in table and table.strip() in printed

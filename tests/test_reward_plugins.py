@@ -81,10 +81,13 @@ def test_format_strict_and_lenient(text: str, strict: float, lenient: float) -> 
 
 
 def test_format_names_and_validation() -> None:
-    assert reward_name(format_reward) == "format_reward"
+    assert reward_name(format_reward) == "think_answer_format_reward"
     assert reward_name(format_lenient_reward) == "format_lenient_reward"
-    assert reward_name(tag_count_reward) == "tag_count_reward"
-    assert REWARDS["format"] is format_reward and REWARDS["format_lenient"] is format_lenient_reward
+    assert reward_name(tag_count_reward) == "think_answer_tags_reward"
+    assert REWARDS["think_answer_format"] is format_reward and REWARDS["format_lenient"] is format_lenient_reward
+    assert REWARDS["think_answer_tags"] is tag_count_reward
+    # open-r1's names mean open-r1's rewards (issue 17)
+    assert reward_name(REWARDS["format"]) == "format_reward" and reward_name(REWARDS["tag_count"]) == "tag_count_reward"
     with pytest.raises(TypeError, match="strict"):
         FormatReward(strict="yes")  # type: ignore[arg-type]
 
@@ -307,9 +310,10 @@ def test_builtin_pickles_and_scores_the_same(name: str) -> None:
 def test_builtins_accept_trls_calling_convention() -> None:
     got = {name: _trl_call(_built(name)) for name in sorted(REWARDS)}
     assert got["accuracy"] == [1.0, 0.0]
-    assert got["format"] == [1.0, 0.0]
+    assert got["think_answer_format"] == [1.0, 0.0]
     assert got["format_lenient"] == [1.0, 0.0]
-    assert got["tag_count"] == [1.0, 0.0]
+    assert got["think_answer_tags"] == [1.0, 0.0]
+    assert got["format"] == [0.0, 0.0] and got["tag_count"] == [0.0, 0.0]  # open-r1's need the newlines
     assert got["soft_overlong"] == [0.0, pytest.approx(-0.75)]  # token counts 3 and 7 (L_max 8, cache 4)
     c = math.cos(math.pi * 3 / 40)
     assert got["cosine_length"] == [
@@ -350,7 +354,8 @@ def test_trl_docs_reward_works_unchanged(tmp_path: Path) -> None:
 
 def test_build_rewards_names_dicts_and_weights() -> None:
     funcs, weights = build_rewards(
-        ["accuracy", {"name": "soft_overlong", "weight": 0.5, "kwargs": {"max_length": 64, "cache": 16}}, "format"]
+        ["accuracy", {"name": "soft_overlong", "weight": 0.5, "kwargs": {"max_length": 64, "cache": 16}},
+         "think_answer_format"]
     )
     assert funcs[0] is accuracy_reward and funcs[2] is format_reward
     assert isinstance(funcs[1], SoftOverlongReward) and (funcs[1].max_length, funcs[1].cache) == (64, 16)
@@ -412,7 +417,8 @@ def test_build_rewards_unknown_name_lists_builtins() -> None:
             "no parameter named 'max_len' \\(did you mean 'max_length'\\?\\)",
         ),
         ([{"name": scaled_len, "kwargs": {"scal": 2}}], None, "no parameter named 'scal'.*scale"),
-        ([{"name": "format", "kwargs": {"strictt": False}}], None, "no parameter named 'strictt'.*'strict'"),
+        ([{"name": "think_answer_format", "kwargs": {"strictt": False}}], None,
+         "no parameter named 'strictt'.*'strict'"),
         ([{"name": "format", "max_length": 8}], None, "unknown key.*'max_length'.*under 'kwargs'"),
         ([{"weight": 1.0}], None, "has no 'name'"),
         ([{"name": "format", "kwargs": [1]}], None, "'kwargs' must be a mapping"),
@@ -669,10 +675,10 @@ def test_preflight_output_to_a_stream(broken_jsonl: Path) -> None:
 
 
 def test_builtin_format_instance_is_reconfigured_by_kwargs() -> None:
-    (lenient,), _ = build_rewards([{"name": "format", "kwargs": {"strict": False}}])
+    (lenient,), _ = build_rewards([{"name": "think_answer_format", "kwargs": {"strict": False}}])
     text = "Sure! <think>a</think> <answer>1</answer> done"
     assert lenient(prompts=["q"], completions=[text]) == [1.0]
-    (strict,), _ = build_rewards(["format"])
+    (strict,), _ = build_rewards(["think_answer_format"])
     assert strict(prompts=["q"], completions=[text]) == [0.0]
 
 
@@ -685,3 +691,57 @@ def test_builtin_accuracy_is_configurable_per_dataset_from_the_config() -> None:
     assert plain(prompts=["q"], completions=["so it is 42"], answer=["42"]) == [0.0]  # no fallback by default
     with pytest.raises(RewardSpecError, match="fallbak.*did you mean 'fallback'"):
         build_rewards([{"name": "accuracy", "kwargs": {"fallbak": "last_number"}}])
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 17: factories configured with kwargs, as in TRL and open-r1
+
+
+def test_a_factory_with_kwargs_is_called_and_its_reward_used() -> None:
+    (fn,), _ = build_rewards([{"name": "trl.rewards:get_soft_overlong_punishment",
+                               "kwargs": {"max_completion_len": 10, "soft_punish_cache": 4}}],
+                             columns={"completion_ids", "answer"})
+    # TRL's soft overlong punishment: 0 up to max - cache tokens, then linear down to -1 at max
+    got = fn(prompts=["p"] * 3, completions=["a"] * 3, completion_ids=[[1] * 6, [1] * 8, [1] * 12])
+    assert got == [0.0, -0.5, -1.0]
+    (fn,), _ = build_rewards([{"name": "trl.rewards:get_repetition_penalty_reward", "kwargs": {"ngram_size": 2}}])
+    assert callable(fn)
+    with pytest.raises(RewardSpecError, match="no parameter named 'max_len'.*max_completion_len"):
+        build_rewards([{"name": "trl.rewards:get_soft_overlong_punishment", "kwargs": {"max_len": 10}}])
+    with pytest.raises(RewardSpecError, match="missing a required argument.*under 'kwargs'"):
+        build_rewards(["trl.rewards:get_soft_overlong_punishment"])
+
+
+def test_open_r1_names_score_as_open_r1_does() -> None:
+    # open-r1's format wants each tag on its own line; its tag_count counts the tags with their newlines
+    r1 = [[{"role": "assistant", "content": "<think>\n2+2=4\n</think>\n<answer>\n4\n</answer>"}],
+          [{"role": "assistant", "content": "<think>2+2=4</think><answer>4</answer>"}],
+          [{"role": "assistant", "content": "<think>\nx\n</think>\n<answer>\n4\n</answer>\nmore\ntext"}],
+          [{"role": "assistant", "content": " <think>\nx\n</think>\n<answer>\n4\n</answer>"}]]
+    (fmt, tags), _ = build_rewards(["format", "tag_count"])
+    assert fmt(prompts=[None] * 4, completions=r1) == [1.0, 0.0, 1.0, 0.0]  # MULTILINE "$", anchored start
+    assert tags(prompts=[None] * 4, completions=r1) == [1.0, 0.0, 1.0, 1.0]
+    (own,), _ = build_rewards(["think_answer_format"])
+    assert own(prompts=[None] * 4, completions=r1)[1] == 1.0  # the inline form keeps its own name
+
+
+def test_a_reward_may_name_trls_trainer_arguments() -> None:
+    def trl_reward(prompts, completions, trainer_state, log_metric, answer):
+        return [0.0] * len(completions)
+
+    check_signature(trl_reward, {"answer"})  # trainer_state / log_metric are passed, not columns
+
+
+def test_open_r1_cosine_takes_open_r1s_arguments() -> None:
+    # open-r1: correct goes max_value_correct -> min_value_correct over max_len characters
+    (cos,), _ = build_rewards([{"name": "cosine", "kwargs": {"max_len": 100, "min_value_correct": 0.25}}],
+                              columns={"solution"})
+    right = [[{"role": "assistant", "content": "<answer>4</answer>" + " " * n}] for n in (0, 82, 200)]
+    wrong = [[{"role": "assistant", "content": "<answer>5</answer>"}]]
+    got = cos(prompts=[None] * 4, completions=right + wrong, solution=["4"] * 4)
+    t = 18 / 100
+    assert got[0] == pytest.approx(0.25 + 0.5 * 0.75 * (1 + math.cos(math.pi * t)))
+    assert got[1] == pytest.approx(0.25 + 0.5 * 0.75 * (1 + math.cos(math.pi * 1.0)))  # 100 chars: the end value
+    assert got[2] == pytest.approx(0.25) and got[3] == pytest.approx(-0.5 + 0.5 * -0.5 * (1 + math.cos(math.pi * t)))
+    with pytest.raises(RewardSpecError, match="no parameter named 'max_length'"):
+        build_rewards([{"name": "cosine", "kwargs": {"max_length": 100}}])

@@ -255,8 +255,9 @@ def test_tag_count_reward() -> None:
 def test_builtin_names_resolve() -> None:
     assert set(BUILTIN) == {"accuracy", "format", "tag_count"}
     assert resolve("accuracy") is accuracy_reward
-    assert resolve("format") is format_reward
-    assert resolve("tag_count") is tag_count_reward
+    assert resolve("think_answer_format") is format_reward
+    assert resolve("think_answer_tags") is tag_count_reward
+    assert reward_name(resolve("format")) == "format_reward"  # open-r1's (issue 17)
 
 
 def test_resolve_callable_is_returned_unchanged() -> None:
@@ -371,7 +372,7 @@ def test_reward_name() -> None:
 
     assert reward_name(accuracy_reward) == "accuracy_reward"
     assert reward_name(Scorer()) == "Scorer"
-    assert reward_name(functools.partial(format_reward, prompts=[])) == "format_reward"
+    assert reward_name(functools.partial(format_reward, prompts=[])) == "think_answer_format_reward"
     assert reward_name(lambda **kw: []) == "<lambda>"
 
 
@@ -529,8 +530,8 @@ def test_score_with_builtins_end_to_end() -> None:
         "<think>2+2=5</think><answer>5</answer>",  # wrong, well formed
         "it's 4",  # neither
     ]
-    funcs = [resolve("accuracy"), resolve("format")]
+    funcs = [resolve("accuracy"), resolve("think_answer_format")]
     out = score(funcs, [1.0, 0.5], ["2+2?"] * 3, completions, {"answer": ["4", "4", "4"]})
     _assert_close(out.per_func["accuracy_reward"], [1.0, 0.0, 0.0])
-    _assert_close(out.per_func["format_reward"], [1.0, 1.0, 0.0])
+    _assert_close(out.per_func["think_answer_format_reward"], [1.0, 1.0, 0.0])
     _assert_close(out.total, [1.5, 0.5, 0.0])

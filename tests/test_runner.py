@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import faulthandler
 import functools
 import gc
 import logging
@@ -19,6 +20,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -32,6 +34,8 @@ from rlreason.rewards.runner import RewardOutput, RewardRunner
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the worker pool is Linux-first")
 
+# Where the deliberately crashed worker's faulthandler dump goes (fixed here, before any fork).
+SEGV_DUMP = Path(tempfile.gettempdir()) / f"rlreason-test-segv-{os.getpid()}.txt"
 TIMEOUT = 0.5  # seconds per call in most tests: a hang costs a chunk timeout plus an item timeout
 
 # ---------------------------------------------------------------------------------------------
@@ -62,7 +66,11 @@ def evil_reward(prompts: list, completions: list, **kwargs: object) -> list[floa
         elif c == "EXIT":
             os._exit(3)
         elif c == "SEGV":
-            ctypes.string_at(0)  # reads address 0: SIGSEGV
+            # pytest's faulthandler writes the crash dump to the terminal (a dup of its stderr the
+            # worker inherits): send it to a file the test reads, so a green run prints no dump
+            with open(SEGV_DUMP, "w") as dump:  # noqa: PTH123 (open: faulthandler needs a real file)
+                faulthandler.enable(file=dump)
+                ctypes.string_at(0)  # reads address 0: SIGSEGV
         out.append(float(len(c)))
     return out
 
@@ -357,6 +365,9 @@ def test_dead_worker_is_replaced(death: str, caplog, no_leaks) -> None:
         assert runner.score(["p"] * 3, ["a", "bb", "ccc"], {}).total.tolist() == [1.0, 2.0, 3.0]
     expected = "exit code 3" if death == "EXIT" else "killed by SIGSEGV"
     assert any(expected in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
+    if death == "SEGV":  # the dump was captured, not printed
+        assert "Segmentation fault" in SEGV_DUMP.read_text()
+        SEGV_DUMP.unlink()
 
 
 def test_invalid_values_and_wrong_lengths_fail_per_completion(no_leaks) -> None:
@@ -392,7 +403,9 @@ def test_a_reward_that_always_hangs_is_given_up_on(caplog, no_leaks) -> None:
     assert out.total.tolist() == [1.0] * n
     assert elapsed < 4 * TIMEOUT + 3.0  # two rounds of timeouts, not n * TIMEOUT
     messages = [r.getMessage() for r in caplog.records]
-    assert len(messages) == 4 and "more completions scored None" in messages[-1] and "skipped" in messages[-1]
+    # one line per distinct failure, with how many completions it hit (not one line per completion)
+    assert len(messages) == 2 and "timed out" in messages[0] and "skipped" in messages[-1], messages
+    assert "(and 35 more completions)" in messages[-1]
 
 
 def test_many_hanging_completions_give_up_after_max_timeouts(no_leaks) -> None:
@@ -658,3 +671,92 @@ def test_fuzz_adversarial_completions(no_leaks) -> None:
     right = [i for i, c in enumerate(completions) if c in (f"<answer>{golds[i]}</answer>", f"\\boxed{{{golds[i]}}}")]
     assert right and all(accuracy[i] == 1.0 for i in right)  # a real verifier ran in the workers
     assert _rss_mb() - rss_before < 300  # the parent held the batch, not the 10 GB allocations
+
+
+# ---------------------------------------------------------------------------------------------
+# TRL's calling convention (issue 17): whole batch, trainer_state, log_extra / log_metric
+
+
+def batch_size_reward(prompts: list, completions: list, **kwargs: object) -> list[float]:
+    """Scores every completion with the size of the batch it was called with (open-r1's
+    len_reward compares completions across the batch: it must see all of them)."""
+    return [float(len(completions))] * len(completions)
+
+
+class ChunkedBatchSize:
+    """batch_size_reward, opted in to chunked calls."""
+
+    rlreason_chunk_size = 4
+    __name__ = "chunked_batch_size"
+
+    def __call__(self, prompts: list, completions: list, **kwargs: object) -> list[float]:
+        return batch_size_reward(prompts, completions)
+
+
+def trl_style_reward(prompts, completions, trainer_state, log_extra, log_metric, **kwargs):
+    """Reads trainer_state and logs like a TRL reward."""
+    log_extra("doubled", [2 * c for c in completions])
+    log_metric("my_metric", float(len(completions)))
+    return [float(trainer_state["global_step"])] * len(completions)
+
+
+def columns_only_reward(prompts, completions, answer):
+    """No **kwargs and no trainer arguments: gets only what it names."""
+    return [float(a) for a in answer]
+
+
+def test_each_reward_is_called_once_with_the_whole_batch_by_default(no_leaks) -> None:
+    completions = [f"c{i}" for i in range(32)]
+    with RewardRunner([batch_size_reward, ChunkedBatchSize()], num_workers=2) as runner:
+        out = runner.score(["p"] * 32, completions, {})
+    assert out.per_func["batch_size_reward"].tolist() == [32.0] * 32  # not 4 chunks of 8, as before
+    assert out.per_func["chunked_batch_size"].tolist() == [4.0] * 32  # the per-reward opt-in
+    in_process = RewardRunner([batch_size_reward], in_process=True).score(["p"] * 32, completions, {})
+    assert in_process.per_func["batch_size_reward"].tolist() == [32.0] * 32
+
+
+@pytest.mark.parametrize("in_process", [False, True])
+def test_trainer_state_log_extra_and_log_metric_are_passed_as_trl_does(in_process: bool, no_leaks) -> None:
+    funcs = [trl_style_reward, columns_only_reward]
+    with RewardRunner(funcs, num_workers=2, in_process=in_process, chunk_size=3) as runner:
+        out = runner.score(["p"] * 5, list("abcde"), {"answer": [1, 2, 3, 4, 5]},
+                           shared={"trainer_state": {"global_step": 7}})
+    assert out.per_func["trl_style_reward"].tolist() == [7.0] * 5
+    assert out.per_func["columns_only_reward"].tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert set(out.failures.values()) == {0}
+    assert out.extra == {"doubled": ["aa", "bb", "cc", "dd", "ee"]}  # chunks of 3 and 2, put back in order
+    # averaged over the calls (in process: one call per batch)
+    assert out.logged == {"my_metric": 5.0 if in_process else 2.5}
+    with pytest.raises(ValueError, match="trainer_state"):
+        RewardRunner(funcs, in_process=True).score(["p"], ["a"], {"trainer_state": [1]})
+
+
+def test_no_applicable_term_is_not_a_score_and_a_repeated_failure_is_logged_once(caplog, no_leaks) -> None:
+    def none_on_b(prompts, completions, **kw):
+        return [None if c == "b" else 1.0 for c in completions]
+
+    def broken(prompts, completions, **kw):
+        return [c[0]["content"] for c in completions]  # a TRL reward handed strings: TypeError
+
+    with caplog.at_level(logging.WARNING, logger="rlreason.rewards"), RewardRunner(
+            [none_on_b, broken], in_process=True) as runner:
+        out = runner.score(["p"] * 3, ["a", "b", "c"], {})
+        assert out.applicable.tolist() == [True, False, True]
+        assert "TypeError" in out.errors["broken"] and out.failures["broken"] == 3
+        first = [r.getMessage() for r in caplog.records]
+        runner.score(["p"] * 3, ["a", "b", "c"], {})
+    again = [r.getMessage() for r in caplog.records][len(first):]
+    assert any("TypeError" in m for m in first)
+    assert not any("TypeError" in m for m in again), again  # shown once, counted every batch
+
+
+def test_a_reward_funcs_entry_opts_a_reward_in_to_chunks(no_leaks) -> None:
+    from rlreason.rewards import build_rewards
+
+    funcs, _ = build_rewards([{"name": f"{__name__}:batch_size_reward", "chunk_size": 8},
+                              f"{__name__}:batch_size_reward"])
+    with RewardRunner(funcs, num_workers=2) as runner:
+        out = runner.score(["p"] * 32, [f"c{i}" for i in range(32)], {})
+    assert out.per_func["batch_size_reward"].tolist() == [8.0] * 32  # chunks of 8 for the opted-in entry
+    assert out.per_func["batch_size_reward_2"].tolist() == [32.0] * 32  # the same function, whole batch
+    assert batch_size_reward.__dict__ == {}  # the function itself is not changed

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlreason.config import GRPOConfig
 from rlreason.data import arith_dataset, prepare
-from rlreason.rewards import accuracy_reward
+from rlreason.rewards import accuracy_reward, completion_text
 from rlreason.trainer import GRPOTrainer
 
 SMALL = dict(num_generations=4, per_device_train_batch_size=16, gradient_accumulation_steps=1,
@@ -22,7 +22,7 @@ SMALL = dict(num_generations=4, per_device_train_batch_size=16, gradient_accumul
 
 def _varied_reward(completions, **kw):
     """A reward that differs between samples of a prompt, so every group carries a gradient."""
-    return [float(int(hashlib.md5(c.encode()).hexdigest(), 16) % 3) for c in completions]
+    return [float(int(hashlib.md5(completion_text(c).encode()).hexdigest(), 16) % 3) for c in completions]
 
 
 def _alternating_reward(completions, **kw):
@@ -67,7 +67,7 @@ def test_every_preset_and_estimator_updates_the_policy(tiny_path, tmp_path, loss
 
 def _text_hash_reward(prompts, completions, answer, **kw):
     """Signal only for prompts whose answer is even: other groups are all-equal (zero variance)."""
-    return [float(int(hashlib.md5(c.encode()).hexdigest(), 16) % 2) if int(a) % 2 == 0 else 0.5
+    return [float(int(hashlib.md5(completion_text(c).encode()).hexdigest(), 16) % 2) if int(a) % 2 == 0 else 0.5
             for c, a in zip(completions, answer, strict=True)]
 
 
@@ -168,8 +168,10 @@ def test_old_logprobs_cost_a_forward_pass_only_when_reused(tiny_path, tmp_path, 
 
 def _half_flat_reward(prompts, completions, **kw):
     """Every answer to half of the prompts scores 0 (flat groups, advantage 0); the others vary."""
-    return [float(int(hashlib.md5(c.encode()).hexdigest(), 16) % 3) if int(hashlib.md5(p.encode()).hexdigest(), 16) % 2
-            else 0.0 for p, c in zip(prompts, completions, strict=True)]
+    def h(x) -> int:
+        return int(hashlib.md5(completion_text(x).encode()).hexdigest(), 16)
+
+    return [float(h(c) % 3) if h(p) % 2 else 0.0 for p, c in zip(prompts, completions, strict=True)]
 
 
 @pytest.mark.parametrize("loss_type", ["dapo", "grpo"])
@@ -193,3 +195,108 @@ def test_skipping_flat_groups_gives_the_same_update_for_less_compute(tiny_path, 
     for k in p0:
         torch.testing.assert_close(p1[k], p0[k], atol=2e-5, rtol=1e-4)
     assert any(not torch.equal(p0[k], initial[k].detach()) for k in p0)  # the update did move the weights
+
+
+# ------------------------------------------------------------------ issue 17: rewards see what TRL gives them
+
+SEEN: list[dict] = []
+
+
+def _recording_reward(prompts, completions, trainer_state, **kw):
+    SEEN.append({"prompts": prompts, "completions": completions, "step": trainer_state.global_step,
+                 "max_steps": trainer_state.max_steps, "keys": sorted(kw)})
+    return [float(len(completion_text(c)) % 2) for c in completions]
+
+
+def _trainer_with(tiny_path, tmp_path, reward_funcs, system_prompt=None, **overrides) -> GRPOTrainer:
+    cfg = GRPOConfig(output_dir=str(tmp_path / "run"), **{**SMALL, "reward_num_workers": 0, **overrides})
+    tok = AutoTokenizer.from_pretrained(tiny_path)
+    train = prepare(arith_dataset(64, 0, "train"), tokenizer=tok, system_prompt=system_prompt)
+    return GRPOTrainer(cfg, AutoModelForCausalLM.from_pretrained(tiny_path), tok, train, reward_funcs,
+                       accelerator=Accelerator(cpu=True))
+
+
+def test_chat_templated_plain_prompts_reach_rewards_as_messages(tiny_path, tmp_path):
+    SEEN.clear()
+    tr = _trainer_with(tiny_path, tmp_path, [_recording_reward], system_prompt="Think first.", max_steps=5)
+    tr.step = 2
+    tr.collect()
+    (call,) = SEEN  # one call with the whole batch
+    assert len(call["completions"]) == 16
+    system, user = call["prompts"][0]
+    assert system == {"role": "system", "content": "Think first."} and user["role"] == "user"
+    assert "<|im_start|>" not in user["content"]  # the message, not the rendered template
+    (message,) = call["completions"][0]
+    assert message["role"] == "assistant" and isinstance(message["content"], str)
+    assert (call["step"], call["max_steps"]) == (2, 5)
+    assert call["keys"] == ["answer", "completion_ids", "log_extra", "log_metric"]
+    # plain-text mode stays available
+    SEEN.clear()
+    tr = _trainer_with(tiny_path, tmp_path, [_recording_reward], system_prompt="Think first.",
+                       rewards_plain_text=True)
+    tr.collect()
+    assert isinstance(SEEN[0]["prompts"][0], str) and isinstance(SEEN[0]["completions"][0], str)
+
+
+def _none_for_odd_answers(prompts, completions, answer, **kw):
+    """Applies only to problems with an even answer; varies within those groups."""
+    return [None if int(a) % 2 else float(i % 2) for i, a in enumerate(answer)]
+
+
+def test_completions_without_an_applicable_reward_carry_no_signal(tiny_path, tmp_path):
+    torch.manual_seed(0)
+    tr = _trainer_with(tiny_path, tmp_path, [_none_for_odd_answers])
+    ro = tr.collect()
+    none = ro.rewards.isnan()
+    assert 0 < none.sum() < len(none)  # some of each
+    assert ro.advantages[none].eq(0).all()  # before: scored 0.0 and given a real advantage
+    assert ro.advantages[~none].ne(0).any()
+    assert ro.metrics["reward/no_signal_frac"] == pytest.approx(none.float().mean().item())
+    assert ro.metrics["reward/mean"] == pytest.approx(ro.rewards[~none].mean().item())
+
+
+def _broken_trl_reward(prompts, completions, **kw):
+    return [c["content"] for c in completions]  # a bug: c is a list of messages -> TypeError
+
+
+def test_a_reward_that_scores_nothing_stops_the_run_with_its_error_and_a_checkpoint(tiny_path, tmp_path, capsys):
+    from rlreason.trainer import RewardFailureError
+
+    tr = _trainer_with(tiny_path, tmp_path, [accuracy_reward, _broken_trl_reward], max_steps=6,
+                       max_failed_reward_steps=2, reward_num_workers=1)
+    with pytest.raises(RewardFailureError, match=r"_broken_trl_reward.*2 steps in a row.*TypeError"):
+        tr.train()
+    assert tr.step == 2  # stopped after the second dead step, not at max_steps
+    assert (tmp_path / "run" / "checkpoints" / "step-0000002").is_dir()
+    err = capsys.readouterr()
+    printed = " ".join((err.out + err.err).split())  # the console wraps long lines
+    assert "step 1: reward '_broken_trl_reward' scored no value on every completion" in printed
+
+
+def test_a_checkpoint_is_a_loadable_hugging_face_model_folder(tiny_path, tmp_path):
+    tr = _trainer_with(tiny_path, tmp_path, [_varied_reward], max_steps=1)
+    tr.train()
+    ckpt = tmp_path / "run" / "checkpoints" / "step-0000001"
+    loaded = AutoModelForCausalLM.from_pretrained(ckpt)
+    AutoTokenizer.from_pretrained(ckpt)
+    trained = tr.acc.unwrap_model(tr.model).state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in loaded.state_dict().items())
+    assert any(not torch.equal(v, AutoModelForCausalLM.from_pretrained(tiny_path).state_dict()[k])
+               for k, v in loaded.state_dict().items())  # the trained weights, not the initial ones
+
+
+def test_trl_step_and_schedule_keys(tiny_path, tmp_path):
+    # max_steps -1: num_train_epochs passes over the 64 prompts, 4 prompts a step
+    tr = _trainer_with(tiny_path, tmp_path, [_varied_reward], max_steps=-1, num_train_epochs=0.5,
+                       warmup_ratio=0.25, lr_scheduler_type="cosine_with_min_lr",
+                       lr_scheduler_kwargs={"min_lr_rate": 0.5})
+    assert tr.cfg.max_steps == 8
+    sched = tr.scheduler.scheduler  # the LambdaLR under accelerate's wrapper
+    lrs = []
+    for _ in range(8):
+        lrs.append(tr.optimizer.param_groups[0]["lr"])
+        tr.optimizer.optimizer.step()  # no gradients: changes nothing, keeps torch's step order
+        sched.step()
+    lrs.append(tr.optimizer.param_groups[0]["lr"])
+    assert lrs[0] == 0 and lrs[1] == pytest.approx(5e-4) and lrs[2] == pytest.approx(1e-3)  # 2 warmup steps
+    assert lrs[-1] == pytest.approx(0.5e-3)  # cosine down to min_lr_rate * lr
