@@ -110,9 +110,12 @@ def test_mask_truncated_completions(tiny_path, tmp_path):
 
 def test_truncated_importance_sampling_weight_is_one_for_the_hf_engine(tiny_path, tmp_path):
     # The HF engine samples with the trainer's own model and numerics: pi_old / pi_sampler = 1.
+    # A reward that varies within every group, so no group is flat and skipped: the weight is
+    # measured on real tokens whatever the model's accuracy.
     torch.manual_seed(0)
-    tr = make_trainer(tiny_path, tmp_path, importance_sampling_cap=2.0)
+    tr = make_trainer(tiny_path, tmp_path, importance_sampling_cap=2.0, reward_funcs=[_alternating_reward])
     m = one_step(tr)
+    assert m["skipped_groups_frac"] == 0
     assert m["is_weight_mean"] == pytest.approx(1.0, abs=1e-3)
 
 
@@ -190,10 +193,11 @@ def test_skipping_flat_groups_gives_the_same_update_for_less_compute(tiny_path, 
     assert m1["loss"] == pytest.approx(m0["loss"], abs=1e-6)
     assert m1["grad_norm"] == pytest.approx(m0["grad_norm"], rel=1e-4)
     # Adam divides each gradient element by its own running scale, so the summation order's float
-    # rounding can move a near-zero element by a fraction of a step (lr 1e-3): compare to 2% of it
+    # rounding can move a near-zero element by a fraction of a step (lr 1e-3): compare to 5% of it
+    # (measured worst element: under 2% with the 2-thread model build, 2.6% with the 1-thread one)
     initial = dict(AutoModelForCausalLM.from_pretrained(tiny_path).named_parameters())
     for k in p0:
-        torch.testing.assert_close(p1[k], p0[k], atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(p1[k], p0[k], atol=5e-5, rtol=1e-4)
     assert any(not torch.equal(p0[k], initial[k].detach()) for k in p0)  # the update did move the weights
 
 
