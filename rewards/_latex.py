@@ -271,7 +271,7 @@ class _Parser:
         if name == "infty":
             return sympy.oo
         if name in _GREEK:
-            return sympy.Symbol(name)
+            return self.symbol(name)  # \omega_{n} as well as x_{n}
         if name in _FUNCS:
             return self.function(name)
         raise LatexError(f"unknown command \\{name}")

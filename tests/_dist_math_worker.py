@@ -33,7 +33,9 @@ LR_STEPS, LR_ITERATIONS, LR_WARMUP, LR = 6, 2, 3, 1e-3
 
 
 def _hash_reward(completions, **kw) -> list[float]:
-    return [float(int(hashlib.md5(c.encode()).hexdigest(), 16) % 3) for c in completions]
+    from rlreason.rewards import completion_text  # completions are messages for chat-templated prompts
+
+    return [float(int(hashlib.md5(completion_text(c).encode()).hexdigest(), 16) % 3) for c in completions]
 
 
 def _run_dir(acc, tmp: str) -> Path:
@@ -112,6 +114,7 @@ def forwards_run(model_dir: str, out: Path) -> None:
                          per_device_train_batch_size=FW_PROMPTS * FW_G // world // FW_MICRO,
                          gradient_accumulation_steps=FW_MICRO, max_completion_length=12, learning_rate=1e-4,
                          generation_seed_per_prompt=True, skip_zero_advantage_groups=True, reward_num_workers=0,
+                         rewards_plain_text=True,  # the reward matches prompts as text
                          eval_steps=0, save_steps=0, final_eval_size=0, log_completions_steps=0, progress=False)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         trainer = GRPOTrainer(cfg, model, tok, train, [reward], accelerator=acc)

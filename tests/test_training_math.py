@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rlreason.config import GRPOConfig, from_dict
 from rlreason.data import arith_dataset, prepare
 from rlreason.logprobs import completion_logprobs
+from rlreason.rewards import completion_text
 from rlreason.trainer import GRPOTrainer
 
 SMALL = dict(num_generations=4, per_device_train_batch_size=8, gradient_accumulation_steps=2,
@@ -25,7 +26,7 @@ SMALL = dict(num_generations=4, per_device_train_batch_size=8, gradient_accumula
 
 def _varied_reward(completions, **kw):
     """Differs between samples of a prompt, so every group carries a gradient."""
-    return [float(int(hashlib.md5(c.encode()).hexdigest(), 16) % 3) for c in completions]
+    return [float(int(hashlib.md5(completion_text(c).encode()).hexdigest(), 16) % 3) for c in completions]
 
 
 def make_trainer(tiny_path, tmp_path, model=None, accelerator=None, **overrides) -> GRPOTrainer:

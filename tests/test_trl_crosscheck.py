@@ -9,6 +9,7 @@ import torch
 
 from rlreason import algorithms as A
 from rlreason.logprobs import completion_logprobs, pack
+from rlreason.rewards import completion_text
 from rlreason.rollout.base import SamplingConfig
 from rlreason.rollout.hf import HFEngine
 from rlreason.tiny import prompt_text
@@ -115,7 +116,7 @@ GRAD_RTOL = 1e-5
 def _varied_reward(completions, **kw):
     import hashlib
 
-    return [float(int(hashlib.md5(c.encode()).hexdigest(), 16) % 3) for c in completions]
+    return [float(int(hashlib.md5(completion_text(c).encode()).hexdigest(), 16) % 3) for c in completions]
 
 
 def _trl_inputs(ro, rows: range, pad_id: int) -> dict[str, torch.Tensor]:
