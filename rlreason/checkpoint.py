@@ -210,9 +210,16 @@ def check_output_dir(output_dir: str | Path, resume: str | None, overwrite: bool
         (out / name).unlink(missing_ok=True)
 
 
+def _final_eval_row(row: dict[str, Any]) -> bool:
+    """A row of evaluation results alone: at a checkpoint's step, logged after the checkpoint
+    (a periodic eval shares its step's row; the final one follows the final checkpoint)."""
+    return all(k in ("step", "time") or k.startswith(("eval/", "suite/")) for k in row)
+
+
 def truncate_jsonl(path: str | Path, max_step: int) -> None:
-    """Drop rows logged after ``max_step`` (written by the run that died after the checkpoint
-    it resumes from), so the log reads as one uninterrupted run. A torn last line (the process
+    """Drop rows logged after the checkpoint of ``max_step`` (by the run that died after it):
+    later steps, and a final evaluation at that step, which the resumed run repeats. So the log
+    reads as one uninterrupted run. A torn last line (the process
     died, or the disk filled, mid-write) is dropped with a warning; a damaged line before the
     last is an error naming the file and line."""
     path = Path(path)
@@ -232,7 +239,8 @@ def truncate_jsonl(path: str | Path, max_step: int) -> None:
                 raise ValueError(f"{path} line {i + 1} is not a JSON row ({e}); fix or delete the line") from e
             logger.warning("%s: its last line is torn (%r...); dropping it", path, line[:40])
             continue
-        if row.get("step", 0) <= max_step:
+        step = row.get("step", 0)
+        if step < max_step or (step == max_step and not (max_step > 0 and _final_eval_row(row))):
             keep.append(line)
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(keep))
