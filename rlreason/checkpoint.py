@@ -14,6 +14,7 @@ newest intact checkpoint with a warning. Hashing reads the checkpoint once (abou
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -44,11 +45,19 @@ def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+FINAL_EVAL = "final_eval.json"  # the final evaluation, added to the last checkpoint after it
+
+
 def read_state(ckpt: str | Path) -> dict[str, Any]:
     path = Path(ckpt) / "trainer_state.json"
     if not path.is_file():
         raise FileNotFoundError(f"{ckpt} is not a complete rlreason checkpoint (no trainer_state.json)")
-    return json.loads(path.read_text())
+    state = json.loads(path.read_text())
+    final = Path(ckpt) / FINAL_EVAL
+    if final.is_file():
+        with contextlib.suppress(ValueError):
+            state["metrics"] = json.loads(final.read_text())
+    return state
 
 
 def _to_keep(ckpts: list[Path], keep: int, best: Path | None) -> set[Path]:
@@ -100,13 +109,30 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict[
             os.replace(final, old)
         os.replace(tmp, final)  # atomic on one filesystem: the checkpoint appears complete or not at all
         shutil.rmtree(old, ignore_errors=True)
-        ckpts = checkpoint_dirs(output_dir)
-        kept = _to_keep(ckpts, keep, best_checkpoint(ckpts, best_metric, greater_is_better))
-        for old in ckpts:
-            if old not in kept:
-                shutil.rmtree(old, ignore_errors=True)
+        _rotate(output_dir, keep, best_metric, greater_is_better)
     accelerator.wait_for_everyone()
     return final
+
+
+def _rotate(output_dir: str | Path, keep: int, best_metric: str | None, greater_is_better: bool) -> None:
+    ckpts = checkpoint_dirs(output_dir)
+    kept = _to_keep(ckpts, keep, best_checkpoint(ckpts, best_metric, greater_is_better))
+    for old in ckpts:
+        if old not in kept:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def record_final_eval(accelerator, ckpt: Path, metrics: dict[str, Any], keep: int, best_metric: str | None = None,
+                      greater_is_better: bool = True) -> None:
+    """Add the final evaluation to the last checkpoint (written before it, so that a stop during
+    the evaluation loses nothing): one atomic file beside the checksummed ones, read by
+    ``read_state`` as the checkpoint's metrics; then the rotation again, for the best one."""
+    if accelerator.is_main_process and ckpt.is_dir():
+        tmp = ckpt / (FINAL_EVAL + ".tmp")
+        tmp.write_text(json.dumps(metrics, indent=2))
+        os.replace(tmp, ckpt / FINAL_EVAL)
+        _rotate(ckpt.parent.parent, keep, best_metric, greater_is_better)
+    accelerator.wait_for_everyone()
 
 
 def _file_digest(path: Path) -> str:
@@ -117,7 +143,7 @@ def _file_digest(path: Path) -> str:
 def write_manifest(ckpt: Path) -> None:
     """``manifest.json``: size and SHA-256 of every file of the checkpoint, written last."""
     files = {p.relative_to(ckpt).as_posix(): {"size": p.stat().st_size, "sha256": _file_digest(p)}
-             for p in sorted(ckpt.rglob("*")) if p.is_file() and p.name != MANIFEST}
+             for p in sorted(ckpt.rglob("*")) if p.is_file() and p.name not in (MANIFEST, FINAL_EVAL)}
     tmp = ckpt / (MANIFEST + ".tmp")
     with open(tmp, "w") as f:
         json.dump({"files": files}, f, indent=1)

@@ -45,6 +45,7 @@ from rlreason import stopping
 from rlreason.checkpoint import (
     check_output_dir,
     read_state,
+    record_final_eval,
     resolve_resume,
     save_checkpoint,
     save_model,
@@ -756,11 +757,11 @@ class GRPOTrainer:
                 else:
                     before = self.evaluate(cfg.final_eval_size)
                     before.update(self.evaluate_suites())
-                    if before:
-                        self.log.log(0, {k: v for k, v in before.items() if k != "eval/samples"})
-                    self.heldout_before = {k: v for k, v in before.items() if k != "eval/samples"}
         except stopping.Stopped:
-            interrupted = True
+            interrupted, before = True, {}
+        if self.resume_path is None and before:  # outside: a stop must not tear the line
+            self.log.log(0, {k: v for k, v in before.items() if k != "eval/samples"})
+            self.heldout_before = {k: v for k, v in before.items() if k != "eval/samples"}
         if before:
             self.log.advance(self.step, before)
         if "eval/accuracy" in before:
@@ -800,6 +801,9 @@ class GRPOTrainer:
             if after:
                 self.log.log(self.step, {k: v for k, v in after.items() if k != "eval/samples"})
                 self.last_eval = {k: v for k, v in after.items() if isinstance(v, int | float)}
+                record_final_eval(self.acc, Path(cfg.output_dir) / "checkpoints" / f"step-{self.step:07d}",
+                                  self.last_eval, keep=cfg.save_total_limit, best_metric=cfg.metric_for_best_model,
+                                  greater_is_better=cfg.greater_is_better)
         self.log.close()
         summary = {"steps": self.step, "train_time_s": train_time, "total_time_s": time.perf_counter() - t_start,
                    "samples_per_s": sum(samples_per_s) / max(len(samples_per_s), 1),
