@@ -785,6 +785,8 @@ class GRPOTrainer:
                 break
             if cfg.save_steps and self.step % cfg.save_steps == 0 and self.step < cfg.max_steps:
                 self.save(self.step)
+                # a stop that arrived during the save: this checkpoint is the one to stop with
+                interrupted = self._any_process(self.stop_requested)
         train_time = time.perf_counter() - t_train
         after: dict[str, Any] = {}
         if not interrupted:
