@@ -28,10 +28,10 @@ ARGS = ["--max_steps", str(STEPS), "--save_steps", str(SAVE_EVERY), "--per_devic
 TIMING = ("time", "time/", "perf/")
 
 
-def launch(out: Path, *extra: str, session: bool = False) -> subprocess.Popen:
+def launch(out: Path, *extra: str, session: bool = False, env: dict | None = None) -> subprocess.Popen:
     """The recipe; with ``session`` in its own session and process group, as a batch job runs,
     so that ``os.killpg`` reaches every process of the run (reward manager and workers too)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
     return subprocess.Popen([sys.executable, str(ROOT / "recipes" / "grpo_math.py"), "--output_dir", str(out),
                              *ARGS, *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
                             start_new_session=session)
@@ -138,12 +138,18 @@ def children(pid: int) -> list[int]:
 
 @pytest.mark.slow
 def test_group_sigterm_checkpoints_the_last_fully_scored_step_then_resume_past_torn_logs_is_exact(straight, tmp_path):
-    """What Slurm, Kubernetes and `timeout` do: SIGTERM to every process of the job. The reward
-    processes leave the stop to the trainer, so the step in flight is scored in full, trained and
-    checkpointed. Then a full disk's torn last lines in both logs: dropped with a warning."""
+    """What Slurm, Kubernetes and `timeout` do: SIGTERM to every process of the job, here while
+    step 2's batch is being scored. The reward processes leave the stop to the trainer, so that
+    batch is scored in full, trained and checkpointed. Then a full disk's torn last lines in both
+    logs: dropped with a warning."""
     out = tmp_path / "run"
-    proc = launch(out, session=True)
+    arm = tmp_path / "arm"
+    # the built-in accuracy reward, which sleeps while scoring once armed (same name, same scores)
+    reward = ["--reward_funcs", f"[{ROOT / 'tests' / '_signal_reward.py'}:accuracy_reward]"]
+    proc = launch(out, *reward, session=True, env={"RLREASON_TEST_ARM": str(arm)})
     wait_for(lambda: logged(out, 1), proc)
+    arm.touch()
+    wait_for(Path(f"{arm}.scoring").exists, proc)
     os.killpg(proc.pid, signal.SIGTERM)
     log = finish(proc, timeout=120)
     summary = json.loads((out / "summary.json").read_text())
@@ -154,7 +160,7 @@ def test_group_sigterm_checkpoints_the_last_fully_scored_step_then_resume_past_t
     for name in ("metrics.jsonl", "completions.jsonl"):
         with open(out / name, "a") as f:
             f.write('{"step": ')  # what a full disk left behind
-    log = finish(launch(out, "--resume_from_checkpoint", "auto", session=True))
+    log = finish(launch(out, *reward, "--resume_from_checkpoint", "auto", session=True))
     for name in ("metrics.jsonl", "completions.jsonl"):
         assert f"{out / name}: its last line is torn" in log.replace("\n", "")
     assert_same_run(straight, out)
