@@ -1,6 +1,7 @@
 """Soak test: kill a tiny run with random signals at random moments, resume, compare.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/faults.py --kills 30 --out benchmarks/results/faults.json
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/faults.py --table benchmarks/results/faults.json  # -> docs
 
 One uninterrupted run of the recipe on the tiny model is the reference. Then, again and again:
 start the same run with ``--resume_from_checkpoint auto`` in its own session (a batch job's
@@ -87,7 +88,12 @@ def main() -> None:
     ap.add_argument("--kills", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
+    ap.add_argument("--table", type=Path, default=None,
+                    help="only write this result file's table into docs/reliability.md")
     args = ap.parse_args()
+    if args.table:
+        write_table(json.loads(args.table.read_text()), args.table)
+        return
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="rlreason-faults-"))
     t0 = time.time()
@@ -147,6 +153,25 @@ def main() -> None:
         args.out.write_text(json.dumps(result, indent=1))
     shutil.rmtree(work, ignore_errors=True)
     sys.exit(0 if result["identical_runs"] == len(runs) and not bad else 1)
+
+
+def write_table(result: dict, source: Path) -> None:
+    """The result as a table between the faults-soak markers of docs/reliability.md."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _common import replace_block
+
+    lines = [f"Measured with `benchmarks/faults.py --kills {result['kills']}` ({source.name}): "
+             f"{result['runs']} runs to the end through {result['kills']} kills in {result['wall_s']:.0f} s "
+             f"(the uninterrupted reference: {result['reference_s']:.0f} s); **{result['identical_runs']} of "
+             f"{result['runs']} finished runs bit-identical** to the reference (metrics, completions, weights); "
+             f"problems: {len(result['problems']) or 'none'}. A CPU machine with 2 cores shared with other jobs; "
+             f"a -15 at start-up is the import window described above.", "",
+             "| signal | sent | exit status 0 | other exits (phase) |", "|---|---|---|---|"]
+    for name, counts in result["per_signal"].items():
+        other = [f"{v}x {k}" for k, v in counts.items() if k not in ("sent", "0")]
+        lines.append(f"| {name} | {counts.get('sent', 0)} | {counts.get('0', 0)} | {'; '.join(other) or '-'} |")
+    replace_block(ROOT / "docs" / "reliability.md", "<!-- faults-soak:begin -->", "<!-- faults-soak:end -->",
+                  "\n".join(lines))
 
 
 if __name__ == "__main__":
