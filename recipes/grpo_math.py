@@ -10,29 +10,42 @@ summary.json, config.yaml (resolved), checkpoints/ and final_model/ (Hugging Fac
 
 from __future__ import annotations
 
-import inspect
-import json
-import os
+import signal
 import sys
-from pathlib import Path
 
-import datasets
-import torch
-import transformers
-import yaml
-from accelerate import Accelerator
-from transformers import AutoModelForCausalLM, AutoTokenizer
+if __name__ == "__main__":
+    # The imports below take seconds. A stop signal meanwhile finds nothing started: exit cleanly
+    # (status 0), as one during the model build does. run() installs the real handlers, and puts
+    # these back when it returns (a signal in the interpreter's teardown: the run is written).
+    def _stop_outside_training(signum: int, frame: object) -> None:
+        sys.stderr.write(f"{signal.Signals(signum).name}: stopping; no training in progress, nothing to save\n")
+        sys.exit(0)
 
-from rlreason import lock, lora, stopping, tiny
-from rlreason.checkpoint import check_output_dir, read_state, resolve_resume
-from rlreason.config import GRPOConfig, parse_args
-from rlreason.data import arith_dataset, check_golds, filter_rows, load_dataset_any, prepare
-from rlreason.distill import check_same_tokenizer
-from rlreason.eval.suites import arith_suite
-from rlreason.resume import check_config_changes
-from rlreason.rewards import accuracy_reward, build_rewards, format_reward, parse_gold
-from rlreason.tasks.arith import Difficulty
-from rlreason.trainer import INTERNAL_COLUMNS, GRPOTrainer
+    for _signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(_signal, _stop_outside_training)
+
+import inspect  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import datasets  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+import yaml  # noqa: E402
+from accelerate import Accelerator  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+from rlreason import lock, lora, stopping, tiny  # noqa: E402
+from rlreason.checkpoint import check_output_dir, read_state, resolve_resume  # noqa: E402
+from rlreason.config import GRPOConfig, parse_args  # noqa: E402
+from rlreason.data import arith_dataset, check_golds, filter_rows, load_dataset_any, prepare  # noqa: E402
+from rlreason.distill import check_same_tokenizer  # noqa: E402
+from rlreason.eval.suites import arith_suite  # noqa: E402
+from rlreason.resume import check_config_changes  # noqa: E402
+from rlreason.rewards import accuracy_reward, build_rewards, format_reward, parse_gold  # noqa: E402
+from rlreason.tasks.arith import Difficulty  # noqa: E402
+from rlreason.trainer import INTERNAL_COLUMNS, GRPOTrainer  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "tiny_cpu.yaml"
 

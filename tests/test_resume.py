@@ -241,3 +241,15 @@ def test_an_allowed_learning_rate_change_is_applied_to_the_optimizer_and_recorde
     state = json.loads((out / "checkpoints" / f"step-{SAVE_EVERY + 1:07d}" / "trainer_state.json").read_text())
     assert state["config"]["learning_rate"] == 1e-3
     assert state["config_changes"] == [{"step": SAVE_EVERY, "key": "learning_rate", "from": 1e-4, "to": 1e-3}]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_during_start_up_exits_cleanly(sig, tmp_path):
+    """The seconds of `import torch, transformers` before the recipe's first line: status 0."""
+    out = tmp_path / "run"
+    proc = launch(out, session=True)
+    time.sleep(0.5)
+    os.killpg(proc.pid, sig)
+    log = finish(proc, timeout=120)
+    assert "no training in progress, nothing to save" in log or "stopped before training started" in log, log
+    assert not (out / "checkpoints").exists()
