@@ -9,7 +9,10 @@ complete one, so a kill at any moment resumes from the last finished checkpoint.
 The last file written is ``manifest.json``: the size and SHA-256 of every other file. A resume
 verifies it, so a checkpoint damaged later (a truncated or overwritten file, flipped bits, a
 deleted ``trainer_state.json``) is an error naming the file, and ``auto`` falls back to the
-newest intact checkpoint with a warning. Hashing reads the checkpoint once (about 1 GB/s).
+newest intact checkpoint with a warning. Hashing reads the checkpoint once more at each save and
+resume (SHA-256: 0.8 GB/s on one core here, ``hashlib.file_digest`` on a 256 MB file; by that rate
+about 2 minutes for a 7B model with its AdamW state); the recipe and the trainer share one
+verification per process.
 """
 
 from __future__ import annotations
