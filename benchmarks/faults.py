@@ -144,7 +144,7 @@ def main() -> None:
     result = {"kills": kills, "runs": len(runs), "identical_runs": sum(r["identical"] for r in runs),
               "wall_s": round(time.time() - t0, 1), "reference_s": round(ref_s, 1),
               "per_signal": {n: {str(k[1]): v for k, v in stats.items() if k[0] == n} for n, _, _ in FAULTS},
-              "problems": bad, "runs_detail": runs, "args": ARGS}
+              "problems": bad, "runs_detail": runs, "args": ARGS, "seed": args.seed}
     print(json.dumps({k: v for k, v in result.items() if k not in ("runs_detail", "args")}, indent=1))
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))
