@@ -10,29 +10,44 @@ summary.json, config.yaml (resolved), checkpoints/ and final_model/ (Hugging Fac
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
+import signal
 import sys
-from pathlib import Path
 
-import datasets
-import torch
-import transformers
-import yaml
-from accelerate import Accelerator
-from transformers import AutoModelForCausalLM, AutoTokenizer
+if __name__ == "__main__":
+    # The imports below take seconds. A stop signal meanwhile finds nothing started: exit cleanly
+    # (status 0), as one during the model build does. run() installs the real handlers, and puts
+    # these back when it returns (a signal in the interpreter's teardown: the run is written).
+    def _stop_outside_training(signum: int, frame: object) -> None:
+        sys.stderr.write(f"{signal.Signals(signum).name}: stopping; no training in progress, nothing to save\n")
+        sys.exit(0)
 
-from rlreason import lora, tiny
-from rlreason.checkpoint import check_output_dir
-from rlreason.config import ConfigError, GRPOConfig, parse_args
-from rlreason.data import arith_dataset, filter_rows, load_dataset_any, prepare
-from rlreason.distill import check_same_tokenizer
-from rlreason.eval.suites import arith_suite
-from rlreason.host import capped_threads, exit_with_launcher
-from rlreason.rewards import RewardSpecError, accuracy_reward, build_rewards, format_reward
-from rlreason.tasks.arith import Difficulty
-from rlreason.trainer import INTERNAL_COLUMNS, GRPOTrainer, RewardFailureError
+    for _signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(_signal, _stop_outside_training)
+
+import contextlib  # noqa: E402
+import inspect  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import datasets  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+import yaml  # noqa: E402
+from accelerate import Accelerator  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+from rlreason import lock, lora, stopping, tiny  # noqa: E402
+from rlreason.checkpoint import check_output_dir, read_state, resolve_resume  # noqa: E402
+from rlreason.config import ConfigError, GRPOConfig, parse_args  # noqa: E402
+from rlreason.data import arith_dataset, check_golds, filter_rows, load_dataset_any, prepare  # noqa: E402
+from rlreason.distill import check_same_tokenizer  # noqa: E402
+from rlreason.eval.suites import arith_suite  # noqa: E402
+from rlreason.host import capped_threads, exit_with_launcher  # noqa: E402
+from rlreason.resume import check_config_changes  # noqa: E402
+from rlreason.rewards import RewardSpecError, accuracy_reward, build_rewards, format_reward, parse_gold  # noqa: E402
+from rlreason.tasks.arith import Difficulty  # noqa: E402
+from rlreason.trainer import INTERNAL_COLUMNS, GRPOTrainer, RewardFailureError  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "tiny_cpu.yaml"
 
@@ -162,8 +177,14 @@ def start(cfg: GRPOConfig) -> tuple[Accelerator, Path]:
     exit_with_launcher()  # a SIGTERM to `accelerate launch` reaches this process (it checkpoints and stops)
     acc = Accelerator(log_with=cfg.report_to or None, project_dir=cfg.output_dir)
     out = Path(cfg.output_dir)
+    if acc.is_main_process:  # one run per folder, before anything is written or deleted there
+        lock.acquire(out)
     # another run's checkpoints there: refuse (or, with overwrite_output_dir, delete) before any model loads
     check_output_dir(out, cfg.resume_from_checkpoint, cfg.overwrite_output_dir, delete=acc.is_main_process)
+    # a damaged checkpoint, or settings the resumed run may not change, fail before any model loads
+    resume = resolve_resume(out, cfg.resume_from_checkpoint)
+    if resume is not None:
+        check_config_changes(read_state(resume).get("config", {}), cfg, str(resume))
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -176,7 +197,17 @@ def dataset_rewards(cfg: GRPOConfig, train: datasets.Dataset):
     """The reward functions, checked against the dataset's columns (a reward asking for a missing
     column fails here)."""
     columns = set(train.column_names) - {cfg.prompt_column, *INTERNAL_COLUMNS} | {"completion_ids"}
-    return build_rewards(cfg.reward_funcs, cfg.reward_weights, columns=columns)
+    funcs, weights = build_rewards(cfg.reward_funcs, cfg.reward_weights, columns=columns)
+    if any(_takes(fn, "answer") for fn in funcs):  # a gold column that is all blank trains on nothing
+        check_golds(train, "answer", parse=parse_gold)
+    return funcs, weights
+
+
+def _takes(fn, name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def finish(acc: Accelerator, trainer: GRPOTrainer, summary: dict, out: Path) -> dict:
@@ -196,22 +227,37 @@ def finish(acc: Accelerator, trainer: GRPOTrainer, summary: dict, out: Path) -> 
 
 def run(cfg: GRPOConfig) -> dict:
     """GRPO; with ``teacher_model_name_or_path`` set, on-policy distillation from that teacher."""
-    acc, out = start(cfg)
-    model, tokenizer = load_policy(cfg, acc)
-    teacher, _ = load_teacher(cfg, acc, tokenizer)  # before the data: a tokenizer mismatch fails first
-    train, eval_rows = load_data(cfg, tokenizer)
-    reward_funcs, reward_weights = dataset_rewards(cfg, train)
-    engine = build_engine(cfg, model, tokenizer, acc)
-    trainer = GRPOTrainer(cfg, model, tokenizer, train, reward_funcs, reward_weights=reward_weights,
-                          eval_rows=eval_rows, eval_accuracy_fn=accuracy_reward, eval_format_fn=format_reward,
-                          engine=engine, accelerator=acc, teacher=teacher)
-    training_starts()
-    try:
-        summary = trainer.train()
-    finally:
-        if engine is not None:
-            engine.close()
-    return finish(acc, trainer, summary, out)
+    engine = None
+    # From the first line on, SIGTERM / Ctrl-C stop the run cleanly (rlreason/stopping.py): at once
+    # while it builds (nothing trained yet), at the next step boundary with a checkpoint later.
+    with stopping.handle_stop_signals():
+        try:
+            with stopping.stop_at_once(enabled=int(os.environ.get("WORLD_SIZE", "1")) == 1):
+                acc, out = start(cfg)
+                model, tokenizer = load_policy(cfg, acc)
+                teacher, _ = load_teacher(cfg, acc, tokenizer)  # before the data: a tokenizer mismatch fails first
+                train, eval_rows = load_data(cfg, tokenizer)
+                reward_funcs, reward_weights = dataset_rewards(cfg, train)
+                engine = build_engine(cfg, model, tokenizer, acc)
+                trainer = GRPOTrainer(cfg, model, tokenizer, train, reward_funcs, reward_weights=reward_weights,
+                                      eval_rows=eval_rows, eval_accuracy_fn=accuracy_reward,
+                                      eval_format_fn=format_reward, engine=engine, accelerator=acc, teacher=teacher)
+        except stopping.Stopped as e:
+            if engine is not None:
+                engine.close()
+            lock.release(cfg.output_dir)
+            print(f"{e}: stopped before training started; nothing trained, nothing to save", file=sys.stderr)
+            return {"interrupted": True, "steps": None}
+        training_starts()
+        try:
+            try:
+                summary = trainer.train()
+            finally:
+                if engine is not None:
+                    engine.close()
+            return finish(acc, trainer, summary, out)
+        finally:
+            lock.release(cfg.output_dir)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -28,6 +28,7 @@ file under the same module name.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import ctypes
 import functools
@@ -376,24 +377,80 @@ class PoolConfig:
 
 def _worker_main(conn: Connection, funcs: Sequence[Callable], memory_mb: float | None, manager_pid: int) -> None:
     """Serve calls until the manager closes the pipe. Runs reward code, so it may hang or die."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the trainer, which then closes the pool
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # Ctrl-C and a SIGTERM to the whole job (Slurm, Kubernetes, `timeout`) are for the trainer,
+    # which finishes scoring the step, checkpoints and then closes the pool; SIGKILL still works.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
     if os.getppid() != manager_pid:  # the manager died before we asked to die with it
         return
     if memory_mb is not None:
         _limit_address_space(memory_mb)
+    me = os.getpid()
+    output = _capture_output()
     while True:
         try:
             request = conn.recv()
         except (EOFError, OSError):
             return
-        func, prompts, completions, columns = request
+        call_id, func, prompts, completions, columns = request
         outcome = call_reward(funcs[func], prompts, completions, columns)
+        if os.getpid() != me:
+            # A reward that forked and whose child returned through our code: only this process
+            # may answer on the pipe (two answers would shift every later chunk's scores).
+            os._exit(0)
         del request, prompts, completions, columns
-        conn.send(outcome)
+        if output is not None:
+            output.report(me)
+        conn.send((call_id, outcome))
         if outcome[0] == "fail" and outcome[1] == "memory":
             return  # after a MemoryError the heap may be fragmented or half-built: start afresh
+
+
+_OUTPUT_CAP = 2000  # bytes of a call's stdout/stderr shown; a reward printing megabytes per call must not flood
+
+
+class _CapturedOutput:
+    """The worker's stdout and stderr (fds 1 and 2, so subprocesses and C code too) go to a
+    temporary file; after each call its first ``_OUTPUT_CAP`` bytes are copied to the real
+    stderr and the file is emptied."""
+
+    def __init__(self, file: Any, real_stderr: int) -> None:
+        self.file = file
+        self.real_stderr = real_stderr
+
+    def report(self, pid: int) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        fd = self.file.fileno()
+        with contextlib.suppress(OSError):
+            size = os.fstat(fd).st_size
+            if not size:
+                return
+            os.lseek(fd, 0, os.SEEK_SET)
+            head = os.read(fd, _OUTPUT_CAP)
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            cut = f" (first {len(head)} of {size} bytes)" if size > len(head) else ""
+            text = head.decode("utf-8", "replace").rstrip("\n")
+            os.write(self.real_stderr, f"[reward worker {pid} output{cut}]\n{text}\n".encode())
+
+
+def _capture_output() -> _CapturedOutput | None:
+    import tempfile
+
+    try:
+        real_stderr = os.dup(2)
+        file = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the worker)
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os.dup2(file.fileno(), 1)
+        os.dup2(file.fileno(), 2)
+    except OSError:
+        return None
+    return _CapturedOutput(file, real_stderr)
 
 
 def _die_with_parent() -> None:
@@ -443,6 +500,27 @@ class _Worker:
     conn: Connection
     task: Task | None = None
     deadline: float = math.inf
+    call_id: int = 0  # echoed in the reply: a stray or stale answer on the pipe is a protocol error
+
+
+_KINDS = ("raised", "result", "memory", "timeout", "crash", "skipped")
+
+
+def _valid_reply(reply: Any, call_id: int, n: int) -> bool:
+    """Whether ``reply`` is the worker's answer to call ``call_id`` on ``n`` completions, in shape.
+    Anything else on the pipe (a forked child's answer, bytes a reward wrote to the inherited
+    descriptor) must count as a failure, never as scores."""
+    if not (isinstance(reply, tuple) and len(reply) == 2 and reply[0] == call_id):
+        return False
+    outcome = reply[1]
+    if not isinstance(outcome, tuple) or len(outcome) != 3:
+        return False
+    if outcome[0] == "ok":
+        values, bad = outcome[1], outcome[2]
+        return (isinstance(values, list) and len(values) == n and all(type(v) is float for v in values)
+                and isinstance(bad, list) and all(isinstance(b, tuple) and len(b) == 2 and isinstance(b[0], int)
+                                                  and 0 <= b[0] < n for b in bad))
+    return outcome[0] == "fail" and outcome[1] in _KINDS and isinstance(outcome[2], str)
 
 
 class _ParentGone(Exception):
@@ -471,6 +549,7 @@ class _Manager:
         finally:
             for worker in self.workers:
                 _kill_and_reap(worker.pid)
+            _kill_strays(keep=set())
 
     def _next_request(self) -> tuple | None:
         """The next batch; None when the trainer asks to close or is gone."""
@@ -512,8 +591,9 @@ class _Manager:
     def _send(self, worker: _Worker, task: Task, batch: Batch, data: tuple) -> None:
         worker.task = task
         worker.deadline = time.monotonic() + self.config.timeout_s
+        worker.call_id += 1
         try:
-            worker.conn.send((task.func, *_select(task.indices, *data)))
+            worker.conn.send((worker.call_id, task.func, *_select(task.indices, *data)))
         except OSError:  # it died while idle (e.g. the OOM killer): charge the task; it is retried
             batch.finish(task, ("fail", "crash", f"worker died before the call ({self._replace(worker)})"))
 
@@ -521,13 +601,21 @@ class _Manager:
         task = worker.task
         assert task is not None
         try:
-            outcome = worker.conn.recv()
+            reply = worker.conn.recv()
         except (EOFError, OSError):
             outcome = ("fail", "crash", f"crashed its worker ({self._replace(worker, grace_s=1.0)})")
+        except Exception as e:  # unpickling garbage: something else wrote to the pipe
+            outcome = ("fail", "crash",
+                       f"protocol error on its worker's pipe ({short_repr(e)}; {self._replace(worker)})")
         else:
-            worker.task = None
-            if outcome[0] == "fail" and outcome[1] == "memory":
-                self._replace(worker, grace_s=1.0)  # it exits by itself after a MemoryError
+            if not _valid_reply(reply, worker.call_id, len(task.indices)):
+                outcome = ("fail", "crash", f"protocol error on its worker's pipe (unexpected reply "
+                                            f"{short_repr(reply)}; {self._replace(worker)})")
+            else:
+                outcome = reply[1]
+                worker.task = None
+                if outcome[0] == "fail" and outcome[1] == "memory":
+                    self._replace(worker, grace_s=1.0)  # it exits by itself after a MemoryError
         batch.finish(task, outcome)
 
     def _time_out(self, worker: _Worker, batch: Batch) -> None:
@@ -543,6 +631,7 @@ class _Manager:
         if status is None:
             status = _kill_and_reap(worker.pid)
         worker.conn.close()
+        _kill_strays(keep={w.pid for w in self.workers})  # what the reward left running, even in a new session
         fresh = self._fork_worker()
         worker.pid, worker.conn, worker.task, worker.deadline = fresh.pid, fresh.conn, None, math.inf
         return _describe_status(status)
@@ -554,7 +643,9 @@ class _Manager:
         if pid == 0:  # the worker
             code = 0
             try:
-                os.setpgid(0, 0)  # its own group, so a kill also takes the subprocesses a reward started
+                # its own session (and so group): a kill takes the subprocesses a reward started, and a
+                # terminal's Ctrl-C or hang-up does not reach them
+                os.setsid()
                 for other in [self.conn, ours, *(w.conn for w in self.workers)]:
                     other.close()  # a reward cannot write into the manager's pipes by accident
                 _worker_main(theirs, self.funcs, self.config.memory_mb, manager_pid)
@@ -562,10 +653,49 @@ class _Manager:
                 code = 1
             finally:
                 os._exit(code)  # never return into the manager's code, nor run its atexit handlers
-        with contextlib.suppress(OSError):  # also here, so a kill right after the fork hits the group
-            os.setpgid(pid, pid)
         theirs.close()
         return _Worker(pid, ours)
+
+
+def _set_child_subreaper() -> None:
+    """Orphans of our descendants (a reward's subprocess that called setsid, a double-forked
+    daemon) are re-parented to this process instead of init, so ``_kill_strays`` finds them."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        pr_set_child_subreaper = 36
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_child_subreaper, 1, 0, 0, 0)
+
+
+def _children(pid: int) -> list[int]:
+    """Processes (zombies included) whose parent is ``pid``, from /proc; empty where there is none."""
+    found = []
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _kill_strays(keep: set[int], rounds: int = 20) -> None:
+    """SIGKILL and reap every child of this process except ``keep``: with the subreaper flag
+    these are what reward code left behind. Repeated, since each kill can orphan more."""
+    for _ in range(rounds):
+        strays = [p for p in _children(os.getpid()) if p not in keep]
+        if not strays:
+            return
+        for pid in strays:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in strays:
+            _reap(pid, timeout_s=1.0)
 
 
 def _kill_and_reap(pid: int) -> int | None:
@@ -670,9 +800,13 @@ def _manager_main(
 ) -> None:
     # A forked manager inherits the trainer's end of the pipe; holding it would hide EOF from us.
     trainer_end.close()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the trainer
-    # multiprocessing terminates daemonic children at exit with SIGTERM: unwind, killing workers.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # Ctrl-C, and a SIGTERM sent to the whole process group (Slurm, Kubernetes, `timeout`), are
+    # for the trainer: it finishes scoring the step, checkpoints and then closes us. Dying here
+    # would score the in-flight batch None and train on it. The trainer stops us with a request
+    # on the pipe (or SIGKILL); we also stop when it is gone.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _set_child_subreaper()
     try:
         funcs = payload.load()
     except Exception as e:
@@ -695,10 +829,22 @@ class _Handle:
     owner_pid: int = field(default_factory=os.getpid)  # a forked copy of the trainer must not use or stop it
 
 
+_LIVE: dict[int, _Handle] = {}  # started managers, stopped at interpreter exit
+
+
+@atexit.register  # registered after multiprocessing's own exit hook, so it runs first
+def _shutdown_all() -> None:
+    # multiprocessing would SIGTERM the (daemonic) manager and wait for it; the manager ignores
+    # SIGTERM (it belongs to the trainer), so it is asked on the pipe, as at close().
+    for handle in list(_LIVE.values()):
+        _shutdown(handle)
+
+
 def _shutdown(handle: _Handle) -> None:
     """Stop the manager (which kills its workers). Idempotent; also runs at GC and at exit."""
     if os.getpid() != handle.owner_pid:
         return
+    _LIVE.pop(id(handle), None)
     process, conn = handle.process, handle.conn
     handle.process = handle.conn = None
     if process is None or conn is None:
@@ -738,8 +884,18 @@ class Pool:
             raise RuntimeError("the reward pool is closed")
         if os.getpid() != self._handle.owner_pid:
             raise RuntimeError("a reward pool can only be used by the process that created it, not a fork of it")
-        if not self._handle.process.is_alive():
+        # A manager that died (killed, OOM) is replaced and the batch sent again once: its death
+        # costs a restart, not a batch of None scores. Dying twice on one batch is left to the caller.
+        for _ in range(2):
+            if not self._handle.process.is_alive():
+                self._restart()
+            result = self._run_once(prompts, completions, columns, chunk_size)
+            if result is not None:
+                return result
             self._restart()
+        return None
+
+    def _run_once(self, prompts: list, completions: list, columns: dict, chunk_size: int) -> BatchResult | None:
         batch_id = next(self._batch_ids)
         conn = self._handle.conn
         assert conn is not None
@@ -752,11 +908,9 @@ class Pool:
                         return result
                     continue  # the answer to a call interrupted earlier (KeyboardInterrupt): stale
                 if not self._handle.process.is_alive():
-                    break
+                    return None
         except (EOFError, OSError):
-            pass
-        self._restart()
-        return None
+            return None
 
     def close(self) -> None:
         self._finalizer()
@@ -772,6 +926,7 @@ class Pool:
         process.start()
         theirs.close()
         self._handle.process, self._handle.conn = process, ours
+        _LIVE[id(self._handle)] = self._handle
         try:
             status, detail = self._await_ready(ours, process)
         except BaseException:

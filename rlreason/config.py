@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,6 +200,8 @@ class GRPOConfig:
     greater_is_better: bool = True
     resume_from_checkpoint: str | None = None  # "auto" = newest complete checkpoint in output_dir, or a path
     overwrite_output_dir: bool = False  # start over in an output_dir that holds another run's checkpoints
+    # keys a resumed run may change (optimizer settings only: rlreason/resume.py), e.g. [learning_rate]
+    allow_config_changes: list[str] = field(default_factory=list)
     max_nonfinite_steps: int = 3  # stop (with a checkpoint) after this many non-finite updates in a row
     report_to: list[str] = field(default_factory=list)  # accelerate trackers: tensorboard, wandb, ...
     progress: bool = True
@@ -264,10 +268,14 @@ class GRPOConfig:
         need(not (self.teacher_model_name_or_path and self.dynamic_sampling and not self.teacher_reward_weight),
              "dynamic_sampling", "drops groups whose rewards are all equal, which still carry the teacher's signal: "
              "turn it off for distillation, or mix in the reward with teacher_reward_weight > 0")
-        need(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
+        need(math.isfinite(self.learning_rate) and self.learning_rate > 0, "learning_rate",
+             f"must be a finite number > 0, got {self.learning_rate}")
         need(self.beta >= 0, "beta", f"must be >= 0, got {self.beta}")
-        need(self.epsilon is None or self.epsilon > 0, "epsilon", f"must be > 0, got {self.epsilon}")
-        need(self.epsilon_high is None or self.epsilon_high > 0, "epsilon_high", "must be > 0")
+        # the clip range (1 - eps, 1 + eps): eps >= 1 lets the ratio fall to 0, no clipping at all
+        # (None: the loss_type preset's value)
+        need(self.epsilon is None or 0 < self.epsilon < 1, "epsilon", f"must be in (0, 1), got {self.epsilon}")
+        need(self.epsilon_high is None or 0 < self.epsilon_high < 10, "epsilon_high",
+             f"must be in (0, 10), got {self.epsilon_high}")
         need(self.num_iterations >= 1, "num_iterations", f"must be >= 1, got {self.num_iterations}")
         need(self.max_steps >= 1 or self.max_steps == -1, "max_steps",
              f"must be >= 1, or -1 for num_train_epochs, got {self.max_steps}")
@@ -277,6 +285,12 @@ class GRPOConfig:
         need(self.temperature > 0, "temperature", "training samples need temperature > 0")
         need(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
         need(len(self.reward_funcs) > 0, "reward_funcs", "name at least one reward function")
+        self._validate_ranges(need)
+        from rlreason.resume import OPTIMIZER_KEYS  # here: resume.py imports this module
+
+        bad = [k for k in self.allow_config_changes if k not in OPTIMIZER_KEYS]
+        need(not bad, "allow_config_changes",
+             f"only optimizer settings may change on resume ({', '.join(OPTIMIZER_KEYS)}); got {bad}")
         need(self.reward_weights is None or len(self.reward_weights) == len(self.reward_funcs), "reward_weights",
              f"has {len(self.reward_weights or [])} entries but reward_funcs has {len(self.reward_funcs)}")
 
@@ -285,6 +299,37 @@ class GRPOConfig:
         from rlreason.algorithms import clip_range  # here: the config module stays free of torch
 
         return clip_range(self.loss_type, self.epsilon, self.epsilon_high)
+
+    def _validate_ranges(self, need: Callable[[bool, str, str], None]) -> None:
+        """Numeric keys whose values make no sense: caught at start-up, not as a reversed update
+        (max_grad_norm < 0 flips every gradient) or a KeyError deep in the loop (a batch of 0)."""
+        for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "generation_batch_prompts",
+                    "logging_steps", "arith_train_size", "eval_size", "max_prompt_length"):
+            need(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        for key in ("save_steps", "eval_steps", "log_completions_steps", "warmup_steps", "final_eval_size",
+                    "top_k", "seed"):  # 0 = off (save/eval only at the end; no sampled completions; no warm-up)
+            need(getattr(self, key) >= 0, key, f"must be >= 0 (0 = off), got {getattr(self, key)}")
+        for key in ("weight_decay", "beta", "entropy_coef", "teacher_kl_coef", "teacher_reward_weight"):
+            value = getattr(self, key)
+            need(math.isfinite(value) and value >= 0, key, f"must be a finite number >= 0, got {value}")
+        # a negative norm reverses every update (clip coefficient < 0) and 0 zeroes it, with normal-looking logs
+        need(math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0, "max_grad_norm",
+             f"must be a finite number > 0, got {self.max_grad_norm}")
+        for key in ("adam_beta1", "adam_beta2"):
+            need(0 <= getattr(self, key) < 1, key, f"must be in [0, 1), got {getattr(self, key)}")
+        need(math.isfinite(self.temperature), "temperature", f"must be finite, got {self.temperature}")
+        need(self.eval_max_tokens is None or self.eval_max_tokens >= 1, "eval_max_tokens",
+             f"must be >= 1 or null, got {self.eval_max_tokens}")
+        need(self.reward_memory_mb is None or self.reward_memory_mb > 0, "reward_memory_mb",
+             f"must be > 0 or null (no cap), got {self.reward_memory_mb}")
+        need(math.isfinite(self.reward_timeout_s), "reward_timeout_s", f"must be finite, got {self.reward_timeout_s}")
+        need(self.vllm_tensor_parallel_size >= 1, "vllm_tensor_parallel_size",
+             f"must be >= 1, got {self.vllm_tensor_parallel_size}")
+        need(0 < self.vllm_gpu_memory_utilization <= 1, "vllm_gpu_memory_utilization",
+             f"must be in (0, 1], got {self.vllm_gpu_memory_utilization}")
+        if self.reward_weights is not None:
+            need(all(math.isfinite(w) for w in self.reward_weights), "reward_weights",
+                 f"must be finite numbers, got {self.reward_weights}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

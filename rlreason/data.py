@@ -56,7 +56,15 @@ def _load_file(path: Path, split: str) -> datasets.Dataset:
     builder = FILE_BUILDERS.get(path.suffix.lower())
     if builder is None:
         raise ValueError(f"unsupported data file {str(path)!r}: expected one of {sorted(FILE_BUILDERS)}")
-    return datasets.load_dataset(builder, data_files=str(path), split=split)
+    if path.stat().st_size == 0:  # `datasets` raises a bare StopIteration on it
+        raise ValueError(f"data file {str(path)!r} is empty")
+    try:
+        loaded = datasets.load_dataset(builder, data_files=str(path), split=split)
+    except (StopIteration, ValueError) as e:  # a header-only CSV: 'Instruction "train" corresponds to no data!'
+        raise ValueError(f"data file {str(path)!r} has no rows, or cannot be read as {builder} ({e!r})") from e
+    if len(loaded) == 0:
+        raise ValueError(f"data file {str(path)!r} has no rows")
+    return loaded
 
 
 def _load_saved(path: Path, split: str) -> datasets.Dataset:
@@ -241,6 +249,23 @@ def _rename(dataset: datasets.Dataset, column_map: dict[str, str] | None) -> dat
         raise ValueError(f"{why}; its columns are {dataset.column_names}. Rename or drop one of them (e.g. also map "
                          f"{dst!r} to another name), or point the reward at the column (accuracy: gold_column)")
     return dataset.rename_columns(mapping)
+
+
+def check_golds(dataset: datasets.Dataset, column: str, parse: Any = None, sample: int = 200) -> None:
+    """Fail when the gold column carries no signal: every value missing (None or blank), or,
+    with ``parse`` (gold -> parsed value or None), none of the first ``sample`` present ones
+    parses. Otherwise the accuracy reward scores every completion None and the run trains on
+    nothing, with exit status 0."""
+    if column not in dataset.column_names:
+        return
+    present = [g for g in dataset[column] if g is not None and str(g).strip()]
+    if not present:
+        raise ValueError(f"gold column {column!r}: all {len(dataset)} rows are empty, so the accuracy reward "
+                         f"would score every completion None; fill it, or point column_map at the gold column")
+    if parse is not None and not any(parse(g) is not None for g in present[:sample]):
+        raise ValueError(f"gold column {column!r}: none of the first {min(sample, len(present))} golds can be parsed "
+                         f"(e.g. {present[0]!r}); check that it holds the answers (column_map), or check with "
+                         f"`python -m rlreason.rewards check`")
 
 
 def _require_column(dataset: datasets.Dataset, column: str, role: str) -> None:

@@ -34,8 +34,6 @@ import copy
 import dataclasses
 import hashlib
 import math
-import signal
-import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -51,9 +49,11 @@ from accelerate.utils import DistributedType, set_seed
 from transformers import TrainerState, get_scheduler
 
 from rlreason import algorithms as A
+from rlreason import stopping
 from rlreason.checkpoint import (
     check_output_dir,
     read_state,
+    record_final_eval,
     resolve_resume,
     save_checkpoint,
     save_model,
@@ -68,6 +68,7 @@ from rlreason.lora import is_peft_model, merged_named_parameters, save_merged
 from rlreason.moe import ROUTER_CLASSES, RouterStats, RoutingCapture, aux_loss_coef, find_routers
 from rlreason.optim import optimizer_class, optimizer_kwargs
 from rlreason.packing import pack_groups, supports_packing
+from rlreason.resume import apply_optimizer_changes, change_record, check_config_changes
 from rlreason.rewards.runner import MESSAGES_COLUMN, RewardRunner, reward_inputs
 from rlreason.rollout.base import RolloutEngine, Sample, SamplingConfig
 from rlreason.rollout.hf import HFEngine
@@ -295,11 +296,17 @@ class GRPOTrainer:
                              "the trainer's own micro-batch accumulation does not drive DeepSpeed's yet)")
         # Before the logger opens its files: refuse to mix with another run's checkpoints, and on
         # resume drop what the interrupted run logged after its last checkpoint.
-        self.resume_path = resolve_resume(cfg.output_dir, cfg.resume_from_checkpoint)
+        self.resume_path = resolve_resume(cfg.output_dir, cfg.resume_from_checkpoint)  # verified
         check_output_dir(cfg.output_dir, cfg.resume_from_checkpoint, cfg.overwrite_output_dir,
                          delete=self.acc.is_main_process)
-        if self.acc.is_main_process and self.resume_path is not None:
-            done = read_state(self.resume_path)["step"]
+        self.config_changes: list[dict[str, Any]] = []  # allowed changes made on resumes, recorded in checkpoints
+        if self.resume_path is not None:
+            saved = read_state(self.resume_path)
+            changes = check_config_changes(saved.get("config", {}), cfg, str(self.resume_path))
+            self.config_changes = saved.get("config_changes", []) + change_record(changes, saved["step"])
+        if self.acc.is_main_process and cfg.resume_from_checkpoint:
+            # with "auto" and no checkpoint yet this is a fresh start: what the dead run logged goes
+            done = read_state(self.resume_path)["step"] if self.resume_path is not None else -1
             for name in ("metrics.jsonl", "completions.jsonl"):
                 truncate_jsonl(Path(cfg.output_dir) / name, done)
         self.acc.wait_for_everyone()
@@ -309,7 +316,7 @@ class GRPOTrainer:
         self.reward_failures_total: dict[str, int] = {}  # reward -> completions it failed on, whole run
         self.last_eval: dict[str, float] = {}  # the latest periodic eval, saved with checkpoints
         self.heldout_before: dict[str, Any] = {}
-        self.stop_requested = False  # set by SIGTERM/SIGINT: checkpoint at the next step boundary and stop
+        self._saved_step: int | None = None  # the step of the newest checkpoint this run wrote or resumed from
         self.log = RunLogger(cfg.output_dir, cfg.max_steps, enabled=self.acc.is_main_process,
                              progress=cfg.progress, accelerator=self.acc)
         if cfg.report_to:
@@ -843,7 +850,8 @@ class GRPOTrainer:
 
     def train(self) -> dict[str, Any]:
         try:
-            return self._train()
+            with stopping.handle_stop_signals():
+                return self._train()
         finally:
             self.close()
 
@@ -851,26 +859,16 @@ class GRPOTrainer:
         """Stop the reward workers (also done at garbage collection and interpreter exit)."""
         self.rewards.close()
 
-    @contextlib.contextmanager
-    def _stop_on_signals(self):
-        """SIGTERM (the usual preemption notice) and SIGINT ask for a stop at the next step
-        boundary: checkpoint, summary, clean exit. A second SIGINT interrupts at once."""
-        if threading.current_thread() is not threading.main_thread():
-            yield  # signal handlers can only be installed from the main thread
-            return
+    @property
+    def stop_requested(self) -> bool:
+        """SIGTERM (the usual preemption notice) or SIGINT arrived (rlreason/stopping.py): stop at
+        the next step boundary with a checkpoint, or at once where nothing trained would be lost."""
+        return stopping.requested()
 
-        def request(signum, frame):
-            if signum == signal.SIGINT and self.stop_requested:
-                raise KeyboardInterrupt
-            self.stop_requested = True
-            self.log.print(f"[yellow]{signal.Signals(signum).name}: stopping after this step, with a checkpoint")
-
-        old = {sig: signal.signal(sig, request) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            yield
-        finally:
-            for sig, handler in old.items():
-                signal.signal(sig, handler)
+    def _stop_at_once(self):
+        """Stop signals raise ``stopping.Stopped`` within: for phases that lose nothing when cut
+        short. One process only: several must stop at the same collective (the step boundary)."""
+        return stopping.stop_at_once(enabled=self.acc.num_processes == 1)
 
     def _any_process(self, flag: bool) -> bool:
         """True on every process if it is True on one (so all stop at the same step)."""
@@ -886,6 +884,8 @@ class GRPOTrainer:
         self.nonfinite_streak = state.get("nonfinite_streak", 0)
         self.last_eval = state.get("metrics", {})
         self.heldout_before = state.get("heldout_before", {})
+        self._saved_step = self.step
+        apply_optimizer_changes(self.optimizer, self.scheduler, self.cfg, state.get("config", {}))
         self.sync_weights()  # a separate engine started from the initial weights
         self.log.print(f"resumed from {path} at step {self.step}")
 
@@ -894,56 +894,74 @@ class GRPOTrainer:
         if self.acc.is_main_process:
             Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
         t_start = time.perf_counter()
-        if self.resume_path is not None:
-            self._resume(self.resume_path)
-            before = self.heldout_before
-        else:
-            before = self.evaluate(cfg.final_eval_size)
-            before.update(self.evaluate_suites())
-            if before:
-                self.log.log(0, {k: v for k, v in before.items() if k != "eval/samples"})
+        before: dict[str, Any] = {}
+        samples_per_s = []
+        interrupted = False
+        try:  # before the first step nothing is trained: a stop signal stops at once
+            with self._stop_at_once():
+                if self.resume_path is not None:
+                    self._resume(self.resume_path)
+                    before = self.heldout_before
+                else:
+                    before = self.evaluate(cfg.final_eval_size)
+                    before.update(self.evaluate_suites())
+        except stopping.Stopped:
+            interrupted, before = True, {}
+        if self.resume_path is None and before:  # outside: a stop must not tear the line
+            self.log.log(0, {k: v for k, v in before.items() if k != "eval/samples"})
             self.heldout_before = {k: v for k, v in before.items() if k != "eval/samples"}
         if before:
             self.log.advance(self.step, before)
         if "eval/accuracy" in before:
             self.log.print(f"held-out accuracy before training: {before['eval/accuracy']:.3f} "
                            f"({before['eval/correct']}/{before['eval/n']})")
-        samples_per_s = []
         t_train = time.perf_counter()
-        interrupted = False
-        with self._stop_on_signals():
-            while self.step < cfg.max_steps:
-                metrics, n_samples = self._one_step()
-                samples_per_s.append(metrics["perf/samples_per_s"])
-                if self.dead_rewards():
-                    ckpt = self.save(self.step)
-                    name = self.dead_rewards()[0]
-                    raise RewardFailureError(
-                        f"reward {name!r} scored no completion (every one failed or was None) in "
-                        f"{self.dead_reward_streak[name]} steps in a row, so the run stopped rather than train on "
-                        f"nothing (checkpoint: {ckpt}). Its error: {self.reward_errors.get(name, 'returned None')}. "
-                        f"Fix the reward, or raise 'max_failed_reward_steps'")
-                if self.nonfinite_streak >= cfg.max_nonfinite_steps:
-                    ckpt = self.save(self.step)
-                    raise FloatingPointError(
-                        f"{self.nonfinite_streak} updates in a row had a non-finite loss or gradient (all skipped, "
-                        f"so the weights are the last good ones, saved in {ckpt}); lower 'learning_rate', check "
-                        f"the rewards for inf/NaN, or raise 'max_nonfinite_steps'")
-                if self._any_process(self.stop_requested):
-                    interrupted = True
-                    self.save(self.step)
-                    break
-                if cfg.save_steps and self.step % cfg.save_steps == 0 and self.step < cfg.max_steps:
-                    self.save(self.step)
+        # a stop requested before the first step (several processes: between the phases above)
+        interrupted = interrupted or self._any_process(self.stop_requested)
+        while not interrupted and self.step < cfg.max_steps:
+            metrics, n_samples = self._one_step()
+            samples_per_s.append(metrics["perf/samples_per_s"])
+            if self.dead_rewards():
+                ckpt = self.save(self.step)
+                name = self.dead_rewards()[0]
+                raise RewardFailureError(
+                    f"reward {name!r} scored no completion (every one failed or was None) in "
+                    f"{self.dead_reward_streak[name]} steps in a row, so the run stopped rather than train on "
+                    f"nothing (checkpoint: {ckpt}). Its error: {self.reward_errors.get(name, 'returned None')}. "
+                    f"Fix the reward, or raise 'max_failed_reward_steps'")
+            if self.nonfinite_streak >= cfg.max_nonfinite_steps:
+                ckpt = self.save(self.step)
+                raise FloatingPointError(
+                    f"{self.nonfinite_streak} updates in a row had a non-finite loss or gradient (all skipped, "
+                    f"so the weights are the last good ones, saved in {ckpt}); lower 'learning_rate', check "
+                    f"the rewards for inf/NaN, or raise 'max_nonfinite_steps'")
+            if self._any_process(self.stop_requested):
+                interrupted = True
+                self.save(self.step)
+                break
+            if cfg.save_steps and self.step % cfg.save_steps == 0 and self.step < cfg.max_steps:
+                self.save(self.step)
+                # a stop that arrived during the save: this checkpoint is the one to stop with
+                interrupted = self._any_process(self.stop_requested)
         train_time = time.perf_counter() - t_train
         after: dict[str, Any] = {}
         if not interrupted:
-            after = self.evaluate(cfg.final_eval_size)
-            after.update(self.evaluate_suites())
+            # The checkpoint first: a stop during the (long) final evaluation then loses nothing
+            # trained, and a resume from it only evaluates and writes the final model.
+            if self._saved_step != self.step:
+                self.save(self.step)
+            try:
+                with self._stop_at_once():
+                    after = self.evaluate(cfg.final_eval_size)
+                    after.update(self.evaluate_suites())
+            except stopping.Stopped:
+                interrupted, after = True, {}
             if after:
                 self.log.log(self.step, {k: v for k, v in after.items() if k != "eval/samples"})
                 self.last_eval = {k: v for k, v in after.items() if isinstance(v, int | float)}
-            self.save(self.step)
+                record_final_eval(self.acc, Path(cfg.output_dir) / "checkpoints" / f"step-{self.step:07d}",
+                                  self.last_eval, keep=cfg.save_total_limit, best_metric=cfg.metric_for_best_model,
+                                  greater_is_better=cfg.greater_is_better)
         self.log.close()
         summary = {"steps": self.step, "train_time_s": train_time, "total_time_s": time.perf_counter() - t_start,
                    "samples_per_s": sum(samples_per_s) / max(len(samples_per_s), 1),
@@ -962,7 +980,10 @@ class GRPOTrainer:
                             "after_ci95": [after["eval/accuracy_ci_low"], after["eval/accuracy_ci_high"]]})
         if self.acc.is_main_process:
             write_report(cfg.output_dir, cfg.to_dict(), summary)
-        if interrupted:
+        if interrupted and self._saved_step is None:
+            self.log.print("stopped before the first step: nothing trained, nothing to save; rerun with "
+                           "--resume_from_checkpoint auto to start (or continue) the run")
+        elif interrupted:
             self.log.print(f"stopped at step {self.step} with a checkpoint; continue with "
                            f"--resume_from_checkpoint auto --output_dir {cfg.output_dir}")
         if cfg.report_to:
@@ -1055,10 +1076,12 @@ class GRPOTrainer:
                  # the KL reference is the initial policy (or, with LoRA, the adapter-disabled base)
                  "reference_model": None if self.ref_model is None and not self.ref_is_base_adapter
                  else ("base_adapter_disabled" if self.ref_is_base_adapter else self.cfg.model_name_or_path),
-                 "teacher_model": self.cfg.teacher_model_name_or_path}
-        return save_checkpoint(self.acc, self.cfg.output_dir, step, state, keep=self.cfg.save_total_limit,
+                 "teacher_model": self.cfg.teacher_model_name_or_path, "config_changes": self.config_changes}
+        path = save_checkpoint(self.acc, self.cfg.output_dir, step, state, keep=self.cfg.save_total_limit,
                                best_metric=self.cfg.metric_for_best_model,
                                greater_is_better=self.cfg.greater_is_better, extra=self._hf_model_files)
+        self._saved_step = step
+        return path
 
     def _hf_model_files(self, folder: Path) -> None:
         """Make a checkpoint a Hugging Face model folder too: accelerate saved the weights as
