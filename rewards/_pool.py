@@ -513,14 +513,18 @@ def _valid_reply(reply: Any, call_id: int, n: int) -> bool:
     if not (isinstance(reply, tuple) and len(reply) == 2 and reply[0] == call_id):
         return False
     outcome = reply[1]
-    if not isinstance(outcome, tuple) or len(outcome) != 3:
+    if not isinstance(outcome, tuple) or len(outcome) not in (3, 4):
         return False
     if outcome[0] == "ok":
         values, bad = outcome[1], outcome[2]
-        return (isinstance(values, list) and len(values) == n and all(type(v) is float for v in values)
+        # an optional 4th element: what the reward logged ((extra columns, metrics), call_reward)
+        logs = outcome[3] if len(outcome) == 4 else None
+        logs_ok = logs is None or (isinstance(logs, tuple) and len(logs) == 2
+                                   and all(isinstance(part, dict) for part in logs))
+        return (logs_ok and isinstance(values, list) and len(values) == n and all(type(v) is float for v in values)
                 and isinstance(bad, list) and all(isinstance(b, tuple) and len(b) == 2 and isinstance(b[0], int)
                                                   and 0 <= b[0] < n for b in bad))
-    return outcome[0] == "fail" and outcome[1] in _KINDS and isinstance(outcome[2], str)
+    return len(outcome) == 3 and outcome[0] == "fail" and outcome[1] in _KINDS and isinstance(outcome[2], str)
 
 
 class _ParentGone(Exception):
