@@ -7,11 +7,8 @@ transformers engine and a vLLM engine are interchangeable.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import random
-import signal
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -23,6 +20,7 @@ import torch
 from rlreason.data import render_prompt
 from rlreason.eval.metrics import breakdown, suite_metrics, wilson_interval
 from rlreason.eval.suites import TEMPLATES, Suite, Template, get_suite, get_template, load_problems
+from rlreason.rewards._deadline import time_limit
 from rlreason.rewards.format import format_reward
 from rlreason.rewards.math import RULES, extract_answer, verify
 from rlreason.rollout.base import RolloutEngine, SamplingConfig
@@ -165,28 +163,6 @@ def follows_format(text: str, template: Template, answer: str | None) -> bool:
     if template.format == "boxed":
         return extract_answer(text, rules=("boxed",)) is not None
     return answer is not None
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float):
-    """Raise ``TimeoutError`` in the block after ``seconds`` (SIGALRM; main thread on Unix only,
-    elsewhere no limit). Some inputs send sympy into very long computations; one such
-    completion must not stall a whole evaluation."""
-    usable = seconds > 0 and hasattr(signal, "SIGALRM") and threading.current_thread() is threading.main_thread()
-    if not usable:
-        yield
-        return
-
-    def on_alarm(signum: int, frame: Any) -> None:
-        raise TimeoutError(f"answer scoring took longer than {seconds}s")
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 # Scoring calls that hit the time limit, since import (reported per suite as "score_timeouts").

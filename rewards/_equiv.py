@@ -20,12 +20,9 @@ and every number built is bounded (:mod:`._latex`), so every check ends in bound
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import re
-import signal
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Final
@@ -33,6 +30,7 @@ from typing import Final
 import sympy
 from sympy.core.evalf import PrecisionExhausted
 
+from ._deadline import time_limit
 from ._latex import _WORDS, MAX_EXPONENT, MAX_RESULT_DIGITS, LatexError, TooLarge, parse_latex
 
 MAX_ANSWER_CHARS: Final = 1_000  # longer "answers" are not answers; refusing them bounds the work
@@ -643,9 +641,9 @@ def _latex2sympy(s: str) -> sympy.Expr:
         raise AnswerError(f"unknown command \\{min(unknown)}")
     latex2sympy = _slow_parser()
     try:
-        with _deadline(SLOW_PARSE_SECONDS):
+        with time_limit(SLOW_PARSE_SECONDS):
             expr = latex2sympy(s)
-    except _Timeout:
+    except TimeoutError:
         raise Refused("slow parse timed out") from None
     except Exception as e:  # it raises bare Exceptions for syntax errors
         raise AnswerError(f"unparseable: {e}") from None
@@ -681,32 +679,6 @@ def _slow_parser() -> Callable[[str], object]:
 
     latex2sympy("x+1")
     return latex2sympy
-
-
-class _Timeout(Exception):
-    pass
-
-
-@contextlib.contextmanager
-def _deadline(seconds: float) -> Iterator[None]:
-    """Raises :class:`_Timeout` in the block after ``seconds`` (a real-time timer; only in the
-    main thread, and only where nobody else uses SIGALRM; elsewhere the guards above bound it)."""
-    usable = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGALRM) in (
-        signal.SIG_DFL, signal.SIG_IGN, None)
-    if not usable:
-        yield
-        return
-
-    def _expire(signum: int, frame: object) -> None:
-        raise _Timeout
-
-    previous = signal.signal(signal.SIGALRM, _expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def _depth(s: str) -> int:
