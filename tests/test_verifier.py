@@ -244,11 +244,16 @@ def test_final_answer_sentence_gives_its_last_expression(text: str, expected: st
 
 
 def test_box_extraction_is_linear() -> None:
-    """One pass pairs the braces: 20k characters of unclosed or adjacent boxes stay cheap."""
+    """One pass pairs the braces: 20k characters of unclosed or adjacent boxes stay cheap
+    (~10 ms; the quadratic scan took 1.3 s). The best of three runs, so that one stall of a
+    busy machine (a CI run once took 0.35 s) is not read as the algorithm's cost."""
     for text in ("\\boxed{" * 3000, "\\boxed{1}" * 2500, "{" * 20_000 + "\\boxed{1}"):
-        start = time.perf_counter()
-        extract_answer(text)
-        assert time.perf_counter() - start < 0.2
+        seconds = []
+        for _ in range(3):
+            start = time.perf_counter()
+            extract_answer(text)
+            seconds.append(time.perf_counter() - start)
+        assert min(seconds) < 0.2, seconds
 
 
 def test_extract_fallbacks_and_rule_selection() -> None:
