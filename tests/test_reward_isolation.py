@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _procs import alive, wait_until
 
 from rlreason.rewards.runner import RewardRunner
 
@@ -22,21 +23,6 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="th
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def _wait_until(predicate, timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def length_reward(prompts: list, completions: list, **kwargs: object) -> list[float]:
@@ -111,10 +97,10 @@ def test_subprocesses_that_leave_the_workers_session_die_with_the_pool(tmp_path)
     sleepers = [int(p) for p in pids.read_text().split()]
     assert len(sleepers) == 4
     try:
-        assert _wait_until(lambda: not any(_alive(p) for p in sleepers)), [p for p in sleepers if _alive(p)]
+        assert wait_until(lambda: not any(alive(p) for p in sleepers)), [p for p in sleepers if alive(p)]
     finally:
         for p in sleepers:
-            if _alive(p):
+            if alive(p):
                 os.kill(p, signal.SIGKILL)
 
 

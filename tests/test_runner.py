@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _procs import alive, wait_until
 
 from rlreason.rewards import accuracy_reward, format_reward, resolve, score, tag_count_reward
 from rlreason.rewards.runner import RewardOutput, RewardRunner
@@ -164,21 +165,6 @@ def _is_resource_tracker(pid: int) -> bool:
         return False
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def _wait_until(predicate, timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def _same(a: RewardOutput, b: RewardOutput) -> bool:
@@ -201,7 +187,7 @@ def no_leaks():
     before = _descendants(os.getpid())
     yield
     gc.collect()
-    assert _wait_until(lambda: _descendants(os.getpid()) <= before), _descendants(os.getpid()) - before
+    assert wait_until(lambda: _descendants(os.getpid()) <= before), _descendants(os.getpid()) - before
 
 
 # ---------------------------------------------------------------------------------------------
@@ -501,7 +487,7 @@ def test_close_leaves_no_processes_and_is_idempotent() -> None:
     runner.score(["p"], ["c"], {})
     runner.close()
     runner.close()
-    assert not any(_alive(p) for p in workers | {manager})
+    assert not any(alive(p) for p in workers | {manager})
     assert _descendants(os.getpid()) <= before
     assert not [p for p in multiprocessing.active_children() if p.name == "rlreason-reward-manager"]
     with pytest.raises(RuntimeError, match="closed"):
@@ -514,7 +500,7 @@ def test_garbage_collected_runner_stops_its_processes() -> None:
     pids = _descendants(manager) | {manager}
     del runner
     gc.collect()
-    assert _wait_until(lambda: not any(_alive(p) for p in pids))
+    assert wait_until(lambda: not any(alive(p) for p in pids))
 
 
 def test_killed_manager_is_restarted(caplog, no_leaks) -> None:
@@ -522,11 +508,11 @@ def test_killed_manager_is_restarted(caplog, no_leaks) -> None:
         old_manager = runner._pool.manager_pid
         old_workers = _descendants(old_manager)
         os.kill(old_manager, signal.SIGKILL)
-        assert _wait_until(lambda: not _alive(old_manager) or not runner._pool._handle.process.is_alive())
+        assert wait_until(lambda: not alive(old_manager) or not runner._pool._handle.process.is_alive())
         assert runner.score(["p", "p"], ["a", "bb"], {}).total.tolist() == [1.0, 2.0]
         assert runner._pool.manager_pid != old_manager
         # Its orphaned workers die with it (PR_SET_PDEATHSIG).
-        assert _wait_until(lambda: not any(_alive(p) for p in old_workers))
+        assert wait_until(lambda: not any(alive(p) for p in old_workers))
 
 
 def test_a_forked_copy_of_the_trainer_cannot_use_or_stop_the_pool(no_leaks) -> None:
@@ -565,11 +551,11 @@ def test_trainer_killed_without_closing_leaves_no_processes(tmp_path) -> None:
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         pid = int(child.stdout.readline())
-        assert _wait_until(lambda: len(_descendants(pid)) == 3, timeout_s=10)  # manager and two workers
+        assert wait_until(lambda: len(_descendants(pid)) == 3, timeout_s=10)  # manager and two workers
         pool_pids = _descendants(pid)
         child.kill()  # SIGKILL: no atexit, no finalizers
         child.wait()
-        assert _wait_until(lambda: not any(_alive(p) for p in pool_pids), timeout_s=5)
+        assert wait_until(lambda: not any(alive(p) for p in pool_pids), timeout_s=5)
     finally:
         child.kill()
         child.stdout.close()
