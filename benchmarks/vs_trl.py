@@ -154,6 +154,7 @@ def heldout_accuracy(model, tok, rows: list[dict], max_tokens: int) -> float | N
 
 
 def run_rlreason(work: Work, out_dir: str) -> dict:
+    from rlreason.build import assemble
     from rlreason.config import GRPOConfig
     from rlreason.trainer import GRPOTrainer
 
@@ -164,7 +165,7 @@ def run_rlreason(work: Work, out_dir: str) -> dict:
                      temperature=1.0, learning_rate=work.learning_rate, loss_type="dapo", scale_rewards="group",
                      beta=0.0, epsilon=0.2, epsilon_high=0.28, lr_scheduler_type="constant", eval_steps=0,
                      save_steps=0, log_completions_steps=0, progress=False)
-    trainer = GRPOTrainer(cfg, model, tok, train, [reward_func(work)])
+    trainer = GRPOTrainer(cfg, assemble(cfg, model, tok, train, [reward_func(work)]))
     steps = []
     t_prev = time.perf_counter()
     # The trainer's own loop minus its before/after evaluation and final checkpoint (TRL's run

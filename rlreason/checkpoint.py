@@ -282,8 +282,19 @@ def truncate_jsonl(path: str | Path, max_step: int) -> None:
 
 
 def save_model(accelerator, model, tokenizer, out_dir: str | Path) -> Path:
-    """The policy in Hugging Face format (safetensors), loadable with from_pretrained."""
+    """The policy in Hugging Face format (safetensors), loadable with from_pretrained; with LoRA
+    the merged weights (a plain model), and the adapter itself in ``out_dir/adapter``."""
+    from rlreason.lora import is_peft_model, save_merged
+
     out_dir = Path(out_dir)
+    unwrapped = accelerator.unwrap_model(model)
+    if is_peft_model(unwrapped):
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            save_merged(unwrapped, tokenizer, out_dir)
+            unwrapped.save_pretrained(out_dir / "adapter", safe_serialization=True)
+        accelerator.wait_for_everyone()
+        return out_dir
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
     state = accelerator.get_state_dict(model)  # gathers shards under ZeRO-3 / FSDP
@@ -292,3 +303,19 @@ def save_model(accelerator, model, tokenizer, out_dir: str | Path) -> Path:
         tokenizer.save_pretrained(out_dir)
     accelerator.wait_for_everyone()
     return out_dir
+
+
+def hf_model_files(model, tokenizer, folder: Path) -> None:
+    """Make a checkpoint a Hugging Face model folder too: accelerate saved the weights as
+    model.safetensors under the model's own names; with config.json, the generation config and
+    the tokenizer next to them, ``from_pretrained(checkpoint)`` loads it (a full model; with
+    LoRA the weights are the adapter-wrapped model's, so load final_model/ instead). ``model``
+    is the unwrapped policy."""
+    from rlreason.lora import is_peft_model
+
+    if is_peft_model(model):
+        return
+    model.config.save_pretrained(folder)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)

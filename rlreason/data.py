@@ -26,6 +26,9 @@ logger = logging.getLogger("rlreason.data")
 # File extension -> `datasets` packaged builder that reads it.
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 
+# Columns ``prepare`` adds; rewards get every other column.
+INTERNAL_COLUMNS = ("prompt_text", "prompt_ids", MESSAGES_COLUMN)
+
 # Markers `save_to_disk` writes: a Dataset writes state.json, a DatasetDict dataset_dict.json.
 _SAVED_MARKERS = ("state.json", "dataset_dict.json")
 

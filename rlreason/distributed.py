@@ -127,3 +127,31 @@ def full_state_dict(model: torch.nn.Module, accelerator=None) -> dict[str, torch
     """Every parameter's full tensor, copied to CPU (for saving or comparing weights)."""
     return {name: t.detach().to("cpu", copy=True) for name, t in full_named_parameters(model, accelerator)}
 
+
+
+# Per-process counts and rates whose global value is the sum over processes. Batch statistics
+# (rewards, lengths, token averages, grad norm) are already global when they get here (computed
+# on gathered data), so averaging them changes nothing; what is left per process is timings
+# (averaged) and the loss (DDP's objective: the average).
+SUMMED_METRICS = ("perf/samples_per_s", "perf/tokens_per_s", "dynamic_sampling/extra_prompts",
+                  "dynamic_sampling/kept_groups")
+
+
+def reduce_metrics(accelerator, metrics: dict[str, float]) -> dict[str, float]:
+    """A step's scalar metrics combined over processes: sums for counts and rates (``SUMMED_METRICS``,
+    ``*/failures``), max for maxima, else the mean (ignoring NaN). Collective."""
+    if accelerator.num_processes == 1:
+        return metrics
+    keys = sorted(k for k, v in metrics.items() if isinstance(v, int | float))
+    vals = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=accelerator.device)
+    gathered = accelerator.gather(vals.unsqueeze(0))  # [world, K]
+    out = dict(metrics)
+    for i, k in enumerate(keys):
+        col = gathered[:, i]
+        if k in SUMMED_METRICS or k.endswith("/failures"):
+            out[k] = col.sum().item()
+        elif k.endswith(("max_length", "/max_abs_log")):
+            out[k] = col.max().item()
+        else:
+            out[k] = col.nanmean().item()
+    return out

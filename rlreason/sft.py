@@ -19,36 +19,40 @@ from __future__ import annotations
 
 import math
 
-import datasets
 import torch
 
+from rlreason.build import Parts
+from rlreason.experience import Rollout, sample_metrics
 from rlreason.rewards import completion_text
 from rlreason.rollout.base import Sample
-from rlreason.trainer import GRPOTrainer, Rollout
+from rlreason.trainer import GRPOTrainer
 
 SFT_COLUMNS = ("prompt_ids", "completion_ids")
 
 
 class SFTTrainer(GRPOTrainer):
     share_pack_rows = True
-    keep_dropout = True  # the NLL compares no two passes: lora_dropout stays a regulariser here
 
-    def __init__(self, cfg, model, tokenizer, train_dataset: datasets.Dataset, **kwargs) -> None:
-        missing = [c for c in SFT_COLUMNS if c not in train_dataset.column_names]
+    def __init__(self, cfg, parts: Parts) -> None:
+        """``parts``: built with ``rlreason.build.assemble(..., keep_dropout=True)`` (the NLL compares
+        no two passes: lora_dropout stays a regulariser) around a dataset of prompt and completion ids."""
+        missing = [c for c in SFT_COLUMNS if c not in parts.train.column_names]
         if missing:
             raise ValueError(f"the SFT dataset has no column(s) {missing}: it needs token ids of prompts and "
-                             f"completions (rlreason.distill builds them); it has {train_dataset.column_names}")
+                             f"completions (rlreason.distill builds them); it has {parts.train.column_names}")
         if cfg.loss_type not in ("dapo", "bnpo"):
             # the NLL is a token mean; the sequence-level presets would weigh tokens by their answer's length
             raise ValueError(f"config key 'loss_type': SFT averages the loss over tokens; use dapo, not "
                              f"{cfg.loss_type!r}")
-        kwargs.setdefault("reward_funcs", [])
-        super().__init__(cfg, model, tokenizer, train_dataset, **kwargs)
-        self.prompts_per_process = cfg.completions_per_step  # one example per "prompt", no groups
+        super().__init__(cfg, parts)
+
+    @property
+    def group_size(self) -> int:
+        return 1  # one example per "prompt", no groups
 
     def collect(self) -> Rollout:
         """This step's examples as a ``Rollout`` of groups of one; the advantage is unused."""
-        rows = self.prompt_rows(self.step)
+        rows = self.prompts.rows(self.step)
         text_col = "completion" if "completion" in self.train_dataset.column_names else None
         samples = [Sample(token_ids=list(r["completion_ids"]),
                           text=completion_text(r[text_col]) if text_col else "", finish_reason="stop") for r in rows]
@@ -56,7 +60,7 @@ class SFTTrainer(GRPOTrainer):
         prompts = [r.get(self.cfg.prompt_column, "") for r in rows]
         ro = Rollout([list(r["prompt_ids"]) for r in rows], samples, rewards, {}, prompts, 1,
                      {"time/generation_s": 0.0, "time/scoring_s": 0.0})
-        ro.metrics.update(self.sample_metrics(ro))
+        ro.metrics.update(sample_metrics(self.acc, ro))
         ro.advantages = torch.ones(len(samples))
         return ro
 

@@ -104,3 +104,16 @@ def stop_at_once(enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         _state.at_once -= 1
+
+
+def _exit_before_start(signum: int, frame: object) -> None:
+    _say(f"{signal.Signals(signum).name}: stopping; no training in progress, nothing to save")
+    raise SystemExit(0)
+
+
+def exit_on_stop_signals() -> None:
+    """A script's first lines: until :func:`handle_stop_signals` takes over (it puts this back when
+    it returns), SIGTERM and SIGINT exit cleanly with status 0. The imports take seconds, and a stop
+    meanwhile finds nothing started; a traceback from inside an import would read as a crash."""
+    for sig in _SIGNALS:
+        signal.signal(sig, _exit_before_start)

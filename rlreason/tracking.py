@@ -13,6 +13,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from rlreason.eval.metrics import diff_interval
+
 
 def _jsonable(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
@@ -305,3 +307,21 @@ def write_report(output_dir: str | Path, config: dict[str, Any], summary: dict[s
     path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>rlreason report</title>{style}"
                     f"</head><body>{''.join(sections)}</body></html>")
     return path
+
+
+def run_summary(before: dict[str, Any], after: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """summary.json: ``fields`` (steps, times, speed, failures, ...) with the held-out accuracy
+    before and after training, its gain with a 95% interval, and the suites' scores."""
+    summary = dict(fields)
+    suites_after = {k: v for k, v in after.items() if k.startswith("suite/")}
+    if suites_after:
+        summary["suites_before"] = {k: v for k, v in before.items() if k.startswith("suite/")}
+        summary["suites_after"] = suites_after
+    if "eval/accuracy" in before and "eval/accuracy" in after:
+        lo, hi = diff_interval(before["eval/correct"], before["eval/n"], after["eval/correct"], after["eval/n"])
+        summary.update({"heldout_before": before["eval/accuracy"], "heldout_after": after["eval/accuracy"],
+                        "heldout_n": after["eval/n"], "gain": after["eval/accuracy"] - before["eval/accuracy"],
+                        "gain_ci95": [lo, hi],
+                        "before_ci95": [before["eval/accuracy_ci_low"], before["eval/accuracy_ci_high"]],
+                        "after_ci95": [after["eval/accuracy_ci_low"], after["eval/accuracy_ci_high"]]})
+    return summary

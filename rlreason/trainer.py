@@ -30,107 +30,33 @@ of processes.
 from __future__ import annotations
 
 import contextlib
-import copy
-import dataclasses
-import hashlib
 import math
 import time
-import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import datasets
-import rich.markup
 import torch
-from accelerate import Accelerator
-from accelerate.utils import DistributedType, set_seed
-from transformers import TrainerState, get_scheduler
+from transformers import TrainerState
 
 from rlreason import algorithms as A
 from rlreason import stopping
-from rlreason.checkpoint import (
-    check_output_dir,
-    read_state,
-    record_final_eval,
-    resolve_resume,
-    save_checkpoint,
-    save_model,
-    truncate_jsonl,
-)
+from rlreason.build import Parts, shares_policy
+from rlreason.checkpoint import hf_model_files, read_state, record_final_eval, save_checkpoint, save_model
 from rlreason.config import GRPOConfig
-from rlreason.distributed import full_named_parameters, gather_varlen, reduce_sum
+from rlreason.data import INTERNAL_COLUMNS
+from rlreason.distributed import full_named_parameters, gather_varlen, reduce_metrics, reduce_sum
 from rlreason.eval.core import EvalProtocol, evaluate, evaluate_suites, flat_metrics
-from rlreason.eval.metrics import diff_interval, wilson_interval
-from rlreason.logprobs import completion_logprobs, enable_gradient_checkpointing, pack
-from rlreason.lora import is_peft_model, merged_named_parameters, save_merged
+from rlreason.eval.metrics import wilson_interval
+from rlreason.experience import PromptStream, Rollout, completion_rows, sample_metrics
+from rlreason.health import RewardHealth
+from rlreason.logprobs import completion_logprobs, pack
+from rlreason.lora import is_peft_model, merged_named_parameters
 from rlreason.moe import ROUTER_CLASSES, RouterStats, RoutingCapture, aux_loss_coef, find_routers
-from rlreason.optim import optimizer_class, optimizer_kwargs
 from rlreason.packing import pack_groups, supports_packing
-from rlreason.resume import apply_optimizer_changes, change_record, check_config_changes
-from rlreason.rewards.runner import MESSAGES_COLUMN, RewardRunner, reward_inputs
-from rlreason.rollout.base import RolloutEngine, Sample, SamplingConfig
-from rlreason.rollout.hf import HFEngine
-from rlreason.tracking import RunLogger, write_report
-
-# Columns the data pipeline adds; rewards get every other column.
-INTERNAL_COLUMNS = ("prompt_text", "prompt_ids", MESSAGES_COLUMN)
-
-
-class RewardFailureError(RuntimeError):
-    """A reward gave no score (failed or None) on any completion for several steps in a row:
-    the run would train on nothing, so it stops (with a checkpoint)."""
-
-
-@dataclass
-class Rollout:
-    """One step's experience on this process. N = prompts * G completions, groups adjacent."""
-
-    prompt_ids: list[list[int]]  # [N] (each prompt repeated G times)
-    samples: list[Sample]  # [N]
-    rewards: torch.Tensor  # [N] weighted sum; NaN where no reward term applies (no signal)
-    per_func: dict[str, torch.Tensor]  # name -> [N], NaN where None
-    prompts: list[Any]  # [N] raw prompts, for logging
-    group_size: int
-    metrics: dict[str, float]
-    advantages: torch.Tensor | None = None  # [N], set once the batch is final
-    extra: dict[str, list] = dataclasses.field(default_factory=dict)  # rewards' log_extra columns, [N] each
-
-    @property
-    def num_groups(self) -> int:
-        return len(self.samples) // self.group_size
-
-    def informative_groups(self) -> list[int]:
-        """Indices of groups whose rewards are not all equal (they carry a learning signal);
-        NaN rewards (no applicable term) do not count."""
-        return torch.nonzero(A.signal_groups(self.rewards, self.group_size)).flatten().tolist()
-
-    def select(self, groups: list[int]) -> Rollout:
-        """Only the given groups (in that order)."""
-        G = self.group_size
-        idx = [i * G + j for i in groups for j in range(G)]
-        t = torch.tensor(idx, dtype=torch.long)
-        return Rollout([self.prompt_ids[i] for i in idx], [self.samples[i] for i in idx], self.rewards[t],
-                       {k: v[t] for k, v in self.per_func.items()}, [self.prompts[i] for i in idx], G, self.metrics,
-                       None if self.advantages is None else self.advantages[t],
-                       {k: [v[i] for i in idx] for k, v in self.extra.items()})
-
-    def concat(self, other: Rollout) -> Rollout:
-        return Rollout(self.prompt_ids + other.prompt_ids, self.samples + other.samples,
-                       torch.cat([self.rewards, other.rewards]),
-                       {k: torch.cat([v, other.per_func[k]]) for k, v in self.per_func.items()},
-                       self.prompts + other.prompts, self.group_size, self.metrics, None,
-                       {k: self.extra.get(k, [None] * len(self.samples))
-                        + other.extra.get(k, [None] * len(other.samples)) for k in {*self.extra, *other.extra}})
-
-
-def stream_seed(seed: int, stream: str, pos: int) -> int:
-    """The sampling seed of the item at ``pos`` of a named stream (a run's prompts, the distillation
-    teacher's problems): a function of (seed, stream, position) only, never of the process count
-    or batching."""
-    digest = hashlib.blake2b(f"{seed}:{stream}:{pos}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1  # < 2**63, as torch.manual_seed wants
+from rlreason.resume import apply_optimizer_changes
+from rlreason.rewards.runner import reward_inputs
+from rlreason.rollout.base import SamplingConfig
+from rlreason.tracking import run_summary, write_report
 
 
 def _input_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -139,243 +65,69 @@ def _input_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return batch["row_tokens"] if "row_tokens" in batch else batch["attention_mask"]
 
 
-def disable_dropout(model: torch.nn.Module) -> int:
-    """Switch every dropout of ``model`` off (``nn.Dropout`` modules, LoRA's included, and the
-    attention dropout transformers' attention modules hold as a float); -> how many were on.
-
-    Dropout in the log-prob passes is noise in the ratio pi_theta / pi_old: two passes over the
-    same tokens with the same weights disagree, so a ratio that should be 1 is clipped at random
-    (with num_iterations > 1), and the KL to the reference is not 0 when it should be. Eval mode
-    would also switch it off but also switches off transformers' gradient checkpointing, so the
-    probabilities are made 0 instead.
-    """
-    on = 0
-    for mod in model.modules():
-        if isinstance(mod, torch.nn.Dropout) and mod.p > 0:
-            mod.p, on = 0.0, on + 1
-        if isinstance(getattr(mod, "attention_dropout", None), float) and mod.attention_dropout > 0:
-            mod.attention_dropout, on = 0.0, on + 1
-    return on
-
-
-def setting_warnings(cfg: GRPOConfig, separate_engine: bool) -> list[str]:
-    """Settings that run but likely do not compute what was meant (docs/algorithms.md, "What each
-    setting really computes"); the trainer warns about each at start-up."""
-    out = []
-    if cfg.beta > 0 and cfg.kl_estimator == "k1":
-        out.append("kl_estimator k1 with beta > 0: as a loss term k1's gradient, grad log pi, has expectation 0 "
-                   "under the policy's own samples, so the KL term adds noise and no pull towards the reference; "
-                   "use k2 (gradient of KL(pi || ref)) or k3 (GRPO's; gradient of KL(ref || pi))")
-    if separate_engine and cfg.weight_sync_steps > 1 and (cfg.top_p < 1 or cfg.top_k > 0):
-        out.append("weight_sync_steps > 1 with top_p < 1 or top_k > 0: the stale sampler's log-probs (the "
-                   "behaviour policy of the ratio) are of the truncated distribution, the policy's of the full "
-                   "one, so lagging steps' ratios are off by the kept mass")
-    return out
-
-
 class GRPOTrainer:
     # whether several prompt groups may share a packed row (rlreason.packing); GRPO's groups are
     # long enough to fill rows, many short SFT examples are not (rlreason.sft)
     share_pack_rows = False
-    # Dropout in training: off for GRPO (its ratios and KL compare passes, ``disable_dropout``); an
-    # objective that compares no passes (rlreason.sft's NLL) may keep it as a regulariser.
-    keep_dropout = False
 
-    def __init__(
-        self,
-        cfg: GRPOConfig,
-        model,
-        tokenizer,
-        train_dataset: datasets.Dataset,
-        reward_funcs: list[Callable],
-        reward_weights: list[float] | None = None,
-        eval_rows: list[dict] | None = None,
-        eval_accuracy_fn: Callable | None = None,
-        eval_format_fn: Callable | None = None,
-        engine: RolloutEngine | None = None,
-        accelerator: Accelerator | None = None,
-        teacher=None,
-    ) -> None:
-        """``teacher``: a causal LM sharing ``tokenizer`` for on-policy distillation (its per-token
-        log-probs give the advantages, ``cfg.teacher_kl_coef``); None for plain GRPO."""
-        self.cfg = cfg
-        optim_cls = optimizer_class(cfg.optim)  # first: a missing bitsandbytes fails before any work
-        self.acc = accelerator or Accelerator(log_with=cfg.report_to or None, project_dir=cfg.output_dir)
-        set_seed(cfg.seed, device_specific=True)
-        if "prompt_ids" not in train_dataset.column_names:
-            raise ValueError("train_dataset needs a 'prompt_ids' column: build it with rlreason.data.prepare")
-        self.tokenizer = tokenizer
-        self.train_dataset = train_dataset
-        self.reward_funcs = reward_funcs
-        # Built first: the runner forks its manager process now, before this process holds
-        # much memory or starts threads. A reward that hangs, crashes or blows memory there
-        # costs only its completions (scored None, counted), never the run.
-        self.rewards = RewardRunner(reward_funcs, reward_weights if reward_weights is not None else cfg.reward_weights,
-                                    num_workers=max(cfg.reward_num_workers, 1), timeout_s=cfg.reward_timeout_s,
-                                    memory_mb=cfg.reward_memory_mb, in_process=cfg.reward_num_workers == 0)
-        self.eval_rows = eval_rows or []
-        self.eval_accuracy_fn = eval_accuracy_fn
-        self.eval_format_fn = eval_format_fn
-        if cfg.gradient_checkpointing:
-            enable_gradient_checkpointing(model)
-        if not self.keep_dropout:  # before the reference is copied from it
-            disable_dropout(model)
+    def __init__(self, cfg: GRPOConfig, parts: Parts) -> None:
+        """Train with the parts ``rlreason.build`` made (``build(cfg)``, or ``assemble(...)`` around
+        a given model and dataset). ``parts.teacher``: a causal LM sharing the tokenizer for
+        on-policy distillation (its per-token log-probs give the advantages, ``cfg.teacher_kl_coef``)."""
+        self.cfg, self.acc, self.run_dir = cfg, parts.acc, parts.run_dir
+        self.model, self.optimizer, self.scheduler = parts.model, parts.optimizer, parts.scheduler
+        self.tokenizer, self.train_dataset, self.engine = parts.tokenizer, parts.train, parts.engine
+        self.rewards, self.log = parts.rewards, parts.logger
+        self.ref_model, self.ref_is_base_adapter = parts.ref_model, parts.ref_is_base_adapter
+        self.teacher = parts.teacher
+        self.eval_rows = parts.eval_rows
+        self.eval_accuracy_fn, self.eval_format_fn = parts.eval_accuracy_fn, parts.eval_format_fn
+        self.engine_shares_policy = shares_policy(self.engine, self.model, self.acc)
         self.preset = A.PRESETS[cfg.loss_type]
         self.scale_rewards = cfg.scale_rewards or self.preset.scale_rewards
         self.ratio_level = cfg.importance_sampling_level or self.preset.ratio_level
         self.clip_range = cfg.clip_range()  # the preset's paper values unless the config sets epsilon
-        self.ref_model = None
-        self.ref_is_base_adapter = is_peft_model(model) and cfg.beta > 0
-        if cfg.beta > 0 and not self.ref_is_base_adapter:
-            # The reference is only needed (and only loaded) for the KL term. With LoRA it is the
-            # policy with its adapter disabled: no second copy of the weights.
-            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-        params = list(model.parameters())
-        sharded = self.acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
-        optimizer = optim_cls(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                              betas=(cfg.adam_beta1, cfg.adam_beta2), **optimizer_kwargs(cfg.optim, params, sharded))
-        if cfg.max_steps == -1:  # TRL's rule: the steps num_train_epochs passes over the prompts take
-            per_step = cfg.completions_per_step // cfg.num_generations * self.acc.num_processes
-            cfg.max_steps = max(1, math.ceil(cfg.num_train_epochs * len(train_dataset) / per_step))
-        total_updates = cfg.max_steps * cfg.num_iterations
-        # warmup_steps wins over warmup_ratio, as in transformers
-        warmup = cfg.warmup_steps or math.ceil(cfg.warmup_ratio * total_updates)
-        scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=warmup,
-                                  num_training_steps=total_updates,
-                                  scheduler_specific_kwargs=cfg.lr_scheduler_kwargs or None)
-        self.model, self.optimizer, self.scheduler = self.acc.prepare(model, optimizer, scheduler)
-        # One scheduler step per optimizer step, whatever the process count. accelerate's prepared
-        # scheduler otherwise steps the real one num_processes times per call (it assumes each
-        # process's dataloader batch adds to the global batch count), which ran the schedule N times
-        # too fast on N processes (tests/test_distributed_math.py). It stays prepared, so the
-        # checkpoint still holds its state.
-        self.scheduler.step_with_optimizer = False
-        # Mixture-of-experts policy: router metrics every step, optional load-balancing loss and
-        # routing replay (rlreason/moe.py). Nothing of it runs for a dense model.
-        self.routers = find_routers(self.acc.unwrap_model(self.model))
-        if cfg.routing_replay and not self.routers:
-            raise ValueError("config key 'routing_replay': the policy has no mixture-of-experts routers "
-                             f"rlreason knows (it recognises {', '.join(sorted(ROUTER_CLASSES))})")
-        self.router_aux_loss_coef = aux_loss_coef(self.acc.unwrap_model(self.model).config,
-                                                  cfg.router_aux_loss_coef) if self.routers else 0.0
-        if self.ref_model is not None:
-            self.ref_model = self.ref_model.to(self.acc.device)
-        if teacher is not None and not cfg.teacher_model_name_or_path:
-            raise ValueError("a teacher model was given but config key 'teacher_model_name_or_path' is not set")
-        self.teacher = None if teacher is None else teacher.to(self.acc.device).eval().requires_grad_(False)
-        if self.teacher is not None and self.teacher.get_output_embeddings().weight.shape[0] < len(tokenizer):
-            raise ValueError(f"config key 'teacher_model_name_or_path': the teacher's output layer has "
-                             f"{self.teacher.get_output_embeddings().weight.shape[0]} rows but the tokenizer has "
-                             f"{len(tokenizer)} tokens; teacher and student must share a tokenizer")
-        self.packing_supported = supports_packing(self.acc.unwrap_model(self.model)) and (
-            self.teacher is None or supports_packing(self.teacher))
-        self.pack_row_tokens = cfg.pack_max_row_tokens or max(
-            64, getattr(self.acc.unwrap_model(self.model).config.get_text_config(), "hidden_size", 1024))
-        self.engine = engine or HFEngine(self.acc.unwrap_model(self.model), tokenizer, cfg.generation_batch_prompts)
-        self.engine_shares_policy = isinstance(self.engine, HFEngine) and \
-            self.engine.model is self.acc.unwrap_model(self.model)
-        for msg in setting_warnings(cfg, not self.engine_shares_policy):
-            warnings.warn(msg, stacklevel=2)
-        self.sampling = SamplingConfig(max_tokens=cfg.max_completion_length, temperature=cfg.temperature,
-                                       top_p=cfg.top_p, top_k=cfg.top_k)
-        self.eval_sampling = SamplingConfig(max_tokens=cfg.eval_max_tokens or cfg.max_completion_length,
-                                            temperature=0.0)
-        self.prompts_per_process = cfg.completions_per_step // cfg.num_generations
-        self.step = 0
-        self.nonfinite_skipped = 0
-        self.extra_prompts_drawn = 0  # dynamic sampling's own prompt stream position
-        self._perm: tuple[int, torch.Tensor] | None = None
         # Estimators that normalise over the whole batch need every process's rewards (gathered
         # with their lengths, so dynamic sampling's unequal shards work too).
         self.global_advantages = cfg.advantage_estimator == "reinforce_pp" or (
             cfg.advantage_estimator == "grpo" and self.scale_rewards == "batch")
-        if self.acc.distributed_type == DistributedType.DEEPSPEED and cfg.gradient_accumulation_steps > 1:
-            # accelerate lets the DeepSpeed engine step after every backward unless it is told
-            # about accumulation; the trainer accumulates its micro-batches itself.
-            raise ValueError("with DeepSpeed set gradient_accumulation_steps: 1 (one micro-batch per optimizer step; "
-                             "the trainer's own micro-batch accumulation does not drive DeepSpeed's yet)")
-        # Before the logger opens its files: refuse to mix with another run's checkpoints, and on
-        # resume drop what the interrupted run logged after its last checkpoint.
-        self.resume_path = resolve_resume(cfg.output_dir, cfg.resume_from_checkpoint)  # verified
-        check_output_dir(cfg.output_dir, cfg.resume_from_checkpoint, cfg.overwrite_output_dir,
-                         delete=self.acc.is_main_process)
-        self.config_changes: list[dict[str, Any]] = []  # allowed changes made on resumes, recorded in checkpoints
-        if self.resume_path is not None:
-            saved = read_state(self.resume_path)
-            changes = check_config_changes(saved.get("config", {}), cfg, str(self.resume_path))
-            self.config_changes = saved.get("config_changes", []) + change_record(changes, saved["step"])
-        if self.acc.is_main_process and cfg.resume_from_checkpoint:
-            # with "auto" and no checkpoint yet this is a fresh start: what the dead run logged goes
-            done = read_state(self.resume_path)["step"] if self.resume_path is not None else -1
-            for name in ("metrics.jsonl", "completions.jsonl"):
-                truncate_jsonl(Path(cfg.output_dir) / name, done)
-        self.acc.wait_for_everyone()
+        policy = self.acc.unwrap_model(self.model)
+        # Mixture-of-experts policy: router metrics every step, optional load-balancing loss and
+        # routing replay (rlreason/moe.py). Nothing of it runs for a dense model.
+        self.routers = find_routers(policy)
+        if cfg.routing_replay and not self.routers:
+            raise ValueError("config key 'routing_replay': the policy has no mixture-of-experts routers "
+                             f"rlreason knows (it recognises {', '.join(sorted(ROUTER_CLASSES))})")
+        self.router_aux_loss_coef = aux_loss_coef(policy.config, cfg.router_aux_loss_coef) if self.routers else 0.0
+        self.packing_supported = supports_packing(policy) and (self.teacher is None or supports_packing(self.teacher))
+        self.pack_row_tokens = cfg.pack_max_row_tokens or max(
+            64, getattr(policy.config.get_text_config(), "hidden_size", 1024))
+        self.sampling = SamplingConfig(max_tokens=cfg.max_completion_length, temperature=cfg.temperature,
+                                       top_p=cfg.top_p, top_k=cfg.top_k)
+        self.eval_sampling = SamplingConfig(max_tokens=cfg.eval_max_tokens or cfg.max_completion_length,
+                                            temperature=0.0)
+        self.prompts_per_process = cfg.completions_per_step // self.group_size
+        self.prompts = PromptStream(self.train_dataset, cfg.seed, self.prompts_per_process, self.acc.process_index,
+                                    self.acc.num_processes, cfg.generation_seed_per_prompt)
+        self.health = RewardHealth(cfg.max_failed_reward_steps, log=self.log.print)
+        self.step = 0
+        self.nonfinite_skipped = 0
         self.nonfinite_streak = 0  # non-finite updates in a row
-        self.dead_reward_streak: dict[str, int] = {}  # reward -> steps in a row it scored no completion
-        self.reward_errors: dict[str, str] = {}  # reward -> its latest failure, shown when the run stops
-        self.reward_failures_total: dict[str, int] = {}  # reward -> completions it failed on, whole run
         self.last_eval: dict[str, float] = {}  # the latest periodic eval, saved with checkpoints
         self.heldout_before: dict[str, Any] = {}
         self._saved_step: int | None = None  # the step of the newest checkpoint this run wrote or resumed from
-        self.log = RunLogger(cfg.output_dir, cfg.max_steps, enabled=self.acc.is_main_process,
-                             progress=cfg.progress, accelerator=self.acc)
-        if cfg.report_to:
-            self.acc.init_trackers("rlreason", config={k: v for k, v in cfg.to_dict().items()
-                                                       if isinstance(v, int | float | str | bool)})
 
-    # ------------------------------------------------------------------ data
-
-    def prompt_positions(self, step: int) -> range:
-        """This process's positions in the run's prompt stream at ``step``: the step's global
-        batch is ``prompts_per_process * num_processes`` consecutive positions, and rank r
-        takes the r-th slice, so the shards are disjoint and their union (in rank order) is
-        what one process with the whole batch would draw."""
-        per_step = self.prompts_per_process * self.acc.num_processes
-        start = step * per_step + self.acc.process_index * self.prompts_per_process
-        return range(start, start + self.prompts_per_process)
-
-    def prompt_rows(self, step: int) -> list[dict]:
-        """This process's prompts for ``step``: a pure function of (seed, step), so a resumed
-        run draws exactly the prompts the uninterrupted run would have."""
-        n = len(self.train_dataset)
-        rows = []
-        for pos in self.prompt_positions(step):
-            epoch, idx = divmod(pos, n)
-            rows.append(self.train_dataset[int(self._permutation(epoch)[idx])])
-        return rows
-
-    def prompt_seed(self, stream: str, pos: int) -> int:
-        """The sampling seed of the prompt at ``pos`` of a prompt stream (``generation_seed_per_prompt``)."""
-        return stream_seed(self.cfg.seed, stream, pos)
-
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        """The dataset order for ``epoch``, seeded by (seed, epoch); the current one is kept."""
-        if self._perm is None or self._perm[0] != epoch:
-            g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
-            self._perm = (epoch, torch.randperm(len(self.train_dataset), generator=g))
-        return self._perm[1]
-
-    def extra_prompt_rows(self, k: int) -> list[dict]:
-        """``k`` more prompts for dynamic sampling, from a stream of their own (a different
-        seeded order, offset by rank), so refills never take the prompts of later steps."""
-        n = len(self.train_dataset)
-        g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + 7_919 * (self.acc.process_index + 1))
-        order = torch.randperm(n, generator=g)
-        rows = [self.train_dataset[int(order[(self.extra_prompts_drawn + i) % n])] for i in range(k)]
-        self.extra_prompts_drawn += k
-        return rows
-
-    def _seeds(self, stream: str, positions: range) -> list[int] | None:
-        if not self.cfg.generation_seed_per_prompt:
-            return None
-        return [self.prompt_seed(stream, p) for p in positions]
+    @property
+    def group_size(self) -> int:
+        """Completions per prompt (GRPO's G)."""
+        return self.cfg.num_generations
 
     # ------------------------------------------------------------------ rollout
 
     def rollout(self, rows: list[dict], seeds: list[int] | None = None) -> Rollout:
         """Generate and score ``rows`` on this process (no communication: with dynamic sampling
         the processes run different numbers of rounds). ``metrics`` holds this process's
-        timings and reward failure counts; batch statistics come from ``sample_metrics``."""
+        timings and reward failure counts; batch statistics come from ``rlreason.experience.sample_metrics``."""
         G = self.cfg.num_generations
         t0 = time.perf_counter()
         prompt_ids = [r["prompt_ids"] for r in rows]
@@ -394,7 +146,7 @@ class GRPOTrainer:
         metrics = {"time/generation_s": t_gen, "time/scoring_s": t_score, **out.logged}
         for name in out.per_func:
             metrics[f"rewards/{name}/failures"] = float(out.failures.get(name, 0))
-        self.reward_errors.update(out.errors)
+        self.health.errors.update(out.errors)
         # No applicable term: NaN, left out of the group statistics (advantage 0), never a 0 score.
         rewards = torch.where(out.applicable, out.total, torch.full_like(out.total, math.nan))
         return Rollout([r["prompt_ids"] for r in rows for _ in range(G)], samples, rewards, out.per_func,
@@ -402,55 +154,23 @@ class GRPOTrainer:
 
     def trainer_state(self) -> TrainerState:
         """What TRL passes rewards as ``trainer_state`` (they read ``global_step``, ``max_steps``)."""
-        n = max(len(self.train_dataset), 1)
-        per_step = self.prompts_per_process * self.acc.num_processes
-        return TrainerState(global_step=self.step, max_steps=self.cfg.max_steps, epoch=self.step * per_step / n,
-                            num_train_epochs=math.ceil(self.cfg.max_steps * per_step / n))
-
-    def sample_metrics(self, ro: Rollout) -> dict[str, float]:
-        """Reward and length statistics of the whole step's batch: every process's samples are
-        gathered first (a mean of per-process means or stds would be wrong for unequal shards)."""
-        names = list(ro.per_func)
-        cols = [ro.rewards.float(), *(ro.per_func[k].float() for k in names),
-                torch.tensor([float(len(s.token_ids)) for s in ro.samples]),
-                torch.tensor([float(s.finish_reason == "length") for s in ro.samples])]
-        table = gather_varlen(self.acc, torch.stack(cols, dim=1).reshape(len(ro.samples), len(cols)))
-        if len(table) == 0:
-            return {}
-        rewards, lengths, truncated = table[:, 0], table[:, -2], table[:, -1]
-        scored = rewards[~torch.isnan(rewards)]  # completions with no applicable term carry no score
-        metrics = {
-            "reward/mean": scored.mean().item() if len(scored) else float("nan"),
-            "reward/std": scored.std().item() if len(scored) > 1 else 0.0,
-            "reward/no_signal_frac": 1.0 - len(scored) / len(rewards),
-            "completion/mean_length": lengths.mean().item(),
-            "completion/max_length": lengths.max().item(),
-            "completion/truncated_frac": truncated.mean().item(),
-        }
-        for i, name in enumerate(names):
-            vals = table[:, 1 + i]
-            ok = vals[~torch.isnan(vals)]
-            metrics[f"rewards/{name}/mean"] = ok.mean().item() if len(ok) else float("nan")
-            metrics[f"rewards/{name}/std"] = ok.std().item() if len(ok) > 1 else 0.0
-            metrics[f"rewards/{name}/none_frac"] = 1.0 - len(ok) / len(vals)
-        return metrics
+        return TrainerState(global_step=self.step, max_steps=self.cfg.max_steps, epoch=self.prompts.epoch(self.step),
+                            num_train_epochs=math.ceil(self.prompts.epoch(self.cfg.max_steps)))
 
     def collect(self) -> Rollout:
         """This step's batch: a rollout of this step's prompts; with dynamic sampling (DAPO,
         sec. 3.2), groups whose rewards are all equal are dropped and more prompts sampled until
         the batch is full again or ``max_resample_rounds`` extra rounds are spent."""
         cfg = self.cfg
-        ro = self.rollout(self.prompt_rows(self.step), self._seeds("train", self.prompt_positions(self.step)))
-        metrics = {**ro.metrics, **self.sample_metrics(ro)}  # of the policy's draw, before any filtering
+        ro = self.rollout(self.prompts.rows(self.step), self.prompts.seeds("train", self.prompts.positions(self.step)))
+        metrics = {**ro.metrics, **sample_metrics(self.acc, ro)}  # of the policy's draw, before any filtering
         if cfg.dynamic_sampling:
             want = self.prompts_per_process
             ro = ro.select(ro.informative_groups())
             rounds = 0
             while ro.num_groups < want and rounds < cfg.max_resample_rounds:
                 rounds += 1
-                first = self.extra_prompts_drawn
-                more = self.rollout(self.extra_prompt_rows(want),
-                                    self._seeds(f"extra-{self.acc.process_index}", range(first, first + want)))
+                more = self.rollout(*self.prompts.extra_rows(want))
                 metrics["time/generation_s"] += more.metrics["time/generation_s"]
                 metrics["time/scoring_s"] += more.metrics["time/scoring_s"]
                 ro = ro.concat(more.select(more.informative_groups()))
@@ -835,19 +555,6 @@ class GRPOTrainer:
         self.acc.wait_for_everyone()
         return flat
 
-    def _log_completions(self, ro: Rollout) -> None:
-        G = self.cfg.num_generations
-        rows = []
-        for i in range(min(len(ro.samples), 2 * G)):  # the first two groups
-            reward = ro.rewards[i].item()
-            rows.append({"prompt": ro.prompts[i], "completion": ro.samples[i].text,
-                         "reward": None if math.isnan(reward) else reward, "advantage": ro.advantages[i].item(),
-                         **{f"reward/{k}": (None if math.isnan(v[i].item()) else v[i].item())
-                            for k, v in ro.per_func.items()},
-                         **{k: v[i] for k, v in ro.extra.items()},
-                         "finish_reason": ro.samples[i].finish_reason})
-        self.log.completions(self.step, rows)
-
     def train(self) -> dict[str, Any]:
         try:
             with stopping.handle_stop_signals():
@@ -879,7 +586,7 @@ class GRPOTrainer:
         self.acc.load_state(str(path))  # weights, optimizer, scheduler, every rank's RNG states
         state = read_state(path)
         self.step = state["step"]
-        self.extra_prompts_drawn = state.get("extra_prompts_drawn", 0)
+        self.prompts.extra_drawn = state.get("extra_prompts_drawn", 0)
         self.nonfinite_skipped = state.get("nonfinite_skipped", 0)
         self.nonfinite_streak = state.get("nonfinite_streak", 0)
         self.last_eval = state.get("metrics", {})
@@ -899,15 +606,15 @@ class GRPOTrainer:
         interrupted = False
         try:  # before the first step nothing is trained: a stop signal stops at once
             with self._stop_at_once():
-                if self.resume_path is not None:
-                    self._resume(self.resume_path)
+                if self.run_dir.resume is not None:
+                    self._resume(self.run_dir.resume)
                     before = self.heldout_before
                 else:
                     before = self.evaluate(cfg.final_eval_size)
                     before.update(self.evaluate_suites())
         except stopping.Stopped:
             interrupted, before = True, {}
-        if self.resume_path is None and before:  # outside: a stop must not tear the line
+        if self.run_dir.resume is None and before:  # outside: a stop must not tear the line
             self.log.log(0, {k: v for k, v in before.items() if k != "eval/samples"})
             self.heldout_before = {k: v for k, v in before.items() if k != "eval/samples"}
         if before:
@@ -921,14 +628,8 @@ class GRPOTrainer:
         while not interrupted and self.step < cfg.max_steps:
             metrics, n_samples = self._one_step()
             samples_per_s.append(metrics["perf/samples_per_s"])
-            if self.dead_rewards():
-                ckpt = self.save(self.step)
-                name = self.dead_rewards()[0]
-                raise RewardFailureError(
-                    f"reward {name!r} scored no completion (every one failed or was None) in "
-                    f"{self.dead_reward_streak[name]} steps in a row, so the run stopped rather than train on "
-                    f"nothing (checkpoint: {ckpt}). Its error: {self.reward_errors.get(name, 'returned None')}. "
-                    f"Fix the reward, or raise 'max_failed_reward_steps'")
+            if self.health.dead():
+                raise self.health.failure(self.save(self.step))
             if self.nonfinite_streak >= cfg.max_nonfinite_steps:
                 ckpt = self.save(self.step)
                 raise FloatingPointError(
@@ -963,21 +664,11 @@ class GRPOTrainer:
                                   self.last_eval, keep=cfg.save_total_limit, best_metric=cfg.metric_for_best_model,
                                   greater_is_better=cfg.greater_is_better)
         self.log.close()
-        summary = {"steps": self.step, "train_time_s": train_time, "total_time_s": time.perf_counter() - t_start,
-                   "samples_per_s": sum(samples_per_s) / max(len(samples_per_s), 1),
-                   "nonfinite_skipped": self.nonfinite_skipped, "interrupted": interrupted,
-                   "reward_failures": dict(self.reward_failures_total)}
-        suites_after = {k: v for k, v in after.items() if k.startswith("suite/")}
-        if suites_after:
-            summary["suites_before"] = {k: v for k, v in before.items() if k.startswith("suite/")}
-            summary["suites_after"] = suites_after
-        if "eval/accuracy" in before and "eval/accuracy" in after:
-            lo, hi = diff_interval(before["eval/correct"], before["eval/n"], after["eval/correct"], after["eval/n"])
-            summary.update({"heldout_before": before["eval/accuracy"], "heldout_after": after["eval/accuracy"],
-                            "heldout_n": after["eval/n"], "gain": after["eval/accuracy"] - before["eval/accuracy"],
-                            "gain_ci95": [lo, hi],
-                            "before_ci95": [before["eval/accuracy_ci_low"], before["eval/accuracy_ci_high"]],
-                            "after_ci95": [after["eval/accuracy_ci_low"], after["eval/accuracy_ci_high"]]})
+        summary = run_summary(before, after, steps=self.step, train_time_s=train_time,
+                              total_time_s=time.perf_counter() - t_start,
+                              samples_per_s=sum(samples_per_s) / max(len(samples_per_s), 1),
+                              nonfinite_skipped=self.nonfinite_skipped, interrupted=interrupted,
+                              reward_failures=dict(self.health.failures_total))
         if self.acc.is_main_process:
             write_report(cfg.output_dir, cfg.to_dict(), summary)
         if interrupted and self._saved_step is None:
@@ -1001,14 +692,14 @@ class GRPOTrainer:
         if self.step % cfg.weight_sync_steps == 0:
             self.sync_weights()
         dt = time.perf_counter() - t0
-        n_comp = len(ro.samples)  # this process's; _reduce sums the rates over processes
+        n_comp = len(ro.samples)  # this process's; reduce_metrics sums the rates over processes
         n_tok = sum(len(s.token_ids) for s in ro.samples)
         metrics.update({"time/step_s": dt, "perf/samples_per_s": n_comp / dt, "perf/tokens_per_s": n_tok / dt})
         acc_name = next((n for n in ro.per_func if n.startswith("accuracy")), None)
         if acc_name is not None:  # the progress bar's "acc": the accuracy reward's batch mean
             metrics["accuracy"] = metrics[f"rewards/{acc_name}/mean"]
-        metrics = self._reduce(metrics)
-        self._check_rewards(metrics)
+        metrics = reduce_metrics(self.acc, metrics)
+        self.health.record(self.step, metrics)
         if cfg.eval_steps and self.step % cfg.eval_steps == 0 and self.step < cfg.max_steps:
             ev = self.evaluate(cfg.eval_size)
             ev.update(self.evaluate_suites())
@@ -1017,94 +708,26 @@ class GRPOTrainer:
         if self.step % cfg.logging_steps == 0 or self.step == cfg.max_steps:
             self.log.log(self.step, metrics)
         if cfg.log_completions_steps and (self.step == 1 or self.step % cfg.log_completions_steps == 0):
-            self._log_completions(ro)
+            self.log.completions(self.step, completion_rows(ro, 2 * cfg.num_generations))  # two groups
         self.log.advance(self.step, metrics)
         return metrics, n_comp
 
-    def _check_rewards(self, metrics: dict[str, float]) -> None:
-        """Count, per reward, the steps in a row it scored no completion (every one failed or was
-        None); print the first step's failures, and any reward's first dead step."""
-        names = [k[len("rewards/"):-len("/none_frac")] for k in metrics if k.startswith("rewards/")
-                 and k.endswith("/none_frac")]
-        for name in names:
-            failed = int(metrics.get(f"rewards/{name}/failures", 0))
-            self.reward_failures_total[name] = self.reward_failures_total.get(name, 0) + failed
-            dead = metrics[f"rewards/{name}/none_frac"] >= 1.0
-            self.dead_reward_streak[name] = self.dead_reward_streak.get(name, 0) + 1 if dead else 0
-            first_dead = dead and self.dead_reward_streak[name] == 1
-            if first_dead or (failed and self.step == 1):
-                why = self.reward_errors.get(name, "returned None")
-                scope = "every completion" if dead else f"{failed} completions"
-                self.log.print(f"[yellow]step {self.step}: reward {name!r} scored no value on {scope}: "
-                               f"{rich.markup.escape(why)}")
-
-    def dead_rewards(self) -> list[str]:
-        """Rewards that scored no completion for ``max_failed_reward_steps`` steps in a row."""
-        return [n for n, k in self.dead_reward_streak.items() if k >= self.cfg.max_failed_reward_steps]
-
-    # Per-process counts and rates whose global value is the sum over processes. Batch
-    # statistics (rewards, lengths, token averages, grad norm) are already global when they
-    # get here (computed on gathered data), so averaging them changes nothing; what is left
-    # per process is timings (averaged) and the loss (DDP's objective: the average).
-    SUMMED_METRICS = ("perf/samples_per_s", "perf/tokens_per_s", "dynamic_sampling/extra_prompts",
-                      "dynamic_sampling/kept_groups")
-
-    def _reduce(self, metrics: dict[str, float]) -> dict[str, float]:
-        """Combine scalar metrics over processes: sums for counts and rates, max for maxima,
-        else the mean."""
-        if self.acc.num_processes == 1:
-            return metrics
-        keys = sorted(k for k, v in metrics.items() if isinstance(v, int | float))
-        vals = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=self.acc.device)
-        gathered = self.acc.gather(vals.unsqueeze(0))  # [world, K]
-        out = dict(metrics)
-        for i, k in enumerate(keys):
-            col = gathered[:, i]
-            if k in self.SUMMED_METRICS or k.endswith("/failures"):
-                out[k] = col.sum().item()
-            elif k.endswith(("max_length", "/max_abs_log")):
-                out[k] = col.max().item()
-            else:
-                out[k] = col.nanmean().item()
-        return out
-
     def save(self, step: int) -> Path:
         """A checkpoint of everything ``_resume`` needs to continue exactly from ``step``."""
-        state = {"config": self.cfg.to_dict(), "extra_prompts_drawn": self.extra_prompts_drawn,
+        state = {"config": self.cfg.to_dict(), "extra_prompts_drawn": self.prompts.extra_drawn,
                  "nonfinite_skipped": self.nonfinite_skipped, "nonfinite_streak": self.nonfinite_streak,
                  "metrics": self.last_eval, "heldout_before": self.heldout_before,
                  # the KL reference is the initial policy (or, with LoRA, the adapter-disabled base)
                  "reference_model": None if self.ref_model is None and not self.ref_is_base_adapter
                  else ("base_adapter_disabled" if self.ref_is_base_adapter else self.cfg.model_name_or_path),
-                 "teacher_model": self.cfg.teacher_model_name_or_path, "config_changes": self.config_changes}
+                 "teacher_model": self.cfg.teacher_model_name_or_path, "config_changes": self.run_dir.config_changes}
+        policy = self.acc.unwrap_model(self.model)
         path = save_checkpoint(self.acc, self.cfg.output_dir, step, state, keep=self.cfg.save_total_limit,
-                               best_metric=self.cfg.metric_for_best_model,
-                               greater_is_better=self.cfg.greater_is_better, extra=self._hf_model_files)
+                               best_metric=self.cfg.metric_for_best_model, greater_is_better=self.cfg.greater_is_better,
+                               extra=lambda folder: hf_model_files(policy, self.tokenizer, folder))
         self._saved_step = step
         return path
 
-    def _hf_model_files(self, folder: Path) -> None:
-        """Make a checkpoint a Hugging Face model folder too: accelerate saved the weights as
-        model.safetensors under the model's own names; with config.json, the generation config and
-        the tokenizer next to them, ``from_pretrained(checkpoint)`` loads it (a full model; with
-        LoRA the weights are the adapter-wrapped model's, so load final_model/ instead)."""
-        model = self.acc.unwrap_model(self.model)
-        if is_peft_model(model):
-            return
-        model.config.save_pretrained(folder)
-        if getattr(model, "generation_config", None) is not None:
-            model.generation_config.save_pretrained(folder)
-        self.tokenizer.save_pretrained(folder)
-
     def save_final(self, out_dir: str | Path) -> Path:
-        """The trained policy as a plain Hugging Face model; with LoRA the merged weights, and
-        the adapter itself in ``out_dir/adapter``."""
-        model = self.acc.unwrap_model(self.model)
-        if not is_peft_model(model):
-            return save_model(self.acc, self.model, self.tokenizer, out_dir)
-        self.acc.wait_for_everyone()
-        if self.acc.is_main_process:
-            save_merged(model, self.tokenizer, out_dir)
-            model.save_pretrained(Path(out_dir) / "adapter", safe_serialization=True)
-        self.acc.wait_for_everyone()
-        return Path(out_dir)
+        """The trained policy as a plain Hugging Face model (rlreason.checkpoint.save_model)."""
+        return save_model(self.acc, self.model, self.tokenizer, out_dir)

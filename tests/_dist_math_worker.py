@@ -51,6 +51,7 @@ def lr_run(model_dir: str, out: Path) -> None:
     from accelerate import Accelerator
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from rlreason.build import assemble
     from rlreason.config import GRPOConfig
     from rlreason.data import arith_dataset, prepare
     from rlreason.trainer import GRPOTrainer
@@ -66,7 +67,7 @@ def lr_run(model_dir: str, out: Path) -> None:
                          reward_num_workers=0, eval_steps=0, save_steps=0, final_eval_size=0,
                          log_completions_steps=0, progress=False)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-        trainer = GRPOTrainer(cfg, model, tok, train, [_hash_reward], accelerator=acc)
+        trainer = GRPOTrainer(cfg, assemble(cfg, model, tok, train, [_hash_reward], accelerator=acc))
         trainer.train()
         if acc.is_main_process:
             rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -94,6 +95,7 @@ def forwards_run(model_dir: str, out: Path) -> None:
     from accelerate import Accelerator
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from rlreason.build import assemble
     from rlreason.config import GRPOConfig
     from rlreason.data import arith_dataset, prepare
     from rlreason.trainer import GRPOTrainer
@@ -117,7 +119,7 @@ def forwards_run(model_dir: str, out: Path) -> None:
                          rewards_plain_text=True,  # the reward matches prompts as text
                          eval_steps=0, save_steps=0, final_eval_size=0, log_completions_steps=0, progress=False)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-        trainer = GRPOTrainer(cfg, model, tok, train, [reward], accelerator=acc)
+        trainer = GRPOTrainer(cfg, assemble(cfg, model, tok, train, [reward], accelerator=acc))
         ro = trainer.collect()
         calls: list[int] = []
         core = acc.unwrap_model(trainer.model).model

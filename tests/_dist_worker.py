@@ -71,6 +71,7 @@ def train_cases(model_dir: str, out: Path, cases: list[str]) -> None:
     from accelerate.utils import broadcast_object_list
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from rlreason.build import assemble
     from rlreason.config import GRPOConfig
     from rlreason.data import arith_dataset, prepare
     from rlreason.distributed import full_state_dict
@@ -99,7 +100,7 @@ def train_cases(model_dir: str, out: Path, cases: list[str]) -> None:
                 final_eval_size=0, log_completions_steps=0, progress=False, **CASES[case])
             reward = _blocking_reward(blocked) if case == "dynamic_uneven" else _hash_reward
             model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-            trainer = GRPOTrainer(cfg, model, tok, train, [reward], accelerator=acc)
+            trainer = GRPOTrainer(cfg, assemble(cfg, model, tok, train, [reward], accelerator=acc))
             before = full_state_dict(trainer.model, acc)
             trainer.train()
             after = full_state_dict(trainer.model, acc)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import sys
 from pathlib import Path
 
+import _recipes
 import datasets
 import pytest
 import torch
@@ -19,8 +19,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlreason import algorithms as A
 from rlreason import distill
+from rlreason.build import assemble
 from rlreason.config import ConfigError, DistillConfig, GRPOConfig
 from rlreason.data import arith_dataset, prepare
+from rlreason.distill_offline import for_student
 from rlreason.rewards import accuracy_reward
 from rlreason.rewards.runner import RewardRunner
 from rlreason.rollout.base import SamplingConfig
@@ -30,8 +32,6 @@ from rlreason.tiny import build_tokenizer
 from rlreason.trainer import GRPOTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "recipes"))
-import distill as distill_recipe  # noqa: E402  (recipes/distill.py)
 
 # ---------------------------------------------------------------------------- rejection filter
 
@@ -194,7 +194,8 @@ def test_trainer_reverse_kl_metric_equals_a_hand_computation(tiny_path, tmp_path
     cfg = GRPOConfig(output_dir=str(tmp_path / "run"), teacher_model_name_or_path="perturbed",
                      **{**SMALL, "learning_rate": 1e-9})
     train = prepare(arith_dataset(64, 0, "train"), tokenizer=tok)
-    tr = GRPOTrainer(cfg, student, tok, train, [accuracy_reward], accelerator=Accelerator(cpu=True), teacher=teacher)
+    tr = GRPOTrainer(cfg, assemble(cfg, student, tok, train, [accuracy_reward], accelerator=Accelerator(cpu=True),
+                                   teacher=teacher))
     torch.manual_seed(0)
     ro = tr.collect()
     m = tr.update(ro)
@@ -231,7 +232,8 @@ def test_on_policy_distillation_moves_the_student_towards_the_teacher(tiny_path,
     cfg = GRPOConfig(output_dir=str(tmp_path / "run"), teacher_model_name_or_path="tiny",
                      **{**SMALL, "learning_rate": 1e-4})
     train = prepare(arith_dataset(64, 0, "train"), tokenizer=tok)
-    tr = GRPOTrainer(cfg, student, tok, train, [accuracy_reward], accelerator=Accelerator(cpu=True), teacher=teacher)
+    tr = GRPOTrainer(cfg, assemble(cfg, student, tok, train, [accuracy_reward], accelerator=Accelerator(cpu=True),
+                                   teacher=teacher))
     torch.manual_seed(0)
     before = _exact_reverse_kl(student, teacher, seqs)
     for _ in range(8):
@@ -264,8 +266,8 @@ def test_offline_data_is_re_encoded_for_a_student_with_another_tokenizer(tiny_mo
     prov = {"settings": {"tokenizer": distill.tokenizer_fingerprint(tok)}}
     ds = datasets.Dataset.from_list(records)
     cfg = DistillConfig(teacher_model_name_or_path="t")
-    assert distill_recipe.for_student(ds, prov, cfg, tok) is ds  # same tokenizer: the teacher's ids as they are
-    out = distill_recipe.for_student(ds, prov, cfg, other)
+    assert for_student(ds, prov, cfg, tok) is ds  # same tokenizer: the teacher's ids as they are
+    out = for_student(ds, prov, cfg, other)
     for r in out:
         rendered = other.apply_chat_template([{"role": "user", "content": r["prompt"]}], tokenize=False,
                                              add_generation_prompt=True)
@@ -297,7 +299,7 @@ def test_sft_loss_is_the_token_mean_nll_of_the_completions(tiny_path, tmp_path):
     cfg = GRPOConfig(output_dir=str(tmp_path / "run"), **{**SMALL, "learning_rate": 1e-9,
                                                           "per_device_train_batch_size": 4,
                                                           "gradient_accumulation_steps": 4})
-    tr = SFTTrainer(cfg, model, tok, ds, accelerator=Accelerator(cpu=True))
+    tr = SFTTrainer(cfg, assemble(cfg, model, tok, ds, [], accelerator=Accelerator(cpu=True), keep_dropout=True))
     ro = tr.collect()
     assert len(ro.samples) == 16 and [s.token_ids for s in ro.samples] != []
     # by hand: one plain forward per example, the completion tokens' NLL, averaged over all tokens
@@ -313,7 +315,8 @@ def test_sft_learns_its_data_and_packs_examples(tiny_path, tmp_path):
     cfg = GRPOConfig(output_dir=str(tmp_path / "run"), **{**SMALL, "learning_rate": 3e-3,
                                                           "per_device_train_batch_size": 32,
                                                           "pack_max_row_tokens": 256})
-    tr = SFTTrainer(cfg, AutoModelForCausalLM.from_pretrained(tiny_path), tok, ds, accelerator=Accelerator(cpu=True))
+    tr = SFTTrainer(cfg, assemble(cfg, AutoModelForCausalLM.from_pretrained(tiny_path), tok, ds, [],
+                                     accelerator=Accelerator(cpu=True), keep_dropout=True))
     ro = tr.collect()
     (_, batch), = tr._micro_batches(ro)
     assert batch["input_ids"].shape[0] < 32 / 3  # several examples per packed row
@@ -323,8 +326,8 @@ def test_sft_learns_its_data_and_packs_examples(tiny_path, tmp_path):
         tr.step += 1
     assert losses[-1] < 0.5 * losses[0], losses
     with pytest.raises(ValueError, match="completion_ids"):
-        SFTTrainer(cfg, AutoModelForCausalLM.from_pretrained(tiny_path), tok, ds.remove_columns("completion_ids"),
-                   accelerator=Accelerator(cpu=True))
+        SFTTrainer(cfg, assemble(cfg, AutoModelForCausalLM.from_pretrained(tiny_path), tok,
+                                 ds.remove_columns("completion_ids"), [], accelerator=Accelerator(cpu=True)))
 
 
 # ---------------------------------------------------------------------------- config
@@ -356,7 +359,7 @@ def teacher_dir(tiny_path, tmp_path_factory) -> Path:
 
 
 def _recipe(tmp_path, tiny_path, teacher_dir, *extra: str) -> dict:
-    return distill_recipe.main([
+    return _recipes.distill([
         "--config", str(ROOT / "recipes" / "configs" / "distill_onpolicy_tiny.yaml"),
         "--model_name_or_path", str(tiny_path), "--teacher_model_name_or_path", str(teacher_dir),
         "--max_steps", "2", "--per_device_train_batch_size", "16", "--gradient_accumulation_steps", "1",

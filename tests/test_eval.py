@@ -264,7 +264,7 @@ def test_cli_reproduces_trainer_heldout_eval(tiny_path, tmp_path, capsys):
     assert results["config"]["protocol"]["temperature"] == 0.0 and results["versions"]["torch"]
     assert "| arith |" in capsys.readouterr().out
 
-    # The trainer's held-out eval, as recipes/grpo_math.py builds it.
+    # The trainer's held-out eval, as rlreason.build builds it.
     tok = AutoTokenizer.from_pretrained(tiny_path)
     model = AutoModelForCausalLM.from_pretrained(tiny_path).eval()
     rows = list(prepare(datasets.Dataset.from_list(arith_suite(200)), prompt_column="prompt", tokenizer=tok))

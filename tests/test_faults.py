@@ -15,8 +15,7 @@ from rlreason.checkpoint import checkpoint_dirs, read_state
 from rlreason.rollout.base import Sample
 
 sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
-import grpo_math  # noqa: E402
+import _recipes  # noqa: E402
 from test_trainer import _varied_reward, make_trainer, one_step, params  # noqa: E402
 
 # ---------------------------------------------------------------------- non-finite updates
@@ -126,7 +125,7 @@ def test_bad_input_fails_before_training_and_names_the_problem(case, tiny_path, 
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
     out = tmp_path / "run"
     with pytest.raises(Exception, match=match):
-        grpo_math.main(["--output_dir", str(out), "--model_name_or_path", str(tiny_path), *argv])
+        _recipes.grpo(["--output_dir", str(out), "--model_name_or_path", str(tiny_path), *argv])
     assert not (out / "metrics.jsonl").exists() and not checkpoint_dirs(out)  # nothing trained, nothing written
 
 
@@ -136,13 +135,13 @@ def test_output_dir_with_another_runs_checkpoints_is_refused_unless_told(tiny_pa
     (out / "checkpoints" / "step-0000010" / "trainer_state.json").write_text('{"step": 10}')
     (out / "metrics.jsonl").write_text('{"step": 10}\n')
     with pytest.raises(FileExistsError, match="another run.s checkpoints.*resume_from_checkpoint.*overwrite_output"):
-        grpo_math.main(["--output_dir", str(out), "--model_name_or_path", str(tiny_path)])
+        _recipes.grpo(["--output_dir", str(out), "--model_name_or_path", str(tiny_path)])
     assert (out / "checkpoints" / "step-0000010").exists()  # refused, and lost nothing
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"max_steps": 1, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1,
                                    "num_generations": 4, "final_eval_size": 10, "eval_size": 10, "save_steps": 0,
                                    "progress": False}))
-    summary = grpo_math.main(["--config", str(cfg), "--output_dir", str(out), "--model_name_or_path", str(tiny_path),
+    summary = _recipes.grpo(["--config", str(cfg), "--output_dir", str(out), "--model_name_or_path", str(tiny_path),
                               "--overwrite_output_dir", "true"])
     assert summary["steps"] == 1
     assert [p.name for p in checkpoint_dirs(out)] == ["step-0000001"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,10 +13,10 @@ import torch
 import yaml
 
 from rlreason import host, tiny
+from rlreason.build import make_accelerator
 from rlreason.config import GRPOConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
-import grpo_math  # noqa: E402
+CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "configs"
 
 
 def cgroup(tmp_path: Path, files: dict[str, str]) -> Path:
@@ -91,12 +90,12 @@ def test_the_build_uses_one_thread_by_default_and_never_more_than_usable_cores(o
 @pytest.mark.parametrize("threads", [2, None])  # None: torch's default, which knows nothing of the affinity
 def test_the_recipe_never_sets_more_threads_than_usable_cores(one_core, tmp_path, threads):
     torch.set_num_threads(2)
-    grpo_math.start(GRPOConfig(output_dir=str(tmp_path / "run"), num_threads=threads))
+    make_accelerator(GRPOConfig(output_dir=str(tmp_path / "run"), num_threads=threads))
     assert torch.get_num_threads() == 1
 
 
 def test_the_tiny_configs_default_to_one_thread():
     for name in ("tiny_cpu", "tiny_moe_cpu", "distill_offline_tiny", "distill_onpolicy_tiny"):
-        cfg = yaml.safe_load((Path(grpo_math.__file__).parent / "configs" / f"{name}.yaml").read_text())
+        cfg = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
         assert cfg["num_threads"] == 1, name
     assert tiny.BUILD_THREADS == 1

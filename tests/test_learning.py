@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
+import _recipes
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _recipe():
-    spec = importlib.util.spec_from_file_location("grpo_math_recipe", ROOT / "recipes" / "grpo_math.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.mark.slow
 def test_short_grpo_run_improves_heldout_accuracy(tiny_path, tmp_path):
-    summary = _recipe().main([
+    summary = _recipes.grpo([
         "--model_name_or_path", str(tiny_path), "--output_dir", str(tmp_path / "run"),
         "--max_steps", "30", "--learning_rate", "1e-4", "--final_eval_size", "300", "--eval_steps", "0",
         "--save_steps", "0", "--progress", "false", "--num_threads", "2",

@@ -114,11 +114,10 @@ def test_lora_config_errors():
 
 
 def test_recipe_trains_a_lora_policy(tmp_path):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
-    import grpo_math
+    import _recipes
 
     out = tmp_path / "run"
-    summary = grpo_math.main(["--output_dir", str(out), "--use_peft", "true", "--lora_r", "4",
+    summary = _recipes.grpo(["--output_dir", str(out), "--use_peft", "true", "--lora_r", "4",
                               "--lora_target_modules", '["q_proj", "v_proj"]', "--beta", "0.04", "--max_steps", "2",
                               "--eval_steps", "0", "--final_eval_size", "20", "--eval_size", "20",
                               "--save_steps", "0", "--progress", "false", "--learning_rate", "1e-3"])

@@ -278,15 +278,13 @@ def test_routing_replay_needs_an_moe_policy(tiny_path, tmp_path):
 
 @pytest.mark.slow
 def test_moe_recipe_runs_from_its_yaml_and_reports_router_health(tiny_moe_path, tmp_path):
-    import importlib.util
     import json
 
+    import _recipes
+
     root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("grpo_math_recipe", root / "recipes" / "grpo_math.py")
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
     out = tmp_path / "run"
-    recipe.main(["--config", str(root / "recipes" / "configs" / "tiny_moe_cpu.yaml"),
+    _recipes.grpo(["--config", str(root / "recipes" / "configs" / "tiny_moe_cpu.yaml"),
                  "--model_name_or_path", str(tiny_moe_path),  # the quick build: same architecture
                  "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "16",
                  "--final_eval_size", "8", "--eval_steps", "0", "--save_steps", "0", "--progress", "false",

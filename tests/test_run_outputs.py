@@ -12,6 +12,7 @@ import pytest
 from accelerate import Accelerator
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from rlreason.build import assemble
 from rlreason.checkpoint import checkpoint_dirs, read_state
 from rlreason.config import GRPOConfig
 from rlreason.data import arith_dataset, prepare
@@ -28,9 +29,9 @@ def run(tiny_path, out: Path, **overrides) -> tuple[GRPOTrainer, dict]:
     tok = AutoTokenizer.from_pretrained(tiny_path)
     train = prepare(arith_dataset(256, 0, "train"), tokenizer=tok)
     evals = list(prepare(datasets.Dataset.from_list(arith_suite(40)), tokenizer=tok))
-    tr = GRPOTrainer(cfg, AutoModelForCausalLM.from_pretrained(tiny_path), tok, train, [accuracy_reward],
+    tr = GRPOTrainer(cfg, assemble(cfg, AutoModelForCausalLM.from_pretrained(tiny_path), tok, train, [accuracy_reward],
                      eval_rows=evals, eval_accuracy_fn=accuracy_reward, eval_format_fn=format_reward,
-                     accelerator=Accelerator(cpu=True, log_with=cfg.report_to or None, project_dir=str(out)))
+                     accelerator=Accelerator(cpu=True, log_with=cfg.report_to or None, project_dir=str(out))))
     return tr, tr.train()
 
 

@@ -10,6 +10,7 @@ import torch
 from accelerate import Accelerator
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from rlreason.build import assemble
 from rlreason.config import GRPOConfig
 from rlreason.data import arith_dataset, prepare
 from rlreason.rewards import accuracy_reward, completion_text
@@ -35,7 +36,8 @@ def make_trainer(tiny_path, tmp_path, reward_funcs=None, model=None, **overrides
     tok = AutoTokenizer.from_pretrained(tiny_path)
     model = model if model is not None else AutoModelForCausalLM.from_pretrained(tiny_path)
     train = prepare(arith_dataset(64, 0, "train"), tokenizer=tok)
-    return GRPOTrainer(cfg, model, tok, train, reward_funcs or [accuracy_reward], accelerator=Accelerator(cpu=True))
+    return GRPOTrainer(cfg, assemble(cfg, model, tok, train, reward_funcs or [accuracy_reward],
+                                     accelerator=Accelerator(cpu=True)))
 
 
 def params(trainer) -> dict[str, torch.Tensor]:
@@ -82,7 +84,7 @@ def test_dynamic_sampling_refills_with_informative_groups(tiny_path, tmp_path):
     assert m["dynamic_sampling/extra_prompts"] == m["dynamic_sampling/rounds"] * tr.prompts_per_process
     assert ro.informative_groups() == list(range(ro.num_groups))
     assert m["frac_zero_std_groups"] == 0.0
-    assert tr.extra_prompts_drawn == m["dynamic_sampling/extra_prompts"]
+    assert tr.prompts.extra_drawn == m["dynamic_sampling/extra_prompts"]
 
 
 def test_dynamic_sampling_without_any_signal_skips_the_update(tiny_path, tmp_path):
@@ -216,8 +218,8 @@ def _trainer_with(tiny_path, tmp_path, reward_funcs, system_prompt=None, **overr
     cfg = GRPOConfig(output_dir=str(tmp_path / "run"), **{**SMALL, "reward_num_workers": 0, **overrides})
     tok = AutoTokenizer.from_pretrained(tiny_path)
     train = prepare(arith_dataset(64, 0, "train"), tokenizer=tok, system_prompt=system_prompt)
-    return GRPOTrainer(cfg, AutoModelForCausalLM.from_pretrained(tiny_path), tok, train, reward_funcs,
-                       accelerator=Accelerator(cpu=True))
+    return GRPOTrainer(cfg, assemble(cfg, AutoModelForCausalLM.from_pretrained(tiny_path), tok, train, reward_funcs,
+                       accelerator=Accelerator(cpu=True)))
 
 
 def test_chat_templated_plain_prompts_reach_rewards_as_messages(tiny_path, tmp_path):
@@ -264,7 +266,7 @@ def _broken_trl_reward(prompts, completions, **kw):
 
 
 def test_a_reward_that_scores_nothing_stops_the_run_with_its_error_and_a_checkpoint(tiny_path, tmp_path, capsys):
-    from rlreason.trainer import RewardFailureError
+    from rlreason.health import RewardFailureError
 
     tr = _trainer_with(tiny_path, tmp_path, [accuracy_reward, _broken_trl_reward], max_steps=6,
                        max_failed_reward_steps=2, reward_num_workers=1)

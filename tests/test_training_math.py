@@ -13,6 +13,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from rlreason.build import assemble
 from rlreason.config import GRPOConfig, from_dict
 from rlreason.data import arith_dataset, prepare
 from rlreason.logprobs import completion_logprobs
@@ -34,7 +35,8 @@ def make_trainer(tiny_path, tmp_path, model=None, accelerator=None, **overrides)
     tok = AutoTokenizer.from_pretrained(tiny_path)
     model = model if model is not None else AutoModelForCausalLM.from_pretrained(tiny_path)
     train = prepare(arith_dataset(64, 0, "train"), tokenizer=tok)
-    return GRPOTrainer(cfg, model, tok, train, [_varied_reward], accelerator=accelerator or Accelerator(cpu=True))
+    return GRPOTrainer(cfg, assemble(cfg, model, tok, train, [_varied_reward],
+                                     accelerator=accelerator or Accelerator(cpu=True)))
 
 
 def one_step(trainer) -> dict[str, float]:
@@ -139,10 +141,21 @@ def test_dropout_is_off_in_the_log_prob_passes(tiny_path, tmp_path):
     assert drop and all(m.p == 0 for m in drop)
 
 
-def test_sft_keeps_dropout():
-    from rlreason.sft import SFTTrainer
+def test_sft_keeps_dropout(tiny_path, tmp_path):
+    """SFT's NLL compares no two passes: its parts keep LoRA dropout as a regulariser
+    (rlreason.distill_offline.build_sft builds them with keep_dropout=True)."""
+    import inspect
 
-    assert SFTTrainer.keep_dropout and not GRPOTrainer.keep_dropout
+    from rlreason import distill_offline
+
+    cfg = GRPOConfig(output_dir=str(tmp_path / "run"), **{**SMALL})
+    tok = AutoTokenizer.from_pretrained(tiny_path)
+    train = prepare(arith_dataset(8, 0, "train"), tokenizer=tok)
+    parts = assemble(cfg, _lora(tiny_path, 0.5), tok, train, [], accelerator=Accelerator(cpu=True), keep_dropout=True)
+    drop = [m for m in parts.model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert drop and all(m.p == 0.5 for m in drop)
+    parts.rewards.close()
+    assert "keep_dropout=True" in inspect.getsource(distill_offline.build_sft)
 
 
 # ---------------------------------------------------------------------- (4) truncated sampling and TIS
@@ -191,8 +204,8 @@ def test_stale_sampler_is_the_behaviour_policy(tiny_path, tmp_path, extra):
     engine = HFEngine(AutoModelForCausalLM.from_pretrained(tiny_path), tok)
     cfg = GRPOConfig(output_dir=str(tmp_path / "run"), weight_sync_steps=2, **SMALL, **extra)
     train = prepare(arith_dataset(64, 0, "train"), tokenizer=tok)
-    tr = GRPOTrainer(cfg, AutoModelForCausalLM.from_pretrained(tiny_path), tok, train, [_varied_reward],
-                     engine=engine, accelerator=Accelerator(cpu=True))
+    tr = GRPOTrainer(cfg, assemble(cfg, AutoModelForCausalLM.from_pretrained(tiny_path), tok, train, [_varied_reward],
+                     engine=engine, accelerator=Accelerator(cpu=True)))
     assert not tr.engine_shares_policy
     logged = [tr._one_step()[0] for _ in range(3)]
     assert [m["stale_sampler"] for m in logged] == [0.0, 1.0, 0.0]
@@ -206,7 +219,7 @@ def test_stale_sampler_is_the_behaviour_policy(tiny_path, tmp_path, extra):
 
 
 def test_setting_warnings():
-    from rlreason.trainer import setting_warnings
+    from rlreason.build import setting_warnings
 
     assert any("k1" in w for w in setting_warnings(GRPOConfig(beta=0.04, kl_estimator="k1"), False))
     assert setting_warnings(GRPOConfig(beta=0.04, kl_estimator="k3"), False) == []

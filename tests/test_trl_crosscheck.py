@@ -141,6 +141,7 @@ def test_update_gradients_equal_trl(tiny_path, tmp_path, preset, trl_loss, level
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from rlreason.build import assemble
     from rlreason.config import GRPOConfig
     from rlreason.data import arith_dataset, prepare
     from rlreason.trainer import GRPOTrainer
@@ -153,8 +154,8 @@ def test_update_gradients_equal_trl(tiny_path, tmp_path, preset, trl_loss, level
                      log_completions_steps=0, progress=False, **LAYOUTS[layout])
     train = prepare(arith_dataset(64, 0, "train"), tokenizer=tok)
     torch.manual_seed(0)
-    ours = GRPOTrainer(cfg, AutoModelForCausalLM.from_pretrained(tiny_path), tok, train, [_varied_reward],
-                       accelerator=Accelerator(cpu=True))
+    ours = GRPOTrainer(cfg, assemble(cfg, AutoModelForCausalLM.from_pretrained(tiny_path), tok, train, [_varied_reward],
+                       accelerator=Accelerator(cpu=True)))
     ro = ours.collect()
     assert len({len(p) for p in ro.prompt_ids}) > 1  # unequal prompt lengths: left padding in TRL's layout
     assert ro.advantages.ne(0).any()

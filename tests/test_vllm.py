@@ -34,6 +34,7 @@ from _logprobs import trainer_logprobs  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
+from rlreason.build import assemble  # noqa: E402
 from rlreason.config import GRPOConfig  # noqa: E402
 from rlreason.data import arith_dataset, prepare  # noqa: E402
 from rlreason.eval.suites import arith_suite  # noqa: E402
@@ -277,8 +278,9 @@ def _grpo_run(tiny_path, tmp_path, tok, name, engine=None) -> tuple[dict, list[d
     eval_rows = list(prepare(datasets.Dataset.from_list(arith_suite(EVAL_N)), tokenizer=tok))
     if engine is not None:
         engine.load_weights(model.named_parameters())  # the engine starts from the policy's weights
-    tr = GRPOTrainer(cfg, model, tok, train, [accuracy_reward], eval_rows=eval_rows, eval_accuracy_fn=accuracy_reward,
-                     eval_format_fn=format_reward, engine=engine, accelerator=Accelerator(cpu=True))
+    tr = GRPOTrainer(cfg, assemble(cfg, model, tok, train, [accuracy_reward], eval_rows=eval_rows,
+                                   eval_accuracy_fn=accuracy_reward, eval_format_fn=format_reward, engine=engine,
+                                   accelerator=Accelerator(cpu=True)))
     summary = tr.train()
     rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
     return summary, [r for r in rows if "loss" in r], tr
@@ -360,8 +362,7 @@ def test_recipe_yaml_switches_to_server_mode(engine, tmp_path):
     """Last in the module: the recipe's engine takes over the server's weight-transfer group."""
     if not isinstance(engine, VLLMServerEngine):
         pytest.skip("server mode only")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
-    import grpo_math
+    import _recipes
 
     engine.close()  # one trainer at a time drives a server's weight transfer
     cfg = tmp_path / "server.yaml"
@@ -369,7 +370,7 @@ def test_recipe_yaml_switches_to_server_mode(engine, tmp_path):
                                    "vllm_weight_transfer": "gloo", "vllm_group_port": free_port(),
                                    "importance_sampling_cap": 2.0}))
     out = tmp_path / "run"
-    summary = grpo_math.main(["--config", str(cfg), "--output_dir", str(out), "--max_steps", "6",
+    summary = _recipes.grpo(["--config", str(cfg), "--output_dir", str(out), "--max_steps", "6",
                               "--learning_rate", "1e-4", "--eval_steps", "0", "--final_eval_size", "100",
                               "--eval_size", "100", "--save_steps", "0", "--progress", "false"])
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
