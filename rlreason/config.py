@@ -57,9 +57,9 @@ class GRPOConfig:
     # tokens per chunk of the LM head + log-softmax in the log-prob passes, so the [batch, seq, vocab]
     # logits never exist at once (rlreason/logprobs.py); 0 or None = the model's full logits
     logprob_chunk_size: int | None = 512
-    # Log-prob passes over rows [prompt | its completions] with a block mask (rlreason/packing.py): each
-    # prompt is computed once per group and no completion is padded; same log-probs, less compute. Used
-    # when micro-batches hold whole groups and the attention takes a custom mask (sdpa, eager).
+    # Log-prob passes over rows [prompt | its completions] with a block mask (rlreason.batching.pack_groups):
+    # each prompt is computed once per group and no completion is padded; same log-probs, less compute.
+    # Used when micro-batches hold whole groups and the attention takes a custom mask (sdpa, eager).
     pack_prompt_groups: bool = True
     # Longest packed row; a group that does not fit is split over rows (each with the prompt). Masked
     # attention costs the square of the row, so longer rows trade less prompt recompute for more

@@ -50,6 +50,7 @@ from transformers import TrainerState, get_scheduler
 
 from rlreason import algorithms as A
 from rlreason import stopping
+from rlreason.batching import pack, pack_groups, supports_packing
 from rlreason.checkpoint import (
     check_output_dir,
     read_state,
@@ -63,11 +64,10 @@ from rlreason.config import GRPOConfig
 from rlreason.distributed import full_named_parameters, gather_varlen, reduce_sum
 from rlreason.eval.core import EvalProtocol, evaluate, evaluate_suites, flat_metrics
 from rlreason.eval.metrics import diff_interval, wilson_interval
-from rlreason.logprobs import completion_logprobs, enable_gradient_checkpointing, pack
+from rlreason.logprobs import completion_logprobs, enable_gradient_checkpointing
 from rlreason.lora import is_peft_model, merged_named_parameters, save_merged
 from rlreason.moe import ROUTER_CLASSES, RouterStats, RoutingCapture, aux_loss_coef, find_routers
 from rlreason.optim import optimizer_class, optimizer_kwargs
-from rlreason.packing import pack_groups, supports_packing
 from rlreason.resume import apply_optimizer_changes, change_record, check_config_changes
 from rlreason.rewards.runner import MESSAGES_COLUMN, RewardRunner, reward_inputs
 from rlreason.rollout.base import RolloutEngine, Sample, SamplingConfig

@@ -9,8 +9,9 @@ import pytest
 import torch
 from _logprobs import trainer_logprobs
 
+from rlreason.batching import left_pad
 from rlreason.rollout.base import RolloutEngine, SamplingConfig
-from rlreason.rollout.hf import HFEngine, decode, left_pad
+from rlreason.rollout.hf import HFEngine, decode
 from rlreason.tiny import prompt_text
 
 QUESTIONS = ["3+4", "47+38-19", "5-9+12-1", "80-7", "1+2+3+4"]

@@ -29,31 +29,8 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
+from rlreason.batching import left_pad, positions_from_mask
 from rlreason.rollout.base import Sample, SamplingConfig
-
-
-def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token id lists. -> ids [N, L], attention mask [N, L]."""
-    ids, mask = right_pad([s[::-1] for s in seqs], pad_id)
-    return ids.flip(1), mask.flip(1)
-
-
-def right_pad(seqs: list[list], pad_value: float | int, min_width: int = 0,
-              dtype: torch.dtype = torch.long) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad lists to one width (at least ``min_width``). -> values [N, W], mask [N, W] (long)."""
-    width = max([min_width, *map(len, seqs)])
-    values = torch.full((len(seqs), width), pad_value, dtype=dtype)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if s:
-            values[i, :len(s)] = torch.tensor(s, dtype=dtype)
-            mask[i, :len(s)] = 1
-    return values, mask
-
-
-def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
-    """Position ids that ignore left padding, as ``generate`` computes them. [N, L] -> [N, L]"""
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def process_logits(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
