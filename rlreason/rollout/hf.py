@@ -25,12 +25,12 @@ One host sync per step remains: whether any row finished (one per token on a GPU
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
 from rlreason.batching import left_pad, positions_from_mask
-from rlreason.rollout.base import Sample, SamplingConfig
+from rlreason.rollout.base import Sample, SamplingConfig, check_generate_args
 
 
 def process_logits(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
@@ -181,17 +181,14 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig,
-                 seeds: list[int] | None = None) -> list[list[Sample]]:
+                 seeds: Sequence[int] | None = None) -> list[list[Sample]]:
         """``n`` samples per prompt. With ``seeds`` (one per prompt) each prompt's group is
         generated alone with the RNG seeded by its seed, so its samples depend only on (model,
         prompt, seed): not on the other prompts of the batch, nor on how a batch is split over
         processes. That costs batching: one decode loop per prompt."""
-        if any(len(p) == 0 for p in prompts):
-            raise ValueError("empty prompt: every prompt needs at least one token")
+        check_generate_args(prompts, seeds)
         out: list[list[Sample]] = []
         if seeds is not None:
-            if len(seeds) != len(prompts):
-                raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
             device = next(self.model.parameters()).device
             for prompt, seed in zip(prompts, seeds, strict=True):
                 # fork_rng: the caller's RNG stream is left as it was
