@@ -34,7 +34,8 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from rlreason import algorithms as A  # noqa: E402
-from rlreason.logprobs import completion_logprobs, enable_gradient_checkpointing, pack  # noqa: E402
+from rlreason.batching import pack  # noqa: E402
+from rlreason.logprobs import completion_logprobs, enable_gradient_checkpointing  # noqa: E402
 from rlreason.rollout.base import SamplingConfig  # noqa: E402
 from rlreason.rollout.hf import HFEngine  # noqa: E402
 

@@ -268,7 +268,7 @@ def _read_local(path: Path, limit: int | None) -> list[dict]:
                 if line.strip():
                     rows.append(json.loads(line))
         return rows
-    from rlreason.data import load_dataset_any  # datasets is slow to import; only when needed
+    from rlreason.rewards.dataset_io import load_dataset_any  # datasets is slow to import; only when needed
 
     data = load_dataset_any(str(path), split="train")
     return list(data.select(range(min(limit, len(data))))) if limit is not None else list(data)

@@ -231,7 +231,7 @@ def run_check(
         raise ValueError(f"limit must be >= 1, got {limit}")
     if not 0.0 <= max_bad <= 1.0:
         raise ValueError(f"max-bad is a fraction of rows in [0, 1], got {max_bad}")
-    from rlreason.data import load_dataset_any  # the CLI entry point only: the library stays trainer-free
+    from .dataset_io import load_dataset_any  # here: `datasets` is slow to import, and only loading needs it
 
     data = load_dataset_any(dataset, split)
     if limit is not None:

@@ -28,10 +28,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
+# The allowed values of each choice, defined once: the config's fields are annotated with these
+# and validated against them (``typing.get_args``), and the functions below check against them.
+LossType = Literal["grpo", "dr_grpo", "dapo", "bnpo", "gspo"]  # the keys of PRESETS
+AdvantageEstimator = Literal["grpo", "rloo", "reinforce_pp"]
 AdvantageScale = Literal["group", "batch", "none"]
 AggregateMode = Literal["token_mean", "seq_mean", "seq_sum_norm"]
 RatioLevel = Literal["token", "sequence"]
@@ -112,7 +116,7 @@ def group_advantages(
         std = _nanstd(rewards) if (~torch.isnan(rewards)).sum() > 1 else rewards.new_tensor(1.0)
         centered = centered / (std + eps)
     elif scale != "none":
-        raise ValueError(f"scale must be 'group', 'batch' or 'none', got {scale!r}")
+        raise ValueError(f"scale must be one of {get_args(AdvantageScale)}, got {scale!r}")
     return _zero_flat(centered, flat)
 
 
@@ -192,7 +196,7 @@ def log_importance_ratio(
         seq = (log_r * m).sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp(min=1)
         log_r = seq.expand_as(log_r)
     elif level != "token":
-        raise ValueError(f"importance sampling level must be 'token' or 'sequence', got {level!r}")
+        raise ValueError(f"importance sampling level must be one of {get_args(RatioLevel)}, got {level!r}")
     return log_r.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
 
 
@@ -276,7 +280,7 @@ def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: KLKind = "k3")
         return 0.5 * d * d
     if kind == "k3":
         return torch.exp(d) - d - 1
-    raise ValueError(f"KL estimator must be 'k1', 'k2' or 'k3', got {kind!r}")
+    raise ValueError(f"KL estimator must be one of {get_args(KLKind)}, got {kind!r}")
 
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
@@ -356,7 +360,7 @@ def aggregate(
         if not max_len:
             raise ValueError("aggregate mode 'seq_sum_norm' needs max_len (the max completion length)")
         return (loss * mask).sum() / (n_seq * max_len)
-    raise ValueError(f"aggregate mode must be 'token_mean', 'seq_mean' or 'seq_sum_norm', got {mode!r}")
+    raise ValueError(f"aggregate mode must be one of {get_args(AggregateMode)}, got {mode!r}")
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -381,7 +385,7 @@ class LossPreset:
     clip: tuple[float, float] = (0.2, 0.2)
 
 
-PRESETS: dict[str, LossPreset] = {
+PRESETS: dict[LossType, LossPreset] = {
     # J = 1/G sum_i 1/|o_i| sum_t min(r A, clip(r) A)                  (Shao et al. 2024, eq. 3)
     "grpo": LossPreset("seq_mean", True, "token", "group", "DeepSeekMath, Shao et al. 2024, eq. 3"),
     # J = 1/(G L) sum_i sum_t min(r A, clip(r) A), A = r - mean(r)     (Liu et al. 2025, eq. 4)
@@ -399,7 +403,7 @@ PRESETS: dict[str, LossPreset] = {
 }
 
 
-def clip_range(loss_type: str, epsilon: float | None, epsilon_high: float | None) -> tuple[float, float]:
+def clip_range(loss_type: LossType, epsilon: float | None, epsilon_high: float | None) -> tuple[float, float]:
     """The (eps_low, eps_high) a run uses: the ``loss_type`` preset's paper values when neither
     is set; ``epsilon`` alone gives a symmetric clip (TRL's meaning of epsilon_high None);
     ``epsilon_high`` alone keeps the preset's eps_low."""
@@ -408,11 +412,9 @@ def clip_range(loss_type: str, epsilon: float | None, epsilon_high: float | None
         return low, high if epsilon_high is None else epsilon_high
     return epsilon, epsilon if epsilon_high is None else epsilon_high
 
-ADVANTAGE_ESTIMATORS = ("grpo", "rloo", "reinforce_pp")
-
 
 def advantages(
-    rewards: torch.Tensor, group_size: int, estimator: str = "grpo", scale: AdvantageScale = "group"
+    rewards: torch.Tensor, group_size: int, estimator: AdvantageEstimator = "grpo", scale: AdvantageScale = "group"
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Dispatch to an advantage estimator. rewards: [B*G] -> advantages: [B*G]"""
     if estimator == "grpo":
@@ -421,4 +423,4 @@ def advantages(
         return rloo_advantages(rewards, group_size)
     if estimator == "reinforce_pp":
         return reinforce_pp_advantages(rewards, group_size)
-    raise ValueError(f"advantage estimator must be one of {ADVANTAGE_ESTIMATORS}, got {estimator!r}")
+    raise ValueError(f"advantage estimator must be one of {get_args(AdvantageEstimator)}, got {estimator!r}")

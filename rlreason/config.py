@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import logging
 import math
 import types
@@ -19,19 +20,21 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
+from rlreason.algorithms import AdvantageEstimator, AdvantageScale, KLKind, LossType, RatioLevel, clip_range
 from rlreason.config_compat import migrate
+from rlreason.rollout.base import WeightBackend
 
-LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "gspo")  # rlreason.algorithms.PRESETS
-SCALE_REWARDS = ("group", "batch", "none")
-ADVANTAGE_ESTIMATORS = ("grpo", "rloo", "reinforce_pp")
-KL_ESTIMATORS = ("k1", "k2", "k3")
-RATIO_LEVELS = ("token", "sequence")
-VLLM_MODES = ("colocate", "server")
-OPTIMIZERS = ("adamw_torch", "adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit")  # rlreason.optim
+# Keys with a fixed set of values are annotated with a Literal type, defined once (the algorithm's
+# choices in rlreason.algorithms, the weight-transfer backends in rlreason.rollout.base, the rest
+# here); ``validate`` and ``from_dict`` check every such key against it (``_choices``).
+VLLMMode = Literal["colocate", "server"]
+Optimizer = Literal["adamw_torch", "adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit"]  # rlreason.optim
+DistillMode = Literal["on_policy", "offline"]
+DistillSelection = Literal["best_of_k", "all_correct", "shortest_correct"]  # rlreason.distill.select_completions
 
 
 logger = logging.getLogger("rlreason.config")
@@ -57,9 +60,9 @@ class GRPOConfig:
     # tokens per chunk of the LM head + log-softmax in the log-prob passes, so the [batch, seq, vocab]
     # logits never exist at once (rlreason/logprobs.py); 0 or None = the model's full logits
     logprob_chunk_size: int | None = 512
-    # Log-prob passes over rows [prompt | its completions] with a block mask (rlreason/packing.py): each
-    # prompt is computed once per group and no completion is padded; same log-probs, less compute. Used
-    # when micro-batches hold whole groups and the attention takes a custom mask (sdpa, eager).
+    # Log-prob passes over rows [prompt | its completions] with a block mask (rlreason.batching.pack_groups):
+    # each prompt is computed once per group and no completion is padded; same log-probs, less compute.
+    # Used when micro-batches hold whole groups and the attention takes a custom mask (sdpa, eager).
     pack_prompt_groups: bool = True
     # Longest packed row; a group that does not fit is split over rows (each with the prompt). Masked
     # attention costs the square of the row, so longer rows trade less prompt recompute for more
@@ -118,7 +121,7 @@ class GRPOConfig:
 
     # --- rollout engine ---
     use_vllm: bool = False  # generate with vLLM (needs vllm installed; docs/install.md) instead of transformers
-    vllm_mode: str = "colocate"  # colocate: vLLM in the trainer's process; server: a separate rlreason-vllm-serve
+    vllm_mode: VLLMMode = "colocate"  # colocate: vLLM in the trainer's process; server: a separate rlreason-vllm-serve
     vllm_gpu_memory_utilization: float = 0.3
     vllm_tensor_parallel_size: int = 1
     vllm_enable_sleep_mode: bool = False  # free vLLM's KV cache while training (GPU)
@@ -127,7 +130,8 @@ class GRPOConfig:
     vllm_server_port: int = 8000
     vllm_server_timeout: float = 240.0  # seconds to wait for the server to come up
     vllm_group_port: int = 51216  # port the trainer opens for the weight-transfer group (server mode)
-    vllm_weight_transfer: str = "auto"  # server mode: nccl | gloo | auto (nccl with a GPU); must match the server
+    # server mode: nccl | gloo | auto (nccl with a GPU); must match the server
+    vllm_weight_transfer: Literal["auto", WeightBackend] = "auto"
     # push the policy's weights to a separate engine every N steps; on the steps in between its own
     # log-probs are pi_old (the behaviour policy) of the ratio
     weight_sync_steps: int = 1
@@ -144,15 +148,15 @@ class GRPOConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.99
     max_grad_norm: float = 1.0
-    optim: str = "adamw_torch"  # adamw_torch | adamw_8bit | paged_adamw_8bit (8-bit: pip install bitsandbytes)
+    optim: Optimizer = "adamw_torch"  # adamw_torch | adamw_8bit | paged_adamw_8bit (8-bit: pip install bitsandbytes)
 
     # --- GRPO family (see rlreason/algorithms.py and docs/algorithms.md) ---
-    loss_type: str = "dapo"  # preset: grpo | dr_grpo | dapo | bnpo | gspo
-    advantage_estimator: str = "grpo"  # grpo (group baseline) | rloo | reinforce_pp
-    scale_rewards: str | None = None  # group | batch | none; None = the loss_type preset's choice
-    importance_sampling_level: str | None = None  # token | sequence; None = the preset's (gspo: sequence)
+    loss_type: LossType = "dapo"  # preset: grpo | dr_grpo | dapo | bnpo | gspo
+    advantage_estimator: AdvantageEstimator = "grpo"  # grpo (group baseline) | rloo | reinforce_pp
+    scale_rewards: AdvantageScale | None = None  # group | batch | none; None = the loss_type preset's choice
+    importance_sampling_level: RatioLevel | None = None  # token | sequence; None = the preset's (gspo: sequence)
     beta: float = 0.0  # KL coefficient; 0 loads no reference model
-    kl_estimator: str = "k3"  # k1 | k2 | k3
+    kl_estimator: KLKind = "k3"  # k1 | k2 | k3
     # Clip range; with neither set, the loss_type preset's paper values (dapo 0.2/0.28, gspo 3e-4/4e-4,
     # else 0.2/0.2; rlreason.algorithms.clip_range); epsilon alone = a symmetric clip. The resolved
     # values are what to_dict (the run's config.yaml) holds.
@@ -226,15 +230,9 @@ class GRPOConfig:
         need(self.completions_per_step % self.num_generations == 0, "per_device_train_batch_size",
              f"per_device_train_batch_size * gradient_accumulation_steps = {self.completions_per_step} "
              f"must be a multiple of num_generations = {self.num_generations}")
-        need(self.loss_type in LOSS_TYPES, "loss_type", f"must be one of {LOSS_TYPES}, got {self.loss_type!r}")
-        need(self.scale_rewards is None or self.scale_rewards in SCALE_REWARDS, "scale_rewards",
-             f"must be one of {SCALE_REWARDS}, got {self.scale_rewards!r}")
-        need(self.advantage_estimator in ADVANTAGE_ESTIMATORS, "advantage_estimator",
-             f"must be one of {ADVANTAGE_ESTIMATORS}, got {self.advantage_estimator!r}")
-        need(self.importance_sampling_level is None or self.importance_sampling_level in RATIO_LEVELS,
-             "importance_sampling_level", f"must be one of {RATIO_LEVELS}, got {self.importance_sampling_level!r}")
-        need(self.kl_estimator in KL_ESTIMATORS, "kl_estimator",
-             f"must be one of {KL_ESTIMATORS}, got {self.kl_estimator!r}")
+        for key, tp in _field_types(type(self)).items():
+            if _choices(tp):  # loss_type, scale_rewards, kl_estimator, optim, vllm_mode, ...
+                _check_type(key, getattr(self, key), tp)  # "must be one of (...), got ..."
         need(self.dual_clip is None or self.dual_clip > 1, "dual_clip", f"must be > 1, got {self.dual_clip}")
         need(self.importance_sampling_cap is None or self.importance_sampling_cap > 0, "importance_sampling_cap",
              f"must be > 0, got {self.importance_sampling_cap}")
@@ -242,10 +240,6 @@ class GRPOConfig:
         need(self.router_aux_loss_coef is None or self.router_aux_loss_coef >= 0, "router_aux_loss_coef",
              f"must be >= 0, got {self.router_aux_loss_coef}")
         need(self.max_resample_rounds >= 0, "max_resample_rounds", "must be >= 0")
-        need(self.vllm_mode in VLLM_MODES, "vllm_mode",
-             f"must be one of {VLLM_MODES}, got {self.vllm_mode!r}")
-        need(self.vllm_weight_transfer in ("auto", "gloo", "nccl"), "vllm_weight_transfer",
-             f"must be auto, gloo or nccl, got {self.vllm_weight_transfer!r}")
         need(self.max_failed_reward_steps >= 1, "max_failed_reward_steps",
              f"must be >= 1, got {self.max_failed_reward_steps}")
         need(self.max_nonfinite_steps >= 1, "max_nonfinite_steps", f"must be >= 1, got {self.max_nonfinite_steps}")
@@ -259,7 +253,6 @@ class GRPOConfig:
         need(self.reward_timeout_s > 0, "reward_timeout_s", f"must be > 0, got {self.reward_timeout_s}")
         need(self.pack_max_row_tokens is None or self.pack_max_row_tokens >= 1, "pack_max_row_tokens",
              f"must be >= 1, got {self.pack_max_row_tokens}")
-        need(self.optim in OPTIMIZERS, "optim", f"must be one of {OPTIMIZERS}, got {self.optim!r}")
         need(self.logprob_chunk_size is None or self.logprob_chunk_size >= 0, "logprob_chunk_size",
              f"must be >= 0 (0 or None = unchunked), got {self.logprob_chunk_size}")
         need(self.teacher_kl_coef >= 0, "teacher_kl_coef", f"must be >= 0, got {self.teacher_kl_coef}")
@@ -296,8 +289,6 @@ class GRPOConfig:
 
     def clip_range(self) -> tuple[float, float]:
         """(eps_low, eps_high) after the loss_type preset's defaults (rlreason.algorithms.clip_range)."""
-        from rlreason.algorithms import clip_range  # here: the config module stays free of torch
-
         return clip_range(self.loss_type, self.epsilon, self.epsilon_high)
 
     def _validate_ranges(self, need: Callable[[bool, str, str], None]) -> None:
@@ -337,10 +328,6 @@ class GRPOConfig:
         return d
 
 
-DISTILL_MODES = ("on_policy", "offline")
-SELECTIONS = ("best_of_k", "all_correct", "shortest_correct")  # rlreason.distill.select_completions
-
-
 @dataclass
 class DistillConfig(GRPOConfig):
     """``recipes/distill.py``'s config: every GRPO key plus the offline mode's (docs/distillation.md).
@@ -354,13 +341,13 @@ class DistillConfig(GRPOConfig):
     """
 
     output_dir: str = "runs/distill"
-    distill_mode: str = "on_policy"  # on_policy | offline
+    distill_mode: DistillMode = "on_policy"  # on_policy | offline
     # offline: where the rejection-sampled dataset is saved (None = output_dir/distill_data); if it
     # already holds one made with the same settings, it is reused instead of sampled again
     distill_dataset_path: str | None = None
     distill_num_problems: int = 2000  # training problems the teacher answers (the first of a seeded order)
     distill_samples_per_problem: int = 8  # k answers per problem
-    distill_selection: str = "best_of_k"  # best_of_k | all_correct | shortest_correct
+    distill_selection: DistillSelection = "best_of_k"  # best_of_k | all_correct | shortest_correct
     distill_min_reward: float = 1.0  # an answer counts as verified when its weighted reward is >= this
     distill_max_per_problem: int | None = 4  # cap on kept answers per problem (all_correct), None = no cap
     distill_temperature: float | None = None  # teacher's sampling temperature; None = temperature
@@ -372,12 +359,8 @@ class DistillConfig(GRPOConfig):
             if not ok:
                 raise ConfigError(f"config key '{key}': {msg}")
 
-        need(self.distill_mode in DISTILL_MODES, "distill_mode",
-             f"must be one of {DISTILL_MODES}, got {self.distill_mode!r}")
         need(bool(self.teacher_model_name_or_path), "teacher_model_name_or_path",
              "distillation needs a teacher model (a model folder or hub id sharing the student's tokenizer)")
-        need(self.distill_selection in SELECTIONS, "distill_selection",
-             f"must be one of {SELECTIONS}, got {self.distill_selection!r}")
         need(self.distill_num_problems >= 1, "distill_num_problems", f"must be >= 1, got {self.distill_num_problems}")
         need(self.distill_samples_per_problem >= 1, "distill_samples_per_problem",
              f"must be >= 1, got {self.distill_samples_per_problem}")
@@ -390,14 +373,28 @@ class DistillConfig(GRPOConfig):
                  "offline distillation trains on the teacher's tokens, which have no student sampler log-probs")
 
 
+@functools.cache
 def _field_types(cls: type[GRPOConfig] = GRPOConfig) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
+def _choices(tp: Any) -> tuple[Any, ...]:
+    """The values a ``Literal`` annotation allows, also inside ``X | None``; () for other types."""
+    if typing.get_origin(tp) is Literal:
+        return typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return tuple(v for a in typing.get_args(tp) for v in _choices(a))
+    return ()
+
+
 def _check_type(key: str, value: Any, tp: Any) -> Any:
     """Coerce/validate one value against its annotation; names the key on failure."""
     origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise ConfigError(f"config key '{key}': must be one of {typing.get_args(tp)}, got {value!r}")
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:

@@ -24,14 +24,14 @@ import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import datasets
 
+from rlreason.config import DistillSelection
 from rlreason.rewards.runner import reward_inputs
 from rlreason.rollout.base import RolloutEngine, SamplingConfig
 
-SELECTIONS = ("best_of_k", "all_correct", "shortest_correct")
 PROVENANCE_FILE = "provenance.json"
 
 
@@ -74,7 +74,7 @@ def _passes(r: float | None, min_reward: float) -> bool:
     return r is not None and not math.isnan(r) and r >= min_reward
 
 
-def select_completions(texts: list[str], rewards: list[float | None], lengths: list[int], selection: str,
+def select_completions(texts: list[str], rewards: list[float | None], lengths: list[int], selection: DistillSelection,
                        min_reward: float = 1.0, max_per_problem: int | None = None) -> list[int]:
     """Which of one problem's k answers to keep (indices into them, in sample order).
 
@@ -86,8 +86,9 @@ def select_completions(texts: list[str], rewards: list[float | None], lengths: l
     - ``shortest_correct``: the shortest verified answer (in tokens; ties: the first);
     - ``all_correct``: every distinct verified answer, at most ``max_per_problem``.
     """
-    if selection not in SELECTIONS:
-        raise ValueError(f"config key 'distill_selection': must be one of {SELECTIONS}, got {selection!r}")
+    if selection not in get_args(DistillSelection):
+        raise ValueError(f"config key 'distill_selection': must be one of {get_args(DistillSelection)}, "
+                         f"got {selection!r}")
     if not len(texts) == len(rewards) == len(lengths):
         raise ValueError(f"{len(texts)} texts, {len(rewards)} rewards and {len(lengths)} lengths")
     seen: set[str] = set()
@@ -124,8 +125,8 @@ class RejectionStats:
 
 
 def rejection_sample(engine: RolloutEngine, rows: list[dict], k: int, sampling: SamplingConfig,
-                     score: Callable[[list, list, dict[str, list]], Any], selection: str, min_reward: float,
-                     max_per_problem: int | None, prompt_column: str = "prompt",
+                     score: Callable[[list, list, dict[str, list]], Any], selection: DistillSelection,
+                     min_reward: float, max_per_problem: int | None, prompt_column: str = "prompt",
                      skip_columns: Iterable[str] = (), seeds: list[int] | None = None
                      ) -> tuple[list[dict], RejectionStats]:
     """Sample ``k`` answers to each row's prompt, score them, keep the selected ones.

@@ -24,10 +24,10 @@ from accelerate.utils import extract_model_from_parallel
 from torch.utils.checkpoint import checkpoint
 
 from rlreason import algorithms as A
+from rlreason.batching import model_attention_mask
 from rlreason.lora import is_peft_model
-from rlreason.packing import model_attention_mask
 from rlreason.rollout.base import SamplingConfig
-from rlreason.rollout.hf import left_pad, positions_from_mask, process_logits, right_pad
+from rlreason.rollout.hf import process_logits
 
 # Tokens per chunk by default: 512 x 151,936 fp32 logits is 311 MB, and a matmul of 512 rows
 # is already large enough that chunking costs little time.
@@ -192,7 +192,7 @@ def chunked_completion_logprobs(model, batch: dict[str, torch.Tensor], temperatu
                                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``trainer.completion_logprobs`` without the [N, L, V] logits: logp [N, T] (+ entropy [N, T]).
 
-    ``batch`` as ``trainer.pack`` builds it. The forward goes through ``model`` itself (so DDP
+    ``batch`` as ``rlreason.batching.pack`` builds it. The forward goes through ``model`` itself (so DDP
     still synchronises gradients and PEFT adapters apply) with ``logits_to_keep=1``; a hook on
     the decoder picks up the hidden states [N, L, H]. The one position of logits the model does
     compute checks that the chunked head reproduces the model's logits, so a model that
@@ -211,7 +211,7 @@ def packed_completion_logprobs(model, batch: dict[str, torch.Tensor], temperatur
                                chunk_size: int | None = DEFAULT_CHUNK_SIZE, with_entropy: bool = False,
                                entropy_grad: bool = False, truncation: tuple[int, float] | None = None
                                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs of the completion tokens of a prompt-group-packed batch (``rlreason.packing``).
+    """Log-probs of the completion tokens of a prompt-group-packed batch (``rlreason.batching.pack_groups``).
 
     -> logp [N, T] (+ entropy [N, T]) in the padded layout of ``completion_mask``, zero on
     padding. Only the hidden states that predict completion tokens go through the LM head
@@ -248,29 +248,6 @@ def packed_completion_logprobs(model, batch: dict[str, torch.Tensor], temperatur
 # ---------------------------------------------------------------------- the trainer's log-prob pass
 
 
-def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int,
-         sampler_logprobs: list[list[float]] | None = None) -> dict[str, torch.Tensor]:
-    """[left-padded prompt | right-padded completion] rows for a log-prob pass.
-
-    -> input_ids, attention_mask, position_ids: [N, P + T]; completion_mask: [N, T];
-    sampler_logp: [N, T] if given; plus "prompt_width" P. Positions skip the left padding,
-    as in generation, so the trainer scores exactly the computation the sampler did.
-    """
-    p_ids, p_mask = left_pad(prompt_ids, pad_id)
-    c_ids, c_mask = right_pad(completion_ids, pad_id, min_width=1)
-    mask = torch.cat([p_mask, c_mask], dim=1)
-    out = {
-        "input_ids": torch.cat([p_ids, c_ids], dim=1),
-        "attention_mask": mask,
-        "position_ids": positions_from_mask(mask),
-        "completion_mask": c_mask,
-        "prompt_width": p_ids.shape[1],
-    }
-    if sampler_logprobs is not None:
-        out["sampler_logp"] = right_pad(sampler_logprobs, 0.0, min_width=c_ids.shape[1], dtype=torch.float32)[0]
-    return out
-
-
 def completion_logprobs(model, batch: dict[str, torch.Tensor], temperature: float = 1.0,
                         with_entropy: bool = False, entropy_grad: bool = False, chunk_size: int | None = None,
                         truncation: tuple[int, float] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -283,7 +260,7 @@ def completion_logprobs(model, batch: dict[str, torch.Tensor], temperature: floa
     distribution). ``chunk_size`` > 0: the LM head and log-softmax run that many
     tokens at a time (``rlreason.logprobs``), never holding the [N, L, V] logits; else the
     model's full logits, the reference the chunked pass is tested against. A batch packed by
-    prompt group (``rlreason.packing``, it has "src") is scored from its packed rows.
+    prompt group (``rlreason.batching.pack_groups``, it has "src") is scored from its packed rows.
     """
     if truncation is not None and with_entropy:
         raise ValueError("completion_logprobs: the entropy of a truncated distribution is not computed (its "

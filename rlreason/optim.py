@@ -12,10 +12,11 @@ the moments page out to host memory under pressure.
 from __future__ import annotations
 
 import importlib
+from typing import get_args
 
 import torch
 
-from rlreason.config import OPTIMIZERS, ConfigError
+from rlreason.config import ConfigError, Optimizer
 
 # optim value -> its bitsandbytes.optim class (the others are torch's)
 BNB_CLASSES = {
@@ -27,8 +28,8 @@ BNB_CLASSES = {
 
 def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
     """The optimizer class for ``optim``; fails with the fix if bitsandbytes is needed and missing."""
-    if name not in OPTIMIZERS:
-        raise ConfigError(f"config key 'optim': must be one of {OPTIMIZERS}, got {name!r}")
+    if name not in get_args(Optimizer):
+        raise ConfigError(f"config key 'optim': must be one of {get_args(Optimizer)}, got {name!r}")
     if name not in BNB_CLASSES:
         return torch.optim.AdamW
     try:

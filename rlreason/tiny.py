@@ -37,8 +37,8 @@ from pathlib import Path
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
+from rlreason.batching import right_pad
 from rlreason.host import capped_threads
-from rlreason.rollout.hf import right_pad
 from rlreason.tasks import arith
 
 # Threads for the build: a fixed count keeps it reproducible. One by default: on 2 cores shared with

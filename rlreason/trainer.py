@@ -40,6 +40,7 @@ from transformers import TrainerState
 
 from rlreason import algorithms as A
 from rlreason import stopping
+from rlreason.batching import pack, pack_groups, supports_packing
 from rlreason.build import Parts, shares_policy
 from rlreason.checkpoint import hf_model_files, read_state, record_final_eval, save_checkpoint, save_model
 from rlreason.config import GRPOConfig
@@ -49,10 +50,9 @@ from rlreason.eval.core import EvalProtocol, evaluate, evaluate_suites, flat_met
 from rlreason.eval.metrics import wilson_interval
 from rlreason.experience import PromptStream, Rollout, completion_rows, sample_metrics
 from rlreason.health import RewardHealth
-from rlreason.logprobs import completion_logprobs, pack
+from rlreason.logprobs import completion_logprobs
 from rlreason.lora import is_peft_model, merged_named_parameters
 from rlreason.moe import ROUTER_CLASSES, RouterStats, RoutingCapture, aux_loss_coef, find_routers
-from rlreason.packing import pack_groups, supports_packing
 from rlreason.resume import apply_optimizer_changes
 from rlreason.rewards.runner import reward_inputs
 from rlreason.rollout.base import SamplingConfig
@@ -66,7 +66,7 @@ def _input_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 class GRPOTrainer:
-    # whether several prompt groups may share a packed row (rlreason.packing); GRPO's groups are
+    # whether several prompt groups may share a packed row (rlreason.batching); GRPO's groups are
     # long enough to fill rows, many short SFT examples are not (rlreason.sft)
     share_pack_rows = False
 
@@ -220,7 +220,7 @@ class GRPOTrainer:
             # gradients, so the processes' collectives stay matched.
             return [(slice(0, 1), self._padding_micro_batch())]
         G = ro.group_size
-        # Packed by prompt group when every micro-batch holds whole groups (rlreason/packing.py):
+        # Packed by prompt group when every micro-batch holds whole groups (rlreason/batching.py):
         # the same per-token log-probs without G copies of each prompt or completion padding.
         packed = self.cfg.pack_prompt_groups and mb % G == 0 and self.packing_supported
         for i in range(0, len(ro.samples), mb):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from rlreason.logprobs import completion_logprobs, pack
+from rlreason.batching import pack
+from rlreason.logprobs import completion_logprobs
 from rlreason.rollout.base import Sample
 
 

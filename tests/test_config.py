@@ -27,6 +27,35 @@ def test_wrong_type_names_key():
         from_dict({"reward_funcs": {"a": 1}})
 
 
+def test_choice_keys_have_one_source_and_clear_errors():
+    """Keys with a fixed set of values are Literal types (the algorithm's from rlreason.algorithms),
+    checked by from_dict and by the constructor with the same message: the key, every allowed value."""
+    from typing import get_args
+
+    from rlreason import algorithms as A
+    from rlreason.config import DistillConfig, _choices, _field_types
+
+    types_ = _field_types(DistillConfig)
+    for key, literal in [("loss_type", A.LossType), ("advantage_estimator", A.AdvantageEstimator),
+                         ("scale_rewards", A.AdvantageScale), ("importance_sampling_level", A.RatioLevel),
+                         ("kl_estimator", A.KLKind)]:
+        assert _choices(types_[key]) == get_args(literal), key
+    assert set(A.PRESETS) == set(get_args(A.LossType))
+    keys = [k for k, tp in types_.items() if _choices(tp)]
+    assert {"optim", "vllm_mode", "vllm_weight_transfer", "distill_mode", "distill_selection"} < set(keys)
+    base = {"teacher_model_name_or_path": "tiny"}
+    for key in keys:
+        allowed = _choices(types_[key])
+        message = rf"config key '{key}': must be one of \({', '.join(map(repr, allowed))}\), got 'nope'"
+        with pytest.raises(ConfigError, match=message):
+            from_dict({**base, key: "nope"}, DistillConfig)
+        with pytest.raises(ConfigError, match=message):
+            DistillConfig(**base, **{key: "nope"})
+        for value in allowed:
+            assert getattr(from_dict({**base, key: value}, DistillConfig), key) == value
+    assert GRPOConfig(scale_rewards=None).scale_rewards is None  # None: the preset's choice
+
+
 def test_yaml_scientific_notation_string_becomes_float():
     # PyYAML reads "1e-5" (no dot) as a string
     assert from_dict({"learning_rate": "1e-5"}).learning_rate == 1e-5

@@ -9,7 +9,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from rlreason.logprobs import LogitTransform, chunked_token_logprobs, completion_logprobs, logit_transform, pack
+from rlreason.batching import pack
+from rlreason.logprobs import LogitTransform, chunked_token_logprobs, completion_logprobs, logit_transform
 
 PROMPTS = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [3]]
 COMPLETIONS = [[20, 21, 22, 23, 24], [30, 31], [40, 41, 42, 43, 44, 45, 46], [50]]

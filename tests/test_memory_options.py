@@ -12,8 +12,9 @@ import torch
 from test_trainer import _varied_reward, make_trainer, one_step, params
 from transformers import AutoModelForCausalLM
 
+from rlreason.batching import pack
 from rlreason.config import ConfigError, GRPOConfig
-from rlreason.logprobs import completion_logprobs, enable_gradient_checkpointing, pack
+from rlreason.logprobs import completion_logprobs, enable_gradient_checkpointing
 from rlreason.optim import optimizer_class, optimizer_kwargs
 
 PROMPTS = [[5, 6, 7], [8, 9], [10, 11, 12, 13]]

@@ -9,8 +9,9 @@ import pytest
 import torch
 from _logprobs import trainer_logprobs
 
-from rlreason.rollout.base import RolloutEngine, SamplingConfig
-from rlreason.rollout.hf import HFEngine, decode, left_pad
+from rlreason.batching import left_pad
+from rlreason.rollout.base import RolloutEngine, SamplingConfig, check_generate_args, request_seeds
+from rlreason.rollout.hf import HFEngine, decode
 from rlreason.tiny import prompt_text
 
 QUESTIONS = ["3+4", "47+38-19", "5-9+12-1", "80-7", "1+2+3+4"]
@@ -23,6 +24,33 @@ def _prompts(tok):
 def test_engine_satisfies_protocol(tiny_model):
     model, tok = tiny_model
     assert isinstance(HFEngine(model, tok), RolloutEngine)
+
+
+def test_every_engine_takes_the_protocols_seeds():
+    """RolloutEngine.generate declares seeds=; every engine takes it with the same signature."""
+    import inspect
+
+    from rlreason.rollout.vllm import VLLMEngine
+    from rlreason.rollout.vllm_server import VLLMServerEngine
+
+    want = inspect.signature(RolloutEngine.generate)
+    assert want.parameters["seeds"].default is None
+    for engine in (HFEngine, VLLMEngine, VLLMServerEngine):
+        got = inspect.signature(engine.generate)
+        assert list(got.parameters) == list(want.parameters), engine.__name__
+        assert got.parameters["seeds"].default is None and got.parameters["seeds"].annotation == "Sequence[int] | None"
+
+
+def test_request_seeds_are_the_callers_or_a_reproducible_stream():
+    """The vLLM engines' one seeding rule (rollout.base.request_seeds)."""
+    assert request_seeds([3, 2**31 + 5], 2, engine_seed=0, call=0) == [3, 5]
+    drawn = request_seeds(None, 4, engine_seed=7, call=2)
+    assert drawn == request_seeds(None, 4, engine_seed=7, call=2) and all(0 <= s < 2**31 for s in drawn)
+    assert drawn != request_seeds(None, 4, engine_seed=7, call=3) != request_seeds(None, 4, engine_seed=8, call=2)
+    with pytest.raises(ValueError, match="2 seeds for 1 prompts"):
+        check_generate_args([[1]], [1, 2])
+    with pytest.raises(ValueError, match="empty prompt"):
+        check_generate_args([[1], []], None)
 
 
 def test_greedy_equals_plain_generate(tiny_model):

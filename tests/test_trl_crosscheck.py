@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from rlreason import algorithms as A
-from rlreason.logprobs import completion_logprobs, pack
+from rlreason.batching import pack
+from rlreason.logprobs import completion_logprobs
 from rlreason.rewards import completion_text
 from rlreason.rollout.base import SamplingConfig
 from rlreason.rollout.hf import HFEngine
@@ -121,7 +122,7 @@ def _varied_reward(completions, **kw):
 
 def _trl_inputs(ro, rows: range, pad_id: int) -> dict[str, torch.Tensor]:
     """TRL's micro-batch layout: left-padded prompts, right-padded completions."""
-    from rlreason.rollout.hf import left_pad, right_pad
+    from rlreason.batching import left_pad, right_pad
 
     p_ids, p_mask = left_pad([ro.prompt_ids[i] for i in rows], pad_id)
     c_ids, c_mask = right_pad([ro.samples[i].token_ids for i in rows], pad_id)

@@ -6,11 +6,15 @@ only ever calls ``generate`` and ``load_weights``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import random
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
 import torch
+
+# How a separate vLLM server receives the policy's weights (config key vllm_weight_transfer).
+WeightBackend = Literal["gloo", "nccl"]
 
 
 @dataclass(frozen=True)
@@ -49,13 +53,35 @@ class Sample:
 
 @runtime_checkable
 class RolloutEngine(Protocol):
-    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig) -> list[list[Sample]]:
+    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig,
+                 seeds: Sequence[int] | None = None) -> list[list[Sample]]:
         """``n`` samples for each prompt (token ids), grouped per prompt in input order.
 
-        Engines may also take ``seeds=`` (one int per prompt, making each group a function of
-        prompt and seed only); the trainer passes it only with ``generation_seed_per_prompt``."""
+        ``seeds``: one int per prompt, making each group a function of (weights, prompt, seed)
+        only, whatever the batch; the trainer passes it only with ``generation_seed_per_prompt``.
+        None: the engine's own random stream."""
         ...
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Take the policy's current weights."""
         ...
+
+
+def check_generate_args(prompts: list[list[int]], seeds: Sequence[int] | None) -> None:
+    """The checks every engine's ``generate`` makes: no empty prompt, one seed per prompt."""
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("empty prompt: every prompt needs at least one token")
+    if seeds is not None and len(seeds) != len(prompts):
+        raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
+
+
+def request_seeds(seeds: Sequence[int] | None, n_prompts: int, engine_seed: int, call: int) -> list[int]:
+    """One vLLM sampling seed per request (prompt), in [0, 2**31): the caller's ``seeds``, or,
+    without them, draws from a stream of (``engine_seed``, ``call``), the engine's count of
+    ``generate`` calls, so a run is reproducible and a group does not depend on its batch.
+    vLLM's parallel sampling gives request i's n samples the seeds s_i, s_i + 1, ..., s_i + n - 1.
+    The colocated and the server engine both seed this way, so they sample the same groups."""
+    if seeds is not None:
+        return [s % 2**31 for s in seeds]
+    rng = random.Random(f"rlreason-vllm:{engine_seed}:{call}")
+    return [rng.randrange(2**31) for _ in range(n_prompts)]

@@ -25,35 +25,12 @@ One host sync per step remains: whether any row finished (one per token on a GPU
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
-from rlreason.rollout.base import Sample, SamplingConfig
-
-
-def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token id lists. -> ids [N, L], attention mask [N, L]."""
-    ids, mask = right_pad([s[::-1] for s in seqs], pad_id)
-    return ids.flip(1), mask.flip(1)
-
-
-def right_pad(seqs: list[list], pad_value: float | int, min_width: int = 0,
-              dtype: torch.dtype = torch.long) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad lists to one width (at least ``min_width``). -> values [N, W], mask [N, W] (long)."""
-    width = max([min_width, *map(len, seqs)])
-    values = torch.full((len(seqs), width), pad_value, dtype=dtype)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if s:
-            values[i, :len(s)] = torch.tensor(s, dtype=dtype)
-            mask[i, :len(s)] = 1
-    return values, mask
-
-
-def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
-    """Position ids that ignore left padding, as ``generate`` computes them. [N, L] -> [N, L]"""
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+from rlreason.batching import left_pad, positions_from_mask
+from rlreason.rollout.base import Sample, SamplingConfig, check_generate_args
 
 
 def process_logits(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
@@ -204,17 +181,14 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig,
-                 seeds: list[int] | None = None) -> list[list[Sample]]:
+                 seeds: Sequence[int] | None = None) -> list[list[Sample]]:
         """``n`` samples per prompt. With ``seeds`` (one per prompt) each prompt's group is
         generated alone with the RNG seeded by its seed, so its samples depend only on (model,
         prompt, seed): not on the other prompts of the batch, nor on how a batch is split over
         processes. That costs batching: one decode loop per prompt."""
-        if any(len(p) == 0 for p in prompts):
-            raise ValueError("empty prompt: every prompt needs at least one token")
+        check_generate_args(prompts, seeds)
         out: list[list[Sample]] = []
         if seeds is not None:
-            if len(seeds) != len(prompts):
-                raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
             device = next(self.model.parameters()).device
             for prompt, seed in zip(prompts, seeds, strict=True):
                 # fork_rng: the caller's RNG stream is left as it was

@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import random
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 
-from rlreason.rollout.base import Sample, SamplingConfig
+from rlreason.rollout.base import Sample, SamplingConfig, check_generate_args, request_seeds
 
 # ---------------------------------------------------------------------- worker-side functions
 # They run inside vLLM's worker (``collective_rpc`` passes the worker as the first argument);
@@ -192,21 +191,15 @@ class VLLMEngine:
                               seed=seed, **common)
 
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig,
-                 seeds: list[int] | None = None) -> list[list[Sample]]:
+                 seeds: Sequence[int] | None = None) -> list[list[Sample]]:
         """``n`` samples per prompt; ``seeds`` (one per prompt) replace the engine's own
         per-call seeds, so a group depends only on (weights, prompt, seed)."""
         from vllm.inputs import TokensPrompt
 
-        if any(len(p) == 0 for p in prompts):
-            raise ValueError("empty prompt: every prompt needs at least one token")
-        if seeds is not None and len(seeds) != len(prompts):
-            raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
-        # Request i's children get seeds s_i, s_i + 1, ..., s_i + n - 1 (vLLM's parallel sampling).
-        rng = random.Random(f"rlreason-vllm:{self.seed}:{self._calls}")
+        check_generate_args(prompts, seeds)
+        seeds = request_seeds(seeds, len(prompts), self.seed, self._calls)
         self._calls += 1
-        if seeds is None:
-            seeds = [rng.randrange(2**31) for _ in prompts]
-        params = [self.sampling_params(n, sampling, s % 2**31) for s in seeds]
+        params = [self.sampling_params(n, sampling, s) for s in seeds]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
         groups = []
         for out in outs:

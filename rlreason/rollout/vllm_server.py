@@ -24,20 +24,19 @@ import argparse
 import dataclasses
 import json
 import os
-import random
 import sys
 import time
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, get_args
 
 import torch
 
-from rlreason.rollout.base import Sample, SamplingConfig
+from rlreason.rollout.base import Sample, SamplingConfig, WeightBackend, check_generate_args, request_seeds
 from rlreason.rollout.gloo_transfer import DEFAULT_BUCKET_BYTES, GlooWeightSender, HTTPClient, local_address_towards
 
-BACKENDS = ("gloo", "nccl")
+BACKENDS: tuple[WeightBackend, ...] = get_args(WeightBackend)
 
 
 def default_backend() -> str:
@@ -127,17 +126,12 @@ class VLLMServerEngine:
         return self.client.post("v1/completions", body)
 
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig,
-                 seeds: list[int] | None = None) -> list[list[Sample]]:
+                 seeds: Sequence[int] | None = None) -> list[list[Sample]]:
         """``n`` samples per prompt; ``seeds`` (one per prompt) replace the engine's own per-call
         seeds, so a group depends only on (weights, prompt, seed), as with the colocated engine."""
-        if any(len(p) == 0 for p in prompts):
-            raise ValueError("empty prompt: every prompt needs at least one token")
-        if seeds is not None and len(seeds) != len(prompts):
-            raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
-        # the colocated engine's seeding: request i's samples use seeds s_i .. s_i + n - 1
-        rng = random.Random(f"rlreason-vllm:{self.seed}:{self._calls}")
+        check_generate_args(prompts, seeds)
+        seeds = request_seeds(seeds, len(prompts), self.seed, self._calls)  # the colocated engine's seeding
         self._calls += 1
-        seeds = [s % 2**31 for s in seeds] if seeds is not None else [rng.randrange(2**31) for _ in prompts]
         with ThreadPoolExecutor(max_workers=max(1, min(self.max_concurrency, len(prompts)))) as pool:
             responses = list(pool.map(lambda p, s: self._request(p, n, sampling, s), prompts, seeds))
         groups = []

@@ -1,6 +1,14 @@
-"""Prompt-group packing for the log-prob passes: each prompt once, its completions after it.
+"""Token id lists -> padded and packed tensors, for generation and the log-prob passes alike.
 
-GRPO's G completions of a prompt share the prompt. The padded layout (``trainer.pack``) runs
+Rollout engines and the trainer both build batches from lists of token ids; the helpers for
+that live here, below both (this module imports nothing of rlreason, only torch):
+
+- ``left_pad``, ``right_pad``, ``positions_from_mask``: padding, and position ids that skip
+  left padding as ``generate`` computes them;
+- ``pack``: the padded layout of a log-prob pass, one row ``[prompt | completion]`` per sample;
+- ``pack_groups``: prompt-group packing, each prompt once with its completions after it.
+
+Prompt-group packing. GRPO's G completions of a prompt share the prompt. The padded layout (``pack``) runs
 every completion as its own row ``[prompt | completion | padding]``, so the prompt's tokens go
 through the model G times, forward and backward, and every row is padded to the longest
 completion. Packed, a row is ``[prompt | c_1 | c_2 | ... | c_k | padding]`` with a block mask:
@@ -18,14 +26,59 @@ row another group has begun, if it fits there whole (classic sequence packing, a
 with many short examples; ``rlreason.sft``): every token then also carries its group's index,
 and attention never crosses groups.
 
-Notation: N completions, T the longest completion, R rows, W the row width.
+Notation: N completions, P the longest prompt, T the longest completion, R rows, W the row width.
 """
 
 from __future__ import annotations
 
 import torch
 
-from rlreason.rollout.hf import right_pad
+
+def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token id lists. -> ids [N, L], attention mask [N, L]."""
+    ids, mask = right_pad([s[::-1] for s in seqs], pad_id)
+    return ids.flip(1), mask.flip(1)
+
+
+def right_pad(seqs: list[list], pad_value: float | int, min_width: int = 0,
+              dtype: torch.dtype = torch.long) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad lists to one width (at least ``min_width``). -> values [N, W], mask [N, W] (long)."""
+    width = max([min_width, *map(len, seqs)])
+    values = torch.full((len(seqs), width), pad_value, dtype=dtype)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            values[i, :len(s)] = torch.tensor(s, dtype=dtype)
+            mask[i, :len(s)] = 1
+    return values, mask
+
+
+def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that ignore left padding, as ``generate`` computes them. [N, L] -> [N, L]"""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int,
+         sampler_logprobs: list[list[float]] | None = None) -> dict[str, torch.Tensor]:
+    """[left-padded prompt | right-padded completion] rows for a log-prob pass.
+
+    -> input_ids, attention_mask, position_ids: [N, P + T]; completion_mask: [N, T];
+    sampler_logp: [N, T] if given; plus "prompt_width" P. Positions skip the left padding,
+    as in generation, so the trainer scores exactly the computation the sampler did.
+    """
+    p_ids, p_mask = left_pad(prompt_ids, pad_id)
+    c_ids, c_mask = right_pad(completion_ids, pad_id, min_width=1)
+    mask = torch.cat([p_mask, c_mask], dim=1)
+    out = {
+        "input_ids": torch.cat([p_ids, c_ids], dim=1),
+        "attention_mask": mask,
+        "position_ids": positions_from_mask(mask),
+        "completion_mask": c_mask,
+        "prompt_width": p_ids.shape[1],
+    }
+    if sampler_logprobs is not None:
+        out["sampler_logp"] = right_pad(sampler_logprobs, 0.0, min_width=c_ids.shape[1], dtype=torch.float32)[0]
+    return out
 
 
 def pack_groups(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int, group_size: int,
