@@ -183,6 +183,30 @@ def test_majority_vote_groups_equivalent_answers_and_breaks_ties_by_first_appear
     assert metrics.maj_at_k(["5"], [True], 1, same_answer) == 1.0
 
 
+def test_vote_pairs_cover_every_comparison_majority_voting_makes():
+    """The suites verify maj@k's answer pairs in one batch up front (eval.core.vote_table): the
+    pairs must include every (representative, answer) group_answers asks about, for any prefix
+    and any equivalence, even one that is not reflexive (an unparseable answer is not equal to
+    itself) or symmetric."""
+    import random
+
+    from rlreason.eval.core import vote_pairs
+
+    rng = random.Random(0)
+    for _ in range(500):
+        answers = [rng.choice([None, "a", "b", "c", "d"]) for _ in range(rng.randint(1, 8))]
+        table = {(x, y): rng.random() < 0.5 for x in "abcd" for y in "abcd"}
+        asked: set[tuple[str, str]] = set()
+
+        def same(x: str, y: str, table: dict = table, asked: set = asked) -> bool:
+            asked.add((x, y))
+            return table[(x, y)]
+
+        for k in range(1, len(answers) + 1):
+            metrics.group_answers(answers[:k], same)
+        assert asked <= vote_pairs(answers), answers
+
+
 def test_pass1_interval():
     assert metrics.pass1_interval([1.0, 0.0, 1.0, 1.0], 1) == metrics.wilson_interval(3, 4)
     per = [0.5, 0.25, 1.0, 0.0]
