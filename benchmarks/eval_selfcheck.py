@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from rlreason.eval.core import TIMEOUTS, EvalProtocol, self_consistency
+from rlreason.eval.core import EvalProtocol, self_consistency, suite_scorer
 from rlreason.eval.suites import SUITES, get_suite, load_problems
 
 
@@ -26,27 +26,29 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--suites", default=",".join(n for n in SUITES if n != "arith"))
     p.add_argument("--fallback", default=None, help="extraction fallbacks, e.g. last_math (default: none)")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds per scored text")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds per scoring call (up to 64 texts)")
+    p.add_argument("--workers", type=int, default=2, help="scoring worker processes")
     args = p.parse_args()
-    protocol = EvalProtocol(extract_fallback=tuple(args.fallback.split(",")) if args.fallback else None,
-                            score_timeout_s=args.timeout)
+    protocol = EvalProtocol(extract_fallback=tuple(args.fallback.split(",")) if args.fallback else None)
     print(f"extraction rules {protocol.extract_rules}, fallback {protocol.extract_fallback}, "
-          f"timeout {protocol.score_timeout_s}s\n")
-    print("| suite | problems | solution | boxed gold | shifted gold | shifted solution | timeouts | seconds |")
+          f"{args.workers} scoring workers, timeout {args.timeout}s per call\n")
+    print("| suite | problems | solution | boxed gold | shifted gold | shifted solution | score failures | seconds |")
     print("|---|---|---|---|---|---|---|---|")
     failures = {}
-    for name in args.suites.split(","):
-        suite = get_suite(name)
-        try:
-            problems = load_problems(suite, allow_hub=False)
-        except FileNotFoundError as e:
-            print(f"| {name} | not available: {e} |")
-            continue
-        start, timeouts = time.perf_counter(), TIMEOUTS["score"]
-        r = self_consistency(suite, problems, protocol)
-        failures[name] = r["solution_failures"]
-        print(f"| {name} | {r['problems']} | {pct(r['solution'])} | {pct(r['boxed_gold'])} | {pct(r['shifted_gold'])} "
-              f"| {pct(r['shifted_solution'])} | {TIMEOUTS['score'] - timeouts} | {time.perf_counter() - start:.1f} |")
+    with suite_scorer(num_workers=args.workers, timeout_s=args.timeout) as scorer:
+        for name in args.suites.split(","):
+            suite = get_suite(name)
+            try:
+                problems = load_problems(suite, allow_hub=False)
+            except FileNotFoundError as e:
+                print(f"| {name} | not available: {e} |")
+                continue
+            start = time.perf_counter()
+            r = self_consistency(suite, problems, scorer, protocol)
+            failures[name] = r["solution_failures"]
+            print(f"| {name} | {r['problems']} | {pct(r['solution'])} | {pct(r['boxed_gold'])} "
+                  f"| {pct(r['shifted_gold'])} | {pct(r['shifted_solution'])} | {r['score_failures']} "
+                  f"| {time.perf_counter() - start:.1f} |")
     for name, fails in failures.items():
         if fails and len(fails) < 20:
             print(f"\n{name}: {len(fails)} solutions did not score")

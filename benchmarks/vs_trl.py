@@ -142,14 +142,16 @@ def heldout_accuracy(model, tok, rows: list[dict], max_tokens: int) -> float | N
     """Greedy accuracy of ``model`` on ``rows``: the same code for both trainers' final models."""
     if not rows:
         return None
-    from rlreason.eval.core import evaluate
+    from rlreason.eval.core import evaluate, heldout_scorer
     from rlreason.rewards import accuracy_reward
     from rlreason.rollout.base import SamplingConfig
     from rlreason.rollout.hf import HFEngine
 
     model.eval()
-    res = evaluate(HFEngine(model, tok), [r["prompt_ids"] for r in rows], [r["prompt"] for r in rows],
-                   [r["answer"] for r in rows], accuracy_reward, SamplingConfig(max_tokens=max_tokens, temperature=0.0))
+    # "spawn": this process may be running threads by now (a fork would copy their locks)
+    with heldout_scorer(accuracy_reward, start_method="spawn") as scorer:
+        res = evaluate(HFEngine(model, tok), [r["prompt_ids"] for r in rows], [r["prompt"] for r in rows],
+                       [r["answer"] for r in rows], scorer, SamplingConfig(max_tokens=max_tokens, temperature=0.0))
     return res["accuracy"]
 
 

@@ -36,6 +36,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--extract-fallback", default=None,
                    help="comma-separated answer fallbacks when no marker is found (whole,answer_phrase,last_math,"
                         "last_number); default none")
+    # Scoring runs in the reward runner's worker processes, as training rewards do; the names
+    # match rlreason/config.py's keys (the dashed spelling works too).
+    p.add_argument("--reward_num_workers", "--reward-num-workers", type=int, default=2,
+                   help="worker processes scoring completions; 0 = in this process (no timeout or memory cap)")
+    p.add_argument("--reward_timeout_s", "--reward-timeout-s", type=float, default=10.0,
+                   help="seconds per scoring call (a chunk of at most 64 completions); past it the call is "
+                        "stopped and its completions rescored one by one, those that fail again scored wrong")
+    p.add_argument("--reward_memory_mb", "--reward-memory-mb", type=int, default=1024,
+                   help="address space a scoring worker may add, in MB; 0 = no cap")
     p.add_argument("--engine", choices=("hf", "vllm"), default="hf")
     p.add_argument("--engine-kwargs", default="{}", help="JSON dict passed to the engine's constructor")
     p.add_argument("--dtype", default="auto", help="hf engine: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
@@ -46,7 +55,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.compare and not args.model:
         p.error("--model is required (or use --compare A B)")
+    if args.reward_num_workers < 0 or not args.reward_timeout_s > 0 or args.reward_memory_mb < 0:
+        p.error("--reward_num_workers must be >= 0, --reward_timeout_s > 0 and --reward_memory_mb >= 0")
     return args
+
+
+def build_scorer(args: argparse.Namespace):
+    """The suites' scoring runner with the arguments' timeout, workers and memory cap
+    (``rlreason.eval.core.suite_scorer``); the caller closes it."""
+    from rlreason.eval.core import suite_scorer
+
+    return suite_scorer(num_workers=max(args.reward_num_workers, 1), timeout_s=args.reward_timeout_s,
+                        memory_mb=args.reward_memory_mb or None, in_process=args.reward_num_workers == 0)
 
 
 def build_protocol(args: argparse.Namespace):
@@ -132,9 +152,12 @@ def main(argv: list[str] | None = None) -> dict | None:
     protocol = build_protocol(args)
     names = [s.strip() for s in args.suites.split(",") if s.strip()]
     model_path = resolve_model(args.model)
-    engine, tokenizer = build_engine(args, model_path)
-    results = evaluate_suites(engine, tokenizer, names, protocol, allow_hub=not args.no_hub,
-                              log=lambda line: print(line, file=sys.stderr))
+    # Built before the engine: a "fork" runner forks this process, best while it is small and
+    # has no engine threads yet.
+    with build_scorer(args) as scorer:
+        engine, tokenizer = build_engine(args, model_path)
+        results = evaluate_suites(engine, tokenizer, names, protocol, scorer=scorer, allow_hub=not args.no_hub,
+                                  log=lambda line: print(line, file=sys.stderr))
     extra = {"model": args.model, "model_path": model_path, "engine": args.engine,
              "engine_kwargs": json.loads(args.engine_kwargs), "dtype": args.dtype, "argv": argv or sys.argv[1:]}
     table = markdown_table(results["suites"])

@@ -3,14 +3,21 @@ and on benchmark suites (``evaluate_suites``, the CLI and periodic evaluation).
 
 Everything here talks to the engine through the ``RolloutEngine`` protocol only, so the
 transformers engine and a vLLM engine are interchangeable.
+
+Scoring goes through a :class:`~rlreason.rewards.runner.RewardRunner`, the path training
+rewards take, so evaluation has training's failure policy: a reward call that hangs, raises,
+blows its memory cap or kills its worker is stopped, and only the completions involved are
+scored wrong and counted (``score_failures``). Build the runners once, early (a ``"fork"``
+runner forks when built), with :func:`heldout_scorer` and :func:`suite_scorer`, and close them
+when done.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,10 +27,36 @@ import torch
 from rlreason.data import render_prompt
 from rlreason.eval.metrics import breakdown, suite_metrics, wilson_interval
 from rlreason.eval.suites import TEMPLATES, Suite, Template, get_suite, get_template, load_problems
-from rlreason.rewards._deadline import time_limit
 from rlreason.rewards.format import format_reward
 from rlreason.rewards.math import RULES, extract_answer, verify
+from rlreason.rewards.runner import RewardRunner
 from rlreason.rollout.base import RolloutEngine, SamplingConfig
+
+# An evaluation must score every completion it can: a reward that hangs on many completions
+# costs time, never the rest of the eval. The runner still gives a function up for the batch
+# after 2 * num_workers timeouts with no call succeeding (a reward that hangs on everything).
+_EVAL_MAX_TIMEOUTS = 1_000_000
+
+
+def heldout_scorer(accuracy_fn: Callable, format_fn: Callable | None = None, **runner_kwargs: Any) -> RewardRunner:
+    """The runner :func:`evaluate` scores with: ``accuracy_fn``, then ``format_fn`` if given.
+
+    ``runner_kwargs`` go to :class:`RewardRunner` (``num_workers``, ``timeout_s``, ``memory_mb``,
+    ``in_process``, ``start_method``...); ``max_timeouts`` defaults to no practical limit, so
+    many pathological completions cost time but never the rest of the eval.
+    """
+    runner_kwargs.setdefault("max_timeouts", _EVAL_MAX_TIMEOUTS)
+    return RewardRunner([accuracy_fn] if format_fn is None else [accuracy_fn, format_fn], **runner_kwargs)
+
+
+def _check_scorer(scorer: Any, sizes: tuple[int, ...], build: str) -> None:
+    if not isinstance(scorer, RewardRunner) or len(scorer.funcs) not in sizes:
+        raise TypeError(f"expected a RewardRunner built with {build}, got {scorer!r}: scoring goes through "
+                        "the reward runner (timeouts, crash isolation, memory cap)")
+
+
+def _value(v: float) -> float | None:
+    return None if math.isnan(v) else v
 
 
 def evaluate(
@@ -31,18 +64,29 @@ def evaluate(
     prompt_ids: list[list[int]],
     prompts: list,
     answers: list[str],
-    accuracy_fn: Callable,
+    scorer: RewardRunner,
     sampling: SamplingConfig,
-    format_fn: Callable | None = None,
 ) -> dict:
     """Greedy (or sampled, one per problem) accuracy with a 95% Wilson interval.
 
+    ``scorer``: a runner over the accuracy reward and optionally the format reward, in that
+    order (:func:`heldout_scorer`); each is called with ``prompts``, the completion texts and
+    the column ``answer``. A completion whose accuracy call failed (raised, timed out, ran out
+    of memory, crashed its worker) is wrong and counted in ``score_failures``; one whose format
+    call failed is unformatted, counted in ``format_failures``.
+
     Returns {"accuracy", "accuracy_ci95", "correct", "n", "format_rate", "mean_length",
-    "truncated_frac", "samples"} where samples holds the first few (prompt, completion, score).
+    "truncated_frac", "samples", "score_failures", "format_failures"} where samples holds the
+    first few (prompt, completion, score); ``format_rate`` and ``format_failures`` only with a
+    format reward.
     """
+    _check_scorer(scorer, (1, 2), "heldout_scorer(accuracy_fn, format_fn)")
     groups = engine.generate(prompt_ids, 1, sampling)
     texts = [g[0].text for g in groups]
-    scores = accuracy_fn(prompts=prompts, completions=texts, answer=answers)
+    scored = scorer.score(list(prompts), texts, {"answer": list(answers)})
+    accuracy_name = scorer.names[0]
+    # NaN: None ("does not apply") or a failure; neither is a correct answer.
+    scores = [_value(v) for v in scored.per_func[accuracy_name].tolist()]
     correct = sum(1 for s in scores if s is not None and s >= 1.0)
     n = len(texts)
     lo, hi = wilson_interval(correct, n)
@@ -57,10 +101,13 @@ def evaluate(
             {"prompt": p, "completion": t, "answer": a, "score": s}
             for p, t, a, s in list(zip(prompts, texts, answers, scores, strict=True))[:5]
         ],
+        "score_failures": scored.failures[accuracy_name],
     }
-    if format_fn is not None:
-        fmt = format_fn(prompts=prompts, completions=texts)
-        out["format_rate"] = sum(1 for f in fmt if f) / max(n, 1)
+    if len(scorer.names) > 1:
+        format_name = scorer.names[1]
+        fmt = scored.per_func[format_name].tolist()
+        out["format_rate"] = sum(1 for f in fmt if not math.isnan(f) and f) / max(n, 1)
+        out["format_failures"] = scored.failures[format_name]
     return out
 
 
@@ -84,8 +131,9 @@ class EvalProtocol:
     template when it has one, ``"on"`` requires one, ``"off"`` sends raw text.
 
     Scoring: answers are extracted with ``extract_rules``/``extract_fallback`` (see
-    ``rlreason.rewards.math.extract_answer``) and compared to the gold with ``verify``,
-    each completion within ``score_timeout_s`` seconds (else scored wrong and counted).
+    ``rlreason.rewards.math.extract_answer``) and compared to the gold with ``verify``, in the
+    scorer's worker processes (:func:`suite_scorer`: its timeout, memory cap and crash
+    isolation; a completion whose scoring failed is wrong and counted in ``score_failures``).
     """
 
     n: int = 1
@@ -102,7 +150,6 @@ class EvalProtocol:
     chat_template: str = "auto"
     extract_rules: tuple[str, ...] = RULES
     extract_fallback: str | tuple[str, ...] | None = None
-    score_timeout_s: float = 5.0  # per completion: extraction + verification (0 = no limit)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes recorded with the config
 
     def __post_init__(self) -> None:
@@ -156,65 +203,136 @@ def render(problem: dict, suite: Suite, template: Template, tokenizer: Any, chat
     return text
 
 
-def follows_format(text: str, template: Template, answer: str | None) -> bool:
-    """Whether a completion followed the template's answer format (``Template.format``)."""
-    if template.format == "think_answer":
+def follows_format(text: str, answer_format: str, answer: str | None) -> bool:
+    """Whether a completion followed a template's answer format (``Template.format``)."""
+    if answer_format == "think_answer":
         return format_reward(prompts=[None], completions=[text])[0] == 1.0
-    if template.format == "boxed":
+    if answer_format == "boxed":
         return extract_answer(text, rules=("boxed",)) is not None
     return answer is not None
 
 
-# Scoring calls that hit the time limit, since import (reported per suite as "score_timeouts").
-TIMEOUTS: Counter[str] = Counter()
+# The log_extra column score_answers reports through: (answer, verdict, formatted) per completion.
+# A completion whose call failed has nothing logged there (None): that is how failures are told
+# apart from a gold that cannot be parsed (verdict None), which is not a failure.
+SCORED = "eval_scored"
+
+
+def score_answers(
+    prompts: list,
+    completions: list,
+    gold: list,
+    extract_rules: Sequence[str] | None = RULES,
+    extract_fallback: str | Sequence[str] | None = None,
+    answer_format: str | None = None,
+    log_extra: Callable[[str, list], None] | None = None,
+    **kwargs: Any,
+) -> list[float | None]:
+    """The suites' scoring reward: 1.0 if a completion's answer matches its ``gold``, else 0.0;
+    None where the gold cannot be parsed. Runs in the scorer's workers (:func:`suite_scorer`).
+
+    The answer is extracted with ``extract_rules``/``extract_fallback``; ``extract_rules=None``
+    means the completions already are answers (majority voting compares two answers: the gold
+    is the first). Logs ``(answer, verdict, formatted)`` per completion under :data:`SCORED`,
+    ``formatted`` per :func:`follows_format` (None without ``answer_format``).
+    """
+    scored = []
+    for text, g in zip(completions, gold, strict=True):
+        answer = text if extract_rules is None else extract_answer(text, extract_rules, extract_fallback)
+        verdict = verify(g, answer)
+        formatted = None if answer_format is None else follows_format(text, answer_format, answer)
+        scored.append((answer, verdict, formatted))
+    if log_extra is not None:
+        log_extra(SCORED, scored)
+    return [None if v is None else float(v) for _, v, _ in scored]
+
+
+def suite_scorer(score_fn: Callable = score_answers, **runner_kwargs: Any) -> RewardRunner:
+    """The runner :func:`evaluate_suites` and :func:`self_consistency` score with.
+
+    ``runner_kwargs`` go to :class:`RewardRunner` (``num_workers``, ``timeout_s`` per call,
+    ``memory_mb``, ``in_process``, ``start_method``...). Calls score chunks of at most 64
+    completions (``chunk_size="auto"``), spread over the workers; a chunk that fails is rescored
+    one completion per call, so a pathological completion costs about two timeouts and only
+    itself. ``score_fn`` replaces :func:`score_answers` (same arguments and logged column).
+    """
+    runner_kwargs.setdefault("chunk_size", "auto")
+    runner_kwargs.setdefault("max_timeouts", _EVAL_MAX_TIMEOUTS)
+    return RewardRunner([score_fn], **runner_kwargs)
+
+
+def score_completions(
+    scorer: RewardRunner,
+    texts: Sequence[str],
+    golds: Sequence[Any],
+    protocol: EvalProtocol,
+    answer_format: str | None = None,
+    given_answers: bool = False,
+) -> list[tuple[str | None, bool | None, bool | None] | None]:
+    """(extracted answer, verdict, formatted) of each completion, scored by ``scorer`` in one
+    batch; None where scoring failed (count them: the completion is wrong). The verdict is None
+    when the gold is unparseable. ``given_answers``: the texts already are answers."""
+    _check_scorer(scorer, (1,), "suite_scorer()")
+    shared = {"extract_rules": None if given_answers else tuple(protocol.extract_rules),
+              "extract_fallback": protocol.extract_fallback, "answer_format": answer_format}
+    out = scorer.score([None] * len(texts), list(texts), {"gold": list(golds)}, shared=shared)
+    logged = out.extra.get(SCORED, [None] * len(texts))
+    return [None if s is None else tuple(s) for s in logged]
 
 
 def score_text(text: str, gold: Any, protocol: EvalProtocol) -> tuple[str | None, bool | None]:
-    """(extracted answer, verdict) of one completion; verdict None when the gold is unparseable.
+    """(extracted answer, verdict) of one completion, in this process with no time limit: for
+    checking by hand; evaluation scores through :func:`score_completions`."""
+    answer = extract_answer(text, protocol.extract_rules, protocol.extract_fallback)
+    return answer, verify(gold, answer)
 
-    Extraction plus verification is limited to ``protocol.score_timeout_s``; past it the
-    completion is scored wrong (answer kept if already extracted) and counted in ``TIMEOUTS``.
+
+def same_answer(a: str, b: str) -> bool:
+    """Answer equivalence for majority voting: ``b`` verified against ``a`` read as a gold.
+    In this process with no time limit; the suites look the pairs up in :func:`vote_table`."""
+    return bool(verify(a, b))
+
+
+def vote_pairs(answers: Sequence[str | None]) -> set[tuple[str, str]]:
+    """Every ``(representative, answer)`` pair ``metrics.group_answers`` can ask ``same`` about.
+
+    A representative is a group's first member, so it occurs before the answer it is compared
+    with: the pairs (x, y) where x first occurs before y last occurs. Identical strings are
+    included, since ``same(a, a)`` is False when ``a`` cannot be parsed.
     """
-    answer = None
-    try:
-        with time_limit(protocol.score_timeout_s):
-            answer = extract_answer(text, protocol.extract_rules, protocol.extract_fallback)
-            return answer, verify(gold, answer)
-    except TimeoutError:
-        TIMEOUTS["score"] += 1
-        return answer, False
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for i, a in enumerate(answers):
+        if a is not None:
+            first.setdefault(a, i)
+            last[a] = i
+    return {(x, y) for x, fx in first.items() for y, ly in last.items() if fx < ly}
 
 
-def same_answer(a: str, b: str, timeout_s: float = 5.0) -> bool:
-    """Answer equivalence for majority voting: ``b`` verified against ``a`` read as a gold
-    (False if that takes longer than ``timeout_s``)."""
-    try:
-        with time_limit(timeout_s):
-            return bool(verify(a, b))
-    except TimeoutError:
-        TIMEOUTS["same_answer"] += 1
-        return False
+def vote_table(scorer: RewardRunner, records: Sequence[dict], protocol: EvalProtocol
+               ) -> tuple[Callable[[str, str], bool], int]:
+    """``same(a, b)`` for majority voting over ``records``' answers, with every pair it will be
+    asked about verified by ``scorer`` in one batch -> (same, pairs whose scoring failed, which
+    count as different answers)."""
+    width = max((k for k in protocol.ks if records and 1 <= k <= len(records[0]["answers"])), default=1)
+    pairs = sorted(set().union(*(vote_pairs(r["answers"][:width]) for r in records))) if width > 1 else []
+    scored = score_completions(scorer, [b for _, b in pairs], [a for a, _ in pairs], protocol,
+                               given_answers=True) if pairs else []
+    table = {pair: bool(s and s[1]) for pair, s in zip(pairs, scored, strict=True)}
+
+    def same(a: str, b: str) -> bool:
+        return table[(a, b)]
+
+    return same, sum(s is None for s in scored)
 
 
-def score_problem(problem: dict, texts: Sequence[str], protocol: EvalProtocol, template: Template) -> dict:
-    """Score one problem's completions. -> the per-problem record (without generation stats)."""
-    before = TIMEOUTS["score"]
-    scored = [score_text(t, problem["gold"], protocol) for t in texts]
-    return {
-        "score_timeouts": TIMEOUTS["score"] - before,
-        "answers": [a for a, _ in scored],
-        "correct": [bool(v) for _, v in scored],
-        "gold_unparseable": any(v is None for _, v in scored),
-        "formatted": [follows_format(t, template, a) for t, (a, _) in zip(texts, scored, strict=True)],
-    }
-
-
-def summarize(records: Sequence[dict], ks: Sequence[int]) -> dict[str, Any]:
-    """A suite's metrics from its per-problem records, with subject/level breakdowns where present."""
-    before = sum(TIMEOUTS.values())
-    out = suite_metrics(records, ks, same_answer)
+def summarize(records: Sequence[dict], ks: Sequence[int],
+              same: Callable[[str, str], bool] = same_answer) -> dict[str, Any]:
+    """A suite's metrics from its per-problem records, with subject/level breakdowns where present.
+    ``same``: answer equivalence for maj@k (:func:`vote_table` in a suite run)."""
+    out = suite_metrics(records, ks, same)
     out["gold_unparseable"] = sum(r["gold_unparseable"] for r in records)
-    out["score_timeouts"] = sum(r.get("score_timeouts", 0) for r in records) + sum(TIMEOUTS.values()) - before
+    out["score_failures"] = sum(r.get("score_failures", 0) for r in records)
     for key in ("subject", "level"):
         parts = breakdown(records, key)
         if parts:
@@ -235,12 +353,16 @@ def run_suite(
     tokenizer: Any,
     suite: Suite,
     protocol: EvalProtocol,
+    scorer: RewardRunner,
     allow_hub: bool = True,
 ) -> tuple[dict[str, Any], list[dict]]:
-    """Generate and score one suite. -> (metrics, per-problem records).
+    """Generate one suite and score it with ``scorer`` (:func:`suite_scorer`). -> (metrics,
+    per-problem records).
 
     A record: ``{"suite", "index", "id", "subject", "level", "prompt", "gold", "completions",
-    "answers", "correct", "formatted", "lengths", "truncated", "gold_unparseable"}``.
+    "answers", "correct", "formatted", "lengths", "truncated", "gold_unparseable",
+    "score_failures"}``; a completion whose scoring failed has answer None, is wrong and
+    unformatted, and counts in ``score_failures``.
     """
     template = protocol.template_for(suite)
     problems = load_problems(suite, protocol.limit, allow_hub)
@@ -249,16 +371,28 @@ def run_suite(
     prompt_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in prompts]
     _seed_all(protocol.seed)
     groups = engine.generate(prompt_ids, protocol.n, protocol.sampling()) if problems else []
+    # One scorer batch for the whole suite: the workers score chunks of it in parallel.
+    texts = [s.text for group in groups for s in group]
+    golds = [p["gold"] for p, group in zip(problems, groups, strict=True) for _ in group]
+    scored = score_completions(scorer, texts, golds, protocol, template.format)
     records = []
-    for p, prompt, group in zip(problems, prompts, groups, strict=True):
-        texts = [s.text for s in group]
-        rec = {"suite": suite.name, "index": p["index"], "id": p["id"], "subject": p["subject"], "level": p["level"],
-               "prompt": prompt, "gold": p["gold"], "completions": texts}
-        rec.update(score_problem(p, texts, protocol, template))
-        rec["lengths"] = [len(s.token_ids) for s in group]
-        rec["truncated"] = [s.finish_reason == "length" for s in group]
-        records.append(rec)
-    metrics = summarize(records, protocol.ks)
+    for i, (p, prompt, group) in enumerate(zip(problems, prompts, groups, strict=True)):
+        mine = scored[i * protocol.n:(i + 1) * protocol.n]
+        ok = [s for s in mine if s is not None]
+        records.append({
+            "suite": suite.name, "index": p["index"], "id": p["id"], "subject": p["subject"], "level": p["level"],
+            "prompt": prompt, "gold": p["gold"], "completions": [s.text for s in group],
+            "answers": [s[0] if s else None for s in mine],
+            "correct": [bool(s and s[1]) for s in mine],
+            "gold_unparseable": any(s[1] is None for s in ok),
+            "formatted": [bool(s and s[2]) for s in mine],
+            "score_failures": len(mine) - len(ok),
+            "lengths": [len(s.token_ids) for s in group],
+            "truncated": [s.finish_reason == "length" for s in group],
+        })
+    same, vote_failures = vote_table(scorer, records, protocol)
+    metrics = summarize(records, protocol.ks, same)
+    metrics["vote_failures"] = vote_failures
     metrics["template"] = dataclasses.asdict(template)
     return metrics, records
 
@@ -269,6 +403,7 @@ def evaluate_suites(
     suites: Sequence[str | Suite],
     protocol: EvalProtocol | None = None,
     *,
+    scorer: RewardRunner,
     limit: int | None = None,
     allow_hub: bool = True,
     log: Callable[[str], None] | None = None,
@@ -280,6 +415,8 @@ def evaluate_suites(
         tokenizer: the model's tokenizer (renders and tokenizes prompts).
         suites: suite names (see ``rlreason.eval.suites.SUITES``) or ``Suite`` objects.
         protocol: sampling, prompt and scoring settings; default greedy, n=1, 1024 tokens.
+        scorer: the runner that scores completions (:func:`suite_scorer`); the caller owns it
+            (builds it once, closes it).
         limit: overrides ``protocol.limit`` (problems per suite) when given.
         allow_hub: whether a suite without a local file may be fetched from the hub.
         log: called with one progress line per suite (e.g. ``print``).
@@ -287,21 +424,25 @@ def evaluate_suites(
     Returns:
         ``{"config": {"protocol", "suites"}, "suites": {name: metrics}, "problems": {name: [records]}}``;
         metrics as ``summarize`` (``pass@1``, ``pass@1_ci95``, ``pass@k``, ``maj@k``,
-        ``mean_length``, ``truncation_rate``, ``format_rate``, ``answer_rate``, breakdowns).
+        ``mean_length``, ``truncation_rate``, ``format_rate``, ``answer_rate``, breakdowns,
+        ``score_failures``: completions whose scoring failed, ``vote_failures``: answer pairs
+        of maj@k whose comparison failed). ``config["scoring"]`` records the scorer's settings.
         ``flat_metrics`` turns it into ``{"eval/<suite>/<metric>": float}`` for logging.
     """
     protocol = protocol or EvalProtocol()
     if limit is not None:
         protocol = dataclasses.replace(protocol, limit=limit)
+    _check_scorer(scorer, (1,), "suite_scorer()")
     resolved = [s if isinstance(s, Suite) else get_suite(s) for s in suites]
     out: dict[str, Any] = {
-        "config": {"protocol": protocol.to_dict(), "suites": {s.name: s.describe() for s in resolved}},
+        "config": {"protocol": protocol.to_dict(), "suites": {s.name: s.describe() for s in resolved},
+                   "scoring": scorer.settings()},
         "suites": {},
         "problems": {},
     }
     for suite in resolved:
         start = time.perf_counter()
-        metrics, records = run_suite(engine, tokenizer, suite, protocol, allow_hub)
+        metrics, records = run_suite(engine, tokenizer, suite, protocol, scorer, allow_hub)
         metrics["seconds"] = time.perf_counter() - start
         out["suites"][suite.name] = metrics
         out["problems"][suite.name] = records
@@ -335,8 +476,10 @@ def _boxed(gold: Any) -> str:
     return f"\\boxed{{{gold}}}"
 
 
-def self_consistency(suite: Suite, problems: Sequence[dict], protocol: EvalProtocol | None = None) -> dict[str, Any]:
-    """Feed the data's own answers through the harness's scoring, as if they were completions.
+def self_consistency(suite: Suite, problems: Sequence[dict], scorer: RewardRunner,
+                     protocol: EvalProtocol | None = None) -> dict[str, Any]:
+    """Feed the data's own answers through the harness's scoring (``scorer``, as
+    :func:`suite_scorer` builds it), as if they were completions.
 
     Returns rates over problems (``None`` where the suite has no reference solutions):
     ``solution`` (each reference solution scored against its own gold; should be ~1),
@@ -344,17 +487,23 @@ def self_consistency(suite: Suite, problems: Sequence[dict], protocol: EvalProto
     (problem i+1's boxed gold / solution scored against problem i's gold, over the
     ``shifted_pairs`` neighbours whose gold strings differ; should be ~0),
     plus ``solution_failures``: ``[{"index", "id", "gold", "extracted"}]`` for the solutions
-    that did not score.
+    that did not score, and ``score_failures``: texts whose scoring failed (scored wrong).
     """
     protocol = protocol or EvalProtocol()
     count = len(problems)
     golds = [p["gold"] for p in problems]
     sols = [p["solution"] for p in problems]
     has_sol = count > 0 and all(s is not None for s in sols)
+    failures = 0
+
+    def verdicts(texts: Sequence[str], targets: Sequence[Any]) -> list[tuple[str | None, bool]]:
+        nonlocal failures
+        scored = score_completions(scorer, texts, targets, protocol) if texts else []
+        failures += sum(s is None for s in scored)
+        return [(s[0], bool(s[1])) if s else (None, False) for s in scored]
 
     def rate(texts: Sequence[str], targets: Sequence[Any]) -> float:
-        hits = sum(bool(score_text(t, g, protocol)[1]) for t, g in zip(texts, targets, strict=True))
-        return hits / max(len(texts), 1)
+        return sum(v for _, v in verdicts(texts, targets)) / max(len(texts), 1)
 
     # Neighbours with the very same gold string (gsm8k has 15 such pairs, amc23 3) are left out
     # of the shifted checks: matching there is right, not a false positive.
@@ -365,11 +514,12 @@ def self_consistency(suite: Suite, problems: Sequence[dict], protocol: EvalProto
                            "shifted_gold": rate([_boxed(golds[i + 1]) for i in pairs], [golds[i] for i in pairs]),
                            "solution": None, "shifted_solution": None, "solution_failures": []}
     if has_sol:
-        verdicts = [score_text(s, g, protocol) for s, g in zip(sols, golds, strict=True)]
-        out["solution"] = sum(bool(v) for _, v in verdicts) / count
+        own = verdicts(sols, golds)
+        out["solution"] = sum(v for _, v in own) / count
         out["shifted_solution"] = rate([sols[i + 1] for i in pairs], [golds[i] for i in pairs])
         out["solution_failures"] = [{"index": p["index"], "id": p["id"], "gold": p["gold"], "extracted": a}
-                                    for p, (a, v) in zip(problems, verdicts, strict=True) if not v]
+                                    for p, (a, v) in zip(problems, own, strict=True) if not v]
+    out["score_failures"] = failures
     return out
 
 
@@ -380,9 +530,15 @@ __all__ = [
     "evaluate",
     "evaluate_suites",
     "flat_metrics",
+    "heldout_scorer",
     "render",
     "run_suite",
-    "score_problem",
+    "same_answer",
+    "score_answers",
+    "score_completions",
     "score_text",
+    "suite_scorer",
     "summarize",
+    "vote_pairs",
+    "vote_table",
 ]

@@ -296,6 +296,8 @@ class RewardRunner:
         self.names = unique_names(self.funcs)
         _check_settings(num_workers, timeout_s, memory_mb, chunk_size, max_timeouts)
         self.num_workers = num_workers
+        self.timeout_s = float(timeout_s)
+        self.memory_mb = memory_mb
         self.chunk_size = chunk_size
         self._seen: set[tuple[str, str]] = set()  # (function, failure) already logged in full
         self._lock = threading.Lock()  # one batch at a time through the pipe to the manager
@@ -308,6 +310,11 @@ class RewardRunner:
     @property
     def in_process(self) -> bool:
         return self._pool is None
+
+    def settings(self) -> dict[str, Any]:
+        """How this runner scores (recorded with evaluation results): the failure policy's knobs."""
+        return {"functions": list(self.names), "num_workers": self.num_workers, "timeout_s": self.timeout_s,
+                "memory_mb": self.memory_mb, "in_process": self.in_process, "chunk_size": self.chunk_size}
 
     def score(self, prompts: list, completions: list, columns: dict[str, list],
               shared: dict[str, Any] | None = None) -> RewardOutput:

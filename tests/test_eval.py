@@ -5,15 +5,29 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
 
 from rlreason.eval import metrics
-from rlreason.eval.core import EvalProtocol, evaluate_suites, flat_metrics, same_answer, self_consistency
+from rlreason.eval.core import (
+    EvalProtocol,
+    evaluate,
+    evaluate_suites,
+    flat_metrics,
+    follows_format,
+    heldout_scorer,
+    same_answer,
+    score_answers,
+    score_text,
+    self_consistency,
+    suite_scorer,
+)
 from rlreason.eval.report import compare_table, markdown_table
 from rlreason.eval.suites import SUITES, Suite, get_suite, load_problems, load_suite_file, register_suite
-from rlreason.rollout.base import Sample
+from rlreason.rewards import accuracy_reward, format_reward
+from rlreason.rollout.base import Sample, SamplingConfig
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 BENCH = DATA / "benchmarks"
@@ -37,15 +51,27 @@ DATA_SUITES = ["gsm8k", "math500", "aime24", "amc23", "minerva_math", "olympiadb
 
 
 @pytest.fixture(scope="module")
-def checks() -> dict[str, dict]:
+def scorer():
+    """The suites' scoring runner, as the CLI builds it by default (2 workers, 10 s per call)."""
+    with suite_scorer() as runner:
+        yield runner
+
+
+@pytest.fixture(scope="module")
+def checks(scorer) -> dict[str, dict]:
     if not (BENCH / "MANIFEST.json").exists():
         pytest.skip("shared benchmark data not present")
     out = {}
     for name in DATA_SUITES:
         suite = get_suite(name)
         problems = load_problems(suite, allow_hub=False)
-        out[name] = {**self_consistency(suite, problems), "rows": problems}
+        out[name] = {**self_consistency(suite, problems, scorer), "rows": problems}
     return out
+
+
+@needs_data
+def test_self_consistency_scored_everything(checks):
+    assert {name: checks[name]["score_failures"] for name in DATA_SUITES} == dict.fromkeys(DATA_SUITES, 0)
 
 
 @needs_data
@@ -157,6 +183,30 @@ def test_majority_vote_groups_equivalent_answers_and_breaks_ties_by_first_appear
     assert metrics.maj_at_k(["5"], [True], 1, same_answer) == 1.0
 
 
+def test_vote_pairs_cover_every_comparison_majority_voting_makes():
+    """The suites verify maj@k's answer pairs in one batch up front (eval.core.vote_table): the
+    pairs must include every (representative, answer) group_answers asks about, for any prefix
+    and any equivalence, even one that is not reflexive (an unparseable answer is not equal to
+    itself) or symmetric."""
+    import random
+
+    from rlreason.eval.core import vote_pairs
+
+    rng = random.Random(0)
+    for _ in range(500):
+        answers = [rng.choice([None, "a", "b", "c", "d"]) for _ in range(rng.randint(1, 8))]
+        table = {(x, y): rng.random() < 0.5 for x in "abcd" for y in "abcd"}
+        asked: set[tuple[str, str]] = set()
+
+        def same(x: str, y: str, table: dict = table, asked: set = asked) -> bool:
+            asked.add((x, y))
+            return table[(x, y)]
+
+        for k in range(1, len(answers) + 1):
+            metrics.group_answers(answers[:k], same)
+        assert asked <= vote_pairs(answers), answers
+
+
 def test_pass1_interval():
     assert metrics.pass1_interval([1.0, 0.0, 1.0, 1.0], 1) == metrics.wilson_interval(3, 4)
     per = [0.5, 0.25, 1.0, 0.0]
@@ -207,13 +257,13 @@ class FakeTokenizer:
         return {"input_ids": [ord(c) % 97 for c in text]}
 
 
-def test_evaluate_suites_with_fake_engine(tmp_path):
+def test_evaluate_suites_with_fake_engine(tmp_path, scorer):
     (tmp_path / "d.jsonl").write_text("".join(json.dumps({"problem": f"p{i}", "answer": "1/2", "topic": "T"}) + "\n"
                                               for i in range(3)))
     suite = Suite("fake", local_path=str(tmp_path / "d.jsonl"), subject_column="topic")
     engine = FakeEngine(["\\boxed{0.5}", "\\boxed{3}", "no answer"])
     res = evaluate_suites(engine, FakeTokenizer(), [suite], EvalProtocol(n=3, ks=(1, 2, 3), temperature=1.0),
-                          limit=2)
+                          scorer=scorer, limit=2)
     m = res["suites"]["fake"]
     assert engine.calls == [(2, 3)]
     assert m["problems"] == 2 and m["pass@1"] == pytest.approx(1 / 3) and m["pass@3"] == 1.0
@@ -223,6 +273,8 @@ def test_evaluate_suites_with_fake_engine(tmp_path):
     rec = res["problems"]["fake"][0]
     assert rec["prompt"].startswith("p0\nPlease reason step by step") and rec["answers"] == ["0.5", "3", None]
     assert rec["correct"] == [True, False, False]
+    assert m["score_failures"] == 0 and m["vote_failures"] == 0 and rec["score_failures"] == 0
+    assert res["config"]["scoring"]["timeout_s"] == 10.0 and res["config"]["scoring"]["functions"] == ["score_answers"]
     flat = flat_metrics(res)
     assert flat["eval/fake/pass@1"] == pytest.approx(1 / 3) and "eval/fake/pass@1_ci95_low" in flat
     assert "| fake |" in markdown_table(res["suites"])
@@ -250,10 +302,7 @@ def test_cli_reproduces_trainer_heldout_eval(tiny_path, tmp_path, capsys):
 
     from rlreason.data import prepare
     from rlreason.eval.cli import main
-    from rlreason.eval.core import evaluate
     from rlreason.eval.suites import arith_suite
-    from rlreason.rewards import accuracy_reward, format_reward
-    from rlreason.rollout.base import SamplingConfig
     from rlreason.rollout.hf import HFEngine
 
     out = tmp_path / "arith"
@@ -268,9 +317,9 @@ def test_cli_reproduces_trainer_heldout_eval(tiny_path, tmp_path, capsys):
     tok = AutoTokenizer.from_pretrained(tiny_path)
     model = AutoModelForCausalLM.from_pretrained(tiny_path).eval()
     rows = list(prepare(datasets.Dataset.from_list(arith_suite(200)), prompt_column="prompt", tokenizer=tok))
-    res = evaluate(HFEngine(model, tok, 64), [r["prompt_ids"] for r in rows], [r["prompt"] for r in rows],
-                   [r["answer"] for r in rows], accuracy_reward, SamplingConfig(max_tokens=64, temperature=0.0),
-                   format_reward)
+    with heldout_scorer(accuracy_reward, format_reward) as runner:
+        res = evaluate(HFEngine(model, tok, 64), [r["prompt_ids"] for r in rows], [r["prompt"] for r in rows],
+                       [r["answer"] for r in rows], runner, SamplingConfig(max_tokens=64, temperature=0.0))
     m = results["suites"]["arith"]
     assert [p["prompt"] for p in problems] == [r["prompt_text"] for r in rows]
     assert m["pass@1"] == res["accuracy"] and m["format_rate"] == res["format_rate"]
@@ -296,7 +345,132 @@ def test_cli_writes_its_markdown_table_next_to_results_json(tiny_path, tmp_path,
     from rlreason.eval.cli import main
 
     out = tmp_path / "arith"
-    main(["--model", str(tiny_path), "--suites", "arith", "--limit", "4", "--max-tokens", "8", "--out", str(out)])
+    main(["--model", str(tiny_path), "--suites", "arith", "--limit", "4", "--max-tokens", "8", "--out", str(out),
+          "--reward_num_workers", "1", "--reward-timeout-s", "5"])
     printed = capsys.readouterr().out
     table = (out / "results.md").read_text()
     assert "| arith |" in table and table.strip() in printed
+    scoring = json.loads((out / "results.json").read_text())["config"]["scoring"]
+    assert (scoring["num_workers"], scoring["timeout_s"], scoring["memory_mb"], scoring["in_process"]) == \
+        (1, 5.0, 1024, False)
+
+
+def test_cli_scorer_settings():
+    from rlreason.eval.cli import build_scorer, parse_args
+
+    with build_scorer(parse_args(["--model", "x", "--reward_num_workers", "0", "--reward_memory_mb", "0"])) as s:
+        assert s.in_process and s.memory_mb is None and s.timeout_s == 10.0
+    with pytest.raises(SystemExit):
+        parse_args(["--model", "x", "--reward_timeout_s", "0"])
+
+
+# --------------------------------------------------------------------------- scoring through the reward runner
+# Real runners (worker processes, timeouts); rewards that hang or raise on marked completions.
+
+HANG, BOOM = "HANG", "BOOM"
+FAIL_TIMEOUT = 1.0  # seconds per scoring call in these tests
+
+
+def _misbehave(completions: list) -> None:
+    if any(HANG in str(c) for c in completions):
+        time.sleep(3600)
+    if any(BOOM in str(c) for c in completions):
+        raise RuntimeError("reward bug")
+
+
+def flaky_score_answers(prompts: list, completions: list, **kwargs) -> list[float | None]:
+    """The suites' scoring reward, hanging or raising on marked completions."""
+    _misbehave(completions)
+    return score_answers(prompts, completions, **kwargs)
+
+
+def flaky_accuracy(prompts: list, completions: list, **kwargs) -> list[float | None]:
+    """The accuracy reward, hanging or raising on marked completions."""
+    _misbehave(completions)
+    return accuracy_reward(prompts, completions, **kwargs)
+
+
+def test_suite_eval_scores_a_hanging_or_raising_completion_wrong(tmp_path):
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"problem": f"p{i}", "answer": "1/2"}) + "\n"
+                                              for i in range(4)))
+    suite = Suite("fake", local_path=str(tmp_path / "d.jsonl"))
+    # per problem: right, right but hangs, right but raises, wrong
+    engine = FakeEngine(["\\boxed{0.5}", f"{HANG} \\boxed{{0.5}}", f"{BOOM} \\boxed{{1/2}}", "\\boxed{3}"])
+    start = time.perf_counter()
+    with suite_scorer(flaky_score_answers, timeout_s=FAIL_TIMEOUT) as runner:
+        res = evaluate_suites(engine, FakeTokenizer(), [suite], EvalProtocol(n=4, ks=(1, 4), temperature=1.0),
+                              scorer=runner)
+    elapsed = time.perf_counter() - start
+    m, recs = res["suites"]["fake"], res["problems"]["fake"]
+    assert [r["correct"] for r in recs] == [[True, False, False, False]] * 4
+    assert [r["answers"] for r in recs] == [["0.5", None, None, "3"]] * 4
+    assert [r["score_failures"] for r in recs] == [2] * 4
+    assert m["score_failures"] == 8 and m["pass@1"] == 0.25 and m["pass@4"] == 1.0
+    assert m["maj@4"] == 1.0 and m["vote_failures"] == 0  # "0.5" and "3" tie; "0.5" came first
+    assert m["format_rate"] == 0.5  # failed completions count as unformatted
+    # 16 completions, about 4 per call: the hung calls time out (2 workers in parallel), their
+    # completions are rescored one per call, and each hang costs one more timeout.
+    assert elapsed < 8 * FAIL_TIMEOUT + 10, elapsed
+
+
+def test_heldout_eval_scores_a_hanging_or_raising_completion_wrong():
+    texts = ["<think>1+1</think><answer>2</answer>", f"<think>{HANG}</think><answer>2</answer>",
+             f"<think>{BOOM}</think><answer>2</answer>", "<think>1+1</think><answer>3</answer>"]
+    engine = FakeEngine(texts)
+    start = time.perf_counter()
+    with heldout_scorer(flaky_accuracy, format_reward, timeout_s=FAIL_TIMEOUT) as runner:
+        res = evaluate(engine, [[1]] * 8, ["1+1"] * 8, ["2"] * 8, runner, SamplingConfig(max_tokens=8))
+    elapsed = time.perf_counter() - start
+    assert (res["correct"], res["n"], res["accuracy"]) == (2, 8, 0.25)
+    assert res["score_failures"] == 4 and res["format_failures"] == 0 and res["format_rate"] == 1.0
+    assert [s["score"] for s in res["samples"]] == [1.0, None, None, 0.0, 1.0]
+    # the whole-batch call times out once, then each hanging completion costs one timeout
+    assert elapsed < 4 * FAIL_TIMEOUT + 10, elapsed
+
+
+def test_eval_refuses_a_reward_function_where_a_runner_belongs():
+    with pytest.raises(TypeError, match="RewardRunner built with heldout_scorer"):
+        evaluate(FakeEngine(["x"]), [[1]], ["p"], ["1"], accuracy_reward, SamplingConfig(max_tokens=8))
+
+
+def test_runner_scoring_matches_in_process_scoring_on_the_tiny_model(tiny_model, scorer):
+    """The same engine and problems scored through the runner and, as before issue 20, by calling
+    the rewards and the verifier in this process: the same numbers."""
+    import datasets
+
+    from rlreason.data import prepare
+    from rlreason.eval.metrics import suite_metrics
+    from rlreason.eval.suites import arith_suite, get_suite
+    from rlreason.rollout.hf import HFEngine
+
+    model, tok = tiny_model
+    engine = HFEngine(model, tok, 64)
+    rows = list(prepare(datasets.Dataset.from_list(arith_suite(48)), prompt_column="prompt", tokenizer=tok))
+    args = ([r["prompt_ids"] for r in rows], [r["prompt"] for r in rows], [r["answer"] for r in rows])
+    sampling = SamplingConfig(max_tokens=48, temperature=0.0)
+    with heldout_scorer(accuracy_reward, format_reward) as runner:
+        res = evaluate(engine, *args, runner, sampling)
+    texts = [g[0].text for g in engine.generate(args[0], 1, sampling)]  # greedy: the same texts again
+    acc = accuracy_reward(prompts=args[1], completions=texts, answer=args[2])
+    fmt = format_reward(prompts=args[1], completions=texts)
+    assert res["correct"] == sum(1 for s in acc if s is not None and s >= 1.0) and res["n"] == 48
+    assert res["format_rate"] == sum(1 for f in fmt if f) / 48 and res["score_failures"] == 0
+    assert [s["score"] for s in res["samples"]] == acc[:5] and 0 < res["correct"] < 48
+
+    # A suite sampled 4 times per problem, so maj@k compares answers.
+    protocol = EvalProtocol(n=4, ks=(1, 2, 4), temperature=1.0, max_tokens=48, limit=24)
+    out = evaluate_suites(engine, tok, ["arith"], protocol, scorer=scorer)
+    m, recs = out["suites"]["arith"], out["problems"]["arith"]
+    template = protocol.template_for(get_suite("arith"))
+    by_hand = []
+    for r in recs:
+        scored = [score_text(t, r["gold"], protocol) for t in r["completions"]]
+        by_hand.append({**r, "answers": [a for a, _ in scored], "correct": [bool(v) for _, v in scored],
+                        "formatted": [follows_format(t, template.format, a)
+                                      for t, (a, _) in zip(r["completions"], scored, strict=True)]})
+    assert [(r["answers"], r["correct"], r["formatted"]) for r in recs] == \
+        [(r["answers"], r["correct"], r["formatted"]) for r in by_hand]
+    expected = suite_metrics(by_hand, protocol.ks, same_answer)
+    assert {k: m[k] for k in expected} == expected
+    assert m["score_failures"] == 0 and m["vote_failures"] == 0
+    assert any(len(set(r["answers"])) > 1 for r in recs)  # votes had something to compare
