@@ -33,6 +33,8 @@ from rlreason.checkpoint import check_output_dir, read_state, resolve_resume, tr
 from rlreason.config import GRPOConfig
 from rlreason.data import INTERNAL_COLUMNS, arith_dataset, check_golds, filter_rows, load_dataset_any, prepare
 from rlreason.distill import check_same_tokenizer
+from rlreason.eval.core import heldout_scorer
+from rlreason.eval.core import suite_scorer as _suite_scorer
 from rlreason.eval.suites import arith_suite
 from rlreason.host import capped_threads
 from rlreason.logprobs import enable_gradient_checkpointing
@@ -75,8 +77,10 @@ class Parts:
     ref_is_base_adapter: bool = False  # ... the policy with its adapter disabled
     teacher: torch.nn.Module | None = None  # on-policy distillation's teacher
     eval_rows: list[dict] = field(default_factory=list)  # held-out problems (prompt_ids, answer)
-    eval_accuracy_fn: Callable | None = None
-    eval_format_fn: Callable | None = None
+    # held-out accuracy (and format) and benchmark suites score through runners too: the failure
+    # policy of the training rewards (timeouts, crash isolation, memory cap; rlreason/eval/core.py)
+    eval_scorer: RewardRunner | None = None
+    suite_scorer: RewardRunner | None = None  # the main process's (suites run there)
 
 
 # ---------------------------------------------------------------------------- the whole run
@@ -262,11 +266,16 @@ def _takes(fn: Callable, name: str) -> bool:
         return False
 
 
+def scoring_settings(cfg: GRPOConfig) -> dict[str, Any]:
+    """How every reward runner of the run scores: in ``reward_num_workers`` worker processes with
+    a timeout and a memory cap per call, or in this process with ``reward_num_workers: 0``."""
+    return dict(num_workers=max(cfg.reward_num_workers, 1), timeout_s=cfg.reward_timeout_s,
+                memory_mb=cfg.reward_memory_mb, in_process=cfg.reward_num_workers == 0)
+
+
 def reward_runner(cfg: GRPOConfig, funcs: list[Callable], weights: list[float] | None) -> RewardRunner:
-    """The reward functions in worker processes (timeouts, crash isolation, memory cap), or in
-    this process with ``reward_num_workers: 0``."""
-    return RewardRunner(funcs, weights, num_workers=max(cfg.reward_num_workers, 1), timeout_s=cfg.reward_timeout_s,
-                        memory_mb=cfg.reward_memory_mb, in_process=cfg.reward_num_workers == 0)
+    """The training rewards' runner (``scoring_settings``)."""
+    return RewardRunner(funcs, weights, **scoring_settings(cfg))
 
 
 # ---------------------------------------------------------------------------- training side
@@ -297,6 +306,9 @@ def assemble(cfg: GRPOConfig, model: torch.nn.Module, tokenizer: Any, train: dat
     # memory or starts threads. A reward that hangs, crashes or blows memory there costs only
     # its completions (scored None, counted), never the run.
     rewards = reward_runner(cfg, reward_funcs, reward_weights if reward_weights is not None else cfg.reward_weights)
+    eval_scorer = heldout_scorer(eval_accuracy_fn, eval_format_fn, **scoring_settings(cfg)) \
+        if eval_accuracy_fn is not None and eval_rows else None
+    suite_scorer = _suite_scorer(**scoring_settings(cfg)) if cfg.eval_suites and acc.is_main_process else None
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     if not keep_dropout:  # before the reference is copied from it
@@ -347,7 +359,7 @@ def assemble(cfg: GRPOConfig, model: torch.nn.Module, tokenizer: Any, train: dat
     return Parts(acc=acc, run_dir=run_dir, model=model, optimizer=optimizer, scheduler=scheduler, tokenizer=tokenizer,
                  train=train, rewards=rewards, engine=engine, logger=logger, ref_model=ref_model,
                  ref_is_base_adapter=ref_is_base_adapter, teacher=teacher, eval_rows=eval_rows or [],
-                 eval_accuracy_fn=eval_accuracy_fn, eval_format_fn=eval_format_fn)
+                 eval_scorer=eval_scorer, suite_scorer=suite_scorer)
 
 
 def disable_dropout(model: torch.nn.Module) -> int:

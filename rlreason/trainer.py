@@ -80,8 +80,7 @@ class GRPOTrainer:
         self.rewards, self.log = parts.rewards, parts.logger
         self.ref_model, self.ref_is_base_adapter = parts.ref_model, parts.ref_is_base_adapter
         self.teacher = parts.teacher
-        self.eval_rows = parts.eval_rows
-        self.eval_accuracy_fn, self.eval_format_fn = parts.eval_accuracy_fn, parts.eval_format_fn
+        self.eval_rows, self.eval_scorer, self.suite_scorer = parts.eval_rows, parts.eval_scorer, parts.suite_scorer
         self.engine_shares_policy = shares_policy(self.engine, self.model, self.acc)
         self.preset = A.PRESETS[cfg.loss_type]
         self.scale_rewards = cfg.scale_rewards or self.preset.scale_rewards
@@ -523,21 +522,21 @@ class GRPOTrainer:
     def evaluate(self, n: int | None = None) -> dict[str, Any]:
         """Greedy accuracy on the held-out rows (the first ``n``), sharded across processes."""
         rows = self.eval_rows[:n] if n else self.eval_rows
-        if not rows or self.eval_accuracy_fn is None:
+        if not rows or self.eval_scorer is None:
             return {}
         mine = rows[self.acc.process_index::self.acc.num_processes]
         res = evaluate(self.engine, [r["prompt_ids"] for r in mine], [r[self.cfg.prompt_column] for r in mine],
-                       [r["answer"] for r in mine], self.eval_accuracy_fn, self.eval_sampling, self.eval_format_fn)
+                       [r["answer"] for r in mine], self.eval_scorer, self.eval_sampling)
         counts = torch.tensor([res["correct"], res["n"], res.get("format_rate", 0.0) * res["n"],
-                               res["mean_length"] * res["n"], res["truncated_frac"] * res["n"]],
+                               res["mean_length"] * res["n"], res["truncated_frac"] * res["n"], res["score_failures"]],
                               dtype=torch.float64, device=self.acc.device)
         counts = self.acc.reduce(counts, "sum") if self.acc.num_processes > 1 else counts
-        correct, total, fmt, length, trunc = counts.tolist()
+        correct, total, fmt, length, trunc, failures = counts.tolist()
         lo, hi = wilson_interval(int(correct), int(total))
         return {"eval/accuracy": correct / total, "eval/accuracy_ci_low": lo, "eval/accuracy_ci_high": hi,
                 "eval/correct": int(correct), "eval/n": int(total), "eval/format_rate": fmt / total,
                 "eval/mean_length": length / total, "eval/truncated_frac": trunc / total,
-                "eval/samples": res["samples"]}
+                "eval/score_failures": int(failures), "eval/samples": res["samples"]}
 
     def evaluate_suites(self) -> dict[str, float]:
         """Greedy pass@1 (and friends) on the configured benchmark suites, on the main process
@@ -550,7 +549,7 @@ class GRPOTrainer:
         if self.acc.is_main_process:
             protocol = EvalProtocol(max_tokens=cfg.eval_max_tokens or cfg.max_completion_length, seed=cfg.seed)
             results = evaluate_suites(self.engine, self.tokenizer, cfg.eval_suites, protocol,
-                                      limit=cfg.eval_suites_limit)
+                                      scorer=self.suite_scorer, limit=cfg.eval_suites_limit)
             flat = flat_metrics(results, prefix="suite")
         self.acc.wait_for_everyone()
         return flat
@@ -564,7 +563,9 @@ class GRPOTrainer:
 
     def close(self) -> None:
         """Stop the reward workers (also done at garbage collection and interpreter exit)."""
-        self.rewards.close()
+        for runner in (self.rewards, self.eval_scorer, self.suite_scorer):
+            if runner is not None:
+                runner.close()
 
     @property
     def stop_requested(self) -> bool:

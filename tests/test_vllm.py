@@ -326,8 +326,8 @@ class _EvalOnly:
     """Just enough of a trainer for ``GRPOTrainer.evaluate`` with another engine."""
 
     def __init__(self, tr, engine):
-        self.eval_rows, self.eval_accuracy_fn = tr.eval_rows, tr.eval_accuracy_fn
-        self.eval_format_fn, self.acc, self.cfg = tr.eval_format_fn, tr.acc, tr.cfg
+        self.eval_rows, self.eval_scorer = tr.eval_rows, tr.eval_scorer
+        self.acc, self.cfg = tr.acc, tr.cfg
         self.eval_sampling, self.engine = tr.eval_sampling, engine
 
 
