@@ -219,13 +219,14 @@ def build_engine(cfg: GRPOConfig, model: torch.nn.Module, tokenizer: Any, acc: A
         engine.load_weights(lora.merged_named_parameters(model))  # the server may hold other weights than ours
         acc.wait_for_everyone()
         return engine
-    try:
+    try:  # vllm itself is imported when the engine starts
         from rlreason.rollout.vllm import VLLMEngine
+
+        return VLLMEngine(model, tokenizer, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                          tensor_parallel_size=cfg.vllm_tensor_parallel_size,
+                          enable_sleep_mode=cfg.vllm_enable_sleep_mode, seed=cfg.seed)
     except ImportError as e:
         raise SystemExit(f"config key 'use_vllm': vLLM is not installed here ({e}); see docs/install.md") from e
-    return VLLMEngine(model, tokenizer, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-                      tensor_parallel_size=cfg.vllm_tensor_parallel_size,
-                      enable_sleep_mode=cfg.vllm_enable_sleep_mode, seed=cfg.seed)
 
 
 # ---------------------------------------------------------------------------- data and rewards
