@@ -22,11 +22,15 @@ On-policy distillation reuses the same surrogate with per-token advantages from 
 log-probs: ``teacher_advantages``.
 
 ``PRESETS`` names the combinations (``loss_type``), each with the paper it follows.
+``policy_loss`` puts the terms together into one micro-batch's loss and token statistics:
+the whole objective the trainer minimises, in one function.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -424,3 +428,139 @@ def advantages(
     if estimator == "reinforce_pp":
         return reinforce_pp_advantages(rewards, group_size)
     raise ValueError(f"advantage estimator must be one of {get_args(AdvantageEstimator)}, got {estimator!r}")
+
+
+# ---------------------------------------------------------------------------- the policy loss
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """How ``policy_loss`` combines the terms: the run's config and ``loss_type`` preset as plain values.
+
+    Defaults are GRPO's surrogate with nothing else: no KL, no entropy bonus, no importance weight.
+    """
+
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    ratio_level: RatioLevel = "token"
+    dual_clip: float | None = None
+    aggregation: AggregateMode = "token_mean"
+    max_len: int | None = None  # L of seq_sum_norm (max_completion_length)
+    beta: float = 0.0  # KL coefficient
+    kl_estimator: KLKind = "k3"
+    entropy_coef: float = 0.0
+    is_cap: float | None = None  # truncated importance-sampling cap; None = off
+    teacher_kl_coef: float = 1.0
+    teacher_reward_weight: float = 0.0
+
+
+@dataclass(frozen=True)
+class PolicyLossStats:
+    """A micro-batch's token statistics as SUMS over its completion tokens (0-d tensors, no gradient),
+    so micro-batches and processes add them up before dividing by the total token count.
+    A term the loss did not have (no KL, no teacher, no importance weight, no entropy given) sums to 0."""
+
+    clipped: torch.Tensor  # tokens whose gradient a clip cut (the clip fraction's numerator)
+    entropy: torch.Tensor
+    kl: torch.Tensor  # KL estimate, without beta
+    is_weight: torch.Tensor  # truncated importance weight
+    log_ratio: torch.Tensor  # log(pi / pi_old) per token (not clamped, not the sequence ratio)
+    log_ratio_sq: torch.Tensor
+    reverse_kl: torch.Tensor  # log pi_old - log pi_teacher (on-policy distillation)
+    max_abs_log_ratio: torch.Tensor  # the one statistic that is a max, not a sum
+
+    def sums(self) -> dict[str, torch.Tensor]:
+        """The summed statistics by name (all but ``max_abs_log_ratio``)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "max_abs_log_ratio"}
+
+
+TokenLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def policy_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    adv: torch.Tensor,
+    mask: torch.Tensor,
+    settings: LossSettings,
+    *,
+    ref_logp: torch.Tensor | None = None,
+    teacher_logp: torch.Tensor | None = None,
+    behaviour_logp: torch.Tensor | None = None,
+    sampler_logp: torch.Tensor | None = None,
+    entropy: torch.Tensor | None = None,
+    denom: float | None = None,
+    token_loss: TokenLoss | None = None,
+) -> tuple[torch.Tensor, PolicyLossStats]:
+    """The loss of one micro-batch (to minimise) and its token statistics: every term above, in one place.
+
+    logp (the policy's, with gradient), old_logp (pi_old: the sampling policy's), mask: [N, T];
+    adv: [N] (one advantage per sequence) or, without a teacher, [N, T]; ref_logp, teacher_logp,
+    behaviour_logp, sampler_logp, entropy: [N, T] or None
+    -> loss: scalar, stats: ``PolicyLossStats`` (sums over ``mask``)
+
+    Per token, in this order::
+
+        A_t   = teacher_advantages(old_logp, teacher_logp)   if teacher_logp is given, else adv
+        l_t   = token_surrogate(logp, old_logp, A_t)          clip range, ratio level, dual clip
+        l_t  *= truncated_is_weight(pi_old, sampler_logp)     if is_cap (pi_old = behaviour_logp or old_logp)
+        l_t  += beta * kl_estimate(logp, ref_logp)            if ref_logp is given
+        l_t  -= entropy_coef * entropy                        if entropy_coef > 0
+        loss  = aggregate(l, mask, aggregation, denom, max_len)
+
+    The KL is after the clip and inside the aggregation (GRPO, eq. 3). ``denom`` is ``aggregate``'s:
+    the whole batch's count when the batch is split into micro-batches (None: this micro-batch's).
+    ``behaviour_logp``: the trainer's log-probs of the distribution the sampler drew from (truncated
+    as it was, top-k/top-p), pi_old of the importance weight; None: ``old_logp``.
+    ``entropy`` carries a gradient only if the bonus should push it (entropy_coef > 0).
+    ``token_loss(logp, old_logp, adv, mask) -> (loss [N, T], clipped [N, T] bool)`` replaces the
+    clipped surrogate (then the clip settings are unused), e.g. SFT's negative log-likelihood.
+    Gradients reach only ``logp`` (and ``entropy`` when entropy_coef > 0): every other input is
+    detached, a fixed target or weight.
+    """
+    s = settings
+    # Only logp (and entropy) may carry a gradient: the rest are targets and weights.
+    old_logp, adv = old_logp.detach(), adv.detach()
+    ref_logp, teacher_logp, behaviour_logp, sampler_logp = (
+        None if x is None else x.detach() for x in (ref_logp, teacher_logp, behaviour_logp, sampler_logp))
+    reverse_kl = None
+    if teacher_logp is not None:  # on-policy distillation: per-token advantages [N, T]
+        adv, reverse_kl = teacher_advantages(old_logp, teacher_logp, mask, s.teacher_kl_coef, adv,
+                                             s.teacher_reward_weight)
+    if token_loss is None:
+        loss_tok, clipped = token_surrogate(logp, old_logp, adv, s.eps_low, s.eps_high, mask=mask,
+                                            level=s.ratio_level, dual_clip=s.dual_clip)
+    else:
+        loss_tok, clipped = token_loss(logp, old_logp, adv, mask)
+    zero = logp.new_zeros(())
+    is_weight = kl_sum = zero
+    if s.is_cap:
+        if sampler_logp is None:
+            raise ValueError("an importance sampling cap needs the sampler's log-probs (sampler_logp)")
+        pi_old = behaviour_logp if behaviour_logp is not None else old_logp
+        w = truncated_is_weight(pi_old, sampler_logp, s.is_cap)
+        loss_tok = loss_tok * w
+        is_weight = (w * mask).sum()
+    if ref_logp is not None:
+        kl = kl_estimate(logp, ref_logp, s.kl_estimator)
+        loss_tok = loss_tok + s.beta * kl
+        kl_sum = (kl.detach() * mask).sum()
+    elif s.beta:
+        raise ValueError("beta > 0 needs the reference's log-probs (ref_logp)")
+    if s.entropy_coef > 0:
+        if entropy is None:
+            raise ValueError("entropy_coef > 0 needs the policy's entropy per token")
+        loss_tok = loss_tok - s.entropy_coef * entropy
+    loss = aggregate(loss_tok, mask, s.aggregation, denom=denom, max_len=s.max_len)
+    log_ratio = (logp.detach() - old_logp) * mask
+    stats = PolicyLossStats(
+        clipped=(clipped & mask.bool()).sum(),
+        entropy=(entropy.detach() * mask).sum() if entropy is not None else zero,
+        kl=kl_sum,
+        is_weight=is_weight,
+        log_ratio=log_ratio.sum(),
+        log_ratio_sq=log_ratio.pow(2).sum(),
+        reverse_kl=reverse_kl.sum() if reverse_kl is not None else zero,
+        max_abs_log_ratio=log_ratio.abs().max(),
+    )
+    return loss, stats

@@ -394,7 +394,13 @@ class GRPOTrainer:
         # the teacher's own distribution (temperature 1) is the target of on-policy distillation
         teacher = self._frozen_logprobs(self.teacher, batches, 1.0) if self.teacher is not None else None
         self.model.train()
-        stats = dict.fromkeys(("clip_frac", "entropy", "kl", "loss", "is_weight", "log_ratio", "log_ratio_sq",
+        settings = A.LossSettings(  # the terms of the loss and how they combine (A.policy_loss)
+            eps_low=self.clip_range[0], eps_high=self.clip_range[1], ratio_level=self.ratio_level,
+            dual_clip=cfg.dual_clip, aggregation=preset.aggregation, max_len=cfg.max_completion_length,
+            beta=cfg.beta, kl_estimator=cfg.kl_estimator, entropy_coef=cfg.entropy_coef,
+            is_cap=cfg.importance_sampling_cap, teacher_kl_coef=cfg.teacher_kl_coef,
+            teacher_reward_weight=cfg.teacher_reward_weight)
+        stats = dict.fromkeys(("clipped", "entropy", "kl", "loss", "is_weight", "log_ratio", "log_ratio_sq",
                                "reverse_kl"), 0.0)
         max_abs_log_ratio = 0.0
         grad_norms = []
@@ -412,27 +418,14 @@ class GRPOTrainer:
                     logp, ent = completion_logprobs(self.model, b, cfg.temperature, with_entropy=True,
                                                     entropy_grad=cfg.entropy_coef > 0,
                                                     chunk_size=cfg.logprob_chunk_size)
-                    mask = b["completion_mask"]
                     old_logp = b["sampler_logp"] if stale else (old[j] if old is not None else logp.detach())
-                    adv_j = adv[sl]
-                    if teacher is not None:  # per-token advantages from the teacher: [n, T]
-                        adv_j, reverse_kl = A.teacher_advantages(old_logp, teacher[j], mask, cfg.teacher_kl_coef,
-                                                                 adv_j, cfg.teacher_reward_weight)
-                        stats["reverse_kl"] += reverse_kl.sum().item()
-                    loss_tok, clipped = self.token_loss(logp, old_logp, adv_j, mask)
-                    if cfg.importance_sampling_cap:
-                        pi_old = behaviour[j] if behaviour is not None else old_logp
-                        w = A.truncated_is_weight(pi_old, b["sampler_logp"], cfg.importance_sampling_cap)
-                        loss_tok = loss_tok * w
-                        stats["is_weight"] += (w * mask).sum().item()
-                    if ref is not None:
-                        kl = A.kl_estimate(logp, ref[j], cfg.kl_estimator)
-                        loss_tok = loss_tok + cfg.beta * kl
-                        stats["kl"] += (kl.detach() * mask).sum().item()
-                    if cfg.entropy_coef > 0:
-                        loss_tok = loss_tok - cfg.entropy_coef * ent
-                    loss = A.aggregate(loss_tok, mask, preset.aggregation, denom=denom,
-                                       max_len=cfg.max_completion_length) * per_micro
+                    loss, tok_stats = A.policy_loss(
+                        logp, old_logp, adv[sl], b["completion_mask"], settings, entropy=ent, denom=denom,
+                        ref_logp=ref[j] if ref is not None else None,
+                        teacher_logp=teacher[j] if teacher is not None else None,
+                        behaviour_logp=behaviour[j] if behaviour is not None else None,
+                        sampler_logp=b.get("sampler_logp"), token_loss=self.token_loss)
+                    loss = loss * per_micro
                     if cap is not None:
                         # every real token went through the routers (none of an empty shard's pad row counts)
                         routed = torch.zeros_like(_input_tokens(b)) if b.get("is_padding") else _input_tokens(b)
@@ -445,13 +438,10 @@ class GRPOTrainer:
                         s.aux_sum, s.aux_n = aux.item(), 1
                         router.add(s)
                     self.acc.backward(loss)
-                log_ratio = (logp.detach() - old_logp) * mask
-                stats["log_ratio"] += log_ratio.sum().item()
-                stats["log_ratio_sq"] += log_ratio.pow(2).sum().item()
-                max_abs_log_ratio = max(max_abs_log_ratio, log_ratio.abs().max().item())
+                for key, value in tok_stats.sums().items():
+                    stats[key] += value.item()
+                max_abs_log_ratio = max(max_abs_log_ratio, tok_stats.max_abs_log_ratio.item())
                 stats["loss"] += loss.item()
-                stats["clip_frac"] += (clipped & mask.bool()).sum().item()
-                stats["entropy"] += (ent.detach() * mask).sum().item()
             norm = self.acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
             grad_norm = float("nan") if norm is None else float(norm)  # None: DeepSpeed before its first step
             # The gradient norm is the same on every process (after the all-reduce), the loss is
@@ -471,7 +461,7 @@ class GRPOTrainer:
         k = cfg.num_iterations
         # Token averages over the whole batch: sums and token counts of all processes. The loss
         # is each process's share of DDP's averaged objective: averaged in _reduce.
-        keys = ("clip_frac", "entropy", "kl", "is_weight", "log_ratio", "log_ratio_sq", "reverse_kl")
+        keys = ("clipped", "entropy", "kl", "is_weight", "log_ratio", "log_ratio_sq", "reverse_kl")
         *sums, n_tokens, n_trained, n_groups = reduce_sum(
             self.acc, [stats[x] for x in keys] + [float(n_tokens), float(ro.num_groups), float(n_groups)])
         stats.update(zip(keys, sums, strict=True))
@@ -479,7 +469,7 @@ class GRPOTrainer:
         mean_lr = stats["log_ratio"] / tok
         metrics = {
             "loss": stats["loss"] / k,
-            "clip_frac": stats["clip_frac"] / tok,
+            "clip_frac": stats["clipped"] / tok,
             # spread of the token log-ratio log(pi_theta / pi_old) over completion tokens and all
             # training passes (the first pass of a batch has ratio 1 up to numerics)
             "ratio/log_std": math.sqrt(max(stats["log_ratio_sq"] / tok - mean_lr ** 2, 0.0)),
