@@ -477,6 +477,13 @@ class PolicyLossStats:
 TokenLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
+def nll_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Supervised fine-tuning's per-token loss (a ``TokenLoss``): the negative log-likelihood
+    -logp [N, T], nothing clipped; ``old_logp`` and ``adv`` are unused."""
+    return -logp, torch.zeros_like(mask, dtype=torch.bool)
+
+
 def policy_loss(
     logp: torch.Tensor,
     old_logp: torch.Tensor,

@@ -3,7 +3,7 @@
 ``SFTTrainer`` is the GRPO trainer with two things replaced: a step's batch comes from the
 dataset (prompt and completion token ids, e.g. a teacher's verified answers from
 ``rlreason.distill``) instead of from sampling, and the per-token loss is the negative
-log-likelihood of the completion tokens (``token_loss``). Everything else is the GRPO loop's:
+log-likelihood of the completion tokens (``algorithms.nll_token_loss``). Everything else is the GRPO loop's:
 the loss only on completion tokens, averaged over all completion tokens of the step
 (``loss_type: dapo``'s token mean) however it is split into micro-batches; packing (several
 short examples per row under a block mask, ``share_pack_rows``); chunked log-probs;
@@ -21,6 +21,7 @@ import math
 
 import torch
 
+from rlreason import algorithms as A
 from rlreason.build import Parts
 from rlreason.experience import Rollout, sample_metrics
 from rlreason.rewards import completion_text
@@ -32,6 +33,7 @@ SFT_COLUMNS = ("prompt_ids", "completion_ids")
 
 class SFTTrainer(GRPOTrainer):
     share_pack_rows = True
+    objective = staticmethod(A.nll_token_loss)
 
     def __init__(self, cfg, parts: Parts) -> None:
         """``parts``: built with ``rlreason.build.assemble(..., keep_dropout=True)`` (the NLL compares
@@ -63,8 +65,3 @@ class SFTTrainer(GRPOTrainer):
         ro.metrics.update(sample_metrics(self.acc, ro))
         ro.advantages = torch.ones(len(samples))
         return ro
-
-    def token_loss(self, logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Negative log-likelihood per token, [n, T]; nothing is clipped."""
-        return -logp, torch.zeros_like(mask, dtype=torch.bool)

@@ -69,6 +69,8 @@ class GRPOTrainer:
     # whether several prompt groups may share a packed row (rlreason.batching); GRPO's groups are
     # long enough to fill rows, many short SFT examples are not (rlreason.sft)
     share_pack_rows = False
+    # the per-token loss (A.TokenLoss); None: the preset's clipped surrogate (rlreason.sft: the NLL)
+    objective: A.TokenLoss | None = None
 
     def __init__(self, cfg: GRPOConfig, parts: Parts) -> None:
         """Train with the parts ``rlreason.build`` made (``build(cfg)``, or ``assemble(...)`` around
@@ -86,6 +88,12 @@ class GRPOTrainer:
         self.scale_rewards = cfg.scale_rewards or self.preset.scale_rewards
         self.ratio_level = cfg.importance_sampling_level or self.preset.ratio_level
         self.clip_range = cfg.clip_range()  # the preset's paper values unless the config sets epsilon
+        self.loss_settings = A.LossSettings(  # the terms of the loss and how they combine (A.policy_loss)
+            eps_low=self.clip_range[0], eps_high=self.clip_range[1], ratio_level=self.ratio_level,
+            dual_clip=cfg.dual_clip, aggregation=self.preset.aggregation, max_len=cfg.max_completion_length,
+            beta=cfg.beta, kl_estimator=cfg.kl_estimator, entropy_coef=cfg.entropy_coef,
+            is_cap=cfg.importance_sampling_cap, teacher_kl_coef=cfg.teacher_kl_coef,
+            teacher_reward_weight=cfg.teacher_reward_weight)
         # Estimators that normalise over the whole batch need every process's rewards (gathered
         # with their lengths, so dynamic sampling's unequal shards work too).
         self.global_advantages = cfg.advantage_estimator == "reinforce_pp" or (
@@ -312,16 +320,6 @@ class GRPOTrainer:
                 return self._frozen_logprobs(self.model, batches)
         return self._frozen_logprobs(self.ref_model, batches)
 
-    def token_loss(self, logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The per-token loss to minimise and its clip flags, [n, T] each: the clipped surrogate
-        of the configured preset. (A subclass with another objective overrides only this:
-        rlreason.sft.SFTTrainer's is the negative log-likelihood.)"""
-        cfg = self.cfg
-        eps_low, eps_high = self.clip_range
-        return A.token_surrogate(logp, old_logp, adv, eps_low, eps_high, mask=mask, level=self.ratio_level,
-                                 dual_clip=cfg.dual_clip)
-
     def _completion_tokens(self, ro: Rollout) -> int:
         """Completion tokens of ``ro`` that the loss covers (as the micro-batches' completion masks count them)."""
         cut = self.cfg.mask_truncated_completions
@@ -356,7 +354,7 @@ class GRPOTrainer:
     def update(self, ro: Rollout) -> dict[str, float]:
         """``num_iterations`` optimizer steps on this step's batch. Collective with several
         processes: every process calls it once per step, also with an empty shard."""
-        cfg, preset = self.cfg, self.preset
+        cfg = self.cfg
         t0 = time.perf_counter()
         if reduce_sum(self.acc, [float(len(ro.samples))])[0] == 0:
             # dynamic sampling found no group with a signal anywhere: nothing to learn from
@@ -394,12 +392,6 @@ class GRPOTrainer:
         # the teacher's own distribution (temperature 1) is the target of on-policy distillation
         teacher = self._frozen_logprobs(self.teacher, batches, 1.0) if self.teacher is not None else None
         self.model.train()
-        settings = A.LossSettings(  # the terms of the loss and how they combine (A.policy_loss)
-            eps_low=self.clip_range[0], eps_high=self.clip_range[1], ratio_level=self.ratio_level,
-            dual_clip=cfg.dual_clip, aggregation=preset.aggregation, max_len=cfg.max_completion_length,
-            beta=cfg.beta, kl_estimator=cfg.kl_estimator, entropy_coef=cfg.entropy_coef,
-            is_cap=cfg.importance_sampling_cap, teacher_kl_coef=cfg.teacher_kl_coef,
-            teacher_reward_weight=cfg.teacher_reward_weight)
         stats = dict.fromkeys(("clipped", "entropy", "kl", "loss", "is_weight", "log_ratio", "log_ratio_sq",
                                "reverse_kl"), 0.0)
         max_abs_log_ratio = 0.0
@@ -420,11 +412,11 @@ class GRPOTrainer:
                                                     chunk_size=cfg.logprob_chunk_size)
                     old_logp = b["sampler_logp"] if stale else (old[j] if old is not None else logp.detach())
                     loss, tok_stats = A.policy_loss(
-                        logp, old_logp, adv[sl], b["completion_mask"], settings, entropy=ent, denom=denom,
+                        logp, old_logp, adv[sl], b["completion_mask"], self.loss_settings, entropy=ent, denom=denom,
                         ref_logp=ref[j] if ref is not None else None,
                         teacher_logp=teacher[j] if teacher is not None else None,
                         behaviour_logp=behaviour[j] if behaviour is not None else None,
-                        sampler_logp=b.get("sampler_logp"), token_loss=self.token_loss)
+                        sampler_logp=b.get("sampler_logp"), token_loss=self.objective)
                     loss = loss * per_micro
                     if cap is not None:
                         # every real token went through the routers (none of an empty shard's pad row counts)

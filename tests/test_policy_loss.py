@@ -140,8 +140,7 @@ def test_teacher_advantages_replace_the_sequence_advantage():
 
 def test_token_loss_replaces_the_surrogate():
     logp = t([[-1.0, -3.0]])
-    nll = lambda lp, old, adv, mask: (-lp, torch.zeros_like(mask, dtype=torch.bool))
-    loss, s = run(logp, logp + 5.0, t([7.0]), torch.ones(1, 2), token_loss=nll)
+    loss, s = run(logp, logp + 5.0, t([7.0]), torch.ones(1, 2), token_loss=A.nll_token_loss)  # SFT's objective
     assert loss.item() == 2.0 and s.clipped.item() == 0
 
 
