@@ -318,7 +318,7 @@ def test_sft_learns_its_data_and_packs_examples(tiny_path, tmp_path):
     tr = SFTTrainer(cfg, assemble(cfg, AutoModelForCausalLM.from_pretrained(tiny_path), tok, ds, [],
                                      accelerator=Accelerator(cpu=True), keep_dropout=True))
     ro = tr.collect()
-    (_, batch), = tr._micro_batches(ro)
+    (_, batch), = tr.actor.micro_batches(ro)
     assert batch["input_ids"].shape[0] < 32 / 3  # several examples per packed row
     losses = []
     for _ in range(12):

@@ -30,7 +30,7 @@ def test_nonfinite_updates_are_skipped_then_stop_the_run_with_a_checkpoint(tiny_
     head.register_forward_hook(lambda m, i, o: o * float("nan") if m.training else o)
     with pytest.raises(FloatingPointError, match="3 updates in a row.*non-finite.*max_nonfinite_steps"):
         tr.train()
-    assert tr.step == 3 and tr.nonfinite_skipped == 3
+    assert tr.step == 3 and tr.actor.nonfinite_skipped == 3
     assert all(torch.equal(v, initial[k]) for k, v in params(tr).items())  # nothing poisoned the weights
     (ckpt,) = checkpoint_dirs(tmp_path / "run")
     assert read_state(ckpt)["step"] == 3 and read_state(ckpt)["nonfinite_skipped"] == 3
@@ -45,11 +45,11 @@ def test_a_single_nonfinite_update_is_skipped_and_training_goes_on(tiny_path, tm
     handle = head.register_forward_hook(lambda m, i, o: o * float("nan") if m.training else o)
     before = params(tr)
     m = one_step(tr)
-    assert m["nonfinite_skipped"] == 1 and tr.nonfinite_streak == 1
+    assert m["nonfinite_skipped"] == 1 and tr.actor.nonfinite_streak == 1
     assert all(torch.equal(v, before[k]) for k, v in params(tr).items())
     handle.remove()
     m = one_step(tr)
-    assert tr.nonfinite_streak == 0 and m["nonfinite_skipped"] == 1
+    assert tr.actor.nonfinite_streak == 0 and m["nonfinite_skipped"] == 1
     assert any(not torch.equal(v, before[k]) for k, v in params(tr).items())
 
 

@@ -219,7 +219,7 @@ def test_training_pass_routes_like_the_old_pass_only_with_replay(tiny_moe_path, 
                       learning_rate=3e-2, routing_replay=replay, per_device_train_batch_size=16)
     ro = tr.collect()
     model = tr.acc.unwrap_model(tr.model)
-    n_layers = len(tr.routers)
+    n_layers = len(tr.actor.routers)
     calls, handles = _capture_expert_calls(model)
     try:
         m = tr.update(ro)
@@ -245,8 +245,8 @@ def test_router_metrics_and_aux_loss_in_the_update(tiny_moe_path, tmp_path):
     tr = make_trainer(tiny_moe_path, tmp_path, reward_funcs=[_varied_reward], router_aux_loss_coef=0.0)
     ro = tr.collect()
     m = tr.update(ro)
-    E = tr.routers[0].num_experts
-    for i in range(len(tr.routers)):
+    E = tr.actor.routers[0].num_experts
+    for i in range(len(tr.actor.routers)):
         loads = [m[f"moe/layer{i}/load/{e}"] for e in range(E)]
         assert sum(loads) == pytest.approx(1.0, abs=1e-6)
         assert 0 <= m[f"moe/layer{i}/router_entropy"] <= math.log(E)
@@ -265,7 +265,7 @@ def test_router_metrics_and_aux_loss_in_the_update(tiny_moe_path, tmp_path):
         one_step(tr)
         results.append({k: v - before[k] for k, v in params(tr).items()})
     changed = {k for k in results[0] if not torch.equal(results[0][k], results[1][k])}
-    last = len(tr.routers) - 1
+    last = len(tr.actor.routers) - 1
     assert {f"model.layers.{i}.mlp.gate.weight" for i in range(last + 1)} <= changed
     assert not changed & {"model.norm.weight", f"model.layers.{last}.mlp.experts.gate_up_proj",
                           f"model.layers.{last}.mlp.experts.down_proj"}

@@ -123,7 +123,7 @@ def test_packed_update_equals_padded_update(tiny_path, tmp_path, loss_type):
         model.load_state_dict(start)
         tr.optimizer.load_state_dict(opt)
         if packed:
-            assert "src" in tr._micro_batches(ro)[0][1]
+            assert "src" in tr.actor.micro_batches(ro)[0][1]
         metrics[packed] = tr.update(ro)
     tr.close()
     for k in ("loss", "entropy", "kl", "grad_norm"):

@@ -138,16 +138,16 @@ def test_lora_reference_is_the_base_model_with_adapter_disabled(tiny_path, tmp_p
                                                      init_lora_weights=False))  # non-zero adapter from the start
     torch.manual_seed(0)
     tr = make_trainer(tiny_path, tmp_path, reward_funcs=[_varied_reward], model=lora, beta=0.1)
-    assert tr.ref_model is None and tr.ref_is_base_adapter  # no second copy of the weights
+    assert tr.actor.ref_model is None and tr.actor.ref_is_base_adapter  # no second copy of the weights
     ro = tr.collect()
-    batches = tr._micro_batches(ro)
-    ref = tr._reference_logprobs(batches)
+    batches = tr.actor.micro_batches(ro)
+    ref = tr.actor.reference_logprobs(batches)
     plain = AutoModelForCausalLM.from_pretrained(tiny_path)
-    expected = tr._frozen_logprobs(plain, batches)
+    expected = tr.actor.frozen_logprobs(plain, batches)
     for r, e, (_, b) in zip(ref, expected, batches, strict=True):
         m = b["completion_mask"].bool()
         assert torch.allclose(r[m], e[m], atol=1e-5)
-    policy = tr._frozen_logprobs(tr.model, batches)
+    policy = tr.actor.frozen_logprobs(tr.model, batches)
     assert not torch.allclose(policy[0], ref[0])  # the adapter is really on outside the context
     m = tr.update(ro)
     assert m["kl"] > 0

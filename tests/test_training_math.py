@@ -65,14 +65,14 @@ def test_kl_at_step_one_is_zero_under_bf16_autocast(tiny_path, tmp_path, bf16_ac
     under the same bf16 autocast as the policy's (it was 8e-6: float32 against bf16)."""
     torch.manual_seed(0)
     tr = make_trainer(tiny_path, tmp_path, accelerator=bf16_accelerator, beta=0.04, logprob_chunk_size=chunk)
-    assert tr.acc.mixed_precision == "bf16" and tr.ref_model is not None
+    assert tr.acc.mixed_precision == "bf16" and tr.actor.ref_model is not None
     m = one_step(tr)
     assert m["kl"] == 0.0
     # and bf16 is really on: the reference's pass differs from a float32 pass of the same weights
-    batches = tr._micro_batches(tr.collect())
-    bf16 = tr._reference_logprobs(batches)[0]
+    batches = tr.actor.micro_batches(tr.collect())
+    bf16 = tr.actor.reference_logprobs(batches)[0]
     with torch.no_grad():
-        fp32 = completion_logprobs(tr.ref_model, batches[0][1], tr.cfg.temperature, chunk_size=chunk)[0]
+        fp32 = completion_logprobs(tr.actor.ref_model, batches[0][1], tr.cfg.temperature, chunk_size=chunk)[0]
     mask = batches[0][1]["completion_mask"].bool()
     assert (bf16[mask] - fp32[mask]).abs().max() > 1e-4
 
@@ -114,7 +114,7 @@ def test_trainer_loss_clips_at_the_preset_range(tiny_path, tmp_path, loss_type, 
     old = torch.zeros(2, 3)
     logp = old + torch.log(torch.tensor(ratio))
     mask = torch.ones(2, 3)
-    _, stats = A.policy_loss(logp, old, torch.tensor([1.0, 1.0]), mask, tr.loss_settings)
+    _, stats = A.policy_loss(logp, old, torch.tensor([1.0, 1.0]), mask, tr.actor.loss_settings)
     assert int(stats.clipped) == (6 if clipped else 0)
 
 
@@ -180,9 +180,9 @@ def test_truncated_logprobs_are_the_samplers(tiny_path, tmp_path):
     torch.manual_seed(0)
     tr = make_trainer(tiny_path, tmp_path, importance_sampling_cap=2.0, top_p=0.8, top_k=20)
     ro = tr.collect()
-    batches = tr._micro_batches(ro)
-    got = tr._frozen_logprobs(tr.model, batches, truncation=(20, 0.8))
-    full = tr._frozen_logprobs(tr.model, batches)
+    batches = tr.actor.micro_batches(ro, sampler_logprobs=True)
+    got = tr.actor.frozen_logprobs(tr.model, batches, truncation=(20, 0.8))
+    full = tr.actor.frozen_logprobs(tr.model, batches)
     for lp, fl, (_, b) in zip(got, full, batches, strict=True):
         m = b["completion_mask"].bool()
         torch.testing.assert_close(lp[m], b["sampler_logp"][m], atol=1e-4, rtol=0)
