@@ -3,6 +3,7 @@ throughput on a Qwen2-0.5B-shaped random model. Results as JSON and a markdown t
 
     python benchmarks/gpu_check.py --out-dir results/         # on a GPU (bf16)
     python benchmarks/gpu_check.py --smoke --out-dir /tmp/gc  # CPU, tiny sizes: the script still works
+    benchmarks/gpu_bundle.sh run results/                     # on a GPU machine without our dependencies
 
 Sections (each runs even when an earlier one failed; its error is recorded, the exit status is
 1 if any failed):
@@ -319,11 +320,13 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True).stdout.strip() or os.environ.get("GPU_CHECK_COMMIT", "unknown")
-    except OSError:
-        commit = os.environ.get("GPU_CHECK_COMMIT", "unknown")
+    commit = os.environ.get("GPU_CHECK_COMMIT")  # a copy of the checkout may have no .git (gpu_bundle.sh sets it)
+    if not commit:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                    text=True).stdout.strip() or "unknown"
+        except OSError:
+            commit = "unknown"
     res = {"date": datetime.date.today().isoformat(), "commit": commit, "argv": sys.argv[1:], "smoke": args.smoke,
            "sections": {}}
     funcs = {"env": lambda: env_section(), "recipe": lambda: recipe_section(args, out_dir),
