@@ -197,7 +197,8 @@ def train_section(args, device: torch.device) -> dict:
     from accelerate import Accelerator
 
     from rlreason import algorithms as A
-    from rlreason.logprobs import completion_logprobs, pack
+    from rlreason.batching import pack
+    from rlreason.logprobs import completion_logprobs
 
     cuda = device.type == "cuda"
     acc = Accelerator(mixed_precision="bf16" if cuda else "no", cpu=not cuda)
@@ -212,6 +213,7 @@ def train_section(args, device: torch.device) -> dict:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     steps = []
+    settings = A.LossSettings(eps_low=0.2, eps_high=0.28)
     for step in range(args.train_warmup + args.train_steps):
         prompts = torch.randint(0, cfg.vocab_size - 2, (N // G, L), generator=g).tolist()
         prompt_rows = [p for p in prompts for _ in range(G)]
@@ -229,8 +231,8 @@ def train_section(args, device: torch.device) -> dict:
             n_tok += int(batch["attention_mask"].sum())
             logp, _ = completion_logprobs(model, batch, 1.0, chunk_size=args.chunk_size)
             mask = batch["completion_mask"]
-            loss_tok, _ = A.token_surrogate(logp, logp.detach(), adv[lo:hi].to(acc.device), 0.2, 0.28, mask=mask)
-            loss = A.aggregate(loss_tok, mask, "token_mean", denom=denom)
+            # the trainer's loss function (DAPO's clip range, token mean over the whole batch)
+            loss, _ = A.policy_loss(logp, logp.detach(), adv[lo:hi].to(acc.device), mask, settings, denom=denom)
             acc.backward(loss)
             loss_sum += float(loss.detach())
         norm = float(acc.clip_grad_norm_(model.parameters(), 1.0))
