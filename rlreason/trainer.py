@@ -10,7 +10,8 @@ One step:
    gives nothing for ``max_failed_reward_steps`` steps in a row stops the run);
 4. turn rewards into group-relative advantages;
 5. ``num_iterations`` optimizer steps on the clipped surrogate (+ beta * KL), each over the
-   whole batch in micro-batches of ``per_device_train_batch_size`` completions;
+   whole batch in micro-batches of ``per_device_train_batch_size`` completions (the actor,
+   rlreason/actor.py; the loss is ``algorithms.policy_loss``);
 6. hand the new weights to the engine (free when the engine shares the policy);
 7. log metrics, evaluate on held-out problems, checkpoint.
 
@@ -104,10 +105,7 @@ class GRPOTrainer:
         G = self.cfg.num_generations
         t0 = time.perf_counter()
         prompt_ids = [r["prompt_ids"] for r in rows]
-        if seeds is None:
-            groups = self.engine.generate(prompt_ids, G, self.sampling)
-        else:
-            groups = self.engine.generate(prompt_ids, G, self.sampling, seeds=seeds)
+        groups = self.engine.generate(prompt_ids, G, self.sampling, seeds=seeds)
         t_gen = time.perf_counter() - t0
         samples = [s for g in groups for s in g]
         prompts, completions, columns = reward_inputs(rows, [s.text for s in samples], [s.token_ids for s in samples],
@@ -281,6 +279,8 @@ class GRPOTrainer:
         state = read_state(path)
         self.step = state["step"]
         self.prompts.extra_drawn = state.get("extra_prompts_drawn", 0)
+        self.health.streak = dict(state.get("reward_health", {}).get("streak", {}))
+        self.health.failures_total = dict(state.get("reward_health", {}).get("failures_total", {}))
         self.actor.nonfinite_skipped = state.get("nonfinite_skipped", 0)
         self.actor.nonfinite_streak = state.get("nonfinite_streak", 0)
         self.last_eval = state.get("metrics", {})
@@ -414,7 +414,9 @@ class GRPOTrainer:
                  # the KL reference is the initial policy (or, with LoRA, the adapter-disabled base)
                  "reference_model": None if self.actor.ref_model is None and not self.actor.ref_is_base_adapter
                  else ("base_adapter_disabled" if self.actor.ref_is_base_adapter else self.cfg.model_name_or_path),
-                 "teacher_model": self.cfg.teacher_model_name_or_path, "config_changes": self.run_dir.config_changes}
+                 "teacher_model": self.cfg.teacher_model_name_or_path, "config_changes": self.run_dir.config_changes,
+                 # a reward's steps-in-a-row without a score survive a resume (max_failed_reward_steps)
+                 "reward_health": {"streak": self.health.streak, "failures_total": self.health.failures_total}}
         policy = self.acc.unwrap_model(self.model)
         path = save_checkpoint(self.acc, self.cfg.output_dir, step, state, keep=self.cfg.save_total_limit,
                                best_metric=self.cfg.metric_for_best_model, greater_is_better=self.cfg.greater_is_better,

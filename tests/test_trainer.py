@@ -279,6 +279,21 @@ def test_a_reward_that_scores_nothing_stops_the_run_with_its_error_and_a_checkpo
     assert "step 1: reward '_broken_trl_reward' scored no value on every completion" in printed
 
 
+def test_a_dead_rewards_streak_survives_a_resume(tiny_path, tmp_path):
+    """One dead step, checkpoint, resume: the second dead step in a row (step 2) stops the run,
+    as it would have without the stop in between (the streak is in the checkpoint)."""
+    from rlreason.health import RewardFailureError
+
+    common = dict(max_failed_reward_steps=2, reward_num_workers=1, save_steps=1)
+    tr = _trainer_with(tiny_path, tmp_path, [accuracy_reward, _broken_trl_reward], max_steps=1, **common)
+    tr.train()
+    resumed = _trainer_with(tiny_path, tmp_path, [accuracy_reward, _broken_trl_reward], max_steps=4,
+                            resume_from_checkpoint="auto", **common)
+    with pytest.raises(RewardFailureError, match=r"2 steps in a row"):
+        resumed.train()
+    assert resumed.step == 2
+
+
 def test_a_checkpoint_is_a_loadable_hugging_face_model_folder(tiny_path, tmp_path):
     tr = _trainer_with(tiny_path, tmp_path, [_varied_reward], max_steps=1)
     tr.train()
