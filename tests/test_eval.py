@@ -241,7 +241,7 @@ class FakeEngine:
         self.texts = texts
         self.calls: list[tuple[int, int]] = []
 
-    def generate(self, prompts, n, sampling):
+    def generate(self, prompts, n, sampling, seeds=None):
         self.calls.append((len(prompts), n))
         return [[Sample(token_ids=list(range(i + 1)), text=self.texts[(j * n + i) % len(self.texts)],
                         finish_reason="length" if i == 0 else "stop") for i in range(n)] for j in range(len(prompts))]

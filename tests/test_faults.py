@@ -79,7 +79,7 @@ class EmptyCompletions:
     def __init__(self, engine):
         self.engine = engine
 
-    def generate(self, prompts, n, sampling):
+    def generate(self, prompts, n, sampling, seeds=None):
         groups = self.engine.generate(prompts, n, sampling)
         return [[Sample(token_ids=[], text="", logprobs=[], finish_reason="stop") for _ in g] for g in groups]
 
