@@ -237,8 +237,8 @@ class Actor:
         # the teacher's own distribution (temperature 1) is the target of on-policy distillation
         teacher = self.frozen_logprobs(self.teacher, batches, 1.0) if self.teacher is not None else None
         self.model.train()
-        stats = dict.fromkeys(("clipped", "entropy", "kl", "loss", "is_weight", "log_ratio", "log_ratio_sq",
-                               "reverse_kl"), 0.0)
+        stats = dict.fromkeys(("clipped", "entropy", "kl", "loss", "is_weight", "is_capped", "log_ratio",
+                               "log_ratio_sq", "reverse_kl"), 0.0)
         max_abs_log_ratio = 0.0
         grad_norms = []
         router = RouterStats.zeros(len(self.routers), self.routers[0].num_experts) if self.routers else None
@@ -298,7 +298,7 @@ class Actor:
         k = cfg.num_iterations
         # Token averages over the whole batch: sums and token counts of all processes. The loss
         # is each process's share of DDP's averaged objective: averaged in rlreason.distributed.reduce_metrics.
-        keys = ("clipped", "entropy", "kl", "is_weight", "log_ratio", "log_ratio_sq", "reverse_kl")
+        keys = ("clipped", "entropy", "kl", "is_weight", "is_capped", "log_ratio", "log_ratio_sq", "reverse_kl")
         *sums, n_tokens, n_trained, n_groups = reduce_sum(
             self.acc, [stats[x] for x in keys] + [float(n_tokens), float(ro.num_groups), float(n_groups)])
         stats.update(zip(keys, sums, strict=True))
@@ -326,6 +326,7 @@ class Actor:
             metrics["distill/reverse_kl"] = stats["reverse_kl"] / tok
         if cfg.importance_sampling_cap:
             metrics["is_weight_mean"] = stats["is_weight"] / tok
+            metrics["is_weight_capped_frac"] = stats["is_capped"] / tok  # tokens whose weight the cap cut
         if router is not None:
             if self.acc.num_processes > 1:
                 router = router.from_flat(reduce_sum(self.acc, router.flat()))

@@ -464,6 +464,7 @@ class PolicyLossStats:
     entropy: torch.Tensor
     kl: torch.Tensor  # KL estimate, without beta
     is_weight: torch.Tensor  # truncated importance weight
+    is_capped: torch.Tensor  # tokens whose importance weight the cap cut
     log_ratio: torch.Tensor  # log(pi / pi_old) per token (not clamped, not the sequence ratio)
     log_ratio_sq: torch.Tensor
     reverse_kl: torch.Tensor  # log pi_old - log pi_teacher (on-policy distillation)
@@ -540,7 +541,7 @@ def policy_loss(
     else:
         loss_tok, clipped = token_loss(logp, old_logp, adv, mask)
     zero = logp.new_zeros(())
-    is_weight = kl_sum = zero
+    is_weight = is_capped = kl_sum = zero
     if s.is_cap:
         if sampler_logp is None:
             raise ValueError("an importance sampling cap needs the sampler's log-probs (sampler_logp)")
@@ -548,6 +549,7 @@ def policy_loss(
         w = truncated_is_weight(pi_old, sampler_logp, s.is_cap)
         loss_tok = loss_tok * w
         is_weight = (w * mask).sum()
+        is_capped = ((w >= s.is_cap) & mask.bool()).sum()
     if ref_logp is not None:
         kl = kl_estimate(logp, ref_logp, s.kl_estimator)
         loss_tok = loss_tok + s.beta * kl
@@ -565,6 +567,7 @@ def policy_loss(
         entropy=(entropy.detach() * mask).sum() if entropy is not None else zero,
         kl=kl_sum,
         is_weight=is_weight,
+        is_capped=is_capped,
         log_ratio=log_ratio.sum(),
         log_ratio_sq=log_ratio.pow(2).sum(),
         reverse_kl=reverse_kl.sum() if reverse_kl is not None else zero,

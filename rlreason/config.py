@@ -38,6 +38,7 @@ DistillSelection = Literal["best_of_k", "all_correct", "shortest_correct"]  # rl
 
 
 logger = logging.getLogger("rlreason.config")
+ASYNC_IS_CAP = 2.0  # importance_sampling_cap when async_rollouts leaves it unset: weights above 2 are cut to 2
 
 
 class ConfigError(ValueError):
@@ -135,6 +136,14 @@ class GRPOConfig:
     # push the policy's weights to a separate engine every N steps; on the steps in between its own
     # log-probs are pi_old (the behaviour policy) of the ratio
     weight_sync_steps: int = 1
+    # Overlapped rollouts (rlreason/async_rollout.py, docs/scaling.md): step t+1's batch is generated
+    # and scored on a background thread while step t's update runs, by weights at most max_staleness
+    # steps older than those it trains. The ratio's pi_old is then the trainer's current policy (the
+    # clip keeps the update near it) and the truncated importance weight min(pi_current / pi_sampler,
+    # importance_sampling_cap) corrects the lag; the cap defaults to 2.0 in this mode. Turns on
+    # generation_seed_per_prompt (a batch's samples must not depend on the threads' timing).
+    async_rollouts: bool = False
+    max_staleness: int = 1
 
     # --- optimisation ---
     per_device_train_batch_size: int = 64  # completions per micro-batch
@@ -211,7 +220,20 @@ class GRPOConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.async_rollouts:
+            self._resolve_async()
         self.validate()
+
+    def _resolve_async(self) -> None:
+        """What overlapped rollouts need, set where left unset (with a log line each)."""
+        if not self.generation_seed_per_prompt:
+            logger.warning("async_rollouts: setting generation_seed_per_prompt: true (each prompt's samples then "
+                           "depend only on the weights and its seed, not on when the rollout thread runs)")
+            self.generation_seed_per_prompt = True
+        if self.importance_sampling_cap is None:
+            logger.warning("async_rollouts: setting importance_sampling_cap: %s (truncated importance sampling "
+                           "corrects the one-step-stale sampler)", ASYNC_IS_CAP)
+            self.importance_sampling_cap = ASYNC_IS_CAP
 
     @property
     def completions_per_step(self) -> int:
@@ -249,6 +271,9 @@ class GRPOConfig:
         need(not self.load_in_4bit or self.use_peft, "load_in_4bit",
              "4-bit weights cannot be trained directly: set use_peft: true (QLoRA)")
         need(self.weight_sync_steps >= 1, "weight_sync_steps", f"must be >= 1, got {self.weight_sync_steps}")
+        need(self.max_staleness >= 1, "max_staleness", f"must be >= 1, got {self.max_staleness}")
+        if self.async_rollouts:
+            self._validate_async(need)
         need(self.reward_num_workers >= 0, "reward_num_workers", f"must be >= 0, got {self.reward_num_workers}")
         need(self.reward_timeout_s > 0, "reward_timeout_s", f"must be > 0, got {self.reward_timeout_s}")
         need(self.pack_max_row_tokens is None or self.pack_max_row_tokens >= 1, "pack_max_row_tokens",
@@ -290,6 +315,24 @@ class GRPOConfig:
     def clip_range(self) -> tuple[float, float]:
         """(eps_low, eps_high) after the loss_type preset's defaults (rlreason.algorithms.clip_range)."""
         return clip_range(self.loss_type, self.epsilon, self.epsilon_high)
+
+    def _validate_async(self, need: Callable[[bool, str, str], None]) -> None:
+        """Settings overlapped rollouts cannot run with, each with the reason."""
+        need(not self.dynamic_sampling, "dynamic_sampling",
+             "refills a batch with more rollouts after scoring it, which an overlapped batch cannot wait for: "
+             "turn off dynamic_sampling or async_rollouts")
+        need(self.weight_sync_steps == 1, "weight_sync_steps",
+             "with async_rollouts the engine's lag is set by max_staleness: leave weight_sync_steps at 1")
+        need(self.generation_seed_per_prompt, "generation_seed_per_prompt",
+             "async_rollouts needs it (a batch's samples must not depend on the threads' timing)")
+        need(self.importance_sampling_cap is not None, "importance_sampling_cap",
+             "async_rollouts needs truncated importance sampling (the sampler lags the policy)")
+        need(not (self.use_vllm and self.vllm_mode == "colocate"), "vllm_mode",
+             "async_rollouts needs an engine that runs beside the trainer: vllm_mode: server, or the "
+             "transformers engine (use_vllm: false), which generates with a copy of the policy")
+        need(not (self.use_peft and not self.use_vllm), "use_peft",
+             "async_rollouts with LoRA needs the vLLM server engine (use_vllm: true, vllm_mode: server): the "
+             "transformers engine's copy of the policy takes plain weights")
 
     def _validate_ranges(self, need: Callable[[bool, str, str], None]) -> None:
         """Numeric keys whose values make no sense: caught at start-up, not as a reversed update

@@ -79,11 +79,13 @@ def test_truncated_importance_weight_multiplies_and_is_summed():
     loss, s = run(logp, old, t([1.0]), mask, is_cap=1.5, sampler_logp=sampler)
     assert loss.item() == pytest.approx(-(1.5 + 0.5) / 2, abs=1e-12)  # min(2, 1.5), 0.5
     assert s.is_weight.item() == pytest.approx(2.0, abs=1e-12)
+    assert s.is_capped.item() == 1  # the first token's 2 was cut to 1.5; the masked 4 does not count
     # behaviour_logp is pi_old of the weight when given (the truncated sampling distribution)
     loss, s = run(logp, old, t([1.0]), mask, is_cap=1.5, sampler_logp=sampler, behaviour_logp=t([[LOG(0.5)] * 3]))
     # pi_old / pi_sampler = 0.5 * 2 = 1, 0.5 * 0.5 = 0.25
     assert loss.item() == pytest.approx(-(1.0 + 0.25) / 2, abs=1e-12)
     assert s.is_weight.item() == pytest.approx(1.25, abs=1e-12)
+    assert s.is_capped.item() == 0
 
 
 def test_no_cap_no_weight():
@@ -176,7 +178,8 @@ def test_log_ratio_statistics_are_sums_over_real_tokens():
     assert s.log_ratio.item() == pytest.approx(0.0, abs=1e-12)
     assert s.log_ratio_sq.item() == pytest.approx(0.01 + 0.09 + 0.04, abs=1e-12)
     assert s.max_abs_log_ratio.item() == pytest.approx(0.3, abs=1e-12)
-    assert set(s.sums()) == {"clipped", "entropy", "kl", "is_weight", "log_ratio", "log_ratio_sq", "reverse_kl"}
+    assert set(s.sums()) == {"clipped", "entropy", "kl", "is_weight", "is_capped", "log_ratio", "log_ratio_sq",
+                              "reverse_kl"}
     assert all(not v.requires_grad and v.dim() == 0 for v in s.sums().values())
 
 

@@ -1,0 +1,118 @@
+"""Overlapped rollouts (``async_rollouts``): step t+1's batch is generated and scored on a
+background thread while step t's update runs: one-step off-policy training, as verl's
+one-step-off-policy trainer, PipelineRL and AReaL do it.
+
+    trainer thread   take(t) | sync? | submit(t+1) | update(t) ..........| take(t+1) | sync? | ...
+    rollout thread                    | generate(t+1), score(t+1) |  idle |
+
+At most one batch is in flight. The engine generates only on the rollout thread and takes
+weights only on the trainer's thread while nothing is in flight (after ``take``, before the
+next ``submit``), so it never samples from weights the optimizer is changing, and which
+weights sample which batch is a function of the step alone (rlreason/trainer.py
+``_launch_next``): runs are deterministic, whatever the threads' timing. Everything the batch
+depends on (prompts, seeds, the rewards' ``trainer_state``) is fixed on the trainer's thread
+before ``submit``.
+
+An exception on the rollout thread is re-raised by ``take`` in the trainer (the engine's own
+timeouts bound a dead server: rlreason/rollout/gloo_transfer.py ``HTTPClient``); ``close``
+never waits long for a thread that hangs (it is a daemon thread: it cannot keep the process
+alive either).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Batch:
+    """A finished (or restored) batch: for ``step``, sampled with the weights of step ``version``
+    (the optimizer steps they had seen), ``result`` what the producer returned."""
+
+    step: int
+    version: int
+    result: Any
+    generation_s: float = 0.0  # wall time the rollout thread spent on it
+
+
+class RolloutThread:
+    """One batch in flight on a background thread: ``submit(step, version, fn)`` starts
+    ``fn()`` there, ``take()`` returns its ``Batch`` (waiting if needed) or raises what ``fn``
+    raised. ``put`` hands it a finished batch (a checkpoint's in-flight batch on resume)."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._done: Batch | None = None
+        self._error: BaseException | None = None
+        self._pending: tuple[int, int] | None = None  # (step, version) of the batch on the thread
+        self.wait_s = 0.0  # time the last take() waited for the thread
+
+    @property
+    def busy(self) -> bool:
+        """A batch is submitted or finished and not taken yet."""
+        return self._pending is not None or self._done is not None
+
+    def submit(self, step: int, version: int, fn: Callable[[], Any]) -> None:
+        if self.busy:
+            raise RuntimeError(f"a rollout is already in flight (step {self.peek_step()}); take() it first")
+        self._pending, self._error = (step, version), None
+
+        def run() -> None:
+            t0 = time.perf_counter()
+            try:
+                result = fn()
+            except BaseException as e:  # re-raised by take() on the trainer's thread
+                self._error = e
+                return
+            self._done = Batch(step, version, result, time.perf_counter() - t0)
+
+        self._thread = threading.Thread(target=run, name=f"rlreason-rollout-{step}", daemon=True)
+        self._thread.start()
+
+    def peek_step(self) -> int | None:
+        """The step of the batch in flight or finished, None without one."""
+        if self._done is not None:
+            return self._done.step
+        return None if self._pending is None else self._pending[0]
+
+    def finish(self) -> Batch | None:
+        """Wait for the batch in flight (if any) and keep it for ``take``: -> it, or None."""
+        t0 = time.perf_counter()
+        if self._thread is not None:
+            # join in slices: the main thread stays responsive to signals (a stop request is a flag)
+            while self._thread.is_alive():
+                self._thread.join(0.5)
+            self._thread = None
+            self.wait_s = time.perf_counter() - t0
+        if self._error is not None:
+            err, self._error, self._pending = self._error, None, None
+            raise RuntimeError(f"the rollout of the next batch failed on the rollout thread: "
+                               f"{type(err).__name__}: {err}") from err
+        self._pending = None
+        return self._done
+
+    def take(self, step: int) -> Batch:
+        """The batch for ``step``, finished; raises the producer's exception."""
+        self.wait_s = 0.0
+        batch = self.finish()
+        if batch is None or batch.step != step:
+            raise RuntimeError(f"expected the rollout of step {step} in flight, found "
+                               f"{'none' if batch is None else f'step {batch.step}'}")
+        self._done = None
+        return batch
+
+    def put(self, batch: Batch) -> None:
+        """A finished batch (restored from a checkpoint), returned by the next ``take``."""
+        if self.busy:
+            raise RuntimeError("put: a rollout is already in flight")
+        self._done = batch
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Drop whatever is in flight; wait at most ``timeout_s`` for the thread (a daemon)."""
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        self._thread, self._done, self._pending, self._error = None, None, None, None
