@@ -348,7 +348,10 @@ def assemble(cfg: GRPOConfig, model: torch.nn.Module, tokenizer: Any, train: dat
             raise ValueError(f"config key 'teacher_model_name_or_path': the teacher's output layer has {rows} rows "
                              f"but the tokenizer has {len(tokenizer)} tokens; teacher and student must share a "
                              f"tokenizer")
-    engine = engine or HFEngine(acc.unwrap_model(model), tokenizer, cfg.generation_batch_prompts)
+    if engine is None:  # transformers on the policy itself; with async_rollouts on a copy (the update changes the policy)
+        policy = acc.unwrap_model(model)
+        sampler = copy.deepcopy(policy).eval().requires_grad_(False) if cfg.async_rollouts else policy
+        engine = HFEngine(sampler, tokenizer, cfg.generation_batch_prompts)
     for msg in setting_warnings(cfg, separate_engine=not shares_policy(engine, model, acc)):
         warnings.warn(msg, stacklevel=2)
     run_dir = run_dir or open_run_dir(cfg, acc)

@@ -66,6 +66,20 @@ class Rollout:
                         + other.extra.get(k, [None] * len(other.samples)) for k in {*self.extra, *other.extra}})
 
 
+def rollout_state(ro: Rollout) -> dict[str, Any]:
+    """``ro`` as plain containers and tensors (a checkpoint's in-flight batch, ``async_rollouts``):
+    every field, exactly (floats as they are, not through text)."""
+    return {"prompt_ids": ro.prompt_ids, "samples": [dataclasses.asdict(s) for s in ro.samples],
+            "rewards": ro.rewards, "per_func": ro.per_func, "prompts": ro.prompts, "group_size": ro.group_size,
+            "metrics": ro.metrics, "advantages": ro.advantages, "extra": ro.extra}
+
+
+def rollout_from_state(state: dict[str, Any]) -> Rollout:
+    """The inverse of ``rollout_state``."""
+    return Rollout(state["prompt_ids"], [Sample(**s) for s in state["samples"]], state["rewards"], state["per_func"],
+                   state["prompts"], state["group_size"], state["metrics"], state["advantages"], state["extra"])
+
+
 def stream_seed(seed: int, stream: str, pos: int) -> int:
     """The sampling seed of the item at ``pos`` of a named stream (a run's prompts, the distillation
     teacher's problems): a function of (seed, stream, position) only, never of the process count

@@ -26,6 +26,15 @@ every collective, with a zero-weight micro-batch, and every process runs as many
 as the one with the most (padding micro-batches of zero weight: a sharded policy's forwards are
 collectives). The learning-rate schedule takes one step per optimizer step, whatever the number
 of processes.
+
+With ``async_rollouts`` steps 2-3 of step t+1 run on a background thread (rlreason/async_rollout.py)
+while step t's update runs, on a separate engine (a copy of the policy, or a vLLM server). Which
+weights sample which batch depends only on the step (``_launch_next``): the engine takes the
+policy's weights right after a batch is taken and before the next is started, when a batch
+would otherwise be sampled more than ``max_staleness`` steps behind the weights it trains. The
+update then compares the policy with its current weights (the clip) and corrects the lag with the
+truncated importance weight min(pi_theta / pi_sampler, importance_sampling_cap) (Yao et al. 2025;
+the decoupled objective of AReaL). A checkpoint holds the batch in flight, so a resume is exact.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ from transformers import TrainerState
 from rlreason import algorithms as A
 from rlreason import stopping
 from rlreason.actor import Actor
+from rlreason.async_rollout import Batch, RolloutThread
 from rlreason.build import Parts, shares_policy
 from rlreason.checkpoint import hf_model_files, read_state, record_final_eval, save_checkpoint, save_model
 from rlreason.config import GRPOConfig
@@ -48,13 +58,16 @@ from rlreason.data import INTERNAL_COLUMNS
 from rlreason.distributed import full_named_parameters, gather_varlen, reduce_metrics, reduce_sum
 from rlreason.eval.core import EvalProtocol, evaluate, evaluate_suites, flat_metrics
 from rlreason.eval.metrics import wilson_interval
-from rlreason.experience import PromptStream, Rollout, completion_rows, sample_metrics
+from rlreason.experience import (PromptStream, Rollout, completion_rows, rollout_from_state, rollout_state,
+                                 sample_metrics)
 from rlreason.health import RewardHealth
 from rlreason.lora import is_peft_model, merged_named_parameters
 from rlreason.resume import apply_optimizer_changes
 from rlreason.rewards.runner import reward_inputs
 from rlreason.rollout.base import SamplingConfig
 from rlreason.tracking import run_summary, write_report
+
+PENDING_ROLLOUT = "pending_rollout.pt"  # a checkpoint's batch in flight (async_rollouts)
 
 
 class GRPOTrainer:
@@ -90,6 +103,18 @@ class GRPOTrainer:
         self.last_eval: dict[str, float] = {}  # the latest periodic eval, saved with checkpoints
         self.heldout_before: dict[str, Any] = {}
         self._saved_step: int | None = None  # the step of the newest checkpoint this run wrote or resumed from
+        self.engine_version = 0  # optimizer steps the engine's weights have seen (async_rollouts)
+        self.overlap: RolloutThread | None = None  # the batch in flight (async_rollouts)
+        if cfg.async_rollouts:
+            if self.engine_shares_policy:
+                raise ValueError("config key 'async_rollouts': the engine generates with the policy itself, whose "
+                                 "weights the update changes; build the parts with rlreason.build.assemble (it "
+                                 "gives the transformers engine a copy of the policy) or pass a separate engine")
+            if self.acc.num_processes > 1:
+                raise ValueError("config key 'async_rollouts': one training process only for now (several would "
+                                 "each need their rollout thread in step with the others' collectives); run "
+                                 "without it, or on one process with a vLLM server generating on other GPUs")
+            self.overlap = RolloutThread()
 
     @property
     def group_size(self) -> int:
@@ -102,6 +127,14 @@ class GRPOTrainer:
         """Generate and score ``rows`` on this process (no communication: with dynamic sampling
         the processes run different numbers of rounds). ``metrics`` holds this process's
         timings and reward failure counts; batch statistics come from ``rlreason.experience.sample_metrics``."""
+        ro, errors = self.generate_and_score(rows, seeds, self.trainer_state())
+        self.health.errors.update(errors)
+        return ro
+
+    def generate_and_score(self, rows: list[dict], seeds: list[int] | None, state: TrainerState
+                           ) -> tuple[Rollout, dict[str, str]]:
+        """``rollout``'s work: -> (the rollout, the rewards' errors). It reads and changes nothing of
+        the trainer's (``state`` is the rewards' ``trainer_state``), so it may run on the rollout thread."""
         G = self.cfg.num_generations
         t0 = time.perf_counter()
         prompt_ids = [r["prompt_ids"] for r in rows]
@@ -112,20 +145,21 @@ class GRPOTrainer:
                                                       G, self.cfg.prompt_column, skip=INTERNAL_COLUMNS,
                                                       plain_text=self.cfg.rewards_plain_text)
         t0 = time.perf_counter()
-        out = self.rewards.score(prompts, completions, columns, shared={"trainer_state": self.trainer_state()})
+        out = self.rewards.score(prompts, completions, columns, shared={"trainer_state": state})
         t_score = time.perf_counter() - t0
         metrics = {"time/generation_s": t_gen, "time/scoring_s": t_score, **out.logged}
         for name in out.per_func:
             metrics[f"rewards/{name}/failures"] = float(out.failures.get(name, 0))
-        self.health.errors.update(out.errors)
         # No applicable term: NaN, left out of the group statistics (advantage 0), never a 0 score.
         rewards = torch.where(out.applicable, out.total, torch.full_like(out.total, math.nan))
         return Rollout([r["prompt_ids"] for r in rows for _ in range(G)], samples, rewards, out.per_func,
-                       prompts, G, metrics, extra=out.extra)
+                       prompts, G, metrics, extra=out.extra), dict(out.errors)
 
-    def trainer_state(self) -> TrainerState:
-        """What TRL passes rewards as ``trainer_state`` (they read ``global_step``, ``max_steps``)."""
-        return TrainerState(global_step=self.step, max_steps=self.cfg.max_steps, epoch=self.prompts.epoch(self.step),
+    def trainer_state(self, step: int | None = None) -> TrainerState:
+        """What TRL passes rewards as ``trainer_state`` (they read ``global_step``, ``max_steps``), at
+        ``step`` (default: the current one)."""
+        step = self.step if step is None else step
+        return TrainerState(global_step=step, max_steps=self.cfg.max_steps, epoch=self.prompts.epoch(step),
                             num_train_epochs=math.ceil(self.prompts.epoch(self.cfg.max_steps)))
 
     def collect(self) -> Rollout:
@@ -133,7 +167,11 @@ class GRPOTrainer:
         sec. 3.2), groups whose rewards are all equal are dropped and more prompts sampled until
         the batch is full again or ``max_resample_rounds`` extra rounds are spent."""
         cfg = self.cfg
-        ro = self.rollout(self.prompts.rows(self.step), self.prompts.seeds("train", self.prompts.positions(self.step)))
+        if self.overlap is not None:  # generated on the rollout thread (async_rollouts; no dynamic sampling)
+            ro = self._take()
+        else:
+            ro = self.rollout(self.prompts.rows(self.step),
+                              self.prompts.seeds("train", self.prompts.positions(self.step)))
         metrics = {**ro.metrics, **sample_metrics(self.acc, ro)}  # of the policy's draw, before any filtering
         if cfg.dynamic_sampling:
             want = self.prompts_per_process
@@ -180,6 +218,48 @@ class GRPOTrainer:
             m["frac_zero_std_groups"] = flat / total if total else float("nan")
         return adv, m
 
+    # ------------------------------------------------------------------ overlapped rollouts
+
+    def _submit(self, step: int) -> None:
+        """Start step ``step``'s rollout on the rollout thread, with the engine's current weights;
+        its prompts, seeds and the rewards' trainer_state are fixed here, on the trainer's thread."""
+        rows = self.prompts.rows(step)
+        seeds = self.prompts.seeds("train", self.prompts.positions(step))
+        state = self.trainer_state(step)
+        self.overlap.submit(step, self.engine_version, lambda: self.generate_and_score(rows, seeds, state))
+
+    def _take(self) -> Rollout:
+        """This step's batch from the rollout thread (re-raising its error), with the overlap's metrics."""
+        batch = self.overlap.take(self.step)
+        ro, errors = batch.result
+        self.health.errors.update(errors)
+        # staleness: optimizer steps between the weights that sampled the batch and those it trains;
+        # time/rollout_wait_s: how long the trainer waited for it (0: the rollout was fully hidden)
+        ro.metrics = {**ro.metrics, "async/staleness": float(self.step - batch.version),
+                      "time/rollout_wait_s": self.overlap.wait_s, "time/rollout_thread_s": batch.generation_s}
+        return ro
+
+    def _launch_next(self) -> None:
+        """Right after this step's batch is taken (the engine is idle): give the engine the current
+        weights if the next batch would otherwise be sampled more than ``max_staleness`` steps
+        behind the weights it trains (with 1: every step), then start the next batch's rollout.
+        A function of the step only, so runs (and resumed runs) sample the same batches."""
+        nxt = self.step + 1
+        if nxt >= self.cfg.max_steps:
+            return
+        if nxt - self.engine_version > self.cfg.max_staleness:
+            self.sync_weights()
+            self.engine_version = self.step
+        self._submit(nxt)
+
+    def _engine_current(self) -> None:
+        """Before an evaluation with async rollouts: the engine takes the policy's current weights,
+        once the batch in flight has finished (it is kept for its step)."""
+        if self.overlap is not None and self.engine_version != self.step:
+            self.overlap.finish()
+            self.sync_weights()
+            self.engine_version = self.step
+
     # ------------------------------------------------------------------ update
 
     def _stale_sampler(self) -> bool:
@@ -215,6 +295,7 @@ class GRPOTrainer:
         rows = self.eval_rows[:n] if n else self.eval_rows
         if not rows or self.eval_scorer is None:
             return {}
+        self._engine_current()
         mine = rows[self.acc.process_index::self.acc.num_processes]
         res = evaluate(self.engine, [r["prompt_ids"] for r in mine], [r[self.cfg.prompt_column] for r in mine],
                        [r["answer"] for r in mine], self.eval_scorer, self.eval_sampling)
@@ -237,6 +318,7 @@ class GRPOTrainer:
         if not cfg.eval_suites:
             return {}
         flat: dict[str, float] = {}
+        self._engine_current()
         if self.acc.is_main_process:
             protocol = EvalProtocol(max_tokens=cfg.eval_max_tokens or cfg.max_completion_length, seed=cfg.seed)
             results = evaluate_suites(self.engine, self.tokenizer, cfg.eval_suites, protocol,
@@ -253,7 +335,10 @@ class GRPOTrainer:
             self.close()
 
     def close(self) -> None:
-        """Stop the reward workers (also done at garbage collection and interpreter exit)."""
+        """Stop the reward workers (also done at garbage collection and interpreter exit) and drop the
+        rollout in flight."""
+        if self.overlap is not None:
+            self.overlap.close()
         for runner in (self.rewards, self.eval_scorer, self.suite_scorer):
             if runner is not None:
                 runner.close()
@@ -288,6 +373,11 @@ class GRPOTrainer:
         self._saved_step = self.step
         apply_optimizer_changes(self.optimizer, self.scheduler, self.cfg, state.get("config", {}))
         self.sync_weights()  # a separate engine started from the initial weights
+        self.engine_version = self.step
+        if self.overlap is not None and (path / PENDING_ROLLOUT).is_file():  # the batch that was in flight
+            saved = torch.load(path / PENDING_ROLLOUT, weights_only=False)  # our own file, checksummed
+            self.overlap.put(Batch(saved["step"], saved["version"],
+                                   (rollout_from_state(saved["rollout"]), saved["errors"])))
         self.log.print(f"resumed from {path} at step {self.step}")
 
     def _train(self) -> dict[str, Any]:
@@ -319,6 +409,11 @@ class GRPOTrainer:
         t_train = time.perf_counter()
         # a stop requested before the first step (several processes: between the phases above)
         interrupted = interrupted or self._any_process(self.stop_requested)
+        if self.overlap is not None and not interrupted and self.step < cfg.max_steps:
+            self.log.print(f"async rollouts: each batch generated during the previous update, at most "
+                           f"{cfg.max_staleness} step(s) stale; importance_sampling_cap {cfg.importance_sampling_cap}")
+            if not self.overlap.busy:  # a resume brings the batch that was in flight
+                self._submit(self.step)
         while not interrupted and self.step < cfg.max_steps:
             metrics, n_samples = self._one_step()
             samples_per_s.append(metrics["perf/samples_per_s"])
@@ -380,10 +475,12 @@ class GRPOTrainer:
         cfg = self.cfg
         t0 = time.perf_counter()
         ro = self.collect()
+        if self.overlap is not None:
+            self._launch_next()  # the next batch generates while this one trains
         metrics = dict(ro.metrics)
         metrics.update(self.update(ro))
         self.step += 1
-        if self.step % cfg.weight_sync_steps == 0:
+        if self.overlap is None and self.step % cfg.weight_sync_steps == 0:
             self.sync_weights()
         dt = time.perf_counter() - t0
         n_comp = len(ro.samples)  # this process's; reduce_metrics sums the rates over processes
@@ -418,9 +515,19 @@ class GRPOTrainer:
                  # a reward's steps-in-a-row without a score survive a resume (max_failed_reward_steps)
                  "reward_health": {"streak": self.health.streak, "failures_total": self.health.failures_total}}
         policy = self.acc.unwrap_model(self.model)
+        # async_rollouts: the batch in flight is finished and saved, so a resume trains on exactly it
+        pending = self.overlap.finish() if self.overlap is not None else None
+
+        def extra(folder: Path) -> None:
+            hf_model_files(policy, self.tokenizer, folder)
+            if pending is not None:
+                ro, errors = pending.result
+                torch.save({"step": pending.step, "version": pending.version, "rollout": rollout_state(ro),
+                            "errors": errors}, folder / PENDING_ROLLOUT)
+
         path = save_checkpoint(self.acc, self.cfg.output_dir, step, state, keep=self.cfg.save_total_limit,
                                best_metric=self.cfg.metric_for_best_model, greater_is_better=self.cfg.greater_is_better,
-                               extra=lambda folder: hf_model_files(policy, self.tokenizer, folder))
+                               extra=extra)
         self._saved_step = step
         return path
 

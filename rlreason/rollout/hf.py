@@ -58,7 +58,8 @@ def process_logits(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tens
     return logits
 
 
-def sample_tokens(scores: torch.Tensor, greedy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_tokens(scores: torch.Tensor, greedy: bool, generator: torch.Generator | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one token per row from softmax(scores) and its log-prob. [N, V] -> tokens [N], logps [N]
 
     Inverse-CDF sampling: one uniform number per row against the row's cumulative
@@ -69,7 +70,8 @@ def sample_tokens(scores: torch.Tensor, greedy: bool) -> tuple[torch.Tensor, tor
     token whose CDF step is positive. The CDF is summed in float64: in float32 each step of
     the running sum rounds by up to ~3e-8, which would move probability between tail tokens
     of a large vocabulary (the exponential race is exact per token); float64 makes that
-    negligible and still costs less than the race.
+    negligible and still costs less than the race. ``generator``: the random stream (None:
+    torch's global one).
     """
     lse = scores.logsumexp(-1, keepdim=True)  # [N, 1]
     if greedy:
@@ -77,14 +79,15 @@ def sample_tokens(scores: torch.Tensor, greedy: bool) -> tuple[torch.Tensor, tor
     else:
         cdf = (scores - lse).exp_().cumsum(-1, dtype=torch.float64)  # [N, V]
         total = cdf[:, -1:]
-        target = torch.minimum(torch.rand_like(total) * total, total.nextafter(torch.zeros_like(total)))
+        u = torch.rand(total.shape, dtype=total.dtype, device=total.device, generator=generator)
+        target = torch.minimum(u * total, total.nextafter(torch.zeros_like(total)))
         tok = torch.searchsorted(cdf, target, right=True)
     return tok.squeeze(-1), (scores.gather(-1, tok) - lse).squeeze(-1)
 
 
 @torch.no_grad()
 def decode(model, prompts: list[list[int]], n: int, sampling: SamplingConfig, stop_ids: list[int],
-           pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+           pad_id: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``n`` completions per prompt with a KV-cached decode loop that drops finished rows.
 
     Each prompt is prefilled once: its last position's logits give the first token of all its
@@ -125,7 +128,7 @@ def decode(model, prompts: list[list[int]], n: int, sampling: SamplingConfig, st
     for t in range(T):
         # fp32 like generate's scores, so half-precision models sample from the same distribution
         scores = process_logits(logits.float(), sampling)  # [B, V]
-        tok, lp = sample_tokens(scores, sampling.greedy)
+        tok, lp = sample_tokens(scores, sampling.greedy, generator)
         tokens[rows, t] = tok
         logps[rows, t] = lp
         if t == T - 1:
@@ -191,23 +194,24 @@ class HFEngine:
         if seeds is not None:
             device = next(self.model.parameters()).device
             for prompt, seed in zip(prompts, seeds, strict=True):
-                # fork_rng: the caller's RNG stream is left as it was
-                with torch.random.fork_rng(devices=[device] if device.type != "cpu" else [],
-                                           device_type=device.type):
-                    torch.manual_seed(seed)
-                    out.extend(self._generate_chunk([prompt], n, sampling))
+                # a generator of its own: torch's global stream is not touched, so generating on a
+                # thread beside the trainer (async_rollouts) neither disturbs nor depends on it
+                # (torch.manual_seed(seed) and this generator draw the same numbers)
+                gen = torch.Generator(device=device).manual_seed(seed)
+                out.extend(self._generate_chunk([prompt], n, sampling, gen))
             return out
         for i in range(0, len(prompts), self.max_batch_prompts):
             out.extend(self._generate_chunk(prompts[i:i + self.max_batch_prompts], n, sampling))
         return out
 
-    def _generate_chunk(self, prompts: list[list[int]], n: int, sampling: SamplingConfig) -> list[list[Sample]]:
+    def _generate_chunk(self, prompts: list[list[int]], n: int, sampling: SamplingConfig,
+                        generator: torch.Generator | None = None) -> list[list[Sample]]:
         model = self.model
         was_training = model.training
         model.eval()
         try:
             tokens, logps, lengths = decode(model, prompts, n, sampling, self.stop_ids(sampling),
-                                            self.tokenizer.pad_token_id)
+                                            self.tokenizer.pad_token_id, generator)
         finally:
             if was_training:
                 model.train()

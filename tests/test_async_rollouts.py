@@ -1,0 +1,145 @@
+"""Overlapped rollouts (async_rollouts, rlreason/async_rollout.py) on the real tiny model: the run
+trains, is deterministic, bounds the staleness, surfaces the rollout thread's errors, and refuses
+what it cannot run. Exact resume with a batch in flight: tests/test_resume.py."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import threading
+import time
+
+import pytest
+import torch
+from accelerate import Accelerator
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rlreason.async_rollout import Batch, RolloutThread
+from rlreason.build import assemble
+from rlreason.config import ASYNC_IS_CAP, ConfigError, GRPOConfig
+from rlreason.data import arith_dataset, prepare
+from rlreason.experience import rollout_from_state, rollout_state
+from rlreason.rewards import completion_text
+from rlreason.rollout.hf import HFEngine
+from rlreason.trainer import GRPOTrainer
+
+SMALL = dict(num_generations=4, per_device_train_batch_size=8, gradient_accumulation_steps=1,
+             max_completion_length=40, learning_rate=1e-3, eval_steps=0, save_steps=0, progress=False,
+             log_completions_steps=0, final_eval_size=0)
+TIMING = ("time", "time/", "perf/")  # wall-clock measurements differ between any two runs
+
+
+def _varied_reward(completions, **kw):
+    """Differs between samples of a prompt, so every group carries a gradient."""
+    return [float(int(hashlib.md5(completion_text(c).encode()).hexdigest(), 16) % 3) for c in completions]
+
+
+def make(tiny_path, tmp_path, name="run", engine_factory=None, **overrides) -> GRPOTrainer:
+    cfg = GRPOConfig(output_dir=str(tmp_path / name), async_rollouts=True, max_steps=4,
+                     **{**SMALL, **overrides})
+    tok = AutoTokenizer.from_pretrained(tiny_path)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_path)
+    train = prepare(arith_dataset(64, 0, "train"), tokenizer=tok)
+    engine = engine_factory(model, tok) if engine_factory else None
+    return GRPOTrainer(cfg, assemble(cfg, model, tok, train, [_varied_reward], engine=engine,
+                                     accelerator=Accelerator(cpu=True)))
+
+
+def rows(tr) -> list[dict]:
+    lines = (tr.run_dir.path / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(x).items() if not k.startswith(TIMING)} for x in lines if x.strip()]
+
+
+def weights(tr) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in tr.acc.unwrap_model(tr.model).named_parameters()}
+
+
+def test_config_resolves_and_refuses():
+    cfg = GRPOConfig(async_rollouts=True)
+    assert cfg.generation_seed_per_prompt and cfg.importance_sampling_cap == ASYNC_IS_CAP
+    assert GRPOConfig(async_rollouts=True, importance_sampling_cap=5.0).importance_sampling_cap == 5.0
+    assert GRPOConfig().importance_sampling_cap is None  # unchanged without async
+    for bad, key in [(dict(dynamic_sampling=True), "dynamic_sampling"), (dict(weight_sync_steps=2), "weight_sync_steps"),
+                     (dict(use_vllm=True), "vllm_mode"), (dict(use_peft=True), "use_peft"),
+                     (dict(max_staleness=0), "max_staleness")]:
+        with pytest.raises(ConfigError, match=f"'{key}'"):
+            GRPOConfig(async_rollouts=True, **bad)
+    GRPOConfig(async_rollouts=True, use_vllm=True, vllm_mode="server")  # the natural case
+
+
+def test_async_run_trains_logs_staleness_and_is_deterministic(tiny_path, tmp_path):
+    a = make(tiny_path, tmp_path, "a")
+    assert a.engine.model is not a.acc.unwrap_model(a.model)  # generates with a copy of the policy
+    before = weights(a)
+    a.train()
+    ra = rows(a)
+    assert [r["async/staleness"] for r in ra] == [0.0, 1.0, 1.0, 1.0]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in ra)
+    assert all(0 < r["is_weight_mean"] <= ASYNC_IS_CAP and 0 <= r["is_weight_capped_frac"] <= 1 for r in ra)
+    after = weights(a)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    # the engine holds the weights of the last sync (after update 2), not the final ones
+    b = make(tiny_path, tmp_path, "b")
+    b.train()
+    assert rows(b) == ra
+    wb = weights(b)
+    assert all(torch.equal(after[k], wb[k]) for k in after)
+
+
+def test_max_staleness_bounds_the_lag(tiny_path, tmp_path):
+    tr = make(tiny_path, tmp_path, max_steps=5, max_staleness=2)
+    tr.train()
+    # the engine takes weights only when the next batch would be more than 2 steps behind
+    assert [r["async/staleness"] for r in rows(tr)] == [0.0, 1.0, 2.0, 1.0, 2.0]
+
+
+class _FailingEngine(HFEngine):
+    """A transformers engine on a copy of the policy whose second ``generate`` raises."""
+
+    def __init__(self, model, tok) -> None:
+        super().__init__(copy.deepcopy(model).eval(), tok)
+        self.calls = 0
+
+    def generate(self, *a, **kw):
+        self.calls += 1
+        if self.calls == 2:
+            raise OSError("the generator died")
+        return super().generate(*a, **kw)
+
+
+def test_rollout_thread_error_surfaces_in_the_trainer(tiny_path, tmp_path):
+    tr = make(tiny_path, tmp_path, engine_factory=_FailingEngine)
+    with pytest.raises(RuntimeError, match="rollout thread: OSError: the generator died"):
+        tr.train()
+    assert not [t for t in threading.enumerate() if t.name.startswith("rlreason-rollout")]
+
+
+def test_rollout_thread_order_errors_and_restore():
+    rt = RolloutThread()
+    rt.submit(3, 2, lambda: (time.sleep(0.05), "x")[1])
+    with pytest.raises(RuntimeError, match="already in flight"):
+        rt.submit(4, 2, lambda: None)
+    b = rt.take(3)
+    assert (b.step, b.version, b.result) == (3, 2, "x") and not rt.busy
+    rt.put(Batch(5, 4, "restored"))
+    with pytest.raises(RuntimeError, match="expected the rollout of step 6"):
+        rt.take(6)
+    rt.submit(7, 6, lambda: 1 / 0)
+    with pytest.raises(RuntimeError, match="ZeroDivisionError") as e:
+        rt.take(7)
+    assert isinstance(e.value.__cause__, ZeroDivisionError) and not rt.busy
+    rt.close()
+
+
+def test_rollout_state_round_trip(tiny_path, tmp_path):
+    tr = make(tiny_path, tmp_path)
+    tr._submit(0)
+    ro = tr.collect()
+    back = rollout_from_state(copy.deepcopy(rollout_state(ro)))
+    assert back.samples == ro.samples and back.prompt_ids == ro.prompt_ids and back.prompts == ro.prompts
+    assert torch.equal(back.rewards, ro.rewards) and torch.equal(back.advantages, ro.advantages)
+    assert back.metrics == ro.metrics and back.extra == ro.extra
+    assert all(torch.equal(back.per_func[k], v) for k, v in ro.per_func.items())
+    tr.close()
