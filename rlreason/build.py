@@ -351,7 +351,8 @@ def assemble(cfg: GRPOConfig, model: torch.nn.Module, tokenizer: Any, train: dat
     if engine is None:  # transformers on the policy itself; with async_rollouts on a copy (the update changes the policy)
         policy = acc.unwrap_model(model)
         sampler = copy.deepcopy(policy).eval().requires_grad_(False) if cfg.async_rollouts else policy
-        engine = HFEngine(sampler, tokenizer, cfg.generation_batch_prompts)
+        # async: one process, so seeded prompts may share decode loops (deterministic, and batched)
+        engine = HFEngine(sampler, tokenizer, cfg.generation_batch_prompts, batch_seeds=cfg.async_rollouts)
     for msg in setting_warnings(cfg, separate_engine=not shares_policy(engine, model, acc)):
         warnings.warn(msg, stacklevel=2)
     run_dir = run_dir or open_run_dir(cfg, acc)

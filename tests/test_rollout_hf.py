@@ -244,6 +244,25 @@ def test_seeded_groups_do_not_depend_on_the_batch(tiny_model):
     assert any(len({tuple(s.token_ids) for s in g}) > 1 for g in full)  # a group's samples still differ
 
 
+def test_batched_seeds_draw_what_each_prompt_draws_alone(tiny_model):
+    """batch_seeds (async_rollouts): seeded prompts share decode loops, each row drawing from its
+    prompt's generator in the order a decode of the prompt alone draws: the same samples (up to
+    the rounding of batched matmuls, which flips no token here), deterministic, and torch's global
+    stream untouched (the rollout thread must not disturb the trainer's)."""
+    model, tok = tiny_model
+    prompts = _prompts(tok)
+    sampling = SamplingConfig(max_tokens=24, temperature=1.0)
+    alone = HFEngine(model, tok).generate(prompts, 3, sampling, seeds=[10, 11, 12, 13, 14])
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    batched = HFEngine(model, tok, max_batch_prompts=3, batch_seeds=True).generate(prompts, 3, sampling,
+                                                                                  seeds=[10, 11, 12, 13, 14])
+    assert torch.equal(torch.get_rng_state(), state)
+    for a, b in zip(alone, batched, strict=True):
+        assert [s.token_ids for s in a] == [s.token_ids for s in b]
+        assert [s.logprobs for s in a] == pytest.approx([s.logprobs for s in b], abs=1e-5)
+
+
 def test_first_token_frequencies_match_the_tempered_softmax(tiny_model):
     """8000 draws of the first token after the most uncertain prefix of a completion: the
     counts of the 5 likeliest tokens and of the rest match the softmax of logits / temperature

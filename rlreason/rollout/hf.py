@@ -58,8 +58,8 @@ def process_logits(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tens
     return logits
 
 
-def sample_tokens(scores: torch.Tensor, greedy: bool, generator: torch.Generator | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_tokens(scores: torch.Tensor, greedy: bool, generator: torch.Generator | None = None,
+                  uniforms: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one token per row from softmax(scores) and its log-prob. [N, V] -> tokens [N], logps [N]
 
     Inverse-CDF sampling: one uniform number per row against the row's cumulative
@@ -71,7 +71,7 @@ def sample_tokens(scores: torch.Tensor, greedy: bool, generator: torch.Generator
     the running sum rounds by up to ~3e-8, which would move probability between tail tokens
     of a large vocabulary (the exponential race is exact per token); float64 makes that
     negligible and still costs less than the race. ``generator``: the random stream (None:
-    torch's global one).
+    torch's global one); ``uniforms`` [N, 1] float64: the rows' uniform numbers, drawn by the caller.
     """
     lse = scores.logsumexp(-1, keepdim=True)  # [N, 1]
     if greedy:
@@ -79,7 +79,8 @@ def sample_tokens(scores: torch.Tensor, greedy: bool, generator: torch.Generator
     else:
         cdf = (scores - lse).exp_().cumsum(-1, dtype=torch.float64)  # [N, V]
         total = cdf[:, -1:]
-        u = torch.rand(total.shape, dtype=total.dtype, device=total.device, generator=generator)
+        u = uniforms if uniforms is not None else torch.rand(total.shape, dtype=total.dtype, device=total.device,
+                                                             generator=generator)
         target = torch.minimum(u * total, total.nextafter(torch.zeros_like(total)))
         tok = torch.searchsorted(cdf, target, right=True)
     return tok.squeeze(-1), (scores.gather(-1, tok) - lse).squeeze(-1)
@@ -87,7 +88,8 @@ def sample_tokens(scores: torch.Tensor, greedy: bool, generator: torch.Generator
 
 @torch.no_grad()
 def decode(model, prompts: list[list[int]], n: int, sampling: SamplingConfig, stop_ids: list[int],
-           pad_id: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+           pad_id: int, generator: torch.Generator | Sequence[torch.Generator] | None = None
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``n`` completions per prompt with a KV-cached decode loop that drops finished rows.
 
     Each prompt is prefilled once: its last position's logits give the first token of all its
@@ -100,6 +102,8 @@ def decode(model, prompts: list[list[int]], n: int, sampling: SamplingConfig, st
     each sampled token under the processed sampling distribution), lengths [P*n] (tokens per
     row, the stop token included)), rows grouped per prompt, ``T = sampling.max_tokens``.
     One host sync per step: the check whether any row finished (on a GPU, one per token).
+    ``generator``: the random stream; a sequence of generators, one per prompt: each prompt's rows
+    draw from their own, in the numbers and order a decode of that prompt alone would draw.
     """
     device = next(model.parameters()).device
     ids, mask = (t.to(device) for t in left_pad(prompts, pad_id))  # [P, L]
@@ -128,7 +132,10 @@ def decode(model, prompts: list[list[int]], n: int, sampling: SamplingConfig, st
     for t in range(T):
         # fp32 like generate's scores, so half-precision models sample from the same distribution
         scores = process_logits(logits.float(), sampling)  # [B, V]
-        tok, lp = sample_tokens(scores, sampling.greedy, generator)
+        if isinstance(generator, Sequence) and not sampling.greedy:
+            tok, lp = sample_tokens(scores, sampling.greedy, uniforms=_row_uniforms(rows, n, generator))
+        else:
+            tok, lp = sample_tokens(scores, sampling.greedy, generator)
         tokens[rows, t] = tok
         logps[rows, t] = lp
         if t == T - 1:
@@ -150,6 +157,15 @@ def decode(model, prompts: list[list[int]], n: int, sampling: SamplingConfig, st
     return tokens, logps, lengths
 
 
+def _row_uniforms(rows: torch.Tensor, n: int, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """One uniform number per active row [B] -> [B, 1] float64, each from its prompt's generator
+    (row // n): the rows stay in ascending order, so a prompt's live rows are adjacent and draw
+    together, as ``torch.rand((live, 1))`` on that prompt alone would."""
+    owners, counts = torch.unique_consecutive(rows // n, return_counts=True)
+    return torch.cat([torch.rand((c, 1), dtype=torch.float64, device=rows.device, generator=generators[p])
+                      for p, c in zip(owners.tolist(), counts.tolist(), strict=True)])
+
+
 def forward_params(model) -> Mapping[str, inspect.Parameter]:
     """The parameters of the transformers model's ``forward``; for a peft wrapper, whose forward
     only has ``**kwargs`` for them, those of the model it wraps (the kwargs reach it unchanged)."""
@@ -168,15 +184,17 @@ class HFEngine:
 
     ``model`` may be the policy itself (then ``load_weights`` has nothing to do) or a
     separate copy. ``max_batch_prompts`` bounds how many prompts go into one decode loop,
-    to cap memory at ``max_batch_prompts * n`` sequences.
+    to cap memory at ``max_batch_prompts * n`` sequences. ``batch_seeds``: prompts with seeds
+    are decoded together too, each row drawing from its prompt's seeded generator (see ``generate``).
     """
 
-    def __init__(self, model, tokenizer, max_batch_prompts: int = 64) -> None:
+    def __init__(self, model, tokenizer, max_batch_prompts: int = 64, batch_seeds: bool = False) -> None:
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token; set one (distinct from eos) before generating")
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_prompts = max_batch_prompts
+        self.batch_seeds = batch_seeds
         eos = model.generation_config.eos_token_id
         if eos is None:
             eos = tokenizer.eos_token_id
@@ -188,9 +206,18 @@ class HFEngine:
         """``n`` samples per prompt. With ``seeds`` (one per prompt) each prompt's group is
         generated alone with the RNG seeded by its seed, so its samples depend only on (model,
         prompt, seed): not on the other prompts of the batch, nor on how a batch is split over
-        processes. That costs batching: one decode loop per prompt."""
+        processes. That costs batching: one decode loop per prompt. With ``batch_seeds`` the
+        prompts are decoded together, each drawing the random numbers it would draw alone: its
+        samples then depend on the batch only through the rounding of batched matmuls (rarely
+        a token; never the run-to-run determinism of the same batch), and it keeps batching."""
         check_generate_args(prompts, seeds)
         out: list[list[Sample]] = []
+        if seeds is not None and self.batch_seeds:
+            device = next(self.model.parameters()).device
+            for i in range(0, len(prompts), self.max_batch_prompts):
+                gens = [torch.Generator(device=device).manual_seed(s) for s in seeds[i:i + self.max_batch_prompts]]
+                out.extend(self._generate_chunk(prompts[i:i + self.max_batch_prompts], n, sampling, gens))
+            return out
         if seeds is not None:
             device = next(self.model.parameters()).device
             for prompt, seed in zip(prompts, seeds, strict=True):
@@ -205,7 +232,7 @@ class HFEngine:
         return out
 
     def _generate_chunk(self, prompts: list[list[int]], n: int, sampling: SamplingConfig,
-                        generator: torch.Generator | None = None) -> list[list[Sample]]:
+                        generator: torch.Generator | Sequence[torch.Generator] | None = None) -> list[list[Sample]]:
         model = self.model
         was_training = model.training
         model.eval()

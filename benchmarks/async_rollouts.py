@@ -1,0 +1,111 @@
+"""Synchronous vs overlapped rollouts (``async_rollouts``) in rlreason, on the same work,
+alternating runs in one invocation: sync, async, sync, async, ... one pair per seed.
+
+Both modes run the default recipe (recipes/configs/tiny_cpu.yaml: the embedded tiny model,
+16 prompts x 8 completions per step, 64 tokens, lr 3e-5, DAPO loss) for the same number of
+steps, so they train on the same number of samples, with one intra-op thread per torch
+thread (``num_threads: 1``): the synchronous run uses one core, the overlapped run two (its
+trainer thread and its rollout thread, each single-threaded). "sync" is the default config
+(batched generation, the engine's own random stream); "async" turns on ``async_rollouts``,
+which needs ``generation_seed_per_prompt`` (one decode loop per prompt group on the
+transformers engine) and adds the truncated importance weight (cap 2).
+
+Per run: samples/s over the steps after ``--warmup`` (completions / the steps' wall time, step
+end to step end), the mean generation, training and waiting times per step, the staleness and
+importance-weight statistics, and the held-out greedy accuracy after training with its Wilson
+95% interval (``--eval-n`` problems). Every run is a fresh recipe process.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/async_rollouts.py                  # 3 seeds, docs table
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/async_rollouts.py --seeds 0 --steps 4 --eval-n 20 --no-docs
+
+Prints a markdown table and (unless ``--no-docs``) writes it into docs/benchmarks.md between
+the ``async-rollouts`` markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import tempfile
+from pathlib import Path
+
+from _common import replace_block, run_recipe  # benchmarks/ is on sys.path when a script runs
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- async-rollouts:begin -->", "<!-- async-rollouts:end -->"
+MODES = {"sync": [], "async": ["--async_rollouts", "true"]}
+
+
+def one_run(mode: str, seed: int, args, tmp: Path) -> dict:
+    out = tmp / f"{mode}-{seed}"
+    extra = ["--seed", str(seed), "--max_steps", str(args.steps), "--eval_steps", "0", "--save_steps", "0",
+             "--log_completions_steps", "0", "--final_eval_size", str(args.eval_n), *MODES[mode]]
+    summary, rows, wall = run_recipe(out, extra, f"{mode} seed {seed}")
+    timed = rows[args.warmup:]
+    n = sum(r["perf/samples_per_s"] * r["time/step_s"] for r in timed)  # completions of the timed steps
+    mean = lambda key: statistics.mean(r.get(key, float("nan")) for r in timed)  # noqa: E731
+    return {"mode": mode, "seed": seed, "samples_per_s": n / sum(r["time/step_s"] for r in timed),
+            "step_s": mean("time/step_s"), "gen_s": mean("time/generation_s"), "train_s": mean("time/training_s"),
+            "wait_s": mean("time/rollout_wait_s") if mode == "async" else float("nan"),
+            "staleness": mean("async/staleness") if mode == "async" else 0.0,
+            "is_mean": mean("is_weight_mean") if mode == "async" else float("nan"),
+            "is_capped": mean("is_weight_capped_frac") if mode == "async" else float("nan"),
+            "acc": summary.get("heldout_after", float("nan")), "ci": summary.get("after_ci95", [0, 0]),
+            "n_eval": summary.get("heldout_n", 0), "wall_s": wall}
+
+
+def table(runs: list[dict], args) -> str:
+    lines = ["| mode | seed | samples/s | step s | generation s | update s | waited s | staleness | IS weight "
+             "mean | tokens at cap | held-out acc (95% CI) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        lines.append(f"| {r['mode']} | {r['seed']} | {r['samples_per_s']:.1f} | {r['step_s']:.3f} | {r['gen_s']:.3f} | "
+                     f"{r['train_s']:.3f} | {r['wait_s']:.3f} | {r['staleness']:.2f} | {r['is_mean']:.4f} | "
+                     f"{r['is_capped']:.4f} | {r['acc']:.3f} ({r['ci'][0]:.3f}-{r['ci'][1]:.3f}, n={r['n_eval']}) |")
+    ratios = [a["samples_per_s"] / s["samples_per_s"] for s, a in zip(runs[::2], runs[1::2], strict=True)]
+    lines.append("")
+    lines.append(f"async / sync samples/s per seed: {', '.join(f'{x:.2f}x' for x in ratios)} "
+                 f"(mean {statistics.mean(ratios):.2f}x)")
+    for mode in MODES:
+        accs = [r["acc"] for r in runs if r["mode"] == mode]
+        lines.append(f"- {mode}: held-out accuracy after {args.steps} steps ({args.steps * 128} samples): mean "
+                     f"{statistics.mean(accs):.3f} over seeds {', '.join(f'{a:.3f}' for a in accs)}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--eval-n", type=int, default=500)
+    p.add_argument("--no-docs", action="store_true")
+    args = p.parse_args()
+    load_before = os.getloadavg()
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in args.seeds:
+            for mode in MODES:  # alternating: sync, async, sync, async, ...
+                runs.append(one_run(mode, seed, args, Path(tmp)))
+                print(f"{mode} seed {seed}: {runs[-1]['samples_per_s']:.1f} samples/s, acc {runs[-1]['acc']:.3f}",
+                      flush=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
+    header = (f"Measured {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, commit {commit.strip()}, "
+              f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average before "
+              f"{load_before[0]:.2f} / after {os.getloadavg()[0]:.2f}; command: `OMP_NUM_THREADS=1 "
+              f".venv/bin/python benchmarks/async_rollouts.py --seeds {' '.join(map(str, args.seeds))} "
+              f"--steps {args.steps} --warmup {args.warmup} --eval-n {args.eval_n}`\n\n")
+    body = header + table(runs, args)
+    print(body)
+    if not args.no_docs and replace_block(DOCS, BEGIN, END, body):
+        print(f"wrote {DOCS}")
+
+
+if __name__ == "__main__":
+    main()
