@@ -260,7 +260,8 @@ def test_batched_seeds_draw_what_each_prompt_draws_alone(tiny_model):
     assert torch.equal(torch.get_rng_state(), state)
     for a, b in zip(alone, batched, strict=True):
         assert [s.token_ids for s in a] == [s.token_ids for s in b]
-        assert [s.logprobs for s in a] == pytest.approx([s.logprobs for s in b], abs=1e-5)
+        for x, y in zip(a, b, strict=True):
+            assert x.logprobs == pytest.approx(y.logprobs, abs=1e-5)
 
 
 def test_first_token_frequencies_match_the_tempered_softmax(tiny_model):
