@@ -110,10 +110,9 @@ class GRPOTrainer:
                 raise ValueError("config key 'async_rollouts': the engine generates with the policy itself, whose "
                                  "weights the update changes; build the parts with rlreason.build.assemble (it "
                                  "gives the transformers engine a copy of the policy) or pass a separate engine")
-            if self.acc.num_processes > 1:
-                raise ValueError("config key 'async_rollouts': one training process only for now (several would "
-                                 "each need their rollout thread in step with the others' collectives); run "
-                                 "without it, or on one process with a vLLM server generating on other GPUs")
+            # Several processes: each has its own rollout thread, which runs no collective (generation
+            # and scoring are local); every collective (weight sync, batch statistics, the update)
+            # stays on the trainer's thread, at the same step on every process.
             self.overlap = RolloutThread()
 
     @property

@@ -44,6 +44,8 @@ CASES: dict[str, dict] = {
     # dynamic sampling leaves the shards unequal (process 1 keeps nothing in step 1) with
     # batch-scaled advantages and the global token count
     "dynamic_uneven": dict(loss_type="dapo", scale_rewards="batch", dynamic_sampling=True, max_resample_rounds=0),
+    # overlapped rollouts: step 1's batch generated on each process's rollout thread during update 0
+    "async": dict(loss_type="dapo", scale_rewards="batch", async_rollouts=True),
 }
 
 

@@ -20,7 +20,7 @@ from _launch import WORKER, assert_clean_exit, run, torchrun
 
 from rlreason.distributed import clean_name, full_named_parameters, gather_varlen
 
-CASES = ("dapo_batch", "grpo_kl", "dynamic_uneven")
+CASES = ("dapo_batch", "grpo_kl", "dynamic_uneven", "async")
 # Measured: the largest weight difference between the runs is ~1e-6 (float32 sums in another
 # order, through AdamW, whose first steps amplify noise on near-zero gradients); the update
 # itself (2e-4 per weight: 2 steps at lr 1e-4) differs by ~1e-5 relative (norm). A per-process
@@ -73,6 +73,8 @@ def test_two_processes_log_the_metrics_of_one_process(runs, case):
         # step 1: process 1's prompts carry no signal, so its shard is empty and process 0 trains
         # alone: the groups kept are those of the first half of the batch
         assert 0 < m1[0]["dynamic_sampling/kept_groups"] <= 4
+    if case == "async":  # step 2's batch was sampled before update 1, on every process's rollout thread
+        assert [r["async/staleness"] for r in m1] == [r["async/staleness"] for r in m2] == [0.0, 1.0]
 
 
 @pytest.mark.slow
