@@ -349,6 +349,10 @@ def assemble(cfg: GRPOConfig, model: torch.nn.Module, tokenizer: Any, train: dat
                              f"but the tokenizer has {len(tokenizer)} tokens; teacher and student must share a "
                              f"tokenizer")
     if engine is None:  # transformers on the policy itself; with async_rollouts on a copy (the update changes the policy)
+        if cfg.async_rollouts and sharded:
+            raise ValueError("config key 'async_rollouts': with a sharded policy (FSDP, DeepSpeed) the transformers "
+                             "engine's copy would be sharded too, its forwards collectives on the rollout thread; "
+                             "generate with the vLLM server (use_vllm: true, vllm_mode: server)")
         policy = acc.unwrap_model(model)
         sampler = copy.deepcopy(policy).eval().requires_grad_(False) if cfg.async_rollouts else policy
         # async: one process, so seeded prompts may share decode loops (deterministic, and batched)
