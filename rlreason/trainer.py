@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import gather_object
 from transformers import TrainerState
 
 from rlreason import algorithms as A
@@ -374,9 +375,7 @@ class GRPOTrainer:
         self.sync_weights()  # a separate engine started from the initial weights
         self.engine_version = self.step
         if self.overlap is not None and (path / PENDING_ROLLOUT).is_file():  # the batch that was in flight
-            saved = torch.load(path / PENDING_ROLLOUT, weights_only=False)  # our own file, checksummed
-            self.overlap.put(Batch(saved["step"], saved["version"],
-                                   (rollout_from_state(saved["rollout"]), saved["errors"])))
+            self._restore_pending(path / PENDING_ROLLOUT)
         self.log.print(f"resumed from {path} at step {self.step}")
 
     def _train(self) -> dict[str, Any]:
@@ -514,21 +513,42 @@ class GRPOTrainer:
                  # a reward's steps-in-a-row without a score survive a resume (max_failed_reward_steps)
                  "reward_health": {"streak": self.health.streak, "failures_total": self.health.failures_total}}
         policy = self.acc.unwrap_model(self.model)
-        # async_rollouts: the batch in flight is finished and saved, so a resume trains on exactly it
-        pending = self.overlap.finish() if self.overlap is not None else None
+        pending = self._pending_state()
 
         def extra(folder: Path) -> None:
             hf_model_files(policy, self.tokenizer, folder)
             if pending is not None:
-                ro, errors = pending.result
-                torch.save({"step": pending.step, "version": pending.version, "rollout": rollout_state(ro),
-                            "errors": errors}, folder / PENDING_ROLLOUT)
+                torch.save(pending, folder / PENDING_ROLLOUT)
 
         path = save_checkpoint(self.acc, self.cfg.output_dir, step, state, keep=self.cfg.save_total_limit,
                                best_metric=self.cfg.metric_for_best_model, greater_is_better=self.cfg.greater_is_better,
                                extra=extra)
         self._saved_step = step
         return path
+
+    def _pending_state(self) -> dict[str, Any] | None:
+        """async_rollouts: the batch in flight, finished, as a checkpoint stores it (every process's
+        shard, gathered to the main process), so a resume trains on exactly it; None without one.
+        Collective with several processes."""
+        if self.overlap is None:
+            return None
+        batch = self.overlap.finish()
+        if batch is None:  # the last step's: nothing is generated past max_steps
+            return None
+        ro, errors = batch.result
+        shard = {"rollout": rollout_state(ro), "errors": errors}
+        shards = [shard] if self.acc.num_processes == 1 else gather_object([shard])
+        return {"step": batch.step, "version": batch.version, "shards": shards}
+
+    def _restore_pending(self, path: Path) -> None:
+        """Put a checkpoint's batch in flight (this process's shard) back on the rollout thread."""
+        saved = torch.load(path, weights_only=False)  # our own file, verified against the manifest
+        if len(saved["shards"]) != self.acc.num_processes:
+            raise ValueError(f"{path} holds the batch in flight of {len(saved['shards'])} processes; resume "
+                             f"async_rollouts with as many (this run has {self.acc.num_processes})")
+        shard = saved["shards"][self.acc.process_index]
+        self.overlap.put(Batch(saved["step"], saved["version"], (rollout_from_state(shard["rollout"]),
+                                                                 shard["errors"])))
 
     def save_final(self, out_dir: str | Path) -> Path:
         """The trained policy as a plain Hugging Face model (rlreason.checkpoint.save_model)."""
