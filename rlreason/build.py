@@ -348,7 +348,7 @@ def assemble(cfg: GRPOConfig, model: torch.nn.Module, tokenizer: Any, train: dat
             raise ValueError(f"config key 'teacher_model_name_or_path': the teacher's output layer has {rows} rows "
                              f"but the tokenizer has {len(tokenizer)} tokens; teacher and student must share a "
                              f"tokenizer")
-    if engine is None:  # transformers on the policy itself; with async_rollouts on a copy (the update changes the policy)
+    if engine is None:  # transformers on the policy itself; with async_rollouts on a copy (the update changes it)
         if cfg.async_rollouts and sharded:
             raise ValueError("config key 'async_rollouts': with a sharded policy (FSDP, DeepSpeed) the transformers "
                              "engine's copy would be sharded too, its forwards collectives on the rollout thread; "

@@ -59,8 +59,14 @@ from rlreason.data import INTERNAL_COLUMNS
 from rlreason.distributed import full_named_parameters, gather_varlen, reduce_metrics, reduce_sum
 from rlreason.eval.core import EvalProtocol, evaluate, evaluate_suites, flat_metrics
 from rlreason.eval.metrics import wilson_interval
-from rlreason.experience import (PromptStream, Rollout, completion_rows, rollout_from_state, rollout_state,
-                                 sample_metrics)
+from rlreason.experience import (
+    PromptStream,
+    Rollout,
+    completion_rows,
+    rollout_from_state,
+    rollout_state,
+    sample_metrics,
+)
 from rlreason.health import RewardHealth
 from rlreason.lora import is_peft_model, merged_named_parameters
 from rlreason.resume import apply_optimizer_changes

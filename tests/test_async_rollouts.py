@@ -36,8 +36,7 @@ def _varied_reward(completions, **kw):
 
 
 def make(tiny_path, tmp_path, name="run", engine_factory=None, **overrides) -> GRPOTrainer:
-    cfg = GRPOConfig(output_dir=str(tmp_path / name), async_rollouts=True, max_steps=4,
-                     **{**SMALL, **overrides})
+    cfg = GRPOConfig(output_dir=str(tmp_path / name), async_rollouts=True, **{**SMALL, "max_steps": 4, **overrides})
     tok = AutoTokenizer.from_pretrained(tiny_path)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_path)
@@ -61,8 +60,8 @@ def test_config_resolves_and_refuses():
     assert cfg.generation_seed_per_prompt and cfg.importance_sampling_cap == ASYNC_IS_CAP
     assert GRPOConfig(async_rollouts=True, importance_sampling_cap=5.0).importance_sampling_cap == 5.0
     assert GRPOConfig().importance_sampling_cap is None  # unchanged without async
-    for bad, key in [(dict(dynamic_sampling=True), "dynamic_sampling"), (dict(weight_sync_steps=2), "weight_sync_steps"),
-                     (dict(use_vllm=True), "vllm_mode"), (dict(use_peft=True), "use_peft"),
+    for bad, key in [(dict(dynamic_sampling=True), "dynamic_sampling"), (dict(use_vllm=True), "vllm_mode"),
+                     (dict(weight_sync_steps=2), "weight_sync_steps"), (dict(use_peft=True), "use_peft"),
                      (dict(max_staleness=0), "max_staleness")]:
         with pytest.raises(ConfigError, match=f"'{key}'"):
             GRPOConfig(async_rollouts=True, **bad)
@@ -126,6 +125,7 @@ def test_rollout_thread_order_errors_and_restore():
     rt.put(Batch(5, 4, "restored"))
     with pytest.raises(RuntimeError, match="expected the rollout of step 6"):
         rt.take(6)
+    assert rt.take(5).result == "restored"  # a wrong step takes nothing
     rt.submit(7, 6, lambda: 1 / 0)
     with pytest.raises(RuntimeError, match="ZeroDivisionError") as e:
         rt.take(7)

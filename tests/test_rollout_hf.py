@@ -261,7 +261,7 @@ def test_batched_seeds_draw_what_each_prompt_draws_alone(tiny_model):
     for a, b in zip(alone, batched, strict=True):
         assert [s.token_ids for s in a] == [s.token_ids for s in b]
         for x, y in zip(a, b, strict=True):
-            assert x.logprobs == pytest.approx(y.logprobs, abs=1e-5)
+            assert x.logprobs == pytest.approx(y.logprobs, abs=1e-4)  # batched matmuls: ~1e-5 apart
 
 
 def test_first_token_frequencies_match_the_tempered_softmax(tiny_model):
