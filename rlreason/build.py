@@ -355,8 +355,11 @@ def assemble(cfg: GRPOConfig, model: torch.nn.Module, tokenizer: Any, train: dat
                              "generate with the vLLM server (use_vllm: true, vllm_mode: server)")
         policy = acc.unwrap_model(model)
         sampler = copy.deepcopy(policy).eval().requires_grad_(False) if cfg.async_rollouts else policy
-        # async: one process, so seeded prompts may share decode loops (deterministic, and batched)
-        engine = HFEngine(sampler, tokenizer, cfg.generation_batch_prompts, batch_seeds=cfg.async_rollouts)
+        # async on one process: seeded prompts share decode loops (batched, deterministic; the samples
+        # then depend on the batch through matmul rounding, so several processes keep one loop per
+        # prompt and sample what one process samples)
+        engine = HFEngine(sampler, tokenizer, cfg.generation_batch_prompts,
+                          batch_seeds=cfg.async_rollouts and acc.num_processes == 1)
     for msg in setting_warnings(cfg, separate_engine=not shares_policy(engine, model, acc)):
         warnings.warn(msg, stacklevel=2)
     run_dir = run_dir or open_run_dir(cfg, acc)

@@ -28,6 +28,12 @@ CASES = ("dapo_batch", "grpo_kl", "dynamic_uneven", "async")
 WEIGHT_ATOL = 5e-6
 UPDATE_RTOL = 1e-4
 METRIC_RTOL = 1e-4
+# async_rollouts: the loss carries the truncated importance weight pi_theta / pi_sampler (the
+# sampler's log-probs from the decode loop, the policy's from the packed passes), one more
+# rounding difference between the runs, which AdamW's first steps amplify on near-zero
+# gradients. Measured: 2 of 826k weights differ by more than 5e-6 (at most 3.4e-5), the update
+# by 2.6e-4 relative; every logged metric still agrees to 1e-4.
+TOLERANCES = {"async": (1e-4, 1e-3)}  # case -> (weight atol, update rtol)
 # Metrics that must match: batch statistics, not timings.
 COMPARED = ("reward/mean", "reward/std", "completion/mean_length", "completion/max_length", "loss", "grad_norm",
             "entropy", "clip_frac", "kl", "frac_zero_std_groups", "dynamic_sampling/kept_groups")
@@ -55,9 +61,10 @@ def test_two_processes_update_equals_one_process(runs, case):
     d1 = torch.cat([(one["after"][k] - one["before"][k]).flatten() for k in one["before"]])
     d2 = torch.cat([(two["after"][k] - two["before"][k]).flatten() for k in one["before"]])
     assert (d1 != 0).float().mean() > 0.9  # the update moved (nearly) every weight: it can fail
-    assert (d2 - d1).norm() <= UPDATE_RTOL * d1.norm()
+    atol, rtol = TOLERANCES.get(case, (WEIGHT_ATOL, UPDATE_RTOL))
+    assert (d2 - d1).norm() <= rtol * d1.norm()
     for k in one["after"]:
-        torch.testing.assert_close(two["after"][k], one["after"][k], atol=WEIGHT_ATOL, rtol=0, msg=k)
+        torch.testing.assert_close(two["after"][k], one["after"][k], atol=atol, rtol=0, msg=k)
 
 
 @pytest.mark.slow
