@@ -54,6 +54,8 @@ def one_run(mode: str, seed: int, args, tmp: Path) -> dict:
     return {"mode": mode, "seed": seed, "samples_per_s": n / sum(r["time/step_s"] for r in timed),
             "step_s": mean("time/step_s"), "gen_s": mean("time/generation_s"), "train_s": mean("time/training_s"),
             "wait_s": mean("time/rollout_wait_s") if mode == "async" else float("nan"),
+            "thread_s": mean("time/rollout_thread_s") if mode == "async" else float("nan"),
+            "thread_cpu_s": mean("time/rollout_thread_cpu_s") if mode == "async" else float("nan"),
             "staleness": mean("async/staleness") if mode == "async" else 0.0,
             "is_mean": mean("is_weight_mean") if mode == "async" else float("nan"),
             "is_capped": mean("is_weight_capped_frac") if mode == "async" else float("nan"),
@@ -62,11 +64,13 @@ def one_run(mode: str, seed: int, args, tmp: Path) -> dict:
 
 
 def table(runs: list[dict], args) -> str:
-    lines = ["| mode | seed | samples/s | step s | generation s | update s | waited s | staleness | IS weight "
-             "mean | tokens at cap | held-out acc (95% CI) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| mode | seed | samples/s | step s | generation s | update s | waited s | rollout thread s (CPU s) | "
+             "staleness | IS weight mean | tokens at cap | held-out acc (95% CI) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         lines.append(f"| {r['mode']} | {r['seed']} | {r['samples_per_s']:.1f} | {r['step_s']:.3f} | {r['gen_s']:.3f} | "
-                     f"{r['train_s']:.3f} | {r['wait_s']:.3f} | {r['staleness']:.2f} | {r['is_mean']:.4f} | "
+                     f"{r['train_s']:.3f} | {r['wait_s']:.3f} | {r['thread_s']:.3f} ({r['thread_cpu_s']:.3f}) | "
+                     f"{r['staleness']:.2f} | {r['is_mean']:.4f} | "
                      f"{r['is_capped']:.4f} | {r['acc']:.3f} ({r['ci'][0]:.3f}-{r['ci'][1]:.3f}, n={r['n_eval']}) |")
     ratios = [a["samples_per_s"] / s["samples_per_s"] for s, a in zip(runs[::2], runs[1::2], strict=True)]
     lines.append("")

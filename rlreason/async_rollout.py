@@ -37,6 +37,7 @@ class Batch:
     version: int
     result: Any
     generation_s: float = 0.0  # wall time the rollout thread spent on it
+    cpu_s: float = 0.0  # CPU time of the rollout thread itself (below generation_s: it waited for a core or the GIL)
 
 
 class RolloutThread:
@@ -62,13 +63,13 @@ class RolloutThread:
         self._pending, self._error = (step, version), None
 
         def run() -> None:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             try:
                 result = fn()
             except BaseException as e:  # re-raised by take() on the trainer's thread
                 self._error = e
                 return
-            self._done = Batch(step, version, result, time.perf_counter() - t0)
+            self._done = Batch(step, version, result, time.perf_counter() - t0, time.thread_time() - c0)
 
         self._thread = threading.Thread(target=run, name=f"rlreason-rollout-{step}", daemon=True)
         self._thread.start()

@@ -242,7 +242,8 @@ class GRPOTrainer:
         # staleness: optimizer steps between the weights that sampled the batch and those it trains;
         # time/rollout_wait_s: how long the trainer waited for it (0: the rollout was fully hidden)
         ro.metrics = {**ro.metrics, "async/staleness": float(self.step - batch.version),
-                      "time/rollout_wait_s": self.overlap.wait_s, "time/rollout_thread_s": batch.generation_s}
+                      "time/rollout_wait_s": self.overlap.wait_s, "time/rollout_thread_s": batch.generation_s,
+                      "time/rollout_thread_cpu_s": batch.cpu_s}
         return ro
 
     def _launch_next(self) -> None:
