@@ -17,6 +17,12 @@ importance-weight statistics, and the held-out greedy accuracy after training wi
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/async_rollouts.py                  # 3 seeds, docs table
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/async_rollouts.py --seeds 0 --steps 4 --eval-n 20 --no-docs
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/async_rollouts.py --size large --seeds 0 --steps 4 --warmup 1
+
+``--size large``: a randomly initialised model with Qwen2.5-0.5B's architecture and the tiny
+tokenizer (benchmarks/vs_trl.py's, 358M parameters), vs_trl's large work (4 prompts x 4
+completions, 32 tokens, lr 1e-6) and its hash reward (``_varied_reward.py``); speed only (a
+random model's accuracy means nothing), so no held-out eval.
 
 Prints a markdown table and (unless ``--no-docs``) writes it into docs/benchmarks.md between
 the ``async-rollouts`` markers.
@@ -40,13 +46,37 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- async-rollouts:begin -->", "<!-- async-rollouts:end -->"
+BEGIN_LARGE, END_LARGE = "<!-- async-rollouts-large:begin -->", "<!-- async-rollouts-large:end -->"
 MODES = {"sync": [], "async": ["--async_rollouts", "true"]}
 
 
-def one_run(mode: str, seed: int, args, tmp: Path) -> dict:
+def large_model(folder: Path) -> list[str]:
+    """Save the random 0.5B-shaped model (vs_trl's) with the tiny tokenizer into ``folder``: the
+    recipe arguments that train it on vs_trl's large work."""
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+    from vs_trl import QWEN25_05B
+
+    from rlreason.tiny import TinySpec, ensure
+
+    tok = AutoTokenizer.from_pretrained(ensure(TinySpec(), log=lambda *a: None))
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=len(tok), bos_token_id=None, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id, dtype="float32", **QWEN25_05B)
+    model = Qwen2ForCausalLM(cfg)
+    model.generation_config.eos_token_id, model.generation_config.pad_token_id = tok.eos_token_id, tok.pad_token_id
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return ["--model_name_or_path", str(folder), "--reward_funcs",
+            f"[{ROOT / 'benchmarks' / '_varied_reward.py'}:varied_reward]", "--num_generations", "4",
+            "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "2",
+            "--max_completion_length", "32", "--learning_rate", "1e-6"]
+
+
+def one_run(mode: str, seed: int, args, tmp: Path, work: list[str]) -> dict:
     out = tmp / f"{mode}-{seed}"
     extra = ["--seed", str(seed), "--max_steps", str(args.steps), "--eval_steps", "0", "--save_steps", "0",
-             "--log_completions_steps", "0", "--final_eval_size", str(args.eval_n), *MODES[mode]]
+             "--log_completions_steps", "0", "--final_eval_size", str(args.eval_n), *work, *MODES[mode]]
     summary, rows, wall = run_recipe(out, extra, f"{mode} seed {seed}")
     timed = rows[args.warmup:]
     n = sum(r["perf/samples_per_s"] * r["time/step_s"] for r in timed)  # completions of the timed steps
@@ -76,7 +106,7 @@ def table(runs: list[dict], args) -> str:
     lines.append("")
     lines.append(f"async / sync samples/s per seed: {', '.join(f'{x:.2f}x' for x in ratios)} "
                  f"(mean {statistics.mean(ratios):.2f}x)")
-    for mode in MODES:
+    for mode in MODES if args.eval_n else ():
         accs = [r["acc"] for r in runs if r["mode"] == mode]
         lines.append(f"- {mode}: held-out accuracy after {args.steps} steps ({args.steps * 128} samples): mean "
                      f"{statistics.mean(accs):.3f} over seeds {', '.join(f'{a:.3f}' for a in accs)}")
@@ -89,25 +119,31 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--eval-n", type=int, default=500)
+    p.add_argument("--size", choices=["tiny", "large"], default="tiny")
     p.add_argument("--no-docs", action="store_true")
     args = p.parse_args()
+    if args.size == "large":
+        args.eval_n = 0
     load_before = os.getloadavg()
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
+        work = large_model(Path(tmp) / "model") if args.size == "large" else []
         for seed in args.seeds:
             for mode in MODES:  # alternating: sync, async, sync, async, ...
-                runs.append(one_run(mode, seed, args, Path(tmp)))
+                runs.append(one_run(mode, seed, args, Path(tmp), work))
                 print(f"{mode} seed {seed}: {runs[-1]['samples_per_s']:.1f} samples/s, acc {runs[-1]['acc']:.3f}",
                       flush=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
     header = (f"Measured {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, commit {commit.strip()}, "
               f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average before "
               f"{load_before[0]:.2f} / after {os.getloadavg()[0]:.2f}; command: `OMP_NUM_THREADS=1 "
-              f".venv/bin/python benchmarks/async_rollouts.py --seeds {' '.join(map(str, args.seeds))} "
+              f".venv/bin/python benchmarks/async_rollouts.py --size {args.size} "
+              f"--seeds {' '.join(map(str, args.seeds))} "
               f"--steps {args.steps} --warmup {args.warmup} --eval-n {args.eval_n}`\n\n")
     body = header + table(runs, args)
     print(body)
-    if not args.no_docs and replace_block(DOCS, BEGIN, END, body):
+    begin, end = (BEGIN, END) if args.size == "tiny" else (BEGIN_LARGE, END_LARGE)
+    if not args.no_docs and replace_block(DOCS, begin, end, body):
         print(f"wrote {DOCS}")
 
 
