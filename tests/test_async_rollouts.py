@@ -10,6 +10,7 @@ import json
 import threading
 import time
 
+import datasets
 import pytest
 import torch
 from accelerate import Accelerator
@@ -19,8 +20,9 @@ from rlreason.async_rollout import Batch, RolloutThread
 from rlreason.build import assemble
 from rlreason.config import ASYNC_IS_CAP, ConfigError, GRPOConfig
 from rlreason.data import arith_dataset, prepare
+from rlreason.eval.suites import arith_suite
 from rlreason.experience import rollout_from_state, rollout_state
-from rlreason.rewards import completion_text
+from rlreason.rewards import accuracy_reward, completion_text
 from rlreason.rollout.hf import HFEngine
 from rlreason.trainer import GRPOTrainer
 
@@ -35,14 +37,16 @@ def _varied_reward(completions, **kw):
     return [float(int(hashlib.md5(completion_text(c).encode()).hexdigest(), 16) % 3) for c in completions]
 
 
-def make(tiny_path, tmp_path, name="run", engine_factory=None, **overrides) -> GRPOTrainer:
+def make(tiny_path, tmp_path, name="run", engine_factory=None, eval_n=0, **overrides) -> GRPOTrainer:
     cfg = GRPOConfig(output_dir=str(tmp_path / name), async_rollouts=True, **{**SMALL, "max_steps": 4, **overrides})
     tok = AutoTokenizer.from_pretrained(tiny_path)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_path)
     train = prepare(arith_dataset(64, 0, "train"), tokenizer=tok)
     engine = engine_factory(model, tok) if engine_factory else None
-    return GRPOTrainer(cfg, assemble(cfg, model, tok, train, [_varied_reward], engine=engine,
+    heldout = list(prepare(datasets.Dataset.from_list(arith_suite(eval_n)), tokenizer=tok)) if eval_n else None
+    return GRPOTrainer(cfg, assemble(cfg, model, tok, train, [_varied_reward], engine=engine, eval_rows=heldout,
+                                     eval_accuracy_fn=accuracy_reward if eval_n else None,
                                      accelerator=Accelerator(cpu=True)))
 
 
@@ -92,6 +96,19 @@ def test_max_staleness_bounds_the_lag(tiny_path, tmp_path):
     tr.train()
     # the engine takes weights only when the next batch would be more than 2 steps behind
     assert [r["async/staleness"] for r in rows(tr)] == [0.0, 1.0, 2.0, 1.0, 2.0]
+
+
+def test_evaluations_use_the_current_weights(tiny_path, tmp_path):
+    """A periodic eval waits for the batch in flight, then gives the engine the policy's weights:
+    the schedule of which weights sample which batch is unchanged, and the final eval (and the
+    engine after it) has the trained weights."""
+    tr = make(tiny_path, tmp_path, eval_n=16, eval_steps=2, eval_size=16, final_eval_size=16)
+    tr.train()
+    steps = [r for r in rows(tr) if "async/staleness" in r]
+    assert [r["async/staleness"] for r in steps] == [0.0, 1.0, 1.0, 1.0]
+    assert "eval/accuracy" in steps[1]  # step 2's eval
+    policy = dict(tr.acc.unwrap_model(tr.model).named_parameters())
+    assert all(torch.equal(p, policy[k]) for k, p in tr.engine.model.named_parameters())
 
 
 class _FailingEngine(HFEngine):
