@@ -260,8 +260,9 @@ class GRPOTrainer:
         self._submit(nxt)
 
     def _engine_current(self) -> None:
-        """Before an evaluation with async rollouts: the engine takes the policy's current weights,
-        once the batch in flight has finished (it is kept for its step)."""
+        """Before an evaluation with async rollouts (``evaluate`` and ``evaluate_suites`` use the
+        engine): the engine takes the policy's current weights, once the batch in flight has
+        finished (it is kept for its step). Collective with several processes."""
         if self.overlap is not None and self.engine_version != self.step:
             self.overlap.finish()
             self.sync_weights()
@@ -302,7 +303,6 @@ class GRPOTrainer:
         rows = self.eval_rows[:n] if n else self.eval_rows
         if not rows or self.eval_scorer is None:
             return {}
-        self._engine_current()
         mine = rows[self.acc.process_index::self.acc.num_processes]
         res = evaluate(self.engine, [r["prompt_ids"] for r in mine], [r[self.cfg.prompt_column] for r in mine],
                        [r["answer"] for r in mine], self.eval_scorer, self.eval_sampling)
@@ -325,7 +325,6 @@ class GRPOTrainer:
         if not cfg.eval_suites:
             return {}
         flat: dict[str, float] = {}
-        self._engine_current()
         if self.acc.is_main_process:
             protocol = EvalProtocol(max_tokens=cfg.eval_max_tokens or cfg.max_completion_length, seed=cfg.seed)
             results = evaluate_suites(self.engine, self.tokenizer, cfg.eval_suites, protocol,
@@ -445,6 +444,7 @@ class GRPOTrainer:
             # trained, and a resume from it only evaluates and writes the final model.
             if self._saved_step != self.step:
                 self.save(self.step)
+            self._engine_current()  # async_rollouts: the final weights, not the last synced ones
             try:
                 with self._stop_at_once():
                     after = self.evaluate(cfg.final_eval_size)
@@ -497,6 +497,7 @@ class GRPOTrainer:
         metrics = reduce_metrics(self.acc, metrics)
         self.health.record(self.step, metrics)
         if cfg.eval_steps and self.step % cfg.eval_steps == 0 and self.step < cfg.max_steps:
+            self._engine_current()
             ev = self.evaluate(cfg.eval_size)
             ev.update(self.evaluate_suites())
             self.last_eval = {k: v for k, v in ev.items() if isinstance(v, int | float)}
