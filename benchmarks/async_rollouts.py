@@ -50,7 +50,7 @@ BEGIN_LARGE, END_LARGE = "<!-- async-rollouts-large:begin -->", "<!-- async-roll
 MODES = {"sync": [], "async": ["--async_rollouts", "true"]}
 
 
-def large_model(folder: Path) -> list[str]:
+def large_model(folder: Path, layers: int = 24) -> list[str]:
     """Save the random 0.5B-shaped model (vs_trl's) with the tiny tokenizer into ``folder``: the
     recipe arguments that train it on vs_trl's large work."""
     import torch
@@ -62,7 +62,7 @@ def large_model(folder: Path) -> list[str]:
     tok = AutoTokenizer.from_pretrained(ensure(TinySpec(), log=lambda *a: None))
     torch.manual_seed(0)
     cfg = Qwen2Config(vocab_size=len(tok), bos_token_id=None, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id, dtype="float32", **QWEN25_05B)
+                      pad_token_id=tok.pad_token_id, dtype="float32", **{**QWEN25_05B, "num_hidden_layers": layers})
     model = Qwen2ForCausalLM(cfg)
     model.generation_config.eos_token_id, model.generation_config.pad_token_id = tok.eos_token_id, tok.pad_token_id
     model.save_pretrained(folder)
@@ -75,8 +75,10 @@ def large_model(folder: Path) -> list[str]:
 
 def one_run(mode: str, seed: int, args, tmp: Path, work: list[str]) -> dict:
     out = tmp / f"{mode}-{seed}"
+    # eval sizes of 0 mean "every held-out problem": no eval is one problem
+    evals = ["--final_eval_size", str(args.eval_n)] if args.eval_n else ["--final_eval_size", "1", "--eval_size", "1"]
     extra = ["--seed", str(seed), "--max_steps", str(args.steps), "--eval_steps", "0", "--save_steps", "0",
-             "--log_completions_steps", "0", "--final_eval_size", str(args.eval_n), *work, *MODES[mode]]
+             "--log_completions_steps", "0", *evals, *work, *MODES[mode]]
     summary, rows, wall = run_recipe(out, extra, f"{mode} seed {seed}")
     timed = rows[args.warmup:]
     n = sum(r["perf/samples_per_s"] * r["time/step_s"] for r in timed)  # completions of the timed steps
@@ -101,7 +103,8 @@ def table(runs: list[dict], args) -> str:
         lines.append(f"| {r['mode']} | {r['seed']} | {r['samples_per_s']:.1f} | {r['step_s']:.3f} | {r['gen_s']:.3f} | "
                      f"{r['train_s']:.3f} | {r['wait_s']:.3f} | {r['thread_s']:.3f} ({r['thread_cpu_s']:.3f}) | "
                      f"{r['staleness']:.2f} | {r['is_mean']:.4f} | "
-                     f"{r['is_capped']:.4f} | {r['acc']:.3f} ({r['ci'][0]:.3f}-{r['ci'][1]:.3f}, n={r['n_eval']}) |")
+                     f"{r['is_capped']:.4f} | " + (f"{r['acc']:.3f} ({r['ci'][0]:.3f}-{r['ci'][1]:.3f}, "
+                                                   f"n={r['n_eval']}) |" if args.eval_n else "- |"))
     ratios = [a["samples_per_s"] / s["samples_per_s"] for s, a in zip(runs[::2], runs[1::2], strict=True)]
     lines.append("")
     lines.append(f"async / sync samples/s per seed: {', '.join(f'{x:.2f}x' for x in ratios)} "
@@ -120,6 +123,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--eval-n", type=int, default=500)
     p.add_argument("--size", choices=["tiny", "large"], default="tiny")
+    p.add_argument("--large-layers", type=int, default=24, help="decoder layers of the large model (a smoke test: 2)")
     p.add_argument("--no-docs", action="store_true")
     args = p.parse_args()
     if args.size == "large":
@@ -127,7 +131,7 @@ def main() -> None:
     load_before = os.getloadavg()
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
-        work = large_model(Path(tmp) / "model") if args.size == "large" else []
+        work = large_model(Path(tmp) / "model", args.large_layers) if args.size == "large" else []
         for seed in args.seeds:
             for mode in MODES:  # alternating: sync, async, sync, async, ...
                 runs.append(one_run(mode, seed, args, Path(tmp), work))
@@ -138,6 +142,7 @@ def main() -> None:
               f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average before "
               f"{load_before[0]:.2f} / after {os.getloadavg()[0]:.2f}; command: `OMP_NUM_THREADS=1 "
               f".venv/bin/python benchmarks/async_rollouts.py --size {args.size} "
+              + (f"--large-layers {args.large_layers} " if args.size == "large" else "") +
               f"--seeds {' '.join(map(str, args.seeds))} "
               f"--steps {args.steps} --warmup {args.warmup} --eval-n {args.eval_n}`\n\n")
     body = header + table(runs, args)
