@@ -100,7 +100,7 @@ def table(runs: list[dict], args) -> str:
              "staleness | IS weight mean | tokens at cap | held-out acc (95% CI) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
-        lines.append(f"| {r['mode']} | {r['seed']} | {r['samples_per_s']:.1f} | {r['step_s']:.3f} | {r['gen_s']:.3f} | "
+        lines.append(f"| {r['mode']} | {r['seed']} | {r['samples_per_s']:.3g} | {r['step_s']:.3f} | {r['gen_s']:.3f} | "
                      f"{r['train_s']:.3f} | {r['wait_s']:.3f} | {r['thread_s']:.3f} ({r['thread_cpu_s']:.3f}) | "
                      f"{r['staleness']:.2f} | {r['is_mean']:.4f} | "
                      f"{r['is_capped']:.4f} | " + (f"{r['acc']:.3f} ({r['ci'][0]:.3f}-{r['ci'][1]:.3f}, "
