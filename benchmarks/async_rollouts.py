@@ -10,7 +10,7 @@ trainer thread and its rollout thread, each single-threaded). "sync" is the defa
 which needs ``generation_seed_per_prompt`` (one decode loop per prompt group on the
 transformers engine) and adds the truncated importance weight (cap 2).
 
-Per run: samples/s over the steps after ``--warmup`` (completions / the steps' wall time, step
+Per run: samples/s over the steps after ``--warmup`` and before the last (completions / the steps' wall time, step
 end to step end), the mean generation, training and waiting times per step, the staleness and
 importance-weight statistics, and the held-out greedy accuracy after training with its Wilson
 95% interval (``--eval-n`` problems). Every run is a fresh recipe process.
@@ -80,7 +80,9 @@ def one_run(mode: str, seed: int, args, tmp: Path, work: list[str]) -> dict:
     extra = ["--seed", str(seed), "--max_steps", str(args.steps), "--eval_steps", "0", "--save_steps", "0",
              "--log_completions_steps", "0", *evals, *work, *MODES[mode]]
     summary, rows, wall = run_recipe(out, extra, f"{mode} seed {seed}")
-    timed = rows[args.warmup:]
+    # not the last step either: an overlapped run generates nothing during it (no next batch), so
+    # it is shorter than the others; ``--steps`` >= warmup + 2
+    timed = rows[args.warmup:-1]
     n = sum(r["perf/samples_per_s"] * r["time/step_s"] for r in timed)  # completions of the timed steps
     mean = lambda key: statistics.mean(r.get(key, float("nan")) for r in timed)  # noqa: E731
     return {"mode": mode, "seed": seed, "samples_per_s": n / sum(r["time/step_s"] for r in timed),
