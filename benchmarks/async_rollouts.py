@@ -10,8 +10,9 @@ trainer thread and its rollout thread, each single-threaded). "sync" is the defa
 which needs ``generation_seed_per_prompt`` (one decode loop per prompt group on the
 transformers engine) and adds the truncated importance weight (cap 2).
 
-Per run: samples/s over the steps after ``--warmup`` and before the last (completions / the steps' wall time, step
-end to step end), the mean generation, training and waiting times per step, the staleness and
+Per run: samples/s over the steps after ``--warmup`` and before the last (an overlapped run
+generates nothing during its last step): completions / the steps' wall time, step end to step
+end; the mean generation, training and waiting times per step, the staleness and
 importance-weight statistics, and the held-out greedy accuracy after training with its Wilson
 95% interval (``--eval-n`` problems). Every run is a fresh recipe process.
 
