@@ -45,7 +45,7 @@ SETTINGS = {  # name -> (environment, training num_threads)
     "old": ({"RLREASON_BUILD_THREADS": "2", "OMP_WAIT_POLICY": ""}, 2),
     "one": ({"RLREASON_BUILD_THREADS": "1"}, 1),  # one thread for both
     "passive2": ({"RLREASON_BUILD_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}, 2),
-    "new": ({}, None),  # the defaults: tiny.BUILD_THREADS, passive waits (rlreason/__init__.py), tiny_cpu.yaml's num_threads
+    "new": ({}, None),  # the defaults: tiny.BUILD_THREADS, passive waits, tiny_cpu.yaml's num_threads
 }
 
 
