@@ -2,13 +2,16 @@
 alone and next to one single-threaded CPU-bound competitor (`python3 -c "while True: pass"`, as a
 browser or an IDE indexer would be), for the old thread setting and the new default.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/busy_machine.py --cpus 0,1 --settings old,new,passive2
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/busy_machine.py --cpus 0,1 --settings old,new
 
 Run it on an otherwise quiet machine: `--cpus 0,1` pins everything (the runs and the competitor)
 to two cores, the laptop of the issue, on a machine with more. Settings:
-  old       2 threads for the build (RLREASON_BUILD_THREADS=2) and the training (num_threads 2)
-  new       the defaults: 1 thread for both (rlreason/host.py)
-  passive2  2 threads with OMP_WAIT_POLICY=PASSIVE (waiting threads sleep instead of spinning)
+  old       before issue 22: 2 threads for the build and the training, spinning while they wait
+            (RLREASON_BUILD_THREADS=2, num_threads 2, libgomp's default wait policy)
+  one       1 thread for both
+  passive2  2 threads for both with OMP_WAIT_POLICY=PASSIVE (waiting threads sleep instead of spinning)
+  new       the defaults: a 2-thread build and 1-thread training (tiny_cpu.yaml), passive waits
+            (rlreason/__init__.py), never more threads than usable cores (rlreason/host.py)
 Targets: with the competitor at most 2.5x the time alone; alone at most 10% slower than `old`.
 
 The build is `make demo`'s (`python -m rlreason.tiny`, 800 warm-up steps unless --sft-steps) into a
@@ -37,9 +40,12 @@ sys.path.insert(0, str(ROOT))
 from rlreason.host import usable_cpus  # noqa: E402
 
 SETTINGS = {  # name -> (environment, training num_threads)
-    "old": ({"RLREASON_BUILD_THREADS": "2"}, 2),
-    "new": ({}, None),  # the defaults: tiny.BUILD_THREADS and tiny_cpu.yaml's num_threads
+    # before issue 22. OMP_WAIT_POLICY empty: libgomp warns and keeps its default (spin, then sleep),
+    # and rlreason/__init__.py leaves a variable that is set alone
+    "old": ({"RLREASON_BUILD_THREADS": "2", "OMP_WAIT_POLICY": ""}, 2),
+    "one": ({"RLREASON_BUILD_THREADS": "1"}, 1),  # one thread for both
     "passive2": ({"RLREASON_BUILD_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}, 2),
+    "new": ({}, None),  # the defaults: tiny.BUILD_THREADS, passive waits, tiny_cpu.yaml's num_threads
 }
 
 

@@ -29,11 +29,13 @@ from collections import defaultdict
 from pathlib import Path
 
 try:
-    from rlreason.rewards._equiv import equivalent, parse_answer
+    from rlreason.rewards._equiv import equivalent
+    from rlreason.rewards._parse import parse_answer
     from rlreason.rewards.math import AccuracyReward, extract_answer, parse_gold, verify
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from rewards._equiv import equivalent, parse_answer  # type: ignore[no-redef]
+    from rewards._equiv import equivalent  # type: ignore[no-redef]
+    from rewards._parse import parse_answer  # type: ignore[no-redef]
     from rewards.math import AccuracyReward, extract_answer, parse_gold, verify  # type: ignore[no-redef]
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

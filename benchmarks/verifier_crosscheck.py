@@ -29,7 +29,8 @@ from pathlib import Path
 from math_verify import parse as mv_parse
 from math_verify import verify as mv_verify
 
-from rlreason.rewards._equiv import equivalent, parse_answer
+from rlreason.rewards._equiv import equivalent
+from rlreason.rewards._parse import parse_answer
 from rlreason.rewards.math import AccuracyReward, extract_answer, parse_gold, verify
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -1,11 +1,12 @@
 """The math answer verifier: the ``accuracy`` reward.
 
-Three steps, each its own module:
+Three steps, each in its own modules:
 
 1. extraction (:mod:`._extract`): the completion's final answer, by configurable rules
    (``<answer>`` tag, last ``\\boxed{}``, "final answer is", GSM8K ``####``, fallbacks);
-2. parsing (:mod:`._equiv`, :mod:`._latex`): the answer and the gold become structured
-   values (numbers, expressions, tuples, sets, intervals, matrices, equations, choices, text);
+2. parsing (:mod:`._parse`, :mod:`._normalize`, :mod:`._latex`): the answer and the gold become
+   structured values (:mod:`._nodes`: numbers, expressions, tuples, sets, intervals, matrices,
+   equations, choices, text);
 3. equivalence (:mod:`._equiv`): exact rational arithmetic first, symbolic answers by
    high-precision numeric evaluation; a decimal gold is compared at its own precision.
 
@@ -24,9 +25,11 @@ from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
 
-from ._equiv import Num, Parsed, equivalent, parse_answer
+from ._equiv import equivalent
 from ._extract import FALLBACKS, RULES
 from ._extract import extract_answer as _extract
+from ._nodes import Num, Parsed
+from ._parse import parse_answer
 from ._text import completion_text
 
 __all__ = [

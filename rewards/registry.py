@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ._pool import TRAINER_ARGS
+from ._call import TRAINER_ARGS
 from ._text import completion_text
 from .format import format_lenient_reward, format_reward, r1_format_reward, r1_tag_count_reward, tag_count_reward
 from .length import CosineLengthReward, R1CosineReward, RepetitionPenaltyReward, SoftOverlongReward

@@ -49,7 +49,8 @@ from typing import Any, Literal
 
 import torch
 
-from ._pool import BatchResult, Pool, PoolConfig, Shared, as_float, run_in_process, short_repr, where
+from ._call import BatchResult, Shared, as_float, run_in_process, short_repr, where
+from ._pool import Pool, PoolConfig
 from .registry import CHUNK_ATTRIBUTE, reward_name
 
 logger = logging.getLogger("rlreason.rewards")

@@ -10,7 +10,7 @@ of the job) and some seconds before SIGKILL. What the run should do depends on w
   after the final checkpoint): stop at once. Inside :func:`stop_at_once` the signal raises
   :class:`Stopped` where the program is.
 
-The reward processes ignore SIGTERM (rlreason/rewards/_pool.py): the trainer closes them.
+The reward processes ignore SIGTERM (rlreason/rewards/_pool.py, _worker.py): the trainer closes them.
 A second Ctrl-C raises KeyboardInterrupt at once, as usual.
 """
 

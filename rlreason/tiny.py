@@ -41,11 +41,13 @@ from rlreason.batching import right_pad
 from rlreason.host import capped_threads
 from rlreason.tasks import arith
 
-# Threads for the build: a fixed count keeps it reproducible. One by default: on 2 cores shared with
-# one busy loop, 2 threads ran 100 warm-up steps in 541 s (26 s alone); 1 thread does not collapse
-# (rlreason/host.py; benchmarks/busy_machine.py). RLREASON_BUILD_THREADS asks for more, capped at the
-# usable cores. The weights depend on the thread count: a cache built with 2 threads differs from a 1-thread build.
-BUILD_THREADS = 1
+# Threads for the build: a fixed count keeps it reproducible; RLREASON_BUILD_THREADS sets another, and
+# it is never more than the usable cores (rlreason/host.py). Two, with OpenMP's passive waiting (set on
+# import, rlreason/__init__.py): on 2 cores shared with one busy loop, 2 spinning threads ran 100
+# warm-up steps in 541 s (26 s alone); passive ones take 1.7x their time alone, and alone they are as
+# fast as before (docs/benchmarks.md, benchmarks/busy_machine.py). The weights depend on the thread
+# count, so it is part of the cache key.
+BUILD_THREADS = 2
 BUILD_VERSION = 1  # bump when the build procedure changes, so old caches are not reused
 PAD, EOS, IM_START = "<|endoftext|>", "<|im_end|>", "<|im_start|>"
 CHATML_TEMPLATE = (
@@ -93,7 +95,7 @@ class TinySpec:
         if not self.is_moe:
             for name in MOE_FIELDS:
                 del fields[name]
-        blob = json.dumps({"v": BUILD_VERSION, **fields}, sort_keys=True)
+        blob = json.dumps({"v": BUILD_VERSION, "threads": build_threads(), **fields}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -119,8 +121,8 @@ SPECS = {"tiny": TinySpec(), "tiny-moe": TINY_MOE, "tiny-small": TINY_SMALL}
 
 
 def build_threads() -> int:
-    """The build's intra-op threads: RLREASON_BUILD_THREADS (default 1), never more than the
-    cores this process may use."""
+    """The build's intra-op threads: RLREASON_BUILD_THREADS (default ``BUILD_THREADS``), never more
+    than the cores this process may use."""
     return capped_threads(int(os.environ.get("RLREASON_BUILD_THREADS", BUILD_THREADS)))
 
 

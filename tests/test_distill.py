@@ -236,11 +236,13 @@ def test_on_policy_distillation_moves_the_student_towards_the_teacher(tiny_path,
                                    teacher=teacher))
     torch.manual_seed(0)
     before = _exact_reverse_kl(student, teacher, seqs)
-    for _ in range(8):
+    for _ in range(16):
         tr.update(tr.collect())
         tr.step += 1
     after = _exact_reverse_kl(tr.acc.unwrap_model(tr.model), teacher, seqs)
-    # measured: 0.38 -> 0.09 (the held-out contexts are not the training prompts)
+    # measured: 0.48 -> 0.32 after 8 steps, 0.20 after 16, falling at every step but the first (the
+    # 2-thread tiny build of 2026-11-30; the 1-thread one went 0.38 -> 0.09 in 8). The held-out
+    # contexts are not the training prompts.
     assert before > 0.2 and after < 0.5 * before, (before, after)
 
 

@@ -76,7 +76,7 @@ def one_core():
     torch.set_num_threads(threads)
 
 
-def test_the_build_uses_one_thread_by_default_and_never_more_than_usable_cores(one_core, tmp_path, monkeypatch):
+def test_the_build_never_uses_more_threads_than_usable_cores(one_core, tmp_path, monkeypatch):
     monkeypatch.setenv("RLREASON_CACHE", str(tmp_path))
     spec = dataclasses.replace(tiny.TinySpec(), name="tiny-threads-test", sft_steps=2, sft_batch=4)
     seen = []
@@ -98,4 +98,26 @@ def test_the_tiny_configs_default_to_one_thread():
     for name in ("tiny_cpu", "tiny_moe_cpu", "distill_offline_tiny", "distill_onpolicy_tiny"):
         cfg = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
         assert cfg["num_threads"] == 1, name
-    assert tiny.BUILD_THREADS == 1
+    assert tiny.BUILD_THREADS == 2  # built with 2 (passive) threads where 2 cores are usable
+
+
+def test_openmp_threads_wait_passively_unless_the_environment_says_otherwise():
+    """Set when rlreason is imported, before torch: libgomp reads it once, at load."""
+    import subprocess
+    import sys
+
+    code = "import rlreason, os, torch; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip() == "PASSIVE"
+    assert subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                          capture_output=True, text=True, check=True).stdout.strip() == "ACTIVE"
+
+
+def test_the_cache_key_holds_the_build_thread_count(monkeypatch):
+    """Weights built with 1 and 2 threads differ: they must not share a cache folder."""
+    keys = set()
+    for n in (1, 2):
+        monkeypatch.setattr(tiny, "build_threads", lambda n=n: n)
+        keys.add(tiny.TinySpec().key())
+    assert len(keys) == 2

@@ -1,4 +1,5 @@
-"""Tests for the math answer verifier (rewards/math.py, _extract.py, _equiv.py, _latex.py)."""
+"""Tests for the math answer verifier (rewards/math.py, _extract.py, _normalize.py, _parse.py, _nodes.py,
+_equiv.py, _latex.py)."""
 
 from __future__ import annotations
 
@@ -402,7 +403,9 @@ def test_normalization_rules_preserve_the_value() -> None:
     """Each rewriting ``normalize`` does is a change of spelling, never of value: the raw and
     the rewritten form parse to the same value (the comparison below bypasses the text key),
     and the reason is the comment on each row."""
-    from rlreason.rewards._equiv import _equal, normalize, parse_answer
+    from rlreason.rewards._equiv import _equal
+    from rlreason.rewards._normalize import normalize
+    from rlreason.rewards._parse import parse_answer
 
     rows = [
         ("\\left( \\frac{1}{2} \\right)", "( \\frac{1}{2} )"),  # \left/\right only size delimiters
@@ -433,7 +436,8 @@ def test_normalization_rules_preserve_the_value() -> None:
 def test_equal_keys_mean_equal_values_on_the_corpus() -> None:
     """The one string shortcut, equal normalized texts, agrees with the value comparison on
     every pair of MATH-500 golds and final answers whose texts normalize alike."""
-    from rlreason.rewards._equiv import _equal, parse_answer
+    from rlreason.rewards._equiv import _equal
+    from rlreason.rewards._parse import parse_answer
 
     rows = _jsonl(DATA / "benchmarks" / "math500.jsonl")
     texts = [r["answer"] for r in rows] + [a for r in rows if (a := extract_answer(r["solution"])) is not None]
@@ -460,7 +464,7 @@ ADVERSARIAL = [
 
 
 def _worst_latency(inputs: list[str]) -> tuple[float, str]:
-    from rlreason.rewards._equiv import parse_answer
+    from rlreason.rewards._parse import parse_answer
 
     worst = (0.0, "")
     for text in inputs:

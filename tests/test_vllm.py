@@ -37,6 +37,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from rlreason.build import assemble  # noqa: E402
 from rlreason.config import GRPOConfig  # noqa: E402
 from rlreason.data import arith_dataset, prepare  # noqa: E402
+from rlreason.eval.core import heldout_scorer  # noqa: E402
 from rlreason.eval.suites import arith_suite  # noqa: E402
 from rlreason.lora import merged_named_parameters  # noqa: E402
 from rlreason.rewards import accuracy_reward, format_reward  # noqa: E402
@@ -326,8 +327,9 @@ class _EvalOnly:
     """Just enough of a trainer for ``GRPOTrainer.evaluate`` with another engine."""
 
     def __init__(self, tr, engine):
-        self.eval_rows, self.eval_scorer = tr.eval_rows, tr.eval_scorer
-        self.acc, self.cfg = tr.acc, tr.cfg
+        # the trainer's own scorer closed with it: the same rewards, scored in this process
+        self.eval_scorer = heldout_scorer(accuracy_reward, format_reward, in_process=True)
+        self.eval_rows, self.acc, self.cfg = tr.eval_rows, tr.acc, tr.cfg
         self.eval_sampling, self.engine = tr.eval_sampling, engine
 
 
