@@ -40,7 +40,7 @@ from rlreason.host import capped_threads
 from rlreason.logprobs import enable_gradient_checkpointing
 from rlreason.optim import optimizer_class, optimizer_kwargs
 from rlreason.resume import change_record, check_config_changes
-from rlreason.rewards import build_rewards, parse_gold
+from rlreason.rewards import accuracy_reward, build_rewards, format_reward, parse_gold
 from rlreason.rewards.runner import RewardRunner
 from rlreason.rollout.base import RolloutEngine
 from rlreason.rollout.hf import HFEngine
@@ -88,8 +88,6 @@ class Parts:
 
 def build(cfg: GRPOConfig) -> Parts:
     """Every part of a GRPO run (on-policy distillation with ``teacher_model_name_or_path``)."""
-    from rlreason.rewards import accuracy_reward, format_reward
-
     acc, run_dir = start(cfg)
     model, tokenizer = load_policy(cfg, acc)
     teacher, _ = load_teacher(cfg, acc, tokenizer)  # before the data: a tokenizer mismatch fails first

@@ -386,8 +386,6 @@ class GRPOTrainer:
 
     def _train(self) -> dict[str, Any]:
         cfg = self.cfg
-        if self.acc.is_main_process:
-            Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
         t_start = time.perf_counter()
         before: dict[str, Any] = {}
         samples_per_s = []
