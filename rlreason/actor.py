@@ -325,8 +325,10 @@ class Actor:
         if teacher is not None:  # mean per completion token of log pi_student - log pi_teacher
             metrics["distill/reverse_kl"] = stats["reverse_kl"] / tok
         if cfg.importance_sampling_cap:
-            metrics["is_weight_mean"] = stats["is_weight"] / tok
-            metrics["is_weight_capped_frac"] = stats["is_capped"] / tok  # tokens whose weight the cap cut
+            # NaN on a step that trained no token (every group flat): a mean of nothing, not a weight of 0
+            trained = n_tokens > 0
+            metrics["is_weight_mean"] = stats["is_weight"] / tok if trained else math.nan
+            metrics["is_weight_capped_frac"] = stats["is_capped"] / tok if trained else math.nan  # cut by the cap
         if router is not None:
             if self.acc.num_processes > 1:
                 router = router.from_flat(reduce_sum(self.acc, router.flat()))

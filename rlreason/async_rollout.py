@@ -8,8 +8,8 @@ one-step-off-policy trainer, PipelineRL and AReaL do it.
 At most one batch is in flight. The engine generates only on the rollout thread and takes
 weights only on the trainer's thread while nothing is in flight (after ``take``, before the
 next ``submit``), so it never samples from weights the optimizer is changing, and which
-weights sample which batch is a function of the step alone (rlreason/trainer.py
-``_launch_next``): runs are deterministic, whatever the threads' timing. Everything the batch
+weights sample which batch is a function of the step alone (``Overlap.launch_next``): runs
+are deterministic, whatever the threads' timing. Everything the batch
 depends on (prompts, seeds, the rewards' ``trainer_state``) is fixed on the trainer's thread
 before ``submit``.
 
@@ -25,7 +25,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+
+from rlreason.experience import Rollout, rollout_from_state, rollout_state
+
+PENDING_ROLLOUT = "pending_rollout.pt"  # a checkpoint's batch in flight
+Job = Callable[[], tuple[Rollout, dict[str, str]]]  # generate and score one batch: -> (rollout, reward errors)
 
 
 @dataclass
@@ -117,3 +127,83 @@ class RolloutThread:
         if self._thread is not None:
             self._thread.join(timeout_s)
         self._thread, self._done, self._pending, self._error = None, None, None, None
+
+
+class Overlap:
+    """The trainer's side of overlapped rollouts: which weights sample which batch, the batch in
+    flight, and its place in a checkpoint.
+
+    ``job(step)`` is called on the trainer's thread and fixes everything step's batch depends on
+    (prompts, seeds, the rewards' trainer_state); the function it returns runs on the rollout
+    thread. ``sync()`` gives the engine the policy's current weights (collective with several
+    processes: every process calls it at the same step). ``version``: the optimizer steps the
+    engine's weights have seen.
+    """
+
+    def __init__(self, max_staleness: int, max_steps: int, job: Callable[[int], Job], sync: Callable[[], None],
+                 acc: Accelerator) -> None:
+        self.max_staleness, self.max_steps = max_staleness, max_steps
+        self.job, self.sync, self.acc = job, sync, acc
+        self.thread = RolloutThread()
+        self.version = 0
+
+    def start(self, step: int) -> None:
+        """Before the loop: start ``step``'s rollout, unless a resume brought the one in flight."""
+        if not self.thread.busy:
+            self.thread.submit(step, self.version, self.job(step))
+
+    def take(self, step: int) -> tuple[Rollout, dict[str, str]]:
+        """``step``'s batch (re-raising the rollout thread's error) with the overlap's metrics:
+        ``async/staleness``, the optimizer steps between the weights that sampled the batch and
+        those it trains; ``time/rollout_wait_s``, how long the trainer waited (0: fully hidden)."""
+        batch = self.thread.take(step)
+        ro, errors = batch.result
+        ro.metrics = {**ro.metrics, "async/staleness": float(step - batch.version),
+                      "time/rollout_wait_s": self.thread.wait_s, "time/rollout_thread_s": batch.generation_s,
+                      "time/rollout_thread_cpu_s": batch.cpu_s}
+        return ro, errors
+
+    def launch_next(self, step: int) -> None:
+        """Right after ``step``'s batch is taken (the engine is idle, the policy has seen ``step``
+        updates): sync the engine if the next batch would otherwise be sampled more than
+        ``max_staleness`` steps behind the weights it trains (with 1: every step), then start it.
+        A function of the step only, so runs (and resumed runs) sample the same batches."""
+        nxt = step + 1
+        if nxt >= self.max_steps:
+            return
+        if nxt - self.version > self.max_staleness:
+            self.sync()
+            self.version = step
+        self.thread.submit(nxt, self.version, self.job(nxt))
+
+    def make_current(self, step: int) -> None:
+        """Before an evaluation (it uses the engine): the engine takes the policy's weights once the
+        batch in flight has finished (it is kept for its step). Collective with several processes."""
+        if self.version != step:
+            self.thread.finish()
+            self.sync()
+            self.version = step
+
+    def checkpoint(self) -> dict[str, Any] | None:
+        """The batch in flight, finished, as a checkpoint stores it (every process's shard, gathered
+        to every process), so a resume trains on exactly it; None without one (past the last step
+        nothing is generated). Collective with several processes."""
+        batch = self.thread.finish()
+        # every process calls the gather, also one that (impossibly) has no batch: never a hang
+        shard = None if batch is None else {"rollout": rollout_state(batch.result[0]), "errors": batch.result[1]}
+        shards = [shard] if self.acc.num_processes == 1 else gather_object([shard])
+        if batch is None:
+            return None
+        return {"step": batch.step, "version": batch.version, "shards": shards}
+
+    def restore(self, path: Path) -> None:
+        """Put a checkpoint's batch in flight (this process's shard) back for the next ``take``."""
+        saved = torch.load(path, weights_only=False)  # our own file, verified against the manifest
+        if len(saved["shards"]) != self.acc.num_processes:
+            raise ValueError(f"{path} holds the batch in flight of {len(saved['shards'])} processes; resume "
+                             f"async_rollouts with as many (this run has {self.acc.num_processes})")
+        shard = saved["shards"][self.acc.process_index]
+        self.thread.put(Batch(saved["step"], saved["version"], (rollout_from_state(shard["rollout"]), shard["errors"])))
+
+    def close(self) -> None:
+        self.thread.close()

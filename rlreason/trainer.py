@@ -29,7 +29,7 @@ of processes.
 
 With ``async_rollouts`` steps 2-3 of step t+1 run on a background thread (rlreason/async_rollout.py)
 while step t's update runs, on a separate engine (a copy of the policy, or a vLLM server). Which
-weights sample which batch depends only on the step (``_launch_next``): the engine takes the
+weights sample which batch depends only on the step (``Overlap.launch_next``): the engine takes the
 policy's weights right after a batch is taken and before the next is started, when a batch
 would otherwise be sampled more than ``max_staleness`` steps behind the weights it trains. The
 update then compares the policy with its current weights (the clip) and corrects the lag with the
@@ -45,13 +45,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate.utils import gather_object
 from transformers import TrainerState
 
 from rlreason import algorithms as A
 from rlreason import stopping
 from rlreason.actor import Actor
-from rlreason.async_rollout import Batch, RolloutThread
+from rlreason.async_rollout import PENDING_ROLLOUT, Job, Overlap
 from rlreason.build import Parts, shares_policy
 from rlreason.checkpoint import hf_model_files, read_state, record_final_eval, save_checkpoint, save_model
 from rlreason.config import GRPOConfig
@@ -59,22 +58,13 @@ from rlreason.data import INTERNAL_COLUMNS
 from rlreason.distributed import full_named_parameters, gather_varlen, reduce_metrics, reduce_sum
 from rlreason.eval.core import EvalProtocol, evaluate, evaluate_suites, flat_metrics
 from rlreason.eval.metrics import wilson_interval
-from rlreason.experience import (
-    PromptStream,
-    Rollout,
-    completion_rows,
-    rollout_from_state,
-    rollout_state,
-    sample_metrics,
-)
+from rlreason.experience import PromptStream, Rollout, completion_rows, sample_metrics
 from rlreason.health import RewardHealth
 from rlreason.lora import is_peft_model, merged_named_parameters
 from rlreason.resume import apply_optimizer_changes
 from rlreason.rewards.runner import reward_inputs
 from rlreason.rollout.base import SamplingConfig
 from rlreason.tracking import run_summary, write_report
-
-PENDING_ROLLOUT = "pending_rollout.pt"  # a checkpoint's batch in flight (async_rollouts)
 
 
 class GRPOTrainer:
@@ -110,8 +100,7 @@ class GRPOTrainer:
         self.last_eval: dict[str, float] = {}  # the latest periodic eval, saved with checkpoints
         self.heldout_before: dict[str, Any] = {}
         self._saved_step: int | None = None  # the step of the newest checkpoint this run wrote or resumed from
-        self.engine_version = 0  # optimizer steps the engine's weights have seen (async_rollouts)
-        self.overlap: RolloutThread | None = None  # the batch in flight (async_rollouts)
+        self.overlap: Overlap | None = None  # the batch in flight and its schedule (async_rollouts)
         if cfg.async_rollouts:
             if self.engine_shares_policy:
                 raise ValueError("config key 'async_rollouts': the engine generates with the policy itself, whose "
@@ -120,7 +109,7 @@ class GRPOTrainer:
             # Several processes: each has its own rollout thread, which runs no collective (generation
             # and scoring are local); every collective (weight sync, batch statistics, the update)
             # stays on the trainer's thread, at the same step on every process.
-            self.overlap = RolloutThread()
+            self.overlap = Overlap(cfg.max_staleness, cfg.max_steps, self._rollout_job, self.sync_weights, self.acc)
 
     @property
     def group_size(self) -> int:
@@ -174,7 +163,8 @@ class GRPOTrainer:
         the batch is full again or ``max_resample_rounds`` extra rounds are spent."""
         cfg = self.cfg
         if self.overlap is not None:  # generated on the rollout thread (async_rollouts; no dynamic sampling)
-            ro = self._take()
+            ro, errors = self.overlap.take(self.step)
+            self.health.errors.update(errors)
         else:
             ro = self.rollout(self.prompts.rows(self.step),
                               self.prompts.seeds("train", self.prompts.positions(self.step)))
@@ -224,49 +214,13 @@ class GRPOTrainer:
             m["frac_zero_std_groups"] = flat / total if total else float("nan")
         return adv, m
 
-    # ------------------------------------------------------------------ overlapped rollouts
-
-    def _submit(self, step: int) -> None:
-        """Start step ``step``'s rollout on the rollout thread, with the engine's current weights;
-        its prompts, seeds and the rewards' trainer_state are fixed here, on the trainer's thread."""
+    def _rollout_job(self, step: int) -> Job:
+        """async_rollouts: step ``step``'s rollout, to run on the rollout thread; its prompts, seeds
+        and the rewards' trainer_state are fixed here, on the trainer's thread."""
         rows = self.prompts.rows(step)
         seeds = self.prompts.seeds("train", self.prompts.positions(step))
         state = self.trainer_state(step)
-        self.overlap.submit(step, self.engine_version, lambda: self.generate_and_score(rows, seeds, state))
-
-    def _take(self) -> Rollout:
-        """This step's batch from the rollout thread (re-raising its error), with the overlap's metrics."""
-        batch = self.overlap.take(self.step)
-        ro, errors = batch.result
-        self.health.errors.update(errors)
-        # staleness: optimizer steps between the weights that sampled the batch and those it trains;
-        # time/rollout_wait_s: how long the trainer waited for it (0: the rollout was fully hidden)
-        ro.metrics = {**ro.metrics, "async/staleness": float(self.step - batch.version),
-                      "time/rollout_wait_s": self.overlap.wait_s, "time/rollout_thread_s": batch.generation_s,
-                      "time/rollout_thread_cpu_s": batch.cpu_s}
-        return ro
-
-    def _launch_next(self) -> None:
-        """Right after this step's batch is taken (the engine is idle): give the engine the current
-        weights if the next batch would otherwise be sampled more than ``max_staleness`` steps
-        behind the weights it trains (with 1: every step), then start the next batch's rollout.
-        A function of the step only, so runs (and resumed runs) sample the same batches."""
-        nxt = self.step + 1
-        if nxt >= self.cfg.max_steps:
-            return
-        if nxt - self.engine_version > self.cfg.max_staleness:
-            self.sync_weights()
-            self.engine_version = self.step
-        self._submit(nxt)
-
-    def _engine_current(self) -> None:
-        """Before an evaluation with async rollouts (``evaluate`` and ``evaluate_suites`` use the
-        engine): the engine takes the policy's current weights, once the batch in flight has
-        finished (it is kept for its step). Collective with several processes."""
-        if self.overlap is not None and self.engine_version != self.step:
-            self.overlap.finish()
-            self.sync_weights()
-            self.engine_version = self.step
+        return lambda: self.generate_and_score(rows, seeds, state)
 
     # ------------------------------------------------------------------ update
 
@@ -379,9 +333,10 @@ class GRPOTrainer:
         self._saved_step = self.step
         apply_optimizer_changes(self.optimizer, self.scheduler, self.cfg, state.get("config", {}))
         self.sync_weights()  # a separate engine started from the initial weights
-        self.engine_version = self.step
-        if self.overlap is not None and (path / PENDING_ROLLOUT).is_file():  # the batch that was in flight
-            self._restore_pending(path / PENDING_ROLLOUT)
+        if self.overlap is not None:
+            self.overlap.version = self.step
+            if (path / PENDING_ROLLOUT).is_file():  # the batch that was in flight
+                self.overlap.restore(path / PENDING_ROLLOUT)
         self.log.print(f"resumed from {path} at step {self.step}")
 
     def _train(self) -> dict[str, Any]:
@@ -414,8 +369,7 @@ class GRPOTrainer:
         if self.overlap is not None and not interrupted and self.step < cfg.max_steps:
             self.log.print(f"async rollouts: each batch generated during the previous update, at most "
                            f"{cfg.max_staleness} step(s) stale; importance_sampling_cap {cfg.importance_sampling_cap}")
-            if not self.overlap.busy:  # a resume brings the batch that was in flight
-                self._submit(self.step)
+            self.overlap.start(self.step)
         while not interrupted and self.step < cfg.max_steps:
             metrics, n_samples = self._one_step()
             samples_per_s.append(metrics["perf/samples_per_s"])
@@ -442,7 +396,8 @@ class GRPOTrainer:
             # trained, and a resume from it only evaluates and writes the final model.
             if self._saved_step != self.step:
                 self.save(self.step)
-            self._engine_current()  # async_rollouts: the final weights, not the last synced ones
+            if self.overlap is not None:  # the final weights, not the last synced ones
+                self.overlap.make_current(self.step)
             try:
                 with self._stop_at_once():
                     after = self.evaluate(cfg.final_eval_size)
@@ -479,7 +434,7 @@ class GRPOTrainer:
         t0 = time.perf_counter()
         ro = self.collect()
         if self.overlap is not None:
-            self._launch_next()  # the next batch generates while this one trains
+            self.overlap.launch_next(self.step)  # the next batch generates while this one trains
         metrics = dict(ro.metrics)
         metrics.update(self.update(ro))
         self.step += 1
@@ -495,7 +450,8 @@ class GRPOTrainer:
         metrics = reduce_metrics(self.acc, metrics)
         self.health.record(self.step, metrics)
         if cfg.eval_steps and self.step % cfg.eval_steps == 0 and self.step < cfg.max_steps:
-            self._engine_current()
+            if self.overlap is not None:
+                self.overlap.make_current(self.step)
             ev = self.evaluate(cfg.eval_size)
             ev.update(self.evaluate_suites())
             self.last_eval = {k: v for k, v in ev.items() if isinstance(v, int | float)}
@@ -519,7 +475,7 @@ class GRPOTrainer:
                  # a reward's steps-in-a-row without a score survive a resume (max_failed_reward_steps)
                  "reward_health": {"streak": self.health.streak, "failures_total": self.health.failures_total}}
         policy = self.acc.unwrap_model(self.model)
-        pending = self._pending_state()
+        pending = self.overlap.checkpoint() if self.overlap is not None else None
 
         def extra(folder: Path) -> None:
             hf_model_files(policy, self.tokenizer, folder)
@@ -531,30 +487,6 @@ class GRPOTrainer:
                                extra=extra)
         self._saved_step = step
         return path
-
-    def _pending_state(self) -> dict[str, Any] | None:
-        """async_rollouts: the batch in flight, finished, as a checkpoint stores it (every process's
-        shard, gathered to the main process), so a resume trains on exactly it; None without one.
-        Collective with several processes."""
-        if self.overlap is None:
-            return None
-        batch = self.overlap.finish()
-        if batch is None:  # the last step's: nothing is generated past max_steps
-            return None
-        ro, errors = batch.result
-        shard = {"rollout": rollout_state(ro), "errors": errors}
-        shards = [shard] if self.acc.num_processes == 1 else gather_object([shard])
-        return {"step": batch.step, "version": batch.version, "shards": shards}
-
-    def _restore_pending(self, path: Path) -> None:
-        """Put a checkpoint's batch in flight (this process's shard) back on the rollout thread."""
-        saved = torch.load(path, weights_only=False)  # our own file, verified against the manifest
-        if len(saved["shards"]) != self.acc.num_processes:
-            raise ValueError(f"{path} holds the batch in flight of {len(saved['shards'])} processes; resume "
-                             f"async_rollouts with as many (this run has {self.acc.num_processes})")
-        shard = saved["shards"][self.acc.process_index]
-        self.overlap.put(Batch(saved["step"], saved["version"], (rollout_from_state(shard["rollout"]),
-                                                                 shard["errors"])))
 
     def save_final(self, out_dir: str | Path) -> Path:
         """The trained policy as a plain Hugging Face model (rlreason.checkpoint.save_model)."""
