@@ -1,20 +1,26 @@
 """Synchronous vs overlapped rollouts (``async_rollouts``) in rlreason, on the same work,
-alternating runs in one invocation: sync, async, sync, async, ... one pair per seed.
+alternating runs in one invocation: sync, sync-2t, async per seed, then the next seed.
 
 Both modes run the default recipe (recipes/configs/tiny_cpu.yaml: the embedded tiny model,
 16 prompts x 8 completions per step, 64 tokens, lr 3e-5, DAPO loss) for the same number of
-steps, so they train on the same number of samples, with one intra-op thread per torch
-thread (``num_threads: 1``): the synchronous run uses one core, the overlapped run two (its
-trainer thread and its rollout thread, each single-threaded). "sync" is the default config
-(batched generation, the engine's own random stream); "async" turns on ``async_rollouts``,
-which needs ``generation_seed_per_prompt`` (one decode loop per prompt group on the
-transformers engine) and adds the truncated importance weight (cap 2).
+steps, so they train on the same number of samples, in three modes per seed, alternating:
+
+- "sync": the default config, one intra-op thread (``num_threads: 1``): generation and update
+  take turns on one core at a time, as a trainer and a generator on a core each do in a
+  synchronous run (the issue's "2 cores split between trainer and generator");
+- "sync-2t": the same with ``num_threads: 2``, both cores on every matmul: the synchronous
+  run's best use of the two cores, a reference the overlap must also be held against;
+- "async": ``async_rollouts: true``, one thread each for the trainer and the rollout thread
+  (batched generation with a seeded random stream per prompt, the truncated importance
+  weight with cap 2).
 
 Per run: samples/s over the steps after ``--warmup`` and before the last (an overlapped run
 generates nothing during its last step): completions / the steps' wall time, step end to step
 end; the mean generation, training and waiting times per step, the staleness and
 importance-weight statistics, and the held-out greedy accuracy after training with its Wilson
-95% interval (``--eval-n`` problems). Every run is a fresh recipe process.
+95% interval (``--eval-n`` problems). Every run is a fresh recipe process. The per-step
+curves (reward, staleness, importance weight, tokens at the cap) go to
+docs/async_rollouts_<size>.png.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/async_rollouts.py                  # 3 seeds, docs table
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/async_rollouts.py --seeds 0 --steps 4 --eval-n 20 --no-docs
@@ -48,7 +54,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- async-rollouts:begin -->", "<!-- async-rollouts:end -->"
 BEGIN_LARGE, END_LARGE = "<!-- async-rollouts-large:begin -->", "<!-- async-rollouts-large:end -->"
-MODES = {"sync": [], "async": ["--async_rollouts", "true"]}
+MODES = {"sync": [], "sync-2t": ["--num_threads", "2"], "async": ["--async_rollouts", "true"]}
+CURVES = ("reward/mean", "async/staleness", "is_weight_mean", "is_weight_capped_frac")
 
 
 def large_model(folder: Path, layers: int = 24) -> list[str]:
@@ -95,7 +102,8 @@ def one_run(mode: str, seed: int, args, tmp: Path, work: list[str]) -> dict:
             "is_mean": mean("is_weight_mean") if mode == "async" else float("nan"),
             "is_capped": mean("is_weight_capped_frac") if mode == "async" else float("nan"),
             "acc": summary.get("heldout_after", float("nan")), "ci": summary.get("after_ci95", [0, 0]),
-            "n_eval": summary.get("heldout_n", 0), "wall_s": wall}
+            "n_eval": summary.get("heldout_n", 0), "wall_s": wall,
+            "curves": {k: [(r["step"], r[k]) for r in rows if isinstance(r.get(k), int | float)] for k in CURVES}}
 
 
 def table(runs: list[dict], args) -> str:
@@ -108,15 +116,46 @@ def table(runs: list[dict], args) -> str:
                      f"{r['staleness']:.2f} | {r['is_mean']:.4f} | "
                      f"{r['is_capped']:.4f} | " + (f"{r['acc']:.3f} ({r['ci'][0]:.3f}-{r['ci'][1]:.3f}, "
                                                    f"n={r['n_eval']}) |" if args.eval_n else "- |"))
-    ratios = [a["samples_per_s"] / s["samples_per_s"] for s, a in zip(runs[::2], runs[1::2], strict=True)]
     lines.append("")
-    lines.append(f"async / sync samples/s per seed: {', '.join(f'{x:.2f}x' for x in ratios)} "
-                 f"(mean {statistics.mean(ratios):.2f}x)")
+    for base in ("sync", "sync-2t"):
+        ratios = [speed(runs, "async", seed) / speed(runs, base, seed) for seed in args.seeds]
+        lines.append(f"- async / {base} samples/s per seed: {', '.join(f'{x:.2f}x' for x in ratios)} "
+                     f"(mean {statistics.mean(ratios):.2f}x)")
     for mode in MODES if args.eval_n else ():
         accs = [r["acc"] for r in runs if r["mode"] == mode]
         lines.append(f"- {mode}: held-out accuracy after {args.steps} steps ({args.steps * 128} samples): mean "
                      f"{statistics.mean(accs):.3f} over seeds {', '.join(f'{a:.3f}' for a in accs)}")
     return "\n".join(lines)
+
+
+def speed(runs: list[dict], mode: str, seed: int) -> float:
+    return next(r["samples_per_s"] for r in runs if r["mode"] == mode and r["seed"] == seed)
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    """Per-step curves of every run: the mean reward (all modes), and the overlapped runs'
+    staleness, mean importance weight and fraction of tokens at the cap."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(18, 3.8))
+    colors = {"sync": "tab:blue", "sync-2t": "tab:green", "async": "tab:red"}
+    titles = {"reward/mean": "mean reward", "async/staleness": "staleness (updates)",
+              "is_weight_mean": "mean truncated IS weight", "is_weight_capped_frac": "tokens at the cap"}
+    for ax, key in zip(axes, CURVES, strict=True):
+        for r in runs:
+            if r["curves"][key] and (key == "reward/mean" or r["mode"] == "async"):
+                x, y = zip(*r["curves"][key], strict=True)
+                ax.plot(x, y, color=colors[r["mode"]], alpha=0.7, lw=1,
+                        label=r["mode"] if r["seed"] == runs[0]["seed"] else None)
+        ax.set_title(titles[key])
+        ax.set_xlabel("step")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
 
 
 def main() -> None:
@@ -136,7 +175,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = large_model(Path(tmp) / "model", args.large_layers) if args.size == "large" else []
         for seed in args.seeds:
-            for mode in MODES:  # alternating: sync, async, sync, async, ...
+            for mode in MODES:  # alternating: sync, sync-2t, async, sync, sync-2t, async, ...
                 runs.append(one_run(mode, seed, args, Path(tmp), work))
                 print(f"{mode} seed {seed}: {runs[-1]['samples_per_s']:.1f} samples/s, acc {runs[-1]['acc']:.3f}",
                       flush=True)
@@ -153,6 +192,8 @@ def main() -> None:
     begin, end = (BEGIN, END) if args.size == "tiny" else (BEGIN_LARGE, END_LARGE)
     if not args.no_docs and replace_block(DOCS, begin, end, body):
         print(f"wrote {DOCS}")
+    plot(runs, DOCS.parent / f"async_rollouts_{args.size}.png" if not args.no_docs else Path(tempfile.gettempdir())
+         / f"async_rollouts_{args.size}.png")
 
 
 if __name__ == "__main__":
