@@ -86,6 +86,10 @@ def test_async_run_trains_logs_staleness_and_is_deterministic(tiny_path, tmp_pat
         else:
             assert 0 < r["is_weight_mean"] <= ASYNC_IS_CAP and 0 <= r["is_weight_capped_frac"] <= 1
     assert any(r["skipped_groups_frac"] < 1.0 for r in ra)
+    # the weight compares the trained policy with the sampler's own log-probs: 1 (up to numerics)
+    # at step 0, whose batch the same weights sampled; off 1 once the sampler lags an update at lr 1e-3
+    assert ra[0]["is_weight_mean"] == pytest.approx(1.0, abs=1e-4)
+    assert any(abs(r["is_weight_mean"] - 1.0) > 1e-2 for r in ra[1:] if r["is_weight_mean"] is not None)
     after = weights(a)
     assert any(not torch.equal(before[k], after[k]) for k in before)
     # the engine holds the weights of the last sync (after update 2), not the final ones
