@@ -54,20 +54,27 @@ def in_group(pgid: int) -> list[int]:
 def test_a_signal_to_the_launcher_checkpoints_and_stops_the_run(tiny_path, tmp_path, sig):
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    launcher = subprocess.Popen([str(ACCELERATE), "launch", "recipes/grpo_math.py", "--config",
-                                 "recipes/configs/tiny_cpu.yaml", "--output_dir", str(out), *ARGS],
-                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                text=True, start_new_session=True)  # its own group: the test can clean up
+    # stderr to a file, not an unread pipe: a full pipe (64 KiB) would block the launcher's last
+    # write (its KeyboardInterrupt traceback) or the trainer's, and the file shows what happened
+    err = tmp_path / "launcher.err"
+    with open(err, "w") as f:
+        launcher = subprocess.Popen([str(ACCELERATE), "launch", "recipes/grpo_math.py", "--config",
+                                     "recipes/configs/tiny_cpu.yaml", "--output_dir", str(out), *ARGS],
+                                    cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=f,
+                                    start_new_session=True)  # its own group: the test can clean up
     try:
         metrics = out / "metrics.jsonl"
         deadline = time.monotonic() + 300
         while not (metrics.exists() and '"step": 1,' in metrics.read_text()):
-            assert launcher.poll() is None, launcher.stderr.read()[-3000:]
+            assert launcher.poll() is None, err.read_text()[-3000:]
             assert time.monotonic() < deadline, "no training step within 300 s"
             time.sleep(0.1)
         (trainer,) = children(launcher.pid)
         launcher.send_signal(sig)  # to the launcher only, as `kill <pid>` does
-        launcher.wait(timeout=30)
+        try:
+            launcher.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the launcher outlived {sig.name} by 30 s; its stderr:\n{err.read_text()[-3000:]}")
         deadline = time.monotonic() + STOP_WITHIN_S
         while alive(trainer):
             assert time.monotonic() < deadline, f"the training process outlived its launcher by {STOP_WITHIN_S} s"
