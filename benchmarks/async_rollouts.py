@@ -1,7 +1,7 @@
 """Synchronous vs overlapped rollouts (``async_rollouts``) in rlreason, on the same work,
 alternating runs in one invocation: sync, sync-2t, async per seed, then the next seed.
 
-Both modes run the default recipe (recipes/configs/tiny_cpu.yaml: the embedded tiny model,
+All modes run the default recipe (recipes/configs/tiny_cpu.yaml: the embedded tiny model,
 16 prompts x 8 completions per step, 64 tokens, lr 3e-5, DAPO loss) for the same number of
 steps, so they train on the same number of samples, in three modes per seed, alternating:
 
@@ -92,15 +92,19 @@ def one_run(mode: str, seed: int, args, tmp: Path, work: list[str]) -> dict:
     # it is shorter than the others; ``--steps`` >= warmup + 2
     timed = rows[args.warmup:-1]
     n = sum(r["perf/samples_per_s"] * r["time/step_s"] for r in timed)  # completions of the timed steps
-    mean = lambda key: statistics.mean(r.get(key, float("nan")) for r in timed)  # noqa: E731
+
+    def mean(key: str) -> float:
+        """Over the timed steps that logged ``key`` as a number (a step that trains no token logs its
+        importance-weight statistics as null; a synchronous run logs none): NaN if none did."""
+        values = [r[key] for r in timed if isinstance(r.get(key), int | float)]
+        return statistics.mean(values) if values else float("nan")
+
     return {"mode": mode, "seed": seed, "samples_per_s": n / sum(r["time/step_s"] for r in timed),
             "step_s": mean("time/step_s"), "gen_s": mean("time/generation_s"), "train_s": mean("time/training_s"),
-            "wait_s": mean("time/rollout_wait_s") if mode == "async" else float("nan"),
-            "thread_s": mean("time/rollout_thread_s") if mode == "async" else float("nan"),
-            "thread_cpu_s": mean("time/rollout_thread_cpu_s") if mode == "async" else float("nan"),
+            "wait_s": mean("time/rollout_wait_s"), "thread_s": mean("time/rollout_thread_s"),
+            "thread_cpu_s": mean("time/rollout_thread_cpu_s"),
             "staleness": mean("async/staleness") if mode == "async" else 0.0,
-            "is_mean": mean("is_weight_mean") if mode == "async" else float("nan"),
-            "is_capped": mean("is_weight_capped_frac") if mode == "async" else float("nan"),
+            "is_mean": mean("is_weight_mean"), "is_capped": mean("is_weight_capped_frac"),
             "acc": summary.get("heldout_after", float("nan")), "ci": summary.get("after_ci95", [0, 0]),
             "n_eval": summary.get("heldout_n", 0), "wall_s": wall,
             "curves": {k: [(r["step"], r[k]) for r in rows if isinstance(r.get(k), int | float)] for k in CURVES}}
@@ -192,8 +196,8 @@ def main() -> None:
     begin, end = (BEGIN, END) if args.size == "tiny" else (BEGIN_LARGE, END_LARGE)
     if not args.no_docs and replace_block(DOCS, begin, end, body):
         print(f"wrote {DOCS}")
-    plot(runs, DOCS.parent / f"async_rollouts_{args.size}.png" if not args.no_docs else Path(tempfile.gettempdir())
-         / f"async_rollouts_{args.size}.png")
+    folder = Path(tempfile.gettempdir()) if args.no_docs else DOCS.parent
+    plot(runs, folder / f"async_rollouts_{args.size}.png")
 
 
 if __name__ == "__main__":
