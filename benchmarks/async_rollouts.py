@@ -124,12 +124,12 @@ def table(runs: list[dict], args) -> str:
                      f"{r['is_capped']:.4f} | " + (f"{r['acc']:.3f} ({r['ci'][0]:.3f}-{r['ci'][1]:.3f}, "
                                                    f"n={r['n_eval']}) |" if args.eval_n else "- |"))
     lines.append("")
-    for mode in ASYNC:
-        for base in ("sync", "sync-2t"):
+    for mode in (m for m in ASYNC if m in args.modes):
+        for base in (b for b in ("sync", "sync-2t") if b in args.modes):
             ratios = [speed(runs, mode, seed) / speed(runs, base, seed) for seed in args.seeds]
             lines.append(f"- {mode} / {base} samples/s per seed: {', '.join(f'{x:.2f}x' for x in ratios)} "
                          f"(mean {statistics.mean(ratios):.2f}x)")
-    for mode in MODES if args.eval_n else ():
+    for mode in args.modes if args.eval_n else ():
         accs = [r["acc"] for r in runs if r["mode"] == mode]
         lines.append(f"- {mode}: held-out accuracy after {args.steps} steps ({args.steps * 128} samples): mean "
                      f"{statistics.mean(accs):.3f} over seeds {', '.join(f'{a:.3f}' for a in accs)}")
@@ -175,6 +175,8 @@ def main() -> None:
     p.add_argument("--size", choices=["tiny", "large"], default="tiny")
     p.add_argument("--large-layers", type=int, default=24, help="decoder layers of the large model (a smoke test: 2)")
     p.add_argument("--no-docs", action="store_true")
+    p.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES),
+                   help="which modes to run (each pair of ratios needs its modes)")
     args = p.parse_args()
     if args.size == "large":
         args.eval_n = 0
@@ -183,7 +185,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = large_model(Path(tmp) / "model", args.large_layers) if args.size == "large" else []
         for seed in args.seeds:
-            for mode in MODES:  # alternating: sync, sync-2t, async-thread, async, then the next seed
+            for mode in args.modes:  # alternating: sync, sync-2t, async-thread, async, then the next seed
                 runs.append(one_run(mode, seed, args, Path(tmp), work))
                 print(f"{mode} seed {seed}: {runs[-1]['samples_per_s']:.1f} samples/s, acc {runs[-1]['acc']:.3f}",
                       flush=True)
