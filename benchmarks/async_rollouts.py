@@ -1,18 +1,22 @@
 """Synchronous vs overlapped rollouts (``async_rollouts``) in rlreason, on the same work,
-alternating runs in one invocation: sync, sync-2t, async per seed, then the next seed.
+alternating runs in one invocation: sync, sync-2t, async-thread, async per seed, then the next.
 
 All modes run the default recipe (recipes/configs/tiny_cpu.yaml: the embedded tiny model,
 16 prompts x 8 completions per step, 64 tokens, lr 3e-5, DAPO loss) for the same number of
-steps, so they train on the same number of samples, in three modes per seed, alternating:
+steps, so they train on the same number of samples:
 
 - "sync": the default config, one intra-op thread (``num_threads: 1``): generation and update
   take turns on one core at a time, as a trainer and a generator on a core each do in a
   synchronous run (the issue's "2 cores split between trainer and generator");
 - "sync-2t": the same with ``num_threads: 2``, both cores on every matmul: the synchronous
   run's best use of the two cores, a reference the overlap must also be held against;
-- "async": ``async_rollouts: true``, one thread each for the trainer and the rollout thread
-  (batched generation with a seeded random stream per prompt, the truncated importance
-  weight with cap 2).
+- "async-thread": ``async_rollouts: true, async_generator: thread``: the transformers engine
+  on the trainer's rollout thread, in the trainer's interpreter;
+- "async": ``async_rollouts: true`` (the default ``async_generator: process``): the engine in
+  a child process on shared-memory weights, the rollout thread only waiting for it and scoring.
+
+Both overlapped modes decode the prompts together with a seeded random stream per prompt, and
+add the truncated importance weight (cap 2); they sample the same completions.
 
 Per run: samples/s over the steps after ``--warmup`` and before the last (an overlapped run
 generates nothing during its last step): completions / the steps' wall time, step end to step
@@ -54,7 +58,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- async-rollouts:begin -->", "<!-- async-rollouts:end -->"
 BEGIN_LARGE, END_LARGE = "<!-- async-rollouts-large:begin -->", "<!-- async-rollouts-large:end -->"
-MODES = {"sync": [], "sync-2t": ["--num_threads", "2"], "async": ["--async_rollouts", "true"]}
+MODES = {"sync": [], "sync-2t": ["--num_threads", "2"],
+         "async-thread": ["--async_rollouts", "true", "--async_generator", "thread"],
+         "async": ["--async_rollouts", "true"]}  # the default: the transformers engine in a child process
+ASYNC = ("async-thread", "async")
 CURVES = ("reward/mean", "async/staleness", "is_weight_mean", "is_weight_capped_frac")
 
 
@@ -103,7 +110,7 @@ def one_run(mode: str, seed: int, args, tmp: Path, work: list[str]) -> dict:
             "step_s": mean("time/step_s"), "gen_s": mean("time/generation_s"), "train_s": mean("time/training_s"),
             "wait_s": mean("time/rollout_wait_s"), "thread_s": mean("time/rollout_thread_s"),
             "thread_cpu_s": mean("time/rollout_thread_cpu_s"),
-            "staleness": mean("async/staleness") if mode == "async" else 0.0,
+            "staleness": mean("async/staleness") if mode in ASYNC else 0.0,
             "is_mean": mean("is_weight_mean"), "is_capped": mean("is_weight_capped_frac"),
             "acc": summary.get("heldout_after", float("nan")), "ci": summary.get("after_ci95", [0, 0]),
             "n_eval": summary.get("heldout_n", 0), "wall_s": wall,
@@ -121,11 +128,12 @@ def table(runs: list[dict], args) -> str:
                      f"{r['is_capped']:.4f} | " + (f"{r['acc']:.3f} ({r['ci'][0]:.3f}-{r['ci'][1]:.3f}, "
                                                    f"n={r['n_eval']}) |" if args.eval_n else "- |"))
     lines.append("")
-    for base in ("sync", "sync-2t"):
-        ratios = [speed(runs, "async", seed) / speed(runs, base, seed) for seed in args.seeds]
-        lines.append(f"- async / {base} samples/s per seed: {', '.join(f'{x:.2f}x' for x in ratios)} "
-                     f"(mean {statistics.mean(ratios):.2f}x)")
-    for mode in MODES if args.eval_n else ():
+    for mode in (m for m in ASYNC if m in args.modes):
+        for base in (b for b in ("sync", "sync-2t") if b in args.modes):
+            ratios = [speed(runs, mode, seed) / speed(runs, base, seed) for seed in args.seeds]
+            lines.append(f"- {mode} / {base} samples/s per seed: {', '.join(f'{x:.2f}x' for x in ratios)} "
+                         f"(mean {statistics.mean(ratios):.2f}x)")
+    for mode in args.modes if args.eval_n else ():
         accs = [r["acc"] for r in runs if r["mode"] == mode]
         lines.append(f"- {mode}: held-out accuracy after {args.steps} steps ({args.steps * 128} samples): mean "
                      f"{statistics.mean(accs):.3f} over seeds {', '.join(f'{a:.3f}' for a in accs)}")
@@ -145,12 +153,12 @@ def plot(runs: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 4, figsize=(18, 3.8))
-    colors = {"sync": "tab:blue", "sync-2t": "tab:green", "async": "tab:red"}
+    colors = {"sync": "tab:blue", "sync-2t": "tab:green", "async-thread": "tab:orange", "async": "tab:red"}
     titles = {"reward/mean": "mean reward", "async/staleness": "staleness (updates)",
               "is_weight_mean": "mean truncated IS weight", "is_weight_capped_frac": "tokens at the cap"}
     for ax, key in zip(axes, CURVES, strict=True):
         for r in runs:
-            if r["curves"][key] and (key == "reward/mean" or r["mode"] == "async"):
+            if r["curves"][key] and (key == "reward/mean" or r["mode"] in ASYNC):
                 x, y = zip(*r["curves"][key], strict=True)
                 ax.plot(x, y, color=colors[r["mode"]], alpha=0.7, lw=1,
                         label=r["mode"] if r["seed"] == runs[0]["seed"] else None)
@@ -171,6 +179,8 @@ def main() -> None:
     p.add_argument("--size", choices=["tiny", "large"], default="tiny")
     p.add_argument("--large-layers", type=int, default=24, help="decoder layers of the large model (a smoke test: 2)")
     p.add_argument("--no-docs", action="store_true")
+    p.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES),
+                   help="which modes to run (each pair of ratios needs its modes)")
     args = p.parse_args()
     if args.size == "large":
         args.eval_n = 0
@@ -179,7 +189,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = large_model(Path(tmp) / "model", args.large_layers) if args.size == "large" else []
         for seed in args.seeds:
-            for mode in MODES:  # alternating: sync, sync-2t, async, sync, sync-2t, async, ...
+            for mode in args.modes:  # alternating: sync, sync-2t, async-thread, async, then the next seed
                 runs.append(one_run(mode, seed, args, Path(tmp), work))
                 print(f"{mode} seed {seed}: {runs[-1]['samples_per_s']:.1f} samples/s, acc {runs[-1]['acc']:.3f}",
                       flush=True)

@@ -44,6 +44,7 @@ from rlreason.rewards import accuracy_reward, build_rewards, format_reward, pars
 from rlreason.rewards.runner import RewardRunner
 from rlreason.rollout.base import RolloutEngine
 from rlreason.rollout.hf import HFEngine
+from rlreason.rollout.hf_process import ProcessHFEngine
 from rlreason.tasks.arith import Difficulty
 from rlreason.tracking import RunLogger
 
@@ -356,8 +357,11 @@ def assemble(cfg: GRPOConfig, model: torch.nn.Module, tokenizer: Any, train: dat
         # async on one process: seeded prompts share decode loops (batched, deterministic; the samples
         # then depend on the batch through matmul rounding, so several processes keep one loop per
         # prompt and sample what one process samples)
-        engine = HFEngine(sampler, tokenizer, cfg.generation_batch_prompts,
-                          batch_seeds=cfg.async_rollouts and acc.num_processes == 1)
+        # async on CPU: the copy generates in a child process (rlreason/rollout/hf_process.py: a small
+        # model's decode loop beside the update in one interpreter would share the GIL)
+        in_child = cfg.async_rollouts and cfg.async_generator == "process" and acc.device.type == "cpu"
+        engine = (ProcessHFEngine if in_child else HFEngine)(
+            sampler, tokenizer, cfg.generation_batch_prompts, batch_seeds=cfg.async_rollouts and acc.num_processes == 1)
     for msg in setting_warnings(cfg, separate_engine=not shares_policy(engine, model, acc)):
         warnings.warn(msg, stacklevel=2)
     run_dir = run_dir or open_run_dir(cfg, acc)

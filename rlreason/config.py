@@ -32,6 +32,7 @@ from rlreason.rollout.base import WeightBackend
 # choices in rlreason.algorithms, the weight-transfer backends in rlreason.rollout.base, the rest
 # here); ``validate`` and ``from_dict`` check every such key against it (``_choices``).
 VLLMMode = Literal["colocate", "server"]
+AsyncGenerator = Literal["process", "thread"]  # rlreason.rollout.hf_process
 Optimizer = Literal["adamw_torch", "adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit"]  # rlreason.optim
 DistillMode = Literal["on_policy", "offline"]
 DistillSelection = Literal["best_of_k", "all_correct", "shortest_correct"]  # rlreason.distill.select_completions
@@ -144,6 +145,11 @@ class GRPOConfig:
     # generation_seed_per_prompt (a batch's samples must not depend on the threads' timing).
     async_rollouts: bool = False
     max_staleness: int = 1
+    # where the transformers engine generates with async_rollouts on CPU: "process", a child process
+    # on shared-memory weights (no GIL shared with the update; the script needs an
+    # ``if __name__ == "__main__":`` guard, as for any spawned process), or "thread", the trainer's
+    # rollout thread. On GPUs, and with a vLLM server, the rollout thread drives the engine either way.
+    async_generator: AsyncGenerator = "process"
 
     # --- optimisation ---
     per_device_train_batch_size: int = 64  # completions per micro-batch
