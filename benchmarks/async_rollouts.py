@@ -1,5 +1,5 @@
 """Synchronous vs overlapped rollouts (``async_rollouts``) in rlreason, on the same work,
-alternating runs in one invocation: sync, sync-2t, async-thread, async per seed, then the next.
+alternating runs in one invocation: sync, sync-2t, async, async-process per seed, then the next.
 
 All modes run the default recipe (recipes/configs/tiny_cpu.yaml: the embedded tiny model,
 16 prompts x 8 completions per step, 64 tokens, lr 3e-5, DAPO loss) for the same number of
@@ -10,10 +10,10 @@ steps, so they train on the same number of samples:
   synchronous run (the issue's "2 cores split between trainer and generator");
 - "sync-2t": the same with ``num_threads: 2``, both cores on every matmul: the synchronous
   run's best use of the two cores, a reference the overlap must also be held against;
-- "async-thread": ``async_rollouts: true, async_generator: thread``: the transformers engine
-  on the trainer's rollout thread, in the trainer's interpreter;
-- "async": ``async_rollouts: true`` (the default ``async_generator: process``): the engine in
-  a child process on shared-memory weights, the rollout thread only waiting for it and scoring.
+- "async": ``async_rollouts: true`` (the default ``async_generator: thread``): the transformers
+  engine on the trainer's rollout thread, in the trainer's interpreter;
+- "async-process": ``async_generator: process``: the engine in a child process on
+  shared-memory weights, the rollout thread only waiting for it and scoring.
 
 Both overlapped modes decode the prompts together with a seeded random stream per prompt, and
 add the truncated importance weight (cap 2); they sample the same completions.
@@ -59,9 +59,9 @@ DOCS = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- async-rollouts:begin -->", "<!-- async-rollouts:end -->"
 BEGIN_LARGE, END_LARGE = "<!-- async-rollouts-large:begin -->", "<!-- async-rollouts-large:end -->"
 MODES = {"sync": [], "sync-2t": ["--num_threads", "2"],
-         "async-thread": ["--async_rollouts", "true", "--async_generator", "thread"],
-         "async": ["--async_rollouts", "true"]}  # the default: the transformers engine in a child process
-ASYNC = ("async-thread", "async")
+         "async": ["--async_rollouts", "true"],  # the default: the engine on the trainer's rollout thread
+         "async-process": ["--async_rollouts", "true", "--async_generator", "process"]}
+ASYNC = ("async", "async-process")
 CURVES = ("reward/mean", "async/staleness", "is_weight_mean", "is_weight_capped_frac")
 
 
@@ -153,7 +153,7 @@ def plot(runs: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 4, figsize=(18, 3.8))
-    colors = {"sync": "tab:blue", "sync-2t": "tab:green", "async-thread": "tab:orange", "async": "tab:red"}
+    colors = {"sync": "tab:blue", "sync-2t": "tab:green", "async": "tab:red", "async-process": "tab:orange"}
     titles = {"reward/mean": "mean reward", "async/staleness": "staleness (updates)",
               "is_weight_mean": "mean truncated IS weight", "is_weight_capped_frac": "tokens at the cap"}
     for ax, key in zip(axes, CURVES, strict=True):
@@ -189,7 +189,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = large_model(Path(tmp) / "model", args.large_layers) if args.size == "large" else []
         for seed in args.seeds:
-            for mode in args.modes:  # alternating: sync, sync-2t, async-thread, async, then the next seed
+            for mode in args.modes:  # alternating: sync, sync-2t, async, async-process, then the next seed
                 runs.append(one_run(mode, seed, args, Path(tmp), work))
                 print(f"{mode} seed {seed}: {runs[-1]['samples_per_s']:.1f} samples/s, acc {runs[-1]['acc']:.3f}",
                       flush=True)

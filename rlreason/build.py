@@ -357,8 +357,8 @@ def assemble(cfg: GRPOConfig, model: torch.nn.Module, tokenizer: Any, train: dat
         # async on one process: seeded prompts share decode loops (batched, deterministic; the samples
         # then depend on the batch through matmul rounding, so several processes keep one loop per
         # prompt and sample what one process samples)
-        # async on CPU: the copy generates in a child process (rlreason/rollout/hf_process.py: a small
-        # model's decode loop beside the update in one interpreter would share the GIL)
+        # async_generator "process" on CPU: the copy generates in a child process (rlreason/rollout/
+        # hf_process.py: a small model's decode loop then shares no GIL with the update)
         in_child = cfg.async_rollouts and cfg.async_generator == "process" and acc.device.type == "cpu"
         engine = (ProcessHFEngine if in_child else HFEngine)(
             sampler, tokenizer, cfg.generation_batch_prompts, batch_seeds=cfg.async_rollouts and acc.num_processes == 1)

@@ -145,11 +145,12 @@ class GRPOConfig:
     # generation_seed_per_prompt (a batch's samples must not depend on the threads' timing).
     async_rollouts: bool = False
     max_staleness: int = 1
-    # where the transformers engine generates with async_rollouts on CPU: "process", a child process
-    # on shared-memory weights (no GIL shared with the update; the script needs an
-    # ``if __name__ == "__main__":`` guard, as for any spawned process), or "thread", the trainer's
-    # rollout thread. On GPUs, and with a vLLM server, the rollout thread drives the engine either way.
-    async_generator: AsyncGenerator = "process"
+    # where the transformers engine generates with async_rollouts on CPU: "thread", the trainer's
+    # rollout thread, or "process", a child process on shared-memory weights (rlreason/rollout/
+    # hf_process.py: the decode loop then shares no GIL with the update, which helps when generation is
+    # the slower side; the script needs an ``if __name__ == "__main__":`` guard, as for any spawned
+    # process). On GPUs, and with a vLLM server, the rollout thread drives the engine either way.
+    async_generator: AsyncGenerator = "thread"
 
     # --- optimisation ---
     per_device_train_batch_size: int = 64  # completions per micro-batch

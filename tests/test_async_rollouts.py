@@ -17,13 +17,14 @@ from accelerate import Accelerator
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlreason.async_rollout import Batch, RolloutThread
-from rlreason.build import assemble
+from rlreason.build import assemble, close_engine
 from rlreason.config import ASYNC_IS_CAP, ConfigError, GRPOConfig
 from rlreason.data import arith_dataset, prepare
 from rlreason.eval.suites import arith_suite
 from rlreason.experience import rollout_from_state, rollout_state
 from rlreason.rewards import accuracy_reward, completion_text
 from rlreason.rollout.hf import HFEngine
+from rlreason.rollout.hf_process import ProcessHFEngine
 from rlreason.trainer import GRPOTrainer
 
 SMALL = dict(num_generations=4, per_device_train_batch_size=8, gradient_accumulation_steps=1,
@@ -99,6 +100,25 @@ def test_async_run_trains_logs_staleness_and_is_deterministic(tiny_path, tmp_pat
     wb = weights(b)
     assert all(torch.equal(after[k], wb[k]) for k in after)
 
+
+def test_the_child_process_generator_trains_as_the_rollout_thread_does(tiny_path, tmp_path):
+    """async_generator "process" (the engine in a child process on shared-memory weights) through the
+    trainer: the weight syncs reach the child, which samples what the rollout thread would, so
+    the run logs the same metrics and ends with the same weights as the thread's run."""
+    a = make(tiny_path, tmp_path, "thread")
+    assert type(a.engine) is HFEngine
+    a.train()
+    b = make(tiny_path, tmp_path, "process", async_generator="process")
+    try:
+        assert isinstance(b.engine, ProcessHFEngine) and b.engine._proc.is_alive()
+        b.train()
+    finally:
+        b.close()
+        close_engine(b.engine)
+    assert not b.engine._proc.is_alive()
+    assert rows(b) == rows(a)
+    wa, wb = weights(a), weights(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 def test_max_staleness_bounds_the_lag(tiny_path, tmp_path):
     tr = make(tiny_path, tmp_path, max_steps=5, max_staleness=2)
