@@ -1,18 +1,20 @@
-"""The transformers engine in a process of its own (``async_rollouts`` on one CPU process).
+"""The transformers engine in a process of its own (``async_rollouts`` with
+``async_generator: process`` on CPU).
 
 On the rollout thread, the transformers engine shares the trainer's interpreter: a small
-model's decode loop and update are mostly Python and op dispatch, which two threads of one
-process run one at a time (the GIL; benchmarks/thread_scaling.py: two threads doing 128-wide
-matmuls reach 1.05x one thread's throughput, two processes 1.61x). Here the decode loop runs
-in a child process, on the same weights: the engine's model is moved to shared memory, so
+model's decode loop is mostly Python and op dispatch, which takes turns with the update's at
+the GIL (benchmarks/overlap_contention.py: on the tiny model, generation beside the update
+took 35% longer on a thread, 4% longer in a child process). Here the decode loop runs in a
+child process, on the same weights: the engine's model is moved to shared memory, so
 ``load_weights`` (an in-place copy, made only while nothing generates) reaches the child
 without a transfer, and the child's samples are those the in-process engine would draw
-(the same code, weights and seeds).
+(the same code, weights and seeds). It pays when generation is the longer side of the
+overlapped step; on the default tiny recipe the update is, so the thread stays the default.
 
 The child is started with ``spawn`` (a fork of a process with threads and a reward pool is
 unsafe); as with any spawning code, a script that builds it must guard its entry point with
-``if __name__ == "__main__":``. It ends when the engine is closed or the parent's end of the
-pipe closes (the trainer died).
+``if __name__ == "__main__":``. It ends when the engine is closed (at the latest at the
+parent's exit) or when the parent's end of the pipe closes (the trainer died).
 """
 
 from __future__ import annotations
