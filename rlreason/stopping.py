@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -34,6 +35,7 @@ class _State:
     signal_name: str | None = None  # the signal that asked for a stop
     at_once = 0  # depth of stop_at_once() contexts
     installed = 0  # depth of handle_stop_signals() contexts
+    started = False  # handle_stop_signals() was entered once: the start-up imports are over
 
 
 _state = _State()
@@ -75,6 +77,7 @@ def handle_stop_signals() -> Iterator[None]:
         return
     outermost = _state.installed == 0
     old = {}
+    _state.started = True
     if outermost:
         _state.signal_name = None
         old = {sig: signal.signal(sig, _handler) for sig in _SIGNALS}
@@ -108,6 +111,14 @@ def stop_at_once(enabled: bool = True) -> Iterator[None]:
 
 def _exit_before_start(signum: int, frame: object) -> None:
     _say(f"{signal.Signals(signum).name}: stopping; no training in progress, nothing to save")
+    if not _state.started:
+        # During the start-up imports an exception raised here lands inside the import machinery,
+        # which can leave a module half-bound (numpy's lazy ``numpy.dtypes`` then recursed until
+        # RecursionError, exit status 1). Nothing has started yet: end the process at once.
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(0)
     raise SystemExit(0)
 
 
