@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rlreason import stopping
 from rlreason.eval.suites import SUITES, TEMPLATES, load_suite_file
 
 
@@ -151,16 +152,37 @@ def main(argv: list[str] | None = None) -> dict | None:
 
     protocol = build_protocol(args)
     names = [s.strip() for s in args.suites.split(",") if s.strip()]
-    model_path = resolve_model(args.model)
-    # Built before the engine: a "fork" runner forks this process, best while it is small and
-    # has no engine threads yet.
-    with build_scorer(args) as scorer:
-        engine, tokenizer = build_engine(args, model_path)
-        results = evaluate_suites(engine, tokenizer, names, protocol, scorer=scorer, allow_hub=not args.no_hub,
-                                  log=lambda line: print(line, file=sys.stderr))
+    results: dict[str, Any] = {"config": {"suites": {}}, "suites": {}, "problems": {}}
+    model_path = args.model
+    # SIGTERM / Ctrl-C stop at once (rlreason/stopping.py); the suites finished by then are written,
+    # the interrupted one is named, and the exit status is 0: a clean, expected stop.
+    with stopping.handle_stop_signals():
+        try:
+            with stopping.stop_at_once():
+                model_path = resolve_model(args.model)
+                # Built before the engine: a "fork" runner forks this process, best while it is small
+                # and has no engine threads yet.
+                with build_scorer(args) as scorer:
+                    engine, tokenizer = build_engine(args, model_path)
+                    for name in names:  # one at a time: a stop keeps the suites already scored
+                        done = evaluate_suites(engine, tokenizer, [name], protocol, scorer=scorer,
+                                               allow_hub=not args.no_hub, log=lambda line: print(line, file=sys.stderr))
+                        results["config"] = {**done["config"], "suites": {**results["config"]["suites"],
+                                                                          **done["config"]["suites"]}}
+                        results["suites"].update(done["suites"])
+                        results["problems"].update(done["problems"])
+        except stopping.Stopped as e:
+            results["config"]["interrupted"] = {"signal": str(e), "suites_not_done": names[len(results["suites"]):]}
+            print(f"{e}: evaluation stopped; {len(results['suites'])} of {len(names)} suites done "
+                  f"({', '.join(names[len(results['suites']):])} not)", file=sys.stderr)
+            if not results["suites"]:
+                return results
     extra = {"model": args.model, "model_path": model_path, "engine": args.engine,
              "engine_kwargs": json.loads(args.engine_kwargs), "dtype": args.dtype, "argv": argv or sys.argv[1:]}
     table = markdown_table(results["suites"])
+    if "interrupted" in results["config"]:
+        stop = results["config"]["interrupted"]
+        table += f"\n\nstopped by {stop['signal']}: not evaluated: {', '.join(stop['suites_not_done'])}"
     if args.out:
         paths = write_results(results, args.out, extra)
         (Path(args.out) / "results.md").write_text(table + "\n")  # the table, next to the numbers it shows

@@ -30,7 +30,7 @@ if __name__ == "__main__":
 
 from pathlib import Path  # noqa: E402
 
-from rlreason import run  # noqa: E402
+from rlreason import run, stopping  # noqa: E402
 from rlreason.config import DistillConfig, parse_args  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "distill_onpolicy_tiny.yaml"
@@ -38,4 +38,7 @@ DEFAULT_CONFIG = Path(__file__).parent / "configs" / "distill_onpolicy_tiny.yaml
 if __name__ == "__main__":
     with run.clean_exit():  # a setting to fix: one line on stderr and exit status 1, no traceback
         cfg = parse_args(default_config=DEFAULT_CONFIG, cls=DistillConfig)
-        run.distill(cfg)  # offline: teacher sampling (rlreason/distill_offline.py) -> SFT; on_policy: GRPO's loop
+        # offline: teacher sampling (rlreason/distill_offline.py) -> SFT; on_policy: GRPO's loop
+        summary = run.distill(cfg)
+    if summary["interrupted"]:  # stopped by a signal, everything written: exit before the grace period ends
+        stopping.exit_stopped()

@@ -17,7 +17,7 @@ if __name__ == "__main__":
 
 from pathlib import Path  # noqa: E402
 
-from rlreason import run  # noqa: E402
+from rlreason import run, stopping  # noqa: E402
 from rlreason.config import parse_args  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "tiny_cpu.yaml"  # the laptop demo (make demo)
@@ -25,4 +25,6 @@ DEFAULT_CONFIG = Path(__file__).parent / "configs" / "tiny_cpu.yaml"  # the lapt
 if __name__ == "__main__":
     with run.clean_exit():  # a setting to fix: one line on stderr and exit status 1, no traceback
         cfg = parse_args(default_config=DEFAULT_CONFIG)  # the YAML, then command-line overrides
-        run.grpo(cfg)  # build the parts (rlreason/build.py) -> train (rlreason/trainer.py) -> finish
+        summary = run.grpo(cfg)  # build the parts (rlreason/build.py) -> train (rlreason/trainer.py) -> finish
+    if summary["interrupted"]:  # stopped by a signal, everything written: exit before the grace period ends
+        stopping.exit_stopped()

@@ -100,7 +100,8 @@ def _valid_reply(reply: Any, call_id: int, n: int) -> bool:
 
 
 class _ParentGone(Exception):
-    """The trainer died: stop everything."""
+    """The trainer died, or asked to close in the middle of a batch (a stop signal abandons the step
+    in flight): stop everything."""
 
 
 class _Manager:
@@ -110,6 +111,7 @@ class _Manager:
         self.config = config
         self.parent_pid = parent_pid
         self.workers: list[_Worker] = []
+        self.queued: tuple | None = None  # a batch that arrived while another ran (see _watch_trainer)
 
     def serve(self) -> None:
         try:
@@ -129,12 +131,28 @@ class _Manager:
 
     def _next_request(self) -> tuple | None:
         """The next batch; None when the trainer asks to close or is gone."""
+        if self.queued is not None:
+            request, self.queued = self.queued, None
+            return request
         while not self.conn.poll(_POLL_S):
             self._check_parent()
         try:
             return self.conn.recv()  # None: the trainer closes the pool
         except (EOFError, OSError):
             return None
+
+    def _watch_trainer(self) -> None:
+        """A message from the trainer during a batch. Closing (None, or the pipe gone): the trainer
+        abandoned the batch (a stop signal) and waits for us; stop now, not after the batch, which
+        could outlast the launcher's grace period. Another batch (the trainer gave up on this one
+        after an interrupt): kept for later; this batch's answer will be dropped as stale."""
+        try:
+            request = self.conn.recv()
+        except (EOFError, OSError):
+            raise _ParentGone from None
+        if request is None:
+            raise _ParentGone
+        self.queued = request
 
     def _check_parent(self) -> None:
         if os.getppid() != self.parent_pid:  # re-parented: the trainer died without closing us
@@ -151,7 +169,10 @@ class _Manager:
             if not busy:
                 return batch.result()
             soonest = min(w.deadline for w in busy)
-            ready = set(wait([w.conn for w in busy], timeout=max(0.0, min(soonest - time.monotonic(), _POLL_S))))
+            timeout = max(0.0, min(soonest - time.monotonic(), _POLL_S))
+            ready = set(wait([w.conn for w in busy] + [self.conn], timeout=timeout))
+            if self.conn in ready:
+                self._watch_trainer()
             for worker in busy:
                 if worker.conn in ready:
                     self._collect(worker, batch)
@@ -429,9 +450,16 @@ def _shutdown(handle: _Handle) -> None:
     # runner's manager, data loaders) hold copies of our end of the pipe, so EOF may never come.
     with contextlib.suppress(OSError, ValueError):
         conn.send(None)
+    # A batch abandoned by a stop signal may have its answer on the way: read and drop it, so that a
+    # manager blocked writing it into a full pipe can see the request and exit.
+    deadline = time.monotonic() + 5.0
+    while process.is_alive() and time.monotonic() < deadline:
+        with contextlib.suppress(Exception):  # EOF, a closed pipe, an answer that does not unpickle
+            while conn.poll(0):
+                conn.recv()
+        process.join(timeout=0.05)
     with contextlib.suppress(OSError, ValueError):
         conn.close()
-    process.join(timeout=5.0)
     if process.is_alive():
         process.kill()  # its workers die too (PDEATHSIG)
         process.join(timeout=5.0)
@@ -448,6 +476,7 @@ class Pool:
         self._handle = _Handle()
         self._batch_ids: Iterator[int] = iter(range(1, sys.maxsize))
         self._finalizer = weakref.finalize(self, _shutdown, self._handle)
+        self._closed = False
         self._start()
 
     @property
@@ -468,13 +497,15 @@ class Pool:
             result = self._run_once(prompts, completions, columns, chunk_size)
             if result is not None:
                 return result
+            if self._closed:  # by another thread (a stop dropped the rollout thread's batch): no restart
+                raise RuntimeError("the reward pool was closed while it scored this batch")
             self._restart()
         return None
 
     def _run_once(self, prompts: list, completions: list, columns: dict, chunk_size: int) -> BatchResult | None:
         batch_id = next(self._batch_ids)
-        conn = self._handle.conn
-        assert conn is not None
+        conn, process = self._handle.conn, self._handle.process  # close() from another thread clears them
+        assert conn is not None and process is not None
         try:
             conn.send((batch_id, prompts, completions, columns, chunk_size))
             while True:
@@ -483,12 +514,13 @@ class Pool:
                     if reply_id == batch_id:
                         return result
                     continue  # the answer to a call interrupted earlier (KeyboardInterrupt): stale
-                if not self._handle.process.is_alive():
+                if not process.is_alive():
                     return None
         except (EOFError, OSError):
             return None
 
     def close(self) -> None:
+        self._closed = True
         self._finalizer()
 
     def _start(self) -> None:

@@ -14,11 +14,13 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from rlreason import algorithms as A
+from rlreason import stopping
 from rlreason.batching import pack, pack_groups, supports_packing
 from rlreason.build import Parts
 from rlreason.config import GRPOConfig
@@ -194,10 +196,17 @@ class Actor:
             count = reduce_sum(self.acc, [count])[0] / self.acc.num_processes
         return max(count, 1.0 / self.acc.num_processes)
 
-    def update(self, ro: Rollout, stale_sampler: bool = False) -> dict[str, float]:
+    def update(self, ro: Rollout, stale_sampler: bool = False,
+               stop_point: Callable[[], None] | None = None) -> dict[str, float]:
         """``num_iterations`` optimizer steps on this step's batch; ``stale_sampler``: the engine that
         sampled ``ro`` lags the policy (``weight_sync_steps``), its log-probs are the behaviour policy.
-        Collective with several processes: every process calls it once per step, also with an empty shard."""
+        Collective with several processes: every process calls it once per step, also with an empty shard.
+
+        Until the first optimizer step nothing it does changes the weights or the optimizer: the
+        step in flight may be abandoned by a stop signal (rlreason/stopping.py). ``stop_point`` is
+        called before each micro-batch of the first pass and before the first optimizer step (where
+        several processes abandon together); ``stopping.commit()`` then ends that window."""
+        stop_point = stop_point or (lambda: None)
         cfg = self.cfg
         t0 = time.perf_counter()
         if reduce_sum(self.acc, [float(len(ro.samples))])[0] == 0:
@@ -244,8 +253,10 @@ class Actor:
         router = RouterStats.zeros(len(self.routers), self.routers[0].num_experts) if self.routers else None
         # the load-balancing loss of a micro-batch is weighted by its share of this process's tokens
         real = [0.0 if b.get("is_padding") else float(_input_tokens(b).sum()) for _, b in batches]
-        for _ in range(cfg.num_iterations):
+        for it in range(cfg.num_iterations):
             for j, (sl, b) in enumerate(batches):
+                if it == 0:
+                    stop_point()
                 ctx = contextlib.nullcontext() if j == len(batches) - 1 else self.acc.no_sync(self.model)
                 # routing stays captured (and replayed) through the backward: a checkpointed layer's
                 # recompute must route as its forward did
@@ -279,6 +290,9 @@ class Actor:
                     stats[key] += value.item()
                 max_abs_log_ratio = max(max_abs_log_ratio, tok_stats.max_abs_log_ratio.item())
                 stats["loss"] += loss.item()
+            if it == 0:
+                stop_point()
+                stopping.commit()  # from here the step changes the weights, the optimizer and the schedule
             norm = self.acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
             grad_norm = float("nan") if norm is None else float(norm)  # None: DeepSpeed before its first step
             # The gradient norm is the same on every process (after the all-reduce), the loss is

@@ -21,6 +21,8 @@ alive either).
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -60,7 +62,10 @@ class RolloutThread:
         self._done: Batch | None = None
         self._error: BaseException | None = None
         self._pending: tuple[int, int] | None = None  # (step, version) of the batch on the thread
+        self._lock = threading.Lock()  # the thread's result against drop()
+        self._finished = threading.Event()  # set by the thread when its result is in place
         self.wait_s = 0.0  # time the last take() waited for the thread
+        self.last_taken: Batch | None = None  # what the last take() returned, as it was
 
     @property
     def busy(self) -> bool:
@@ -74,14 +79,22 @@ class RolloutThread:
 
         def run() -> None:
             t0, c0 = time.perf_counter(), time.thread_time()
+            error, done = None, None
             try:
                 result = fn()
             except BaseException as e:  # re-raised by take() on the trainer's thread
-                self._error = e
-                return
-            self._done = Batch(step, version, result, time.perf_counter() - t0, time.thread_time() - c0)
+                error = e
+            else:
+                done = Batch(step, version, result, time.perf_counter() - t0, time.thread_time() - c0)
+            with self._lock:
+                if self._thread is threading.current_thread():  # not dropped meanwhile
+                    self._error, self._done = error, done
+            finished.set()
 
-        self._thread = threading.Thread(target=run, name=f"rlreason-rollout-{step}", daemon=True)
+        finished = threading.Event()
+        with self._lock:
+            self._thread = threading.Thread(target=run, name=f"rlreason-rollout-{step}", daemon=True)
+            self._finished = finished
         self._thread.start()
 
     def peek_step(self) -> int | None:
@@ -94,9 +107,12 @@ class RolloutThread:
         """Wait for the batch in flight (if any) and keep it for ``take``: -> it, or None."""
         t0 = time.perf_counter()
         if self._thread is not None:
-            # join in slices: the main thread stays responsive to signals (a stop request is a flag)
-            while self._thread.is_alive():
-                self._thread.join(0.5)
+            # Waits on an event, in slices (the main thread stays responsive to signals), never in
+            # Thread.join: a stop signal raising out of join (a step in flight is abandoned at once)
+            # makes CPython 3.11 release the running thread's state lock and mark it stopped, so the
+            # next wait would return before the batch is there (measured: a checkpoint without it).
+            while not self._finished.wait(0.5):
+                pass
             self._thread = None
             self.wait_s = time.perf_counter() - t0
         if self._error is not None:
@@ -113,8 +129,14 @@ class RolloutThread:
         if batch is None or batch.step != step:
             raise RuntimeError(f"expected the rollout of step {step} in flight, found "
                                f"{'none' if batch is None else f'step {batch.step}'}")
+        self.last_taken = batch  # before it leaves _done: a stop signal in between finds it in one of the two
         self._done = None
         return batch
+
+    def drop(self) -> None:
+        """Forget the batch in flight without waiting for it: its thread (a daemon) finishes unseen."""
+        with self._lock:
+            self._thread, self._done, self._pending, self._error = None, None, None, None
 
     def put(self, batch: Batch) -> None:
         """A finished batch (restored from a checkpoint), returned by the next ``take``."""
@@ -156,8 +178,11 @@ class Overlap:
         """``step``'s batch (re-raising the rollout thread's error) with the overlap's metrics:
         ``async/staleness``, the optimizer steps between the weights that sampled the batch and
         those it trains; ``time/rollout_wait_s``, how long the trainer waited (0: fully hidden)."""
+        self.thread.last_taken = None
         batch = self.thread.take(step)
         ro, errors = batch.result
+        # as it came, for Overlap.abandon: a shallow copy, since the trainer sets the rollout's fields
+        self.thread.last_taken = dataclasses.replace(batch, result=(copy.copy(ro), errors))
         ro.metrics = {**ro.metrics, "async/staleness": float(step - batch.version),
                       "time/rollout_wait_s": self.thread.wait_s, "time/rollout_thread_s": batch.generation_s,
                       "time/rollout_thread_cpu_s": batch.cpu_s}
@@ -175,6 +200,16 @@ class Overlap:
             self.sync()
             self.version = step
         self.thread.submit(nxt, self.version, self.job(nxt))
+
+    def abandon(self) -> None:
+        """The trainer abandoned the step in flight (a stop signal before its update changed anything),
+        to checkpoint the step before: the batch it took is put back in flight, as it was when that
+        step ended, and the next one, if started, is dropped. Not taken yet: it is still in flight
+        (the checkpoint waits for it)."""
+        if self.thread.last_taken is not None:
+            batch, self.thread.last_taken = self.thread.last_taken, None
+            self.thread.drop()
+            self.thread.put(batch)
 
     def make_current(self, step: int) -> None:
         """Before an evaluation (it uses the engine): the engine takes the policy's weights once the

@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,35 @@ def best_checkpoint(ckpts: list[Path], metric: str | None, greater_is_better: bo
     return pick(scored, key=lambda vc: vc[0])[1]
 
 
+def rng_states() -> dict[str, Any]:
+    """Every random-number generator a checkpoint saves (accelerate's ``save_state``: python, numpy,
+    torch, CUDA), as they are now. A step abandoned by a stop signal puts them back
+    (:func:`set_rng_states`) before checkpointing the step before it, so the checkpoint is the one
+    that step's end would have written."""
+    import random
+
+    import numpy as np
+    import torch
+
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states:
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
 def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict[str, Any], keep: int,
                     best_metric: str | None = None, greater_is_better: bool = True,
                     extra: Callable[[Path], None] | None = None) -> Path:
@@ -148,10 +178,19 @@ def _file_digest(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def _file_digests(paths: list[Path]) -> list[str]:
+    """SHA-256 of each file, several files at once: hashlib releases the GIL while it hashes, so the
+    weights and the optimizer state (the two big files) are hashed on two cores. Measured on the
+    0.5B-shaped model's checkpoint (1.4 + 2.9 GB, benchmarks/stop_latency.py): see docs/reliability.md."""
+    with ThreadPoolExecutor(max_workers=max(1, min(len(paths), os.cpu_count() or 1, 8))) as pool:
+        return list(pool.map(_file_digest, paths))
+
+
 def write_manifest(ckpt: Path) -> None:
     """``manifest.json``: size and SHA-256 of every file of the checkpoint, written last."""
-    files = {p.relative_to(ckpt).as_posix(): {"size": p.stat().st_size, "sha256": _file_digest(p)}
-             for p in sorted(ckpt.rglob("*")) if p.is_file() and p.name not in (MANIFEST, FINAL_EVAL)}
+    paths = [p for p in sorted(ckpt.rglob("*")) if p.is_file() and p.name not in (MANIFEST, FINAL_EVAL)]
+    files = {p.relative_to(ckpt).as_posix(): {"size": p.stat().st_size, "sha256": digest}
+             for p, digest in zip(paths, _file_digests(paths), strict=True)}
     tmp = ckpt / (MANIFEST + ".tmp")
     with open(tmp, "w") as f:
         json.dump({"files": files}, f, indent=1)
@@ -192,7 +231,9 @@ def verify_checkpoint(ckpt: str | Path) -> None:
         if size != meta["size"]:
             raise CorruptCheckpointError(f"checkpoint {ckpt}: file {path} is {size} bytes, the manifest says "
                                          f"{meta['size']} (truncated or overwritten)")
-        if _file_digest(path) != meta["sha256"]:
+    paths = [ckpt / name for name in files]
+    for path, digest, meta in zip(paths, _file_digests(paths), files.values(), strict=True):
+        if digest != meta["sha256"]:
             raise CorruptCheckpointError(f"checkpoint {ckpt}: file {path} does not match its checksum (damaged)")
     _VERIFIED.add(key)
 

@@ -39,8 +39,10 @@ the decoupled objective of AReaL). A checkpoint holds the batch in flight, so a 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +54,15 @@ from rlreason import stopping
 from rlreason.actor import Actor
 from rlreason.async_rollout import PENDING_ROLLOUT, Job, Overlap
 from rlreason.build import Parts, shares_policy
-from rlreason.checkpoint import hf_model_files, read_state, record_final_eval, save_checkpoint, save_model
+from rlreason.checkpoint import (
+    hf_model_files,
+    read_state,
+    record_final_eval,
+    rng_states,
+    save_checkpoint,
+    save_model,
+    set_rng_states,
+)
 from rlreason.config import GRPOConfig
 from rlreason.data import INTERNAL_COLUMNS
 from rlreason.distributed import full_named_parameters, gather_varlen, reduce_metrics, reduce_sum
@@ -100,6 +110,7 @@ class GRPOTrainer:
         self.last_eval: dict[str, float] = {}  # the latest periodic eval, saved with checkpoints
         self.heldout_before: dict[str, Any] = {}
         self._saved_step: int | None = None  # the step of the newest checkpoint this run wrote or resumed from
+        self.pending_row: dict[str, float] | None = None  # a step's metrics not logged yet (_evaluate_and_log)
         self.overlap: Overlap | None = None  # the batch in flight and its schedule (async_rollouts)
         if cfg.async_rollouts:
             if self.engine_shares_policy:
@@ -236,17 +247,19 @@ class GRPOTrainer:
     def update(self, ro: Rollout) -> dict[str, float]:
         """``num_iterations`` optimizer steps on this step's batch (rlreason/actor.py). Collective
         with several processes: every process calls it once per step, also with an empty shard."""
-        return self.actor.update(ro, stale_sampler=self._stale_sampler())
+        return self.actor.update(ro, stale_sampler=self._stale_sampler(), stop_point=self._stop_point)
 
     def sync_weights(self) -> None:
-        """Give the engine the new policy; nothing to move when it generates with the policy itself."""
+        """Give the engine the new policy; nothing to move when it generates with the policy itself.
+        Never cut in the middle by a stop signal (a vLLM server receives it in a collective)."""
         if not self.engine_shares_policy:
             unwrapped = self.acc.unwrap_model(self.model)
             if is_peft_model(unwrapped):  # LoRA: W + BA under the base model's names (the engine serves a plain model)
                 weights = merged_named_parameters(unwrapped)
             else:  # full tensors (gathered one at a time if the policy is sharded), plain names
                 weights = full_named_parameters(self.model, self.acc)
-            self.engine.load_weights(weights)
+            with stopping.deferred():
+                self.engine.load_weights(weights)
             # a shared server is updated by one process: nobody generates before it has the new weights
             self.acc.wait_for_everyone()
 
@@ -314,6 +327,34 @@ class GRPOTrainer:
         short. One process only: several must stop at the same collective (the step boundary)."""
         return stopping.stop_at_once(enabled=self.acc.num_processes == 1)
 
+    @contextlib.contextmanager
+    def _in_flight(self) -> Iterator[None]:
+        """The step in flight, until its update commits (``stopping.commit``, right before the first
+        optimizer step): a stop signal abandons it. Its weights and optimizer state are untouched
+        then, so what it changed is put back (the random-number generators, the prompt stream's
+        refills, the batch in flight of async rollouts) and the loop checkpoints the previous step:
+        the checkpoint that step's end would have written. With several processes the signal is a
+        request until the next stop point (``_stop_point``), where every process abandons together."""
+        rng, extra_drawn = rng_states(), self.prompts.extra_drawn
+        try:
+            with stopping.step_in_flight(enabled=self.acc.num_processes == 1):
+                yield
+        except stopping.Stopped:  # raised only before the commit: nothing of the step is kept
+            set_rng_states(rng)
+            self.prompts.extra_drawn = extra_drawn
+            if self.overlap is not None:
+                self.overlap.abandon()
+            self.log.print(f"{stopping.reason()}: step {self.step + 1} abandoned before its update; "
+                           f"checkpointing step {self.step}")
+            raise
+
+    def _stop_point(self) -> None:
+        """Within a step in flight, between its phases: with several processes, whether any was asked
+        to stop (a collective, at the same point on every process) abandons the step on all of them.
+        One process: a signal abandons the step where it lands; this catches one that came before."""
+        if self._any_process(self.stop_requested):
+            raise stopping.Stopped(stopping.reason() or "a stop signal to another process")
+
     def _any_process(self, flag: bool) -> bool:
         """True on every process if it is True on one (so all stop at the same step)."""
         return flag if self.acc.num_processes == 1 else reduce_sum(self.acc, [float(flag)])[0] > 0
@@ -331,6 +372,7 @@ class GRPOTrainer:
         self.last_eval = state.get("metrics", {})
         self.heldout_before = state.get("heldout_before", {})
         self._saved_step = self.step
+        self.pending_row = state.get("pending_row")
         apply_optimizer_changes(self.optimizer, self.scheduler, self.cfg, state.get("config", {}))
         self.sync_weights()  # a separate engine started from the initial weights
         if self.overlap is not None:
@@ -350,6 +392,8 @@ class GRPOTrainer:
                 if self.run_dir.resume is not None:
                     self._resume(self.run_dir.resume)
                     before = self.heldout_before
+                    if self.pending_row is not None:  # stopped during the last step's evaluation
+                        self._evaluate_and_log(self.pending_row)
                 else:
                     before = self.evaluate(cfg.final_eval_size)
                     before.update(self.evaluate_suites())
@@ -371,7 +415,13 @@ class GRPOTrainer:
                            f"{cfg.max_staleness} step(s) stale; importance_sampling_cap {cfg.importance_sampling_cap}")
             self.overlap.start(self.step)
         while not interrupted and self.step < cfg.max_steps:
-            metrics, n_samples = self._one_step()
+            try:
+                metrics, n_samples = self._one_step()
+            except stopping.Stopped:  # the step in flight abandoned, or its periodic evaluation cut short
+                interrupted = True
+                if self._saved_step != self.step:
+                    self.save(self.step)
+                break
             samples_per_s.append(metrics["perf/samples_per_s"])
             if self.health.dead():
                 raise self.health.failure(self.save(self.step))
@@ -429,16 +479,22 @@ class GRPOTrainer:
         return summary
 
     def _one_step(self) -> tuple[dict[str, float], int]:
-        """Collect, update, sync, log (and evaluate when due). -> (the step's metrics, samples)."""
+        """Collect, update, sync, log (and evaluate when due). -> (the step's metrics, samples).
+        Raises ``stopping.Stopped`` when a stop signal abandons the step (``_in_flight``) or cuts its
+        periodic evaluation short (``_evaluate_and_log``)."""
         cfg = self.cfg
         t0 = time.perf_counter()
-        ro = self.collect()
-        if self.overlap is not None:
-            self.overlap.launch_next(self.step)  # the next batch generates while this one trains
-        metrics = dict(ro.metrics)
-        metrics.update(self.update(ro))
+        with self._in_flight():
+            ro = self.collect()
+            self._stop_point()
+            if self.overlap is not None:
+                self.overlap.launch_next(self.step)  # the next batch generates while this one trains
+            metrics = dict(ro.metrics)
+            metrics.update(self.update(ro))  # commits the step right before its first optimizer step
         self.step += 1
-        if self.overlap is None and self.step % cfg.weight_sync_steps == 0:
+        # a stop already requested skips the sync: nobody generates with it, and a resume syncs
+        if self.overlap is None and self.step % cfg.weight_sync_steps == 0 and not (
+                self.acc.num_processes == 1 and self.stop_requested):
             self.sync_weights()
         dt = time.perf_counter() - t0
         n_comp = len(ro.samples)  # this process's; reduce_metrics sums the rates over processes
@@ -449,19 +505,30 @@ class GRPOTrainer:
             metrics["accuracy"] = metrics[f"rewards/{acc_name}/mean"]
         metrics = reduce_metrics(self.acc, metrics)
         self.health.record(self.step, metrics)
+        if cfg.log_completions_steps and (self.step == 1 or self.step % cfg.log_completions_steps == 0):
+            self.log.completions(self.step, completion_rows(ro, 2 * cfg.num_generations))  # two groups
+        self._evaluate_and_log(metrics)
+        return metrics, n_comp
+
+    def _evaluate_and_log(self, metrics: dict[str, float]) -> None:
+        """The periodic evaluation when due, its results added to the step's ``metrics``, then the
+        step's row. Until the row is written it is ``pending_row``: a stop signal during the
+        evaluation (one process) raises ``stopping.Stopped`` and the checkpoint keeps the row, so the
+        resumed run evaluates and writes it as the uninterrupted run would have."""
+        cfg = self.cfg
         if cfg.eval_steps and self.step % cfg.eval_steps == 0 and self.step < cfg.max_steps:
-            if self.overlap is not None:
-                self.overlap.make_current(self.step)
-            ev = self.evaluate(cfg.eval_size)
-            ev.update(self.evaluate_suites())
+            self.pending_row = metrics
+            with self._stop_at_once():
+                if self.overlap is not None:
+                    self.overlap.make_current(self.step)
+                ev = self.evaluate(cfg.eval_size)
+                ev.update(self.evaluate_suites())
             self.last_eval = {k: v for k, v in ev.items() if isinstance(v, int | float)}
             metrics.update({k: v for k, v in ev.items() if k != "eval/samples"})
         if self.step % cfg.logging_steps == 0 or self.step == cfg.max_steps:
             self.log.log(self.step, metrics)
-        if cfg.log_completions_steps and (self.step == 1 or self.step % cfg.log_completions_steps == 0):
-            self.log.completions(self.step, completion_rows(ro, 2 * cfg.num_generations))  # two groups
         self.log.advance(self.step, metrics)
-        return metrics, n_comp
+        self.pending_row = None
 
     def save(self, step: int) -> Path:
         """A checkpoint of everything ``_resume`` needs to continue exactly from ``step``."""
@@ -472,6 +539,8 @@ class GRPOTrainer:
                  "reference_model": None if self.actor.ref_model is None and not self.actor.ref_is_base_adapter
                  else ("base_adapter_disabled" if self.actor.ref_is_base_adapter else self.cfg.model_name_or_path),
                  "teacher_model": self.cfg.teacher_model_name_or_path, "config_changes": self.run_dir.config_changes,
+                 # the step's metrics when a stop cut its periodic evaluation short (_evaluate_and_log)
+                 "pending_row": self.pending_row,
                  # a reward's steps-in-a-row without a score survive a resume (max_failed_reward_steps)
                  "reward_health": {"streak": self.health.streak, "failures_total": self.health.failures_total}}
         policy = self.acc.unwrap_model(self.model)
@@ -482,10 +551,14 @@ class GRPOTrainer:
             if pending is not None:
                 torch.save(pending, folder / PENDING_ROLLOUT)
 
+        t0 = time.perf_counter()
         path = save_checkpoint(self.acc, self.cfg.output_dir, step, state, keep=self.cfg.save_total_limit,
                                best_metric=self.cfg.metric_for_best_model, greater_is_better=self.cfg.greater_is_better,
                                extra=extra)
         self._saved_step = step
+        if self.acc.is_main_process:  # what a stop signal's checkpoint costs: the number to size a grace period by
+            size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+            self.log.print(f"checkpoint {path.name}: {size / 1e9:.2f} GB in {time.perf_counter() - t0:.1f} s")
         return path
 
     def save_final(self, out_dir: str | Path) -> Path:

@@ -4,12 +4,15 @@
     python tests/_dist_worker.py train --model DIR --out FILE [--cases a,b]
     python -m torch.distributed.run --nproc_per_node 2 tests/_dist_worker.py train --model DIR --out FILE
     python -m torch.distributed.run --nproc_per_node 2 tests/_dist_worker.py gather --model DIR --out FILE
+    python -m torch.distributed.run --nproc_per_node 2 tests/_dist_worker.py stop --model DIR --out FILE
 
 ``train``: for each case, GRPOTrainer.train() for two steps on the tiny model, with the global
 batch fixed (per-device sizes divided by the number of processes) and seeded per-prompt
 generation, so the rollouts are the same whatever the process count. The main process saves
 the initial and final full weights, the logged metrics and the checkpoint's file list;
 every process checks that all processes hold the same weights after training.
+
+``stop``: a SIGTERM to one process in the middle of step 2: all abandon it together.
 
 ``gather``: wrap the tiny model in DDP, and shard it with FSDP2 (``fully_shard``), and read
 the full weights back with ``rlreason.distributed.full_named_parameters``.
@@ -123,6 +126,51 @@ def train_cases(model_dir: str, out: Path, cases: list[str]) -> None:
     acc.end_training()
 
 
+def stop(model_dir: str, out: Path) -> None:
+    """A stop signal to the last process only, while it scores step 2: every process abandons step 2
+    at the same stop point (a collective), step 1 is checkpointed once, and all exit cleanly."""
+    import signal
+
+    from accelerate import Accelerator
+    from accelerate.utils import broadcast_object_list
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlreason.build import assemble
+    from rlreason.config import GRPOConfig
+    from rlreason.data import arith_dataset, prepare
+    from rlreason.trainer import GRPOTrainer
+
+    acc = Accelerator(cpu=True)
+    world = acc.num_processes
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    train = prepare(arith_dataset(64, 0, "train"), tokenizer=tok)
+
+    def signalling_reward(completions, trainer_state, **kw) -> list[float]:
+        if trainer_state.global_step == 1 and acc.process_index == world - 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # in-process reward: this is the trainer
+        return _hash_reward(completions)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(broadcast_object_list([str(Path(tmp) / "run")])[0]) if world > 1 else Path(tmp) / "run"
+        cfg = GRPOConfig(
+            output_dir=str(run_dir), seed=0, max_steps=3, num_generations=G,
+            per_device_train_batch_size=GLOBAL_PROMPTS * G // world // MICRO_BATCHES,
+            gradient_accumulation_steps=MICRO_BATCHES, max_completion_length=24, learning_rate=1e-4,
+            generation_seed_per_prompt=True, reward_num_workers=0, eval_steps=0, save_steps=0,
+            final_eval_size=0, log_completions_steps=0, progress=False, loss_type="dapo")
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        summary = GRPOTrainer(cfg, assemble(cfg, model, tok, train, [signalling_reward], accelerator=acc)).train()
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            out.write_text(json.dumps({
+                "world": world, "steps": summary["steps"], "interrupted": summary["interrupted"],
+                "checkpoints": sorted(p.name for p in (run_dir / "checkpoints").iterdir()),
+                "logged_steps": [json.loads(x)["step"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()
+                                 if "loss" in x]}))
+        acc.wait_for_everyone()
+    acc.end_training()
+
+
 def gather(model_dir: str, out: Path) -> None:
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
@@ -160,13 +208,16 @@ def gather(model_dir: str, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["train", "gather"])
+    ap.add_argument("mode", choices=["train", "gather", "stop"])
     ap.add_argument("--model", required=True)
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--cases", default=",".join(CASES))
     args = ap.parse_args(argv)
-    if args.mode == "train":
-        train_cases(args.model, args.out, args.cases.split(","))
+    if args.mode in ("train", "stop"):
+        if args.mode == "train":
+            train_cases(args.model, args.out, args.cases.split(","))
+        else:
+            stop(args.model, args.out)
         if torch.distributed.is_initialized():  # a clean exit: no gloo teardown at interpreter shutdown
             torch.distributed.destroy_process_group()
     else:

@@ -5,6 +5,7 @@ what it cannot run. Exact resume with a batch in flight: tests/test_resume.py.""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import threading
@@ -16,7 +17,7 @@ import torch
 from accelerate import Accelerator
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlreason.async_rollout import Batch, RolloutThread
+from rlreason.async_rollout import Batch, Overlap, RolloutThread
 from rlreason.build import assemble, close_engine
 from rlreason.config import ASYNC_IS_CAP, ConfigError, GRPOConfig
 from rlreason.data import arith_dataset, prepare
@@ -189,3 +190,63 @@ def test_rollout_state_round_trip(tiny_path, tmp_path):
     assert back.metrics == ro.metrics and back.extra == ro.extra
     assert all(torch.equal(back.per_func[k], v) for k, v in ro.per_func.items())
     tr.close()
+
+
+@dataclasses.dataclass
+class _FakeRollout:
+    step: int
+    metrics: dict = dataclasses.field(default_factory=dict)
+
+
+def test_an_abandoned_step_puts_the_batch_it_took_back_in_flight():
+    """A stop signal abandons step t after it took its batch and started step t+1's: the checkpoint
+    of step t - 1 must hold step t's batch as it came (not the fields the trainer set since), and
+    the dropped rollout of t+1 must not land anywhere when it finishes."""
+    syncs = []
+
+    def job(step):
+        return lambda: (time.sleep(0.3 if step else 0.0), (_FakeRollout(step, {"reward": float(step)}), {}))[1]
+
+    ov = Overlap(1, 10, job, lambda: syncs.append(1), Accelerator(cpu=True))
+    ov.start(0)
+    ro, _ = ov.take(0)
+    ov.launch_next(0)  # step 1 generating
+    ro.metrics = {**ro.metrics, "advantages": 1.0}  # what the trainer's collect sets
+    ov.abandon()
+    again = ov.thread.take(0)
+    assert (again.step, again.version) == (0, 0) and again.result[0].metrics == {"reward": 0.0}
+    time.sleep(0.6)  # the dropped rollout of step 1 ends: nothing may appear
+    assert not ov.thread.busy and ov.thread.peek_step() is None
+    # not taken yet (the signal came while the trainer waited): nothing to put back
+    ov.thread.submit(1, 0, job(1))
+    ov.thread.last_taken = None
+    ov.abandon()
+    assert ov.thread.peek_step() == 1
+    ov.close()
+
+
+def test_a_wait_cut_short_by_a_signal_still_finds_the_batch_later():
+    """A stop signal abandons a step while the trainer waits for its batch (the exception raises out
+    of the wait); the checkpoint then waits again and must get the batch. Waiting in Thread.join made
+    CPython 3.11 mark the running thread stopped on such an exception: the second wait returned at
+    once, and the checkpoint held no batch."""
+    import signal
+
+    class Cut(BaseException):
+        pass
+
+    def cut(*a):
+        raise Cut
+
+    old = signal.signal(signal.SIGALRM, cut)
+    rt = RolloutThread()
+    try:
+        rt.submit(1, 0, lambda: (time.sleep(1.0), "batch")[1])
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(Cut):
+            rt.finish()
+        assert rt.finish().result == "batch"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        rt.close()

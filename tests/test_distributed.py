@@ -93,6 +93,19 @@ def test_checkpoint_is_written_once(runs):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_a_stop_signal_to_one_process_abandons_the_step_on_all(tiny_path, tmp_path):
+    """Only the last process gets SIGTERM, while it scores step 2: at the next stop point (a
+    collective after the rollout) every process abandons step 2, step 1 is checkpointed once, and
+    both exit cleanly; no process waits forever in a collective the other left."""
+    res = run([*torchrun(2), "stop", "--model", str(tiny_path), "--out", str(tmp_path / "stop.json")], timeout=300)
+    assert_clean_exit(res)
+    got = json.loads((tmp_path / "stop.json").read_text())
+    assert got == {"world": 2, "steps": 1, "interrupted": True, "checkpoints": ["step-0000001"],
+                   "logged_steps": [1]}, got
+    assert "step 2 abandoned before its update" in res.stderr
+
+
 def test_full_named_parameters_gathers_fsdp2_shards_and_strips_ddp(tiny_path, tmp_path):
     out = tmp_path / "gather.json"
     res = run([*torchrun(2), "gather", "--model", str(tiny_path), "--out", str(out)])

@@ -24,8 +24,9 @@ def crashy_reward(prompts, completions, answer, **kw):
 
 def _launch(args: list[str], env_extra: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", **env_extra}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "recipes" / "grpo_math.py"), *args]
+    # as `make demo` launches: --quiet, or accelerate >= 1.16 repeats a failed run's stderr in its traceback
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--quiet", "--num_processes", "1", "--num_machines",
+           "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "recipes" / "grpo_math.py"), *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 

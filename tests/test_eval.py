@@ -5,6 +5,10 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -353,6 +357,40 @@ def test_cli_writes_its_markdown_table_next_to_results_json(tiny_path, tmp_path,
     scoring = json.loads((out / "results.json").read_text())["config"]["scoring"]
     assert (scoring["num_workers"], scoring["timeout_s"], scoring["memory_mb"], scoring["in_process"]) == \
         (1, 5.0, 1024, False)
+
+
+@pytest.mark.slow
+def test_a_stop_signal_mid_eval_writes_the_finished_suites(tiny_path, tmp_path):
+    """SIGTERM while the second of two suites is generated: the first is written, the second named as
+    not evaluated, exit status 0 (before: status 143, nothing written)."""
+    from rlreason.eval.suites import arith_suite
+
+    rows = arith_suite(3000)
+    for name, n in (("first", 8), ("second", 3000)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:n]))
+    (tmp_path / "suites.yaml").write_text("suites:\n" + "".join(
+        f"  - name: {name}\n    local_path: {tmp_path / name}.jsonl\n    problem_column: prompt\n"
+        f"    answer_column: answer\n    default_template: arith\n" for name in ("first", "second")))
+    out = tmp_path / "eval"
+    err = tmp_path / "eval.err"
+    with open(err, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "rlreason.eval", "--model", str(tiny_path), "--suite-file",
+                                 str(tmp_path / "suites.yaml"), "--suites", "first,second", "--max-tokens", "64",
+                                 "--out", str(out)], stdout=subprocess.PIPE, stderr=f, text=True,
+                                env=dict(os.environ, OMP_NUM_THREADS="1"))
+    deadline = time.monotonic() + 300
+    while "first: pass@1" not in err.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, err.read_text()[-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    printed, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.read_text()[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["suites"]) == ["first"] and results["suites"]["first"]["problems"] == 8
+    assert results["config"]["interrupted"] == {"signal": "SIGTERM", "suites_not_done": ["second"]}
+    assert len((out / "problems.jsonl").read_text().splitlines()) == 8
+    assert "stopped by SIGTERM: not evaluated: second" in (out / "results.md").read_text()
+    assert "| first |" in printed and "evaluation stopped; 1 of 2 suites done" in err.read_text()
 
 
 def test_cli_scorer_settings():

@@ -1,6 +1,8 @@
-"""Stopping the launcher stops the run: SIGTERM or SIGINT to the `accelerate launch` process a user
-started (what `kill <pid>` does) reaches the training process, which checkpoints and exits as on a
-direct SIGTERM, and nothing of the run is left behind. Real processes: the README's launch command."""
+"""Stopping a launcher that dies at once stops the run: SIGTERM or SIGINT to an ``accelerate launch``
+1.15 process (what ``kill <pid>`` does; it passes no signal on: tests/_launcher_115.py) reaches the
+training process, which asked the kernel for a SIGTERM when its launcher ends (rlreason/host.py),
+checkpoints and exits as on a direct SIGTERM, and nothing of the run is left behind. accelerate
+1.16, which passes the signal on and kills 5 s later: tests/test_resume.py."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ACCELERATE = Path(sys.executable).parent / "accelerate"
+LAUNCHER = Path(__file__).parent / "_launcher_115.py"
 ARGS = ["--max_steps", "200", "--save_steps", "0", "--per_device_train_batch_size", "32",
         "--gradient_accumulation_steps", "1", "--num_generations", "4", "--eval_steps", "0",
         "--final_eval_size", "40", "--eval_size", "40", "--progress", "false", "--num_threads", "1"]
@@ -58,7 +60,7 @@ def test_a_signal_to_the_launcher_checkpoints_and_stops_the_run(tiny_path, tmp_p
     # write (its KeyboardInterrupt traceback) or the trainer's, and the file shows what happened
     err = tmp_path / "launcher.err"
     with open(err, "w") as f:
-        launcher = subprocess.Popen([str(ACCELERATE), "launch", "recipes/grpo_math.py", "--config",
+        launcher = subprocess.Popen([sys.executable, str(LAUNCHER), "recipes/grpo_math.py", "--config",
                                      "recipes/configs/tiny_cpu.yaml", "--output_dir", str(out), *ARGS],
                                     cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=f,
                                     start_new_session=True)  # its own group: the test can clean up

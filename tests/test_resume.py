@@ -136,33 +136,86 @@ def children(pid: int) -> list[int]:
     return found
 
 
+# The README's launch command, one process. accelerate >= 1.16 passes a SIGTERM on to the run's
+# whole process tree and SIGKILLs whatever is left 5 s later (1.15 died at once:
+# tests/test_launcher_signals.py); requirements/lock.txt holds 1.16.
+ACCELERATE = [str(Path(sys.executable).parent / "accelerate"), "launch", "--quiet", "--num_processes", "1",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+GRACE_S = 5.0
+# the built-in accuracy reward taking 8 s per step (same name and scores), as a real GPU step takes
+SLOW = ["--reward_funcs", f"[{ROOT / 'tests' / '_slow_reward.py'}:accuracy_reward]"]
+
+
+def in_group(pgid: int) -> list[int]:
+    """Live processes of process group ``pgid``."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                out.append(int(entry))
+    return out
+
+
 @pytest.mark.slow
-def test_group_sigterm_checkpoints_the_last_fully_scored_step_then_resume_past_torn_logs_is_exact(straight, tmp_path):
-    """What Slurm, Kubernetes and `timeout` do: SIGTERM to every process of the job, here while
-    step 2's batch is being scored. The reward processes leave the stop to the trainer, so that
-    batch is scored in full, trained and checkpointed. Then a full disk's torn last lines in both
-    logs: dropped with a warning."""
+@pytest.mark.parametrize("target", ["group", "launcher"])
+def test_accelerate_launch_a_stop_in_a_long_step_checkpoints_within_the_grace_period_then_resume_is_exact(
+        straight, tmp_path, target):
+    """SIGTERM 2 s into step 2 (an 8 s step, being scored), to the whole job (Slurm, Kubernetes,
+    ``timeout``) or to the launcher alone (``kill <pid>``): step 2 is abandoned, step 1 checkpointed,
+    and every process of the run ends by itself inside accelerate's 5 s. Before: the run finished
+    the step first, was SIGKILLed at 5 s, and wrote no checkpoint. Then a full disk's torn last
+    lines in both logs (dropped with a warning) and the resume: the uninterrupted run, bit for bit."""
     out = tmp_path / "run"
-    arm = tmp_path / "arm"
-    # the built-in accuracy reward, which sleeps while scoring once armed (same name, same scores)
-    reward = ["--reward_funcs", f"[{ROOT / 'tests' / '_signal_reward.py'}:accuracy_reward]"]
-    proc = launch(out, *reward, session=True, env={"RLREASON_TEST_ARM": str(arm)})
-    wait_for(lambda: logged(out, 1), proc)
-    arm.touch()
-    wait_for(Path(f"{arm}.scoring").exists, proc)
-    os.killpg(proc.pid, signal.SIGTERM)
-    log = finish(proc, timeout=120)
+    err = tmp_path / "launcher.err"
+    env = dict(os.environ, OMP_NUM_THREADS="1", RLREASON_TEST_REWARD_SLEEP="8")
+    with open(err, "w") as f:  # a file, not a pipe nobody reads while waiting
+        proc = subprocess.Popen([*ACCELERATE, str(ROOT / "recipes" / "grpo_math.py"), "--output_dir", str(out), *ARGS,
+                                 *SLOW], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not logged(out, 1):
+            assert proc.poll() is None and time.monotonic() < deadline, err.read_text()[-3000:]
+            time.sleep(0.02)
+        time.sleep(2.0)  # step 2's batch is being scored
+        t0 = time.monotonic()
+        if target == "group":
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        while in_group(proc.pid):
+            assert time.monotonic() - t0 < 60, "a process of the run outlived the launcher"
+            time.sleep(0.01)
+        took = time.monotonic() - t0
+    finally:
+        if in_group(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+    log = err.read_text()
+    assert took < GRACE_S, f"the run took {took:.1f} s to stop: accelerate kills at {GRACE_S} s\n{log[-3000:]}"
+    # The launcher's own status: accelerate exits 128 + SIGTERM after passing a SIGTERM on, however
+    # the run ended (docs/reliability.md); the run itself stopped cleanly, as its last lines say.
+    assert proc.returncode == 128 + signal.SIGTERM
+    if target == "launcher":  # a group's signal also interrupts accelerate's copy of the run's output,
+        # which then loses the chunk it held: the run's first lines about the stop can be missing
+        assert "step 2 abandoned before its update; checkpointing step 1" in log, log[-3000:]
+    assert "Traceback" not in log and "stopped early at step 1 (checkpoint saved)" in log, log[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["interrupted"] and 1 <= summary["steps"] < STEPS, log[-2000:]
-    assert (out / "checkpoints" / f"step-{summary['steps']:07d}").is_dir()
+    assert summary["interrupted"] and summary["steps"] == 1
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-0000001"]
     rows = step_rows(out)
     assert all(v == 0 for r in rows for k, v in r.items() if k.endswith("/failures")), "a step was scored None"
-    for name in ("metrics.jsonl", "completions.jsonl"):
-        with open(out / name, "a") as f:
-            f.write('{"step": ')  # what a full disk left behind
-    log = finish(launch(out, *reward, "--resume_from_checkpoint", "auto", session=True))
-    for name in ("metrics.jsonl", "completions.jsonl"):
-        assert f"{out / name}: its last line is torn" in log.replace("\n", "")
+    if target == "group":
+        for name in ("metrics.jsonl", "completions.jsonl"):
+            with open(out / name, "a") as f:
+                f.write('{"step": ')  # what a full disk left behind
+    log = finish(launch(out, *SLOW, "--resume_from_checkpoint", "auto", env={"RLREASON_TEST_REWARD_SLEEP": "0"}))
+    if target == "group":
+        for name in ("metrics.jsonl", "completions.jsonl"):
+            assert f"{out / name}: its last line is torn" in log.replace("\n", "")
     assert_same_run(straight, out)
 
 
@@ -267,24 +320,9 @@ def straight_async(tiny_path, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.slow
-def test_async_sigterm_with_a_batch_in_flight_then_resume_equals_an_uninterrupted_async_run(straight_async, tmp_path):
-    """The checkpoint holds the next step's batch (generated by the weights before the last
-    update): the resumed run trains on exactly it, and from there on samples what the
-    uninterrupted run sampled."""
-    out = tmp_path / "run"
-    proc = launch(out, *ASYNC)
-    wait_for(lambda: logged(out, 1), proc)
-    proc.send_signal(signal.SIGTERM)
-    finish(proc, timeout=120)
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["interrupted"] and 1 <= summary["steps"] < STEPS
-    assert (out / "checkpoints" / f"step-{summary['steps']:07d}" / "pending_rollout.pt").is_file()
-    log = finish(launch(out, *ASYNC, "--resume_from_checkpoint", "auto"))
-    assert "async rollouts" in log
-    assert_same_run(straight_async, out)
-    staleness = [json.loads(x).get("async/staleness") for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [s for s in staleness if s is not None] == [0.0] + [1.0] * (STEPS - 1)
+# A stop signal with a batch in flight (taken by the step it abandons, or still generating): its
+# checkpoint equals the uninterrupted run's, file for file, and the resume is exact, in process:
+# tests/test_preemption.py::test_a_stop_signal_abandons_the_step_and_checkpoints_the_one_before_exactly[async]
 
 
 @pytest.mark.slow

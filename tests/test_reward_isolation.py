@@ -73,6 +73,56 @@ def test_sigterm_to_the_process_group_does_not_cost_the_batch_in_flight() -> Non
     assert out.strip() == f"[1] {[float(i) for i in range(12)]} {{'slow': 0}}", (out, err[-2000:])
 
 
+def test_a_batch_abandoned_by_a_stop_signal_closes_the_pool_at_once(tmp_path) -> None:
+    """The trainer abandons a step in flight on a stop signal (tests/test_preemption.py): the pool
+    is closed while its workers still score. The manager stops at once (it used to finish the
+    batch first, or be killed after 5 s, the whole grace period of accelerate's launcher), and what
+    the reward started dies with it."""
+    pids = tmp_path / "pids"
+    script = f"""
+        import signal, subprocess, time
+        from rlreason.rewards.runner import RewardRunner
+
+        class Stop(BaseException):
+            pass
+
+        def slow(prompts, completions, **kw):
+            child = subprocess.Popen(["sleep", "3600"], start_new_session=True)
+            with open({str(pids)!r}, "a") as f:
+                f.write(f"{{child.pid}}\\n")
+            time.sleep(60)
+            return [1.0] * len(completions)
+
+        def stop(*a):
+            raise Stop
+
+        signal.signal(signal.SIGTERM, stop)  # what rlreason/stopping.py does in a step in flight
+        runner = RewardRunner([slow], num_workers=2, timeout_s=120.0, chunk_size=2)
+        print("scoring", flush=True)
+        try:
+            runner.score(["p"] * 4, ["c"] * 4, {{}})
+        except Stop:
+            t0 = time.monotonic()
+            runner.close()
+            print(f"closed in {{time.monotonic() - t0:.2f}} s", flush=True)
+    """
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.stdout.readline().strip() == "scoring"
+    assert wait_until(lambda: pids.exists() and len(pids.read_text().split()) == 2)  # both workers in the reward
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    assert out.startswith("closed in ") and float(out.split()[2]) < 1.5, (out, err[-2000:])
+    sleepers = [int(p) for p in pids.read_text().split()]
+    try:
+        assert wait_until(lambda: not any(alive(p) for p in sleepers)), [p for p in sleepers if alive(p)]
+    finally:
+        for p in sleepers:
+            if alive(p):
+                os.kill(p, signal.SIGKILL)
+
+
 def test_a_reward_whose_forked_child_returns_cannot_answer_for_it() -> None:
     with RewardRunner([forking_reward], num_workers=2, chunk_size=2, timeout_s=5.0) as runner:
         for _ in range(3):
