@@ -6,6 +6,14 @@ only carries vLLM's summary (``HTTP 500: EngineCore encountered an issue. See st
 (above)``); the stack trace is in the server's output. ``running_server`` registers the log
 on the test module (``SERVER_LOG``) while the server runs, and the ``pytest_runtest_makereport``
 hook in conftest.py adds the log's tail to the report of every test of that module that fails.
+
+The server starts with the environment the test session started with (``SESSION_ENV``, recorded
+when conftest.py imports this module, before any test imports vLLM), as a user's server starts
+from a shell: not with this process's current one. A colocated engine (``VLLMEngine``) sets
+``VLLM_ENABLE_V1_MULTIPROCESSING=0`` and other ``VLLM_*`` variables in this process; inherited,
+they made the suite's servers run their worker inside the engine-core process (vLLM's uniproc
+executor, which vLLM's CPU platform replaces by the multiprocessing one because "OMP requires the
+MP executor to function correctly"), a server no user runs, and a test run alone got the other.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from pathlib import Path
 
 import pytest
 
+SESSION_ENV = dict(os.environ)
 SERVER_LOG = pytest.StashKey[Path]()
 TAIL_LINES = 150  # vLLM's EngineCore traceback with its context: ~60-100 lines
 
@@ -49,7 +58,7 @@ def running_server(tiny_path: Path, log: Path, node: pytest.Item | pytest.Collec
     the policy (its outputs are compared with the HF model's), in its own session (a test kills its
     whole process group). stdout and stderr go to ``log``, which is registered on ``node``."""
     port = free_port()
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", OMP_NUM_THREADS="1")
+    env = dict(SESSION_ENV, VLLM_CPU_KVCACHE_SPACE="1", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "rlreason.rollout.vllm_server", "--model", str(tiny_path), "--host", "127.0.0.1",
            "--port", str(port), "--dtype", "float32", "--weight-transfer", "gloo", "--enforce-eager"]
     with open(log, "w") as out:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _vllm_server import SERVER_LOG, log_tail  # first here: it records the session's environment
 
 torch.set_num_threads(1)
 
@@ -60,8 +61,6 @@ def pytest_runtest_makereport(item, call):
     server's log tail in its report: the cause of a server-side error is only there."""
     report = yield
     if report.failed:
-        from _vllm_server import SERVER_LOG, log_tail
-
         log = item.getparent(pytest.Module).stash.get(SERVER_LOG, None)
         if log is not None and log.exists():
             report.sections.append((f"vLLM server log, last lines ({log})", log_tail(log)))
