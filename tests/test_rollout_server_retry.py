@@ -242,6 +242,11 @@ def test_the_error_is_found_through_the_rollout_threads_wrapper():
         thread.take(3)
     assert find_server_error(e.value) is err
     assert find_server_error(ValueError("a bug")) is None
+    # what the trainer raises once it has saved a checkpoint: the same failure, where the run stopped added
+    stopped = err.with_hint("stopped with a checkpoint in runs/x/checkpoints/step-0000003")
+    assert (stopped.url, stopped.status, stopped.message, stopped.attempts) == (err.url, 500, err.message, 4)
+    assert str(stopped).endswith("EngineCore encountered an issue (4 attempts); stopped with a checkpoint in "
+                                 "runs/x/checkpoints/step-0000003")
 
 
 def test_server_message_reads_vllms_error_forms():

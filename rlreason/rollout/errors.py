@@ -29,6 +29,11 @@ class RolloutServerError(RuntimeError):
         tries = f" ({attempts} attempts)" if attempts > 1 else ""
         super().__init__(f"vLLM server {url}: {answer}: {message}{tries}" + (f"; {hint}" if hint else ""))
 
+    def with_hint(self, more: str) -> RolloutServerError:
+        """The same failure, ``more`` added to what it means for the run (e.g. where the run stopped)."""
+        return RolloutServerError(self.url, self.status, self.message, self.attempts,
+                                  f"{self.hint}; {more}" if self.hint else more)
+
 
 def server_message(body: bytes | str, limit: int = 2000) -> str:
     """The message in a server's error answer: vLLM's JSON error (``{"error": {"message": ...}}``,

@@ -213,7 +213,7 @@ def _weight_update_failed(base_url: str, e: BaseException) -> RolloutServerError
     hint = ("the weight update failed midway, so the server may hold partly updated weights: check the server "
             "(restart it if it died) and resume the run from its checkpoint, which pushes the full weights first")
     if isinstance(e, RolloutServerError):
-        return RolloutServerError(e.url, e.status, e.message, e.attempts, hint)
+        return e.with_hint(hint)
     # the transfer group's own error (gloo: a broken connection or a timeout): no HTTP answer
     return RolloutServerError(base_url, None, f"{type(e).__name__}: {e}", 1, hint)
 
