@@ -134,6 +134,13 @@ class GRPOConfig:
     vllm_group_port: int = 51216  # port the trainer opens for the weight-transfer group (server mode)
     # server mode: nccl | gloo | auto (nccl with a GPU); must match the server
     vllm_weight_transfer: Literal["auto", WeightBackend] = "auto"
+    # server mode: a generation request that fails transiently (HTTP 5xx, a refused, reset or dropped
+    # connection, a timeout) is sent again up to vllm_server_max_retries times, after
+    # vllm_server_retry_delay seconds, then twice as long each time, each retry logged; then the run
+    # fails with rlreason.rollout.errors.RolloutServerError (the URL, HTTP status and server message).
+    # A weight update is never repeated: stopped midway, it cannot be finished request by request.
+    vllm_server_max_retries: int = 3
+    vllm_server_retry_delay: float = 1.0
     # push the policy's weights to a separate engine every N steps; on the steps in between its own
     # log-probs are pi_old (the behaviour policy) of the ratio
     weight_sync_steps: int = 1
@@ -368,6 +375,10 @@ class GRPOConfig:
              f"must be >= 1, got {self.vllm_tensor_parallel_size}")
         need(0 < self.vllm_gpu_memory_utilization <= 1, "vllm_gpu_memory_utilization",
              f"must be in (0, 1], got {self.vllm_gpu_memory_utilization}")
+        need(self.vllm_server_max_retries >= 0, "vllm_server_max_retries",
+             f"must be >= 0 (0 = no retry), got {self.vllm_server_max_retries}")
+        need(math.isfinite(self.vllm_server_retry_delay) and self.vllm_server_retry_delay >= 0,
+             "vllm_server_retry_delay", f"must be a finite number of seconds >= 0, got {self.vllm_server_retry_delay}")
         if self.reward_weights is not None:
             need(all(math.isfinite(w) for w in self.reward_weights), "reward_weights",
                  f"must be finite numbers, got {self.reward_weights}")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _vllm_server import SERVER_LOG, log_tail  # first here: it records the session's environment
 
 torch.set_num_threads(1)
 
@@ -52,3 +53,15 @@ def tiny_moe_path() -> Path:
 
     return ensure(dataclasses.replace(TINY_MOE, name="tiny-moe-test", sft_steps=30, sft_batch=16),
                   log=lambda *a: None)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A test that fails while its module's vLLM server runs (tests/_vllm_server.py) gets the
+    server's log tail in its report: the cause of a server-side error is only there."""
+    report = yield
+    if report.failed:
+        log = item.getparent(pytest.Module).stash.get(SERVER_LOG, None)
+        if log is not None and log.exists():
+            report.sections.append((f"vLLM server log, last lines ({log})", log_tail(log)))
+    return report

@@ -14,12 +14,8 @@ from __future__ import annotations
 import copy
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -31,6 +27,7 @@ import datasets  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 from _logprobs import trainer_logprobs  # noqa: E402
+from _vllm_server import free_port, running_server  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
@@ -67,44 +64,12 @@ def prompts(tok):
     return [tok(prompt_text(tok, q), add_special_tokens=False)["input_ids"] for q in QUESTIONS]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server_url(tiny_path, tmp_path_factory):
-    """A real vLLM server on localhost, started the way users start it (``rlreason-vllm-serve``),
-    in fp32 like the policy so that its outputs can be compared with the HF model's."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("vllm-server") / "server.log"
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "rlreason.rollout.vllm_server", "--model", str(tiny_path), "--host", "127.0.0.1",
-           "--port", str(port), "--dtype", "float32", "--weight-transfer", "gloo", "--enforce-eager"]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"vLLM server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=5):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"vLLM server did not come up:\n{log.read_text()[-4000:]}") from None
-                time.sleep(1)
+def server_url(tiny_path, tmp_path_factory, request):
+    """A real vLLM server on localhost, started the way users start it (``rlreason-vllm-serve``);
+    a failing test's report ends with its log's tail (tests/_vllm_server.py)."""
+    with running_server(tiny_path, tmp_path_factory.mktemp("vllm-server") / "server.log", request.node) as (url, _):
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @pytest.fixture(scope="module", params=["colocate", "server"])

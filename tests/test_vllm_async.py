@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -25,8 +24,8 @@ pytest.importorskip("vllm")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 import torch  # noqa: E402
+from _vllm_server import free_port, running_server  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
-from test_vllm import free_port  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from rlreason.build import assemble  # noqa: E402
@@ -40,38 +39,11 @@ pytestmark = pytest.mark.vllm
 
 
 @pytest.fixture(scope="module")
-def server(tiny_path, tmp_path_factory):
+def server(tiny_path, tmp_path_factory, request):
     """(url, process) of a real vLLM server started as users start it, in its own session (a
-    test kills it)."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("vllm-server") / "server.log"
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "rlreason.rollout.vllm_server", "--model", str(tiny_path), "--host", "127.0.0.1",
-           "--port", str(port), "--dtype", "float32", "--weight-transfer", "gloo", "--enforce-eager"]
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"vLLM server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=5):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"vLLM server did not come up:\n{log.read_text()[-4000:]}") from None
-                time.sleep(1)
-        yield url, proc
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    test kills it); a failing test's report ends with its log's tail (tests/_vllm_server.py)."""
+    with running_server(tiny_path, tmp_path_factory.mktemp("vllm-server") / "server.log", request.node) as server:
+        yield server
 
 
 def _trainer(tiny_path, url, out, max_steps) -> GRPOTrainer:

@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import http.client
 import json
+import logging
 import socket
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Iterator
@@ -33,6 +36,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from rlreason.rollout.errors import RolloutServerError, server_message
+
+logger = logging.getLogger("rlreason.rollout")
 DEFAULT_BUCKET_BYTES = 256 << 20  # big enough to amortise a round trip, small enough to hold twice
 
 
@@ -119,27 +125,69 @@ def local_address_towards(host: str, port: int) -> str:
 
 
 class HTTPClient:
-    """JSON over HTTP to a vLLM server (stdlib only)."""
+    """JSON over HTTP to a vLLM server (stdlib only).
 
-    def __init__(self, base_url: str, timeout_s: float = 600.0) -> None:
+    A request that is safe to send again (``retry``: GETs by default; the engine also marks its
+    generation requests and the prefix-cache reset) and fails transiently (an HTTP 5xx answer, a
+    refused, reset or dropped connection, a timeout) is sent again up to ``max_retries`` times,
+    after ``retry_delay_s`` seconds, then twice as long each time (1 + 2 + 4 = 7 s in all with the
+    defaults: a server restarting under a supervisor, a proxy's hiccup), each retry logged. Then,
+    and at once for a 4xx answer or a request that must not be repeated, it raises
+    ``RolloutServerError`` with the URL, the HTTP status and the server's message."""
+
+    def __init__(self, base_url: str, timeout_s: float = 600.0, max_retries: int = 3,
+                 retry_delay_s: float = 1.0) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.retry_delay_s = retry_delay_s
 
-    def request(self, path: str, payload: dict[str, Any] | None = None, method: str | None = None) -> Any:
+    def request(self, path: str, payload: dict[str, Any] | None = None, method: str | None = None, *,
+                retry: bool | None = None) -> Any:
+        url = f"{self.base_url}/{path.lstrip('/')}"
+        method = method or ("GET" if payload is None else "POST")
         data = None if payload is None else json.dumps(payload).encode()
-        req = urllib.request.Request(f"{self.base_url}/{path.lstrip('/')}", data=data,
-                                     method=method or ("GET" if data is None else "POST"),
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as r:
-                body = r.read()
-        except urllib.error.HTTPError as e:
-            detail = e.read().decode(errors="replace")[:2000]
-            raise RuntimeError(f"vLLM server {self.base_url}/{path.lstrip('/')}: HTTP {e.code}: {detail}") from e
-        return json.loads(body) if body else None
+        attempts = 1 + (self.max_retries if (method == "GET" if retry is None else retry) else 0)
+        answer: tuple[int, str] | None = None  # the last HTTP error answer: its status and the server's message
+        for attempt in range(1, attempts + 1):
+            req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout_s) as r:
+                    body = r.read()
+                return json.loads(body) if body else None
+            except urllib.error.HTTPError as e:
+                answer = (e.code, _error_message(e))
+                if e.code < 500:  # the request itself is wrong (404: a route the server lacks): no repeat mends it
+                    raise RolloutServerError(url, e.code, answer[1], attempt) from e
+                error: Exception = e
+                what = f"HTTP {e.code}: {answer[1][:200]}"
+            # refused, reset or dropped (RemoteDisconnected, IncompleteRead), timed out
+            except (OSError, http.client.HTTPException) as e:
+                error, what = e, f"{type(e).__name__}: {e}"
+            if attempt == attempts:
+                if answer is None:
+                    raise RolloutServerError(url, None, what, attempt) from error
+                # The server's message outlives later failed connections: after its engine died,
+                # vLLM answers HTTP 500 once and then stops serving, so the retries are refused.
+                later = "" if isinstance(error, urllib.error.HTTPError) else f" (the last attempt: {what})"
+                raise RolloutServerError(url, answer[0], answer[1] + later, attempt) from error
+            wait = self.retry_delay_s * 2 ** (attempt - 1)
+            logger.warning("vLLM server %s: attempt %d/%d failed (%s); retrying in %.3gs", url, attempt, attempts,
+                           what, wait)
+            time.sleep(wait)
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
-    def post(self, path: str, payload: dict[str, Any] | None = None) -> Any:
-        return self.request(path, payload if payload is not None else {}, method="POST")
+    def post(self, path: str, payload: dict[str, Any] | None = None, *, retry: bool = False) -> Any:
+        """POST; ``retry``: only for requests that change nothing when repeated (see ``request``)."""
+        return self.request(path, payload if payload is not None else {}, method="POST", retry=retry)
+
+
+def _error_message(e: urllib.error.HTTPError) -> str:
+    """The server's message in an error answer; the reason phrase if its body cannot be read."""
+    try:
+        return server_message(e.read())
+    except (OSError, http.client.HTTPException):  # the connection dropped while the body was read
+        return str(e.reason)
 
 
 class GlooWeightSender:

@@ -34,6 +34,7 @@ from typing import Any, get_args
 import torch
 
 from rlreason.rollout.base import Sample, SamplingConfig, WeightBackend, check_generate_args, request_seeds
+from rlreason.rollout.errors import RolloutServerError
 from rlreason.rollout.gloo_transfer import DEFAULT_BUCKET_BYTES, GlooWeightSender, HTTPClient, local_address_towards
 
 BACKENDS: tuple[WeightBackend, ...] = get_args(WeightBackend)
@@ -50,13 +51,16 @@ class VLLMServerEngine:
     ``auto`` (nccl when this process has a GPU); it must match the server's backend.
     ``group_port``: the port this (sending) process opens for the weight-transfer group; the
     server's workers connect to it at ``group_host`` (default: this machine's address on the
-    route to the server).
+    route to the server). ``max_retries``, ``retry_delay_s``: how often and after how long a
+    request that is safe to repeat (generation) is sent again after a transient failure
+    (``HTTPClient``); a weight update is never repeated. A request that fails for good raises
+    ``RolloutServerError``.
     """
 
     def __init__(self, base_url: str, tokenizer, *, weight_transfer: str = "auto", group_port: int = 51216,
                  group_host: str | None = None, seed: int = 0, connect_timeout_s: float = 240.0,
                  request_timeout_s: float = 600.0, max_concurrency: int = 64, is_sender: bool = True,
-                 bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> None:
+                 bucket_bytes: int = DEFAULT_BUCKET_BYTES, max_retries: int = 3, retry_delay_s: float = 1.0) -> None:
         self.base_url = base_url.rstrip("/")
         self.tokenizer = tokenizer
         self.backend = default_backend() if weight_transfer == "auto" else weight_transfer
@@ -68,7 +72,8 @@ class VLLMServerEngine:
         self.is_sender = is_sender
         self.bucket_bytes = bucket_bytes
         self.max_concurrency = max_concurrency
-        self.client = HTTPClient(self.base_url, timeout_s=request_timeout_s)
+        self.client = HTTPClient(self.base_url, timeout_s=request_timeout_s, max_retries=max_retries,
+                                 retry_delay_s=retry_delay_s)
         self._calls = 0
         self._sender: Any = None
         self._wait_until_up(connect_timeout_s)
@@ -83,7 +88,7 @@ class VLLMServerEngine:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                self.client.request("health")
+                self.client.request("health", retry=False)  # this loop is the retry
                 return
             except (OSError, RuntimeError) as e:  # not listening yet, or still loading
                 if time.monotonic() > deadline:
@@ -97,7 +102,9 @@ class VLLMServerEngine:
         """Refuse a server whose settings would silently break training."""
         try:
             info = self.client.request("server_info?config_format=json")
-        except RuntimeError as e:  # 404: dev routes are off, so the weight-update routes are off too
+        except RolloutServerError as e:  # 404: dev routes are off, so the weight-update routes are off too
+            if e.status != 404:
+                raise
             raise RuntimeError(f"the vLLM server at {self.base_url} was not started with VLLM_SERVER_DEV_MODE=1: "
                                "it cannot receive weights. Start it with `rlreason-vllm-serve`") from e
         cfg = info.get("vllm_config", {})
@@ -123,7 +130,9 @@ class VLLMServerEngine:
         else:
             body.update(n=n, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or 0,
                         seed=seed)
-        return self.client.post("v1/completions", body)
+        # Safe to send again: the seed fixes the samples, and vLLM aborts a request whose client has
+        # gone (a timed-out attempt does not keep generating beside its retry).
+        return self.client.post("v1/completions", body, retry=True)
 
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig,
                  seeds: Sequence[int] | None = None) -> list[list[Sample]]:
@@ -132,8 +141,11 @@ class VLLMServerEngine:
         check_generate_args(prompts, seeds)
         seeds = request_seeds(seeds, len(prompts), self.seed, self._calls)  # the colocated engine's seeding
         self._calls += 1
-        with ThreadPoolExecutor(max_workers=max(1, min(self.max_concurrency, len(prompts)))) as pool:
+        pool = ThreadPoolExecutor(max_workers=max(1, min(self.max_concurrency, len(prompts))))
+        try:
             responses = list(pool.map(lambda p, s: self._request(p, n, sampling, s), prompts, seeds))
+        finally:  # after a request failed for good, the queued ones are not sent (each would retry too)
+            pool.shutdown(cancel_futures=True)
         groups = []
         for resp in responses:
             group = []
@@ -174,16 +186,36 @@ class VLLMServerEngine:
         named = [(n, t.detach()) for n, t in named_tensors]
         if any("lora_" in n for n, _ in named):
             raise NotImplementedError("load_weights takes merged weights; merge the LoRA adapter first")
-        if self._sender is None:
-            self._connect()
-        self._sender.send(named)
-        # KV blocks computed with the old weights must not serve the same prompts again
-        self.client.post("reset_prefix_cache")
+        try:
+            if self._sender is None:
+                self._connect()
+            self._sender.send(named)
+        except (RuntimeError, OSError) as e:  # an HTTP error, or the transfer group's (gloo: a broken connection)
+            # The group's state is unknown: drop it (a later sync opens a new one) without a word to
+            # the server, which may still be blocked in the broadcast (a request would wait as long).
+            self._sender = None
+            raise _weight_update_failed(self.base_url, e) from e
+        # KV blocks computed with the old weights must not serve the same prompts again (safe to repeat)
+        self.client.post("reset_prefix_cache", retry=True)
 
     def close(self) -> None:
         if self._sender is not None:
             self._sender.close()
             self._sender = None
+
+
+def _weight_update_failed(base_url: str, e: BaseException) -> RolloutServerError:
+    """A weight update that stopped midway, as a ``RolloutServerError``. Never retried here: the
+    server's workers may hold part of the new weights and part of the old (vLLM's layerwise reload
+    was started), the transfer group is in an unknown state, and re-posting one request cannot
+    finish the update. A trainer that starts again from its checkpoint pushes its full weights
+    through a new group first, which is the whole-sync retry."""
+    hint = ("the weight update failed midway, so the server may hold partly updated weights: check the server "
+            "(restart it if it died) and resume the run from its checkpoint, which pushes the full weights first")
+    if isinstance(e, RolloutServerError):
+        return e.with_hint(hint)
+    # the transfer group's own error (gloo: a broken connection or a timeout): no HTTP answer
+    return RolloutServerError(base_url, None, f"{type(e).__name__}: {e}", 1, hint)
 
 
 class _NCCLSender:
