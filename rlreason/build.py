@@ -214,7 +214,8 @@ def build_engine(cfg: GRPOConfig, model: torch.nn.Module, tokenizer: Any, acc: A
         url = cfg.vllm_server_base_url or f"http://{cfg.vllm_server_host}:{cfg.vllm_server_port}"
         engine = VLLMServerEngine(url, tokenizer, weight_transfer=cfg.vllm_weight_transfer,
                                   group_port=cfg.vllm_group_port, seed=cfg.seed + 1000 * acc.process_index,
-                                  connect_timeout_s=cfg.vllm_server_timeout, is_sender=acc.is_main_process)
+                                  connect_timeout_s=cfg.vllm_server_timeout, is_sender=acc.is_main_process,
+                                  max_retries=cfg.vllm_server_max_retries, retry_delay_s=cfg.vllm_server_retry_delay)
         engine.load_weights(lora.merged_named_parameters(model))  # the server may hold other weights than ours
         acc.wait_for_everyone()
         return engine

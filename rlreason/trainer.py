@@ -74,6 +74,7 @@ from rlreason.lora import is_peft_model, merged_named_parameters
 from rlreason.resume import apply_optimizer_changes
 from rlreason.rewards.runner import reward_inputs
 from rlreason.rollout.base import SamplingConfig
+from rlreason.rollout.errors import find_server_error
 from rlreason.tracking import run_summary, write_report
 
 
@@ -334,18 +335,23 @@ class GRPOTrainer:
         then, so what it changed is put back (the random-number generators, the prompt stream's
         refills, the batch in flight of async rollouts) and the loop checkpoints the previous step:
         the checkpoint that step's end would have written. With several processes the signal is a
-        request until the next stop point (``_stop_point``), where every process abandons together."""
+        request until the next stop point (``_stop_point``), where every process abandons together.
+        An error before the commit (a rollout server that failed for good) puts the same back: the
+        checkpoint the loop then writes is exact too."""
         rng, extra_drawn = rng_states(), self.prompts.extra_drawn
         try:
             with stopping.step_in_flight(enabled=self.acc.num_processes == 1):
                 yield
-        except stopping.Stopped:  # raised only before the commit: nothing of the step is kept
+        except BaseException as e:  # both come before the update commits (a server only serves rollouts)
+            if not isinstance(e, stopping.Stopped) and find_server_error(e) is None:
+                raise
             set_rng_states(rng)
             self.prompts.extra_drawn = extra_drawn
             if self.overlap is not None:
                 self.overlap.abandon()
-            self.log.print(f"{stopping.reason()}: step {self.step + 1} abandoned before its update; "
-                           f"checkpointing step {self.step}")
+            if isinstance(e, stopping.Stopped):
+                self.log.print(f"{stopping.reason()}: step {self.step + 1} abandoned before its update; "
+                               f"checkpointing step {self.step}")
             raise
 
     def _stop_point(self) -> None:
@@ -422,6 +428,13 @@ class GRPOTrainer:
                 if self._saved_step != self.step:
                     self.save(self.step)
                 break
+            except Exception as e:  # a rollout server that failed for good: what the policy learned is fine
+                if (err := find_server_error(e)) is None or self.acc.num_processes > 1:
+                    raise  # several processes: saving is collective, and another may be in a collective
+                ckpt = self.save(self.step) if self._saved_step != self.step or self.pending_row else None
+                where = f"a checkpoint in {ckpt}" if ckpt else "its checkpoint"
+                raise err.with_hint(f"stopped at step {self.step} with {where}; fix or restart the server, "
+                                    f"then --resume_from_checkpoint auto") from e
             samples_per_s.append(metrics["perf/samples_per_s"])
             if self.health.dead():
                 raise self.health.failure(self.save(self.step))
@@ -492,17 +505,22 @@ class GRPOTrainer:
             metrics = dict(ro.metrics)
             metrics.update(self.update(ro))  # commits the step right before its first optimizer step
         self.step += 1
+        acc_name = next((n for n in ro.per_func if n.startswith("accuracy")), None)
+        if acc_name is not None:  # the progress bar's "acc": the accuracy reward's batch mean
+            metrics["accuracy"] = metrics[f"rewards/{acc_name}/mean"]
         # a stop already requested skips the sync: nobody generates with it, and a resume syncs
         if self.overlap is None and self.step % cfg.weight_sync_steps == 0 and not (
                 self.acc.num_processes == 1 and self.stop_requested):
-            self.sync_weights()
+            try:
+                self.sync_weights()
+            except Exception as e:
+                if find_server_error(e) is not None:  # the step is done: its row is written by the resume
+                    self.pending_row = reduce_metrics(self.acc, metrics)
+                raise
         dt = time.perf_counter() - t0
         n_comp = len(ro.samples)  # this process's; reduce_metrics sums the rates over processes
         n_tok = sum(len(s.token_ids) for s in ro.samples)
         metrics.update({"time/step_s": dt, "perf/samples_per_s": n_comp / dt, "perf/tokens_per_s": n_tok / dt})
-        acc_name = next((n for n in ro.per_func if n.startswith("accuracy")), None)
-        if acc_name is not None:  # the progress bar's "acc": the accuracy reward's batch mean
-            metrics["accuracy"] = metrics[f"rewards/{acc_name}/mean"]
         metrics = reduce_metrics(self.acc, metrics)
         self.health.record(self.step, metrics)
         if cfg.log_completions_steps and (self.step == 1 or self.step % cfg.log_completions_steps == 0):

@@ -24,6 +24,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rlreason.build import assemble, close_engine
 from rlreason.config import GRPOConfig
 from rlreason.data import arith_dataset, prepare
+from rlreason.rollout.errors import RolloutServerError, find_server_error
+from rlreason.rollout.hf import HFEngine
 from rlreason.trainer import GRPOTrainer
 
 STEPS = 4
@@ -45,13 +47,31 @@ def _signalling_reward(at_step: int | None, sleep_s: float):
     return reward
 
 
-def _trainer(tiny_path, out: Path, reward, **overrides) -> GRPOTrainer:
+class _DyingServer(HFEngine):
+    """The transformers engine on the policy, failing its ``fail_at``-th generation as a vLLM server's
+    client does once its retries are spent (rlreason/rollout/gloo_transfer.py; the real server
+    killed mid-run: tests/test_vllm_async.py)."""
+
+    def __init__(self, model, tokenizer, fail_at: int) -> None:
+        super().__init__(model, tokenizer)
+        self.calls, self.fail_at = 0, fail_at
+
+    def generate(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RolloutServerError("http://127.0.0.1:8000/generate", 500, "EngineCore encountered an issue", 4)
+        return super().generate(*args, **kwargs)
+
+
+def _trainer(tiny_path, out: Path, reward, fail_at: int | None = None, **overrides) -> GRPOTrainer:
     cfg = GRPOConfig(output_dir=str(out), **{**SMALL, "max_steps": STEPS, "save_total_limit": 10, **overrides})
     tok = AutoTokenizer.from_pretrained(tiny_path)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_path)
     train = prepare(arith_dataset(64, 0, "train"), tokenizer=tok)
-    return GRPOTrainer(cfg, assemble(cfg, model, tok, train, [reward], accelerator=Accelerator(cpu=True)))
+    engine = _DyingServer(model, tok, fail_at) if fail_at else None
+    return GRPOTrainer(cfg, assemble(cfg, model, tok, train, [reward], engine=engine,
+                                     accelerator=Accelerator(cpu=True)))
 
 
 def _train(tr: GRPOTrainer) -> dict:
@@ -111,3 +131,23 @@ def test_a_stop_signal_abandons_the_step_and_checkpoints_the_one_before_exactly(
     assert _rows(out) == _rows(ref)
     fa, fb = (load_file(c / "checkpoints" / f"step-{STEPS:07d}" / "model.safetensors") for c in (ref, out))
     assert fa.keys() == fb.keys() and all(torch.equal(fa[k], fb[k]) for k in fa)
+
+
+@pytest.mark.slow
+def test_a_rollout_server_that_fails_for_good_stops_the_run_with_an_exact_checkpoint(tiny_path, tmp_path):
+    """The server's retries spent while step 3 generates: the run stops with the checkpoint of step 2
+    (the one an uninterrupted run wrote, file for file) and an error naming the server, its status,
+    its message and the checkpoint; the resume finishes the uninterrupted run."""
+    ref = tmp_path / "reference"
+    _train(_trainer(tiny_path, ref, _signalling_reward(None, 0), save_steps=1))
+    out = tmp_path / "failed"
+    with pytest.raises(RolloutServerError) as e:
+        _train(_trainer(tiny_path, out, _signalling_reward(None, 0), fail_at=3, save_steps=0))
+    ckpt = out / "checkpoints" / "step-0000002"
+    message = str(e.value)
+    assert "http://127.0.0.1:8000/generate: HTTP 500: EngineCore encountered an issue (4 attempts)" in message
+    assert f"stopped at step 2 with a checkpoint in {ckpt}" in message and find_server_error(e.value) is e.value
+    assert [p.name for p in (out / "checkpoints").iterdir()] == [ckpt.name]
+    _assert_same_checkpoint(ref / "checkpoints" / ckpt.name, ckpt)
+    _train(_trainer(tiny_path, out, _signalling_reward(None, 0), save_steps=0, resume_from_checkpoint="auto"))
+    assert _rows(out) == _rows(ref)

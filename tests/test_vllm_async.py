@@ -33,6 +33,7 @@ from rlreason.config import GRPOConfig  # noqa: E402
 from rlreason.data import arith_dataset, prepare  # noqa: E402
 from rlreason.rewards import accuracy_reward  # noqa: E402
 from rlreason.rollout.vllm_server import VLLMServerEngine  # noqa: E402
+from rlreason.rollout.errors import find_server_error  # noqa: E402
 from rlreason.trainer import GRPOTrainer  # noqa: E402
 
 pytestmark = pytest.mark.vllm
@@ -141,8 +142,14 @@ def test_a_killed_server_raises_in_the_trainer_not_hangs(tiny_path, server, tmp_
     with pytest.raises((RuntimeError, OSError)) as e:
         tr.train()
     assert time.monotonic() - t0 < 300
-    assert _rows(out) and len(_rows(out)) < 50  # it trained, then stopped on the dead server
+    steps = len(_rows(out))
+    assert 0 < steps < 50  # it trained, then stopped on the dead server
     print(f"raised after {time.monotonic() - t0:.1f}s: {type(e.value).__name__}: {str(e.value)[:300]}")
+    # retried, then stopped with the checkpoint of its last step, naming the server
+    err = find_server_error(e.value)
+    assert err is not None and url in str(err) and err.attempts > 1, e.value
+    ckpt = out / "checkpoints" / f"step-{steps:07d}"
+    assert f"stopped at step {steps} with a checkpoint in {ckpt}" in str(e.value) and ckpt.is_dir()
     tr.engine.close()  # the server is gone: closing the transfer group must not hang either
     killer.join(1)
     proc.wait(60)
