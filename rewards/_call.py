@@ -9,9 +9,11 @@ of a chunk that fails as a whole, and gathers the values and failures (:class:`B
 from __future__ import annotations
 
 import asyncio
+import copy
 import inspect
 import math
 import numbers
+import os
 import reprlib
 import sys
 import threading
@@ -23,7 +25,7 @@ from typing import Any
 
 # An outcome of one call, as plain tuples so they pickle quickly:
 #   ("ok", values, bad, logs) values: one float per completion (NaN for None or invalid);
-#                            bad: (position, repr) of each value that is not a finite number;
+#                            bad: (position, why) of each value that is not a finite float32 number;
 #                            logs: what the reward passed to log_extra / log_metric (Logs), or None
 #   ("fail", kind, detail)   kind: raised | result | memory | timeout | crash | skipped
 Outcome = tuple
@@ -65,6 +67,13 @@ def short_repr(obj: Any) -> str:
 # Calling a reward function
 
 
+# The largest reward magnitude taken as a score. The trainer's statistics of the scores run in
+# float64 and its tensors are float32: 1e39 or 1e300 (finite in float64) became inf in float32 and
+# silently zeroed the advantages of every group holding one (issue 29). Beyond float32's range a
+# value is a failure, named in the log like NaN.
+MAX_ABS_REWARD = 3.4028234663852886e38  # torch.finfo(torch.float32).max
+
+
 def as_float(v: Any) -> float | None:
     """``v`` as a float (NaN for None, meaning "does not apply"); None if ``v`` is invalid."""
     if v is None:
@@ -76,7 +85,20 @@ def as_float(v: Any) -> float | None:
         value = float(v)
     except (OverflowError, ValueError):
         return None
-    return value if math.isfinite(value) else None
+    return value if math.isfinite(value) and abs(value) <= MAX_ABS_REWARD else None
+
+
+def invalid_value(v: Any) -> str:
+    """Why ``as_float`` refused ``v``, as the failure's detail says it."""
+    text = f"returned {short_repr(v)}"
+    if isinstance(v, numbers.Real):
+        try:
+            value = float(v)
+        except (OverflowError, ValueError):
+            return f"{text} (beyond float64's range)"
+        if math.isfinite(value) and abs(value) > MAX_ABS_REWARD:
+            return f"{text} (beyond float32's range, |v| > 3.4e38)"
+    return text
 
 
 def where(e: BaseException) -> str:
@@ -99,14 +121,36 @@ def _accepts(fn: Callable) -> set[str] | None:
     return {p.name for p in params if p.name in TRAINER_ARGS}
 
 
-def call_reward(fn: Callable, prompts: Sequence, completions: Sequence, columns: dict[str, Sequence]) -> Outcome:
+def call_reward(fn: Callable, prompts: Sequence, completions: Sequence, columns: dict[str, Sequence],
+                in_process: bool = False) -> Outcome:
     """Call ``fn`` once on these completions and check its result; never raises an ``Exception``.
 
     A :class:`Shared` column is passed as its value; ``log_extra(column, values)`` and
     ``log_metric(name, value)`` (TRL's) are passed to a reward that can take them, and what it
     logs comes back in the outcome. An ``async def`` reward (or one returning an awaitable) is
     run to completion here.
+
+    ``in_process``: the call runs in the trainer's own process (``reward_num_workers: 0``), where
+    a pool worker's isolation is missing; what a call can take away from it is kept: every call
+    gets its own deep copy of the arguments (a reward editing ``completions[i][-1]["content"]``
+    changed what the next reward saw), ``sys.exit`` and a ``KeyboardInterrupt`` raised by the
+    reward are failures (they ended or crashed the run), and the working directory is put back
+    (a reward's ``os.chdir`` sent checkpoints and the final model into its folder). A hang, a
+    crash of the interpreter or a memory blow-up still take the trainer with them: only the pool
+    guards against those.
     """
+    if in_process:
+        cwd = os.getcwd()
+        try:
+            prompts, completions, columns = copy.deepcopy((prompts, completions, columns))
+            return call_reward(fn, prompts, completions, columns)
+        except SystemExit as e:
+            return ("fail", "raised", f"called sys.exit({short_repr(e.code)}){where(e)}")
+        except KeyboardInterrupt as e:  # raised by the reward (a stop signal raises rlreason's Stopped)
+            return ("fail", "raised", f"raised KeyboardInterrupt{where(e)}")
+        finally:
+            if os.getcwd() != cwd:
+                os.chdir(cwd)
     extra: dict[str, list] = {}
     metrics: dict[str, list[float]] = {}
 
@@ -180,7 +224,7 @@ def check_result(result: Any, n: int) -> Outcome:
     for position, v in enumerate(result):
         value = as_float(v)
         if value is None:
-            bad.append((position, short_repr(v)))
+            bad.append((position, invalid_value(v)))
             value = math.nan
         values.append(value)
     return ("ok", values, bad, None)
@@ -282,7 +326,7 @@ class Batch:
         for i, value in zip(task.indices, values, strict=True):
             self.values[task.func][i] = value
         for position, text in bad:
-            self.failures[task.func].append((task.indices[position], "invalid", f"returned {text}"))
+            self.failures[task.func].append((task.indices[position], "invalid", text))
 
     def _count_timeout(self, task: Task) -> None:
         f = task.func
@@ -315,7 +359,8 @@ def run_in_process(funcs: Sequence[Callable], prompts: Sequence, completions: Se
     n = len(completions)
     batch = Batch(len(funcs), n, max(n, 1), max_timeouts=sys.maxsize, futile_timeouts=sys.maxsize)
     while (task := batch.next_task()) is not None:
-        batch.finish(task, call_reward(funcs[task.func], *_select(task.indices, prompts, completions, columns)))
+        batch.finish(task, call_reward(funcs[task.func], *_select(task.indices, prompts, completions, columns),
+                                       in_process=True))
     return batch.result()
 
 

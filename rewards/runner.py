@@ -1,8 +1,12 @@
 """Scoring a batch of completions with several reward functions.
 
 A broken reward must not stop training: a function that raises, returns the wrong number of
-values, or returns values that are not finite numbers has those completions scored None
-(NaN in :attr:`RewardOutput.per_func`), counted in :attr:`RewardOutput.failures`, and logged.
+values, or returns values that are not finite numbers has those completions marked failed
+(NaN in :attr:`RewardOutput.per_func`, True in :attr:`RewardOutput.failed`), counted in
+:attr:`RewardOutput.failures`, and logged. A failure is not a None: None means "does not apply"
+and is left out of the weighted sum (as in TRL); a failure leaves the completion's total unknown
+(:attr:`RewardOutput.known` is False), and the trainer keeps it out of its group's statistics and
+out of the loss. Summed as if it were 0, a failure on a correct answer trained it like a wrong one.
 
 Two ways to score:
 
@@ -11,8 +15,8 @@ Two ways to score:
   whole batch None.
 - :class:`RewardRunner` runs the functions in a pool of worker processes (see :mod:`._pool`)
   with a per-call timeout and a memory cap. A call that hangs, raises, runs out of memory or
-  kills its worker is stopped, its worker replaced, and only the completions involved are
-  scored None and counted. Each is logged once (never again on retries) with the start of the
+  kills its worker is stopped, its worker replaced, and only the completions involved fail
+  and are counted. Each is logged once (never again on retries) with the start of the
   completion that caused it: the first three per function and batch in full, the rest summed
   up in one line, so a reward broken on every completion does not flood the log.
 
@@ -49,7 +53,7 @@ from typing import Any, Literal
 
 import torch
 
-from ._call import BatchResult, Shared, as_float, run_in_process, short_repr, where
+from ._call import BatchResult, Shared, as_float, invalid_value, run_in_process, short_repr, where
 from ._pool import Pool, PoolConfig
 from .registry import CHUNK_ATTRIBUTE, reward_name
 
@@ -63,12 +67,19 @@ _RESERVED = ("prompts", "completions", "trainer_state", "log_extra", "log_metric
 class RewardOutput:
     """Scores of N completions."""
 
-    total: torch.Tensor  # [N] float32: weighted sum over functions, None/NaN terms left out
-    per_func: dict[str, torch.Tensor]  # name -> [N] float32, NaN where the function gave None or failed
-    failures: dict[str, int]  # name -> completions scored None because the function raised or misbehaved
+    total: torch.Tensor  # [N] float64: weighted sum over functions, None/failed terms left out
+    per_func: dict[str, torch.Tensor]  # name -> [N] float64, NaN where the function gave None or failed
+    failures: dict[str, int]  # name -> completions it failed on (raised, hung, crashed, returned an invalid value)
     errors: dict[str, str] = field(default_factory=dict)  # name -> the first failure's detail, if any
     extra: dict[str, list] = field(default_factory=dict)  # log_extra columns, [N] each (None where not logged)
     logged: dict[str, float] = field(default_factory=dict)  # log_metric values, averaged over the batch's calls
+    failed: torch.Tensor | None = None  # [N] bool: some function failed on the completion (None: none did)
+
+    @property
+    def known(self) -> torch.Tensor:
+        """[N] bool: the total is a score, i.e. some term applies and no function failed on it. A
+        failed term leaves the total unknown: 0 in its place trained a correct answer as a wrong one."""
+        return self.applicable if self.failed is None else self.applicable & ~self.failed
 
     @property
     def applicable(self) -> torch.Tensor:
@@ -99,15 +110,17 @@ def score(
     weights = _check_weights(funcs, weights)
     _check_inputs(prompts, completions, columns)
     n = len(completions)
-    total = torch.zeros(n, dtype=torch.float32)
+    total = torch.zeros(n, dtype=torch.float64)
+    failed_any = torch.zeros(n, dtype=torch.bool)
     per_func: dict[str, torch.Tensor] = {}
     failures: dict[str, int] = {}
     for fn, name, weight in zip(funcs, unique_names(funcs), weights, strict=True):
         values, failed = _run_one(fn, name, prompts, completions, columns)
-        scores = torch.tensor(values, dtype=torch.float32)
-        per_func[name], failures[name] = scores, failed
+        scores = torch.tensor(values, dtype=torch.float64)
+        per_func[name], failures[name] = scores, len(failed)
+        failed_any[failed] = True
         total += torch.where(torch.isnan(scores), 0.0, scores) * weight
-    return RewardOutput(total=total, per_func=per_func, failures=failures)
+    return RewardOutput(total=total, per_func=per_func, failures=failures, failed=failed_any)
 
 
 # The column where rlreason.data keeps the messages a plain-text prompt became in the chat template.
@@ -177,8 +190,9 @@ def _check_inputs(prompts: Sequence, completions: Sequence, columns: dict[str, S
             raise ValueError(f"column {key!r} has {len(column)} values for {n} completions")
 
 
-def _run_one(fn: Callable, name: str, prompts: list, completions: list, columns: dict) -> tuple[list[float], int]:
-    """One function's scores (NaN for None or failed) and how many completions failed."""
+def _run_one(fn: Callable, name: str, prompts: list, completions: list, columns: dict
+             ) -> tuple[list[float], list[int]]:
+    """One function's scores (NaN for None or failed) and the completions it failed on."""
     n = len(completions)
     try:
         # Fresh lists, so a reward that mutates its arguments does not change what the next one sees.
@@ -186,14 +200,14 @@ def _run_one(fn: Callable, name: str, prompts: list, completions: list, columns:
     except Exception as e:
         logger.warning("reward %r raised %r%s; scoring its %d completions None", name, e, _where(e), n)
         logger.debug("traceback of reward %r", name, exc_info=True)
-        return [math.nan] * n, n
+        return [math.nan] * n, list(range(n))
     if hasattr(result, "tolist") and not isinstance(result, (list, tuple)):
         result = result.tolist()  # a torch tensor or numpy array of scores
     if not isinstance(result, (list, tuple)):
         logger.warning(
             "reward %r returned a %s, expected a list; scoring its %d completions None", name, type(result).__name__, n
         )
-        return [math.nan] * n, n
+        return [math.nan] * n, list(range(n))
     if len(result) != n:
         logger.warning(
             "reward %r returned %d values, expected length %d (one per completion); scoring all None",
@@ -201,7 +215,7 @@ def _run_one(fn: Callable, name: str, prompts: list, completions: list, columns:
             len(result),
             n,
         )
-        return [math.nan] * n, n
+        return [math.nan] * n, list(range(n))
     return _check_values(name, result)
 
 
@@ -209,24 +223,20 @@ _where = where  # shared with the pool's workers
 _as_float = as_float
 
 
-def _check_values(name: str, result: Sequence[Any]) -> tuple[list[float], int]:
-    """Values as floats, NaN for None; a value that is not a finite real number is a failure."""
+def _check_values(name: str, result: Sequence[Any]) -> tuple[list[float], list[int]]:
+    """Values as floats, NaN for None; a value that is not a finite float32 number is a failure."""
     values: list[float] = []
-    bad: list[Any] = []
-    for v in result:
+    bad: list[int] = []
+    for i, v in enumerate(result):
         value = _as_float(v)
         if value is None:
-            bad.append(v)
+            bad.append(i)
             value = math.nan
         values.append(value)
     if bad:
-        logger.warning(
-            "reward %r returned %d values that are not finite numbers (first: %r); scoring those None",
-            name,
-            len(bad),
-            bad[0],
-        )
-    return values, len(bad)
+        logger.warning("reward %r returned %d invalid values (first: %s); those completions failed", name, len(bad),
+                       invalid_value(result[bad[0]]))
+    return values, bad
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,13 +253,13 @@ class RewardRunner:
     Each call of a reward function gets ``timeout_s`` seconds and ``memory_mb`` MB of address
     space beyond what its worker maps at start (``None``: no cap). A call that hangs, raises,
     exhausts memory or kills its worker is stopped and its worker replaced; its completions
-    are retried one per call, and those that still fail are scored None, counted in
+    are retried one per call, and those that still fail are marked failed, counted in
     ``failures`` and logged (see the module docstring). ``timeout_s`` is per call, and a call scores a chunk of
     up to ``chunk_size`` completions (default: at most 64), so set it for a chunk; a chunk
     that times out because the reward is slow is rescored one completion per call, which
     succeeds, at the cost of one timeout.
 
-    A function is given up on for the rest of a batch (remaining completions scored None,
+    A function is given up on for the rest of a batch (its remaining completions failed,
     "skipped") after ``max_timeouts`` one-completion calls timed out, or after
     ``2 * num_workers`` timeouts with no call succeeding: this bounds the stall a reward that
     always hangs causes to about two timeouts per batch, and one with many pathological
@@ -370,7 +380,8 @@ class RewardRunner:
         return sizes
 
     def _output(self, result: BatchResult, completions: list) -> RewardOutput:
-        total = torch.zeros(len(completions), dtype=torch.float32)
+        total = torch.zeros(len(completions), dtype=torch.float64)
+        failed_any = torch.zeros(len(completions), dtype=torch.bool)
         per_func: dict[str, torch.Tensor] = {}
         failures: dict[str, int] = {}
         errors: dict[str, str] = {}
@@ -379,9 +390,10 @@ class RewardRunner:
         logs = result.logs or [[] for _ in self.names]
         for name, weight, values, failed, calls in zip(self.names, self.weights, result.values, result.failures, logs,
                                                        strict=True):
-            scores = torch.tensor(values, dtype=torch.float32)
+            scores = torch.tensor(values, dtype=torch.float64)
             per_func[name], failures[name] = scores, len(failed)
             total += torch.where(torch.isnan(scores), 0.0, scores) * weight
+            failed_any[[index for index, _, _ in failed]] = True
             if failed:
                 errors[name] = failed[0][2]
             _log_failures(name, failed, completions, self._seen)
@@ -394,7 +406,7 @@ class RewardRunner:
                 for metric, vals in metrics.items():
                     logged.setdefault(metric, []).extend(vals)
         return RewardOutput(total=total, per_func=per_func, failures=failures, errors=errors, extra=extra,
-                            logged={k: sum(v) / len(v) for k, v in logged.items() if v})
+                            logged={k: sum(v) / len(v) for k, v in logged.items() if v}, failed=failed_any)
 
 
 def _check_settings(
@@ -428,7 +440,8 @@ def _log_failures(name: str, failed: list[tuple[int, str, str]], completions: li
     for fs in new:
         index, _, detail = fs[0]
         also = f" (and {len(fs) - 1} more completions)" if len(fs) > 1 else ""
-        logger.warning("reward %r %s on completion %d: %s%s; scored None", name, detail, index,
+        logger.warning("reward %r %s on completion %d: %s%s; its total is unknown (not trained on)", name, detail,
+                       index,
                        short_repr(completions[index]), also)
         seen.add((name, detail))
     shown = {id(f) for fs in new for f in fs}
@@ -437,7 +450,7 @@ def _log_failures(name: str, failed: list[tuple[int, str, str]], completions: li
         kinds = collections.Counter(kind for _, kind, _ in rest)
         summary = ", ".join(f"{count} {kind}" for kind, count in kinds.most_common())
         level = logging.WARNING if new else logging.DEBUG  # nothing new: the metrics count it
-        logger.log(level, "reward %r: %d more completions scored None in this batch (%s)", name, len(rest), summary)
+        logger.log(level, "reward %r failed on %d more completions in this batch (%s)", name, len(rest), summary)
 
 
 def _benchmark(n: int = 1024, repeats: int = 5, reward: Callable | None = None) -> None:

@@ -98,6 +98,8 @@ class Actor:
             if self.cfg.mask_truncated_completions:  # DAPO's overlong filtering: no signal from cut-off answers
                 cut = torch.tensor([s.finish_reason == "length" for s in ro.samples[sl]])
                 batch["completion_mask"][cut] = 0
+            if ro.failed is not None:  # a reward failed on them: unknown totals are trained with zero weight
+                batch["completion_mask"][ro.failed[sl]] = 0
             out.append((sl, {k: v.to(self.acc.device) if torch.is_tensor(v) else v for k, v in batch.items()}))
         return out
 
@@ -168,7 +170,9 @@ class Actor:
     def completion_tokens(self, ro: Rollout) -> int:
         """Completion tokens of ``ro`` that the loss covers (as the micro-batches' completion masks count them)."""
         cut = self.cfg.mask_truncated_completions
-        return sum(len(s.token_ids) for s in ro.samples if not (cut and s.finish_reason == "length"))
+        failed = ro.failed_mask().tolist()
+        return sum(len(s.token_ids) for s, bad in zip(ro.samples, failed, strict=True)
+                   if not bad and not (cut and s.finish_reason == "length"))
 
     def skips_flat_groups(self) -> bool:
         """Whether groups whose advantages are all 0 can be left out of the forward and backward

@@ -100,8 +100,9 @@ class GRPOConfig:
     reward_num_workers: int = 2  # worker processes scoring rewards (timeouts, memory cap); 0 = in-process
     # per reward call: the whole batch, or a chunk for rewards that opt in (docs/rewards.md)
     reward_timeout_s: float = 10.0
-    # A reward that scores no completion (each failed or was None) this many steps in a row stops
-    # the run with an error and a checkpoint: a broken reward must never train in silence.
+    # A reward that worked before and then fails on every completion this many steps in a row stops
+    # the run with an error and a checkpoint, as do this many steps with no reward value at all; one
+    # that never worked stops it after its first step (rlreason/health.py). None is not a failure.
     max_failed_reward_steps: int = 3
     # Rewards get prompts/completions as strings even when the prompt went through a chat template
     # (the default then is TRL's: message lists, [{"role": "assistant", "content": ...}]).

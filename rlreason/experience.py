@@ -30,13 +30,16 @@ class Rollout:
 
     prompt_ids: list[list[int]]  # [N] (each prompt repeated G times)
     samples: list[Sample]  # [N]
-    rewards: torch.Tensor  # [N] weighted sum; NaN where no reward term applies (no signal)
-    per_func: dict[str, torch.Tensor]  # name -> [N], NaN where None
+    rewards: torch.Tensor  # [N] float64 weighted sum; NaN where no term applies or a reward failed (no signal)
+    per_func: dict[str, torch.Tensor]  # name -> [N], NaN where None or failed
     prompts: list[Any]  # [N] raw prompts, for logging
     group_size: int
     metrics: dict[str, float]
     advantages: torch.Tensor | None = None  # [N], set once the batch is final
     extra: dict[str, list] = dataclasses.field(default_factory=dict)  # rewards' log_extra columns, [N] each
+    # [N] bool: a reward failed on the completion, so its total is unknown: out of its group's
+    # statistics (its reward is NaN) and out of the loss (the actor masks its tokens). None: no failure.
+    failed: torch.Tensor | None = None
 
     @property
     def num_groups(self) -> int:
@@ -55,7 +58,8 @@ class Rollout:
         return Rollout([self.prompt_ids[i] for i in idx], [self.samples[i] for i in idx], self.rewards[t],
                        {k: v[t] for k, v in self.per_func.items()}, [self.prompts[i] for i in idx], G, self.metrics,
                        None if self.advantages is None else self.advantages[t],
-                       {k: [v[i] for i in idx] for k, v in self.extra.items()})
+                       {k: [v[i] for i in idx] for k, v in self.extra.items()},
+                       None if self.failed is None else self.failed[t])
 
     def concat(self, other: Rollout) -> Rollout:
         return Rollout(self.prompt_ids + other.prompt_ids, self.samples + other.samples,
@@ -63,7 +67,13 @@ class Rollout:
                        {k: torch.cat([v, other.per_func[k]]) for k, v in self.per_func.items()},
                        self.prompts + other.prompts, self.group_size, self.metrics, None,
                        {k: self.extra.get(k, [None] * len(self.samples))
-                        + other.extra.get(k, [None] * len(other.samples)) for k in {*self.extra, *other.extra}})
+                        + other.extra.get(k, [None] * len(other.samples)) for k in {*self.extra, *other.extra}},
+                       None if self.failed is None and other.failed is None
+                       else torch.cat([self.failed_mask(), other.failed_mask()]))
+
+    def failed_mask(self) -> torch.Tensor:
+        """[N] bool: ``failed``, all False where it is None."""
+        return torch.zeros(len(self.samples), dtype=torch.bool) if self.failed is None else self.failed
 
 
 def rollout_state(ro: Rollout) -> dict[str, Any]:
@@ -71,13 +81,14 @@ def rollout_state(ro: Rollout) -> dict[str, Any]:
     every field, exactly (floats as they are, not through text)."""
     return {"prompt_ids": ro.prompt_ids, "samples": [dataclasses.asdict(s) for s in ro.samples],
             "rewards": ro.rewards, "per_func": ro.per_func, "prompts": ro.prompts, "group_size": ro.group_size,
-            "metrics": ro.metrics, "advantages": ro.advantages, "extra": ro.extra}
+            "metrics": ro.metrics, "advantages": ro.advantages, "extra": ro.extra, "failed": ro.failed}
 
 
 def rollout_from_state(state: dict[str, Any]) -> Rollout:
     """The inverse of ``rollout_state``."""
     return Rollout(state["prompt_ids"], [Sample(**s) for s in state["samples"]], state["rewards"], state["per_func"],
-                   state["prompts"], state["group_size"], state["metrics"], state["advantages"], state["extra"])
+                   state["prompts"], state["group_size"], state["metrics"], state["advantages"], state["extra"],
+                   state.get("failed"))
 
 
 def stream_seed(seed: int, stream: str, pos: int) -> int:
@@ -144,18 +155,22 @@ def sample_metrics(acc, ro: Rollout) -> dict[str, float]:
     gathered first (a mean of per-process means or stds would be wrong for unequal shards).
     Collective with several processes."""
     names = list(ro.per_func)
-    cols = [ro.rewards.float(), *(ro.per_func[k].float() for k in names),
-            torch.tensor([float(len(s.token_ids)) for s in ro.samples]),
-            torch.tensor([float(s.finish_reason == "length") for s in ro.samples])]
+    # float64: rewards up to float32's limit, whose squares the std takes
+    cols = [ro.rewards.double(), *(ro.per_func[k].double() for k in names),
+            ro.failed_mask().double(),
+            torch.tensor([float(len(s.token_ids)) for s in ro.samples], dtype=torch.float64),
+            torch.tensor([float(s.finish_reason == "length") for s in ro.samples], dtype=torch.float64)]
     table = gather_varlen(acc, torch.stack(cols, dim=1).reshape(len(ro.samples), len(cols)))
     if len(table) == 0:
         return {}
-    rewards, lengths, truncated = table[:, 0], table[:, -2], table[:, -1]
-    scored = rewards[~torch.isnan(rewards)]  # completions with no applicable term carry no score
+    rewards, failed, lengths, truncated = table[:, 0], table[:, -3], table[:, -2], table[:, -1]
+    scored = rewards[~torch.isnan(rewards)]  # completions with no applicable term, or a failed one, carry no score
     metrics = {
         "reward/mean": scored.mean().item() if len(scored) else float("nan"),
         "reward/std": scored.std().item() if len(scored) > 1 else 0.0,
         "reward/no_signal_frac": 1.0 - len(scored) / len(rewards),
+        # a reward failed: the total is unknown, the completion is left out of its group and the loss
+        "reward/unknown_frac": failed.mean().item(),
         "completion/mean_length": lengths.mean().item(),
         "completion/max_length": lengths.max().item(),
         "completion/truncated_frac": truncated.mean().item(),

@@ -1,9 +1,21 @@
-"""The reward side's health over a run: a reward that scores nothing stops the run, loudly.
+"""The reward side's health over a run: never train on nothing, and say why, loudly.
 
-A reward that raises, hangs or returns None on a completion scores it None (the runner counts
-it; rlreason/rewards/runner.py). One bad completion is noise; a reward that scores *no*
-completion for ``max_failed_reward_steps`` steps in a row means the run trains on nothing (or on
-the other rewards only): it stops with :class:`RewardFailureError`, after a checkpoint.
+Two things a reward can give instead of a score, kept apart (../shared/ARCHITECTURE.md):
+
+- **None**, on purpose: "does not apply" (a math reward on a code sample, TRL's multi-task example
+  where a task is absent from a batch). Left out of the weighted sum, never held against the reward.
+- **A failure**: it raised, hung, crashed or returned an invalid value (rlreason/rewards/runner.py).
+  The completion's total is unknown and it is not trained on.
+
+When the run stops (:class:`RewardFailureError`, after a checkpoint):
+
+- a reward that failed on every completion of a step and has **never scored a value** since the run
+  began (it never worked: a wrong column, a bug): after that first step. (Before: it stopped only
+  after ``max_failed_reward_steps`` steps, and a 2-step run exited 0 with a "final model".)
+- a reward that worked before and then scored no value, failing, for ``max_failed_reward_steps``
+  steps in a row. A step where it returned only None neither counts nor resets.
+- no completion of the step had any known total (every reward None or failed) for
+  ``max_failed_reward_steps`` steps in a row: there is nothing to train on.
 """
 
 from __future__ import annotations
@@ -14,43 +26,74 @@ import rich.markup
 
 
 class RewardFailureError(RuntimeError):
-    """A reward gave no score (failed or None) on any completion for several steps in a row:
-    the run would train on nothing, so it stops (with a checkpoint)."""
+    """The rewards give nothing to train on (a reward that never worked, one that stopped scoring,
+    or no score at all for several steps): the run stops, with a checkpoint."""
 
 
 class RewardHealth:
-    """Per reward: steps in a row with no score, completions failed over the run, latest error."""
+    """Per reward: whether it ever scored, steps in a row it failed on everything, completions
+    failed over the run, latest error; and steps in a row with no known total at all."""
 
     def __init__(self, max_failed_steps: int, log: Callable[[str], None] = print) -> None:
         self.max_failed_steps = max_failed_steps
         self.log = log
-        self.streak: dict[str, int] = {}  # reward -> steps in a row it scored no completion
+        self.streak: dict[str, int] = {}  # reward -> steps in a row it failed with no value at all
+        self.scored: dict[str, bool] = {}  # reward -> it scored a value (not None, not failed) since the run began
         self.errors: dict[str, str] = {}  # reward -> its latest failure, shown when the run stops
         self.failures_total: dict[str, int] = {}  # reward -> completions it failed on, whole run
+        self.no_signal_streak = 0  # steps in a row where no completion had a known total
+        self._why: str | None = None  # why the run must stop, set by record()
 
     def record(self, step: int, metrics: dict[str, float]) -> None:
-        """Count a step's ``rewards/<name>/none_frac`` and ``/failures`` (global, reduced over
-        processes); print the first step's failures, and any reward's first dead step."""
+        """Count a step's ``rewards/<name>/none_frac`` (no value: None or failed) and ``/failures``
+        (global, reduced over processes), and ``reward/no_signal_frac``; print the first step's
+        failures and any reward's first step without a value."""
         names = [k[len("rewards/"):-len("/none_frac")] for k in metrics
                  if k.startswith("rewards/") and k.endswith("/none_frac")]
         for name in names:
             failed = int(metrics.get(f"rewards/{name}/failures", 0))
             self.failures_total[name] = self.failures_total.get(name, 0) + failed
-            dead = metrics[f"rewards/{name}/none_frac"] >= 1.0
-            self.streak[name] = self.streak.get(name, 0) + 1 if dead else 0
-            if (dead and self.streak[name] == 1) or (failed and step == 1):
-                why = self.errors.get(name, "returned None")
-                scope = "every completion" if dead else f"{failed} completions"
-                self.log(f"[yellow]step {step}: reward {name!r} scored no value on {scope}: {rich.markup.escape(why)}")
+            valueless = metrics[f"rewards/{name}/none_frac"] >= 1.0
+            why = self.errors.get(name, "returned None")
+            if not valueless:
+                self.scored[name], self.streak[name] = True, 0
+            elif failed:  # failed, and not a single value
+                self.streak[name] = self.streak.get(name, 0) + 1
+                if not self.scored.get(name, False) and self._why is None:
+                    self._why = (f"reward {name!r} failed on every completion and has not scored a single one since "
+                                 f"the run began, so it does not work. Its error: {why}")
+                elif self.streak[name] >= self.max_failed_steps and self._why is None:
+                    self._why = (f"reward {name!r} scored no completion (every one failed) in {self.streak[name]} "
+                                 f"steps in a row. Its error: {why}")
+            if valueless or (failed and step == 1):
+                scope = "every completion" if valueless else f"{failed} completions"
+                kind = f"failed on {failed} of them" if failed else "returned None (does not apply)"
+                self.log(f"[yellow]step {step}: reward {name!r} scored no value on {scope}: {kind}"
+                         + (f": {rich.markup.escape(why)}" if failed else ""))
+        no_signal = metrics.get("reward/no_signal_frac", 0.0) >= 1.0
+        self.no_signal_streak = self.no_signal_streak + 1 if no_signal else 0
+        if self.no_signal_streak >= self.max_failed_steps and self._why is None:
+            self._why = (f"no completion had a reward (every reward returned None or failed) in "
+                         f"{self.no_signal_streak} steps in a row: there is nothing to train on")
 
-    def dead(self) -> list[str]:
-        """Rewards that scored no completion for ``max_failed_steps`` steps in a row."""
-        return [n for n, k in self.streak.items() if k >= self.max_failed_steps]
+    def dead(self) -> bool:
+        """Whether the rewards give nothing to train on: the run must stop (``failure``)."""
+        return self._why is not None
 
     def failure(self, checkpoint: object) -> RewardFailureError:
-        """The error that stops the run for the first dead reward (its checkpoint named)."""
-        name = self.dead()[0]
-        return RewardFailureError(
-            f"reward {name!r} scored no completion (every one failed or was None) in {self.streak[name]} steps in a "
-            f"row, so the run stopped rather than train on nothing (checkpoint: {checkpoint}). Its error: "
-            f"{self.errors.get(name, 'returned None')}. Fix the reward, or raise 'max_failed_reward_steps'")
+        """The error that stops the run (its checkpoint named)."""
+        return RewardFailureError(f"{self._why}. The run stopped rather than train on nothing (checkpoint: "
+                                  f"{checkpoint}). Fix the reward (or its dataset column), or raise "
+                                  f"'max_failed_reward_steps'")
+
+    def state(self) -> dict:
+        """What a checkpoint keeps (``load_state`` restores it)."""
+        return {"streak": self.streak, "failures_total": self.failures_total, "scored": self.scored,
+                "no_signal_streak": self.no_signal_streak}
+
+    def load_state(self, state: dict) -> None:
+        self.streak = dict(state.get("streak", {}))
+        self.failures_total = dict(state.get("failures_total", {}))
+        # a checkpoint from before this was kept: a reward it names had run, give it the benefit of the doubt
+        self.scored = dict(state.get("scored", dict.fromkeys(self.failures_total, True)))
+        self.no_signal_streak = int(state.get("no_signal_streak", 0))

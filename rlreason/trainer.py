@@ -5,9 +5,11 @@ One step:
    prompt's whole group is generated on one process, so group statistics are local;
    statistics over the whole batch are computed on every process's data, see below);
 2. sample ``num_generations`` completions per prompt with the rollout engine;
-3. score them with the reward functions (weighted sum; a failing reward scores None; a
-   completion with no applicable term has reward NaN: no signal, advantage 0; a reward that
-   gives nothing for ``max_failed_reward_steps`` steps in a row stops the run);
+3. score them with the reward functions (weighted sum of the values, None terms left out); a
+   completion with no applicable term, or one a reward failed on (its total is unknown), has
+   reward NaN: no signal, advantage 0, and a failed one is left out of the loss; a reward that
+   never worked, or stopped working for ``max_failed_reward_steps`` steps, stops the run
+   (rlreason/health.py);
 4. turn rewards into group-relative advantages;
 5. ``num_iterations`` optimizer steps on the clipped surrogate (+ beta * KL), each over the
    whole batch in micro-batches of ``per_device_train_batch_size`` completions (the actor,
@@ -107,6 +109,10 @@ class GRPOTrainer:
         self.prompts = PromptStream(self.train_dataset, cfg.seed, self.prompts_per_process, self.acc.process_index,
                                     self.acc.num_processes, cfg.generation_seed_per_prompt)
         self.health = RewardHealth(cfg.max_failed_reward_steps, log=self.log.print)
+        if cfg.reward_num_workers == 0:
+            self.log.print("[yellow]reward_num_workers: 0: the rewards run in the trainer's process, with no timeout "
+                           "and no memory cap; a reward that hangs, crashes the interpreter or calls os._exit ends "
+                           "the run (a worker pool, reward_num_workers >= 1, contains all three)")
         self.step = 0
         self.last_eval: dict[str, float] = {}  # the latest periodic eval, saved with checkpoints
         self.heldout_before: dict[str, Any] = {}
@@ -157,10 +163,11 @@ class GRPOTrainer:
         metrics = {"time/generation_s": t_gen, "time/scoring_s": t_score, **out.logged}
         for name in out.per_func:
             metrics[f"rewards/{name}/failures"] = float(out.failures.get(name, 0))
-        # No applicable term: NaN, left out of the group statistics (advantage 0), never a 0 score.
-        rewards = torch.where(out.applicable, out.total, torch.full_like(out.total, math.nan))
+        # No applicable term, or a reward failed (the total is unknown): NaN, left out of the group
+        # statistics (advantage 0), never a 0 score; a failed one is also left out of the loss.
+        rewards = torch.where(out.known, out.total, torch.full_like(out.total, math.nan))
         return Rollout([r["prompt_ids"] for r in rows for _ in range(G)], samples, rewards, out.per_func,
-                       prompts, G, metrics, extra=out.extra), dict(out.errors)
+                       prompts, G, metrics, extra=out.extra, failed=out.failed), dict(out.errors)
 
     def trainer_state(self, step: int | None = None) -> TrainerState:
         """What TRL passes rewards as ``trainer_state`` (they read ``global_step``, ``max_steps``), at
@@ -207,18 +214,22 @@ class GRPOTrainer:
         cfg, G = self.cfg, self.cfg.num_generations
         est, scale = cfg.advantage_estimator, self.scale_rewards
         world = self.acc.num_processes
+        # float64: rewards may reach float32's limit (3.4e38), whose squares the std takes; the
+        # advantages come out normalised (or, unscaled, within the rewards' range): float32 again
+        rewards = rewards.double()
         if self.global_advantages and world > 1:
             sizes = gather_varlen(self.acc, torch.tensor([len(rewards)])).tolist()
-            all_r = gather_varlen(self.acc, rewards.float())
+            all_r = gather_varlen(self.acc, rewards)
             if len(all_r) == 0:
-                return rewards.clone(), {"frac_zero_std_groups": float("nan")}
+                return rewards.float(), {"frac_zero_std_groups": float("nan")}
             adv, m = A.advantages(all_r, G, est, scale)
             start = sum(sizes[:self.acc.process_index])
-            return adv[start:start + len(rewards)], m
+            return adv[start:start + len(rewards)].float(), m
         if len(rewards) == 0:
-            adv, m = rewards.clone(), {"frac_zero_std_groups": float("nan")}
+            adv, m = rewards.float(), {"frac_zero_std_groups": float("nan")}
         else:
             adv, m = A.advantages(rewards, G, est, scale)
+            adv = adv.float()
         if world > 1:  # the fraction over all groups, not a mean of per-process fractions
             n_groups = len(rewards) // G
             flat = 0.0 if n_groups == 0 else m["frac_zero_std_groups"] * n_groups
@@ -371,8 +382,7 @@ class GRPOTrainer:
         state = read_state(path)
         self.step = state["step"]
         self.prompts.extra_drawn = state.get("extra_prompts_drawn", 0)
-        self.health.streak = dict(state.get("reward_health", {}).get("streak", {}))
-        self.health.failures_total = dict(state.get("reward_health", {}).get("failures_total", {}))
+        self.health.load_state(state.get("reward_health", {}))
         self.actor.nonfinite_skipped = state.get("nonfinite_skipped", 0)
         self.actor.nonfinite_streak = state.get("nonfinite_streak", 0)
         self.last_eval = state.get("metrics", {})
@@ -560,7 +570,7 @@ class GRPOTrainer:
                  # the step's metrics when a stop cut its periodic evaluation short (_evaluate_and_log)
                  "pending_row": self.pending_row,
                  # a reward's steps-in-a-row without a score survive a resume (max_failed_reward_steps)
-                 "reward_health": {"streak": self.health.streak, "failures_total": self.health.failures_total}}
+                 "reward_health": self.health.state()}
         policy = self.acc.unwrap_model(self.model)
         pending = self.overlap.checkpoint() if self.overlap is not None else None
 

@@ -266,33 +266,44 @@ def _broken_trl_reward(prompts, completions, **kw):
     return [c["content"] for c in completions]  # a bug: c is a list of messages -> TypeError
 
 
-def test_a_reward_that_scores_nothing_stops_the_run_with_its_error_and_a_checkpoint(tiny_path, tmp_path, capsys):
+def test_a_reward_that_never_worked_stops_the_run_after_its_first_step(tiny_path, tmp_path, capsys):
+    """A reward failing on every completion from the start does not work (a bug, a wrong column):
+    the run stops after step 1 with its error and a checkpoint. (Before: after
+    max_failed_reward_steps steps; a 2-step run whose only reward raised exited 0 with a final model.)"""
     from rlreason.health import RewardFailureError
 
     tr = _trainer_with(tiny_path, tmp_path, [accuracy_reward, _broken_trl_reward], max_steps=6,
                        max_failed_reward_steps=2, reward_num_workers=1)
-    with pytest.raises(RewardFailureError, match=r"_broken_trl_reward.*2 steps in a row.*TypeError"):
+    with pytest.raises(RewardFailureError, match=r"_broken_trl_reward.*not scored a single one.*TypeError"):
         tr.train()
-    assert tr.step == 2  # stopped after the second dead step, not at max_steps
-    assert (tmp_path / "run" / "checkpoints" / "step-0000002").is_dir()
+    assert tr.step == 1
+    assert (tmp_path / "run" / "checkpoints" / "step-0000001").is_dir()
     err = capsys.readouterr()
     printed = " ".join((err.out + err.err).split())  # the console wraps long lines
-    assert "step 1: reward '_broken_trl_reward' scored no value on every completion" in printed
+    assert "step 1: reward '_broken_trl_reward' scored no value on every completion: failed on 16" in printed
 
 
-def test_a_dead_rewards_streak_survives_a_resume(tiny_path, tmp_path):
-    """One dead step, checkpoint, resume: the second dead step in a row (step 2) stops the run,
-    as it would have without the stop in between (the streak is in the checkpoint)."""
+def _breaks_after_step_1(completions, trainer_state, **kw):
+    """Scores step 1, then fails on everything (a service the reward calls went down)."""
+    if trainer_state.global_step >= 1:
+        raise ConnectionError("the grading service is down")
+    return [float(i % 2) for i in range(len(completions))]
+
+
+def test_a_reward_that_stops_working_stops_the_run_after_the_streak_which_survives_a_resume(tiny_path, tmp_path):
+    """It worked at step 1, failed at step 2, checkpoint, resume: the second failed step in a row
+    (step 3) stops the run, as it would have without the stop in between (the streak and that it
+    once worked are in the checkpoint)."""
     from rlreason.health import RewardFailureError
 
     common = dict(max_failed_reward_steps=2, reward_num_workers=1, save_steps=1)
-    tr = _trainer_with(tiny_path, tmp_path, [accuracy_reward, _broken_trl_reward], max_steps=1, **common)
+    tr = _trainer_with(tiny_path, tmp_path, [_breaks_after_step_1], max_steps=2, **common)
     tr.train()
-    resumed = _trainer_with(tiny_path, tmp_path, [accuracy_reward, _broken_trl_reward], max_steps=4,
+    resumed = _trainer_with(tiny_path, tmp_path, [_breaks_after_step_1], max_steps=6,
                             resume_from_checkpoint="auto", **common)
-    with pytest.raises(RewardFailureError, match=r"2 steps in a row"):
+    with pytest.raises(RewardFailureError, match=r"_breaks_after_step_1.*2 steps in a row.*grading service is down"):
         resumed.train()
-    assert resumed.step == 2
+    assert resumed.step == 3
 
 
 def test_a_checkpoint_is_a_loadable_hugging_face_model_folder(tiny_path, tmp_path):
