@@ -116,9 +116,10 @@ def test_the_default_config_with_another_loss_type_trains_that_loss_types_clip_r
     default = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "tiny_cpu.yaml"
     cfg = parse_args(["--loss_type", loss_type], default_config=default)
     assert cfg.clip_range() == A.PRESETS[loss_type].clip  # gspo: 3e-4 / 4e-4 (before: 0.2 / 0.28)
+    assert cfg.to_dict()["scale_rewards"] == A.PRESETS[loss_type].scale_rewards  # resolved as it trains
     # and the default run is the one README's numbers were measured with: dapo, 0.2 / 0.28, group
     base = parse_args([], default_config=default)
-    assert (base.loss_type, base.clip_range(), base.scale_rewards) == ("dapo", (0.2, 0.28), None)
+    assert (base.loss_type, base.clip_range(), base.to_dict()["scale_rewards"]) == ("dapo", (0.2, 0.28), "group")
 
 
 def test_explicit_epsilon_overrides_the_preset():
