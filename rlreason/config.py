@@ -146,9 +146,11 @@ class GRPOConfig:
     weight_sync_steps: int = 1
     # Overlapped rollouts (rlreason/async_rollout.py, docs/scaling.md): step t+1's batch is generated
     # and scored on a background thread while step t's update runs, by weights at most max_staleness
-    # steps older than those it trains. The ratio's pi_old is then the trainer's current policy (the
-    # clip keeps the update near it) and the truncated importance weight min(pi_current / pi_sampler,
-    # importance_sampling_cap) corrects the lag; the cap defaults to 2.0 in this mode. Turns on
+    # steps older than those it trains. The ratio's pi_old is then pi_prox, the trainer's weights at the
+    # start of the update (the clip keeps the update near them), and the truncated importance weight
+    # min(pi_prox / pi_sampler, importance_sampling_cap), fixed per token, corrects each token's
+    # distribution for the lag but not its prefix's: the gradient bias grows with max_staleness
+    # (docs/scaling.md gives it). The cap defaults to 2.0 in this mode. Turns on
     # generation_seed_per_prompt (a batch's samples must not depend on the threads' timing).
     async_rollouts: bool = False
     max_staleness: int = 1

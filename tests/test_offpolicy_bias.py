@@ -65,3 +65,15 @@ def test_the_bias_of_a_per_token_weight_grows_with_the_lag():
     # below the cap a sequence-level weight is exact: what the per-token weight leaves is the prefixes'
     assert all(r["per_sequence"] < 1e-9 and r["capped"] == 0 for r in rows)
 
+
+def test_the_docs_say_what_the_code_does():
+    """docs/scaling.md shows the script's tables as it computes them now; no page claims the weight is
+    pi_theta / pi_sampler (it is pi_prox's, a fixed weight) or that it carries the whole correction."""
+    scaling = (ROOT / "docs" / "scaling.md").read_text()
+    assert B.tables() in scaling.split(B.BEGIN)[1].split(B.END)[0]
+    for page in ("docs/scaling.md", "docs/algorithms.md", "rlreason/config.py", "rlreason/trainer.py"):
+        text = " ".join((ROOT / page).read_text().split())
+        assert "whole correction" not in text, page
+        for claim in ("min(pi_theta / pi_sampler", "min(π_θ/π_sampler", "min(pi_current / pi_sampler"):
+            assert claim not in text, (page, claim)
+        assert "prox" in text, page
