@@ -306,11 +306,13 @@ class Actor:
                 finite = reduce_sum(self.acc, [float(finite)])[0] == self.acc.num_processes
             if finite:
                 self.optimizer.step()
+                # the schedule counts optimizer steps, as transformers' Trainer's does (not stepped when
+                # the optimizer step was skipped): stepped on a skipped update, warm-up and decay ran ahead
+                self.scheduler.step()
                 self.nonfinite_streak = 0
             else:  # a non-finite update would poison the weights: skip it and count it
                 self.nonfinite_skipped += 1
                 self.nonfinite_streak += 1
-            self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             grad_norms.append(grad_norm)
         k = cfg.num_iterations

@@ -511,12 +511,20 @@ def policy_loss(
 
         A_t   = teacher_advantages(old_logp, teacher_logp)   if teacher_logp is given, else adv
         l_t   = token_surrogate(logp, old_logp, A_t)          clip range, ratio level, dual clip
-        l_t  *= truncated_is_weight(pi_old, sampler_logp)     if is_cap (pi_old = behaviour_logp or old_logp)
         l_t  += beta * kl_estimate(logp, ref_logp)            if ref_logp is given
+        l_t  *= truncated_is_weight(pi_old, sampler_logp)     if is_cap (pi_old = behaviour_logp or old_logp)
         l_t  -= entropy_coef * entropy                        if entropy_coef > 0
         loss  = aggregate(l, mask, aggregation, denom, max_len)
 
-    The KL is after the clip and inside the aggregation (GRPO, eq. 3). ``denom`` is ``aggregate``'s:
+    The KL is after the clip and inside the aggregation (GRPO, eq. 3). The importance weight multiplies
+    the KL term too: the tokens were drawn by the sampler, and both terms are expectations over the
+    policy's tokens, so both need the weight. Without it the KL term's expected gradient is the
+    sampler's, not the policy's: with a lagging sampler (async_rollouts), by exact enumeration on a
+    one-token toy, 6.9% off at KL(sampler || policy) = 0.003 per token and 25% at 0.04, 0.0% weighted
+    (benchmarks/offpolicy_bias.py, tests/test_offpolicy_bias.py). The weight is per token: it does not
+    correct the prefix a token follows. TRL 1.16 adds the KL after the weight (unweighted). The entropy
+    bonus is left unweighted: it is a sum over the vocabulary at each position, not a function of
+    the sampled token. ``denom`` is ``aggregate``'s:
     the whole batch's count when the batch is split into micro-batches (None: this micro-batch's).
     ``behaviour_logp``: the trainer's log-probs of the distribution the sampler drew from (truncated
     as it was, top-k/top-p), pi_old of the importance weight; None: ``old_logp``.
@@ -542,20 +550,20 @@ def policy_loss(
         loss_tok, clipped = token_loss(logp, old_logp, adv, mask)
     zero = logp.new_zeros(())
     is_weight = is_capped = kl_sum = zero
-    if s.is_cap:
-        if sampler_logp is None:
-            raise ValueError("an importance sampling cap needs the sampler's log-probs (sampler_logp)")
-        pi_old = behaviour_logp if behaviour_logp is not None else old_logp
-        w = truncated_is_weight(pi_old, sampler_logp, s.is_cap)
-        loss_tok = loss_tok * w
-        is_weight = (w * mask).sum()
-        is_capped = ((w >= s.is_cap) & mask.bool()).sum()
     if ref_logp is not None:
         kl = kl_estimate(logp, ref_logp, s.kl_estimator)
         loss_tok = loss_tok + s.beta * kl
         kl_sum = (kl.detach() * mask).sum()
     elif s.beta:
         raise ValueError("beta > 0 needs the reference's log-probs (ref_logp)")
+    if s.is_cap:
+        if sampler_logp is None:
+            raise ValueError("an importance sampling cap needs the sampler's log-probs (sampler_logp)")
+        pi_old = behaviour_logp if behaviour_logp is not None else old_logp
+        w = truncated_is_weight(pi_old, sampler_logp, s.is_cap)
+        loss_tok = loss_tok * w  # the surrogate and the KL term: both are expectations under pi_old
+        is_weight = (w * mask).sum()
+        is_capped = ((w >= s.is_cap) & mask.bool()).sum()
     if s.entropy_coef > 0:
         if entropy is None:
             raise ValueError("entropy_coef > 0 needs the policy's entropy per token")

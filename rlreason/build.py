@@ -28,6 +28,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
+from rlreason import algorithms as A
 from rlreason import lock, lora, tiny
 from rlreason.checkpoint import check_output_dir, read_state, resolve_resume, truncate_jsonl
 from rlreason.config import GRPOConfig
@@ -396,6 +397,13 @@ def disable_dropout(model: torch.nn.Module) -> int:
     return on
 
 
+# A clip range at or above this on a sequence-level (GSPO) ratio gets a warning: the ratio is
+# exp(mean token log-ratio), and token ratios themselves stay within 0.2 (the learning table in
+# docs/algorithms.md: clip fraction 0.0000 at 0.2 for every token-level preset, 19% for GSPO at 3e-4 /
+# 4e-4). 0.01 is 25x GSPO's eps_high and 1/20 of the token-level default.
+SEQUENCE_CLIP_WARN = 0.01
+
+
 def setting_warnings(cfg: GRPOConfig, separate_engine: bool) -> list[str]:
     """Settings that run but likely do not compute what was meant (docs/algorithms.md, "What each
     setting really computes"); the trainer warns about each at start-up."""
@@ -404,6 +412,17 @@ def setting_warnings(cfg: GRPOConfig, separate_engine: bool) -> list[str]:
         out.append("kl_estimator k1 with beta > 0: as a loss term k1's gradient, grad log pi, has expectation 0 "
                    "under the policy's own samples, so the KL term adds noise and no pull towards the reference; "
                    "use k2 (gradient of KL(pi || ref)) or k3 (GRPO's; gradient of KL(ref || pi))")
+    level = cfg.importance_sampling_level or A.PRESETS[cfg.loss_type].ratio_level
+    low, high = cfg.clip_range()
+    if level == "sequence" and max(low, high) >= SEQUENCE_CLIP_WARN:
+        out.append(f"a sequence-level importance ratio (loss_type {cfg.loss_type}) with a token-scale clip range "
+                   f"{low}/{high}: GSPO's ratio is the geometric mean of the token ratios, far closer to 1 than "
+                   f"any one of them, so it almost never clips; its paper uses 3e-4/4e-4, the gspo preset's "
+                   f"values when neither epsilon nor epsilon_high is set")
+    if level == "sequence" and cfg.async_rollouts:
+        out.append("async_rollouts with a sequence-level importance ratio: the truncated importance weight that "
+                   "corrects the sampler's lag is per token, multiplied into the loss of a sequence-level ratio "
+                   "(docs/scaling.md)")
     if separate_engine and cfg.weight_sync_steps > 1 and (cfg.top_p < 1 or cfg.top_k > 0):
         out.append("weight_sync_steps > 1 with top_p < 1 or top_k > 0: the stale sampler's log-probs (the "
                    "behaviour policy of the ratio) are of the truncated distribution, the policy's of the full "

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import yaml
 
-from rlreason.algorithms import AdvantageEstimator, AdvantageScale, KLKind, LossType, RatioLevel, clip_range
+from rlreason.algorithms import PRESETS, AdvantageEstimator, AdvantageScale, KLKind, LossType, RatioLevel, clip_range
 from rlreason.config_compat import migrate
 from rlreason.rollout.base import WeightBackend
 
@@ -147,9 +147,11 @@ class GRPOConfig:
     weight_sync_steps: int = 1
     # Overlapped rollouts (rlreason/async_rollout.py, docs/scaling.md): step t+1's batch is generated
     # and scored on a background thread while step t's update runs, by weights at most max_staleness
-    # steps older than those it trains. The ratio's pi_old is then the trainer's current policy (the
-    # clip keeps the update near it) and the truncated importance weight min(pi_current / pi_sampler,
-    # importance_sampling_cap) corrects the lag; the cap defaults to 2.0 in this mode. Turns on
+    # steps older than those it trains. The ratio's pi_old is then pi_prox, the trainer's weights at the
+    # start of the update (the clip keeps the update near them), and the truncated importance weight
+    # min(pi_prox / pi_sampler, importance_sampling_cap), fixed per token, corrects each token's
+    # distribution for the lag but not its prefix's: the gradient bias grows with max_staleness
+    # (docs/scaling.md gives it). The cap defaults to 2.0 in this mode. Turns on
     # generation_seed_per_prompt (a batch's samples must not depend on the threads' timing).
     async_rollouts: bool = False
     max_staleness: int = 1
@@ -177,7 +179,8 @@ class GRPOConfig:
     # --- GRPO family (see rlreason/algorithms.py and docs/algorithms.md) ---
     loss_type: LossType = "dapo"  # preset: grpo | dr_grpo | dapo | bnpo | gspo
     advantage_estimator: AdvantageEstimator = "grpo"  # grpo (group baseline) | rloo | reinforce_pp
-    scale_rewards: AdvantageScale | None = None  # group | batch | none; None = the loss_type preset's choice
+    # group | batch | none; None = the loss_type preset's choice. The grpo estimator's only (refused with the others)
+    scale_rewards: AdvantageScale | None = None
     importance_sampling_level: RatioLevel | None = None  # token | sequence; None = the preset's (gspo: sequence)
     beta: float = 0.0  # KL coefficient; 0 loads no reference model
     kl_estimator: KLKind = "k3"  # k1 | k2 | k3
@@ -304,6 +307,12 @@ class GRPOConfig:
         need(math.isfinite(self.learning_rate) and self.learning_rate > 0, "learning_rate",
              f"must be a finite number > 0, got {self.learning_rate}")
         need(self.beta >= 0, "beta", f"must be >= 0, got {self.beta}")
+        # scale_rewards is the grpo estimator's choice: rloo's advantages are never scaled, reinforce_pp's
+        # always by the batch std. An explicit value with those was silently ignored.
+        need(self.scale_rewards is None or self.advantage_estimator == "grpo", "scale_rewards",
+             f"applies to advantage_estimator 'grpo' only, and advantage_estimator is "
+             f"{self.advantage_estimator!r} (rloo's advantages are never scaled, reinforce_pp's always by the "
+             f"batch std): remove scale_rewards, or use advantage_estimator 'grpo'")
         # the clip range (1 - eps, 1 + eps): eps >= 1 lets the ratio fall to 0, no clipping at all
         # (None: the loss_type preset's value)
         need(self.epsilon is None or 0 < self.epsilon < 1, "epsilon", f"must be in (0, 1), got {self.epsilon}")
@@ -387,6 +396,8 @@ class GRPOConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["epsilon"], d["epsilon_high"] = self.clip_range()  # what the run uses, not "the preset's"
+        if self.advantage_estimator == "grpo":  # likewise (the other estimators take none)
+            d["scale_rewards"] = self.scale_rewards or PRESETS[self.loss_type].scale_rewards
         return d
 
 

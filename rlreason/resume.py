@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rlreason.algorithms import PRESETS
 from rlreason.config import ConfigError, GRPOConfig
 
 # Changes nothing the checkpoint holds or the steps compute.
@@ -38,8 +39,20 @@ OPTIMIZER_KEYS = ("learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "
 def config_changes(saved: dict[str, Any], cfg: GRPOConfig) -> dict[str, tuple[Any, Any]]:
     """key -> (saved value, new value) for every key that differs, free keys left out."""
     now = cfg.to_dict()
+    saved = _resolved(saved)
     return {k: (saved.get(k), now[k]) for k in now
             if k not in FREE_KEYS and k in saved and saved[k] != now[k]}
+
+
+def _resolved(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with ``scale_rewards`` as ``GRPOConfig.to_dict`` now writes it, so a run saved before
+    is the same run: null (the preset's) resolved for the grpo estimator; none for rloo and reinforce_pp,
+    which ignored it (a value is refused now)."""
+    if saved.get("advantage_estimator", "grpo") != "grpo":
+        return {**saved, "scale_rewards": None}
+    if saved.get("scale_rewards") is None and saved.get("loss_type") in PRESETS:
+        return {**saved, "scale_rewards": PRESETS[saved["loss_type"]].scale_rewards}
+    return saved
 
 
 def check_config_changes(saved: dict[str, Any], cfg: GRPOConfig, checkpoint: str) -> dict[str, tuple[Any, Any]]:

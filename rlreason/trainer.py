@@ -34,9 +34,11 @@ while step t's update runs, on a separate engine (a copy of the policy, or a vLL
 weights sample which batch depends only on the step (``Overlap.launch_next``): the engine takes the
 policy's weights right after a batch is taken and before the next is started, when a batch
 would otherwise be sampled more than ``max_staleness`` steps behind the weights it trains. The
-update then compares the policy with its current weights (the clip) and corrects the lag with the
-truncated importance weight min(pi_theta / pi_sampler, importance_sampling_cap) (Yao et al. 2025;
-the decoupled objective of AReaL). A checkpoint holds the batch in flight, so a resume is exact.
+update then compares the policy with pi_prox, its weights at the start of the update (the clip),
+and corrects each token's distribution for the lag with the truncated importance weight
+min(pi_prox / pi_sampler, importance_sampling_cap), fixed per token (Yao et al. 2025; the decoupled
+objective of AReaL), the KL term included; not the prefixes the sampler drew (docs/scaling.md says
+what that costs per ``max_staleness``). A checkpoint holds the batch in flight, so a resume is exact.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ import pytest
 from rlreason.config import ConfigError, GRPOConfig, from_dict, parse_args, parse_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
+TINY_CPU = ROOT / "recipes" / "configs" / "tiny_cpu.yaml"
 
 
 def test_default_recipe_config_loads():
@@ -73,6 +74,32 @@ def test_validation_errors_name_keys():
     with pytest.raises(ConfigError, match="'logprob_chunk_size'"):
         GRPOConfig(logprob_chunk_size=-1)
     assert from_dict({"logprob_chunk_size": None}).logprob_chunk_size is None  # None (or 0): full logits
+
+
+def test_scale_rewards_is_refused_with_an_estimator_that_ignores_it():
+    """rloo's advantages are never scaled and reinforce_pp's always by the batch std: an explicit
+    scale_rewards was silently ignored with them. (Before: accepted, no effect.)"""
+    for est in ("rloo", "reinforce_pp"):
+        for scale in ("group", "batch", "none"):
+            with pytest.raises(ConfigError, match=rf"config key 'scale_rewards': applies to advantage_estimator "
+                                                  rf"'grpo' only, and advantage_estimator is '{est}'"):
+                GRPOConfig(advantage_estimator=est, scale_rewards=scale)
+        assert GRPOConfig(advantage_estimator=est).to_dict()["scale_rewards"] is None
+        # the default recipe config pins no scale_rewards to clash with another estimator
+        assert parse_args(["--advantage_estimator", est], default_config=TINY_CPU).advantage_estimator == est
+    assert GRPOConfig(advantage_estimator="grpo", scale_rewards="batch").scale_rewards == "batch"
+
+
+def test_the_saved_scale_rewards_is_resolved_and_older_runs_resume_as_the_same_run():
+    from rlreason.resume import config_changes
+
+    cfg = parse_args([], default_config=TINY_CPU)
+    saved = cfg.to_dict()
+    assert cfg.scale_rewards is None and saved["scale_rewards"] == "group"  # dapo's, as the run uses it
+    assert config_changes({**saved, "scale_rewards": None}, cfg) == {}  # saved before to_dict resolved it
+    assert config_changes({**saved, "scale_rewards": "batch"}, cfg) == {"scale_rewards": ("batch", "group")}
+    rloo = parse_args(["--advantage_estimator", "rloo"], default_config=TINY_CPU)
+    assert config_changes({**rloo.to_dict(), "scale_rewards": "group"}, rloo) == {}  # ignored then, refused now
 
 
 def test_overrides_forms_and_precedence(tmp_path):

@@ -28,7 +28,7 @@ CASES = ("dapo_batch", "grpo_kl", "dynamic_uneven", "async")
 WEIGHT_ATOL = 5e-6
 UPDATE_RTOL = 1e-4
 METRIC_RTOL = 1e-4
-# async_rollouts: the loss carries the truncated importance weight pi_theta / pi_sampler (the
+# async_rollouts: the loss carries the truncated importance weight pi_prox / pi_sampler (the
 # sampler's log-probs from the decode loop, the policy's from the packed passes), one more
 # rounding difference between the runs, which AdamW's first steps amplify on near-zero
 # gradients. Measured: 2 of 826k weights differ by more than 5e-6 (at most 3.4e-5), the update

@@ -53,6 +53,20 @@ def test_a_single_nonfinite_update_is_skipped_and_training_goes_on(tiny_path, tm
     assert any(not torch.equal(v, before[k]) for k, v in params(tr).items())
 
 
+def test_a_skipped_update_does_not_step_the_learning_rate_schedule(tiny_path, tmp_path):
+    """The schedule counts optimizer steps: a skipped (non-finite) update leaves the warm-up where it
+    was. (Before: the scheduler stepped anyway, so warm-up and decay ran ahead of the weights.)"""
+    torch.manual_seed(0)
+    tr = make_trainer(tiny_path, tmp_path, reward_funcs=[_varied_reward], warmup_steps=4, num_iterations=2)
+    head = tr.acc.unwrap_model(tr.model).get_output_embeddings()
+    handle = head.register_forward_hook(lambda m, i, o: o * float("nan") if m.training else o)
+    m = one_step(tr)
+    assert m["nonfinite_skipped"] == 2 and m["lr"] == 0.0  # both optimizer steps skipped: still at warm-up's 0
+    handle.remove()
+    m = one_step(tr)
+    assert m["nonfinite_skipped"] == 2 and m["lr"] == pytest.approx(2 / 4 * 1e-3)  # two real steps of four
+
+
 # ---------------------------------------------------------------------- degenerate batches
 
 

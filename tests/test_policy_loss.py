@@ -115,6 +115,15 @@ def test_kl_is_after_the_clip():
     assert loss.item() == pytest.approx(-1.2 + 0.5 * 0.5 * LOG(2.0) ** 2, abs=1e-12)
 
 
+def test_the_importance_weight_multiplies_the_kl_term_too():
+    # pi_old / pi_sampler = 1.5 (under the cap 2): the sampler drew the token, so both the surrogate
+    # and the KL are reweighted to pi_old's expectation (tests/test_offpolicy_bias.py, exactly)
+    logp = old = t([[0.0]])
+    loss, _ = run(logp, old, t([1.0]), torch.ones(1, 1), beta=0.5, kl_estimator="k2", ref_logp=t([[LOG(2.0)]]),
+                  is_cap=2.0, sampler_logp=t([[-LOG(1.5)]]))
+    assert loss.item() == pytest.approx(1.5 * (-1.0 + 0.5 * 0.5 * LOG(2.0) ** 2), abs=1e-12)
+
+
 def test_entropy_bonus_is_subtracted_and_summed():
     logp = old = torch.zeros(1, 3, dtype=F64)
     ent = t([[1.0, 2.0, 9.0]])

@@ -5,6 +5,7 @@ truncated sampling and the importance weight, a stale sampler."""
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlreason import algorithms as A
 from rlreason.build import assemble
-from rlreason.config import GRPOConfig, from_dict
+from rlreason.config import GRPOConfig, from_dict, parse_args
 from rlreason.data import arith_dataset, prepare
 from rlreason.logprobs import completion_logprobs
 from rlreason.rewards import completion_text
@@ -93,6 +94,32 @@ def test_presets_bring_their_papers_clip_range(loss_type, expected):
     saved = yaml.safe_load(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     assert (saved["epsilon"], saved["epsilon_high"]) == expected
     assert from_dict(saved).clip_range() == expected
+
+
+RECIPE_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "recipes" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPE_CONFIGS, ids=lambda p: p.name)
+def test_recipe_configs_pin_nothing_their_preset_gives(path):
+    """A config pin written for one loss_type stays when the command line picks another: with
+    tiny_cpu.yaml's dapo pins (0.2 / 0.28), --loss_type gspo trained GSPO at 0.2 / 0.28, not its
+    paper's 3e-4 / 4e-4. So no recipe config pins a clip range or reward scaling its preset gives."""
+    raw = yaml.safe_load(path.read_text())
+    preset = A.PRESETS[raw.get("loss_type", "dapo")]
+    given = {"epsilon": preset.clip[0], "epsilon_high": preset.clip[1], "scale_rewards": preset.scale_rewards,
+             "importance_sampling_level": preset.ratio_level}
+    assert [k for k, v in given.items() if raw.get(k) == v] == []
+
+
+@pytest.mark.parametrize("loss_type", list(A.PRESETS))
+def test_the_default_config_with_another_loss_type_trains_that_loss_types_clip_range(loss_type):
+    default = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "tiny_cpu.yaml"
+    cfg = parse_args(["--loss_type", loss_type], default_config=default)
+    assert cfg.clip_range() == A.PRESETS[loss_type].clip  # gspo: 3e-4 / 4e-4 (before: 0.2 / 0.28)
+    assert cfg.to_dict()["scale_rewards"] == A.PRESETS[loss_type].scale_rewards  # resolved as it trains
+    # and the default run is the one README's numbers were measured with: dapo, 0.2 / 0.28, group
+    base = parse_args([], default_config=default)
+    assert (base.loss_type, base.clip_range(), base.to_dict()["scale_rewards"]) == ("dapo", (0.2, 0.28), "group")
 
 
 def test_explicit_epsilon_overrides_the_preset():
@@ -228,6 +255,21 @@ def test_setting_warnings():
     stale_truncated = GRPOConfig(weight_sync_steps=2, top_p=0.9)
     assert any("kept mass" in w for w in setting_warnings(stale_truncated, True))
     assert setting_warnings(stale_truncated, False) == []  # the engine is the policy: never stale
+
+
+def test_a_sequence_ratio_with_a_token_scale_clip_range_gets_a_warning():
+    from rlreason.build import setting_warnings
+
+    (w,) = setting_warnings(GRPOConfig(loss_type="gspo", epsilon=0.2, epsilon_high=0.28), False)
+    assert "sequence-level importance ratio (loss_type gspo) with a token-scale clip range 0.2/0.28" in w
+    assert setting_warnings(GRPOConfig(loss_type="gspo"), False) == []  # the paper's 3e-4 / 4e-4
+    assert setting_warnings(GRPOConfig(loss_type="gspo", epsilon=1e-3), False) == []
+    assert any("token-scale" in w for w in setting_warnings(
+        GRPOConfig(loss_type="grpo", importance_sampling_level="sequence"), False))  # grpo's 0.2 / 0.2
+    assert setting_warnings(GRPOConfig(loss_type="dapo"), False) == []  # a token ratio: 0.2 / 0.28 is its scale
+    # under async_rollouts the lag's per-token weight multiplies a sequence-level ratio's loss: said once
+    (w,) = setting_warnings(GRPOConfig(loss_type="gspo", async_rollouts=True), True)
+    assert "per token" in w and "sequence-level" in w
 
 
 def test_trainer_warns_about_k1_with_a_kl_term(tiny_path, tmp_path):

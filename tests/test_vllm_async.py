@@ -75,7 +75,7 @@ def test_async_run_with_the_server_engine(tiny_path, server, tmp_path):
     rows = _rows(tmp_path / "run")
     assert [r["async/staleness"] for r in rows] == [0.0, 1.0, 1.0, 1.0]
     # step 0 sampled with the trainer's own weights (vLLM's numerics only); the later ones one update
-    # behind: the truncated weight min(pi_theta / pi_sampler, 2) is logged and stays near 1
+    # behind: the truncated weight min(pi_prox / pi_sampler, 2) is logged and stays near 1
     assert rows[0]["is_weight_mean"] == pytest.approx(1.0, abs=2e-3)
     assert all(0.5 < r["is_weight_mean"] <= 2.0 and torch.isfinite(torch.tensor(r["loss"])) for r in rows)
 

@@ -9,7 +9,8 @@ Start the server with ``rlreason-vllm-serve --model PATH`` (``main`` below). It 
   CPU servers or networks without NCCL; ``rlreason.rollout.vllm_plugin``);
 * ``--logprobs-mode processed_logprobs``: sampler log-probs after temperature/top-k/top-p, the
   distribution the tokens were drawn from (the importance-sampling correction needs those);
-* ``--generation-config vllm``: sampling exactly as requested, no model defaults mixed in.
+* ``--generation-config vllm``: no model defaults for parameters a request leaves out (every request
+  sets all of them anyway, ``NEUTRAL_SAMPLING``, so a stock server samples as asked too).
 
 ``VLLMServerEngine`` is the trainer's side, a ``RolloutEngine``: ``generate`` sends one
 ``/v1/completions`` request per prompt (token ids in, token ids and log-probs out, vLLM's ``n``
@@ -38,6 +39,15 @@ from rlreason.rollout.errors import RolloutServerError
 from rlreason.rollout.gloo_transfer import DEFAULT_BUCKET_BYTES, GlooWeightSender, HTTPClient, local_address_towards
 
 BACKENDS: tuple[WeightBackend, ...] = get_args(WeightBackend)
+# Sent in every request besides temperature, top_p and top_k: a vLLM server fills each sampling parameter
+# a request leaves out from the model's generation_config.json (vLLM's ModelConfig.get_diff_sampling_param:
+# repetition_penalty, temperature, top_k, top_p, min_p), unless it runs with --generation-config vllm, and
+# from --override-generation-config either way; newer endpoints take the penalties from there too. A stock
+# `vllm serve` of a model whose config sets, say, repetition_penalty 1.05 then sampled from another
+# distribution than the one the trainer's log-probs describe. With every parameter explicit, any server
+# samples exactly as asked.
+NEUTRAL_SAMPLING: dict[str, float] = {"min_p": 0.0, "repetition_penalty": 1.0, "presence_penalty": 0.0,
+                                      "frequency_penalty": 0.0}
 
 
 def default_backend() -> str:
@@ -124,9 +134,9 @@ class VLLMServerEngine:
     def _request(self, prompt: list[int], n: int, sampling: SamplingConfig, seed: int) -> dict[str, Any]:
         stop = self.eos_ids + [t for t in sampling.stop_token_ids if t not in self.eos_ids]
         body: dict[str, Any] = {"model": self.model_id, "prompt": list(prompt), "max_tokens": sampling.max_tokens,
-                                "stop_token_ids": stop, "logprobs": 0, "return_token_ids": True}
+                                "stop_token_ids": stop, "logprobs": 0, "return_token_ids": True, **NEUTRAL_SAMPLING}
         if sampling.greedy:  # vLLM refuses n > 1 with greedy decoding: one sample, copied below
-            body.update(n=1, temperature=0.0)
+            body.update(n=1, temperature=0.0, top_p=1.0, top_k=0)
         else:
             body.update(n=n, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or 0,
                         seed=seed)
