@@ -26,6 +26,7 @@ import os
 import re
 import resource
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -339,6 +340,41 @@ def resolve_resume(output_dir: str | Path, resume: str | None) -> Path | None:
     return path
 
 
+ABANDONED = "abandoned-"  # checkpoints/abandoned-<time>/: a dead branch, set aside by a resume from an older step
+RUN_LOGS = ("metrics.jsonl", "completions.jsonl")
+
+
+def set_aside_newer(output_dir: str | Path, step: int) -> Path | None:
+    """A resume from the checkpoint of ``step`` makes the run's checkpoints of later steps a dead
+    branch: they are moved into ``checkpoints/abandoned-<time>/`` (never resumed by ``auto``, never
+    rotated, never counted as the best), with a copy of the logs as they were and that branch's
+    final model and summary, if it had them; the resumed run's logs are then cut to ``step``
+    (``truncate_jsonl``). Otherwise ``save_total_limit`` would keep the dead branch's higher steps
+    and delete the new branch's checkpoints as they are written, and ``auto`` would go back to it.
+    One warning names them and where they went. -> that folder, or None when there were none."""
+    out = Path(output_dir)
+    newer = [c for c in checkpoint_dirs(out) if int(CKPT_RE.match(c.name).group(1)) > step]
+    if not newer:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    dest, n = out / "checkpoints" / f"{ABANDONED}{stamp}", 1
+    while dest.exists():
+        dest, n = out / "checkpoints" / f"{ABANDONED}{stamp}-{n}", n + 1
+    dest.mkdir()
+    for name in RUN_LOGS:
+        if (out / name).is_file():
+            shutil.copy2(out / name, dest / name)
+    for ckpt in newer:
+        os.replace(ckpt, dest / ckpt.name)
+    moved = [name for name in ("final_model", "summary.json") if (out / name).exists()]
+    for name in moved:
+        os.replace(out / name, dest / name)
+    logger.warning("resuming from step %d while the run has later checkpoints (%s): a dead branch, set aside in %s "
+                   "with %s; the logs continue from step %d", step, ", ".join(c.name for c in newer), dest,
+                   " and ".join(["the logs as they were", *moved]), step)
+    return dest
+
+
 def check_output_dir(output_dir: str | Path, resume: str | None, overwrite: bool, delete: bool = True) -> None:
     """Refuse to start a new run over another run's checkpoints (they would be mixed up and
     then rotated away). ``overwrite`` deletes the old run's checkpoints and logs instead (where
@@ -355,7 +391,7 @@ def check_output_dir(output_dir: str | Path, resume: str | None, overwrite: bool
     if not delete:
         return
     shutil.rmtree(out / "checkpoints")
-    for name in ("metrics.jsonl", "completions.jsonl"):
+    for name in RUN_LOGS:
         (out / name).unlink(missing_ok=True)
 
 
