@@ -19,7 +19,7 @@ from accelerate import Accelerator
 from test_async_rollouts import SMALL, _varied_reward
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlreason import checkpoint
+from rlreason import checkpoint, run
 from rlreason.build import assemble
 from rlreason.checkpoint import DiskFullError, resolve_resume, verify_checkpoint
 from rlreason.config import GRPOConfig
@@ -82,7 +82,7 @@ def _trainer(tiny_path, out: Path, **overrides) -> GRPOTrainer:
     return GRPOTrainer(cfg, assemble(cfg, model, tok, train, [_varied_reward], accelerator=Accelerator(cpu=True)))
 
 
-def test_a_full_disk_says_so_keeps_the_previous_checkpoint_and_no_half_written_folder(tiny_path, disk):
+def test_a_full_disk_says_so_keeps_the_previous_checkpoint_and_no_half_written_folder(tiny_path, disk, capsys):
     out = disk.path / "run"
     _trainer(tiny_path, out, max_steps=2).train()
     ckpts = out / "checkpoints"
@@ -97,6 +97,9 @@ def test_a_full_disk_says_so_keeps_the_previous_checkpoint_and_no_half_written_f
                               f"{ckpts / '.tmp-step-0000003'} (")
     assert f"the previous checkpoint, {previous}, is intact" in message
     assert "basic_ios" not in message and "unexpected pos" not in message
+    with pytest.raises(SystemExit) as stop, run.clean_exit():  # a recipe: that line, exit status 1
+        raise e.value
+    assert stop.value.code == 1 and capsys.readouterr().err.endswith(f"error: {message}\n")
     assert sorted(p.name for p in ckpts.iterdir()) == ["step-0000001", "step-0000002"]  # no .tmp-step-*
     checkpoint._VERIFIED.clear()  # hash it again
     verify_checkpoint(previous)
