@@ -213,7 +213,7 @@ def _disk_full(exc: BaseException, folder: Path) -> tuple[int, str] | None:
             return code, os.strerror(code)
         e = e.__cause__ or e.__context__
     where = next((p for p in (folder, *folder.parents) if p.exists()), None)
-    if where is not None:
+    with contextlib.suppress(OSError):
         st = os.statvfs(where)
         free = st.f_bavail * st.f_frsize
         if free < FULL_BELOW:
