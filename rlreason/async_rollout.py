@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import pickle
 import threading
 import time
 from collections.abc import Callable
@@ -34,7 +35,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
-from rlreason.experience import Rollout, rollout_from_state, rollout_state
+from rlreason.checkpoint import CorruptCheckpointError
+from rlreason.experience import Rollout, plain, rollout_from_state, rollout_state
 
 PENDING_ROLLOUT = "pending_rollout.pt"  # a checkpoint's batch in flight
 Job = Callable[[], tuple[Rollout, dict[str, str]]]  # generate and score one batch: -> (rollout, reward errors)
@@ -225,15 +227,25 @@ class Overlap:
         nothing is generated). Collective with several processes."""
         batch = self.thread.finish()
         # every process calls the gather, also one that (impossibly) has no batch: never a hang
-        shard = None if batch is None else {"rollout": rollout_state(batch.result[0]), "errors": batch.result[1]}
+        shard = None if batch is None else {"rollout": rollout_state(batch.result[0]), "errors": plain(batch.result[1])}
         shards = [shard] if self.acc.num_processes == 1 else gather_object([shard])
         if batch is None:
             return None
         return {"step": batch.step, "version": batch.version, "shards": shards}
 
     def restore(self, path: Path) -> None:
-        """Put a checkpoint's batch in flight (this process's shard) back for the next ``take``."""
-        saved = torch.load(path, weights_only=False)  # our own file, verified against the manifest
+        """Put a checkpoint's batch in flight (this process's shard) back for the next ``take``. The
+        file holds tensors and plain data only (``checkpoint``), so it is loaded as such
+        (``weights_only``): a file that carries anything else, whatever its checksum says, is refused
+        before any of it runs."""
+        try:
+            saved = torch.load(path, weights_only=True)
+        except pickle.UnpicklingError as e:
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+            reason = next((line for line in lines if "GLOBAL" in line or "nsupported" in line), lines[-1])
+            raise CorruptCheckpointError(
+                f"{path} holds objects other than tensors and plain data, which loading could run as code: "
+                f"refused ({reason}). rlreason never writes such a file: resume from a checkpoint you trust") from e
         if len(saved["shards"]) != self.acc.num_processes:
             raise ValueError(f"{path} holds the batch in flight of {len(saved['shards'])} processes; resume "
                              f"async_rollouts with as many (this run has {self.acc.num_processes})")

@@ -30,7 +30,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
 from rlreason import algorithms as A
 from rlreason import lock, lora, tiny
-from rlreason.checkpoint import check_output_dir, read_state, resolve_resume, truncate_jsonl
+from rlreason.checkpoint import (
+    RUN_LOGS,
+    check_output_dir,
+    read_state,
+    resolve_resume,
+    set_aside_newer,
+    truncate_jsonl,
+)
 from rlreason.config import GRPOConfig
 from rlreason.data import INTERNAL_COLUMNS, arith_dataset, check_golds, filter_rows, load_dataset_any, prepare
 from rlreason.distill import check_same_tokenizer
@@ -134,8 +141,9 @@ def make_accelerator(cfg: GRPOConfig) -> Accelerator:
 def open_run_dir(cfg: GRPOConfig, acc: Accelerator) -> RunDir:
     """Check the output folder before anything is loaded or written: another run's checkpoints
     there are refused (or, with ``overwrite_output_dir``, deleted); a resume's checkpoint is
-    verified and the settings it may not change are compared; what a dead run logged after its
-    last checkpoint is dropped; the resolved config is written."""
+    verified and the settings it may not change are compared; later checkpoints than the resumed
+    one are set aside as a dead branch (``set_aside_newer``); what was logged after the resumed
+    checkpoint is dropped; the resolved config is written."""
     out = Path(cfg.output_dir)
     check_output_dir(out, cfg.resume_from_checkpoint, cfg.overwrite_output_dir, delete=acc.is_main_process)
     run_dir = RunDir(out, resolve_resume(out, cfg.resume_from_checkpoint))
@@ -147,7 +155,9 @@ def open_run_dir(cfg: GRPOConfig, acc: Accelerator) -> RunDir:
         out.mkdir(parents=True, exist_ok=True)
         if cfg.resume_from_checkpoint:  # with "auto" and no checkpoint yet a fresh start: what the dead run logged goes
             done = read_state(run_dir.resume)["step"] if run_dir.resume is not None else -1
-            for name in ("metrics.jsonl", "completions.jsonl"):
+            if run_dir.resume is not None:  # later checkpoints (an older one named, or damaged ones): a dead branch
+                set_aside_newer(out, done)
+            for name in RUN_LOGS:
                 truncate_jsonl(out / name, done)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     acc.wait_for_everyone()

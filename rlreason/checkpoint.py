@@ -18,13 +18,16 @@ verification per process.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
 import re
+import resource
 import shutil
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,19 @@ logger = logging.getLogger("rlreason.checkpoint")
 
 class CorruptCheckpointError(ValueError):
     """A checkpoint whose files do not match its manifest (or that has none); names the file."""
+
+
+class DiskFullError(OSError):
+    """A checkpoint or the final model could not be written for want of space (ENOSPC, a quota) or
+    because a file reached the size limit (EFBIG, ``ulimit -f``). What was half written is removed;
+    the message names the folder and what is intact."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+# Left on a filesystem after a write failed on it, when the disk is full: a failed write fills what is left.
+FULL_BELOW = 1 << 20
 # accelerate warns on every save that tied weights (lm_head = embed_tokens) were de-duplicated;
 # that is how safetensors stores tied weights, and the reload is tested, so keep the log clean.
 logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
@@ -126,30 +142,89 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict[
                     extra: Callable[[Path], None] | None = None) -> Path:
     """Save a full training state for ``step``; keep the newest ``keep`` checkpoints (and the
     best by ``state["metrics"][best_metric]`` when a metric is named). ``extra(folder)`` writes
-    more files into the checkpoint on the main process, before it is made visible."""
+    more files into the checkpoint on the main process, before it is made visible. A full disk is
+    a ``DiskFullError`` naming the folder; the half-written one is removed, the others untouched."""
     root = Path(output_dir) / "checkpoints"
     final = root / f"step-{step:07d}"
     tmp = root / f".tmp-step-{step:07d}"
+    ckpts = checkpoint_dirs(output_dir)
+    intact = (f"the previous checkpoint, {ckpts[-1]}, is intact: free space, then resume with "
+              f"--resume_from_checkpoint auto" if ckpts else "no checkpoint was written before this one")
+    with _written_or_removed(tmp, f"checkpoint {final.name}", intact):
+        if accelerator.is_main_process:
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            if extra is not None:
+                extra(tmp)
+            (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state}, indent=2))
+            write_manifest(tmp)  # last: a checkpoint without one was not finished
     if accelerator.is_main_process:
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if extra is not None:
-            extra(tmp)
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state}, indent=2))
-        write_manifest(tmp)  # last: a checkpoint without one was not finished
-        old = root / f".old-step-{step:07d}"
-        if final.exists():  # the same step again (a resumed run's end): never a moment without it
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-        os.replace(tmp, final)  # atomic on one filesystem: the checkpoint appears complete or not at all
-        shutil.rmtree(old, ignore_errors=True)
+        _move_into_place(tmp, final)
         _rotate(output_dir, keep, best_metric, greater_is_better)
     accelerator.wait_for_everyone()
     return final
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
+    """Rename the complete folder ``tmp`` to ``final``: atomic on one filesystem, so it appears
+    complete or not at all. A ``final`` already there (the same step again: a resumed run's end)
+    is replaced with never a moment without one."""
+    old = final.with_name(f".old-{final.name}")
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _written_or_removed(tmp: Path, what: str, intact: str) -> Iterator[None]:
+    """Write ``what`` into the folder ``tmp``: if that fails, ``tmp`` is removed (nothing half written
+    stays) and a full disk is a ``DiskFullError`` naming the folder, then ``intact`` (what is left)."""
+    try:
+        yield
+    except BaseException as e:
+        full = _disk_full(e, tmp) if isinstance(e, Exception) else None
+        shutil.rmtree(tmp, ignore_errors=True)
+        if full is None:
+            raise
+        code, reason = full
+        raise DiskFullError(code, f"disk full: {what} could not be written to {tmp} ({reason}); the half-written "
+                                  f"folder is removed; {intact}", str(tmp)) from e
+
+
+def _disk_full(exc: BaseException, folder: Path) -> tuple[int, str] | None:
+    """(errno, why) when writing into ``folder`` failed for want of space; None for any other failure.
+    torch reports a full disk in its own words ("basic_ios::clear: iostream error", "unexpected pos
+    1495168 vs 1495060"), without an errno, so the filesystem is asked too (before the half-written
+    files are removed): nearly no space left, or a file of the folder at the file-size limit.
+    safetensors names the errno in its text ("I/O error: No space left on device (os error 28)")."""
+    e: BaseException | None = exc
+    for _ in range(10):  # the errno of an OSError in the chain of causes, or in a Rust error's text (safetensors)
+        if e is None:
+            break
+        code = e.errno if isinstance(e, OSError) else next(
+            (int(n) for n in re.findall(r"\(os error (\d+)\)", str(e))), None)
+        if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            return code, os.strerror(code)
+        e = e.__cause__ or e.__context__
+    where = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    with contextlib.suppress(OSError):
+        st = os.statvfs(where)
+        free = st.f_bavail * st.f_frsize
+        if free < FULL_BELOW:
+            return errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: {free} bytes free on the filesystem of {where}"
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and folder.is_dir():
+        big = next((p for p in folder.rglob("*") if p.is_file() and p.stat().st_size >= limit), None)
+        if big is not None:
+            return errno.EFBIG, (f"{os.strerror(errno.EFBIG)}: {big.name} reached the file-size limit of "
+                                 f"{limit} bytes (ulimit -f)")
+    return None
 
 
 def _rotate(output_dir: str | Path, keep: int, best_metric: str | None, greater_is_better: bool) -> None:
@@ -265,6 +340,41 @@ def resolve_resume(output_dir: str | Path, resume: str | None) -> Path | None:
     return path
 
 
+ABANDONED = "abandoned-"  # checkpoints/abandoned-<time>/: a dead branch, set aside by a resume from an older step
+RUN_LOGS = ("metrics.jsonl", "completions.jsonl")
+
+
+def set_aside_newer(output_dir: str | Path, step: int) -> Path | None:
+    """A resume from the checkpoint of ``step`` makes the run's checkpoints of later steps a dead
+    branch: they are moved into ``checkpoints/abandoned-<time>/`` (never resumed by ``auto``, never
+    rotated, never counted as the best), with a copy of the logs as they were and that branch's
+    final model and summary, if it had them; the resumed run's logs are then cut to ``step``
+    (``truncate_jsonl``). Otherwise ``save_total_limit`` would keep the dead branch's higher steps
+    and delete the new branch's checkpoints as they are written, and ``auto`` would go back to it.
+    One warning names them and where they went. -> that folder, or None when there were none."""
+    out = Path(output_dir)
+    newer = [c for c in checkpoint_dirs(out) if int(CKPT_RE.match(c.name).group(1)) > step]
+    if not newer:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    dest, n = out / "checkpoints" / f"{ABANDONED}{stamp}", 1
+    while dest.exists():
+        dest, n = out / "checkpoints" / f"{ABANDONED}{stamp}-{n}", n + 1
+    dest.mkdir()
+    for name in RUN_LOGS:
+        if (out / name).is_file():
+            shutil.copy2(out / name, dest / name)
+    for ckpt in newer:
+        os.replace(ckpt, dest / ckpt.name)
+    moved = [name for name in ("final_model", "summary.json") if (out / name).exists()]
+    for name in moved:
+        os.replace(out / name, dest / name)
+    logger.warning("resuming from step %d while the run has later checkpoints (%s): a dead branch, set aside in %s "
+                   "with %s; the logs continue from step %d", step, ", ".join(c.name for c in newer), dest,
+                   " and ".join(["the logs as they were", *moved]), step)
+    return dest
+
+
 def check_output_dir(output_dir: str | Path, resume: str | None, overwrite: bool, delete: bool = True) -> None:
     """Refuse to start a new run over another run's checkpoints (they would be mixed up and
     then rotated away). ``overwrite`` deletes the old run's checkpoints and logs instead (where
@@ -281,7 +391,7 @@ def check_output_dir(output_dir: str | Path, resume: str | None, overwrite: bool
     if not delete:
         return
     shutil.rmtree(out / "checkpoints")
-    for name in ("metrics.jsonl", "completions.jsonl"):
+    for name in RUN_LOGS:
         (out / name).unlink(missing_ok=True)
 
 
@@ -322,26 +432,28 @@ def truncate_jsonl(path: str | Path, max_step: int) -> None:
     os.replace(tmp, path)
 
 
-def save_model(accelerator, model, tokenizer, out_dir: str | Path) -> Path:
+def save_model(accelerator, model, tokenizer, out_dir: str | Path, intact: str = "") -> Path:
     """The policy in Hugging Face format (safetensors), loadable with from_pretrained; with LoRA
-    the merged weights (a plain model), and the adapter itself in ``out_dir/adapter``."""
+    the merged weights (a plain model), and the adapter itself in ``out_dir/adapter``. Written to
+    ``.tmp-<name>`` beside ``out_dir`` and renamed into place: ``out_dir`` is complete or absent. A
+    full disk is a ``DiskFullError`` naming the folder, then ``intact`` (where the weights still are)."""
     from rlreason.lora import is_peft_model, save_merged
 
     out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f".tmp-{out_dir.name}")
     unwrapped = accelerator.unwrap_model(model)
-    if is_peft_model(unwrapped):
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            save_merged(unwrapped, tokenizer, out_dir)
-            unwrapped.save_pretrained(out_dir / "adapter", safe_serialization=True)
-        accelerator.wait_for_everyone()
-        return out_dir
     accelerator.wait_for_everyone()
-    unwrapped = accelerator.unwrap_model(model)
-    state = accelerator.get_state_dict(model)  # gathers shards under ZeRO-3 / FSDP
+    state = None if is_peft_model(unwrapped) else accelerator.get_state_dict(model)  # gathers ZeRO-3 / FSDP shards
     if accelerator.is_main_process:
-        unwrapped.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
-        tokenizer.save_pretrained(out_dir)
+        shutil.rmtree(tmp, ignore_errors=True)
+        with _written_or_removed(tmp, f"the final model {out_dir.name}", intact or f"nothing was written to {out_dir}"):
+            if state is None:
+                save_merged(unwrapped, tokenizer, tmp)
+                unwrapped.save_pretrained(tmp / "adapter", safe_serialization=True)
+            else:
+                unwrapped.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+                tokenizer.save_pretrained(tmp)
+        _move_into_place(tmp, out_dir)
     accelerator.wait_for_everyone()
     return out_dir
 

@@ -78,10 +78,36 @@ class Rollout:
 
 def rollout_state(ro: Rollout) -> dict[str, Any]:
     """``ro`` as plain containers and tensors (a checkpoint's in-flight batch, ``async_rollouts``):
-    every field, exactly (floats as they are, not through text)."""
-    return {"prompt_ids": ro.prompt_ids, "samples": [dataclasses.asdict(s) for s in ro.samples],
-            "rewards": ro.rewards, "per_func": ro.per_func, "prompts": ro.prompts, "group_size": ro.group_size,
-            "metrics": ro.metrics, "advantages": ro.advantages, "extra": ro.extra, "failed": ro.failed}
+    every field, exactly (floats as they are, not through text), loadable with
+    ``torch.load(weights_only=True)`` (``plain``)."""
+    return plain({"prompt_ids": ro.prompt_ids, "samples": [dataclasses.asdict(s) for s in ro.samples],
+                  "rewards": ro.rewards, "per_func": ro.per_func, "prompts": ro.prompts, "group_size": ro.group_size,
+                  "metrics": ro.metrics, "advantages": ro.advantages, "extra": ro.extra, "failed": ro.failed})
+
+
+_PLAIN = (type(None), bool, int, float, str, bytes)
+
+
+def plain(x: Any) -> Any:
+    """``x`` as what ``torch.load(weights_only=True)`` loads: tensors, numbers, strings, None, and
+    dicts, lists and tuples of them. What a reward may put in its logged columns or metrics beyond
+    that becomes its plain equivalent: a numpy number its Python number (the same value), a numpy
+    array a list, a subclass of a number or string (an enum, numpy's float64) its base type; any
+    other object its ``str`` (it is only ever logged, and the log writes JSON)."""
+    if type(x) in _PLAIN:
+        return x
+    if isinstance(x, torch.Tensor):
+        return x.detach() if type(x) is not torch.Tensor else x
+    if isinstance(x, dict):
+        return {plain(k): plain(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return type(x)(plain(v) for v in x) if type(x) in (list, tuple) else [plain(v) for v in x]
+    if hasattr(x, "dtype") and hasattr(x, "tolist"):  # a numpy number or array: its Python value(s)
+        return x.tolist()
+    for base in (bool, int, float, str, bytes):
+        if isinstance(x, base):
+            return base(x)
+    return str(x)
 
 
 def rollout_from_state(state: dict[str, Any]) -> Rollout:

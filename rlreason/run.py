@@ -24,6 +24,7 @@ import torch
 
 from rlreason import lock, stopping
 from rlreason.build import build, close_engine
+from rlreason.checkpoint import DiskFullError
 from rlreason.config import ConfigError, DistillConfig, GRPOConfig
 from rlreason.health import RewardFailureError
 from rlreason.host import exit_with_launcher
@@ -34,7 +35,7 @@ from rlreason.trainer import GRPOTrainer
 # (RLREASON_TRACEBACK=1 shows it). Always for these; for the errors of building the run's parts
 # (a path, a column, a value: ValueError, OSError, ImportError) until training starts: after
 # that an unexpected error keeps its traceback (it is a bug to report, not a setting).
-CLEAN_ERRORS = (ConfigError, RewardSpecError, RewardFailureError, FloatingPointError)
+CLEAN_ERRORS = (ConfigError, RewardSpecError, RewardFailureError, FloatingPointError, DiskFullError)
 STARTUP_ERRORS = (ValueError, OSError, ImportError)
 _training = {"started": False}
 

@@ -592,5 +592,9 @@ class GRPOTrainer:
         return path
 
     def save_final(self, out_dir: str | Path) -> Path:
-        """The trained policy as a plain Hugging Face model (rlreason.checkpoint.save_model)."""
-        return save_model(self.acc, self.model, self.tokenizer, out_dir)
+        """The trained policy as a plain Hugging Face model (rlreason.checkpoint.save_model), written
+        whole or not at all; a full disk names the checkpoint that holds the same weights."""
+        ckpt = Path(self.cfg.output_dir) / "checkpoints" / f"step-{self.step:07d}"
+        intact = (f"the trained weights are in checkpoint {ckpt}: free space, then --resume_from_checkpoint auto "
+                  f"writes the final model" if self._saved_step == self.step and ckpt.is_dir() else "")
+        return save_model(self.acc, self.model, self.tokenizer, out_dir, intact=intact)

@@ -7,22 +7,29 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import io
 import json
+import os
+import re
 import threading
 import time
+from enum import StrEnum
+from pathlib import Path
 
 import datasets
+import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlreason.async_rollout import Batch, Overlap, RolloutThread
+from rlreason.async_rollout import PENDING_ROLLOUT, Batch, Overlap, RolloutThread
 from rlreason.build import assemble, close_engine
+from rlreason.checkpoint import CorruptCheckpointError, write_manifest
 from rlreason.config import ASYNC_IS_CAP, ConfigError, GRPOConfig
 from rlreason.data import arith_dataset, prepare
 from rlreason.eval.suites import arith_suite
-from rlreason.experience import rollout_from_state, rollout_state
+from rlreason.experience import plain, rollout_from_state, rollout_state
 from rlreason.rewards import accuracy_reward, completion_text
 from rlreason.rollout.hf import HFEngine
 from rlreason.rollout.hf_process import ProcessHFEngine
@@ -190,6 +197,49 @@ def test_rollout_state_round_trip(tiny_path, tmp_path):
     assert back.metrics == ro.metrics and back.extra == ro.extra
     assert all(torch.equal(back.per_func[k], v) for k, v in ro.per_func.items())
     tr.close()
+
+
+class _RunsCode:
+    """Unpickled, it runs a shell command: what a doctored checkpoint file carries."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_pending_rollout_that_carries_code_is_refused_naming_the_file(tiny_path, tmp_path):
+    """pending_rollout.pt (the batch in flight) is loaded as tensors and plain data (weights_only): a
+    checkpoint's file doctored to run a command when unpickled, re-hashed into the manifest so that it
+    passes verification, is refused with an error naming it, and the command never runs. What the
+    trainer writes loads so, numpy values a reward logged included."""
+    tr = make(tiny_path, tmp_path, max_steps=2, save_steps=1)
+    tr.train()
+    ckpt = tmp_path / "run" / "checkpoints" / "step-0000001"
+    pending = ckpt / PENDING_ROLLOUT
+    saved = torch.load(pending, weights_only=True)
+    assert saved["step"] == 1
+    batch = {"metrics": {"m": np.float64(0.5), "n": np.int64(3)}, "extra": {"col": [np.float32(1.5), np.arange(2)]},
+             "errors": (StrEnum("E", ["boom"]).boom, Path("/x"))}
+    back = torch.load(io.BytesIO(_saved(plain(batch))), weights_only=True)
+    assert back == {"metrics": {"m": 0.5, "n": 3}, "extra": {"col": [1.5, [0, 1]]}, "errors": ("boom", "/x")}
+    assert type(back["metrics"]["m"]) is float and type(back["errors"][0]) is str
+    marker = tmp_path / "the-command-ran"
+    saved["shards"][0]["errors"]["doctored"] = _RunsCode(marker)
+    torch.save(saved, pending)
+    write_manifest(ckpt)
+    resumed = make(tiny_path, tmp_path, max_steps=2, save_steps=1, resume_from_checkpoint=str(ckpt))
+    with pytest.raises(CorruptCheckpointError, match=re.escape(str(pending))) as e:
+        resumed.train()
+    assert "posix.system" in str(e.value) and "refused" in str(e.value)
+    assert not marker.exists()
+
+
+def _saved(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
 
 
 @dataclasses.dataclass

@@ -102,7 +102,7 @@ def _assert_same_checkpoint(a: Path, b: Path) -> None:
     sa.pop("config"), sb.pop("config")  # save_steps differs between the runs
     assert sa == sb
     if (a / "pending_rollout.pt").exists() or (b / "pending_rollout.pt").exists():
-        pa, pb = (torch.load(c / "pending_rollout.pt", weights_only=False) for c in (a, b))
+        pa, pb = (torch.load(c / "pending_rollout.pt", weights_only=True) for c in (a, b))
         assert _untimed(pa) == _untimed(pb)
 
 
