@@ -255,10 +255,31 @@ def _file_digest(path: Path) -> str:
 
 def _file_digests(paths: list[Path]) -> list[str]:
     """SHA-256 of each file, several files at once: hashlib releases the GIL while it hashes, so the
-    weights and the optimizer state (the two big files) are hashed on two cores. Measured on the
-    0.5B-shaped model's checkpoint (1.4 + 2.9 GB, benchmarks/stop_latency.py): see docs/reliability.md."""
+    weights and the optimizer state (the two big files) are hashed on two cores. Files of the
+    0.5B-shaped model's checkpoint sizes (1.4 and 2.8 GB, in the page cache), 2 cores: 2.9 s one after
+    the other, 1.9 s at once (``python -c "from rlreason.checkpoint import _benchmark_digests as b; b()"``)."""
     with ThreadPoolExecutor(max_workers=max(1, min(len(paths), os.cpu_count() or 1, 8))) as pool:
         return list(pool.map(_file_digest, paths))
+
+
+def _benchmark_digests(sizes_mb: tuple[int, ...] = (1400, 2800)) -> None:
+    """Print the time to hash files of ``sizes_mb`` one after the other and with ``_file_digests``."""
+    import tempfile
+    import time
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = [Path(tmp) / f"f{i}" for i in range(len(sizes_mb))]
+        for path, mb in zip(paths, sizes_mb, strict=True):
+            with open(path, "wb") as f:
+                for _ in range(mb):
+                    f.write(os.urandom(1 << 20))
+        t0 = time.perf_counter()
+        for path in paths:
+            _file_digest(path)
+        t1 = time.perf_counter()
+        _file_digests(paths)
+        t2 = time.perf_counter()
+    print(f"{'+'.join(map(str, sizes_mb))} MB: one after the other {t1 - t0:.2f} s, at once {t2 - t1:.2f} s")
 
 
 def write_manifest(ckpt: Path) -> None:
