@@ -212,7 +212,7 @@ class GlooWeightSender:
     def send(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         named = [(n, t.detach()) for n, t in named_tensors]
         metas = [TensorMeta(n, str(t.dtype).removeprefix("torch."), tuple(t.shape)) for n, t in named]
-        self.client.post("start_weight_update")
+        self._start_update()
         with ThreadPoolExecutor(max_workers=1) as pool:
             # The workers receive inside this request, so it runs while we broadcast.
             fut = pool.submit(self.client.post, "update_weights",
@@ -225,6 +225,22 @@ class GlooWeightSender:
             finally:
                 fut.result()
         self.client.post("finish_weight_update")
+
+    def _start_update(self) -> None:
+        """``start_weight_update``. A trainer killed between its start and its finish leaves the update
+        open, and vLLM's workers then refuse every new one ("already active"), so the next trainer
+        could never sync: it finishes the stale update first (vLLM puts back the weights of the layers
+        that received none, tests/test_vllm_async.py) and starts its own, whose full push replaces
+        them all."""
+        try:
+            self.client.post("start_weight_update")
+        except RolloutServerError as e:
+            if "already active" not in e.message:
+                raise
+            logger.warning("vLLM server %s: a weight update left open by an earlier trainer; finishing it before "
+                           "this one's full update", self.client.base_url)
+            self.client.post("finish_weight_update")
+            self.client.post("start_weight_update")
 
     def close(self) -> None:
         with contextlib.suppress(OSError, RuntimeError):  # the server may be gone; the group dies with us anyway
