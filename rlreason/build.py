@@ -12,6 +12,7 @@ around a given policy. ``rlreason.trainer.GRPOTrainer`` receives the result and 
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import math
 import warnings
@@ -31,7 +32,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 from rlreason import lock, lora, tiny
 from rlreason.checkpoint import check_output_dir, read_state, resolve_resume, truncate_jsonl
 from rlreason.config import GRPOConfig
-from rlreason.data import INTERNAL_COLUMNS, arith_dataset, check_golds, filter_rows, load_dataset_any, prepare
+from rlreason.data import (
+    INTERNAL_COLUMNS,
+    arith_dataset,
+    check_golds,
+    kept_rows,
+    load_dataset_any,
+    prepare,
+    rename_columns,
+)
 from rlreason.distill import check_same_tokenizer
 from rlreason.eval.core import heldout_scorer
 from rlreason.eval.core import suite_scorer as _suite_scorer
@@ -40,7 +49,8 @@ from rlreason.host import capped_threads
 from rlreason.logprobs import enable_gradient_checkpointing
 from rlreason.optim import optimizer_class, optimizer_kwargs
 from rlreason.resume import change_record, check_config_changes
-from rlreason.rewards import accuracy_reward, build_rewards, format_reward, parse_gold
+from rlreason.rewards import accuracy_reward, build_rewards, format_reward, parse_gold, reward_name
+from rlreason.rewards.math import AccuracyReward
 from rlreason.rewards.runner import RewardRunner
 from rlreason.rollout.base import RolloutEngine
 from rlreason.rollout.hf import HFEngine
@@ -234,20 +244,57 @@ def build_engine(cfg: GRPOConfig, model: torch.nn.Module, tokenizer: Any, acc: A
 
 def load_data(cfg: GRPOConfig, tokenizer: Any) -> tuple[datasets.Dataset, list[dict]]:
     """(training prompts, held-out rows): rendered and tokenized (rlreason.data.prepare). The
-    embedded arithmetic task brings its own held-out problems; other datasets have none."""
-    common = dict(prompt_column=cfg.prompt_column, column_map=cfg.column_map, tokenizer=tokenizer,
-                  use_chat_template=cfg.use_chat_template, template=cfg.prompt_template,
-                  system_prompt=cfg.system_prompt, max_prompt_length=cfg.max_prompt_length)
+    embedded arithmetic task brings its own held-out problems; other datasets have none.
+
+    A dataset's rows (those dataset_filter keeps) are checked first, each bad one named by its row
+    in the file: every gold of the built-in accuracy reward, read by the reward's own parser
+    (``check_golds``)."""
+    common = dict(prompt_column=cfg.prompt_column, tokenizer=tokenizer, use_chat_template=cfg.use_chat_template,
+                  template=cfg.prompt_template, system_prompt=cfg.system_prompt,
+                  max_prompt_length=cfg.max_prompt_length)
     if cfg.dataset_name != "arith":
         raw = load_dataset_any(cfg.dataset_name, cfg.dataset_split, name=cfg.dataset_config)
-        return prepare(filter_rows(raw, cfg.dataset_filter), answer_column=None, **common), []
+        rows = kept_rows(raw, cfg.dataset_filter)  # the file's row of each row kept
+        data = rename_columns(raw.select(rows) if len(rows) < len(raw) else raw, cfg.column_map)
+        source = dataset_source(cfg)
+        for reward in accuracy_rewards(cfg):
+            column = reward.gold_from(data.column_names)  # none: dataset_rewards names the missing column
+            if column is not None:
+                check_golds(data, column, reward.read_gold, source=source, rows=rows,
+                            max_bad=cfg.max_bad_gold_fraction, reward=f"reward {reward_name(reward)!r}")
+        return prepare(data, answer_column=None, **common), []
     try:
         difficulty = Difficulty(**cfg.arith_difficulty)
     except TypeError as e:
         raise ValueError(f"config key 'arith_difficulty': {e}") from e
+    common["column_map"] = cfg.column_map
     train = prepare(arith_dataset(cfg.arith_train_size, cfg.seed, "train", difficulty), **common)
     n_eval = max(cfg.final_eval_size, cfg.eval_size)
     return train, list(prepare(datasets.Dataset.from_list(arith_suite(n_eval, difficulty)), **common))
+
+
+def dataset_source(cfg: GRPOConfig) -> str:
+    """How errors name the configured dataset: "data file 'x.jsonl'", or "dataset 'org/name' (split ...)"."""
+    if Path(cfg.dataset_name).expanduser().is_file():
+        return f"data file {cfg.dataset_name!r}"
+    return f"dataset {cfg.dataset_name!r} (split {cfg.dataset_split!r})"
+
+
+def accuracy_rewards(cfg: GRPOConfig) -> list[AccuracyReward]:
+    """The built-in accuracy rewards among ``reward_funcs`` (named, or configured with kwargs such
+    as gold_column), as configured. Entries naming a file of the user's are not built here (that
+    would run the file once more): their golds are checked as any reward's (``dataset_rewards``)."""
+    out = []
+    for entry in cfg.reward_funcs:
+        spec = entry.get("name") if isinstance(entry, dict) else entry
+        if not isinstance(spec, str) or (":" in spec and any(c in spec.rsplit(":", 1)[0] for c in ("/", "\\", ".py"))):
+            continue
+        (fn,), _ = build_rewards([entry])
+        while isinstance(fn, functools.partial):  # a chunk_size entry
+            fn = fn.func
+        if isinstance(fn, AccuracyReward):
+            out.append(fn)
+    return out
 
 
 def dataset_rewards(cfg: GRPOConfig, train: datasets.Dataset) -> tuple[list[Callable], list[float]]:
@@ -256,7 +303,7 @@ def dataset_rewards(cfg: GRPOConfig, train: datasets.Dataset) -> tuple[list[Call
     columns = set(train.column_names) - {cfg.prompt_column, *INTERNAL_COLUMNS} | {"completion_ids"}
     funcs, weights = build_rewards(cfg.reward_funcs, cfg.reward_weights, columns=columns)
     if any(_takes(fn, "answer") for fn in funcs):  # a gold column that is all blank trains on nothing
-        check_golds(train, "answer", parse=parse_gold)
+        check_golds(train, "answer", parse=parse_gold, source=dataset_source(cfg))
     return funcs, weights
 
 

@@ -107,6 +107,10 @@ class GRPOConfig:
     # (the default then is TRL's: message lists, [{"role": "assistant", "content": ...}]).
     rewards_plain_text: bool = False
     reward_memory_mb: int | None = 1024  # address space a reward worker may add; None = no cap
+    # The built-in accuracy reward's golds are all read at start-up, by its own parser: when more
+    # than this fraction of the rows' golds are blank, unparseable or neither text nor a number, the
+    # run is refused (naming the rows); fewer are named in a warning (they score None: no signal).
+    max_bad_gold_fraction: float = 0.01
 
     # --- generation ---
     num_generations: int = 8
@@ -313,6 +317,8 @@ class GRPOConfig:
              f"must be >= 1, or -1 for num_train_epochs, got {self.max_steps}")
         need(self.num_train_epochs > 0, "num_train_epochs", f"must be > 0, got {self.num_train_epochs}")
         need(0 <= self.warmup_ratio < 1, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        need(0 <= self.max_bad_gold_fraction <= 1, "max_bad_gold_fraction",
+             f"must be a fraction of the rows in [0, 1], got {self.max_bad_gold_fraction}")
         need(self.max_completion_length >= 1, "max_completion_length", "must be >= 1")
         need(self.temperature > 0, "temperature", "training samples need temperature > 0")
         need(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")

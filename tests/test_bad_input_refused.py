@@ -1,0 +1,107 @@
+"""Bad input refused before any training, in one line naming what to fix (issue 29, items 5, 6, 7
+and 11): the built-in accuracy reward's golds, read by the reward's own parser; every prompt;
+config and data files that are not UTF-8 or not YAML; config values no run can use; dataset
+columns named like reward arguments; and the eval CLI's model and suites. The data checks run
+through ``rlreason.build.load_data`` / ``dataset_rewards``, what a recipe runs at start-up."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import warnings
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from rlreason import build
+from rlreason.config import ConfigError, GRPOConfig
+from rlreason.rewards import accuracy_reward
+
+
+def _rows(n: int, **overrides: dict[int, object]) -> list[dict]:
+    """``n`` good rows; ``overrides[column][i]`` replaces row i's value of ``column``."""
+    rows = [{"prompt": f"What is {i} + {i}?", "answer": str(2 * i), "level": i % 3} for i in range(n)]
+    for column, values in overrides.items():
+        for i, value in values.items():
+            rows[i][column] = value
+    return rows
+
+
+def _jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_path):
+    return AutoTokenizer.from_pretrained(tiny_path)
+
+
+def _load(tokenizer, data: str, **cfg):
+    """What a recipe's start-up does with the data: load, check, prepare; the rewards against it."""
+    config = GRPOConfig(dataset_name=data, **cfg)
+    train, _ = build.load_data(config, tokenizer)
+    return build.dataset_rewards(config, train)
+
+
+def _named_rows(message: str) -> set[int]:
+    """The row numbers an error lists ("at rows 3, 7 and 2 more" -> {3, 7})."""
+    return {int(n) for part in re.findall(r"at rows? ([\d, ]+)", message) for n in re.findall(r"\d+", part)}
+
+
+# --------------------------------------------------------------------------- item 5: golds
+
+
+@pytest.mark.parametrize(("gold", "kind"), [("", "empty"), ("   ", "empty"), (None, "empty"),
+                                            ("\\frac{", "unparseable"), ({"x": 1}, "neither text nor a number"),
+                                            (True, "neither text nor a number"), ([1, 2], "neither text nor a number")])
+def test_accuracy_golds_blank_unparseable_or_not_text_are_refused_naming_column_file_and_rows(
+        tokenizer, tmp_path, gold, kind):
+    data = _jsonl(tmp_path / "train.jsonl", _rows(20, answer=dict.fromkeys(range(20), gold)))
+    with pytest.raises(ValueError) as e:
+        _load(tokenizer, data)
+    msg = str(e.value)
+    assert f"gold column 'answer' of data file {data!r}" in msg and "'accuracy_reward' cannot read 20 of 20" in msg
+    assert f"20 {kind}, at rows 0, 1, 2, 3, 4 and 15 more" in msg and "\n" not in msg
+
+
+def test_the_gold_check_reads_golds_with_the_rewards_own_parser(tokenizer, tmp_path):
+    golds = ["3", "\\frac{", "\\frac{1}{2}", "x^2 + 1", "1,000", "\\sqrt{", "(1, 2]", "#### 72", "the answer is 5",
+             "\\boxed{", "2.50", "{1, 2}", "see the book", "\\left(", "-7"]
+    data = _jsonl(tmp_path / "train.jsonl", _rows(len(golds), answer=dict(enumerate(golds))))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "cannot parse gold answer ...": the point here
+        unread = {i for i, g in enumerate(golds)
+                  if accuracy_reward(prompts=["p"], completions=["<answer>0</answer>"], answer=[g])[0] is None}
+    assert unread and len(unread) < len(golds)  # some of each: the check must tell them apart
+    with pytest.raises(ValueError, match="more than config key 'max_bad_gold_fraction'") as e:
+        _load(tokenizer, data)
+    assert _named_rows(str(e.value)) == unread
+
+
+def test_a_few_bad_golds_warn_naming_them_and_more_than_max_bad_gold_fraction_are_refused(tokenizer, tmp_path, caplog):
+    few = _jsonl(tmp_path / "few.jsonl", _rows(200, answer={150: "\\frac{"}))
+    with caplog.at_level(logging.WARNING, logger="rlreason.data"):
+        _load(tokenizer, few)  # 0.5% <= 1%: trains, the row named
+    assert f"data file {few!r}" in caplog.text and "1 unparseable, at row 150" in caplog.text
+    many = _jsonl(tmp_path / "many.jsonl", _rows(20, answer={3: "\\frac{", 7: ""}))
+    with pytest.raises(ValueError, match=r"cannot read 2 of 20 golds \(1 unparseable, at row 3 .*1 empty, at row 7.*"
+                                         r"that is 10.0% of the rows, more than config key 'max_bad_gold_fraction'"):
+        _load(tokenizer, many)
+    _load(tokenizer, many, max_bad_gold_fraction=0.1)
+    with pytest.raises(ConfigError, match="config key 'max_bad_gold_fraction'"):
+        GRPOConfig(max_bad_gold_fraction=1.5)
+
+
+def test_the_gold_check_follows_gold_column_and_names_rows_as_in_the_file_through_a_filter(tokenizer, tmp_path):
+    rows = _rows(12, answer={9: "\\frac{"})
+    for i, row in enumerate(rows):
+        row["final"] = "" if i in (1, 7) else str(2 * i)
+    data = _jsonl(tmp_path / "train.jsonl", rows)
+    reward = [{"name": "accuracy", "kwargs": {"gold_column": "final"}}]
+    # level 1 is rows 1, 4, 7, 10: the filtered data's rows 0 and 2 are the file's 1 and 7
+    with pytest.raises(ValueError, match=r"gold column 'final'.*cannot read 2 of 4 golds \(2 empty, at rows 1, 7;"):
+        _load(tokenizer, data, reward_funcs=reward, dataset_filter={"level": [1]})
+    _load(tokenizer, data, reward_funcs=reward, dataset_filter={"level": [0, 2]})  # row 9's 'answer' is not read
