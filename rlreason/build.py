@@ -247,8 +247,8 @@ def load_data(cfg: GRPOConfig, tokenizer: Any) -> tuple[datasets.Dataset, list[d
     embedded arithmetic task brings its own held-out problems; other datasets have none.
 
     A dataset's rows (those dataset_filter keeps) are checked first, each bad one named by its row
-    in the file: every gold of the built-in accuracy reward, read by the reward's own parser
-    (``check_golds``)."""
+    in the file: every prompt (``check_prompts``), and every gold of the built-in accuracy reward,
+    read by the reward's own parser (``check_golds``)."""
     common = dict(prompt_column=cfg.prompt_column, tokenizer=tokenizer, use_chat_template=cfg.use_chat_template,
                   template=cfg.prompt_template, system_prompt=cfg.system_prompt,
                   max_prompt_length=cfg.max_prompt_length)
@@ -262,7 +262,7 @@ def load_data(cfg: GRPOConfig, tokenizer: Any) -> tuple[datasets.Dataset, list[d
             if column is not None:
                 check_golds(data, column, reward.read_gold, source=source, rows=rows,
                             max_bad=cfg.max_bad_gold_fraction, reward=f"reward {reward_name(reward)!r}")
-        return prepare(data, answer_column=None, **common), []
+        return prepare(data, answer_column=None, source=source, rows=rows, **common), []
     try:
         difficulty = Difficulty(**cfg.arith_difficulty)
     except TypeError as e:

@@ -2,7 +2,8 @@
 
 ``load_dataset_any`` accepts a local data file, a ``save_to_disk`` directory or a hub id
 (defined in ``rlreason.rewards.dataset_io``, where the rewards' preflight check needs it too).
-``prepare`` renames columns, checks the prompt and answer columns exist, renders every
+``prepare`` renames columns, checks the prompt and answer columns exist and every prompt is
+usable (``check_prompts``; ``check_golds`` reads a gold column as a reward does), renders every
 prompt into ``prompt_text`` (through the tokenizer's chat template when there is one),
 tokenizes it into ``prompt_ids`` and drops prompts that are too long. Every other column
 is kept, because reward functions receive the whole row.
@@ -202,6 +203,29 @@ def _describe_bad(bad: dict[str, list[tuple[int, Any]]], rows: Sequence[int] | N
     return "; ".join(parts) + "; rows count from 0"
 
 
+def check_prompts(dataset: datasets.Dataset, prompt_column: str, *, source: str = "the dataset",
+                  rows: Sequence[int] | None = None) -> None:
+    """Fail when a prompt is missing (null), blank or neither text nor a list of chat messages,
+    naming ``source`` (e.g. "data file 'x.jsonl'") and the rows (``rows``: each position's row in
+    the file). Otherwise a null prompt is trained on as the text "None", and an empty one stops
+    the run at the step that draws it, at every resume."""
+    bad: dict[str, list[tuple[int, Any]]] = {}
+    for i, value in enumerate(_values(dataset, prompt_column)):
+        if value is None:
+            kind = "null"
+        elif isinstance(value, str | list) and not (value.strip() if isinstance(value, str) else value):
+            kind = "empty"
+        elif isinstance(value, str) or _is_conversation(value):
+            continue
+        else:
+            kind = "neither text nor a list of chat messages"
+        bad.setdefault(kind, []).append((i, value))
+    if bad:
+        count = sum(map(len, bad.values()))
+        raise ValueError(f"prompt column {prompt_column!r} of {source}: {count} of {len(dataset)} prompts cannot be "
+                         f"used ({_describe_bad(bad, rows)}); every prompt needs text: fix or remove those rows")
+
+
 def check_golds(dataset: datasets.Dataset, column: str, parse: Callable[[Any], Any] | None = None, *,
                 source: str = "the dataset", rows: Sequence[int] | None = None, max_bad: float | None = None,
                 reward: str = "the reward", sample: int = 200) -> None:
@@ -303,10 +327,14 @@ def prepare(
     template: str | None = None,
     system_prompt: str | None = None,
     max_prompt_length: int | None = None,
+    source: str = "the dataset",
+    rows: Sequence[int] | None = None,
 ) -> datasets.Dataset:
     """Make ``dataset`` ready for the trainer.
 
-    Renames columns per ``column_map``, checks ``prompt_column`` (and ``answer_column``) exist,
+    Renames columns per ``column_map``, checks ``prompt_column`` (and ``answer_column``) exist
+    and every prompt is usable (``check_prompts``: an error names ``source`` and the rows, by
+    ``rows``, each position's row in the file),
     adds ``prompt_text`` (see ``render_prompt``), with a chat template the messages it rendered
     (``prompt_messages``, what rewards get as ``prompts``) and, with a tokenizer, ``prompt_ids``. With
     ``max_prompt_length`` (in tokens, so a tokenizer is needed) longer prompts are dropped.
@@ -321,6 +349,7 @@ def prepare(
     _require_column(dataset, prompt_column, "prompt")
     if answer_column is not None:
         _require_column(dataset, answer_column, "answer")
+    check_prompts(dataset, prompt_column, source=source, rows=rows)
     chat = use_chat_template and _has_chat_template(tokenizer)
     if use_chat_template and tokenizer is not None and not chat:
         logger.info("tokenizer has no chat template; prompts are used as raw text")

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -18,6 +21,8 @@ from transformers import AutoTokenizer
 from rlreason import build
 from rlreason.config import ConfigError, GRPOConfig
 from rlreason.rewards import accuracy_reward
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _rows(n: int, **overrides: dict[int, object]) -> list[dict]:
@@ -105,3 +110,29 @@ def test_the_gold_check_follows_gold_column_and_names_rows_as_in_the_file_throug
     with pytest.raises(ValueError, match=r"gold column 'final'.*cannot read 2 of 4 golds \(2 empty, at rows 1, 7;"):
         _load(tokenizer, data, reward_funcs=reward, dataset_filter={"level": [1]})
     _load(tokenizer, data, reward_funcs=reward, dataset_filter={"level": [0, 2]})  # row 9's 'answer' is not read
+
+
+# --------------------------------------------------------------------------- item 6: prompts
+
+
+@pytest.mark.parametrize("chat", [False, True])
+@pytest.mark.parametrize(("prompt", "kind"), [("", "empty"), ("  \n", "empty"), (None, "null")])
+def test_an_empty_or_null_prompt_is_refused_naming_the_file_and_row(tokenizer, tmp_path, prompt, kind, chat):
+    data = _jsonl(tmp_path / "train.jsonl", _rows(20, prompt={13: prompt}))
+    with pytest.raises(ValueError) as e:
+        _load(tokenizer, data, use_chat_template=chat)
+    assert str(e.value).startswith(f"prompt column 'prompt' of data file {data!r}: 1 of 20 prompts cannot be used "
+                                   f"(1 {kind}, at row 13; rows count from 0)")
+
+
+def test_a_recipe_with_an_empty_prompt_exits_1_with_one_line_before_training(tmp_path):
+    data = _jsonl(tmp_path / "train.jsonl", _rows(20, prompt={13: ""}))
+    out = tmp_path / "run"
+    res = subprocess.run([sys.executable, str(ROOT / "recipes" / "grpo_math.py"), "--dataset_name", data,
+                          "--use_chat_template", "false", "--output_dir", str(out), "--max_steps", "2",
+                          "--progress", "false"], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert res.returncode == 1, res.stderr[-2000:]
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith(f"error: prompt column 'prompt' of data file {data!r}") and "row 13" in lines[-1]
+    assert "Traceback" not in res.stderr and not (out / "checkpoints").exists()
