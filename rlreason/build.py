@@ -12,6 +12,7 @@ around a given policy. ``rlreason.trainer.GRPOTrainer`` receives the result and 
 from __future__ import annotations
 
 import copy
+import difflib
 import functools
 import inspect
 import math
@@ -31,7 +32,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
 from rlreason import lock, lora, tiny
 from rlreason.checkpoint import check_output_dir, read_state, resolve_resume, truncate_jsonl
-from rlreason.config import GRPOConfig
+from rlreason.config import ConfigError, GRPOConfig
 from rlreason.data import (
     INTERNAL_COLUMNS,
     arith_dataset,
@@ -42,16 +43,16 @@ from rlreason.data import (
     rename_columns,
 )
 from rlreason.distill import check_same_tokenizer
-from rlreason.eval.core import heldout_scorer
+from rlreason.eval.core import HELDOUT_METRICS, heldout_scorer, suite_metric_names
 from rlreason.eval.core import suite_scorer as _suite_scorer
-from rlreason.eval.suites import arith_suite
+from rlreason.eval.suites import SUITES, arith_suite
 from rlreason.host import capped_threads
 from rlreason.logprobs import enable_gradient_checkpointing
 from rlreason.optim import optimizer_class, optimizer_kwargs
 from rlreason.resume import change_record, check_config_changes
 from rlreason.rewards import accuracy_reward, build_rewards, format_reward, parse_gold, reward_name
 from rlreason.rewards.math import AccuracyReward
-from rlreason.rewards.runner import RewardRunner
+from rlreason.rewards.runner import RESERVED_ARGUMENTS, RewardRunner
 from rlreason.rollout.base import RolloutEngine
 from rlreason.rollout.hf import HFEngine
 from rlreason.rollout.hf_process import ProcessHFEngine
@@ -128,7 +129,36 @@ def start(cfg: GRPOConfig) -> tuple[Accelerator, RunDir]:
         lock.acquire(cfg.output_dir)
     run_dir = open_run_dir(cfg, acc)
     build_rewards(cfg.reward_funcs, cfg.reward_weights)  # a bad reward name fails now, before any model loads
+    check_eval_settings(cfg)
     return acc, run_dir
+
+
+def check_eval_settings(cfg: GRPOConfig) -> None:
+    """Every name in ``eval_suites`` is a suite and ``metric_for_best_model`` a metric this run logs
+    (the held-out ``eval/...`` ones with the embedded task, which alone has held-out problems, and
+    ``suite/<name>/<metric>`` for the suites): otherwise a suite fails at the first evaluation and a
+    misspelt metric never picks a best checkpoint, in silence."""
+    unknown = [name for name in cfg.eval_suites if name not in SUITES]
+    if unknown:
+        raise ConfigError(f"config key 'eval_suites': unknown suite {unknown[0]!r}; the suites are {', '.join(SUITES)}")
+    metric = cfg.metric_for_best_model
+    if not metric:
+        return
+    known = [*(HELDOUT_METRICS if cfg.dataset_name == "arith" else ()), *suite_metric_names(cfg.eval_suites)]
+    if metric in known:
+        return
+    if not known:
+        why = ("this run evaluates nothing to pick a best checkpoint by (only the embedded task, dataset_name: arith, "
+               "has held-out problems, and eval_suites is empty): add eval_suites and name one of their metrics, "
+               "e.g. suite/math500/pass@1, or unset it")
+    elif metric in HELDOUT_METRICS:
+        why = (f"{metric!r} is a held-out metric, and only the embedded task (dataset_name: arith) has held-out "
+               f"problems: name one of the suites' metrics ({', '.join(known[:3])}, ...)")
+    else:
+        close = difflib.get_close_matches(metric, known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        why = f"this run logs no metric {metric!r}; {hint}its metrics: {', '.join(known[:3])}, ..."
+    raise ConfigError(f"config key 'metric_for_best_model': {why}")
 
 
 def make_accelerator(cfg: GRPOConfig) -> Accelerator:
@@ -195,9 +225,32 @@ def load_policy(cfg: GRPOConfig, acc: Accelerator) -> tuple[torch.nn.Module, Any
     model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=cfg.trust_remote_code,
                                                  dtype=torch.bfloat16 if quant else torch.float32,
                                                  quantization_config=quant)
+    check_positions(cfg, model.config, path)
     if cfg.use_peft:
         model = lora.apply_lora(model, cfg)
     return model, tokenizer
+
+
+def check_positions(cfg: GRPOConfig, model_config: Any, path: str) -> None:
+    """A prompt of ``max_prompt_length`` tokens and its longest completion (``max_completion_length``,
+    or ``eval_max_tokens`` when longer) fit in the model's ``max_position_embeddings``: beyond them
+    a model with learned positions fails at that step and a rotary one computes what it was never
+    trained on."""
+    limit = getattr(model_config, "max_position_embeddings", None)
+    if not isinstance(limit, int):
+        return
+    prompt = cfg.max_prompt_length
+    key, longest = max([("max_completion_length", cfg.max_completion_length),
+                        ("eval_max_tokens", cfg.eval_max_tokens or 0)], key=lambda kv: kv[1])
+    if prompt + longest <= limit:
+        return
+    if prompt >= limit:
+        raise ConfigError(f"config key 'max_prompt_length': {prompt} tokens is not below the model's "
+                          f"max_position_embeddings ({limit}, {path}), and a prompt's completion must fit there "
+                          f"too: set max_prompt_length + {key} ({longest}) <= {limit}")
+    raise ConfigError(f"config keys 'max_prompt_length' + '{key}': {prompt} + {longest} = {prompt + longest} tokens "
+                      f"is beyond the model's max_position_embeddings ({limit}, {path}); lower one of them, e.g. "
+                      f"{key}: {limit - prompt}")
 
 
 def load_teacher(cfg: GRPOConfig, acc: Accelerator, tokenizer: Any = None) -> tuple[torch.nn.Module | None, Any]:
@@ -299,12 +352,26 @@ def accuracy_rewards(cfg: GRPOConfig) -> list[AccuracyReward]:
 
 def dataset_rewards(cfg: GRPOConfig, train: datasets.Dataset) -> tuple[list[Callable], list[float]]:
     """The reward functions, checked against the dataset's columns (a reward asking for a missing
-    column fails here)."""
-    columns = set(train.column_names) - {cfg.prompt_column, *INTERNAL_COLUMNS} | {"completion_ids"}
+    column fails here, as does a column named like an argument every reward receives)."""
+    own = set(train.column_names) - {cfg.prompt_column, *INTERNAL_COLUMNS}
+    check_column_names(own, dataset_source(cfg) if cfg.dataset_name != "arith" else "")
+    columns = own | {"completion_ids"}
     funcs, weights = build_rewards(cfg.reward_funcs, cfg.reward_weights, columns=columns)
     if any(_takes(fn, "answer") for fn in funcs):  # a gold column that is all blank trains on nothing
         check_golds(train, "answer", parse=parse_gold, source=dataset_source(cfg))
     return funcs, weights
+
+
+def check_column_names(columns: set[str], source: str) -> None:
+    """Refuse dataset columns named like the arguments every reward receives besides the columns
+    (``prompts``, ``completions``, ``completion_ids``, TRL's ``trainer_state``, ``log_extra``,
+    ``log_metric``): every reward call of the run would fail at step 1 (``completion_ids``: the
+    column would be replaced by the token ids, in silence)."""
+    taken = sorted(columns & set(RESERVED_ARGUMENTS))
+    if taken:
+        raise ValueError(f"{source or 'the dataset'}: column {taken[0]!r} has the name of an argument every reward "
+                         f"receives ({', '.join(RESERVED_ARGUMENTS)}); rename it with column_map, e.g. "
+                         f"column_map: {{{taken[0]}: {taken[0]}_column}}")
 
 
 def _takes(fn: Callable, name: str) -> bool:

@@ -16,10 +16,11 @@ import warnings
 from pathlib import Path
 
 import pytest
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
 from rlreason import build
-from rlreason.config import ConfigError, GRPOConfig
+from rlreason.config import ConfigError, GRPOConfig, parse_args
+from rlreason.data import load_dataset_any
 from rlreason.rewards import accuracy_reward
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,3 +137,79 @@ def test_a_recipe_with_an_empty_prompt_exits_1_with_one_line_before_training(tmp
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith(f"error: prompt column 'prompt' of data file {data!r}") and "row 13" in lines[-1]
     assert "Traceback" not in res.stderr and not (out / "checkpoints").exists()
+
+
+# --------------------------------------------------------------------------- item 7: files, values, columns
+
+
+def test_a_config_file_that_is_not_utf8_or_not_yaml_is_named_with_its_line(tmp_path):
+    cases = {"latin1.yaml": (b"max_steps: 2\n# caf\xe9\n", r"line 2: byte 0xe9 is not UTF-8 text"),
+             "flow.yaml": (b"max_steps: 2\nlearning_rate: [1e-5\nseed: 3\n",
+                           r"is not valid YAML: line 3, column 5: .*flow sequence at line 2"),
+             "indent.yaml": (b"max_steps: 2\n  seed: 1\n", r"is not valid YAML: line 2, column 7: mapping values")}
+    for name, (text, error) in cases.items():
+        (tmp_path / name).write_bytes(text)
+        with pytest.raises(ConfigError, match=f"config file {re.escape(str(tmp_path / name))}.*{error}"):
+            parse_args(["--config", str(tmp_path / name)])
+    with pytest.raises(ConfigError, match="config key 'reward_funcs' on the command line: cannot read '\\[accuracy'"):
+        parse_args(["--reward_funcs", "[accuracy"])
+
+
+def test_a_data_file_that_is_not_utf8_is_named_with_its_line(tmp_path):
+    jsonl = tmp_path / "latin1.jsonl"
+    jsonl.write_bytes(b'{"prompt": "a", "answer": "1"}\n{"prompt": "Wh\xe4t", "answer": "2"}\n')
+    csv = tmp_path / "latin1.csv"
+    csv.write_bytes(b"prompt,answer\nWh\xe4t is 1+1,2\n")
+    for path in (jsonl, csv):
+        with pytest.raises(ValueError, match=f"data file {re.escape(repr(str(path)))}, line 2: byte 0xe4 is not UTF-8"):
+            load_dataset_any(str(path))
+
+
+@pytest.mark.parametrize(("key", "value"), [("num_train_epochs", float("inf")), ("seed", 2**32),
+                                            ("seed", 10**20), ("num_threads", -3), ("num_threads", 0)])
+def test_values_no_run_can_use_are_refused_naming_the_key(key, value):
+    with pytest.raises(ConfigError, match=f"config key '{key}'"):
+        GRPOConfig(**{key: value})
+    with pytest.raises(ConfigError, match=f"config key '{key}'"):  # as YAML writes it on the command line
+        parse_args([f"--{key}", ".inf" if value == float("inf") else str(value)])
+
+
+def test_a_misspelt_or_never_logged_metric_for_best_model_is_refused():
+    with pytest.raises(ConfigError, match="'metric_for_best_model'.*did you mean 'eval/accuracy'"):
+        build.check_eval_settings(GRPOConfig(metric_for_best_model="eval/acuracy"))
+    with pytest.raises(ConfigError, match="'metric_for_best_model'.*held-out metric.*suite/math500/pass@1"):
+        build.check_eval_settings(GRPOConfig(dataset_name="data.jsonl", eval_suites=["math500"],
+                                             metric_for_best_model="eval/accuracy"))
+    with pytest.raises(ConfigError, match="'metric_for_best_model'.*evaluates nothing"):
+        build.check_eval_settings(GRPOConfig(dataset_name="data.jsonl", metric_for_best_model="eval/accuracy"))
+    with pytest.raises(ConfigError, match="'metric_for_best_model'.*did you mean 'suite/math500/pass@1'"):
+        build.check_eval_settings(GRPOConfig(eval_suites=["math500"], metric_for_best_model="suite/math500/pass1"))
+    with pytest.raises(ConfigError, match="config key 'eval_suites': unknown suite 'math5000'"):
+        build.check_eval_settings(GRPOConfig(eval_suites=["math5000"]))
+    for metric in ("eval/accuracy", "suite/math500/pass@1", None):
+        build.check_eval_settings(GRPOConfig(eval_suites=["math500"], metric_for_best_model=metric))
+
+
+def test_lengths_beyond_the_models_positions_are_refused_naming_the_key_and_the_limit(tiny_path):
+    positions = AutoConfig.from_pretrained(tiny_path)
+    assert positions.max_position_embeddings == 192
+    with pytest.raises(ConfigError, match=r"config key 'max_prompt_length': 100000 .*max_position_embeddings \(192"):
+        build.check_positions(GRPOConfig(max_prompt_length=100000), positions, str(tiny_path))
+    with pytest.raises(ConfigError, match=r"'max_prompt_length' \+ 'max_completion_length': 128 \+ 100 = 228 .*"
+                                          r"max_position_embeddings \(192.*max_completion_length: 64"):
+        build.check_positions(GRPOConfig(max_completion_length=100), positions, str(tiny_path))
+    with pytest.raises(ConfigError, match=r"'max_prompt_length' \+ 'eval_max_tokens': 128 \+ 65 = 193"):
+        build.check_positions(GRPOConfig(eval_max_tokens=65), positions, str(tiny_path))
+    build.check_positions(GRPOConfig(), positions, str(tiny_path))  # 128 + 64 = 192 fits
+
+
+@pytest.mark.parametrize("column", ["completions", "trainer_state", "prompts", "completion_ids", "log_metric"])
+def test_dataset_columns_named_like_reward_arguments_are_refused(tokenizer, tmp_path, column):
+    rows = _rows(8)
+    for row in rows:
+        row[column] = "x"
+    data = _jsonl(tmp_path / "train.jsonl", rows)
+    with pytest.raises(ValueError, match=f"data file {re.escape(repr(data))}: column '{column}' has the name of an "
+                                         f"argument every reward receives.*column_map"):
+        _load(tokenizer, data)
+    _load(tokenizer, data, column_map={column: f"{column}_column"})
