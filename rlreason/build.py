@@ -37,6 +37,7 @@ from rlreason.data import (
     INTERNAL_COLUMNS,
     arith_dataset,
     check_golds,
+    check_tokenizer,
     kept_rows,
     load_dataset_any,
     prepare,
@@ -211,6 +212,7 @@ def load_tokenizer(cfg: GRPOConfig, acc: Accelerator, key: str = "model_name_or_
     except OSError as e:
         raise OSError(f"config key '{key}': cannot load a tokenizer from {path!r} (neither a local "
                       f"model folder nor a reachable hub model): {e}") from e
+    check_tokenizer(tokenizer, path, f"config key '{key}' ({path})")
     if key == "model_name_or_path" and cfg.chat_template:  # as TRL: the config's template replaces the model's
         tokenizer.chat_template = cfg.chat_template
     if tokenizer.pad_token_id is None:

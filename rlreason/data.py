@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -174,6 +175,23 @@ def rename_columns(dataset: datasets.Dataset, column_map: dict[str, str] | None)
 
 
 # --------------------------------------------------------------------------- start-up checks
+
+# What a model folder's tokenizer is saved as (transformers' save_pretrained writes the first two).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def check_tokenizer(tokenizer: Any, path: str, what: str) -> None:
+    """Fail when ``tokenizer`` (of the model at ``path``) turns text into no tokens, the error
+    starting with ``what`` (the config key or flag that named it): what transformers builds from a
+    model folder without tokenizer files, whose every prompt is then empty."""
+    if tokenizer("What is 1 + 1?", add_special_tokens=False)["input_ids"]:
+        return
+    folder = Path(path).expanduser()
+    none = folder.is_dir() and not any((folder / name).exists() for name in TOKENIZER_FILES)
+    why = f"the folder has no tokenizer ({', '.join(TOKENIZER_FILES)})" if none else "its tokenizer reads no tokens"
+    raise ValueError(f"{what}: {why}, so every prompt would be empty; copy the tokenizer files of the model "
+                     f"it was trained from into it")
+
 
 SHOWN_ROWS = 5  # bad rows named in a start-up error, per kind of fault
 

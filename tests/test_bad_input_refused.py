@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import warnings
@@ -21,6 +22,7 @@ from transformers import AutoConfig, AutoTokenizer
 from rlreason import build
 from rlreason.config import ConfigError, GRPOConfig, parse_args
 from rlreason.data import load_dataset_any
+from rlreason.eval import cli
 from rlreason.rewards import accuracy_reward
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -213,3 +215,45 @@ def test_dataset_columns_named_like_reward_arguments_are_refused(tokenizer, tmp_
                                          f"argument every reward receives.*column_map"):
         _load(tokenizer, data)
     _load(tokenizer, data, column_map={column: f"{column}_column"})
+
+
+# --------------------------------------------------------------------------- item 11: the eval CLI
+
+
+def _eval_error(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as e:
+        cli.main([*argv, "--limit", "2", "--max-tokens", "4", "--reward_num_workers", "0"])
+    assert e.value.code == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_the_eval_cli_names_a_missing_model_an_unknown_suite_and_a_folder_without_tokenizer(tiny_path, tmp_path,
+                                                                                              capsys):
+    missing = tmp_path / "runs" / "x" / "final_model"
+    assert _eval_error(["--model", str(missing), "--suites", "arith"], capsys) == (
+        f"error: --model {str(missing)!r}: no such folder; give the model folder of a run (its final_model/) or a "
+        f"hub id")
+    # the suites are checked first: no model is looked for
+    assert _eval_error(["--model", str(missing), "--suites", "arith,math5000"], capsys).startswith(
+        "error: --suites: unknown suite 'math5000'; known: ")
+    no_tokenizer = _without_tokenizer(tiny_path, tmp_path)
+    assert _eval_error(["--model", str(no_tokenizer), "--suites", "arith"], capsys).startswith(
+        f"error: --model {str(no_tokenizer)!r}: the folder has no tokenizer (tokenizer.json, ")
+
+
+def _without_tokenizer(tiny_path: Path, tmp_path: Path) -> Path:
+    """The tiny model's folder without its tokenizer files (transformers then builds one that reads nothing)."""
+    folder = tmp_path / "no_tokenizer"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_path / name, folder / name)
+    return folder
+
+
+def test_training_refuses_a_model_folder_without_tokenizer_too(tiny_path, tmp_path):
+    folder = _without_tokenizer(tiny_path, tmp_path)
+    with pytest.raises(ValueError, match=f"config key 'model_name_or_path' \\({re.escape(str(folder))}\\): the folder "
+                                         f"has no tokenizer"):
+        build.load_tokenizer(GRPOConfig(model_name_or_path=str(folder)), None)
