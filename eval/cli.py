@@ -7,13 +7,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from rlreason import stopping
-from rlreason.eval.suites import SUITES, TEMPLATES, load_suite_file
+from rlreason.eval.suites import SUITES, TEMPLATES, get_suite, load_suite_file
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -85,18 +91,62 @@ def build_protocol(args: argparse.Namespace):
 
 
 def resolve_model(model: str) -> str:
-    """``tiny`` -> the embedded model's cached folder; anything else unchanged."""
+    """``tiny`` -> the embedded model's cached folder; anything else unchanged, once checked: a path
+    (``./x``, ``/x``, ``~/x``, ``a/b/c``) must be a model folder; ``name`` or ``org/name`` is a local
+    folder when one exists, else a hub id (``load_tokenizer`` says when it cannot be loaded)."""
     if model == "tiny":
         from rlreason.tiny import ensure
 
         return str(ensure(log=lambda *a: print(*a, file=sys.stderr)))
+    local = Path(model).expanduser()
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise FileNotFoundError(f"--model {model!r}: no config.json there; give a model folder (a run's "
+                                    f"final_model/, or a checkpoint folder holding the model's files)")
+    elif model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise FileNotFoundError(f"--model {model!r}: no such folder; give the model folder of a run (its "
+                                f"final_model/) or a hub id")
     return model
+
+
+@contextlib.contextmanager
+def clean_start() -> Iterator[None]:
+    """An error before the first suite runs (a model, suite or argument to fix) is one line on stderr,
+    ``error: ...``, and exit status 1, as a recipe's (rlreason/run.py); RLREASON_TRACEBACK=1 keeps the
+    traceback."""
+    try:
+        yield
+    except (ValueError, OSError, ImportError, yaml.YAMLError) as e:
+        if os.environ.get("RLREASON_TRACEBACK"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def load_tokenizer(model_path: str) -> Any:
+    """The model's tokenizer, checked to read text (``rlreason.data.check_tokenizer``); a model that
+    is neither a local folder nor loadable from the hub is named with the hub's first line."""
+    from transformers import AutoTokenizer
+
+    from rlreason.data import check_tokenizer
+
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # no line per failed request: the error below says it once
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+    except OSError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OSError(f"--model {model_path!r}: no local folder of that name, and no hub model of that name could "
+                      f"be loaded ({first})") from e
+    finally:
+        hub_log.setLevel(level)
+    check_tokenizer(tokenizer, model_path, f"--model {model_path!r}")
+    return tokenizer
 
 
 def build_engine(args: argparse.Namespace, model_path: str) -> tuple[Any, Any]:
     """(engine, tokenizer) for ``--engine``. vLLM is imported only when asked for."""
-    from transformers import AutoTokenizer
-
     kwargs = json.loads(args.engine_kwargs)
     if args.engine == "vllm":
         try:
@@ -109,10 +159,10 @@ def build_engine(args: argparse.Namespace, model_path: str) -> tuple[Any, Any]:
         kwargs.setdefault("seed", args.seed)
         if args.dtype != "auto":
             kwargs.setdefault("dtype", args.dtype)
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        tokenizer = load_tokenizer(model_path)
         # VLLMEngine(model, tokenizer, *, seed, dtype, gpu_memory_utilization, ...) in rlreason/rollout/vllm.py
         return VLLMEngine(model_path, tokenizer, **kwargs), tokenizer
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer = load_tokenizer(model_path)
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -145,13 +195,19 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.compare:
         print(run_compare(*args.compare))
         return None
-    for f in args.suite_file:
-        load_suite_file(f)
     from rlreason.eval.core import evaluate_suites
     from rlreason.eval.report import markdown_table, write_results
 
-    protocol = build_protocol(args)
     names = [s.strip() for s in args.suites.split(",") if s.strip()]
+    with clean_start():  # what can be checked before any model loads: the suites, the protocol
+        for f in args.suite_file:
+            load_suite_file(f)
+        try:
+            for name in names:
+                get_suite(name)
+        except ValueError as e:
+            raise ValueError(f"--suites: {e}") from None
+        protocol = build_protocol(args)
     results: dict[str, Any] = {"config": {"suites": {}}, "suites": {}, "problems": {}}
     model_path = args.model
     # SIGTERM / Ctrl-C stop at once (rlreason/stopping.py); the suites finished by then are written,
@@ -159,11 +215,13 @@ def main(argv: list[str] | None = None) -> dict | None:
     with stopping.handle_stop_signals():
         try:
             with stopping.stop_at_once():
-                model_path = resolve_model(args.model)
+                with clean_start():
+                    model_path = resolve_model(args.model)
                 # Built before the engine: a "fork" runner forks this process, best while it is small
                 # and has no engine threads yet.
                 with build_scorer(args) as scorer:
-                    engine, tokenizer = build_engine(args, model_path)
+                    with clean_start():
+                        engine, tokenizer = build_engine(args, model_path)
                     for name in names:  # one at a time: a stop keeps the suites already scored
                         done = evaluate_suites(engine, tokenizer, [name], protocol, scorer=scorer,
                                                allow_hub=not args.no_hub, log=lambda line: print(line, file=sys.stderr))

@@ -36,6 +36,10 @@ from rlreason.rollout.base import RolloutEngine, SamplingConfig
 # costs time, never the rest of the eval. The runner still gives a function up for the batch
 # after 2 * num_workers timeouts with no call succeeding (a reward that hangs on everything).
 _EVAL_MAX_TIMEOUTS = 1_000_000
+# What the trainer's held-out evaluation logs and checkpoints (GRPOTrainer.evaluate), each a name
+# metric_for_best_model may give (with the suites' "suite/<name>/<metric>": suite_metric_names).
+HELDOUT_METRICS = ("eval/accuracy", "eval/accuracy_ci_low", "eval/accuracy_ci_high", "eval/correct", "eval/n",
+                   "eval/format_rate", "eval/mean_length", "eval/truncated_frac", "eval/score_failures")
 
 
 def heldout_scorer(accuracy_fn: Callable, format_fn: Callable | None = None, **runner_kwargs: Any) -> RewardRunner:
@@ -450,6 +454,19 @@ def evaluate_suites(
             log(f"{suite.name}: pass@1 {metrics.get('pass@1', float('nan')):.4f} on {metrics['problems']} problems "
                 f"x {metrics['n_samples']} samples ({metrics['seconds']:.1f}s)")
     return out
+
+
+def suite_metric_names(suites: Sequence[str], protocol: EvalProtocol | None = None,
+                       prefix: str = "suite") -> list[str]:
+    """The ``<prefix>/<suite>/<metric>`` names a run of ``suites`` under ``protocol`` logs (the
+    trainer's: greedy, pass@1), as :func:`flat_metrics` of :func:`run_suite`'s metrics: what a
+    metric name can be checked against before any suite runs."""
+    protocol = protocol or EvalProtocol()
+    n = protocol.n
+    record = {"correct": [True] * n, "answers": ["1"] * n, "lengths": [1] * n, "truncated": [False] * n,
+              "formatted": [True] * n, "gold_unparseable": False}
+    metrics = {**summarize([record], protocol.ks), "vote_failures": 0}  # as run_suite adds it
+    return list(flat_metrics({"suites": dict.fromkeys(suites, metrics)}, prefix=prefix))
 
 
 def flat_metrics(results: dict[str, Any], prefix: str = "eval") -> dict[str, float]:

@@ -7,10 +7,13 @@ imports ``load_dataset_any`` from here. Only ``datasets`` is needed, nothing of 
 
 from __future__ import annotations
 
+import codecs
+import json
 import os
 from pathlib import Path
 
 import datasets
+from datasets.exceptions import DatasetGenerationError
 
 # File extension -> `datasets` packaged builder that reads it.
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -44,13 +47,53 @@ def _load_file(path: Path, split: str) -> datasets.Dataset:
         raise ValueError(f"unsupported data file {str(path)!r}: expected one of {sorted(FILE_BUILDERS)}")
     if path.stat().st_size == 0:  # `datasets` raises a bare StopIteration on it
         raise ValueError(f"data file {str(path)!r} is empty")
+    if builder != "parquet":
+        _check_utf8(path)  # else a JSON file loads and its text fails when read; a CSV fails naming no line
     try:
         loaded = datasets.load_dataset(builder, data_files=str(path), split=split)
     except (StopIteration, ValueError) as e:  # a header-only CSV: 'Instruction "train" corresponds to no data!'
         raise ValueError(f"data file {str(path)!r} has no rows, or cannot be read as {builder} ({e!r})") from e
+    except DatasetGenerationError as e:  # a malformed line
+        cause = e.__cause__ or e
+        where = _bad_json_line(path) if path.suffix.lower() == ".jsonl" else ""
+        raise ValueError(f"data file {str(path)!r} cannot be read as {builder}{where}: "
+                         f"{type(cause).__name__}: {cause}") from e
     if len(loaded) == 0:
         raise ValueError(f"data file {str(path)!r} has no rows")
     return loaded
+
+
+def _check_utf8(path: Path) -> None:
+    """Raise ValueError naming the file and the first line that is not UTF-8 text."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    with path.open("rb") as f:
+        try:
+            while chunk := f.read(1 << 20):
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+            return
+        except UnicodeDecodeError:
+            pass
+    with path.open("rb") as f:  # only for a bad file: find the line
+        for number, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"data file {str(path)!r}, line {number}: byte 0x{line[e.start]:02x} is not UTF-8 "
+                                 f"text; convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+    raise ValueError(f"data file {str(path)!r} ends inside a UTF-8 character (truncated?)")
+
+
+def _bad_json_line(path: Path) -> str:
+    """", line N" for the first line of a JSON Lines file that is not one JSON value, else ""."""
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    json.loads(line)
+                except json.JSONDecodeError:
+                    return f", line {number}"
+    return ""
 
 
 def _load_saved(path: Path, split: str) -> datasets.Dataset:

@@ -187,9 +187,15 @@ class AccuracyReward:
             wanted = repr(self.gold_column) if self.gold_column else "'answer' or 'solution'"
             raise ValueError(f"needs the gold column {wanted}")
 
+    def read_gold(self, gold: Any) -> Parsed | None:
+        """The gold as this reward reads it (:func:`parse_gold`), None where it cannot: the start-up
+        check of the training data reads every gold with this, so it refuses exactly the golds
+        that would score None."""
+        return parse_gold(gold)
+
     def score(self, text: str, gold: Any) -> float | None:
         """The score of one completion text against one gold."""
-        gold_parsed = parse_gold(gold)
+        gold_parsed = self.read_gold(gold)
         if gold_parsed is None:
             _note_unparseable_gold(gold)
             return None

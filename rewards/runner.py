@@ -59,8 +59,9 @@ from .registry import CHUNK_ATTRIBUTE, reward_name
 
 logger = logging.getLogger("rlreason.rewards")
 
-# passed by name, so a column cannot reuse them
-_RESERVED = ("prompts", "completions", "trainer_state", "log_extra", "log_metric")
+# What every reward call passes besides the dataset's columns: no column may have one of these names.
+RESERVED_ARGUMENTS = ("prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric")
+_RESERVED = tuple(a for a in RESERVED_ARGUMENTS if a != "completion_ids")  # completion_ids travels with the columns
 
 
 @dataclass

@@ -12,6 +12,8 @@ around a given policy. ``rlreason.trainer.GRPOTrainer`` receives the result and 
 from __future__ import annotations
 
 import copy
+import difflib
+import functools
 import inspect
 import math
 import warnings
@@ -38,18 +40,28 @@ from rlreason.checkpoint import (
     set_aside_newer,
     truncate_jsonl,
 )
-from rlreason.config import GRPOConfig
-from rlreason.data import INTERNAL_COLUMNS, arith_dataset, check_golds, filter_rows, load_dataset_any, prepare
+from rlreason.config import ConfigError, GRPOConfig
+from rlreason.data import (
+    INTERNAL_COLUMNS,
+    arith_dataset,
+    check_golds,
+    check_tokenizer,
+    kept_rows,
+    load_dataset_any,
+    prepare,
+    rename_columns,
+)
 from rlreason.distill import check_same_tokenizer
-from rlreason.eval.core import heldout_scorer
+from rlreason.eval.core import HELDOUT_METRICS, heldout_scorer, suite_metric_names
 from rlreason.eval.core import suite_scorer as _suite_scorer
-from rlreason.eval.suites import arith_suite
+from rlreason.eval.suites import SUITES, arith_suite
 from rlreason.host import capped_threads
 from rlreason.logprobs import enable_gradient_checkpointing
 from rlreason.optim import optimizer_class, optimizer_kwargs
 from rlreason.resume import change_record, check_config_changes
-from rlreason.rewards import accuracy_reward, build_rewards, format_reward, parse_gold
-from rlreason.rewards.runner import RewardRunner
+from rlreason.rewards import accuracy_reward, build_rewards, format_reward, parse_gold, reward_name
+from rlreason.rewards.math import AccuracyReward
+from rlreason.rewards.runner import RESERVED_ARGUMENTS, RewardRunner
 from rlreason.rollout.base import RolloutEngine
 from rlreason.rollout.hf import HFEngine
 from rlreason.rollout.hf_process import ProcessHFEngine
@@ -126,7 +138,36 @@ def start(cfg: GRPOConfig) -> tuple[Accelerator, RunDir]:
         lock.acquire(cfg.output_dir)
     run_dir = open_run_dir(cfg, acc)
     build_rewards(cfg.reward_funcs, cfg.reward_weights)  # a bad reward name fails now, before any model loads
+    check_eval_settings(cfg)
     return acc, run_dir
+
+
+def check_eval_settings(cfg: GRPOConfig) -> None:
+    """Every name in ``eval_suites`` is a suite and ``metric_for_best_model`` a metric this run logs
+    (the held-out ``eval/...`` ones with the embedded task, which alone has held-out problems, and
+    ``suite/<name>/<metric>`` for the suites): otherwise a suite fails at the first evaluation and a
+    misspelt metric never picks a best checkpoint, in silence."""
+    unknown = [name for name in cfg.eval_suites if name not in SUITES]
+    if unknown:
+        raise ConfigError(f"config key 'eval_suites': unknown suite {unknown[0]!r}; the suites are {', '.join(SUITES)}")
+    metric = cfg.metric_for_best_model
+    if not metric:
+        return
+    known = [*(HELDOUT_METRICS if cfg.dataset_name == "arith" else ()), *suite_metric_names(cfg.eval_suites)]
+    if metric in known:
+        return
+    if not known:
+        why = ("this run evaluates nothing to pick a best checkpoint by (only the embedded task, dataset_name: arith, "
+               "has held-out problems, and eval_suites is empty): add eval_suites and name one of their metrics, "
+               "e.g. suite/math500/pass@1, or unset it")
+    elif metric in HELDOUT_METRICS:
+        why = (f"{metric!r} is a held-out metric, and only the embedded task (dataset_name: arith) has held-out "
+               f"problems: name one of the suites' metrics ({', '.join(known[:3])}, ...)")
+    else:
+        close = difflib.get_close_matches(metric, known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        why = f"this run logs no metric {metric!r}; {hint}its metrics: {', '.join(known[:3])}, ..."
+    raise ConfigError(f"config key 'metric_for_best_model': {why}")
 
 
 def make_accelerator(cfg: GRPOConfig) -> Accelerator:
@@ -182,6 +223,7 @@ def load_tokenizer(cfg: GRPOConfig, acc: Accelerator, key: str = "model_name_or_
     except OSError as e:
         raise OSError(f"config key '{key}': cannot load a tokenizer from {path!r} (neither a local "
                       f"model folder nor a reachable hub model): {e}") from e
+    check_tokenizer(tokenizer, path, f"config key '{key}' ({path})")
     if key == "model_name_or_path" and cfg.chat_template:  # as TRL: the config's template replaces the model's
         tokenizer.chat_template = cfg.chat_template
     if tokenizer.pad_token_id is None:
@@ -196,9 +238,32 @@ def load_policy(cfg: GRPOConfig, acc: Accelerator) -> tuple[torch.nn.Module, Any
     model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=cfg.trust_remote_code,
                                                  dtype=torch.bfloat16 if quant else torch.float32,
                                                  quantization_config=quant)
+    check_positions(cfg, model.config, path)
     if cfg.use_peft:
         model = lora.apply_lora(model, cfg)
     return model, tokenizer
+
+
+def check_positions(cfg: GRPOConfig, model_config: Any, path: str) -> None:
+    """A prompt of ``max_prompt_length`` tokens and its longest completion (``max_completion_length``,
+    or ``eval_max_tokens`` when longer) fit in the model's ``max_position_embeddings``: beyond them
+    a model with learned positions fails at that step and a rotary one computes what it was never
+    trained on."""
+    limit = getattr(model_config, "max_position_embeddings", None)
+    if not isinstance(limit, int):
+        return
+    prompt = cfg.max_prompt_length
+    key, longest = max([("max_completion_length", cfg.max_completion_length),
+                        ("eval_max_tokens", cfg.eval_max_tokens or 0)], key=lambda kv: kv[1])
+    if prompt + longest <= limit:
+        return
+    if prompt >= limit:
+        raise ConfigError(f"config key 'max_prompt_length': {prompt} tokens is not below the model's "
+                          f"max_position_embeddings ({limit}, {path}), and a prompt's completion must fit there "
+                          f"too: set max_prompt_length + {key} ({longest}) <= {limit}")
+    raise ConfigError(f"config keys 'max_prompt_length' + '{key}': {prompt} + {longest} = {prompt + longest} tokens "
+                      f"is beyond the model's max_position_embeddings ({limit}, {path}); lower one of them, e.g. "
+                      f"{key}: {limit - prompt}")
 
 
 def load_teacher(cfg: GRPOConfig, acc: Accelerator, tokenizer: Any = None) -> tuple[torch.nn.Module | None, Any]:
@@ -245,30 +310,81 @@ def build_engine(cfg: GRPOConfig, model: torch.nn.Module, tokenizer: Any, acc: A
 
 def load_data(cfg: GRPOConfig, tokenizer: Any) -> tuple[datasets.Dataset, list[dict]]:
     """(training prompts, held-out rows): rendered and tokenized (rlreason.data.prepare). The
-    embedded arithmetic task brings its own held-out problems; other datasets have none."""
-    common = dict(prompt_column=cfg.prompt_column, column_map=cfg.column_map, tokenizer=tokenizer,
-                  use_chat_template=cfg.use_chat_template, template=cfg.prompt_template,
-                  system_prompt=cfg.system_prompt, max_prompt_length=cfg.max_prompt_length)
+    embedded arithmetic task brings its own held-out problems; other datasets have none.
+
+    A dataset's rows (those dataset_filter keeps) are checked first, each bad one named by its row
+    in the file: every prompt (``check_prompts``), and every gold of the built-in accuracy reward,
+    read by the reward's own parser (``check_golds``)."""
+    common = dict(prompt_column=cfg.prompt_column, tokenizer=tokenizer, use_chat_template=cfg.use_chat_template,
+                  template=cfg.prompt_template, system_prompt=cfg.system_prompt,
+                  max_prompt_length=cfg.max_prompt_length)
     if cfg.dataset_name != "arith":
         raw = load_dataset_any(cfg.dataset_name, cfg.dataset_split, name=cfg.dataset_config)
-        return prepare(filter_rows(raw, cfg.dataset_filter), answer_column=None, **common), []
+        rows = kept_rows(raw, cfg.dataset_filter)  # the file's row of each row kept
+        data = rename_columns(raw.select(rows) if len(rows) < len(raw) else raw, cfg.column_map)
+        source = dataset_source(cfg)
+        for reward in accuracy_rewards(cfg):
+            column = reward.gold_from(data.column_names)  # none: dataset_rewards names the missing column
+            if column is not None:
+                check_golds(data, column, reward.read_gold, source=source, rows=rows,
+                            max_bad=cfg.max_bad_gold_fraction, reward=f"reward {reward_name(reward)!r}")
+        return prepare(data, answer_column=None, source=source, rows=rows, **common), []
     try:
         difficulty = Difficulty(**cfg.arith_difficulty)
     except TypeError as e:
         raise ValueError(f"config key 'arith_difficulty': {e}") from e
+    common["column_map"] = cfg.column_map
     train = prepare(arith_dataset(cfg.arith_train_size, cfg.seed, "train", difficulty), **common)
     n_eval = max(cfg.final_eval_size, cfg.eval_size)
     return train, list(prepare(datasets.Dataset.from_list(arith_suite(n_eval, difficulty)), **common))
 
 
+def dataset_source(cfg: GRPOConfig) -> str:
+    """How errors name the configured dataset: "data file 'x.jsonl'", or "dataset 'org/name' (split ...)"."""
+    if Path(cfg.dataset_name).expanduser().is_file():
+        return f"data file {cfg.dataset_name!r}"
+    return f"dataset {cfg.dataset_name!r} (split {cfg.dataset_split!r})"
+
+
+def accuracy_rewards(cfg: GRPOConfig) -> list[AccuracyReward]:
+    """The built-in accuracy rewards among ``reward_funcs`` (named, or configured with kwargs such
+    as gold_column), as configured. Entries naming a file of the user's are not built here (that
+    would run the file once more): their golds are checked as any reward's (``dataset_rewards``)."""
+    out = []
+    for entry in cfg.reward_funcs:
+        spec = entry.get("name") if isinstance(entry, dict) else entry
+        if not isinstance(spec, str) or (":" in spec and any(c in spec.rsplit(":", 1)[0] for c in ("/", "\\", ".py"))):
+            continue
+        (fn,), _ = build_rewards([entry])
+        while isinstance(fn, functools.partial):  # a chunk_size entry
+            fn = fn.func
+        if isinstance(fn, AccuracyReward):
+            out.append(fn)
+    return out
+
+
 def dataset_rewards(cfg: GRPOConfig, train: datasets.Dataset) -> tuple[list[Callable], list[float]]:
     """The reward functions, checked against the dataset's columns (a reward asking for a missing
-    column fails here)."""
-    columns = set(train.column_names) - {cfg.prompt_column, *INTERNAL_COLUMNS} | {"completion_ids"}
+    column fails here, as does a column named like an argument every reward receives)."""
+    own = set(train.column_names) - {cfg.prompt_column, *INTERNAL_COLUMNS}
+    check_column_names(own, dataset_source(cfg) if cfg.dataset_name != "arith" else "")
+    columns = own | {"completion_ids"}
     funcs, weights = build_rewards(cfg.reward_funcs, cfg.reward_weights, columns=columns)
     if any(_takes(fn, "answer") for fn in funcs):  # a gold column that is all blank trains on nothing
-        check_golds(train, "answer", parse=parse_gold)
+        check_golds(train, "answer", parse=parse_gold, source=dataset_source(cfg))
     return funcs, weights
+
+
+def check_column_names(columns: set[str], source: str) -> None:
+    """Refuse dataset columns named like the arguments every reward receives besides the columns
+    (``prompts``, ``completions``, ``completion_ids``, TRL's ``trainer_state``, ``log_extra``,
+    ``log_metric``): every reward call of the run would fail at step 1 (``completion_ids``: the
+    column would be replaced by the token ids, in silence)."""
+    taken = sorted(columns & set(RESERVED_ARGUMENTS))
+    if taken:
+        raise ValueError(f"{source or 'the dataset'}: column {taken[0]!r} has the name of an argument every reward "
+                         f"receives ({', '.join(RESERVED_ARGUMENTS)}); rename it with column_map, e.g. "
+                         f"column_map: {{{taken[0]}: {taken[0]}_column}}")
 
 
 def _takes(fn: Callable, name: str) -> bool:

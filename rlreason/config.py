@@ -40,6 +40,7 @@ DistillSelection = Literal["best_of_k", "all_correct", "shortest_correct"]  # rl
 
 logger = logging.getLogger("rlreason.config")
 ASYNC_IS_CAP = 2.0  # importance_sampling_cap when async_rollouts leaves it unset: weights above 2 are cut to 2
+MAX_SEED = 2**32 - 1  # numpy's seed range (accelerate's set_seed seeds numpy with the config's seed)
 
 
 class ConfigError(ValueError):
@@ -108,6 +109,10 @@ class GRPOConfig:
     # (the default then is TRL's: message lists, [{"role": "assistant", "content": ...}]).
     rewards_plain_text: bool = False
     reward_memory_mb: int | None = 1024  # address space a reward worker may add; None = no cap
+    # The built-in accuracy reward's golds are all read at start-up, by its own parser: when more
+    # than this fraction of the rows' golds are blank, unparseable or neither text nor a number, the
+    # run is refused (naming the rows); fewer are named in a warning (they score None: no signal).
+    max_bad_gold_fraction: float = 0.01
 
     # --- generation ---
     num_generations: int = 8
@@ -321,8 +326,14 @@ class GRPOConfig:
         need(self.num_iterations >= 1, "num_iterations", f"must be >= 1, got {self.num_iterations}")
         need(self.max_steps >= 1 or self.max_steps == -1, "max_steps",
              f"must be >= 1, or -1 for num_train_epochs, got {self.max_steps}")
-        need(self.num_train_epochs > 0, "num_train_epochs", f"must be > 0, got {self.num_train_epochs}")
+        need(math.isfinite(self.num_train_epochs) and self.num_train_epochs > 0, "num_train_epochs",
+             f"must be a finite number > 0, got {self.num_train_epochs}")
+        need(self.seed <= MAX_SEED, "seed", f"must be in [0, {MAX_SEED}] (numpy's seeds are 32-bit), got {self.seed}")
+        need(self.num_threads is None or self.num_threads >= 1, "num_threads",
+             f"must be >= 1, or null for torch's default, got {self.num_threads}")
         need(0 <= self.warmup_ratio < 1, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        need(0 <= self.max_bad_gold_fraction <= 1, "max_bad_gold_fraction",
+             f"must be a fraction of the rows in [0, 1], got {self.max_bad_gold_fraction}")
         need(self.max_completion_length >= 1, "max_completion_length", "must be >= 1")
         need(self.temperature > 0, "temperature", "training samples need temperature > 0")
         need(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
@@ -527,13 +538,35 @@ def from_dict(values: dict[str, Any], cls: type[GRPOConfig] = GRPOConfig) -> GRP
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping a YAML config file holds; a ConfigError naming the file and the line when it is
+    not UTF-8 or not YAML."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"config file {path}, line {line}: byte 0x{raw[e.start]:02x} is not UTF-8 text; save the "
+                          f"file as UTF-8") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {yaml_problem(e)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys to values")
     return data
+
+
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """Where and what a YAML error is, in one line: "line 3, column 5: <problem> (<context> at line 2)"."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    context, context_mark = getattr(e, "context", None), getattr(e, "context_mark", None)
+    started = f" ({context} at line {context_mark.line + 1})" if context and context_mark is not None else ""
+    return f"{where}{problem}{started}"
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -552,7 +585,11 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"cannot read command-line override {item!r}: use --key value or key=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else None
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config key '{key}' on the command line: cannot read {raw!r} as a YAML value "
+                              f"({getattr(e, 'problem', None) or e}); quote it, or fix its brackets") from None
         if "#" in raw and (value is None or isinstance(value, str)) and value != raw:
             value = raw  # YAML read " #..." as a comment: a command-line text keeps all of it
         out[key.replace("-", "_")] = value

@@ -2,7 +2,8 @@
 
 ``load_dataset_any`` accepts a local data file, a ``save_to_disk`` directory or a hub id
 (defined in ``rlreason.rewards.dataset_io``, where the rewards' preflight check needs it too).
-``prepare`` renames columns, checks the prompt and answer columns exist, renders every
+``prepare`` renames columns, checks the prompt and answer columns exist and every prompt is
+usable (``check_prompts``; ``check_golds`` reads a gold column as a reward does), renders every
 prompt into ``prompt_text`` (through the tokenizer's chat template when there is one),
 tokenizes it into ``prompt_ids`` and drops prompts that are too long. Every other column
 is kept, because reward functions receive the whole row.
@@ -13,6 +14,9 @@ is kept, because reward functions receive the whole row.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -34,13 +38,22 @@ def filter_rows(ds: datasets.Dataset, keep: dict[str, list[Any]]) -> datasets.Da
     ``{"level": ["Level 3", "Level 4", "Level 5"]}``). A missing column is an error naming it."""
     if not keep:
         return ds
+    return ds.select(kept_rows(ds, keep))
+
+
+def kept_rows(ds: datasets.Dataset, keep: dict[str, list[Any]]) -> list[int]:
+    """The positions of the rows ``filter_rows(ds, keep)`` keeps, in order: every row without a
+    filter. Start-up checks name a bad row by its position in the file, not in the filtered data."""
+    if not keep:
+        return list(range(len(ds)))
     missing = [c for c in keep if c not in ds.column_names]
     if missing:
         raise ValueError(f"config key 'dataset_filter': no column {missing[0]!r} in the dataset "
                          f"(columns: {', '.join(ds.column_names)})")
     allowed = {c: set(v) for c, v in keep.items()}
-    out = ds.filter(lambda row: all(row[c] in vals for c, vals in allowed.items()))
-    if len(out) == 0:
+    out = [i for i, row in enumerate(ds.select_columns(list(keep)))
+           if all(row[c] in vals for c, vals in allowed.items())]
+    if not out:
         raise ValueError(f"config key 'dataset_filter': no row of the {len(ds)} matches {keep}")
     return out
 
@@ -140,7 +153,7 @@ def prompt_messages(row: dict, *, prompt_column: str, template: str | None = Non
 # --------------------------------------------------------------------------- preparation
 
 
-def _rename(dataset: datasets.Dataset, column_map: dict[str, str] | None) -> datasets.Dataset:
+def rename_columns(dataset: datasets.Dataset, column_map: dict[str, str] | None) -> datasets.Dataset:
     """Apply ``column_map`` (source name -> target name), checking the sources exist."""
     mapping = {src: dst for src, dst in (column_map or {}).items() if src != dst}
     if not mapping:
@@ -161,21 +174,138 @@ def _rename(dataset: datasets.Dataset, column_map: dict[str, str] | None) -> dat
     return dataset.rename_columns(mapping)
 
 
-def check_golds(dataset: datasets.Dataset, column: str, parse: Any = None, sample: int = 200) -> None:
-    """Fail when the gold column carries no signal: every value missing (None or blank), or,
-    with ``parse`` (gold -> parsed value or None), none of the first ``sample`` present ones
-    parses. Otherwise the accuracy reward scores every completion None and the run trains on
-    nothing, with exit status 0."""
+# --------------------------------------------------------------------------- start-up checks
+
+# What a model folder's tokenizer is saved as (transformers' save_pretrained writes the first two).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def check_tokenizer(tokenizer: Any, path: str, what: str) -> None:
+    """Fail when ``tokenizer`` (of the model at ``path``) turns text into no tokens, the error
+    starting with ``what`` (the config key or flag that named it): what transformers builds from a
+    model folder without tokenizer files, whose every prompt is then empty."""
+    if tokenizer("What is 1 + 1?", add_special_tokens=False)["input_ids"]:
+        return
+    folder = Path(path).expanduser()
+    none = folder.is_dir() and not any((folder / name).exists() for name in TOKENIZER_FILES)
+    why = f"the folder has no tokenizer ({', '.join(TOKENIZER_FILES)})" if none else "its tokenizer reads no tokens"
+    raise ValueError(f"{what}: {why}, so every prompt would be empty; copy the tokenizer files of the model "
+                     f"it was trained from into it")
+
+
+SHOWN_ROWS = 5  # bad rows named in a start-up error, per kind of fault
+
+
+def _values(dataset: datasets.Dataset, column: str, batch_size: int = 4096) -> Iterator[Any]:
+    """The values of one column, read in batches (a large dataset's column never sits in memory whole)."""
+    for batch in dataset.select_columns([column]).iter(batch_size=batch_size):
+        yield from batch[column]
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _describe_bad(bad: dict[str, list[tuple[int, Any]]], rows: Sequence[int] | None) -> str:
+    """``{kind: [(position, value), ...]}`` as "2 unparseable, at rows 3, 7 (e.g. '\\frac{'); 1 empty, at
+    row 9; rows count from 0": rows numbered as in the file (``rows`` maps a position to its row
+    there), the first few of each kind named."""
+    parts = []
+    for kind, found in bad.items():
+        named = ", ".join(str(rows[i] if rows is not None else i) for i, _ in found[:SHOWN_ROWS])
+        more = f" and {len(found) - SHOWN_ROWS} more" if len(found) > SHOWN_ROWS else ""
+        example = found[0][1]
+        shown = "" if _blank(example) else (f" (e.g. {example!r:.60})" if isinstance(example, str | int | float)
+                                             else f" (e.g. a {type(example).__name__})")
+        parts.append(f"{len(found)} {kind}, at row{'s' if len(found) > 1 else ''} {named}{more}{shown}")
+    return "; ".join(parts) + "; rows count from 0"
+
+
+def check_prompts(dataset: datasets.Dataset, prompt_column: str, *, source: str = "the dataset",
+                  rows: Sequence[int] | None = None) -> None:
+    """Fail when a prompt is missing (null), blank or neither text nor a list of chat messages,
+    naming ``source`` (e.g. "data file 'x.jsonl'") and the rows (``rows``: each position's row in
+    the file). Otherwise a null prompt is trained on as the text "None", and an empty one stops
+    the run at the step that draws it, at every resume."""
+    bad: dict[str, list[tuple[int, Any]]] = {}
+    for i, value in enumerate(_values(dataset, prompt_column)):
+        if value is None:
+            kind = "null"
+        elif isinstance(value, str | list) and not (value.strip() if isinstance(value, str) else value):
+            kind = "empty"
+        elif isinstance(value, str) or _is_conversation(value):
+            continue
+        else:
+            kind = "neither text nor a list of chat messages"
+        bad.setdefault(kind, []).append((i, value))
+    if bad:
+        count = sum(map(len, bad.values()))
+        raise ValueError(f"prompt column {prompt_column!r} of {source}: {count} of {len(dataset)} prompts cannot be "
+                         f"used ({_describe_bad(bad, rows)}); every prompt needs text: fix or remove those rows")
+
+
+def check_golds(dataset: datasets.Dataset, column: str, parse: Callable[[Any], Any] | None = None, *,
+                source: str = "the dataset", rows: Sequence[int] | None = None, max_bad: float | None = None,
+                reward: str = "the reward", sample: int = 200) -> None:
+    """Fail when the gold column would leave ``reward`` without signal. ``parse`` is the reward's
+    own reading of a gold (gold -> parsed value, or None when it cannot read it).
+
+    ``max_bad`` None (a reward of the user's, which may read its golds otherwise): only a column
+    where nothing can be read fails: every value missing (None or blank) or, with ``parse``,
+    none of the first ``sample`` present ones parses. ``max_bad`` a fraction (the built-in
+    accuracy reward, with ``parse`` its gold parser): every row is read; more than ``max_bad``
+    of them blank, unparseable or neither text nor a number fails, naming ``source``, the
+    kinds of fault, how many and the first rows of each (``rows``: each position's row in the
+    file); fewer is a warning naming them. Those rows score None: no signal, never a wrong one.
+    """
     if column not in dataset.column_names:
         return
-    present = [g for g in dataset[column] if g is not None and str(g).strip()]
-    if not present:
-        raise ValueError(f"gold column {column!r}: all {len(dataset)} rows are empty, so the accuracy reward "
-                         f"would score every completion None; fill it, or point column_map at the gold column")
-    if parse is not None and not any(parse(g) is not None for g in present[:sample]):
-        raise ValueError(f"gold column {column!r}: none of the first {min(sample, len(present))} golds can be parsed "
-                         f"(e.g. {present[0]!r}); check that it holds the answers (column_map), or check with "
-                         f"`python -m rlreason.rewards check`")
+    if max_bad is None:
+        present = [g for g in _values(dataset, column) if not _blank(g)]
+        if not present:
+            raise ValueError(f"gold column {column!r} of {source}: all {len(dataset)} rows are empty, so {reward} "
+                             f"would score every completion None; fill it, or point column_map at the gold column")
+        if parse is not None and not any(parse(g) is not None for g in present[:sample]):
+            raise ValueError(f"gold column {column!r} of {source}: none of the first {min(sample, len(present))} golds "
+                             f"can be parsed (e.g. {present[0]!r}); check that it holds the answers (column_map), or "
+                             f"check with `python -m rlreason.rewards check`")
+        return
+    bad = _bad_golds(_values(dataset, column), parse)
+    count, n = sum(map(len, bad.values())), len(dataset)
+    if not count:
+        return
+    what = (f"gold column {column!r} of {source}: {reward} cannot read {count} of {n} golds "
+            f"({_describe_bad(bad, rows)}): those rows would score None, no training signal")
+    if count == n:
+        raise ValueError(f"{what}. Check that the column holds the answers (column_map, or the reward's "
+                         f"gold_column), or check with `python -m rlreason.rewards check`")
+    if count > max_bad * n:
+        raise ValueError(f"{what}; that is {count / n:.1%} of the rows, more than config key 'max_bad_gold_fraction' "
+                         f"({max_bad:.1%}) allows: fix or drop those rows, or raise max_bad_gold_fraction")
+    logger.warning("%s; max_bad_gold_fraction (%.1f%% of the rows) allows that many, so the run goes on",
+                   what, 100 * max_bad)
+
+
+def _bad_golds(values: Iterable[Any], parse: Callable[[Any], Any] | None) -> dict[str, list[tuple[int, Any]]]:
+    """{kind of fault: [(position, value), ...]} over every gold; each distinct gold is parsed once."""
+    bad: dict[str, list[tuple[int, Any]]] = {}
+    parsed: dict[tuple[type, Any], bool] = {}
+    for i, gold in enumerate(values):
+        if _blank(gold):
+            kind = "empty"
+        elif isinstance(gold, bool) or not isinstance(gold, str | int | float | Fraction):
+            kind = "neither text nor a number"
+        elif parse is None:
+            continue
+        else:
+            key = (type(gold), gold)
+            if key not in parsed:
+                parsed[key] = parse(gold) is not None
+            if parsed[key]:
+                continue
+            kind = "unparseable"
+        bad.setdefault(kind, []).append((i, gold))
+    return bad
 
 
 def _require_column(dataset: datasets.Dataset, column: str, role: str) -> None:
@@ -215,10 +345,14 @@ def prepare(
     template: str | None = None,
     system_prompt: str | None = None,
     max_prompt_length: int | None = None,
+    source: str = "the dataset",
+    rows: Sequence[int] | None = None,
 ) -> datasets.Dataset:
     """Make ``dataset`` ready for the trainer.
 
-    Renames columns per ``column_map``, checks ``prompt_column`` (and ``answer_column``) exist,
+    Renames columns per ``column_map``, checks ``prompt_column`` (and ``answer_column``) exist
+    and every prompt is usable (``check_prompts``: an error names ``source`` and the rows, by
+    ``rows``, each position's row in the file),
     adds ``prompt_text`` (see ``render_prompt``), with a chat template the messages it rendered
     (``prompt_messages``, what rewards get as ``prompts``) and, with a tokenizer, ``prompt_ids``. With
     ``max_prompt_length`` (in tokens, so a tokenizer is needed) longer prompts are dropped.
@@ -229,10 +363,11 @@ def prepare(
             raise ValueError("max_prompt_length counts tokens, so prepare() needs a tokenizer")
         if max_prompt_length < 1:
             raise ValueError(f"max_prompt_length must be >= 1, got {max_prompt_length}")
-    dataset = _rename(dataset, column_map)
+    dataset = rename_columns(dataset, column_map)
     _require_column(dataset, prompt_column, "prompt")
     if answer_column is not None:
         _require_column(dataset, answer_column, "answer")
+    check_prompts(dataset, prompt_column, source=source, rows=rows)
     chat = use_chat_template and _has_chat_template(tokenizer)
     if use_chat_template and tokenizer is not None and not chat:
         logger.info("tokenizer has no chat template; prompts are used as raw text")

@@ -30,6 +30,7 @@ FREE_KEYS = frozenset({
     "eval_suites_limit", "max_steps", "max_nonfinite_steps", "reward_num_workers", "reward_timeout_s",
     "reward_memory_mb", "vllm_server_base_url", "vllm_server_host", "vllm_server_port", "vllm_server_timeout",
     "vllm_group_port", "vllm_server_max_retries", "vllm_server_retry_delay",
+    "max_bad_gold_fraction",  # a start-up check of the data
 })
 # Applied to the restored optimizer / scheduler (max_grad_norm and warmup_steps are read at
 # every step / by the schedule, which is rebuilt from the config).

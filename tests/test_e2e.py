@@ -222,7 +222,7 @@ def _open_r1_yaml(tmp_path: Path, tiny_path: Path, data: Path, prompt_column: st
         "gradient_checkpointing": False, "gradient_checkpointing_kwargs": {"use_reentrant": False},
         "hub_model_id": "Tiny-Open-R1-GRPO", "hub_strategy": "every_save", "learning_rate": 1.0e-05,
         "log_completions": True, "log_level": "info", "logging_first_step": True, "logging_steps": 1,
-        "logging_strategy": "steps", "lr_scheduler_type": "cosine", "max_prompt_length": 256,
+        "logging_strategy": "steps", "lr_scheduler_type": "cosine", "max_prompt_length": 128,
         "max_completion_length": 32, "max_steps": -1, "num_generations": 4, "num_train_epochs": 1,
         "output_dir": str(tmp_path / "run"), "overwrite_output_dir": True, "per_device_eval_batch_size": 8,
         "per_device_train_batch_size": 8, "push_to_hub": False, "report_to": "none",
