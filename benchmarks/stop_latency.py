@@ -121,8 +121,9 @@ def table(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ckpt = "none" if r["checkpoint_s"] is None else f"{r['checkpoint_s']:.2f} s"
+        size = "-" if r["checkpoint_mb"] is None else f"{r['checkpoint_mb']:,.0f} MB"
         lines.append(f"| {r['size']} | {r['launcher']} | {r['target']} | {r['step_s']:.1f} s | {r['phase']} | "
-                     f"{ckpt} | {r['exit_s']:.2f} s | {r['returncode']} | {r['checkpoint_mb']} MB |")
+                     f"{ckpt} | {r['exit_s']:.2f} s | {r['returncode']} | {size} |")
     return "\n".join(lines)
 
 
