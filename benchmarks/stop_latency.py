@@ -41,6 +41,9 @@ from pathlib import Path
 from _common import replace_block  # benchmarks/ is on sys.path when a script runs
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from _procs import in_group  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results" / "stop_latency.json"
 DOC = ROOT / "docs" / "reliability.md"
 BEGIN, END = "<!-- stop-latency:begin -->", "<!-- stop-latency:end -->"
@@ -48,16 +51,6 @@ COMMON = ["--max_steps", "50", "--save_steps", "0", "--eval_steps", "0", "--fina
           "--log_completions_steps", "0", "--progress", "false", "--num_threads", "1"]
 
 
-def group_alive(pgid: int) -> bool:
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                return True
-    return False
 
 
 def du(path: Path) -> int:
@@ -95,7 +88,7 @@ def one_run(out: Path, work: list[str], launcher: str, target: str, delay: float
     else:
         proc.send_signal(signal.SIGTERM)
     t_ckpt = None
-    while group_alive(proc.pid) or proc.poll() is None:
+    while in_group(proc.pid) or proc.poll() is None:
         if t_ckpt is None and ckpts.exists() and any(p.name.startswith("step-") for p in ckpts.iterdir()):
             t_ckpt = time.monotonic() - t0
         time.sleep(0.005)

@@ -109,9 +109,7 @@ def stop_at_once(enabled: bool = True) -> Iterator[None]:
     if not enabled:
         yield
         return
-    if requested():
-        raise Stopped(_state.signal_name)
-    _state.at_once += 1
+    _enter_at_once()
     try:
         yield
     finally:
@@ -128,14 +126,19 @@ def step_in_flight(enabled: bool = True) -> Iterator[None]:
     if not enabled:
         yield
         return
-    if requested():
-        raise Stopped(_state.signal_name)
-    _state.at_once += 1
+    _enter_at_once()
     _state.in_flight = True
     try:
         yield
     finally:
         commit()
+
+
+def _enter_at_once() -> None:
+    """Enter a window where a stop signal raises: at once, if one came before."""
+    if requested():
+        raise Stopped(_state.signal_name)
+    _state.at_once += 1
 
 
 def commit() -> None:

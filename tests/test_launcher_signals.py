@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _procs import in_group
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER = Path(__file__).parent / "_launcher_115.py"
@@ -36,18 +37,6 @@ def children(pid: int) -> list[int]:
     return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
 
 
-def in_group(pgid: int) -> list[int]:
-    """Live processes of process group ``pgid`` (the launcher's session: the run and its workers)."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                out.append(int(d.name))
-    return out
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _procs import in_group
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,19 +146,6 @@ GRACE_S = 5.0
 # the built-in accuracy reward taking 8 s per step (same name and scores), as a real GPU step takes
 SLOW = ["--reward_funcs", f"[{ROOT / 'tests' / '_slow_reward.py'}:accuracy_reward]"]
 
-
-def in_group(pgid: int) -> list[int]:
-    """Live processes of process group ``pgid``."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                out.append(int(entry))
-    return out
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from _procs import alive, wait_until
+from _procs import assert_all_end, wait_until
 
 from rlreason.rewards.runner import RewardRunner
 
@@ -115,12 +115,7 @@ def test_a_batch_abandoned_by_a_stop_signal_closes_the_pool_at_once(tmp_path) ->
     assert proc.returncode == 0, err[-2000:]
     assert out.startswith("closed in ") and float(out.split()[2]) < 1.5, (out, err[-2000:])
     sleepers = [int(p) for p in pids.read_text().split()]
-    try:
-        assert wait_until(lambda: not any(alive(p) for p in sleepers)), [p for p in sleepers if alive(p)]
-    finally:
-        for p in sleepers:
-            if alive(p):
-                os.kill(p, signal.SIGKILL)
+    assert_all_end(sleepers)
 
 
 def test_a_reward_whose_forked_child_returns_cannot_answer_for_it() -> None:
@@ -146,12 +141,7 @@ def test_subprocesses_that_leave_the_workers_session_die_with_the_pool(tmp_path)
         assert runner.score(["p"] * 4, ["a"] * 4, {}).failures == {"detached_sleeper": 0}
     sleepers = [int(p) for p in pids.read_text().split()]
     assert len(sleepers) == 4
-    try:
-        assert wait_until(lambda: not any(alive(p) for p in sleepers)), [p for p in sleepers if alive(p)]
-    finally:
-        for p in sleepers:
-            if alive(p):
-                os.kill(p, signal.SIGKILL)
+    assert_all_end(sleepers)
 
 
 def test_a_rewards_output_is_captured_and_capped() -> None:
