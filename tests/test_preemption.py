@@ -14,6 +14,7 @@ import signal
 import time
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 from accelerate import Accelerator
@@ -24,6 +25,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rlreason.build import assemble, close_engine
 from rlreason.config import GRPOConfig
 from rlreason.data import arith_dataset, prepare
+from rlreason.eval.suites import arith_suite
+from rlreason.rewards import accuracy_reward
 from rlreason.rollout.errors import RolloutServerError, find_server_error
 from rlreason.rollout.hf import HFEngine
 from rlreason.trainer import GRPOTrainer
@@ -63,15 +66,16 @@ class _DyingServer(HFEngine):
         return super().generate(*args, **kwargs)
 
 
-def _trainer(tiny_path, out: Path, reward, fail_at: int | None = None, **overrides) -> GRPOTrainer:
+def _trainer(tiny_path, out: Path, reward, fail_at: int | None = None, eval_fn=None, **overrides) -> GRPOTrainer:
     cfg = GRPOConfig(output_dir=str(out), **{**SMALL, "max_steps": STEPS, "save_total_limit": 10, **overrides})
     tok = AutoTokenizer.from_pretrained(tiny_path)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_path)
     train = prepare(arith_dataset(64, 0, "train"), tokenizer=tok)
     engine = _DyingServer(model, tok, fail_at) if fail_at else None
-    return GRPOTrainer(cfg, assemble(cfg, model, tok, train, [reward], engine=engine,
-                                     accelerator=Accelerator(cpu=True)))
+    heldout = list(prepare(datasets.Dataset.from_list(arith_suite(16)), tokenizer=tok)) if eval_fn else None
+    return GRPOTrainer(cfg, assemble(cfg, model, tok, train, [reward], engine=engine, eval_rows=heldout,
+                                     eval_accuracy_fn=eval_fn, accelerator=Accelerator(cpu=True)))
 
 
 def _train(tr: GRPOTrainer) -> dict:
@@ -151,3 +155,42 @@ def test_a_rollout_server_that_fails_for_good_stops_the_run_with_an_exact_checkp
     _assert_same_checkpoint(ref / "checkpoints" / ckpt.name, ckpt)
     _train(_trainer(tiny_path, out, _signalling_reward(None, 0), save_steps=0, resume_from_checkpoint="auto"))
     assert _rows(out) == _rows(ref)
+
+
+def _signalling_eval(calls: Path, at_call: int):
+    """The accuracy reward of the held-out evaluation; on its ``at_call``-th batch (counted in a file:
+    it runs in worker processes) it sends SIGTERM to the trainer while it scores."""
+    trainer_pid = os.getpid()
+
+    def accuracy(prompts, completions, answer, **kw):
+        with open(calls, "a") as f:
+            f.write("x")
+        if len(calls.read_text()) == at_call:
+            os.kill(trainer_pid, signal.SIGTERM)
+            time.sleep(5.0)
+        return accuracy_reward(prompts, completions, answer=answer, **kw)
+
+    return accuracy
+
+
+@pytest.mark.slow
+def test_a_stop_during_a_periodic_evaluation_leaves_the_steps_row_to_the_resume(tiny_path, tmp_path):
+    """SIGTERM while the evaluation after step 2 is scored: step 2 is done, so it is checkpointed with
+    its metrics row kept aside (its evaluation cut short), and the resumed run evaluates it and writes
+    the row the uninterrupted run wrote: the logs are the same, the evaluation included."""
+    common = dict(eval_steps=2, save_steps=0, final_eval_size=16, eval_size=16)
+    ref = tmp_path / "reference"
+    _train(_trainer(tiny_path, ref, _signalling_reward(None, 0), eval_fn=_signalling_eval(tmp_path / "c0", -1),
+                    **common))
+    out = tmp_path / "stopped"
+    # call 1: the evaluation before training; call 2: the one after step 2
+    summary = _train(_trainer(tiny_path, out, _signalling_reward(None, 0),
+                              eval_fn=_signalling_eval(tmp_path / "c1", 2), **common))
+    assert summary["interrupted"] and summary["steps"] == 2
+    state = json.loads((out / "checkpoints" / "step-0000002" / "trainer_state.json").read_text())
+    assert state["pending_row"]["loss"] == next(r for r in _rows(ref) if r.get("step") == 2)["loss"]
+    assert [r["step"] for r in _rows(out)] == [0, 1]  # the before-training row and step 1; step 2 pending
+    _train(_trainer(tiny_path, out, _signalling_reward(None, 0), eval_fn=_signalling_eval(tmp_path / "c2", -1),
+                    resume_from_checkpoint="auto", **common))
+    assert _rows(out) == _rows(ref)
+    assert "eval/accuracy" in next(r for r in _rows(out) if r["step"] == 2)
