@@ -11,7 +11,7 @@ to two cores, the laptop of the issue, on a machine with more. Settings:
   one       1 thread for both
   passive2  2 threads for both with OMP_WAIT_POLICY=PASSIVE (waiting threads sleep instead of spinning)
   new       the defaults: a 2-thread build and 1-thread training (tiny_cpu.yaml), passive waits
-            (rlreason/__init__.py), never more threads than usable cores (rlreason/host.py)
+            (rlreason/__init__.py), never more threads than usable cores (rlreason/run/host.py)
 Targets: with the competitor at most 2.5x the time alone; alone at most 10% slower than `old`.
 
 The build is `make demo`'s (`python -m rlreason.tiny`, 800 warm-up steps unless --sft-steps) into a
@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rlreason.host import usable_cpus  # noqa: E402
+from rlreason.run.host import usable_cpus  # noqa: E402
 
 SETTINGS = {  # name -> (environment, training num_threads)
     # before issue 22. OMP_WAIT_POLICY empty: libgomp warns and keeps its default (spin, then sleep),

@@ -19,7 +19,7 @@ Sections (each runs even when an earlier one failed; its error is recorded, the 
    prompt ids, ``--prompts`` x ``--samples`` x ``--new-tokens`` (random weights rarely sample
    eos, so nearly every row runs to the limit; the generated tokens are counted, not assumed).
 4. ``train``: the same shape as the trainer holds it (fp32 master weights, bf16 autocast via
-   accelerate, AdamW): the chunked ``rlreason.logprobs.completion_logprobs`` pass over packed
+   accelerate, AdamW): the chunked ``rlreason.loop.logprobs.completion_logprobs`` pass over packed
    prompt+completion rows, ``rlreason.algorithms`` clipped surrogate + token-mean aggregation,
    backward, grad clipping and an AdamW step; tokens/s over prompt+completion tokens, peak
    memory, and 6 * parameters * tokens FLOP/s. Not the trainer's ``update`` (that needs a
@@ -56,7 +56,7 @@ except ImportError:  # a bare checkout: the torch-only modules (rollout, logprob
 
 DEPENDENCIES = ["transformers", "accelerate", "datasets", "tokenizers", "safetensors", "yaml", "rich", "matplotlib",
                 "sympy", "latex2sympy2_extended", "math_verify", "antlr4", "peft", "trl", "hypothesis", "tensorboard",
-                "vllm", "rlreason", "rlreason.rewards", "rlreason.eval", "rlreason.trainer"]
+                "vllm", "rlreason", "rlreason.rewards", "rlreason.eval", "rlreason.loop.trainer"]
 
 
 def _sync() -> None:
@@ -197,8 +197,8 @@ def train_section(args, device: torch.device) -> dict:
     from accelerate import Accelerator
 
     from rlreason import algorithms as A
-    from rlreason.batching import pack
-    from rlreason.logprobs import completion_logprobs
+    from rlreason.data.batching import pack
+    from rlreason.loop.logprobs import completion_logprobs
 
     cuda = device.type == "cuda"
     acc = Accelerator(mixed_precision="bf16" if cuda else "no", cpu=not cuda)

@@ -1,6 +1,6 @@
 """GRPO steps on a realistic-size, random-initialised model: step time, tokens/s, peak memory
 and the training phase's MFU. Needs only torch, transformers and accelerate (plus this
-repository's torch-only modules: rlreason.algorithms, rlreason.logprobs, rlreason.rollout.hf).
+repository's torch-only modules: rlreason.algorithms, rlreason.loop.logprobs, rlreason.rollout.hf).
 
     python benchmarks/gpu_step.py                       # Qwen2.5-1.5B architecture, bf16, on the GPU
     python benchmarks/gpu_step.py --size tiny --steps 1 # smoke test on CPU (what the test suite runs)
@@ -34,8 +34,8 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from rlreason import algorithms as A  # noqa: E402
-from rlreason.batching import pack  # noqa: E402
-from rlreason.logprobs import completion_logprobs, enable_gradient_checkpointing  # noqa: E402
+from rlreason.data.batching import pack  # noqa: E402
+from rlreason.loop.logprobs import completion_logprobs, enable_gradient_checkpointing  # noqa: E402
 from rlreason.rollout.base import SamplingConfig  # noqa: E402
 from rlreason.rollout.hf import HFEngine  # noqa: E402
 

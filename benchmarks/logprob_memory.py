@@ -38,8 +38,8 @@ def worker(args: argparse.Namespace) -> dict:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from rlreason.batching import pack
-    from rlreason.logprobs import completion_logprobs
+    from rlreason.data.batching import pack
+    from rlreason.loop.logprobs import completion_logprobs
 
     torch.set_num_threads(args.threads)
     cuda = torch.cuda.is_available() and not args.cpu

@@ -6,7 +6,7 @@ Each run is the recipe in a fresh process group, launched as users launch it (``
 the whole group (what Slurm, Kubernetes and ``timeout`` do) or to the launcher alone (``kill
 <pid>``), ``--delay`` seconds into step 2 (default: a random point of a step's length, so every
 phase gets hit). Measured from the signal: until the checkpoint folder appears (it is renamed
-into place when complete: rlreason/checkpoint.py) and until the last process of the group has
+into place when complete: rlreason/run/checkpoint.py) and until the last process of the group has
 ended; which phase the signal landed in (the step abandoned before its update, or the update
 finished first).
 

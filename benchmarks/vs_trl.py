@@ -158,7 +158,7 @@ def heldout_accuracy(model, tok, rows: list[dict], max_tokens: int) -> float | N
 def run_rlreason(work: Work, out_dir: str) -> dict:
     from rlreason.build import assemble
     from rlreason.config import GRPOConfig
-    from rlreason.trainer import GRPOTrainer
+    from rlreason.loop.trainer import GRPOTrainer
 
     model, tok, train, heldout = build(work)
     cfg = GRPOConfig(output_dir=out_dir, seed=work.seed, max_steps=work.steps, num_threads=1,

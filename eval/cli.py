@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
-from rlreason import stopping
 from rlreason.eval.suites import SUITES, TEMPLATES, get_suite, load_suite_file
+from rlreason.run import stopping
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="comma-separated answer fallbacks when no marker is found (whole,answer_phrase,last_math,"
                         "last_number); default none")
     # Scoring runs in the reward runner's worker processes, as training rewards do; the names
-    # match rlreason/config.py's keys (the dashed spelling works too).
+    # match rlreason/config/'s keys (the dashed spelling works too).
     p.add_argument("--reward_num_workers", "--reward-num-workers", type=int, default=2,
                    help="worker processes scoring completions; 0 = in this process (no timeout or memory cap)")
     p.add_argument("--reward_timeout_s", "--reward-timeout-s", type=float, default=10.0,
@@ -112,7 +112,7 @@ def resolve_model(model: str) -> str:
 @contextlib.contextmanager
 def clean_start() -> Iterator[None]:
     """An error before the first suite runs (a model, suite or argument to fix) is one line on stderr,
-    ``error: ...``, and exit status 1, as a recipe's (rlreason/run.py); RLREASON_TRACEBACK=1 keeps the
+    ``error: ...``, and exit status 1, as a recipe's (rlreason/run/); RLREASON_TRACEBACK=1 keeps the
     traceback."""
     try:
         yield
@@ -146,27 +146,25 @@ def load_tokenizer(model_path: str) -> Any:
 
 
 def build_engine(args: argparse.Namespace, model_path: str) -> tuple[Any, Any]:
-    """(engine, tokenizer) for ``--engine``. vLLM is imported only when asked for."""
+    """(engine, tokenizer) for ``--engine``, from the one engine factory (rlreason/rollout/factory.py).
+    vLLM is imported only when asked for."""
+    from rlreason.rollout import factory
+
     kwargs = json.loads(args.engine_kwargs)
     if args.engine == "vllm":
         try:
             import vllm  # noqa: F401  (fail here, with a clear message, before anything loads)
-
-            from rlreason.rollout.vllm import VLLMEngine
         except ImportError as e:
-            raise SystemExit(f"--engine vllm needs vLLM and rlreason.rollout.vllm ({e}); "
-                             "install vllm (GPU) or use --engine hf") from e
-        kwargs.setdefault("seed", args.seed)
+            raise SystemExit(f"--engine vllm needs vLLM ({e}); install vllm (GPU) or use --engine hf") from e
         if args.dtype != "auto":
             kwargs.setdefault("dtype", args.dtype)
         tokenizer = load_tokenizer(model_path)
         # VLLMEngine(model, tokenizer, *, seed, dtype, gpu_memory_utilization, ...) in rlreason/rollout/vllm.py
-        return VLLMEngine(model_path, tokenizer, **kwargs), tokenizer
+        engine = factory.make_engine("vllm", model_path, tokenizer, seed=kwargs.pop("seed", args.seed), **kwargs)
+        return engine, tokenizer
     tokenizer = load_tokenizer(model_path)
     import torch
     from transformers import AutoModelForCausalLM
-
-    from rlreason.rollout.hf import HFEngine
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = {"auto": torch.bfloat16 if device == "cuda" else torch.float32,
@@ -175,7 +173,7 @@ def build_engine(args: argparse.Namespace, model_path: str) -> tuple[Any, Any]:
     if tokenizer.pad_token_id is None:
         # Batched generation needs padding; eos as pad is safe here since nothing is trained.
         tokenizer.pad_token = tokenizer.eos_token
-    return HFEngine(model, tokenizer, max_batch_prompts=args.batch_prompts), tokenizer
+    return factory.make_engine("transformers", model, tokenizer, batch_prompts=args.batch_prompts), tokenizer
 
 
 def run_compare(a_path: str, b_path: str) -> str:
@@ -210,7 +208,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         protocol = build_protocol(args)
     results: dict[str, Any] = {"config": {"suites": {}}, "suites": {}, "problems": {}}
     model_path = args.model
-    # SIGTERM / Ctrl-C stop at once (rlreason/stopping.py); the suites finished by then are written,
+    # SIGTERM / Ctrl-C stop at once (rlreason/run/stopping.py); the suites finished by then are written,
     # the interrupted one is named, and the exit status is 0: a clean, expected stop.
     with stopping.handle_stop_signals():
         try:

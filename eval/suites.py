@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from rlreason.data.tasks import arith
 from rlreason.rewards.math import extract_answer
-from rlreason.tasks import arith
 
 # Fixed so that every run, before and after training, is scored on the same problems.
 ARITH_EVAL_SEED = 12345

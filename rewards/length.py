@@ -162,8 +162,8 @@ class CosineLengthReward(_LengthMeasure):
     pushed to think longer only when it would otherwise be wrong. The paper's own values were
     correct 2 -> 1, wrong -10 -> 0, exceed -10.
 
-    Correctness comes from ``accuracy``: a reward function (or a registry spec string such as
-    ``"accuracy"`` or ``"pkg.mod:fn"``) called with the same arguments; a completion is correct
+    Correctness comes from ``accuracy``: a reward function (in a config's kwargs also a registry spec
+    string such as ``"accuracy"`` or ``"pkg.mod:fn"``) called with the same arguments; a completion is correct
     when it scores >= 0.5 and the result is None where accuracy is None (e.g. an unparseable
     gold). The default is the built-in ``accuracy`` reward, which reads the ``answer`` column.
     Length is measured as for :class:`SoftOverlongReward`. Registry name ``cosine_length``.
@@ -234,10 +234,9 @@ class R1CosineReward(CosineLengthReward):
 def _accuracy_function(owner: str, accuracy: Callable | str | None) -> Callable:
     if accuracy is None:
         return accuracy_reward
-    if isinstance(accuracy, str):
-        from .registry import resolve  # here, not at the top: the registry imports this module
-
-        return resolve(accuracy)
+    if isinstance(accuracy, str):  # the registry resolves a name given in a config before it builds this reward
+        raise TypeError(f"{owner}: accuracy {accuracy!r} is a spec string; in Python pass the function, e.g. "
+                        f"rlreason.rewards.registry.resolve({accuracy!r}) (a config's kwargs may name it)")
     if not callable(accuracy):
         raise TypeError(f"{owner}: accuracy must be a reward function or a spec string, got {accuracy!r}")
     return accuracy

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from . import length as _length
 from ._call import TRAINER_ARGS
 from ._text import completion_text
 from .format import format_lenient_reward, format_reward, r1_format_reward, r1_tag_count_reward, tag_count_reward
@@ -150,6 +151,10 @@ def _builtin(name: str) -> Callable:
 def _materialize(target: Callable, kwargs: dict[str, Any], label: str, named: bool = True) -> RewardFunc:
     """``target`` configured with ``kwargs``: a class is instantiated, anything else is wrapped in a
     ``functools.partial`` (named like the function, so logs and TRL see the same name)."""
+    if target.__module__ == _length.__name__ and isinstance(kwargs.get("accuracy"), str):
+        # a length reward's correctness reward, named in the config: the registry resolves it, so the
+        # length rewards import no registry (no cycle)
+        kwargs = {**kwargs, "accuracy": resolve(kwargs["accuracy"])}
     if inspect.isclass(target):
         return _instantiate(target, kwargs, label)
     if named and _is_factory(target):  # a function handed over directly is meant as the reward itself

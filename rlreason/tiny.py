@@ -14,7 +14,7 @@ The tokenizer is a byte-level BPE trained with exactly the pipeline that
 ``AutoTokenizer.from_pretrained`` gives the same ids as at build time. It has a ChatML
 template, left padding, and distinct pad (``<|endoftext|>``) and eos (``<|im_end|>``).
 
-The warm-up imitates traces from a sloppy teacher (see ``rlreason.tasks.arith``) on
+The warm-up imitates traces from a sloppy teacher (see ``rlreason.data.tasks.arith``) on
 the same problems RL trains on: the model learns the format and the method, and copies
 the teacher's dropped carries, which RL then has to unlearn.
 """
@@ -37,12 +37,12 @@ from pathlib import Path
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-from rlreason.batching import right_pad
-from rlreason.host import capped_threads
-from rlreason.tasks import arith
+from rlreason.data.batching import right_pad
+from rlreason.data.tasks import arith
+from rlreason.run.host import capped_threads
 
 # Threads for the build: a fixed count keeps it reproducible; RLREASON_BUILD_THREADS sets another, and
-# it is never more than the usable cores (rlreason/host.py). Two, with OpenMP's passive waiting (set on
+# it is never more than the usable cores (rlreason/run/host.py). Two, with OpenMP's passive waiting (set on
 # import, rlreason/__init__.py): on 2 cores shared with one busy loop, 2 spinning threads ran 100
 # warm-up steps in 541 s (26 s alone); passive ones take 1.7x their time alone, and alone they are as
 # fast as before (docs/benchmarks.md, benchmarks/busy_machine.py). The weights depend on the thread

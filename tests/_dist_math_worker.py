@@ -54,7 +54,7 @@ def lr_run(model_dir: str, out: Path) -> None:
     from rlreason.build import assemble
     from rlreason.config import GRPOConfig
     from rlreason.data import arith_dataset, prepare
-    from rlreason.trainer import GRPOTrainer
+    from rlreason.loop.trainer import GRPOTrainer
 
     acc = Accelerator(cpu=True)
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -98,7 +98,7 @@ def forwards_run(model_dir: str, out: Path) -> None:
     from rlreason.build import assemble
     from rlreason.config import GRPOConfig
     from rlreason.data import arith_dataset, prepare
-    from rlreason.trainer import GRPOTrainer
+    from rlreason.loop.trainer import GRPOTrainer
 
     acc = Accelerator(cpu=True)
     world = acc.num_processes

@@ -15,7 +15,7 @@ every process checks that all processes hold the same weights after training.
 ``stop``: a SIGTERM to one process in the middle of step 2: all abandon it together.
 
 ``gather``: wrap the tiny model in DDP, and shard it with FSDP2 (``fully_shard``), and read
-the full weights back with ``rlreason.distributed.full_named_parameters``.
+the full weights back with ``rlreason.loop.distributed.full_named_parameters``.
 """
 
 from __future__ import annotations
@@ -79,8 +79,8 @@ def train_cases(model_dir: str, out: Path, cases: list[str]) -> None:
     from rlreason.build import assemble
     from rlreason.config import GRPOConfig
     from rlreason.data import arith_dataset, prepare
-    from rlreason.distributed import full_state_dict
-    from rlreason.trainer import GRPOTrainer
+    from rlreason.loop.distributed import full_state_dict
+    from rlreason.loop.trainer import GRPOTrainer
 
     acc = Accelerator(cpu=True)
     world = acc.num_processes
@@ -138,7 +138,7 @@ def stop(model_dir: str, out: Path) -> None:
     from rlreason.build import assemble
     from rlreason.config import GRPOConfig
     from rlreason.data import arith_dataset, prepare
-    from rlreason.trainer import GRPOTrainer
+    from rlreason.loop.trainer import GRPOTrainer
 
     acc = Accelerator(cpu=True)
     world = acc.num_processes
@@ -179,7 +179,7 @@ def gather(model_dir: str, out: Path) -> None:
     from torch.nn.parallel import DistributedDataParallel
     from transformers import AutoModelForCausalLM
 
-    from rlreason.distributed import full_named_parameters
+    from rlreason.loop.distributed import full_named_parameters
 
     dist.init_process_group("gloo")
     mesh = init_device_mesh("cpu", (dist.get_world_size(),))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from rlreason.batching import pack
-from rlreason.logprobs import completion_logprobs
+from rlreason.data.batching import pack
+from rlreason.loop.logprobs import completion_logprobs
 from rlreason.rollout.base import Sample
 
 

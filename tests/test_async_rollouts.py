@@ -1,4 +1,4 @@
-"""Overlapped rollouts (async_rollouts, rlreason/async_rollout.py) on the real tiny model: the run
+"""Overlapped rollouts (async_rollouts, rlreason/loop/async_rollout.py) on the real tiny model: the run
 trains, is deterministic, bounds the staleness, surfaces the rollout thread's errors, and refuses
 what it cannot run. Exact resume with a batch in flight: tests/test_resume.py."""
 
@@ -23,17 +23,18 @@ import torch
 from accelerate import Accelerator
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlreason.async_rollout import PENDING_ROLLOUT, Batch, Overlap, RolloutThread
-from rlreason.build import assemble, close_engine
-from rlreason.checkpoint import CorruptCheckpointError, write_manifest
+from rlreason.build import assemble
 from rlreason.config import ASYNC_IS_CAP, ConfigError, GRPOConfig
 from rlreason.data import arith_dataset, prepare
 from rlreason.eval.suites import arith_suite
-from rlreason.experience import plain, rollout_from_state, rollout_state
+from rlreason.loop.async_rollout import PENDING_ROLLOUT, Batch, Overlap, RolloutThread
+from rlreason.loop.experience import plain, rollout_from_state, rollout_state
+from rlreason.loop.trainer import GRPOTrainer
 from rlreason.rewards import accuracy_reward, completion_text
+from rlreason.rollout.factory import close as close_engine
 from rlreason.rollout.hf import HFEngine
 from rlreason.rollout.hf_process import ProcessHFEngine
-from rlreason.trainer import GRPOTrainer
+from rlreason.run.checkpoint import CorruptCheckpointError, write_manifest
 
 SMALL = dict(num_generations=4, per_device_train_batch_size=8, gradient_accumulation_steps=1,
              max_completion_length=40, learning_rate=1e-3, eval_steps=0, save_steps=0, progress=False,

@@ -91,7 +91,7 @@ def test_scale_rewards_is_refused_with_an_estimator_that_ignores_it():
 
 
 def test_the_saved_scale_rewards_is_resolved_and_older_runs_resume_as_the_same_run():
-    from rlreason.resume import config_changes
+    from rlreason.run.resume import config_changes
 
     cfg = parse_args([], default_config=TINY_CPU)
     saved = cfg.to_dict()
@@ -222,7 +222,7 @@ def test_trl_value_forms_and_scheduler_keys_are_accepted():
 
 
 def test_the_migration_doc_shows_the_tables_in_code():
-    from rlreason.config_compat import markdown_tables
+    from rlreason.config.trl import markdown_tables
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "migrating_from_trl.md").read_text()
     assert markdown_tables() in doc

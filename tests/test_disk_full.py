@@ -19,12 +19,13 @@ from accelerate import Accelerator
 from test_async_rollouts import SMALL, _varied_reward
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlreason import checkpoint, run
+from rlreason.run import finish
 from rlreason.build import assemble
-from rlreason.checkpoint import DiskFullError, resolve_resume, verify_checkpoint
 from rlreason.config import GRPOConfig
 from rlreason.data import arith_dataset, prepare
-from rlreason.trainer import GRPOTrainer
+from rlreason.loop.trainer import GRPOTrainer
+from rlreason.run import checkpoint
+from rlreason.run.checkpoint import DiskFullError, resolve_resume, verify_checkpoint
 
 
 class _Disk:
@@ -97,7 +98,7 @@ def test_a_full_disk_says_so_keeps_the_previous_checkpoint_and_no_half_written_f
                               f"{ckpts / '.tmp-step-0000003'} (")
     assert f"the previous checkpoint, {previous}, is intact" in message
     assert "basic_ios" not in message and "unexpected pos" not in message
-    with pytest.raises(SystemExit) as stop, run.clean_exit():  # a recipe: that line, exit status 1
+    with pytest.raises(SystemExit) as stop, finish.clean_exit():  # a recipe: that line, exit status 1
         raise e.value
     assert stop.value.code == 1 and capsys.readouterr().err.endswith(f"error: {message}\n")
     assert sorted(p.name for p in ckpts.iterdir()) == ["step-0000001", "step-0000002"]  # no .tmp-step-*

@@ -18,18 +18,18 @@ from test_trainer import SMALL
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlreason import algorithms as A
-from rlreason import distill
 from rlreason.build import assemble
 from rlreason.config import ConfigError, DistillConfig, GRPOConfig
 from rlreason.data import arith_dataset, prepare
-from rlreason.distill_offline import for_student
+from rlreason.distill import teacher as distill
+from rlreason.distill.offline import for_student
+from rlreason.loop.sft import SFTTrainer
+from rlreason.loop.trainer import GRPOTrainer
 from rlreason.rewards import accuracy_reward
 from rlreason.rewards.runner import RewardRunner
 from rlreason.rollout.base import SamplingConfig
 from rlreason.rollout.hf import HFEngine
-from rlreason.sft import SFTTrainer
 from rlreason.tiny import build_tokenizer
-from rlreason.trainer import GRPOTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 from _launch import WORKER, assert_clean_exit, run, torchrun
 
-from rlreason.distributed import clean_name, full_named_parameters, gather_varlen
+from rlreason.loop.distributed import clean_name, full_named_parameters, gather_varlen
 
 CASES = ("dapo_batch", "grpo_kl", "dynamic_uneven", "async")
 # Measured: the largest weight difference between the runs is ~1e-6 (float32 sums in another

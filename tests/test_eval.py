@@ -253,6 +253,9 @@ class FakeEngine:
     def load_weights(self, named_tensors):
         pass
 
+    def close(self):
+        pass
+
 
 class FakeTokenizer:
     chat_template = None

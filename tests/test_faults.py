@@ -11,8 +11,8 @@ import pytest
 import torch
 import yaml
 
-from rlreason.checkpoint import checkpoint_dirs, read_state
 from rlreason.rollout.base import Sample
+from rlreason.run.checkpoint import checkpoint_dirs, read_state
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _recipes  # noqa: E402
@@ -99,6 +99,9 @@ class EmptyCompletions:
 
     def load_weights(self, named_tensors):
         self.engine.load_weights(named_tensors)
+
+    def close(self):
+        self.engine.close()
 
 
 def test_empty_completions_train_without_error(tiny_path, tmp_path):

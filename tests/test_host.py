@@ -12,9 +12,10 @@ import pytest
 import torch
 import yaml
 
-from rlreason import host, tiny
+from rlreason import tiny
 from rlreason.build import make_accelerator
 from rlreason.config import GRPOConfig
+from rlreason.run import host
 
 CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "configs"
 

@@ -1,6 +1,6 @@
 """Stopping a launcher that dies at once stops the run: SIGTERM or SIGINT to an ``accelerate launch``
 1.15 process (what ``kill <pid>`` does; it passes no signal on: tests/_launcher_115.py) reaches the
-training process, which asked the kernel for a SIGTERM when its launcher ends (rlreason/host.py),
+training process, which asked the kernel for a SIGTERM when its launcher ends (rlreason/run/host.py),
 checkpoints and exits as on a direct SIGTERM, and nothing of the run is left behind. accelerate
 1.16, which passes the signal on and kills 5 s later: tests/test_resume.py."""
 

@@ -1,4 +1,4 @@
-"""The chunked log-prob pass (rlreason/logprobs.py) against the full-logits reference: values,
+"""The chunked log-prob pass (rlreason/loop/logprobs.py) against the full-logits reference: values,
 entropy and gradients, tied and untied heads, temperature, logit soft-capping, LoRA; and that it
 really never builds a [N, T, V] tensor, forward or backward."""
 
@@ -9,8 +9,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from rlreason.batching import pack
-from rlreason.logprobs import LogitTransform, chunked_token_logprobs, completion_logprobs, logit_transform
+from rlreason.data.batching import pack
+from rlreason.loop.logprobs import LogitTransform, chunked_token_logprobs, completion_logprobs, logit_transform
 
 PROMPTS = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [3]]
 COMPLETIONS = [[20, 21, 22, 23, 24], [30, 31], [40, 41, 42, 43, 44, 45, 46], [50]]

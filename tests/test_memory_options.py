@@ -12,10 +12,10 @@ import torch
 from test_trainer import _varied_reward, make_trainer, one_step, params
 from transformers import AutoModelForCausalLM
 
-from rlreason.batching import pack
+from rlreason.build.optim import optimizer_class, optimizer_kwargs
 from rlreason.config import ConfigError, GRPOConfig
-from rlreason.logprobs import completion_logprobs, enable_gradient_checkpointing
-from rlreason.optim import optimizer_class, optimizer_kwargs
+from rlreason.data.batching import pack
+from rlreason.loop.logprobs import completion_logprobs, enable_gradient_checkpointing
 
 PROMPTS = [[5, 6, 7], [8, 9], [10, 11, 12, 13]]
 COMPLETIONS = [[20, 21, 22, 23, 24], [30, 31], [40, 41, 42, 43, 44, 45, 46]]

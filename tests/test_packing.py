@@ -1,4 +1,4 @@
-"""Prompt-group packing (rlreason/batching.py: pack_groups): the layout, and that packed log-probs, entropies,
+"""Prompt-group packing (rlreason/data/batching.py: pack_groups): the layout, and that packed log-probs, entropies,
 gradients and whole updates equal the padded layout's."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import torch
 from test_trainer import _varied_reward, make_trainer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlreason.batching import pack, pack_groups
-from rlreason.logprobs import completion_logprobs
+from rlreason.data.batching import pack, pack_groups
+from rlreason.loop.logprobs import completion_logprobs
 from rlreason.rollout.base import SamplingConfig
 from rlreason.rollout.hf import HFEngine
 from rlreason.tiny import prompt_text

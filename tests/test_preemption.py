@@ -1,4 +1,4 @@
-"""A stop signal abandons the step in flight (rlreason/stopping.py, ``GRPOTrainer._in_flight``):
+"""A stop signal abandons the step in flight (rlreason/run/stopping.py, ``GRPOTrainer._in_flight``):
 until the update commits, nothing of the step is kept, and the checkpoint written at once is the
 one the previous step's end wrote in an uninterrupted run, file for file; resuming from it gives
 the uninterrupted run's metrics and weights. In-process trainers on the real tiny model, a real
@@ -22,14 +22,15 @@ from safetensors.torch import load_file
 from test_async_rollouts import SMALL, _varied_reward
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlreason.build import assemble, close_engine
+from rlreason.build import assemble
 from rlreason.config import GRPOConfig
 from rlreason.data import arith_dataset, prepare
 from rlreason.eval.suites import arith_suite
+from rlreason.loop.trainer import GRPOTrainer
 from rlreason.rewards import accuracy_reward
 from rlreason.rollout.errors import RolloutServerError, find_server_error
+from rlreason.rollout.factory import close as close_engine
 from rlreason.rollout.hf import HFEngine
-from rlreason.trainer import GRPOTrainer
 
 STEPS = 4
 TIMING = ("time", "time/", "perf/")

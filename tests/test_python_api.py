@@ -1,5 +1,5 @@
-"""README's "From Python" block runs as written: the recipe's run, and the trainer around a
-caller's own model, tokenizer, dataset and reward (rlreason.build.assemble)."""
+"""README's "From Python" block runs as written: the recipe's run built step by step, and the
+trainer around a caller's own model, tokenizer, dataset and reward (rlreason.build.assemble)."""
 
 from __future__ import annotations
 

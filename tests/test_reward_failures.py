@@ -18,10 +18,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rlreason.build import assemble
 from rlreason.config import GRPOConfig
 from rlreason.data import arith_dataset, prepare
-from rlreason.health import RewardFailureError
+from rlreason.loop.trainer import GRPOTrainer
 from rlreason.rewards import completion_text
+from rlreason.rewards.health import RewardFailureError
 from rlreason.rewards.runner import RewardRunner
-from rlreason.trainer import GRPOTrainer
 
 SMALL = dict(num_generations=4, per_device_train_batch_size=16, gradient_accumulation_steps=1,
              max_completion_length=24, learning_rate=1e-4, eval_steps=0, save_steps=0, progress=False,

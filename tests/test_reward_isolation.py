@@ -96,7 +96,7 @@ def test_a_batch_abandoned_by_a_stop_signal_closes_the_pool_at_once(tmp_path) ->
         def stop(*a):
             raise Stop
 
-        signal.signal(signal.SIGTERM, stop)  # what rlreason/stopping.py does in a step in flight
+        signal.signal(signal.SIGTERM, stop)  # what rlreason/run/stopping.py does in a step in flight
         runner = RewardRunner([slow], num_workers=2, timeout_s=120.0, chunk_size=2)
         print("scoring", flush=True)
         try:

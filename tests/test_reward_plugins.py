@@ -214,8 +214,10 @@ def test_cosine_default_accuracy_reads_the_answer_column() -> None:
     lengths = [[0] * 500, [0] * 500]  # halfway: correct 0.75, wrong -0.75
     out = reward(prompts=["p", "p"], completions=completions, answer=["5", "5"], completion_ids=lengths)
     assert out == [pytest.approx(0.75), pytest.approx(-0.75)]
-    by_name = CosineLengthReward(max_length=1000, accuracy="accuracy")
+    (by_name,), _ = build_rewards([{"name": "cosine_length", "kwargs": {"max_length": 1000, "accuracy": "accuracy"}}])
     assert by_name.accuracy is accuracy_reward
+    with pytest.raises(TypeError, match="spec string"):  # in Python the function itself: no registry below it
+        CosineLengthReward(max_length=1000, accuracy="accuracy")
 
 
 @pytest.mark.parametrize(

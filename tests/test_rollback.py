@@ -1,5 +1,5 @@
 """A rollback: resuming from an older checkpoint while the run has later ones makes those a dead
-branch, set aside (rlreason/checkpoint.py ``set_aside_newer``). In-process trainers on the tiny model."""
+branch, set aside (rlreason/run/checkpoint.py ``set_aside_newer``). In-process trainers on the tiny model."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from test_async_rollouts import SMALL, _varied_reward
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlreason.build import assemble
-from rlreason.checkpoint import resolve_resume
 from rlreason.config import GRPOConfig
 from rlreason.data import arith_dataset, prepare
-from rlreason.trainer import GRPOTrainer
+from rlreason.loop.trainer import GRPOTrainer
+from rlreason.run.checkpoint import resolve_resume
 
 
 def _trainer(tiny_path, out: Path, **overrides) -> GRPOTrainer:
@@ -44,7 +44,7 @@ def test_a_resume_from_an_older_checkpoint_sets_the_later_ones_aside_and_auto_co
 
     # Back to step 2, keeping one checkpoint: before, rotation kept the dead branch's step 4 and
     # deleted each new checkpoint as it was written, and auto resumed step 4.
-    with caplog.at_level(logging.WARNING, logger="rlreason.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="rlreason.run.checkpoint"):
         branch = _trainer(tiny_path, out, max_steps=3, save_steps=1, save_total_limit=1,
                           resume_from_checkpoint=str(ckpts / "step-0000002"))
     (aside,) = ckpts.glob("abandoned-*")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from _logprobs import trainer_logprobs
 
-from rlreason.batching import left_pad
+from rlreason.data.batching import left_pad
 from rlreason.rollout.base import RolloutEngine, SamplingConfig, check_generate_args, request_seeds
 from rlreason.rollout.hf import HFEngine, decode
 from rlreason.tiny import prompt_text

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import torch
 
-from rlreason.async_rollout import RolloutThread
 from rlreason.config import ConfigError, GRPOConfig
+from rlreason.loop.async_rollout import RolloutThread
 from rlreason.rollout.base import SamplingConfig
 from rlreason.rollout.errors import RolloutServerError, find_server_error, server_message
 from rlreason.rollout.gloo_transfer import HTTPClient

@@ -13,12 +13,12 @@ from accelerate import Accelerator
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlreason.build import assemble
-from rlreason.checkpoint import checkpoint_dirs, read_state
 from rlreason.config import GRPOConfig
 from rlreason.data import arith_dataset, prepare
 from rlreason.eval.suites import arith_suite
+from rlreason.loop.trainer import GRPOTrainer
 from rlreason.rewards import accuracy_reward, format_reward
-from rlreason.trainer import GRPOTrainer
+from rlreason.run.checkpoint import checkpoint_dirs, read_state
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_trainer import SMALL  # noqa: E402

@@ -17,17 +17,17 @@ from pathlib import Path
 import datasets
 import pytest
 
-from rlreason import lock
-from rlreason.checkpoint import (
+from rlreason.config import ConfigError, GRPOConfig
+from rlreason.data import check_golds, load_dataset_any
+from rlreason.rewards import parse_gold
+from rlreason.run import lock
+from rlreason.run.checkpoint import (
     CorruptCheckpointError,
     resolve_resume,
     truncate_jsonl,
     verify_checkpoint,
     write_manifest,
 )
-from rlreason.config import ConfigError, GRPOConfig
-from rlreason.data import check_golds, load_dataset_any
-from rlreason.rewards import parse_gold
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,7 +72,7 @@ def test_a_gold_column_without_a_single_gold_is_an_error_naming_it():
 def test_a_torn_last_line_is_dropped_with_a_warning_naming_the_file(tmp_path, caplog):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1, "x": 1}\n{"step": 2, "x": 2}\n{"step": 3, "x": 3}\n{"step": ')  # a full disk
-    with caplog.at_level(logging.WARNING, logger="rlreason.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="rlreason.run.checkpoint"):
         truncate_jsonl(path, 2)
     assert path.read_text() == '{"step": 1, "x": 1}\n{"step": 2, "x": 2}\n'
     assert str(path) in caplog.text and "torn" in caplog.text
@@ -84,7 +84,7 @@ def test_a_torn_last_line_is_dropped_with_a_warning_naming_the_file(tmp_path, ca
 def _hold_lock_in_a_child(out: Path) -> subprocess.Popen:
     script = f"""
         import sys, time
-        from rlreason import lock
+        from rlreason.run import lock
         lock.acquire({str(out)!r})
         print("locked", flush=True)
         time.sleep(600)
@@ -115,7 +115,7 @@ def test_a_stale_lock_from_a_killed_run_is_taken_over_with_a_warning(tmp_path, c
     holder.send_signal(signal.SIGKILL)  # no cleanup: the lock file stays, naming a dead pid
     holder.wait()
     assert (out / lock.LOCK_NAME).exists()
-    with caplog.at_level(logging.WARNING, logger="rlreason.lock"):
+    with caplog.at_level(logging.WARNING, logger="rlreason.run.lock"):
         lock.acquire(out)
     try:
         assert "stale lock" in caplog.text and f"pid {holder.pid}" in caplog.text
@@ -154,7 +154,7 @@ def test_a_damaged_checkpoint_is_named_and_auto_falls_back_to_an_intact_one(dama
         verify_checkpoint(bad)
     with pytest.raises(CorruptCheckpointError, match=named):
         resolve_resume(tmp_path, str(bad))
-    with caplog.at_level(logging.WARNING, logger="rlreason.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="rlreason.run.checkpoint"):
         assert resolve_resume(tmp_path, "auto") == good
     assert named in caplog.text and "falling back" in caplog.text
     (good / "model.safetensors").write_bytes(b"")

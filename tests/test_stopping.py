@@ -1,4 +1,4 @@
-"""The stop-signal windows of rlreason/stopping.py, with real signals to this process: a step in
+"""The stop-signal windows of rlreason/run/stopping.py, with real signals to this process: a step in
 flight is abandoned at once until it commits, then the signal only requests a stop; a deferred
 block (a weight transfer) is never cut in the middle; with several processes (``enabled=False``)
 the signal is only a request. Trainer-level behaviour: tests/test_preemption.py."""
@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from rlreason import stopping
+from rlreason.run import stopping
 
 
 def _signal_self(sig: int = signal.SIGTERM) -> None:

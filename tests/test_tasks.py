@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from rlreason.tasks import arith
+from rlreason.data.tasks import arith
 
 
 def test_generate_is_deterministic_and_seed_dependent():

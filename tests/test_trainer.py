@@ -13,8 +13,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rlreason.build import assemble
 from rlreason.config import GRPOConfig
 from rlreason.data import arith_dataset, prepare
+from rlreason.loop.trainer import GRPOTrainer
 from rlreason.rewards import accuracy_reward, completion_text
-from rlreason.trainer import GRPOTrainer
 
 SMALL = dict(num_generations=4, per_device_train_batch_size=16, gradient_accumulation_steps=1,
              max_completion_length=40, learning_rate=1e-3, eval_steps=0, save_steps=0, progress=False,
@@ -270,7 +270,7 @@ def test_a_reward_that_never_worked_stops_the_run_after_its_first_step(tiny_path
     """A reward failing on every completion from the start does not work (a bug, a wrong column):
     the run stops after step 1 with its error and a checkpoint. (Before: after
     max_failed_reward_steps steps; a 2-step run whose only reward raised exited 0 with a final model.)"""
-    from rlreason.health import RewardFailureError
+    from rlreason.rewards.health import RewardFailureError
 
     tr = _trainer_with(tiny_path, tmp_path, [accuracy_reward, _broken_trl_reward], max_steps=6,
                        max_failed_reward_steps=2, reward_num_workers=1)
@@ -294,7 +294,7 @@ def test_a_reward_that_stops_working_stops_the_run_after_the_streak_which_surviv
     """It worked at step 1, failed at step 2, checkpoint, resume: the second failed step in a row
     (step 3) stops the run, as it would have without the stop in between (the streak and that it
     once worked are in the checkpoint)."""
-    from rlreason.health import RewardFailureError
+    from rlreason.rewards.health import RewardFailureError
 
     common = dict(max_failed_reward_steps=2, reward_num_workers=1, save_steps=1)
     tr = _trainer_with(tiny_path, tmp_path, [_breaks_after_step_1], max_steps=2, **common)

@@ -18,9 +18,9 @@ from rlreason import algorithms as A
 from rlreason.build import assemble
 from rlreason.config import GRPOConfig, from_dict, parse_args
 from rlreason.data import arith_dataset, prepare
-from rlreason.logprobs import completion_logprobs
+from rlreason.loop.logprobs import completion_logprobs
+from rlreason.loop.trainer import GRPOTrainer
 from rlreason.rewards import completion_text
-from rlreason.trainer import GRPOTrainer
 
 SMALL = dict(num_generations=4, per_device_train_batch_size=8, gradient_accumulation_steps=2,
              max_completion_length=24, learning_rate=1e-3, eval_steps=0, save_steps=0, progress=False,
@@ -171,11 +171,10 @@ def test_dropout_is_off_in_the_log_prob_passes(tiny_path, tmp_path):
 
 def test_sft_keeps_dropout(tiny_path, tmp_path):
     """SFT's NLL compares no two passes: its parts keep LoRA dropout as a regulariser
-    (rlreason.distill_offline.build_sft builds them with keep_dropout=True)."""
+    (recipes/distill.py's build_offline builds them with keep_dropout=True)."""
     import inspect
 
-    from rlreason import distill_offline
-
+    from _recipes import recipe
     cfg = GRPOConfig(output_dir=str(tmp_path / "run"), **{**SMALL})
     tok = AutoTokenizer.from_pretrained(tiny_path)
     train = prepare(arith_dataset(8, 0, "train"), tokenizer=tok)
@@ -183,7 +182,7 @@ def test_sft_keeps_dropout(tiny_path, tmp_path):
     drop = [m for m in parts.model.modules() if isinstance(m, torch.nn.Dropout)]
     assert drop and all(m.p == 0.5 for m in drop)
     parts.rewards.close()
-    assert "keep_dropout=True" in inspect.getsource(distill_offline.build_sft)
+    assert "keep_dropout=True" in inspect.getsource(recipe("distill")["build_offline"])
 
 
 # ---------------------------------------------------------------------- (4) truncated sampling and TIS

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from rlreason import algorithms as A
-from rlreason.batching import pack
-from rlreason.logprobs import completion_logprobs
+from rlreason.data.batching import pack
+from rlreason.loop.logprobs import completion_logprobs
 from rlreason.rewards import completion_text
 from rlreason.rollout.base import SamplingConfig
 from rlreason.rollout.hf import HFEngine
@@ -125,7 +125,7 @@ def _varied_reward(completions, **kw):
 
 def _trl_inputs(ro, rows: range, pad_id: int) -> dict[str, torch.Tensor]:
     """TRL's micro-batch layout: left-padded prompts, right-padded completions."""
-    from rlreason.batching import left_pad, right_pad
+    from rlreason.data.batching import left_pad, right_pad
 
     p_ids, p_mask = left_pad([ro.prompt_ids[i] for i in rows], pad_id)
     c_ids, c_mask = right_pad([ro.samples[i].token_ids for i in rows], pad_id)
@@ -148,7 +148,7 @@ def test_update_gradients_equal_trl(tiny_path, tmp_path, preset, trl_loss, level
     from rlreason.build import assemble
     from rlreason.config import GRPOConfig
     from rlreason.data import arith_dataset, prepare
-    from rlreason.trainer import GRPOTrainer
+    from rlreason.loop.trainer import GRPOTrainer
 
     tok = AutoTokenizer.from_pretrained(tiny_path)
     cfg = GRPOConfig(output_dir=str(tmp_path / "ours"), loss_type=preset, beta=BETA, kl_estimator="k3",

@@ -36,6 +36,7 @@ from rlreason.config import GRPOConfig  # noqa: E402
 from rlreason.data import arith_dataset, prepare  # noqa: E402
 from rlreason.eval.core import heldout_scorer  # noqa: E402
 from rlreason.eval.suites import arith_suite  # noqa: E402
+from rlreason.loop.trainer import GRPOTrainer  # noqa: E402
 from rlreason.lora import merged_named_parameters  # noqa: E402
 from rlreason.rewards import accuracy_reward, format_reward  # noqa: E402
 from rlreason.rollout.base import RolloutEngine, SamplingConfig  # noqa: E402
@@ -43,7 +44,6 @@ from rlreason.rollout.hf import HFEngine  # noqa: E402
 from rlreason.rollout.vllm import VLLMEngine, hf_to_vllm_layout  # noqa: E402
 from rlreason.rollout.vllm_server import VLLMServerEngine  # noqa: E402
 from rlreason.tiny import prompt_text  # noqa: E402
-from rlreason.trainer import GRPOTrainer  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 
@@ -299,8 +299,8 @@ class _EvalOnly:
 
 
 def test_teacher_rejection_sampling_through_vllm(engine, fresh_model, tok):
-    """Offline distillation's sampling step (rlreason.distill) with a vLLM engine as the teacher's."""
-    from rlreason.distill import rejection_sample
+    """Offline distillation's sampling step (rlreason.distill.teacher) with a vLLM engine as the teacher's."""
+    from rlreason.distill.teacher import rejection_sample
     from rlreason.rewards.runner import RewardRunner
 
     rows = list(prepare(arith_dataset(8, 4, "train"), tokenizer=tok))

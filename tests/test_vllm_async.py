@@ -31,11 +31,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from rlreason.build import assemble  # noqa: E402
 from rlreason.config import GRPOConfig  # noqa: E402
 from rlreason.data import arith_dataset, prepare  # noqa: E402
+from rlreason.loop.trainer import GRPOTrainer  # noqa: E402
 from rlreason.rewards import accuracy_reward  # noqa: E402
 from rlreason.rollout.base import SamplingConfig  # noqa: E402
 from rlreason.rollout.errors import find_server_error  # noqa: E402
 from rlreason.rollout.vllm_server import VLLMServerEngine  # noqa: E402
-from rlreason.trainer import GRPOTrainer  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 

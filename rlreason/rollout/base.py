@@ -66,6 +66,10 @@ class RolloutEngine(Protocol):
         """Take the policy's current weights."""
         ...
 
+    def close(self) -> None:
+        """Release what the engine holds (worker processes, connections); nothing for an in-process model."""
+        ...
+
 
 def check_generate_args(prompts: list[list[int]], seeds: Sequence[int] | None) -> None:
     """The checks every engine's ``generate`` makes: no empty prompt, one seed per prompt."""

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
-from rlreason.batching import left_pad, positions_from_mask
+from rlreason.data.batching import left_pad, positions_from_mask
 from rlreason.rollout.base import Sample, SamplingConfig, check_generate_args
 
 
@@ -255,6 +255,9 @@ class HFEngine:
     def stop_ids(self, sampling: SamplingConfig) -> list[int]:
         """The ids that end a completion: the model's eos ids, then the sampling's extra stop ids."""
         return self.eos_ids + [t for t in sampling.stop_token_ids if t not in self.eos_ids]
+
+    def close(self) -> None:
+        """Nothing to release: the model lives in this process (``ProcessHFEngine`` stops its child)."""
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy weights into the engine's model; a no-op for tensors that already are the model's."""

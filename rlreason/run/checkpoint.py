@@ -34,7 +34,7 @@ from typing import Any
 
 CKPT_RE = re.compile(r"^step-(\d+)$")
 MANIFEST = "manifest.json"
-logger = logging.getLogger("rlreason.checkpoint")
+logger = logging.getLogger("rlreason.run.checkpoint")
 
 
 class CorruptCheckpointError(ValueError):
@@ -257,7 +257,7 @@ def _file_digests(paths: list[Path]) -> list[str]:
     """SHA-256 of each file, several files at once: hashlib releases the GIL while it hashes, so the
     weights and the optimizer state (the two big files) are hashed on two cores. Files of the
     0.5B-shaped model's checkpoint sizes (1.4 and 2.8 GB, in the page cache), 2 cores: 2.9 s one after
-    the other, 1.9 s at once (``python -c "from rlreason.checkpoint import _benchmark_digests as b; b()"``)."""
+    the other, 1.9 s at once (``python -c "from rlreason.run.checkpoint import _benchmark_digests as b; b()"``)."""
     with ThreadPoolExecutor(max_workers=max(1, min(len(paths), os.cpu_count() or 1, 8))) as pool:
         return list(pool.map(_file_digest, paths))
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from rlreason.algorithms import PRESETS
-from rlreason.config import ConfigError, GRPOConfig
+from rlreason.config import OPTIMIZER_KEYS, ConfigError, GRPOConfig
 
 # Changes nothing the checkpoint holds or the steps compute.
 FREE_KEYS = frozenset({
@@ -31,10 +31,8 @@ FREE_KEYS = frozenset({
     "reward_memory_mb", "vllm_server_base_url", "vllm_server_host", "vllm_server_port", "vllm_server_timeout",
     "vllm_group_port", "vllm_server_max_retries", "vllm_server_retry_delay",
     "max_bad_gold_fraction",  # a start-up check of the data
+    "eval_reward_funcs",  # what scores the held-out eval
 })
-# Applied to the restored optimizer / scheduler (max_grad_norm and warmup_steps are read at
-# every step / by the schedule, which is rebuilt from the config).
-OPTIMIZER_KEYS = ("learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "max_grad_norm", "warmup_steps")
 
 
 def config_changes(saved: dict[str, Any], cfg: GRPOConfig) -> dict[str, tuple[Any, Any]]:

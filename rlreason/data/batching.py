@@ -23,7 +23,7 @@ padding; paid: attention over a longer row (dense masked attention is quadratic 
 Rows are capped at ``max_row_tokens``: a group whose completions do not fit is split over
 several rows, each starting with the prompt. With ``share_rows`` a group may also start in a
 row another group has begun, if it fits there whole (classic sequence packing, as SFT does
-with many short examples; ``rlreason.sft``): every token then also carries its group's index,
+with many short examples; ``rlreason.loop.sft``): every token then also carries its group's index,
 and attention never crosses groups.
 
 Notation: N completions, P the longest prompt, T the longest completion, R rows, W the row width.

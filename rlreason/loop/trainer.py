@@ -9,11 +9,11 @@ One step:
    completion with no applicable term, or one a reward failed on (its total is unknown), has
    reward NaN: no signal, advantage 0, and a failed one is left out of the loss; a reward that
    never worked, or stopped working for ``max_failed_reward_steps`` steps, stops the run
-   (rlreason/health.py);
+   (rewards/health.py);
 4. turn rewards into group-relative advantages;
 5. ``num_iterations`` optimizer steps on the clipped surrogate (+ beta * KL), each over the
    whole batch in micro-batches of ``per_device_train_batch_size`` completions (the actor,
-   rlreason/actor.py; the loss is ``algorithms.policy_loss``);
+   rlreason/loop/actor.py; the loss is ``algorithms.policy_loss``);
 6. hand the new weights to the engine (free when the engine shares the policy);
 7. log metrics, evaluate on held-out problems, checkpoint.
 
@@ -29,7 +29,7 @@ as the one with the most (padding micro-batches of zero weight: a sharded policy
 collectives). The learning-rate schedule takes one step per optimizer step, whatever the number
 of processes.
 
-With ``async_rollouts`` steps 2-3 of step t+1 run on a background thread (rlreason/async_rollout.py)
+With ``async_rollouts`` steps 2-3 of step t+1 run on a background thread (rlreason/loop/async_rollout.py)
 while step t's update runs, on a separate engine (a copy of the policy, or a vLLM server). Which
 weights sample which batch depends only on the step (``Overlap.launch_next``): the engine takes the
 policy's weights right after a batch is taken and before the next is started, when a batch
@@ -54,11 +54,23 @@ import torch
 from transformers import TrainerState
 
 from rlreason import algorithms as A
-from rlreason import stopping
-from rlreason.actor import Actor
-from rlreason.async_rollout import PENDING_ROLLOUT, Job, Overlap
-from rlreason.build import Parts, shares_policy
-from rlreason.checkpoint import (
+from rlreason.config import GRPOConfig
+from rlreason.data import INTERNAL_COLUMNS
+from rlreason.eval.core import EvalProtocol, evaluate, evaluate_suites, flat_metrics
+from rlreason.eval.metrics import wilson_interval
+from rlreason.loop.actor import Actor
+from rlreason.loop.async_rollout import PENDING_ROLLOUT, Job, Overlap
+from rlreason.loop.distributed import full_named_parameters, gather_varlen, reduce_metrics, reduce_sum
+from rlreason.loop.experience import PromptStream, Rollout, completion_rows, sample_metrics
+from rlreason.loop.parts import Parts
+from rlreason.lora import is_peft_model, merged_named_parameters
+from rlreason.rewards.health import RewardHealth
+from rlreason.rewards.runner import reward_inputs
+from rlreason.rollout import factory
+from rlreason.rollout.base import SamplingConfig
+from rlreason.rollout.errors import find_server_error
+from rlreason.run import stopping
+from rlreason.run.checkpoint import (
     hf_model_files,
     read_state,
     record_final_eval,
@@ -67,23 +79,12 @@ from rlreason.checkpoint import (
     save_model,
     set_rng_states,
 )
-from rlreason.config import GRPOConfig
-from rlreason.data import INTERNAL_COLUMNS
-from rlreason.distributed import full_named_parameters, gather_varlen, reduce_metrics, reduce_sum
-from rlreason.eval.core import EvalProtocol, evaluate, evaluate_suites, flat_metrics
-from rlreason.eval.metrics import wilson_interval
-from rlreason.experience import PromptStream, Rollout, completion_rows, sample_metrics
-from rlreason.health import RewardHealth
-from rlreason.lora import is_peft_model, merged_named_parameters
-from rlreason.resume import apply_optimizer_changes
-from rlreason.rewards.runner import reward_inputs
-from rlreason.rollout.base import SamplingConfig
-from rlreason.rollout.errors import find_server_error
-from rlreason.tracking import run_summary, write_report
+from rlreason.run.resume import apply_optimizer_changes
+from rlreason.run.tracking import run_summary, write_report
 
 
 class GRPOTrainer:
-    # How the actor (rlreason/actor.py) trains; rlreason.sft.SFTTrainer changes both.
+    # How the actor (rlreason/loop/actor.py) trains; rlreason.loop.sft.SFTTrainer changes both.
     share_pack_rows = False  # several prompt groups in one packed row (GRPO's groups fill rows)
     objective: A.TokenLoss | None = None  # the per-token loss; None: the preset's clipped surrogate
 
@@ -96,8 +97,8 @@ class GRPOTrainer:
         self.tokenizer, self.train_dataset, self.engine = parts.tokenizer, parts.train, parts.engine
         self.rewards, self.log = parts.rewards, parts.logger
         self.eval_rows, self.eval_scorer, self.suite_scorer = parts.eval_rows, parts.eval_scorer, parts.suite_scorer
-        self.actor = Actor(cfg, parts, self.objective, self.share_pack_rows)  # the update (rlreason/actor.py)
-        self.engine_shares_policy = shares_policy(self.engine, self.model, self.acc)
+        self.actor = Actor(cfg, parts, self.objective, self.share_pack_rows)  # the update (rlreason/loop/actor.py)
+        self.engine_shares_policy = factory.shares_policy(self.engine, self.acc.unwrap_model(self.model))
         self.scale_rewards = cfg.scale_rewards or A.PRESETS[cfg.loss_type].scale_rewards
         # Estimators that normalise over the whole batch need every process's rewards (gathered
         # with their lengths, so dynamic sampling's unequal shards work too).
@@ -141,7 +142,7 @@ class GRPOTrainer:
     def rollout(self, rows: list[dict], seeds: list[int] | None = None) -> Rollout:
         """Generate and score ``rows`` on this process (no communication: with dynamic sampling
         the processes run different numbers of rounds). ``metrics`` holds this process's
-        timings and reward failure counts; batch statistics come from ``rlreason.experience.sample_metrics``."""
+        timings and reward failure counts; batch statistics come from ``rlreason.loop.experience.sample_metrics``."""
         ro, errors = self.generate_and_score(rows, seeds, self.trainer_state())
         self.health.errors.update(errors)
         return ro
@@ -259,7 +260,7 @@ class GRPOTrainer:
         return not self.engine_shares_policy and k > 1 and self.step % k != 0
 
     def update(self, ro: Rollout) -> dict[str, float]:
-        """``num_iterations`` optimizer steps on this step's batch (rlreason/actor.py). Collective
+        """``num_iterations`` optimizer steps on this step's batch (rlreason/loop/actor.py). Collective
         with several processes: every process calls it once per step, also with an empty shard."""
         return self.actor.update(ro, stale_sampler=self._stale_sampler(), stop_point=self._stop_point)
 
@@ -332,7 +333,7 @@ class GRPOTrainer:
 
     @property
     def stop_requested(self) -> bool:
-        """SIGTERM (the usual preemption notice) or SIGINT arrived (rlreason/stopping.py): stop at
+        """SIGTERM (the usual preemption notice) or SIGINT arrived (rlreason/run/stopping.py): stop at
         the next step boundary with a checkpoint, or at once where nothing trained would be lost."""
         return stopping.requested()
 
@@ -592,7 +593,7 @@ class GRPOTrainer:
         return path
 
     def save_final(self, out_dir: str | Path) -> Path:
-        """The trained policy as a plain Hugging Face model (rlreason.checkpoint.save_model), written
+        """The trained policy as a plain Hugging Face model (rlreason.run.checkpoint.save_model), written
         whole or not at all; a full disk names the checkpoint that holds the same weights."""
         ckpt = Path(self.cfg.output_dir) / "checkpoints" / f"step-{self.step:07d}"
         intact = (f"the trained weights are in checkpoint {ckpt}: free space, then --resume_from_checkpoint auto "

@@ -20,7 +20,7 @@ import datasets
 import torch
 
 from rlreason import algorithms as A
-from rlreason.distributed import gather_varlen
+from rlreason.loop.distributed import gather_varlen
 from rlreason.rollout.base import Sample
 
 

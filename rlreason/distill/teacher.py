@@ -2,7 +2,7 @@
 
 Offline (rejection-sampled) distillation, as in DeepSeek-R1's distilled models: the teacher
 answers every problem ``k`` times, the reward functions score the answers, a selection rule
-keeps verified ones, and the student is fine-tuned on them (``rlreason.sft``). The dataset is
+keeps verified ones, and the student is fine-tuned on them (``rlreason.loop.sft``). The dataset is
 a Hugging Face ``datasets`` folder in the prompt-completion format TRL's SFTTrainer reads
 (``prompt``, ``completion``), plus the exact token ids (``prompt_ids``, ``completion_ids``),
 the scores, and its provenance (teacher, sampling settings, rewards, selection, counts) in the

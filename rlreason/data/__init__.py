@@ -8,7 +8,7 @@ prompt into ``prompt_text`` (through the tokenizer's chat template when there is
 tokenizes it into ``prompt_ids`` and drops prompts that are too long. Every other column
 is kept, because reward functions receive the whole row.
 
-``arith_dataset`` is the embedded arithmetic task (``rlreason.tasks.arith``) as a dataset.
+``arith_dataset`` is the embedded arithmetic task (``rlreason.data.tasks.arith``) as a dataset.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import Any
 
 import datasets
 
+from rlreason.data.tasks import arith
 from rlreason.rewards.dataset_io import load_dataset_any as load_dataset_any  # its home is the lowest layer
 from rlreason.rewards.runner import MESSAGES_COLUMN
-from rlreason.tasks import arith
 
 logger = logging.getLogger("rlreason.data")
 

@@ -24,7 +24,7 @@ from accelerate.utils import extract_model_from_parallel
 from torch.utils.checkpoint import checkpoint
 
 from rlreason import algorithms as A
-from rlreason.batching import model_attention_mask
+from rlreason.data.batching import model_attention_mask
 from rlreason.lora import is_peft_model
 from rlreason.rollout.base import SamplingConfig
 from rlreason.rollout.hf import process_logits
@@ -192,7 +192,7 @@ def chunked_completion_logprobs(model, batch: dict[str, torch.Tensor], temperatu
                                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``trainer.completion_logprobs`` without the [N, L, V] logits: logp [N, T] (+ entropy [N, T]).
 
-    ``batch`` as ``rlreason.batching.pack`` builds it. The forward goes through ``model`` itself (so DDP
+    ``batch`` as ``rlreason.data.batching.pack`` builds it. The forward goes through ``model`` itself (so DDP
     still synchronises gradients and PEFT adapters apply) with ``logits_to_keep=1``; a hook on
     the decoder picks up the hidden states [N, L, H]. The one position of logits the model does
     compute checks that the chunked head reproduces the model's logits, so a model that
@@ -211,7 +211,7 @@ def packed_completion_logprobs(model, batch: dict[str, torch.Tensor], temperatur
                                chunk_size: int | None = DEFAULT_CHUNK_SIZE, with_entropy: bool = False,
                                entropy_grad: bool = False, truncation: tuple[int, float] | None = None
                                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs of the completion tokens of a prompt-group-packed batch (``rlreason.batching.pack_groups``).
+    """Log-probs of the completion tokens of a prompt-group-packed batch (``rlreason.data.batching.pack_groups``).
 
     -> logp [N, T] (+ entropy [N, T]) in the padded layout of ``completion_mask``, zero on
     padding. Only the hidden states that predict completion tokens go through the LM head
@@ -258,9 +258,9 @@ def completion_logprobs(model, batch: dict[str, torch.Tensor], temperature: floa
     the tokens were drawn from; ``truncation = (top_k, top_p)`` also applies the sampler's cut
     (``sampling_logits``: the importance weight's pi_old must be the sampler's truncated
     distribution). ``chunk_size`` > 0: the LM head and log-softmax run that many
-    tokens at a time (``rlreason.logprobs``), never holding the [N, L, V] logits; else the
+    tokens at a time (``rlreason.loop.logprobs``), never holding the [N, L, V] logits; else the
     model's full logits, the reference the chunked pass is tested against. A batch packed by
-    prompt group (``rlreason.batching.pack_groups``, it has "src") is scored from its packed rows.
+    prompt group (``rlreason.data.batching.pack_groups``, it has "src") is scored from its packed rows.
     """
     if truncation is not None and with_entropy:
         raise ValueError("completion_logprobs: the entropy of a truncated distribution is not computed (its "

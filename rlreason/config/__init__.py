@@ -4,7 +4,7 @@ Field names follow TRL's ``GRPOConfig`` where the concept is the same (num_gener
 max_completion_length, beta, epsilon, epsilon_high, loss_type, scale_rewards,
 num_iterations, temperature, top_p, reward_funcs, reward_weights, ...), so a TRL user
 can read a config without a glossary. TRL's and open-r1's other keys are renamed, ignored
-with a warning, or refused with the reason (rlreason/config_compat.py); every unknown or
+with a warning, or refused with the reason (rlreason/config/trl.py); every unknown or
 unsupported key is named in one error.
 """
 
@@ -25,17 +25,18 @@ from typing import Any, Literal
 import yaml
 
 from rlreason.algorithms import PRESETS, AdvantageEstimator, AdvantageScale, KLKind, LossType, RatioLevel, clip_range
-from rlreason.config_compat import migrate
+from rlreason.config.trl import migrate
 from rlreason.rollout.base import WeightBackend
 
 # Keys with a fixed set of values are annotated with a Literal type, defined once (the algorithm's
 # choices in rlreason.algorithms, the weight-transfer backends in rlreason.rollout.base, the rest
 # here); ``validate`` and ``from_dict`` check every such key against it (``_choices``).
 VLLMMode = Literal["colocate", "server"]
+RolloutEngineName = Literal["transformers", "vllm", "vllm_server"]  # rlreason.rollout.factory
 AsyncGenerator = Literal["process", "thread"]  # rlreason.rollout.hf_process
-Optimizer = Literal["adamw_torch", "adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit"]  # rlreason.optim
+Optimizer = Literal["adamw_torch", "adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit"]  # rlreason.build.optim
 DistillMode = Literal["on_policy", "offline"]
-DistillSelection = Literal["best_of_k", "all_correct", "shortest_correct"]  # rlreason.distill.select_completions
+DistillSelection = Literal["best_of_k", "all_correct", "shortest_correct"]  # distill.teacher.select_completions
 
 
 logger = logging.getLogger("rlreason.config")
@@ -45,6 +46,12 @@ MAX_SEED = 2**32 - 1  # numpy's seed range (accelerate's set_seed seeds numpy wi
 
 class ConfigError(ValueError):
     """A bad config key or value; the message names the key."""
+
+
+# The keys a resumed run may change when named in allow_config_changes (rlreason/run/resume.py):
+# applied to the restored optimizer / scheduler (max_grad_norm and warmup_steps are read at every
+# step / by the schedule, which is rebuilt from the config).
+OPTIMIZER_KEYS = ("learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "max_grad_norm", "warmup_steps")
 
 
 @dataclass
@@ -61,9 +68,9 @@ class GRPOConfig:
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False  # recompute each layer's activations in the backward (less memory)
     # tokens per chunk of the LM head + log-softmax in the log-prob passes, so the [batch, seq, vocab]
-    # logits never exist at once (rlreason/logprobs.py); 0 or None = the model's full logits
+    # logits never exist at once (rlreason/loop/logprobs.py); 0 or None = the model's full logits
     logprob_chunk_size: int | None = 512
-    # Log-prob passes over rows [prompt | its completions] with a block mask (rlreason.batching.pack_groups):
+    # Log-prob passes over rows [prompt | its completions] with a block mask (rlreason.data.batching.pack_groups):
     # each prompt is computed once per group and no completion is padded; same log-probs, less compute.
     # Used when micro-batches hold whole groups and the attention takes a custom mask (sdpa, eager).
     pack_prompt_groups: bool = True
@@ -91,7 +98,7 @@ class GRPOConfig:
     prompt_template: str | None = None  # e.g. "Question: {prompt}\nAnswer:"; applied before the chat template
     system_prompt: str | None = None
     chat_template: str | None = None  # a Jinja chat template that replaces the tokenizer's own (as in TRL)
-    arith_difficulty: dict[str, Any] = field(default_factory=dict)  # rlreason.tasks.arith.Difficulty fields
+    arith_difficulty: dict[str, Any] = field(default_factory=dict)  # rlreason.data.tasks.arith.Difficulty fields
     arith_train_size: int = 20000
 
     # --- rewards ---
@@ -103,7 +110,7 @@ class GRPOConfig:
     reward_timeout_s: float = 10.0
     # A reward that worked before and then fails on every completion this many steps in a row stops
     # the run with an error and a checkpoint, as do this many steps with no reward value at all; one
-    # that never worked stops it after its first step (rlreason/health.py). None is not a failure.
+    # that never worked stops it after its first step (rewards/health.py). None is not a failure.
     max_failed_reward_steps: int = 3
     # Rewards get prompts/completions as strings even when the prompt went through a chat template
     # (the default then is TRL's: message lists, [{"role": "assistant", "content": ...}]).
@@ -128,6 +135,9 @@ class GRPOConfig:
     generation_seed_per_prompt: bool = False
 
     # --- rollout engine ---
+    # transformers: the policy generates; vllm: vLLM in this process; vllm_server: a running
+    # rlreason-vllm-serve. Unset: from TRL's use_vllm / vllm_mode, which are its aliases.
+    rollout_engine: RolloutEngineName | None = None
     use_vllm: bool = False  # generate with vLLM (needs vllm installed; docs/install.md) instead of transformers
     vllm_mode: VLLMMode = "colocate"  # colocate: vLLM in the trainer's process; server: a separate rlreason-vllm-serve
     vllm_gpu_memory_utilization: float = 0.3
@@ -150,7 +160,7 @@ class GRPOConfig:
     # push the policy's weights to a separate engine every N steps; on the steps in between its own
     # log-probs are pi_old (the behaviour policy) of the ratio
     weight_sync_steps: int = 1
-    # Overlapped rollouts (rlreason/async_rollout.py, docs/scaling.md): step t+1's batch is generated
+    # Overlapped rollouts (rlreason/loop/async_rollout.py, docs/scaling.md): step t+1's batch is generated
     # and scored on a background thread while step t's update runs, by weights at most max_staleness
     # steps older than those it trains. The ratio's pi_old is then pi_prox, the trainer's weights at the
     # start of the update (the clip keeps the update near them), and the truncated importance weight
@@ -181,7 +191,7 @@ class GRPOConfig:
     max_grad_norm: float = 1.0
     optim: Optimizer = "adamw_torch"  # adamw_torch | adamw_8bit | paged_adamw_8bit (8-bit: pip install bitsandbytes)
 
-    # --- GRPO family (see rlreason/algorithms.py and docs/algorithms.md) ---
+    # --- GRPO family (see rlreason/algorithms/ and docs/algorithms.md) ---
     loss_type: LossType = "dapo"  # preset: grpo | dr_grpo | dapo | bnpo | gspo
     advantage_estimator: AdvantageEstimator = "grpo"  # grpo (group baseline) | rloo | reinforce_pp
     # group | batch | none; None = the loss_type preset's choice. The grpo estimator's only (refused with the others)
@@ -213,7 +223,7 @@ class GRPOConfig:
     routing_replay: bool = False  # training passes reuse the experts chosen in the old-policy pass
     log_expert_load: bool = True  # log every expert's load per layer (moe/layer<i>/load/<e>), not only summaries
 
-    # --- on-policy distillation (rlreason/algorithms.py: teacher_advantages; docs/distillation.md) ---
+    # --- on-policy distillation (rlreason/algorithms/: teacher_advantages; docs/distillation.md) ---
     # A teacher that scores every sampled token: the per-token reverse KL to it is the advantage
     # (times teacher_kl_coef), plus teacher_reward_weight x the verifier's group advantage. The
     # teacher must share the student's tokenizer. None = plain GRPO.
@@ -225,6 +235,14 @@ class GRPOConfig:
     eval_steps: int = 50  # held-out greedy eval every N steps (0 = only before and after)
     eval_size: int = 200  # problems in the periodic eval
     final_eval_size: int = 1000  # problems in the before/after eval
+    # A dataset of your own: this many of its rows held out of training (chosen by a hash of the
+    # prompt, so the same rows whatever their order) for the held-out eval; 0 = none. The embedded
+    # task brings its own held-out problems.
+    eval_holdout_size: int = 0
+    # What scores the held-out eval (reward_funcs' forms); empty: the built-in accuracy (and format)
+    # when the training rewards use it or the task is the embedded one, else the first training reward.
+    # A completion is correct when the first of them gives it >= 1.
+    eval_reward_funcs: list[str | dict[str, Any]] = field(default_factory=list)
     eval_max_tokens: int | None = None  # None = max_completion_length
     eval_suites: list[str] = field(default_factory=list)  # benchmark suites (rlreason.eval.suites) at eval_steps
     eval_suites_limit: int | None = None  # problems per suite (None = all)
@@ -236,16 +254,31 @@ class GRPOConfig:
     greater_is_better: bool = True
     resume_from_checkpoint: str | None = None  # "auto" = newest complete checkpoint in output_dir, or a path
     overwrite_output_dir: bool = False  # start over in an output_dir that holds another run's checkpoints
-    # keys a resumed run may change (optimizer settings only: rlreason/resume.py), e.g. [learning_rate]
+    # keys a resumed run may change (optimizer settings only: rlreason/run/resume.py), e.g. [learning_rate]
     allow_config_changes: list[str] = field(default_factory=list)
     max_nonfinite_steps: int = 3  # stop (with a checkpoint) after this many non-finite updates in a row
     report_to: list[str] = field(default_factory=list)  # accelerate trackers: tensorboard, wandb, ...
     progress: bool = True
 
     def __post_init__(self) -> None:
+        self._resolve_engine()
         if self.async_rollouts:
             self._resolve_async()
         self.validate()
+
+    def _resolve_engine(self) -> None:
+        """``rollout_engine`` and TRL's ``use_vllm`` / ``vllm_mode`` say one thing: unset, the engine is
+        read from the aliases; set, it sets them (so code and a TRL reader of config.yaml agree)."""
+        from_aliases = ("vllm_server" if self.vllm_mode == "server" else "vllm") if self.use_vllm else "transformers"
+        if self.rollout_engine is None:
+            self.rollout_engine = from_aliases
+            return
+        if self.use_vllm and self.rollout_engine == "transformers":
+            raise ConfigError("config key 'rollout_engine': transformers, but use_vllm: true asks for vLLM; "
+                              "set one of them (use_vllm and vllm_mode are rollout_engine's TRL aliases)")
+        self.use_vllm = self.rollout_engine != "transformers"
+        if self.use_vllm:
+            self.vllm_mode = "server" if self.rollout_engine == "vllm_server" else "colocate"
 
     def _resolve_async(self) -> None:
         """What overlapped rollouts need, set where left unset (with a log line each)."""
@@ -339,8 +372,9 @@ class GRPOConfig:
         need(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
         need(len(self.reward_funcs) > 0, "reward_funcs", "name at least one reward function")
         self._validate_ranges(need)
-        from rlreason.resume import OPTIMIZER_KEYS  # here: resume.py imports this module
-
+        need(not (self.eval_holdout_size and self.dataset_name == "arith"), "eval_holdout_size",
+             "the embedded task (dataset_name: arith) has its own held-out problems (final_eval_size, eval_size); "
+             "eval_holdout_size holds rows of your own dataset out of training")
         bad = [k for k in self.allow_config_changes if k not in OPTIMIZER_KEYS]
         need(not bad, "allow_config_changes",
              f"only optimizer settings may change on resume ({', '.join(OPTIMIZER_KEYS)}); got {bad}")
@@ -376,7 +410,8 @@ class GRPOConfig:
                     "logging_steps", "arith_train_size", "eval_size", "max_prompt_length"):
             need(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
         for key in ("save_steps", "eval_steps", "log_completions_steps", "warmup_steps", "final_eval_size",
-                    "top_k", "seed"):  # 0 = off (save/eval only at the end; no sampled completions; no warm-up)
+                    "top_k", "seed", "eval_holdout_size"):
+            # 0 = off (save/eval only at the end; no sampled completions; no warm-up; nothing held out)
             need(getattr(self, key) >= 0, key, f"must be >= 0 (0 = off), got {getattr(self, key)}")
         for key in ("weight_decay", "beta", "entropy_coef", "teacher_kl_coef", "teacher_reward_weight"):
             value = getattr(self, key)
@@ -421,7 +456,7 @@ class DistillConfig(GRPOConfig):
     ``distill_samples_per_problem`` times, the reward functions keep the verified answers
     (``distill_selection``), the result is saved as a dataset with its provenance, and the student
     is fine-tuned on it for ``max_steps`` steps of ``per_device_train_batch_size *
-    gradient_accumulation_steps`` sequences (rlreason.sft).
+    gradient_accumulation_steps`` sequences (rlreason.loop.sft).
     """
 
     output_dir: str = "runs/distill"
@@ -516,7 +551,7 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
 
 
 def from_dict(values: dict[str, Any], cls: type[GRPOConfig] = GRPOConfig) -> GRPOConfig:
-    """Build a config from rlreason's keys and TRL's (rlreason/config_compat.py).
+    """Build a config from rlreason's keys and TRL's (rlreason/config/trl.py).
 
     Every unknown or unsupported key and every ill-typed value is named in one ConfigError;
     renamed and ignored TRL keys are named in one warning each."""

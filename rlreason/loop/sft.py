@@ -2,7 +2,7 @@
 
 ``SFTTrainer`` is the GRPO trainer with two things replaced: a step's batch comes from the
 dataset (prompt and completion token ids, e.g. a teacher's verified answers from
-``rlreason.distill``) instead of from sampling, and the per-token loss is the negative
+``rlreason.distill.teacher``) instead of from sampling, and the per-token loss is the negative
 log-likelihood of the completion tokens (``algorithms.nll_token_loss``). Everything else is the GRPO loop's:
 the loss only on completion tokens, averaged over all completion tokens of the step
 (``loss_type: dapo``'s token mean) however it is split into micro-batches; packing (several
@@ -22,11 +22,11 @@ import math
 import torch
 
 from rlreason import algorithms as A
-from rlreason.build import Parts
-from rlreason.experience import Rollout, sample_metrics
+from rlreason.loop.experience import Rollout, sample_metrics
+from rlreason.loop.parts import Parts
+from rlreason.loop.trainer import GRPOTrainer
 from rlreason.rewards import completion_text
 from rlreason.rollout.base import Sample
-from rlreason.trainer import GRPOTrainer
 
 SFT_COLUMNS = ("prompt_ids", "completion_ids")
 
@@ -41,11 +41,12 @@ class SFTTrainer(GRPOTrainer):
         missing = [c for c in SFT_COLUMNS if c not in parts.train.column_names]
         if missing:
             raise ValueError(f"the SFT dataset has no column(s) {missing}: it needs token ids of prompts and "
-                             f"completions (rlreason.distill builds them); it has {parts.train.column_names}")
-        if cfg.loss_type not in ("dapo", "bnpo"):
+                             f"completions (rlreason.distill.teacher builds them); it has {parts.train.column_names}")
+        if A.PRESETS[cfg.loss_type].aggregation != "token_mean":
             # the NLL is a token mean; the sequence-level presets would weigh tokens by their answer's length
-            raise ValueError(f"config key 'loss_type': SFT averages the loss over tokens; use dapo, not "
-                             f"{cfg.loss_type!r}")
+            token_mean = [name for name, p in A.PRESETS.items() if p.aggregation == "token_mean"]
+            raise ValueError(f"config key 'loss_type': SFT averages the loss over tokens; use one of "
+                             f"{', '.join(token_mean)}, not {cfg.loss_type!r}")
         super().__init__(cfg, parts)
 
     @property

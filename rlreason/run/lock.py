@@ -2,7 +2,7 @@
 
 Two runs writing one ``output_dir`` mix their logs and rotate each other's checkpoints away, and
 both pass the start-up check when neither has saved yet. The lock is an ``fcntl`` record lock
-on ``output_dir/.rlreason.lock``: the kernel drops it when its process dies however it dies
+on ``output_dir/.rlreason.run.lock``: the kernel drops it when its process dies however it dies
 (SIGKILL included), so a lock left by a dead run is stale by construction and is taken over
 with a warning naming the old holder. Record locks belong to the process, not to the file
 descriptor, so the reward processes forked later do not hold it. Where the filesystem has no
@@ -23,8 +23,8 @@ import socket
 import time
 from pathlib import Path
 
-LOCK_NAME = ".rlreason.lock"
-logger = logging.getLogger("rlreason.lock")
+LOCK_NAME = ".rlreason.run.lock"
+logger = logging.getLogger("rlreason.run.lock")
 
 
 class OutputDirLocked(RuntimeError):  # noqa: N818 (what the user reads: the folder is locked)

@@ -35,8 +35,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
-from rlreason.checkpoint import CorruptCheckpointError
-from rlreason.experience import Rollout, plain, rollout_from_state, rollout_state
+from rlreason.loop.experience import Rollout, plain, rollout_from_state, rollout_state
+from rlreason.run.checkpoint import CorruptCheckpointError
 
 PENDING_ROLLOUT = "pending_rollout.pt"  # a checkpoint's batch in flight
 Job = Callable[[], tuple[Rollout, dict[str, str]]]  # generate and score one batch: -> (rollout, reward errors)

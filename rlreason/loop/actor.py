@@ -6,7 +6,7 @@ optimizer steps, each over the whole batch in micro-batches of ``per_device_trai
 completions, the loss of each from ``algorithms.policy_loss``. With several processes it is
 collective (DDP through accelerate; FSDP, DeepSpeed): every process runs as many micro-batches
 as the one with the most, loss denominators count the whole batch, and token statistics are
-summed over processes (rlreason/trainer.py's docstring says why each is needed).
+summed over processes (rlreason/loop/trainer.py's docstring says why each is needed).
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from typing import Any
 import torch
 
 from rlreason import algorithms as A
-from rlreason import stopping
-from rlreason.batching import pack, pack_groups, supports_packing
-from rlreason.build import Parts
 from rlreason.config import GRPOConfig
-from rlreason.distributed import reduce_sum
-from rlreason.experience import Rollout
-from rlreason.logprobs import completion_logprobs
+from rlreason.data.batching import pack, pack_groups, supports_packing
+from rlreason.loop.distributed import reduce_sum
+from rlreason.loop.experience import Rollout
+from rlreason.loop.logprobs import completion_logprobs
+from rlreason.loop.parts import Parts
 from rlreason.moe import ROUTER_CLASSES, RouterStats, RoutingCapture, aux_loss_coef, find_routers
+from rlreason.run import stopping
 
 
 def _input_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -39,7 +39,7 @@ def _input_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 class Actor:
     """The policy (prepared), its optimizer and scheduler, and the frozen models its loss compares
     with. ``objective``: the per-token loss (None: the preset's clipped surrogate; SFT: the NLL);
-    ``share_pack_rows``: whether several prompt groups may share a packed row (rlreason.batching;
+    ``share_pack_rows``: whether several prompt groups may share a packed row (rlreason.data.batching;
     GRPO's groups fill rows, many short SFT examples do not)."""
 
     def __init__(self, cfg: GRPOConfig, parts: Parts, objective: A.TokenLoss | None = None,
@@ -83,7 +83,7 @@ class Actor:
             # gradients, so the processes' collectives stay matched.
             return [(slice(0, 1), self.padding_micro_batch(sampler_logprobs))]
         G = ro.group_size
-        # Packed by prompt group when every micro-batch holds whole groups (rlreason/batching.py):
+        # Packed by prompt group when every micro-batch holds whole groups (rlreason/data/batching.py):
         # the same per-token log-probs without G copies of each prompt or completion padding.
         packed = self.cfg.pack_prompt_groups and mb % G == 0 and self.packing_supported
         for i in range(0, len(ro.samples), mb):
@@ -207,7 +207,7 @@ class Actor:
         Collective with several processes: every process calls it once per step, also with an empty shard.
 
         Until the first optimizer step nothing it does changes the weights or the optimizer: the
-        step in flight may be abandoned by a stop signal (rlreason/stopping.py). ``stop_point`` is
+        step in flight may be abandoned by a stop signal (rlreason/run/stopping.py). ``stop_point`` is
         called before each micro-batch of the first pass and before the first optimizer step (where
         several processes abandon together); ``stopping.commit()`` then ends that window."""
         stop_point = stop_point or (lambda: None)
@@ -317,7 +317,7 @@ class Actor:
             grad_norms.append(grad_norm)
         k = cfg.num_iterations
         # Token averages over the whole batch: sums and token counts of all processes. The loss
-        # is each process's share of DDP's averaged objective: averaged in rlreason.distributed.reduce_metrics.
+        # is each process's share of DDP's averaged objective: averaged in rlreason.loop.distributed.reduce_metrics.
         keys = ("clipped", "entropy", "kl", "is_weight", "is_capped", "log_ratio", "log_ratio_sq", "reverse_kl")
         *sums, n_tokens, n_trained, n_groups = reduce_sum(
             self.acc, [stats[x] for x in keys] + [float(n_tokens), float(ro.num_groups), float(n_groups)])

@@ -1,0 +1,1 @@
+"""rlreason.distill.teacher."""
