@@ -71,7 +71,7 @@ def test_the_docs_say_what_the_code_does():
     pi_theta / pi_sampler (it is pi_prox's, a fixed weight) or that it carries the whole correction."""
     scaling = (ROOT / "docs" / "scaling.md").read_text()
     assert B.tables() in scaling.split(B.BEGIN)[1].split(B.END)[0]
-    for page in ("docs/scaling.md", "docs/algorithms.md", "rlreason/config/", "rlreason/loop/trainer.py"):
+    for page in ("docs/scaling.md", "docs/algorithms.md", "rlreason/config/__init__.py", "rlreason/loop/trainer.py"):
         text = " ".join((ROOT / page).read_text().split())
         assert "whole correction" not in text, page
         for claim in ("min(pi_theta / pi_sampler", "min(π_θ/π_sampler", "min(pi_current / pi_sampler"):

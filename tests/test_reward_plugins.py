@@ -228,12 +228,17 @@ def test_cosine_default_accuracy_reads_the_answer_column() -> None:
         ({"max_length": 10, "wrong_end": math.nan}, TypeError, "wrong_end must be a finite number"),
         ({"max_length": 10, "exceed": math.inf}, TypeError, "exceed"),
         ({"max_length": 10, "accuracy": 5}, TypeError, "accuracy must be a reward function"),
-        ({"max_length": 10, "accuracy": "no_such_reward"}, RewardSpecError, "unknown reward 'no_such_reward'"),
+        ({"max_length": 10, "accuracy": "accuracy"}, TypeError, "spec string"),  # in Python: the function
     ],
 )
 def test_cosine_validation(kwargs: dict, error: type, match: str) -> None:
     with pytest.raises(error, match=match):
         CosineLengthReward(**kwargs)
+
+
+def test_a_length_rewards_accuracy_named_in_a_config_is_resolved_by_the_registry() -> None:
+    with pytest.raises(RewardSpecError, match="unknown reward 'no_such_reward'"):
+        build_rewards([{"name": "cosine_length", "kwargs": {"max_length": 10, "accuracy": "no_such_reward"}}])
 
 
 # ---------------------------------------------------------------------------------------------
