@@ -471,8 +471,13 @@ class PolicyLossStats:
     max_abs_log_ratio: torch.Tensor  # the one statistic that is a max, not a sum
 
     def sums(self) -> dict[str, torch.Tensor]:
-        """The summed statistics by name (all but ``max_abs_log_ratio``)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "max_abs_log_ratio"}
+        """The summed statistics by name (``SUMMED_STATS``)."""
+        return {name: getattr(self, name) for name in SUMMED_STATS}
+
+
+# The statistics that add up (all but the max), in field order: the one list of them the update
+# accumulates over micro-batches, sums over processes and averages per token (rlreason/actor.py).
+SUMMED_STATS = tuple(f.name for f in dataclasses.fields(PolicyLossStats) if f.name != "max_abs_log_ratio")
 
 
 TokenLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]

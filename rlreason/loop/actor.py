@@ -15,6 +15,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -34,6 +35,65 @@ def _input_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """[rows, width] 1 where the model input holds a real token: the 2D attention mask of a
     padded batch; a prompt-group-packed batch's block mask is 4D, it carries "row_tokens"."""
     return batch["row_tokens"] if "row_tokens" in batch else batch["attention_mask"]
+
+
+def _nth(per_micro: list | None, j: int) -> Any:
+    """Micro-batch ``j``'s entry of a per-micro-batch list; None where the list is None (no such pass)."""
+    return None if per_micro is None else per_micro[j]
+
+
+@dataclass
+class _Frozen:
+    """Per micro-batch log-probs ([n, T]) from the passes that train nothing; None where the loss
+    has no such term."""
+
+    old: list[torch.Tensor] | None  # pi_old, the weights that sampled (None: the current ones, detached)
+    routes: list[list[torch.Tensor]] | None  # MoE: the experts each router chose in that pass, n_layers x [n * L, k]
+    replay: bool  # routing replay: the training passes route as ``routes`` did
+    ref: list[torch.Tensor] | None  # the reference policy (the KL term)
+    behaviour: list[torch.Tensor] | None  # the sampler's truncated distribution (the importance weight's pi_old)
+    teacher: list[torch.Tensor] | None  # the teacher at temperature 1 (on-policy distillation)
+
+
+@dataclass
+class _Batch:
+    """This process's shard of one step, as the update trains on it."""
+
+    micro: list[tuple[slice, dict[str, torch.Tensor]]]  # [(its rows of adv, model inputs)], padding ones last
+    adv: torch.Tensor  # [n] advantages (0 on padding micro-batches' rows)
+    denom: float | None  # the loss's denominator (Actor.denominator; None: BNPO's, per micro-batch)
+    per_micro: float  # each micro-batch's loss weight (BNPO: 1 / real micro-batches)
+    aux_share: list[float]  # each micro-batch's share of this process's input tokens (load-balancing loss weight)
+    n_tokens: int  # completion tokens trained on
+    n_groups: int  # prompt groups in the shard ...
+    n_trained_groups: int  # ... and those trained on (flat ones left out)
+    stale: bool  # pi_old is the sampler's log-probs (a lagging sampler, a non-empty shard)
+    frozen: _Frozen
+
+
+@dataclass
+class _Totals:
+    """What the update adds up on this process over micro-batches and passes. The token
+    statistics are ``algorithms.SUMMED_STATS``: the one list that is accumulated here, summed
+    over processes and averaged per token (``Actor._metrics``)."""
+
+    token: dict[str, float]  # sums over completion tokens, by name
+    router: RouterStats | None  # MoE routing
+    loss: float = 0.0
+    max_abs_log_ratio: float = 0.0
+    grad_norms: list[float] = field(default_factory=list)  # one per optimizer step
+
+    @classmethod
+    def zeros(cls, routers: list) -> _Totals:
+        router = RouterStats.zeros(len(routers), routers[0].num_experts) if routers else None
+        return cls(dict.fromkeys(A.SUMMED_STATS, 0.0), router)
+
+    def add(self, loss: torch.Tensor, stats: A.PolicyLossStats) -> None:
+        """A micro-batch's loss (as back-propagated) and token statistics."""
+        for name, value in stats.sums().items():
+            self.token[name] += value.item()
+        self.max_abs_log_ratio = max(self.max_abs_log_ratio, stats.max_abs_log_ratio.item())
+        self.loss += loss.item()
 
 
 class Actor:
@@ -209,14 +269,35 @@ class Actor:
         Until the first optimizer step nothing it does changes the weights or the optimizer: the
         step in flight may be abandoned by a stop signal (rlreason/run/stopping.py). ``stop_point`` is
         called before each micro-batch of the first pass and before the first optimizer step (where
-        several processes abandon together); ``stopping.commit()`` then ends that window."""
+        several processes abandon together); ``stopping.commit()`` then ends that window.
+
+        In steps: ``_prepare`` (micro-batches, the frozen log-prob passes), then per pass
+        ``_train_micro_batch`` on each micro-batch and one ``_optimizer_step``, then ``_metrics``."""
         stop_point = stop_point or (lambda: None)
-        cfg = self.cfg
         t0 = time.perf_counter()
         if reduce_sum(self.acc, [float(len(ro.samples))])[0] == 0:
             # dynamic sampling found no group with a signal anywhere: nothing to learn from
             return {"empty_batch": 1.0, "time/training_s": 0.0}
-        denom = self.denominator(self.completion_tokens(ro), len(ro.samples))
+        batch = self._prepare(ro, stale_sampler)
+        self.model.train()
+        totals = _Totals.zeros(self.routers)
+        for it in range(self.cfg.num_iterations):
+            for j in range(len(batch.micro)):
+                if it == 0:
+                    stop_point()
+                self._train_micro_batch(batch, j, totals)
+            if it == 0:
+                stop_point()
+                stopping.commit()  # from here the step changes the weights, the optimizer and the schedule
+            totals.grad_norms.append(self._optimizer_step(totals.loss))
+        return self._metrics(batch, totals, stale_sampler, t0)
+
+    def _prepare(self, ro: Rollout, stale_sampler: bool) -> _Batch:
+        """This process's shard of the step as the update trains on it: micro-batches padded to the
+        largest count of any process, the loss's denominator, and every frozen log-prob pass, all
+        before the weights change. Collective (the denominator, the micro-batch counts)."""
+        cfg = self.cfg
+        denom = self.denominator(self.completion_tokens(ro), len(ro.samples))  # counts every sample, flat ones too
         n_groups = ro.num_groups
         if self.skips_flat_groups() and ro.samples:
             # Groups with no learning signal (all advantages 0: e.g. every answer right, or every
@@ -225,114 +306,125 @@ class Actor:
             if not live.all():
                 ro = ro.select(live.nonzero().flatten().tolist())
         sampler_logprobs = bool(cfg.importance_sampling_cap) or stale_sampler
-        batches = self.micro_batches(ro, sampler_logprobs)
+        micro = self.micro_batches(ro, sampler_logprobs)
         adv = ro.advantages.to(self.acc.device) if ro.samples else torch.zeros(1, device=self.acc.device)
-        per_micro = 1.0 if denom is not None else 1.0 / len(batches)  # BNPO: a mean over the real micro-batches
-        batches, adv = self.match_micro_batches(batches, adv, sampler_logprobs)
-        n_tokens = int(sum(b["completion_mask"].sum().item() for _, b in batches))  # the tokens trained on
-        # With one update per rollout the policy that sampled is the policy being trained:
-        # old log-probs equal the current ones (detached), so no extra forward pass is spent
-        # (unless routing replay needs the old pass's experts).
-        replay = cfg.routing_replay and bool(self.routers)
-        old, routes = self.old_pass(batches) if cfg.num_iterations > 1 or replay else (None, None)
-        ref = self.reference_logprobs(batches)
-        # The importance weight's pi_old is the distribution the sampler drew from: with top-k/top-p
-        # that is the truncated one (the engines report truncated log-probs), so it gets its own
-        # pass; against the full distribution the weight was the kept mass (~0.9 at top_p 0.9).
-        truncation = (cfg.top_k, cfg.top_p) if cfg.top_k > 0 or cfg.top_p < 1 else None
+        per_micro = 1.0 if denom is not None else 1.0 / len(micro)  # BNPO: a mean over the real micro-batches
+        micro, adv = self.match_micro_batches(micro, adv, sampler_logprobs)
         # A stale sampler (weight_sync_steps > 1) drew from weights the trainer no longer has: its own
         # log-probs are the behaviour policy, so the ratio (and its clip) covers the lag. The trainer's
         # current weights as pi_old made the ratio 1 and ignored the lag. The importance weight then
         # has nothing left to correct (pi_old is the sampler's): it is 1.
         stale = stale_sampler and bool(ro.samples)
-        behaviour = self.frozen_logprobs(self.model, batches, truncation=truncation) \
+        # the load-balancing loss of a micro-batch is weighted by its share of this process's tokens
+        real = [0.0 if b.get("is_padding") else float(_input_tokens(b).sum()) for _, b in micro]
+        return _Batch(micro=micro, adv=adv, denom=denom, per_micro=per_micro,
+                      aux_share=[r / max(sum(real), 1.0) for r in real],
+                      n_tokens=int(sum(b["completion_mask"].sum().item() for _, b in micro)),  # the tokens trained on
+                      n_groups=n_groups, n_trained_groups=ro.num_groups, stale=stale,
+                      frozen=self._frozen_passes(micro, stale))  # the padded ones: sharded forwards are collective
+
+    def _frozen_passes(self, micro: list, stale: bool) -> _Frozen:
+        """The log-probs the loss compares with, from passes that train nothing (each one only where
+        the loss has its term); in this order, which every process keeps (sharded forwards are collective)."""
+        cfg = self.cfg
+        # With one update per rollout the policy that sampled is the policy being trained:
+        # old log-probs equal the current ones (detached), so no extra forward pass is spent
+        # (unless routing replay needs the old pass's experts).
+        replay = cfg.routing_replay and bool(self.routers)
+        old, routes = self.old_pass(micro) if cfg.num_iterations > 1 or replay else (None, None)
+        ref = self.reference_logprobs(micro)
+        # The importance weight's pi_old is the distribution the sampler drew from: with top-k/top-p
+        # that is the truncated one (the engines report truncated log-probs), so it gets its own
+        # pass; against the full distribution the weight was the kept mass (~0.9 at top_p 0.9).
+        truncation = (cfg.top_k, cfg.top_p) if cfg.top_k > 0 or cfg.top_p < 1 else None
+        behaviour = self.frozen_logprobs(self.model, micro, truncation=truncation) \
             if cfg.importance_sampling_cap and truncation and not stale else None
         # the teacher's own distribution (temperature 1) is the target of on-policy distillation
-        teacher = self.frozen_logprobs(self.teacher, batches, 1.0) if self.teacher is not None else None
-        self.model.train()
-        stats = dict.fromkeys(("clipped", "entropy", "kl", "loss", "is_weight", "is_capped", "log_ratio",
-                               "log_ratio_sq", "reverse_kl"), 0.0)
-        max_abs_log_ratio = 0.0
-        grad_norms = []
-        router = RouterStats.zeros(len(self.routers), self.routers[0].num_experts) if self.routers else None
-        # the load-balancing loss of a micro-batch is weighted by its share of this process's tokens
-        real = [0.0 if b.get("is_padding") else float(_input_tokens(b).sum()) for _, b in batches]
-        for it in range(cfg.num_iterations):
-            for j, (sl, b) in enumerate(batches):
-                if it == 0:
-                    stop_point()
-                ctx = contextlib.nullcontext() if j == len(batches) - 1 else self.acc.no_sync(self.model)
-                # routing stays captured (and replayed) through the backward: a checkpointed layer's
-                # recompute must route as its forward did
-                capture = RoutingCapture(self.model, routes[j] if replay else None) if self.routers \
-                    else contextlib.nullcontext()
-                with ctx, capture as cap:
-                    logp, ent = completion_logprobs(self.model, b, cfg.temperature, with_entropy=True,
-                                                    entropy_grad=cfg.entropy_coef > 0,
-                                                    chunk_size=cfg.logprob_chunk_size)
-                    old_logp = b["sampler_logp"] if stale else (old[j] if old is not None else logp.detach())
-                    loss, tok_stats = A.policy_loss(
-                        logp, old_logp, adv[sl], b["completion_mask"], self.loss_settings, entropy=ent, denom=denom,
-                        ref_logp=ref[j] if ref is not None else None,
-                        teacher_logp=teacher[j] if teacher is not None else None,
-                        behaviour_logp=behaviour[j] if behaviour is not None else None,
-                        sampler_logp=b.get("sampler_logp"), token_loss=self.objective)
-                    loss = loss * per_micro
-                    if cap is not None:
-                        # every real token went through the routers (none of an empty shard's pad row counts)
-                        routed = torch.zeros_like(_input_tokens(b)) if b.get("is_padding") else _input_tokens(b)
-                        # without a gradient when it is only logged: no [tokens, experts] graph per layer
-                        with torch.set_grad_enabled(self.router_aux_loss_coef > 0 and torch.is_grad_enabled()):
-                            aux = cap.aux_loss(routed)
-                        if self.router_aux_loss_coef > 0:
-                            loss = loss + self.router_aux_loss_coef * aux * (real[j] / max(sum(real), 1.0))
-                        s = cap.stats(routed, reference=routes[j] if routes is not None else None)
-                        s.aux_sum, s.aux_n = aux.item(), 1
-                        router.add(s)
-                    self.acc.backward(loss)
-                for key, value in tok_stats.sums().items():
-                    stats[key] += value.item()
-                max_abs_log_ratio = max(max_abs_log_ratio, tok_stats.max_abs_log_ratio.item())
-                stats["loss"] += loss.item()
-            if it == 0:
-                stop_point()
-                stopping.commit()  # from here the step changes the weights, the optimizer and the schedule
-            norm = self.acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-            grad_norm = float("nan") if norm is None else float(norm)  # None: DeepSpeed before its first step
-            # The gradient norm is the same on every process (after the all-reduce), the loss is
-            # not: all processes must agree to step, or their weights drift apart.
-            finite = (norm is None or math.isfinite(grad_norm)) and math.isfinite(stats["loss"])
-            if self.acc.num_processes > 1:
-                finite = reduce_sum(self.acc, [float(finite)])[0] == self.acc.num_processes
-            if finite:
-                self.optimizer.step()
-                # the schedule counts optimizer steps, as transformers' Trainer's does (not stepped when
-                # the optimizer step was skipped): stepped on a skipped update, warm-up and decay ran ahead
-                self.scheduler.step()
-                self.nonfinite_streak = 0
-            else:  # a non-finite update would poison the weights: skip it and count it
-                self.nonfinite_skipped += 1
-                self.nonfinite_streak += 1
-            self.optimizer.zero_grad(set_to_none=True)
-            grad_norms.append(grad_norm)
-        k = cfg.num_iterations
-        # Token averages over the whole batch: sums and token counts of all processes. The loss
-        # is each process's share of DDP's averaged objective: averaged in rlreason.loop.distributed.reduce_metrics.
-        keys = ("clipped", "entropy", "kl", "is_weight", "is_capped", "log_ratio", "log_ratio_sq", "reverse_kl")
+        teacher = self.frozen_logprobs(self.teacher, micro, 1.0) if self.teacher is not None else None
+        return _Frozen(old=old, routes=routes, replay=replay, ref=ref, behaviour=behaviour, teacher=teacher)
+
+    def _train_micro_batch(self, batch: _Batch, j: int, totals: _Totals) -> None:
+        """Forward and backward of micro-batch ``j`` (gradients accumulate; DDP all-reduces them at the
+        last micro-batch only); its loss and statistics are added to ``totals``."""
+        cfg, (sl, b), f = self.cfg, batch.micro[j], batch.frozen
+        sync = contextlib.nullcontext() if j == len(batch.micro) - 1 else self.acc.no_sync(self.model)
+        # routing stays captured (and replayed) through the backward: a checkpointed layer's
+        # recompute must route as its forward did
+        capture = RoutingCapture(self.model, f.routes[j] if f.replay else None) if self.routers \
+            else contextlib.nullcontext()
+        with sync, capture as cap:
+            logp, ent = completion_logprobs(self.model, b, cfg.temperature, with_entropy=True,
+                                            entropy_grad=cfg.entropy_coef > 0, chunk_size=cfg.logprob_chunk_size)
+            old_logp = b["sampler_logp"] if batch.stale else (f.old[j] if f.old is not None else logp.detach())
+            loss, tok_stats = A.policy_loss(
+                logp, old_logp, batch.adv[sl], b["completion_mask"], self.loss_settings, entropy=ent,
+                denom=batch.denom, ref_logp=_nth(f.ref, j), teacher_logp=_nth(f.teacher, j),
+                behaviour_logp=_nth(f.behaviour, j), sampler_logp=b.get("sampler_logp"), token_loss=self.objective)
+            loss = loss * batch.per_micro
+            if cap is not None:
+                aux = self._record_routing(cap, b, _nth(f.routes, j), totals.router)
+                if self.router_aux_loss_coef > 0:
+                    loss = loss + self.router_aux_loss_coef * aux * batch.aux_share[j]
+            self.acc.backward(loss)
+        totals.add(loss, tok_stats)
+
+    def _record_routing(self, cap: RoutingCapture, b: dict[str, Any], reference: list[torch.Tensor] | None,
+                        router: RouterStats) -> torch.Tensor:
+        """Add a micro-batch's routing to ``router`` (expert load, router entropy, and the flips against
+        ``reference``, the old pass's experts) and return its load-balancing loss (0-d)."""
+        # every real token went through the routers (none of an empty shard's pad row counts)
+        routed = torch.zeros_like(_input_tokens(b)) if b.get("is_padding") else _input_tokens(b)
+        # without a gradient when it is only logged: no [tokens, experts] graph per layer
+        with torch.set_grad_enabled(self.router_aux_loss_coef > 0 and torch.is_grad_enabled()):
+            aux = cap.aux_loss(routed)
+        s = cap.stats(routed, reference=reference)
+        s.aux_sum, s.aux_n = aux.item(), 1
+        router.add(s)
+        return aux
+
+    def _optimizer_step(self, loss_sum: float) -> float:
+        """Clip the gradient and step the optimizer and the schedule, or skip and count a non-finite
+        update; then clear the gradient. ``loss_sum``: the losses summed so far this step (one
+        non-finite pass makes the step's later passes skip too). Returns the gradient norm (NaN:
+        none reported). Collective with several processes."""
+        norm = self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+        grad_norm = float("nan") if norm is None else float(norm)  # None: DeepSpeed before its first step
+        # The gradient norm is the same on every process (after the all-reduce), the loss is
+        # not: all processes must agree to step, or their weights drift apart.
+        finite = (norm is None or math.isfinite(grad_norm)) and math.isfinite(loss_sum)
+        if self.acc.num_processes > 1:
+            finite = reduce_sum(self.acc, [float(finite)])[0] == self.acc.num_processes
+        if finite:
+            self.optimizer.step()
+            # the schedule counts optimizer steps, as transformers' Trainer's does (not stepped when
+            # the optimizer step was skipped): stepped on a skipped update, warm-up and decay ran ahead
+            self.scheduler.step()
+            self.nonfinite_streak = 0
+        else:  # a non-finite update would poison the weights: skip it and count it
+            self.nonfinite_skipped += 1
+            self.nonfinite_streak += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def _metrics(self, batch: _Batch, totals: _Totals, stale_sampler: bool, t0: float) -> dict[str, float]:
+        """The step's update metrics. Collective: token statistics are means over every process's
+        trained tokens and passes; the loss is this process's share of DDP's averaged objective
+        (averaged in rlreason.loop.distributed.reduce_metrics)."""
+        k = self.cfg.num_iterations
         *sums, n_tokens, n_trained, n_groups = reduce_sum(
-            self.acc, [stats[x] for x in keys] + [float(n_tokens), float(ro.num_groups), float(n_groups)])
-        stats.update(zip(keys, sums, strict=True))
+            self.acc, [totals.token[name] for name in A.SUMMED_STATS]
+            + [float(batch.n_tokens), float(batch.n_trained_groups), float(batch.n_groups)])
         tok = max(n_tokens, 1) * k
-        mean_lr = stats["log_ratio"] / tok
+        mean = {name: s / tok for name, s in zip(A.SUMMED_STATS, sums, strict=True)}  # per token and pass
         metrics = {
-            "loss": stats["loss"] / k,
-            "clip_frac": stats["clipped"] / tok,
+            "loss": totals.loss / k,
+            "clip_frac": mean["clipped"],
             # spread of the token log-ratio log(pi_theta / pi_old) over completion tokens and all
             # training passes (the first pass of a batch has ratio 1 up to numerics)
-            "ratio/log_std": math.sqrt(max(stats["log_ratio_sq"] / tok - mean_lr ** 2, 0.0)),
-            "ratio/max_abs_log": max_abs_log_ratio,
-            "entropy": stats["entropy"] / tok,
-            "grad_norm": sum(grad_norms) / k,
+            "ratio/log_std": math.sqrt(max(mean["log_ratio_sq"] - mean["log_ratio"] ** 2, 0.0)),
+            "ratio/max_abs_log": totals.max_abs_log_ratio,
+            "entropy": mean["entropy"],
+            "grad_norm": sum(totals.grad_norms) / k,
             "lr": self.scheduler.get_last_lr()[0],
             "nonfinite_skipped": float(self.nonfinite_skipped),
             # groups left out of the passes (all advantages 0); token statistics above cover the others
@@ -340,17 +432,17 @@ class Actor:
             "stale_sampler": float(stale_sampler),
             "time/training_s": time.perf_counter() - t0,
         }
-        if ref is not None:
-            metrics["kl"] = stats["kl"] / tok
-        if teacher is not None:  # mean per completion token of log pi_student - log pi_teacher
-            metrics["distill/reverse_kl"] = stats["reverse_kl"] / tok
-        if cfg.importance_sampling_cap:
+        if batch.frozen.ref is not None:
+            metrics["kl"] = mean["kl"]
+        if batch.frozen.teacher is not None:  # mean per completion token of log pi_student - log pi_teacher
+            metrics["distill/reverse_kl"] = mean["reverse_kl"]
+        if self.cfg.importance_sampling_cap:
             # NaN on a step that trained no token (every group flat): a mean of nothing, not a weight of 0
-            trained = n_tokens > 0
-            metrics["is_weight_mean"] = stats["is_weight"] / tok if trained else math.nan
-            metrics["is_weight_capped_frac"] = stats["is_capped"] / tok if trained else math.nan  # cut by the cap
-        if router is not None:
+            metrics["is_weight_mean"] = mean["is_weight"] if n_tokens > 0 else math.nan
+            metrics["is_weight_capped_frac"] = mean["is_capped"] if n_tokens > 0 else math.nan  # cut by the cap
+        if totals.router is not None:
+            router = totals.router
             if self.acc.num_processes > 1:
                 router = router.from_flat(reduce_sum(self.acc, router.flat()))
-            metrics.update(router.metrics(per_expert=cfg.log_expert_load))
+            metrics.update(router.metrics(per_expert=self.cfg.log_expert_load))
         return metrics
