@@ -322,8 +322,7 @@ def test_cli_reproduces_trainer_heldout_eval(tiny_path, tmp_path, capsys):
     model = AutoModelForCausalLM.from_pretrained(tiny_path).eval()
     rows = list(prepare(datasets.Dataset.from_list(arith_suite(200)), prompt_column="prompt", tokenizer=tok))
     with heldout_scorer(accuracy_reward, format_reward) as runner:
-        res = evaluate(HFEngine(model, tok, 64), [r["prompt_ids"] for r in rows], [r["prompt"] for r in rows],
-                       [r["answer"] for r in rows], runner, SamplingConfig(max_tokens=64, temperature=0.0))
+        res = evaluate(HFEngine(model, tok, 64), rows, runner, SamplingConfig(max_tokens=64, temperature=0.0))
     m = results["suites"]["arith"]
     assert [p["prompt"] for p in problems] == [r["prompt_text"] for r in rows]
     assert m["pass@1"] == res["accuracy"] and m["format_rate"] == res["format_rate"]
@@ -457,7 +456,8 @@ def test_heldout_eval_scores_a_hanging_or_raising_completion_wrong():
     engine = FakeEngine(texts)
     start = time.perf_counter()
     with heldout_scorer(flaky_accuracy, format_reward, timeout_s=FAIL_TIMEOUT) as runner:
-        res = evaluate(engine, [[1]] * 8, ["1+1"] * 8, ["2"] * 8, runner, SamplingConfig(max_tokens=8))
+        res = evaluate(engine, [{"prompt_ids": [1], "prompt": "1+1", "answer": "2"}] * 8, runner,
+                       SamplingConfig(max_tokens=8))
     elapsed = time.perf_counter() - start
     assert (res["correct"], res["n"], res["accuracy"]) == (2, 8, 0.25)
     assert res["score_failures"] == 4 and res["format_failures"] == 0 and res["format_rate"] == 1.0
@@ -468,7 +468,8 @@ def test_heldout_eval_scores_a_hanging_or_raising_completion_wrong():
 
 def test_eval_refuses_a_reward_function_where_a_runner_belongs():
     with pytest.raises(TypeError, match="RewardRunner built with heldout_scorer"):
-        evaluate(FakeEngine(["x"]), [[1]], ["p"], ["1"], accuracy_reward, SamplingConfig(max_tokens=8))
+        evaluate(FakeEngine(["x"]), [{"prompt_ids": [1], "prompt": "p", "answer": "1"}], accuracy_reward,
+                 SamplingConfig(max_tokens=8))
 
 
 def test_runner_scoring_matches_in_process_scoring_on_the_tiny_model(tiny_model, scorer):
@@ -487,7 +488,7 @@ def test_runner_scoring_matches_in_process_scoring_on_the_tiny_model(tiny_model,
     args = ([r["prompt_ids"] for r in rows], [r["prompt"] for r in rows], [r["answer"] for r in rows])
     sampling = SamplingConfig(max_tokens=48, temperature=0.0)
     with heldout_scorer(accuracy_reward, format_reward) as runner:
-        res = evaluate(engine, *args, runner, sampling)
+        res = evaluate(engine, rows, runner, sampling)
     texts = [g[0].text for g in engine.generate(args[0], 1, sampling)]  # greedy: the same texts again
     acc = accuracy_reward(prompts=args[1], completions=texts, answer=args[2])
     fmt = format_reward(prompts=args[1], completions=texts)
