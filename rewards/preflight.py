@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
 from ._call import run_in_process
-from .math import extract_answer
+from .math import extract_answer, gsm8k_gold
 from .registry import RewardSpecError, build_rewards, reward_name
 from .runner import RESERVED_ARGUMENTS
 
@@ -40,7 +40,6 @@ NOTE = "read_differently"
 PROMPT_COLUMNS = ("prompt", "problem", "question")  # what is passed as `prompts`, first present
 CHUNK = 256  # rows per reward call: batched for speed, small enough that one failure is cheap to retry
 
-_GSM8K = re.compile(r"####[ \t]*([^\n]*)")
 _SPACE = re.compile(r"\s+")
 
 
@@ -130,11 +129,8 @@ def gold_text(value: Any, gold_format: str) -> tuple[str | None, str]:
     if gold_format == "plain":
         return text, ""
     if gold_format == "gsm8k":
-        found = _GSM8K.findall(text)
-        if not found:
-            return None, "no '####' line"
-        gold = found[-1].strip()
-        return (gold, "") if gold else (None, "empty '####' line")
+        gold = gsm8k_gold(text)
+        return (gold, "") if gold is not None else (None, "empty '####' line" if "####" in text else "no '####' line")
     extracted = extract_answer(text)
     return extracted, "" if extracted is not None else "no final answer in the answer column"
 

@@ -513,3 +513,44 @@ def test_runner_scoring_matches_in_process_scoring_on_the_tiny_model(tiny_model,
     assert {k: m[k] for k in expected} == expected
     assert m["score_failures"] == 0 and m["vote_failures"] == 0
     assert any(len(set(r["answers"])) > 1 for r in recs)  # votes had something to compare
+
+
+# --------------------------------------------------------------------------- one gold parser per format
+
+
+def _three_readings(answer: str) -> tuple:
+    """A GSM8K answer column's gold as the eval suite, the preflight check and the accuracy reward
+    (the gsm8k rule its gold parser applies to a rationale) read it."""
+    from rlreason.eval.suites import gold_of
+    from rlreason.rewards import preflight
+    from rlreason.rewards.math import extract_answer
+
+    return (gold_of(get_suite("gsm8k"), {"answer": answer}), preflight.gold_text(answer, "gsm8k")[0],
+            extract_answer(answer, rules=("gsm8k",)))
+
+
+@pytest.mark.parametrize("answer, gold", [
+    ("Work.\n#### 1,234\n", "1,234"),  # commas kept: the verifier reads 1,234 as one number
+    ("#### 72\nA note after the answer line.", "72"),  # the answer line only
+    ("a #### 1\nthen #### 2", "2"),  # the last marker
+    ("no marker at all", None),  # no gold, not the whole rationale
+    ("empty marker ####  \n", None),
+])
+def test_gsm8k_golds_read_one_way_everywhere(answer, gold):
+    assert _three_readings(answer) == (gold, gold, gold)
+
+
+@needs_data
+def test_gsm8k_benchmark_golds_read_the_same_in_eval_preflight_and_the_reward():
+    from rlreason.rewards.math import parse_gold, verify
+
+    rows = [json.loads(line) for line in (BENCH / "gsm8k_test.jsonl").read_text().splitlines()]
+    assert len(rows) == 1319
+    for i, row in enumerate(rows):
+        suite, preflight, reward = _three_readings(row["answer"])
+        assert suite == preflight == reward is not None, (i, suite, preflight, reward)
+        # what the accuracy reward makes of the whole rationale is what it makes of the gold read out
+        assert parse_gold(row["answer"]) == parse_gold(suite), i
+    with_commas = [r for r in rows if "," in _three_readings(r["answer"])[0]]
+    assert len(with_commas) == 14 and all(verify(_three_readings(r["answer"])[0], _three_readings(r["answer"])[0]
+                                                 .replace(",", "")) for r in with_commas)
