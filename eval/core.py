@@ -12,8 +12,8 @@ Scoring goes through a :class:`~rlreason.rewards.runner.RewardRunner`, the path 
 rewards take, so evaluation has training's failure policy: a reward call that hangs, raises,
 blows its memory cap or kills its worker is stopped, and only the completions involved are
 scored wrong and counted (``score_failures``). Build the runners once, early (a ``"fork"``
-runner forks when built), with :func:`heldout_scorer`, :func:`suite_scorer` and :func:`task_scorer`, and close them
-when done.
+runner forks when built), with :func:`heldout_scorer`, :func:`suite_scorer` and
+:func:`task_scorer`, and close them when done.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ from rlreason.rollout.base import RolloutEngine, Sample, SamplingConfig
 # costs time, never the rest of the eval. The runner still gives a function up for the batch
 # after 2 * num_workers timeouts with no call succeeding (a reward that hangs on everything).
 _EVAL_MAX_TIMEOUTS = 1_000_000
+
+
 def heldout_scorer(accuracy_fn: Callable, format_fn: Callable | None = None, **runner_kwargs: Any) -> RewardRunner:
     """The runner :func:`evaluate` scores with: ``accuracy_fn``, then ``format_fn`` if given.
 
