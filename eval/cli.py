@@ -1,7 +1,13 @@
-"""``python -m rlreason.eval``: score a checkpoint on benchmark suites, or compare two results files.
+"""``python -m rlreason.eval``: score a checkpoint on benchmark suites or on problems of your own
+with your own rewards, or compare two results files.
 
     python -m rlreason.eval --model PATH --suites math500,gsm8k --n 4 --k 1,4 --limit 50 --out results/
+    python -m rlreason.eval --model PATH --data countdown.jsonl --reward my_rewards.py:countdown --out results/
     python -m rlreason.eval --compare a/results.json b/results.json
+
+With ``--data`` the problems are rendered and the completions scored as training renders and scores
+them: each ``--reward`` is called with every column of the file, a sample is correct when the first
+reward gives it >= 1.0, and the results are written as a suite's (named after the file).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +33,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m rlreason.eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="model folder or hub id; 'tiny' = the embedded tiny model")
-    p.add_argument("--suites", default="math500", help=f"comma-separated; built in: {','.join(SUITES)}")
+    p.add_argument("--suites", default=None,
+                   help=f"comma-separated; built in: {','.join(SUITES)} (default math500, none with --data)")
+    p.add_argument("--data", default=None,
+                   help="your own problems: a .jsonl/.json/.parquet/.csv file or save_to_disk folder, one per row, "
+                        "scored with --reward")
+    p.add_argument("--reward", action="append", default=None,
+                   help="reward scoring --data (repeatable; the first decides what is correct, >= 1.0): a built-in "
+                        "name, 'pkg.module:fn' or 'path/file.py:fn'; default accuracy")
+    p.add_argument("--prompt_column", "--prompt-column", default="prompt", help="--data's prompt column")
+    p.add_argument("--rewards_plain_text", "--rewards-plain-text", action="store_true",
+                   help="--data: pass prompts and completions to the rewards as plain text, as the training config "
+                        "key rewards_plain_text does")
     p.add_argument("--suite-file", action="append", default=[], help="YAML file defining more suites (repeatable)")
     p.add_argument("--limit", type=int, default=None, help="first N problems of each suite")
     p.add_argument("--n", type=int, default=1, help="samples per problem")
@@ -62,6 +80,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.compare and not args.model:
         p.error("--model is required (or use --compare A B)")
+    if args.data is None and (args.reward or args.rewards_plain_text or args.prompt_column != "prompt"):
+        p.error("--reward, --prompt_column and --rewards_plain_text score --data's problems: give --data")
+    if args.suites is None:
+        args.suites = "" if args.data else "math500"
     if args.reward_num_workers < 0 or not args.reward_timeout_s > 0 or args.reward_memory_mb < 0:
         p.error("--reward_num_workers must be >= 0, --reward_timeout_s > 0 and --reward_memory_mb >= 0")
     return args
@@ -74,6 +96,48 @@ def build_scorer(args: argparse.Namespace):
 
     return suite_scorer(num_workers=max(args.reward_num_workers, 1), timeout_s=args.reward_timeout_s,
                         memory_mb=args.reward_memory_mb or None, in_process=args.reward_num_workers == 0)
+
+
+def load_task(args: argparse.Namespace) -> tuple[str, Any, list]:
+    """``--data`` checked before any model loads: (the task's name, its rows as a ``datasets.Dataset``,
+    the ``--reward`` functions, checked against its columns). Each error names the flag at fault."""
+    import datasets
+
+    from rlreason.rewards.dataset_io import load_dataset_any
+    from rlreason.rewards.registry import RewardSpecError, build_rewards
+    from rlreason.rewards.runner import RESERVED_ARGUMENTS
+
+    datasets.disable_progress_bars()  # no "Generating train split" bars around the results (as a run's)
+    try:
+        data = load_dataset_any(args.data, "train")
+    except (ValueError, OSError) as e:
+        raise type(e)(f"--data {args.data!r}: {e}") from None
+    if args.prompt_column not in data.column_names:
+        raise ValueError(f"--prompt_column {args.prompt_column!r}: no such column in --data {args.data!r}; its "
+                         f"columns are {', '.join(data.column_names)}")
+    columns = set(data.column_names) - {args.prompt_column}
+    taken = sorted(columns & set(RESERVED_ARGUMENTS))
+    if taken:
+        raise ValueError(f"--data {args.data!r}: column {taken[0]!r} has the name of an argument every reward "
+                         f"receives ({', '.join(RESERVED_ARGUMENTS)}); rename it")
+    funcs = []
+    for spec in args.reward or ["accuracy"]:
+        try:
+            (fn,), _ = build_rewards([spec], columns=columns | {"completion_ids"})
+        except RewardSpecError as e:
+            raise ValueError(f"--reward {spec!r}: {str(e).removeprefix('reward_funcs[0]: ')}") from None
+        funcs.append(fn)
+    name = Path(args.data.rstrip("/")).stem or "data"
+    return name, data, funcs
+
+
+def build_task_scorer(args: argparse.Namespace, funcs: list):
+    """The ``--data`` task's scoring runner over its ``--reward`` functions, with the arguments'
+    timeout, workers and memory cap (``rlreason.eval.core.task_scorer``); the caller closes it."""
+    from rlreason.eval.core import task_scorer
+
+    return task_scorer(funcs, num_workers=max(args.reward_num_workers, 1), timeout_s=args.reward_timeout_s,
+                       memory_mb=args.reward_memory_mb or None, in_process=args.reward_num_workers == 0)
 
 
 def build_protocol(args: argparse.Namespace):
@@ -193,11 +257,12 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.compare:
         print(run_compare(*args.compare))
         return None
-    from rlreason.eval.core import evaluate_suites
+    from rlreason.eval.core import evaluate_suites, task_rows
     from rlreason.eval.report import markdown_table, write_results
 
     names = [s.strip() for s in args.suites.split(",") if s.strip()]
-    with clean_start():  # what can be checked before any model loads: the suites, the protocol
+    task = None
+    with clean_start():  # what can be checked before any model loads: the suites, the data, the rewards, the protocol
         for f in args.suite_file:
             load_suite_file(f)
         try:
@@ -205,6 +270,12 @@ def main(argv: list[str] | None = None) -> dict | None:
                 get_suite(name)
         except ValueError as e:
             raise ValueError(f"--suites: {e}") from None
+        if args.data is not None:
+            task = load_task(args)
+            if task[0] in names:
+                raise ValueError(f"--data {args.data!r} is named {task[0]!r} in the results, as a suite of --suites; "
+                                 f"rename the file")
+            names.insert(0, task[0])  # scored first
         protocol = build_protocol(args)
     results: dict[str, Any] = {"config": {"suites": {}}, "suites": {}, "problems": {}}
     model_path = args.model
@@ -217,12 +288,21 @@ def main(argv: list[str] | None = None) -> dict | None:
                     model_path = resolve_model(args.model)
                 # Built before the engine: a "fork" runner forks this process, best while it is small
                 # and has no engine threads yet.
-                with build_scorer(args) as scorer:
+                with contextlib.ExitStack() as stack:
+                    suites = names[1:] if task else names
+                    scorer = stack.enter_context(build_scorer(args)) if suites else None
+                    own = stack.enter_context(build_task_scorer(args, task[2])) if task else None
                     with clean_start():
                         engine, tokenizer = build_engine(args, model_path)
+                        rows = task_rows(task[1], tokenizer, protocol, prompt_column=args.prompt_column,
+                                         source=f"--data {args.data!r}") if task else []
                     for name in names:  # one at a time: a stop keeps the suites already scored
-                        done = evaluate_suites(engine, tokenizer, [name], protocol, scorer=scorer,
-                                               allow_hub=not args.no_hub, log=lambda line: print(line, file=sys.stderr))
+                        if task and name == task[0]:
+                            done = _run_task(engine, rows, own, protocol, args, name)
+                        else:
+                            done = evaluate_suites(engine, tokenizer, [name], protocol, scorer=scorer,
+                                                   allow_hub=not args.no_hub,
+                                                   log=lambda line: print(line, file=sys.stderr))
                         results["config"] = {**done["config"], "suites": {**results["config"]["suites"],
                                                                           **done["config"]["suites"]}}
                         results["suites"].update(done["suites"])
@@ -245,6 +325,25 @@ def main(argv: list[str] | None = None) -> dict | None:
         print(f"wrote {paths['results']}, {paths['problems']} and results.md", file=sys.stderr)
     print(table)
     return results
+
+
+def _run_task(engine: Any, rows: list[dict], scorer: Any, protocol: Any, args: argparse.Namespace, name: str
+              ) -> dict[str, Any]:
+    """The ``--data`` task run and timed, shaped as ``evaluate_suites``' results (its config under
+    ``config["suites"][name]``: the file, the prompt column, the rewards and how they were run)."""
+    from rlreason.eval.core import run_task
+
+    start = time.perf_counter()
+    metrics, records = run_task(engine, rows, scorer, protocol, name=name, prompt_column=args.prompt_column,
+                                plain_text=args.rewards_plain_text)
+    metrics["seconds"] = time.perf_counter() - start
+    print(f"{name}: pass@1 {metrics.get('pass@1', float('nan')):.4f}, mean reward {metrics.get('mean_reward')} on "
+          f"{metrics['problems']} problems x {metrics['n_samples']} samples ({metrics['seconds']:.1f}s)",
+          file=sys.stderr)
+    described = {"data": args.data, "prompt_column": args.prompt_column, "rewards": args.reward or ["accuracy"],
+                 "rewards_plain_text": args.rewards_plain_text, "scoring": scorer.settings()}
+    return {"config": {"protocol": protocol.to_dict(), "suites": {name: described}},
+            "suites": {name: metrics}, "problems": {name: records}}
 
 
 if __name__ == "__main__":

@@ -1,5 +1,9 @@
-"""Score a rollout engine: on a list of problems (``evaluate``, the trainer's held-out eval)
-and on benchmark suites (``evaluate_suites``, the CLI and periodic evaluation).
+"""Score a rollout engine: on a list of problems (``evaluate``, the trainer's held-out eval),
+on benchmark suites (``evaluate_suites``, the CLI and periodic evaluation) and on a task of the
+user's with the user's rewards (``run_task``, the CLI's ``--data``/``--reward``).
+
+The held-out eval and a task call their rewards exactly as training does (``score_samples``:
+the same completion form, every dataset column), so any training reward can score them.
 
 Everything here talks to the engine through the ``RolloutEngine`` protocol only, so the
 transformers engine and a vLLM engine are interchangeable.
@@ -8,8 +12,8 @@ Scoring goes through a :class:`~rlreason.rewards.runner.RewardRunner`, the path 
 rewards take, so evaluation has training's failure policy: a reward call that hangs, raises,
 blows its memory cap or kills its worker is stopped, and only the completions involved are
 scored wrong and counted (``score_failures``). Build the runners once, early (a ``"fork"``
-runner forks when built), with :func:`heldout_scorer` and :func:`suite_scorer`, and close them
-when done.
+runner forks when built), with :func:`heldout_scorer`, :func:`suite_scorer` and
+:func:`task_scorer`, and close them when done.
 """
 
 from __future__ import annotations
@@ -24,22 +28,18 @@ from typing import Any
 
 import torch
 
-from rlreason.data import render_prompt
-from rlreason.eval.metrics import breakdown, suite_metrics, wilson_interval
+from rlreason.data import INTERNAL_COLUMNS, render_prompt
+from rlreason.eval.metrics import breakdown, suite_metrics, task_metrics, wilson_interval
 from rlreason.eval.suites import TEMPLATES, Suite, Template, get_suite, get_template, load_problems
 from rlreason.rewards.format import format_reward
 from rlreason.rewards.math import RULES, extract_answer, verify
-from rlreason.rewards.runner import RewardRunner
-from rlreason.rollout.base import RolloutEngine, SamplingConfig
+from rlreason.rewards.runner import RewardOutput, RewardRunner, reward_inputs
+from rlreason.rollout.base import RolloutEngine, Sample, SamplingConfig
 
 # An evaluation must score every completion it can: a reward that hangs on many completions
 # costs time, never the rest of the eval. The runner still gives a function up for the batch
 # after 2 * num_workers timeouts with no call succeeding (a reward that hangs on everything).
 _EVAL_MAX_TIMEOUTS = 1_000_000
-# What the trainer's held-out evaluation logs and checkpoints (GRPOTrainer.evaluate), each a name
-# metric_for_best_model may give (with the suites' "suite/<name>/<metric>": suite_metric_names).
-HELDOUT_METRICS = ("eval/accuracy", "eval/accuracy_ci_low", "eval/accuracy_ci_high", "eval/correct", "eval/n",
-                   "eval/format_rate", "eval/mean_length", "eval/truncated_frac", "eval/score_failures")
 
 
 def heldout_scorer(accuracy_fn: Callable, format_fn: Callable | None = None, **runner_kwargs: Any) -> RewardRunner:
@@ -53,8 +53,16 @@ def heldout_scorer(accuracy_fn: Callable, format_fn: Callable | None = None, **r
     return RewardRunner([accuracy_fn] if format_fn is None else [accuracy_fn, format_fn], **runner_kwargs)
 
 
-def _check_scorer(scorer: Any, sizes: tuple[int, ...], build: str) -> None:
-    if not isinstance(scorer, RewardRunner) or len(scorer.funcs) not in sizes:
+def task_scorer(funcs: Sequence[Callable], **runner_kwargs: Any) -> RewardRunner:
+    """The runner :func:`run_task` scores with: a task's own reward functions (the first decides
+    what is correct), with :func:`heldout_scorer`'s defaults."""
+    runner_kwargs.setdefault("max_timeouts", _EVAL_MAX_TIMEOUTS)
+    return RewardRunner(list(funcs), **runner_kwargs)
+
+
+def _check_scorer(scorer: Any, sizes: tuple[int, ...] | None, build: str) -> None:
+    count = len(scorer.funcs) if isinstance(scorer, RewardRunner) else 0
+    if not count or (sizes is not None and count not in sizes):
         raise TypeError(f"expected a RewardRunner built with {build}, got {scorer!r}: scoring goes through "
                         "the reward runner (timeouts, crash isolation, memory cap)")
 
@@ -63,54 +71,114 @@ def _value(v: float) -> float | None:
     return None if math.isnan(v) else v
 
 
+def score_samples(scorer: RewardRunner, rows: Sequence[dict], groups: Sequence[Sequence[Sample]], *,
+                  prompt_column: str = "prompt", plain_text: bool = False,
+                  shared: dict[str, Any] | None = None) -> RewardOutput:
+    """Score the engine's samples of ``rows`` (``groups[i]``: row ``i``'s samples, as many for
+    every row) with ``scorer``, in the form training's reward call has (``GRPOTrainer.rollout``):
+    the arguments are :func:`~rlreason.rewards.runner.reward_inputs`' (a string completion for a
+    string prompt, ``[{"role": "assistant", "content": ...}]`` for a conversational one, every
+    column of the rows but the prompt and those ``rlreason.data.prepare`` adds as a list, plus
+    ``completion_ids``), ``plain_text`` is the config's ``rewards_plain_text`` and ``shared``
+    what every call gets unchanged (training passes ``trainer_state``). ``rows`` as ``prepare``
+    makes them. So any training reward, a user's included, scores the held-out problems."""
+    n = len(groups[0]) if groups else 1
+    samples = [s for g in groups for s in g]
+    prompts, completions, columns = reward_inputs(list(rows), [s.text for s in samples],
+                                                  [s.token_ids for s in samples], n, prompt_column,
+                                                  skip=INTERNAL_COLUMNS, plain_text=plain_text)
+    return scorer.score(prompts, completions, columns, shared=shared)
+
+
+# The sums the held-out metrics are computed from: :func:`evaluate` returns them per process, and
+# GRPOTrainer.evaluate adds them over processes before :func:`heldout_metrics`.
+HELDOUT_SUMS = ("correct", "n", "formatted", "tokens", "truncated", "score_failures", "reward_sum", "rewarded")
+
+
+def heldout_metrics(sums: dict[str, float]) -> dict[str, float]:
+    """The held-out evaluation's ``eval/...`` metrics from :data:`HELDOUT_SUMS` (added over
+    processes): accuracy (a completion is correct when the first reward gave it >= 1.0) with its
+    95% Wilson interval, the format rate (0 without a format reward), mean completion length,
+    truncated fraction, scoring failures, and ``eval/mean_reward``, the first reward's mean over
+    the completions it scored (NaN when it scored none: every value None or failed)."""
+    n, correct = int(sums["n"]), int(sums["correct"])
+    lo, hi = wilson_interval(correct, n)
+    per = max(n, 1)
+    return {"eval/accuracy": correct / per, "eval/accuracy_ci_low": lo, "eval/accuracy_ci_high": hi,
+            "eval/correct": correct, "eval/n": n, "eval/format_rate": sums["formatted"] / per,
+            "eval/mean_length": sums["tokens"] / per, "eval/truncated_frac": sums["truncated"] / per,
+            "eval/score_failures": int(sums["score_failures"]),
+            "eval/mean_reward": sums["reward_sum"] / sums["rewarded"] if sums["rewarded"] else math.nan}
+
+
+# What the trainer's held-out evaluation logs and checkpoints (GRPOTrainer.evaluate), each a name
+# metric_for_best_model may give (with the suites' "suite/<name>/<metric>": suite_metric_names).
+HELDOUT_METRICS = tuple(heldout_metrics(dict.fromkeys(HELDOUT_SUMS, 0.0)))
+
+
 def evaluate(
     engine: RolloutEngine,
-    prompt_ids: list[list[int]],
-    prompts: list,
-    answers: list[str],
+    rows: Sequence[dict],
     scorer: RewardRunner,
     sampling: SamplingConfig,
+    *,
+    prompt_column: str = "prompt",
+    plain_text: bool = False,
+    shared: dict[str, Any] | None = None,
 ) -> dict:
-    """Greedy (or sampled, one per problem) accuracy with a 95% Wilson interval.
+    """Greedy (or sampled, one per problem) accuracy of ``engine`` on ``rows`` with a 95% Wilson
+    interval: the trainer's held-out evaluation.
 
-    ``scorer``: a runner over the accuracy reward and optionally the format reward, in that
-    order (:func:`heldout_scorer`); each is called with ``prompts``, the completion texts and
-    the column ``answer``. A completion whose accuracy call failed (raised, timed out, ran out
-    of memory, crashed its worker) is wrong and counted in ``score_failures``; one whose format
-    call failed is unformatted, counted in ``format_failures``.
+    ``rows``: held-out problems as ``rlreason.data.prepare`` makes them (``prompt_ids`` and the
+    dataset's columns). ``scorer``: a runner over the accuracy reward and optionally the format
+    reward, in that order (:func:`heldout_scorer`); the accuracy reward may be any reward
+    function, a user's included: both are called as training calls its rewards
+    (:func:`score_samples`; ``prompt_column``, ``plain_text`` and ``shared`` as there). A
+    completion is correct when the accuracy reward gave it >= 1.0; one whose accuracy call failed
+    (raised, timed out, ran out of memory, crashed its worker) is wrong and counted in
+    ``score_failures``; one whose format call failed is unformatted, counted in ``format_failures``.
 
-    Returns {"accuracy", "accuracy_ci95", "correct", "n", "format_rate", "mean_length",
-    "truncated_frac", "samples", "score_failures", "format_failures"} where samples holds the
-    first few (prompt, completion, score); ``format_rate`` and ``format_failures`` only with a
-    format reward.
+    Returns {"accuracy", "accuracy_ci95", "correct", "n", "mean_reward", "format_rate",
+    "mean_length", "truncated_frac", "samples", "score_failures", "format_failures", "sums"}
+    where samples holds the first few (prompt, completion, answer, score), ``mean_reward`` the
+    accuracy reward's mean over the completions it scored (None if none), ``sums`` the
+    :data:`HELDOUT_SUMS` (what :func:`heldout_metrics` turns into the trainer's metrics);
+    ``format_rate`` and ``format_failures`` only with a format reward.
     """
     _check_scorer(scorer, (1, 2), "heldout_scorer(accuracy_fn, format_fn)")
-    groups = engine.generate(prompt_ids, 1, sampling)
+    rows = list(rows)
+    groups = engine.generate([r["prompt_ids"] for r in rows], 1, sampling)
     texts = [g[0].text for g in groups]
-    scored = scorer.score(list(prompts), texts, {"answer": list(answers)})
+    scored = score_samples(scorer, rows, groups, prompt_column=prompt_column, plain_text=plain_text, shared=shared)
     accuracy_name = scorer.names[0]
     # NaN: None ("does not apply") or a failure; neither is a correct answer.
     scores = [_value(v) for v in scored.per_func[accuracy_name].tolist()]
-    correct = sum(1 for s in scores if s is not None and s >= 1.0)
+    given = [s for s in scores if s is not None]
     n = len(texts)
-    lo, hi = wilson_interval(correct, n)
+    sums = {"correct": sum(1 for s in given if s >= 1.0), "n": n, "formatted": 0,
+            "tokens": sum(len(g[0].token_ids) for g in groups),
+            "truncated": sum(g[0].finish_reason == "length" for g in groups),
+            "score_failures": scored.failures[accuracy_name], "reward_sum": math.fsum(given), "rewarded": len(given)}
     out = {
-        "accuracy": correct / max(n, 1),
-        "accuracy_ci95": [lo, hi],
-        "correct": correct,
+        "accuracy": sums["correct"] / max(n, 1),
+        "accuracy_ci95": list(wilson_interval(sums["correct"], n)),
+        "correct": sums["correct"],
         "n": n,
-        "mean_length": sum(len(g[0].token_ids) for g in groups) / max(n, 1),
-        "truncated_frac": sum(g[0].finish_reason == "length" for g in groups) / max(n, 1),
+        "mean_reward": sums["reward_sum"] / len(given) if given else None,
+        "mean_length": sums["tokens"] / max(n, 1),
+        "truncated_frac": sums["truncated"] / max(n, 1),
         "samples": [
-            {"prompt": p, "completion": t, "answer": a, "score": s}
-            for p, t, a, s in list(zip(prompts, texts, answers, scores, strict=True))[:5]
+            {"prompt": r.get(prompt_column), "completion": t, "answer": r.get("answer"), "score": s}
+            for r, t, s in list(zip(rows, texts, scores, strict=True))[:5]
         ],
-        "score_failures": scored.failures[accuracy_name],
+        "score_failures": sums["score_failures"],
+        "sums": sums,
     }
     if len(scorer.names) > 1:
         format_name = scorer.names[1]
         fmt = scored.per_func[format_name].tolist()
-        out["format_rate"] = sum(1 for f in fmt if not math.isnan(f) and f) / max(n, 1)
+        sums["formatted"] = sum(1 for f in fmt if not math.isnan(f) and f)
+        out["format_rate"] = sums["formatted"] / max(n, 1)
         out["format_failures"] = scored.failures[format_name]
     return out
 
@@ -172,10 +240,11 @@ class EvalProtocol:
         return SamplingConfig(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,
                               top_k=self.top_k)
 
-    def template_for(self, suite: Suite) -> Template:
-        """The template ``suite`` is run with: the protocol's choice or the suite's default,
-        with ``user_template``/``system_prompt`` overrides applied."""
-        base = get_template(self.template or suite.default_template)
+    def template_for(self, suite: Suite | None) -> Template:
+        """The template ``suite`` is run with: the protocol's choice or the suite's default (a
+        task of the user's, ``None``: ``plain``, the problem as is, as training's default), with
+        ``user_template``/``system_prompt`` overrides applied."""
+        base = get_template(self.template or (suite.default_template if suite is not None else "plain"))
         return dataclasses.replace(
             base,
             user=self.user_template if self.user_template is not None else base.user,
@@ -486,6 +555,66 @@ def flat_metrics(results: dict[str, Any], prefix: str = "eval") -> dict[str, flo
     return flat
 
 
+# --------------------------------------------------------------------------- a task of the user's
+
+
+def task_rows(data: Any, tokenizer: Any, protocol: EvalProtocol, *, prompt_column: str = "prompt",
+              source: str = "the dataset") -> list[dict]:
+    """A task's problems (a ``datasets.Dataset``, its first ``protocol.limit`` rows) rendered and
+    tokenized as training renders them (``rlreason.data.prepare``, with the protocol's template,
+    system prompt and chat-template setting): the rows :func:`run_task` takes. Errors name
+    ``source``."""
+    from rlreason.data import prepare
+
+    if protocol.limit is not None and protocol.limit < len(data):
+        data = data.select(range(protocol.limit))
+    has_chat = bool(getattr(tokenizer, "chat_template", None))
+    if protocol.chat_template == "on" and not has_chat:
+        raise ValueError("chat_template='on' but the tokenizer has no chat template")
+    template = protocol.template_for(None)
+    return list(prepare(data, prompt_column=prompt_column, answer_column=None, tokenizer=tokenizer,
+                        use_chat_template=protocol.chat_template != "off", template=template.user,
+                        system_prompt=template.system, source=source))
+
+
+def run_task(engine: RolloutEngine, rows: Sequence[dict], scorer: RewardRunner, protocol: EvalProtocol, *,
+             name: str, prompt_column: str = "prompt", plain_text: bool = False) -> tuple[dict[str, Any], list[dict]]:
+    """Generate ``protocol.n`` samples per problem of a task of the user's and score them with the
+    task's own rewards (``scorer``, :func:`task_scorer`) as training scores them
+    (:func:`score_samples`): the eval CLI's ``--data``/``--reward``. -> (metrics, per-problem
+    records), as :func:`run_suite` returns them.
+
+    ``rows`` as :func:`task_rows` makes them. A sample is correct when the first reward gave it
+    >= 1.0 (the held-out evaluation's rule). A record: ``{"suite", "index", "id", "prompt",
+    "columns", "completions", "rewards", "correct", "failed", "lengths", "truncated",
+    "score_failures"}`` (``rewards``: each reward's values, None where it gave None or failed);
+    the metrics are :func:`~rlreason.eval.metrics.task_metrics`'.
+    """
+    _check_scorer(scorer, None, "task_scorer(reward_funcs)")
+    rows = list(rows)
+    _seed_all(protocol.seed)
+    groups = engine.generate([r["prompt_ids"] for r in rows], protocol.n, protocol.sampling()) if rows else []
+    scored = score_samples(scorer, rows, groups, prompt_column=prompt_column, plain_text=plain_text)
+    values = {fn: [_value(v) for v in t.tolist()] for fn, t in scored.per_func.items()}
+    failed = scored.failed.tolist() if scored.failed is not None else [False] * len(scored.total)
+    first = scorer.names[0]
+    records = []
+    for i, (row, group) in enumerate(zip(rows, groups, strict=True)):
+        mine = slice(i * protocol.n, (i + 1) * protocol.n)
+        records.append({
+            "suite": name, "index": i, "id": i, "prompt": row.get("prompt_text", row.get(prompt_column)),
+            "columns": {k: v for k, v in row.items() if k not in (prompt_column, *INTERNAL_COLUMNS)},
+            "completions": [s.text for s in group],
+            "rewards": {fn: v[mine] for fn, v in values.items()},
+            "correct": [v is not None and v >= 1.0 for v in values[first][mine]],
+            "failed": failed[mine],
+            "score_failures": sum(failed[mine]),
+            "lengths": [len(s.token_ids) for s in group],
+            "truncated": [s.finish_reason == "length" for s in group],
+        })
+    return task_metrics(records, protocol.ks), records
+
+
 # --------------------------------------------------------------------------- self-consistency
 
 
@@ -541,6 +670,13 @@ def self_consistency(suite: Suite, problems: Sequence[dict], scorer: RewardRunne
 
 
 __all__ = [
+    "HELDOUT_METRICS",
+    "HELDOUT_SUMS",
+    "heldout_metrics",
+    "run_task",
+    "score_samples",
+    "task_rows",
+    "task_scorer",
     "self_consistency",
     "TEMPLATES",
     "EvalProtocol",

@@ -160,6 +160,21 @@ def suite_metrics(
     """
     if not problems:
         return {"problems": 0, "n_samples": 0}
+    out = _pass_metrics(problems, ks)
+    n = out["n_samples"]
+    for k in sorted(set(ks)):
+        if 1 <= k <= n:
+            out[f"maj@{k}"] = fmean(maj_at_k(p["answers"], p["correct"], k, same) for p in problems)
+    total = n * len(problems)  # samples
+    out["mean_length"] = sum(sum(p["lengths"]) for p in problems) / total
+    out["truncation_rate"] = sum(sum(p["truncated"]) for p in problems) / total
+    out["format_rate"] = sum(sum(p["formatted"]) for p in problems) / total
+    out["answer_rate"] = sum(sum(a is not None for a in p["answers"]) for p in problems) / total
+    return out
+
+
+def _pass_metrics(problems: Sequence[dict[str, Any]], ks: Sequence[int]) -> dict[str, Any]:
+    """``{"problems", "n_samples", "pass@1", "pass@1_ci95", "pass@k"...}`` of non-empty records."""
     n = len(problems[0]["correct"])
     if any(len(p["correct"]) != n for p in problems):
         raise ValueError("every problem must have the same number of samples")
@@ -169,12 +184,36 @@ def suite_metrics(
     for k in sorted(set(ks)):
         if 1 <= k <= n:
             out[f"pass@{k}"] = fmean(pass_at_k(n, sum(p["correct"]), k) for p in problems)
-            out[f"maj@{k}"] = fmean(maj_at_k(p["answers"], p["correct"], k, same) for p in problems)
-    total = n * len(problems)  # samples
+    return out
+
+
+def task_metrics(problems: Sequence[dict[str, Any]], ks: Sequence[int]) -> dict[str, Any]:
+    """Aggregate the records of a task scored with its own rewards (``rlreason.eval.core.run_task``).
+
+    Each record needs ``correct`` (list[bool]: the first reward gave the sample >= 1.0),
+    ``rewards`` ({reward name: list[float | None]}, the first reward first; None where it gave
+    None or failed), ``failed`` (list[bool]: some reward failed on the sample), ``lengths`` and
+    ``truncated``; every problem has the same number of samples ``n``.
+
+    Returns ``{"problems", "n_samples", "pass@1", "pass@1_ci95", "pass@k"..., "mean_reward",
+    "reward/<name>"..., "mean_length", "truncation_rate", "score_failures"}``: ``mean_reward``
+    is the first reward's mean over the samples it scored, ``reward/<name>`` each reward's (None
+    where it scored none), ``score_failures`` the samples some reward failed on. No maj@k: a
+    reward gives a score, not an answer to vote on.
+    """
+    if not problems:
+        return {"problems": 0, "n_samples": 0}
+    out = _pass_metrics(problems, ks)
+    means = {}
+    for name in problems[0]["rewards"]:
+        values = [v for p in problems for v in p["rewards"][name] if v is not None]
+        means[name] = math.fsum(values) / len(values) if values else None
+    out["mean_reward"] = next(iter(means.values()), None)
+    out.update({f"reward/{name}": mean for name, mean in means.items()})
+    total = out["n_samples"] * len(problems)
     out["mean_length"] = sum(sum(p["lengths"]) for p in problems) / total
     out["truncation_rate"] = sum(sum(p["truncated"]) for p in problems) / total
-    out["format_rate"] = sum(sum(p["formatted"]) for p in problems) / total
-    out["answer_rate"] = sum(sum(a is not None for a in p["answers"]) for p in problems) / total
+    out["score_failures"] = sum(sum(p["failed"]) for p in problems)
     return out
 
 

@@ -15,7 +15,7 @@ from rlreason.eval.metrics import diff_interval
 
 # Columns of the markdown table, in order; a column shows only when some suite has it.
 _BASE_COLUMNS = ("problems", "n_samples", "pass@1", "pass@1_ci95")
-_TAIL_COLUMNS = ("mean_length", "truncation_rate", "format_rate", "answer_rate")
+_TAIL_COLUMNS = ("mean_reward", "mean_length", "truncation_rate", "format_rate", "answer_rate")
 
 
 def versions() -> dict[str, str | None]:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rlreason.data.tasks import arith
-from rlreason.rewards.math import extract_answer
+from rlreason.rewards.math import extract_answer, gsm8k_gold
 
 # Fixed so that every run, before and after training, is scored on the same problems.
 ARITH_EVAL_SEED = 12345
@@ -102,7 +102,8 @@ class Suite:
     when the file exists. ``gold_format`` says where the gold answer is:
 
     - ``plain``: ``answer_column`` holds the answer (string or number);
-    - ``gsm8k``: ``answer_column`` holds a rationale ending ``#### <answer>``;
+    - ``gsm8k``: ``answer_column`` holds a rationale ending ``#### <answer>``
+      (``rlreason.rewards.math.gsm8k_gold``, as the preflight check and the accuracy reward read it);
     - ``boxed_solution``: no answer column; the gold is the last ``\\boxed{}`` of ``solution_column``;
     - ``list``: ``answer_column`` holds a list of answers (``$..$`` math), joined with ", ".
 
@@ -304,7 +305,7 @@ def gold_of(suite: Suite, row: dict) -> Any:
     if value is None:
         return None
     if suite.gold_format == "gsm8k":
-        return str(value).split("####")[-1].strip().replace(",", "")
+        return gsm8k_gold(str(value))  # the one reading of a GSM8K gold (rlreason.rewards)
     if suite.gold_format == "list":
         items = value if isinstance(value, list) else [value]
         return ", ".join(_strip_math(str(v)) for v in items)

@@ -4,6 +4,11 @@ batch is scored in this process (:func:`run_in_process`) or by the pool's worker
 :func:`call_reward` makes one call and checks its result (:func:`check_result`), never raising;
 :class:`Batch` splits a batch into one call per chunk of completions, with item-by-item retries
 of a chunk that fails as a whole, and gathers the values and failures (:class:`BatchResult`).
+
+:func:`call_reward` is the one place a reward is called and its result checked: training, the
+held-out evaluation, the suites, offline distillation (all through :class:`~.runner.RewardRunner`
+or :func:`~.runner.score`) and the preflight check (:func:`run_in_process`) call rewards only
+through it, so a None, a failure and an invalid value mean the same everywhere.
 """
 
 from __future__ import annotations
@@ -218,7 +223,7 @@ def check_result(result: Any, n: int) -> Outcome:
     if not isinstance(result, (list, tuple)):
         return ("fail", "result", f"returned a {type(result).__name__}, expected a list")
     if len(result) != n:
-        return ("fail", "result", f"returned {len(result)} values for {n} completions")
+        return ("fail", "result", f"returned {len(result)} values, expected length {n} (one per completion)")
     values: list[float] = []
     bad: list[tuple[int, str]] = []
     for position, v in enumerate(result):
@@ -264,7 +269,8 @@ class Batch:
 
     Every function first gets one call per chunk of ``chunk_size`` completions. A chunk call
     that fails as a whole (raises, times out, crashes, runs out of memory, returns the wrong
-    shape) is retried one completion per call, so a single pathological completion costs
+    shape) is retried one completion per call (unless ``retry`` is False: then its completions
+    fail with it), so a single pathological completion costs
     only itself; a one-completion call that fails scores that completion None. Invalid values
     (NaN, "1") fail only their own completion and are not retried. Retries go to the front of
     the queue, so a function that is merely slow on big chunks shows a success early.
@@ -277,7 +283,8 @@ class Batch:
     """
 
     def __init__(self, num_funcs: int, n: int, chunk_size: int | Sequence[int], max_timeouts: int,
-                 futile_timeouts: int) -> None:
+                 futile_timeouts: int, retry: bool = True) -> None:
+        self.retry = retry
         self.values = [[math.nan] * n for _ in range(num_funcs)]
         self.failures: list[list[Failure]] = [[] for _ in range(num_funcs)]
         self.logs: list[list[tuple[list[int], Logs]]] = [[] for _ in range(num_funcs)]
@@ -306,8 +313,8 @@ class Batch:
         _, kind, detail = outcome
         if kind == "timeout":
             self._count_timeout(task)
-        if len(task.indices) == 1:
-            self.failures[task.func].append((task.indices[0], kind, detail))
+        if len(task.indices) == 1 or not self.retry:
+            self.failures[task.func].extend((i, kind, detail) for i in task.indices)
         elif task.func in self.given_up:
             self._skip(task)
         else:
@@ -350,14 +357,16 @@ class Batch:
         self.failures[task.func].extend((i, "skipped", detail) for i in task.indices)
 
 
-def run_in_process(funcs: Sequence[Callable], prompts: Sequence, completions: Sequence, columns: dict) -> BatchResult:
-    """Score a batch in this process, with the same chunk-then-retry rules as the pool.
+def run_in_process(funcs: Sequence[Callable], prompts: Sequence, completions: Sequence, columns: dict,
+                   retry: bool = True) -> BatchResult:
+    """Score a batch in this process, with the same chunk-then-retry rules as the pool
+    (``retry=False``: a call that fails as a whole fails all its completions, none retried).
 
     One chunk per function (chunking only pays off across processes). No timeouts and no
     memory cap: a reward that hangs here hangs the caller.
     """
     n = len(completions)
-    batch = Batch(len(funcs), n, max(n, 1), max_timeouts=sys.maxsize, futile_timeouts=sys.maxsize)
+    batch = Batch(len(funcs), n, max(n, 1), max_timeouts=sys.maxsize, futile_timeouts=sys.maxsize, retry=retry)
     while (task := batch.next_task()) is not None:
         batch.finish(task, call_reward(funcs[task.func], *_select(task.indices, prompts, completions, columns),
                                        in_process=True))

@@ -161,6 +161,17 @@ def _gsm8k(text: str) -> tuple[bool, str | None]:
     return True, _non_empty(found[-1])
 
 
+def gsm8k_gold(text: str) -> str | None:
+    """The gold answer of a GSM8K answer column (a rationale ending ``#### 72``): the rest of the
+    line after the last ``####``, stripped; None without a ``####`` or with nothing after it.
+
+    The one reading of a GSM8K gold: the eval suites, the preflight check and the ``gsm8k``
+    extraction rule (how the accuracy reward reads a rationale given as its gold) all use it.
+    Thousands separators are left in (``1,450,000``): the verifier reads them as one number,
+    and dropping commas would turn a list answer (``2, 3``) into another number (``23``)."""
+    return _gsm8k(text)[1]
+
+
 def _whole(text: str) -> str | None:
     text = text.strip()
     words = re.findall(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}", text)

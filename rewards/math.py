@@ -26,7 +26,7 @@ from fractions import Fraction
 from typing import Any
 
 from ._equiv import equivalent
-from ._extract import FALLBACKS, RULES
+from ._extract import FALLBACKS, RULES, gsm8k_gold
 from ._extract import extract_answer as _extract
 from ._nodes import Num, Parsed
 from ._parse import parse_answer
@@ -40,6 +40,7 @@ __all__ = [
     "Parsed",
     "accuracy_reward",
     "extract_answer",
+    "gsm8k_gold",
     "parse_answer",
     "parse_gold",
     "parse_number",

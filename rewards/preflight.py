@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 import warnings
@@ -28,8 +29,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
-from .math import extract_answer
+from ._call import run_in_process
+from .math import extract_answer, gsm8k_gold
 from .registry import RewardSpecError, build_rewards, reward_name
+from .runner import RESERVED_ARGUMENTS
 
 GOLD_FORMATS = ("plain", "gsm8k", "extract")
 BAD = ("missing_gold", "unparseable_gold", "mismatch", "no_answer", "error")
@@ -37,7 +40,6 @@ NOTE = "read_differently"
 PROMPT_COLUMNS = ("prompt", "problem", "question")  # what is passed as `prompts`, first present
 CHUNK = 256  # rows per reward call: batched for speed, small enough that one failure is cheap to retry
 
-_GSM8K = re.compile(r"####[ \t]*([^\n]*)")
 _SPACE = re.compile(r"\s+")
 
 
@@ -127,11 +129,8 @@ def gold_text(value: Any, gold_format: str) -> tuple[str | None, str]:
     if gold_format == "plain":
         return text, ""
     if gold_format == "gsm8k":
-        found = _GSM8K.findall(text)
-        if not found:
-            return None, "no '####' line"
-        gold = found[-1].strip()
-        return (gold, "") if gold else (None, "empty '####' line")
+        gold = gsm8k_gold(text)
+        return (gold, "") if gold is not None else (None, "empty '####' line" if "####" in text else "no '####' line")
     extracted = extract_answer(text)
     return extracted, "" if extracted is not None else "no final answer in the answer column"
 
@@ -161,35 +160,24 @@ def check_rows(
 def _score_chunk(
     reward: Callable, rows: list[dict], golds: list[str | None], solution_column: str
 ) -> list[tuple[float | None, str]]:
-    """(score, error) per row: the whole chunk in one call, row by row if that call raises."""
-    try:
-        return [(s, "") for s in _call(reward, rows, golds, solution_column)]
-    except Exception:
-        out = []
-        for row, gold in zip(rows, golds, strict=True):
-            try:
-                out.append((_call(reward, [row], [gold], solution_column)[0], ""))
-            except Exception as e:  # the report names the row and the error; the next row goes on
-                out.append((None, f"{type(e).__name__}: {e}"))
-        return out
-
-
-def _call(reward: Callable, rows: list[dict], golds: list[str | None], solution_column: str) -> list[float | None]:
+    """(score, error) per row: the whole chunk in one call, row by row if that call fails, through
+    the call-and-check every reward call takes (:func:`~._call.run_in_process`: an exception, a
+    result of the wrong length or a value that is not a number is the row's error, naming it)."""
     # Every column, as the trainer passes them, with the gold under "answer" (what the built-in
     # accuracy reward reads; a training config maps the dataset's gold column to it).
     columns = {k: [r.get(k) for r in rows] for k in rows[0]}
     columns["answer"] = golds
     prompt_key = next((k for k in PROMPT_COLUMNS if k in rows[0]), None)
     prompts = columns.pop(prompt_key) if prompt_key else [""] * len(rows)
-    for reserved in ("prompts", "completions"):  # passed by name; a column cannot reuse them
+    for reserved in RESERVED_ARGUMENTS:  # passed by name; a column cannot reuse them
         columns.pop(reserved, None)
     completions = [r.get(solution_column) or "" for r in rows]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. "cannot parse gold": the report lists those rows
-        values = reward(prompts=prompts, completions=completions, **columns)
-    if len(values) != len(rows):
-        raise ValueError(f"reward returned {len(values)} values for {len(rows)} rows")
-    return [None if v is None else float(v) for v in values]
+        result = run_in_process([reward], prompts, completions, columns)
+    errors = {index: detail for index, _, detail in result.failures[0]}
+    return [(None, errors[i]) if i in errors else (None if math.isnan(v) else v, "")
+            for i, v in enumerate(result.values[0])]
 
 
 def _classify(gold: str | None, why: str, extracted: str | None, score: float | None, error: str) -> tuple[str, str]:

@@ -8,11 +8,12 @@ and is left out of the weighted sum (as in TRL); a failure leaves the completion
 (:attr:`RewardOutput.known` is False), and the trainer keeps it out of its group's statistics and
 out of the loss. Summed as if it were 0, a failure on a correct answer trained it like a wrong one.
 
-Two ways to score:
+Two ways to score, both calling each reward through the one call-and-check,
+:func:`~._call.call_reward` (also what the preflight check uses):
 
 - :func:`score` calls every function once on the whole batch, in the caller's process. Simple,
   but a reward that hangs hangs the trainer, and one that raises on one completion scores the
-  whole batch None.
+  whole batch None (no item-by-item retry).
 - :class:`RewardRunner` runs the functions in a pool of worker processes (see :mod:`._pool`)
   with a per-call timeout and a memory cap. A call that hangs, raises, runs out of memory or
   kills its worker is stopped, its worker replaced, and only the completions involved fail
@@ -53,7 +54,7 @@ from typing import Any, Literal
 
 import torch
 
-from ._call import BatchResult, Shared, as_float, invalid_value, run_in_process, short_repr, where
+from ._call import BatchResult, Shared, run_in_process, short_repr
 from ._pool import Pool, PoolConfig
 from .registry import CHUNK_ATTRIBUTE, reward_name
 
@@ -100,9 +101,13 @@ def score(
 ) -> RewardOutput:
     """Score ``completions`` with each of ``funcs`` and sum the scores with ``weights``.
 
-    Each function is called as ``fn(prompts=prompts, completions=completions, **columns)``.
-    ``weights=None`` weighs every function 1.0. For each completion, terms whose value is None
-    or failed are left out of the sum; with no term left, its total is 0.0.
+    Each function is called once, in this process, as :class:`RewardRunner` with
+    ``in_process=True`` calls it (:func:`~._call.call_reward`: ``fn(prompts=prompts,
+    completions=completions, **columns)``, TRL's ``log_extra``/``log_metric`` to a reward that
+    takes them, its own deep copy of the arguments), but a call that fails fails all its
+    completions (no item-by-item retry). ``weights=None`` weighs every function 1.0. For each
+    completion, terms whose value is None or failed are left out of the sum; with no term left,
+    its total is 0.0.
 
     Raises ValueError for inconsistent inputs (a trainer bug, not a reward failure): weights
     and funcs of different lengths, prompts or columns not one per completion, or a column
@@ -110,18 +115,8 @@ def score(
     """
     weights = _check_weights(funcs, weights)
     _check_inputs(prompts, completions, columns)
-    n = len(completions)
-    total = torch.zeros(n, dtype=torch.float64)
-    failed_any = torch.zeros(n, dtype=torch.bool)
-    per_func: dict[str, torch.Tensor] = {}
-    failures: dict[str, int] = {}
-    for fn, name, weight in zip(funcs, unique_names(funcs), weights, strict=True):
-        values, failed = _run_one(fn, name, prompts, completions, columns)
-        scores = torch.tensor(values, dtype=torch.float64)
-        per_func[name], failures[name] = scores, len(failed)
-        failed_any[failed] = True
-        total += torch.where(torch.isnan(scores), 0.0, scores) * weight
-    return RewardOutput(total=total, per_func=per_func, failures=failures, failed=failed_any)
+    result = run_in_process(funcs, list(prompts), list(completions), dict(columns), retry=False)
+    return _output(unique_names(funcs), weights, result, completions, set())
 
 
 # The column where rlreason.data keeps the messages a plain-text prompt became in the chat template.
@@ -189,55 +184,6 @@ def _check_inputs(prompts: Sequence, completions: Sequence, columns: dict[str, S
             raise ValueError(f"a dataset column cannot be named {key!r}: rewards receive it as an argument")
         if len(column) != n:
             raise ValueError(f"column {key!r} has {len(column)} values for {n} completions")
-
-
-def _run_one(fn: Callable, name: str, prompts: list, completions: list, columns: dict
-             ) -> tuple[list[float], list[int]]:
-    """One function's scores (NaN for None or failed) and the completions it failed on."""
-    n = len(completions)
-    try:
-        # Fresh lists, so a reward that mutates its arguments does not change what the next one sees.
-        result = fn(prompts=list(prompts), completions=list(completions), **{k: list(v) for k, v in columns.items()})
-    except Exception as e:
-        logger.warning("reward %r raised %r%s; scoring its %d completions None", name, e, _where(e), n)
-        logger.debug("traceback of reward %r", name, exc_info=True)
-        return [math.nan] * n, list(range(n))
-    if hasattr(result, "tolist") and not isinstance(result, (list, tuple)):
-        result = result.tolist()  # a torch tensor or numpy array of scores
-    if not isinstance(result, (list, tuple)):
-        logger.warning(
-            "reward %r returned a %s, expected a list; scoring its %d completions None", name, type(result).__name__, n
-        )
-        return [math.nan] * n, list(range(n))
-    if len(result) != n:
-        logger.warning(
-            "reward %r returned %d values, expected length %d (one per completion); scoring all None",
-            name,
-            len(result),
-            n,
-        )
-        return [math.nan] * n, list(range(n))
-    return _check_values(name, result)
-
-
-_where = where  # shared with the pool's workers
-_as_float = as_float
-
-
-def _check_values(name: str, result: Sequence[Any]) -> tuple[list[float], list[int]]:
-    """Values as floats, NaN for None; a value that is not a finite float32 number is a failure."""
-    values: list[float] = []
-    bad: list[int] = []
-    for i, v in enumerate(result):
-        value = _as_float(v)
-        if value is None:
-            bad.append(i)
-            value = math.nan
-        values.append(value)
-    if bad:
-        logger.warning("reward %r returned %d invalid values (first: %s); those completions failed", name, len(bad),
-                       invalid_value(result[bad[0]]))
-    return values, bad
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,7 +291,7 @@ class RewardRunner:
             cols[key] = Shared(value)
         with self._lock:
             result = self._run(list(prompts), list(completions), cols)
-        return self._output(result, completions)
+        return _output(self.names, self.weights, result, completions, self._seen)
 
     def close(self) -> None:
         """Stop the worker processes. Idempotent."""
@@ -380,34 +326,37 @@ class RewardRunner:
             sizes.append(n if size is None else int(size))
         return sizes
 
-    def _output(self, result: BatchResult, completions: list) -> RewardOutput:
-        total = torch.zeros(len(completions), dtype=torch.float64)
-        failed_any = torch.zeros(len(completions), dtype=torch.bool)
-        per_func: dict[str, torch.Tensor] = {}
-        failures: dict[str, int] = {}
-        errors: dict[str, str] = {}
-        extra: dict[str, list] = {}
-        logged: dict[str, list[float]] = {}
-        logs = result.logs or [[] for _ in self.names]
-        for name, weight, values, failed, calls in zip(self.names, self.weights, result.values, result.failures, logs,
-                                                       strict=True):
-            scores = torch.tensor(values, dtype=torch.float64)
-            per_func[name], failures[name] = scores, len(failed)
-            total += torch.where(torch.isnan(scores), 0.0, scores) * weight
-            failed_any[[index for index, _, _ in failed]] = True
-            if failed:
-                errors[name] = failed[0][2]
-            _log_failures(name, failed, completions, self._seen)
-            for indices, (columns, metrics) in calls:
-                for column, vals in columns.items():
-                    # values of a call, in its completions' order; a short list leaves the rest None
-                    slots = extra.setdefault(column, [None] * len(completions))
-                    for i, v in zip(indices, vals, strict=False):
-                        slots[i] = v
-                for metric, vals in metrics.items():
-                    logged.setdefault(metric, []).extend(vals)
-        return RewardOutput(total=total, per_func=per_func, failures=failures, errors=errors, extra=extra,
-                            logged={k: sum(v) / len(v) for k, v in logged.items() if v}, failed=failed_any)
+
+def _output(names: list[str], weights: list[float], result: BatchResult, completions: list,
+            seen: set[tuple[str, str]]) -> RewardOutput:
+    """The batch's :class:`RewardOutput`, its failures logged (:func:`_log_failures`; ``seen``: the
+    failures already logged in full)."""
+    total = torch.zeros(len(completions), dtype=torch.float64)
+    failed_any = torch.zeros(len(completions), dtype=torch.bool)
+    per_func: dict[str, torch.Tensor] = {}
+    failures: dict[str, int] = {}
+    errors: dict[str, str] = {}
+    extra: dict[str, list] = {}
+    logged: dict[str, list[float]] = {}
+    logs = result.logs or [[] for _ in names]
+    for name, weight, values, failed, calls in zip(names, weights, result.values, result.failures, logs, strict=True):
+        scores = torch.tensor(values, dtype=torch.float64)
+        per_func[name], failures[name] = scores, len(failed)
+        total += torch.where(torch.isnan(scores), 0.0, scores) * weight
+        failed_any[[index for index, _, _ in failed]] = True
+        if failed:
+            errors[name] = failed[0][2]
+        _log_failures(name, failed, completions, seen)
+        for indices, (columns, metrics) in calls:
+            for column, vals in columns.items():
+                # values of a call, in its completions' order; a short list leaves the rest None
+                slots = extra.setdefault(column, [None] * len(completions))
+                for i, v in zip(indices, vals, strict=False):
+                    slots[i] = v
+            for metric, vals in metrics.items():
+                logged.setdefault(metric, []).extend(vals)
+    return RewardOutput(total=total, per_func=per_func, failures=failures, errors=errors, extra=extra,
+                        logged={k: sum(v) / len(v) for k, v in logged.items() if v}, failed=failed_any)
 
 
 def _check_settings(

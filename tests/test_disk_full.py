@@ -19,12 +19,11 @@ from accelerate import Accelerator
 from test_async_rollouts import SMALL, _varied_reward
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlreason.run import finish
 from rlreason.build import assemble
 from rlreason.config import GRPOConfig
 from rlreason.data import arith_dataset, prepare
 from rlreason.loop.trainer import GRPOTrainer
-from rlreason.run import checkpoint
+from rlreason.run import checkpoint, finish
 from rlreason.run.checkpoint import DiskFullError, resolve_resume, verify_checkpoint
 
 

@@ -325,8 +325,7 @@ def test_cli_reproduces_trainer_heldout_eval(tiny_path, tmp_path, capsys):
     model = AutoModelForCausalLM.from_pretrained(tiny_path).eval()
     rows = list(prepare(datasets.Dataset.from_list(arith_suite(200)), prompt_column="prompt", tokenizer=tok))
     with heldout_scorer(accuracy_reward, format_reward) as runner:
-        res = evaluate(HFEngine(model, tok, 64), [r["prompt_ids"] for r in rows], [r["prompt"] for r in rows],
-                       [r["answer"] for r in rows], runner, SamplingConfig(max_tokens=64, temperature=0.0))
+        res = evaluate(HFEngine(model, tok, 64), rows, runner, SamplingConfig(max_tokens=64, temperature=0.0))
     m = results["suites"]["arith"]
     assert [p["prompt"] for p in problems] == [r["prompt_text"] for r in rows]
     assert m["pass@1"] == res["accuracy"] and m["format_rate"] == res["format_rate"]
@@ -460,7 +459,8 @@ def test_heldout_eval_scores_a_hanging_or_raising_completion_wrong():
     engine = FakeEngine(texts)
     start = time.perf_counter()
     with heldout_scorer(flaky_accuracy, format_reward, timeout_s=FAIL_TIMEOUT) as runner:
-        res = evaluate(engine, [[1]] * 8, ["1+1"] * 8, ["2"] * 8, runner, SamplingConfig(max_tokens=8))
+        res = evaluate(engine, [{"prompt_ids": [1], "prompt": "1+1", "answer": "2"}] * 8, runner,
+                       SamplingConfig(max_tokens=8))
     elapsed = time.perf_counter() - start
     assert (res["correct"], res["n"], res["accuracy"]) == (2, 8, 0.25)
     assert res["score_failures"] == 4 and res["format_failures"] == 0 and res["format_rate"] == 1.0
@@ -471,7 +471,8 @@ def test_heldout_eval_scores_a_hanging_or_raising_completion_wrong():
 
 def test_eval_refuses_a_reward_function_where_a_runner_belongs():
     with pytest.raises(TypeError, match="RewardRunner built with heldout_scorer"):
-        evaluate(FakeEngine(["x"]), [[1]], ["p"], ["1"], accuracy_reward, SamplingConfig(max_tokens=8))
+        evaluate(FakeEngine(["x"]), [{"prompt_ids": [1], "prompt": "p", "answer": "1"}], accuracy_reward,
+                 SamplingConfig(max_tokens=8))
 
 
 def test_runner_scoring_matches_in_process_scoring_on_the_tiny_model(tiny_model, scorer):
@@ -490,7 +491,7 @@ def test_runner_scoring_matches_in_process_scoring_on_the_tiny_model(tiny_model,
     args = ([r["prompt_ids"] for r in rows], [r["prompt"] for r in rows], [r["answer"] for r in rows])
     sampling = SamplingConfig(max_tokens=48, temperature=0.0)
     with heldout_scorer(accuracy_reward, format_reward) as runner:
-        res = evaluate(engine, *args, runner, sampling)
+        res = evaluate(engine, rows, runner, sampling)
     texts = [g[0].text for g in engine.generate(args[0], 1, sampling)]  # greedy: the same texts again
     acc = accuracy_reward(prompts=args[1], completions=texts, answer=args[2])
     fmt = format_reward(prompts=args[1], completions=texts)
@@ -515,3 +516,44 @@ def test_runner_scoring_matches_in_process_scoring_on_the_tiny_model(tiny_model,
     assert {k: m[k] for k in expected} == expected
     assert m["score_failures"] == 0 and m["vote_failures"] == 0
     assert any(len(set(r["answers"])) > 1 for r in recs)  # votes had something to compare
+
+
+# --------------------------------------------------------------------------- one gold parser per format
+
+
+def _three_readings(answer: str) -> tuple:
+    """A GSM8K answer column's gold as the eval suite, the preflight check and the accuracy reward
+    (the gsm8k rule its gold parser applies to a rationale) read it."""
+    from rlreason.eval.suites import gold_of
+    from rlreason.rewards import preflight
+    from rlreason.rewards.math import extract_answer
+
+    return (gold_of(get_suite("gsm8k"), {"answer": answer}), preflight.gold_text(answer, "gsm8k")[0],
+            extract_answer(answer, rules=("gsm8k",)))
+
+
+@pytest.mark.parametrize("answer, gold", [
+    ("Work.\n#### 1,234\n", "1,234"),  # commas kept: the verifier reads 1,234 as one number
+    ("#### 72\nA note after the answer line.", "72"),  # the answer line only
+    ("a #### 1\nthen #### 2", "2"),  # the last marker
+    ("no marker at all", None),  # no gold, not the whole rationale
+    ("empty marker ####  \n", None),
+])
+def test_gsm8k_golds_read_one_way_everywhere(answer, gold):
+    assert _three_readings(answer) == (gold, gold, gold)
+
+
+@needs_data
+def test_gsm8k_benchmark_golds_read_the_same_in_eval_preflight_and_the_reward():
+    from rlreason.rewards.math import parse_gold, verify
+
+    rows = [json.loads(line) for line in (BENCH / "gsm8k_test.jsonl").read_text().splitlines()]
+    assert len(rows) == 1319
+    for i, row in enumerate(rows):
+        suite, preflight, reward = _three_readings(row["answer"])
+        assert suite == preflight == reward is not None, (i, suite, preflight, reward)
+        # what the accuracy reward makes of the whole rationale is what it makes of the gold read out
+        assert parse_gold(row["answer"]) == parse_gold(suite), i
+    with_commas = [r for r in rows if "," in _three_readings(r["answer"])[0]]
+    assert len(with_commas) == 14 and all(verify(_three_readings(r["answer"])[0], _three_readings(r["answer"])[0]
+                                                 .replace(",", "")) for r in with_commas)

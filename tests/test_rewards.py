@@ -432,6 +432,8 @@ def test_score_passes_columns_as_keywords() -> None:
         return [1.0] * len(completions)
 
     score([spy], None, ["p1", "p2"], ["c1", "c2"], {"answer": ["1", "2"], "level": [3, 4]})
+    # TRL's loggers, as every reward call passes them (rewards/_call.py call_reward)
+    assert callable(seen["extra"].pop("log_extra")) and callable(seen["extra"].pop("log_metric"))
     assert seen == {
         "prompts": ["p1", "p2"],
         "completions": ["c1", "c2"],

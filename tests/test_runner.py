@@ -746,3 +746,63 @@ def test_a_reward_funcs_entry_opts_a_reward_in_to_chunks(no_leaks) -> None:
     assert out.per_func["batch_size_reward"].tolist() == [8.0] * 32  # chunks of 8 for the opted-in entry
     assert out.per_func["batch_size_reward_2"].tolist() == [32.0] * 32  # the same function, whole batch
     assert batch_size_reward.__dict__ == {}  # the function itself is not changed
+
+
+# ---------------------------------------------------------------------------------------------
+# One call-and-check (issue 30): score(), the runner in and out of process, and the preflight check
+# call a reward through rewards/_call.py call_reward, so a failure reads the same in each.
+
+
+def misreports(prompts: list, completions: list, **kwargs: object) -> list:
+    """Fails as a whole on a batch holding "RAISE" (raises) or "LONG" (one value too many); else one
+    value per completion, given as written."""
+    if "RAISE" in completions:
+        raise ZeroDivisionError("divided by nothing")
+    if "LONG" in completions:
+        return [1.0] * (len(completions) + 1)
+    return [{"NAN": math.nan, "HUGE": 1e39, "TEXT": "1", "NONE": None}.get(c, 0.5) for c in completions]
+
+
+@pytest.mark.parametrize("completions, whole_batch, retried", [
+    (["a", "RAISE"], "raised ZeroDivisionError('divided by nothing') at ", None),
+    (["a", "LONG"], "returned 3 values, expected length 2 (one per completion)",
+     "returned 2 values, expected length 1 (one per completion)"),
+    (["NAN", "a"], "returned nan", None),
+    (["HUGE", "a"], "returned 1e+39 (beyond float32's range, |v| > 3.4e38)", None),
+    (["TEXT", "a"], "returned '1'", None),
+])
+def test_every_scoring_path_checks_a_call_the_same_way(no_leaks, completions, whole_batch, retried) -> None:
+    """The same failure, named the same way, in score(), the in-process runner and the pool."""
+    columns = {"answer": ["1"] * len(completions)}
+    whole = score([misreports], None, ["p"] * len(completions), completions, columns)
+    in_process = RewardRunner([misreports], in_process=True).score(["p"] * len(completions), completions, columns)
+    with RewardRunner([misreports], num_workers=1, timeout_s=5.0) as runner:
+        pooled = runner.score(["p"] * len(completions), completions, columns)
+    assert whole.errors["misreports"].startswith(whole_batch), whole.errors
+    for out in (in_process, pooled):
+        assert out.errors["misreports"].startswith(retried or whole_batch), out.errors
+    assert _same(in_process, pooled)
+    if completions[0] != "a":  # an invalid value: only its own completion fails
+        assert whole.failures == in_process.failures == {"misreports": 1} and _same(whole, in_process)
+    else:  # a call failing as a whole: all its completions in score(); the runner retries each alone
+        assert whole.failures == {"misreports": 2}
+        assert in_process.failures == {"misreports": 1} and in_process.per_func["misreports"][0].item() == 0.5
+
+
+def test_preflight_checks_a_reward_as_training_does(tmp_path: Path) -> None:
+    """An invalid value is the row's error, named (the preflight once took NaN as a score and 1e39 as
+    a match), and None is still "cannot read the gold", not an error."""
+    from rlreason.rewards import preflight as pf
+
+    rows = [{"problem": "p", "solution": "\\boxed{1}", "answer": "1", "case": case}
+            for case in ("ok", "NAN", "HUGE", "TEXT", "NONE", "RAISE")]
+
+    def reward(prompts: list, completions: list, case: list, **kwargs: object) -> list:
+        return misreports(prompts, case, **kwargs)
+
+    results = pf.check_rows(rows, reward, solution_column="solution", answer_column="answer")
+    assert [r.status for r in results] == ["ok", "error", "error", "error", "unparseable_gold", "error"]
+    assert [r.detail for r in results[1:4]] == ["returned nan", "returned 1e+39 (beyond float32's range, "
+                                                "|v| > 3.4e38)", "returned '1'"]
+    assert results[5].detail.startswith("raised ZeroDivisionError('divided by nothing') at ")
+    assert results[0].score == 0.5

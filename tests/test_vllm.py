@@ -295,7 +295,7 @@ class _EvalOnly:
         # the trainer's own scorer closed with it: the same rewards, scored in this process
         self.eval_scorer = heldout_scorer(accuracy_reward, format_reward, in_process=True)
         self.eval_rows, self.acc, self.cfg = tr.eval_rows, tr.acc, tr.cfg
-        self.eval_sampling, self.engine = tr.eval_sampling, engine
+        self.eval_sampling, self.engine, self.trainer_state = tr.eval_sampling, engine, tr.trainer_state
 
 
 def test_teacher_rejection_sampling_through_vllm(engine, fresh_model, tok):

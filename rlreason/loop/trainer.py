@@ -56,8 +56,7 @@ from transformers import TrainerState
 from rlreason import algorithms as A
 from rlreason.config import GRPOConfig
 from rlreason.data import INTERNAL_COLUMNS
-from rlreason.eval.core import EvalProtocol, evaluate, evaluate_suites, flat_metrics
-from rlreason.eval.metrics import wilson_interval
+from rlreason.eval.core import HELDOUT_SUMS, EvalProtocol, evaluate, evaluate_suites, flat_metrics, heldout_metrics
 from rlreason.loop.actor import Actor
 from rlreason.loop.async_rollout import PENDING_ROLLOUT, Job, Overlap
 from rlreason.loop.distributed import full_named_parameters, gather_varlen, reduce_metrics, reduce_sum
@@ -286,18 +285,12 @@ class GRPOTrainer:
         if not rows or self.eval_scorer is None:
             return {}
         mine = rows[self.acc.process_index::self.acc.num_processes]
-        res = evaluate(self.engine, [r["prompt_ids"] for r in mine], [r[self.cfg.prompt_column] for r in mine],
-                       [r["answer"] for r in mine], self.eval_scorer, self.eval_sampling)
-        counts = torch.tensor([res["correct"], res["n"], res.get("format_rate", 0.0) * res["n"],
-                               res["mean_length"] * res["n"], res["truncated_frac"] * res["n"], res["score_failures"]],
-                              dtype=torch.float64, device=self.acc.device)
-        counts = self.acc.reduce(counts, "sum") if self.acc.num_processes > 1 else counts
-        correct, total, fmt, length, trunc, failures = counts.tolist()
-        lo, hi = wilson_interval(int(correct), int(total))
-        return {"eval/accuracy": correct / total, "eval/accuracy_ci_low": lo, "eval/accuracy_ci_high": hi,
-                "eval/correct": int(correct), "eval/n": int(total), "eval/format_rate": fmt / total,
-                "eval/mean_length": length / total, "eval/truncated_frac": trunc / total,
-                "eval/score_failures": int(failures), "eval/samples": res["samples"]}
+        # scored as training scores (rlreason.eval.core.score_samples): any training reward can be the scorer
+        res = evaluate(self.engine, mine, self.eval_scorer, self.eval_sampling, prompt_column=self.cfg.prompt_column,
+                       plain_text=self.cfg.rewards_plain_text, shared={"trainer_state": self.trainer_state()})
+        sums = torch.tensor([res["sums"][k] for k in HELDOUT_SUMS], dtype=torch.float64, device=self.acc.device)
+        sums = self.acc.reduce(sums, "sum") if self.acc.num_processes > 1 else sums
+        return {**heldout_metrics(dict(zip(HELDOUT_SUMS, sums.tolist(), strict=True))), "eval/samples": res["samples"]}
 
     def evaluate_suites(self) -> dict[str, float]:
         """Greedy pass@1 (and friends) on the configured benchmark suites, on the main process
