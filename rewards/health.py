@@ -86,14 +86,16 @@ class RewardHealth:
                                   f"{checkpoint}). Fix the reward (or its dataset column), or raise "
                                   f"'max_failed_reward_steps'")
 
-    def state(self) -> dict:
-        """What a checkpoint keeps (``load_state`` restores it)."""
-        return {"streak": self.streak, "failures_total": self.failures_total, "scored": self.scored,
-                "no_signal_streak": self.no_signal_streak}
+    def state_dict(self) -> dict:
+        """Its part of a checkpoint (rlreason.run.checkpoint.Stateful): a reward's steps in a row without a
+        score, and whether it ever scored, survive a resume (``max_failed_reward_steps``)."""
+        return {"reward_health": {"streak": self.streak, "failures_total": self.failures_total, "scored": self.scored,
+                                  "no_signal_streak": self.no_signal_streak}}
 
-    def load_state(self, state: dict) -> None:
-        self.streak = dict(state.get("streak", {}))
-        self.failures_total = dict(state.get("failures_total", {}))
+    def load_state_dict(self, state: dict) -> None:
+        saved = state.get("reward_health", {})
+        self.streak = dict(saved.get("streak", {}))
+        self.failures_total = dict(saved.get("failures_total", {}))
         # a checkpoint from before this was kept: a reward it names had run, give it the benefit of the doubt
-        self.scored = dict(state.get("scored", dict.fromkeys(self.failures_total, True)))
-        self.no_signal_streak = int(state.get("no_signal_streak", 0))
+        self.scored = dict(saved.get("scored", dict.fromkeys(self.failures_total, True)))
+        self.no_signal_streak = int(saved.get("no_signal_streak", 0))

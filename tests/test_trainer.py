@@ -4,6 +4,7 @@ overlong masking, truncated importance sampling, entropy bonus, LoRA reference."
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 import torch
@@ -316,6 +317,78 @@ def test_a_checkpoint_is_a_loadable_hugging_face_model_folder(tiny_path, tmp_pat
     assert all(torch.equal(v, trained[k]) for k, v in loaded.state_dict().items())
     assert any(not torch.equal(v, AutoModelForCausalLM.from_pretrained(tiny_path).state_dict()[k])
                for k, v in loaded.state_dict().items())  # the trained weights, not the initial ones
+
+
+# trainer_state.json as checkpoints have always been written (before the parts were declared, the same
+# keys were listed by hand): a resume of an older checkpoint reads these
+TRAINER_STATE_KEYS = {"step", "config", "metrics", "heldout_before", "reference_model", "teacher_model",
+                      "config_changes", "pending_row", "extra_prompts_drawn", "nonfinite_skipped", "nonfinite_streak",
+                      "reward_health"}
+
+
+def _fails_at_step_2(completions, trainer_state, **kw):
+    """Scores, except at step 2 (a service down for a step): the reward health has a streak to keep."""
+    if trainer_state.global_step == 1:
+        raise ConnectionError("down for a step")
+    return [float(len(completion_text(c)) % 2) for c in completions]
+
+
+def test_a_checkpoint_holds_each_declared_parts_state_and_a_resume_puts_each_back(tiny_path, tmp_path):
+    """``save`` and ``_resume`` iterate over one declaration (``GRPOTrainer._checkpointed``):
+    trainer_state.json has the keys it always had, and a new trainer resumed from it holds every
+    part's state as the trainer that saved it did (refills drawn, a reward's failure streak...)."""
+    rewards = [_text_hash_reward, _fails_at_step_2]
+    common = dict(dynamic_sampling=True, max_resample_rounds=2, reward_num_workers=1, save_steps=1)
+    tr = _trainer_with(tiny_path, tmp_path, rewards, max_steps=2, **common)
+    tr.train()
+    ckpt = tmp_path / "run" / "checkpoints" / "step-0000002"
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert set(state) == TRAINER_STATE_KEYS
+    assert set(state["reward_health"]) == {"streak", "failures_total", "scored", "no_signal_streak"}
+    assert state["step"] == 2 and state["extra_prompts_drawn"] > 0
+    assert state["reward_health"]["streak"]["_fails_at_step_2"] == 1
+    assert sorted(p.name for p in ckpt.iterdir() if p.suffix == ".pt") == []  # no batch in flight without async
+
+    def parts(trainer) -> dict:  # the config aside: the resumed run's own (resume_from_checkpoint, max_steps)
+        return {name: part.state_dict() for name, part in trainer._checkpointed().items()
+                if part is not None and name != "config"}
+
+    saved = parts(tr)
+    resumed = _trainer_with(tiny_path, tmp_path, rewards, max_steps=4, resume_from_checkpoint=str(ckpt), **common)
+    fresh = parts(resumed)
+    resumed._resume(ckpt)
+    back = parts(resumed)
+    assert back == saved
+    assert all(fresh[name] != saved[name] for name in ("trainer", "prompts", "reward_health"))  # each was restored
+    resumed.close()
+
+
+class _Part:
+    def __init__(self, state, file=None):
+        self.state, self.loaded = state, None
+        if file is not None:
+            self.checkpoint_file = file
+
+    def state_dict(self):
+        return self.state
+
+    def load_state_dict(self, state):
+        self.loaded = state
+
+
+def test_parts_state_refuses_two_parts_writing_one_key_and_files_go_apart(tmp_path):
+    from rlreason.run.checkpoint import load_parts, parts_state
+
+    with pytest.raises(ValueError, match="'a' and 'b' both write 'n'"):
+        parts_state({"a": _Part({"n": 1}), "b": _Part({"n": 2})})
+    parts = {"a": _Part({"n": 1}), "off": None, "f": _Part({"t": torch.ones(2)}, "f.pt"), "g": _Part(None, "g.pt")}
+    state, files = parts_state(parts)
+    assert state == {"n": 1} and list(files) == ["f.pt"]  # g had nothing to save: no file
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"step": 3, **state}))
+    torch.save(files["f.pt"], tmp_path / "f.pt")
+    load_parts(tmp_path, parts)
+    assert parts["a"].loaded == {"step": 3, "n": 1} and torch.equal(parts["f"].loaded["t"], torch.ones(2))
+    assert parts["g"].loaded is None  # no file: not called
 
 
 def test_trl_step_and_schedule_keys(tiny_path, tmp_path):

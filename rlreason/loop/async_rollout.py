@@ -23,20 +23,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import pickle
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
 from rlreason.loop.experience import Rollout, plain, rollout_from_state, rollout_state
-from rlreason.run.checkpoint import CorruptCheckpointError
 
 PENDING_ROLLOUT = "pending_rollout.pt"  # a checkpoint's batch in flight
 Job = Callable[[], tuple[Rollout, dict[str, str]]]  # generate and score one batch: -> (rollout, reward errors)
@@ -221,10 +217,12 @@ class Overlap:
             self.sync()
             self.version = step
 
-    def checkpoint(self) -> dict[str, Any] | None:
+    checkpoint_file = PENDING_ROLLOUT  # its part of a checkpoint: a file of its own (run.checkpoint.Stateful)
+
+    def state_dict(self) -> dict[str, Any] | None:
         """The batch in flight, finished, as a checkpoint stores it (every process's shard, gathered
-        to every process), so a resume trains on exactly it; None without one (past the last step
-        nothing is generated). Collective with several processes."""
+        to every process: tensors and plain data), so a resume trains on exactly it; None without one
+        (past the last step nothing is generated). Collective with several processes."""
         batch = self.thread.finish()
         # every process calls the gather, also one that (impossibly) has no batch: never a hang
         shard = None if batch is None else {"rollout": rollout_state(batch.result[0]), "errors": plain(batch.result[1])}
@@ -233,22 +231,11 @@ class Overlap:
             return None
         return {"step": batch.step, "version": batch.version, "shards": shards}
 
-    def restore(self, path: Path) -> None:
-        """Put a checkpoint's batch in flight (this process's shard) back for the next ``take``. The
-        file holds tensors and plain data only (``checkpoint``), so it is loaded as such
-        (``weights_only``): a file that carries anything else, whatever its checksum says, is refused
-        before any of it runs."""
-        try:
-            saved = torch.load(path, weights_only=True)
-        except pickle.UnpicklingError as e:
-            lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
-            reason = next((line for line in lines if "GLOBAL" in line or "nsupported" in line), lines[-1])
-            raise CorruptCheckpointError(
-                f"{path} holds objects other than tensors and plain data, which loading could run as code: "
-                f"refused ({reason}). rlreason never writes such a file: resume from a checkpoint you trust") from e
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        """Put a checkpoint's batch in flight (this process's shard) back for the next ``take``."""
         if len(saved["shards"]) != self.acc.num_processes:
-            raise ValueError(f"{path} holds the batch in flight of {len(saved['shards'])} processes; resume "
-                             f"async_rollouts with as many (this run has {self.acc.num_processes})")
+            raise ValueError(f"the checkpoint's {PENDING_ROLLOUT} holds the batch in flight of {len(saved['shards'])} "
+                             f"processes; resume async_rollouts with as many (this run has {self.acc.num_processes})")
         shard = saved["shards"][self.acc.process_index]
         self.thread.put(Batch(saved["step"], saved["version"], (rollout_from_state(shard["rollout"]), shard["errors"])))
 

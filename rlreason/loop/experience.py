@@ -127,7 +127,7 @@ def stream_seed(seed: int, stream: str, pos: int) -> int:
 
 class PromptStream:
     """This process's prompts, step by step. ``extra_drawn`` (the refill stream's position) is
-    the only state; a checkpoint saves it."""
+    the only state; a checkpoint saves it (``state_dict``)."""
 
     def __init__(self, dataset: datasets.Dataset, seed: int, prompts_per_process: int, process_index: int = 0,
                  num_processes: int = 1, seed_per_prompt: bool = False) -> None:
@@ -174,6 +174,14 @@ class PromptStream:
     def epoch(self, step: int) -> float:
         """How many passes over the dataset ``step`` steps are (TRL's ``trainer_state.epoch``)."""
         return step * self.per_process * self.world / max(len(self.dataset), 1)
+
+    def state_dict(self) -> dict[str, int]:
+        """Its part of a checkpoint (rlreason.run.checkpoint.Stateful); the rest is a function of the seed
+        and the step."""
+        return {"extra_prompts_drawn": self.extra_drawn}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.extra_drawn = state.get("extra_prompts_drawn", 0)
 
 
 def sample_metrics(acc, ro: Rollout) -> dict[str, float]:

@@ -58,7 +58,7 @@ from rlreason.config import GRPOConfig
 from rlreason.data import INTERNAL_COLUMNS
 from rlreason.eval.core import HELDOUT_SUMS, EvalProtocol, evaluate, evaluate_suites, flat_metrics, heldout_metrics
 from rlreason.loop.actor import Actor
-from rlreason.loop.async_rollout import PENDING_ROLLOUT, Job, Overlap
+from rlreason.loop.async_rollout import Job, Overlap
 from rlreason.loop.distributed import full_named_parameters, gather_varlen, reduce_metrics, reduce_sum
 from rlreason.loop.experience import PromptStream, Rollout, completion_rows, sample_metrics
 from rlreason.loop.parts import Parts
@@ -70,15 +70,18 @@ from rlreason.rollout.base import SamplingConfig
 from rlreason.rollout.errors import find_server_error
 from rlreason.run import stopping
 from rlreason.run.checkpoint import (
+    Attrs,
+    Stateful,
     hf_model_files,
-    read_state,
+    load_parts,
+    parts_state,
     record_final_eval,
     rng_states,
     save_checkpoint,
     save_model,
     set_rng_states,
 )
-from rlreason.run.resume import apply_optimizer_changes
+from rlreason.run.resume import RunConfig
 from rlreason.run.tracking import run_summary, write_report
 
 
@@ -372,25 +375,47 @@ class GRPOTrainer:
         """True on every process if it is True on one (so all stop at the same step)."""
         return flag if self.acc.num_processes == 1 else reduce_sum(self.acc, [float(flag)])[0] > 0
 
+    def _checkpointed(self) -> dict[str, Stateful | None]:
+        """Every part whose state a checkpoint holds besides accelerate's ``save_state`` (weights,
+        optimizer, scheduler, every rank's random-number generators), name -> part: ``save`` writes
+        each one's ``state_dict``, ``_resume`` loads it back (where each goes:
+        rlreason.run.checkpoint.Stateful). A new stateful part is one line here; None: not in this run."""
+        return {  # in the order of trainer_state.json's keys as they were before they were declared here
+            "config": RunConfig(self.cfg, self.optimizer, self.scheduler),  # a resume applies allowed changes
+            "prompts": self.prompts,  # the refill stream's position (dynamic sampling)
+            "actor": Attrs(self.actor, nonfinite_skipped=0, nonfinite_streak=0),  # skipped non-finite updates
+            "trainer": self,  # the step, the evaluations, the row a stop kept aside; the run's record
+            "reward_health": self.health,  # a reward's steps in a row without a score
+            "async_rollouts": self.overlap,  # the batch in flight, in its own file
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """The loop's own part of a checkpoint (``_checkpointed``): the step, the latest periodic and
+        the before-training evaluations, the step's metrics a stop kept from being logged
+        (``pending_row``); and, for rlreason.build and people (never loaded back here), the run's KL
+        reference and teacher and the config changes of its resumes."""
+        return {"step": self.step, "metrics": self.last_eval, "heldout_before": self.heldout_before,
+                # the KL reference is the initial policy (or, with LoRA, the adapter-disabled base)
+                "reference_model": None if self.actor.ref_model is None and not self.actor.ref_is_base_adapter
+                else ("base_adapter_disabled" if self.actor.ref_is_base_adapter else self.cfg.model_name_or_path),
+                "teacher_model": self.cfg.teacher_model_name_or_path, "config_changes": self.run_dir.config_changes,
+                # the step's metrics when a stop cut its periodic evaluation short (_evaluate_and_log)
+                "pending_row": self.pending_row}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = state["step"]
+        self.last_eval = state.get("metrics", {})
+        self.heldout_before = state.get("heldout_before", {})
+        self.pending_row = state.get("pending_row")
+
     def _resume(self, path: Path) -> None:
         """Restore everything a checkpoint holds; the loop then continues as if never stopped."""
         self.acc.load_state(str(path))  # weights, optimizer, scheduler, every rank's RNG states
-        state = read_state(path)
-        self.step = state["step"]
-        self.prompts.extra_drawn = state.get("extra_prompts_drawn", 0)
-        self.health.load_state(state.get("reward_health", {}))
-        self.actor.nonfinite_skipped = state.get("nonfinite_skipped", 0)
-        self.actor.nonfinite_streak = state.get("nonfinite_streak", 0)
-        self.last_eval = state.get("metrics", {})
-        self.heldout_before = state.get("heldout_before", {})
+        load_parts(path, self._checkpointed())
         self._saved_step = self.step
-        self.pending_row = state.get("pending_row")
-        apply_optimizer_changes(self.optimizer, self.scheduler, self.cfg, state.get("config", {}))
         self.sync_weights()  # a separate engine started from the initial weights
         if self.overlap is not None:
-            self.overlap.version = self.step
-            if (path / PENDING_ROLLOUT).is_file():  # the batch that was in flight
-                self.overlap.restore(path / PENDING_ROLLOUT)
+            self.overlap.version = self.step  # what the sync gave the engine
         self.log.print(f"resumed from {path} at step {self.step}")
 
     def _train(self) -> dict[str, Any]:
@@ -555,30 +580,14 @@ class GRPOTrainer:
         self.pending_row = None
 
     def save(self, step: int) -> Path:
-        """A checkpoint of everything ``_resume`` needs to continue exactly from ``step``."""
-        state = {"config": self.cfg.to_dict(), "extra_prompts_drawn": self.prompts.extra_drawn,
-                 "nonfinite_skipped": self.actor.nonfinite_skipped, "nonfinite_streak": self.actor.nonfinite_streak,
-                 "metrics": self.last_eval, "heldout_before": self.heldout_before,
-                 # the KL reference is the initial policy (or, with LoRA, the adapter-disabled base)
-                 "reference_model": None if self.actor.ref_model is None and not self.actor.ref_is_base_adapter
-                 else ("base_adapter_disabled" if self.actor.ref_is_base_adapter else self.cfg.model_name_or_path),
-                 "teacher_model": self.cfg.teacher_model_name_or_path, "config_changes": self.run_dir.config_changes,
-                 # the step's metrics when a stop cut its periodic evaluation short (_evaluate_and_log)
-                 "pending_row": self.pending_row,
-                 # a reward's steps-in-a-row without a score survive a resume (max_failed_reward_steps)
-                 "reward_health": self.health.state()}
+        """A checkpoint of everything ``_resume`` needs to continue exactly from ``step``: accelerate's
+        ``save_state`` and the state of every part ``_checkpointed`` declares."""
+        state, files = parts_state(self._checkpointed())  # on every process: the batch in flight is gathered
         policy = self.acc.unwrap_model(self.model)
-        pending = self.overlap.checkpoint() if self.overlap is not None else None
-
-        def extra(folder: Path) -> None:
-            hf_model_files(policy, self.tokenizer, folder)
-            if pending is not None:
-                torch.save(pending, folder / PENDING_ROLLOUT)
-
         t0 = time.perf_counter()
         path = save_checkpoint(self.acc, self.cfg.output_dir, step, state, keep=self.cfg.save_total_limit,
                                best_metric=self.cfg.metric_for_best_model, greater_is_better=self.cfg.greater_is_better,
-                               extra=extra)
+                               extra=lambda folder: hf_model_files(policy, self.tokenizer, folder), files=files)
         self._saved_step = step
         if self.acc.is_main_process:  # what a stop signal's checkpoint costs: the number to size a grace period by
             size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())

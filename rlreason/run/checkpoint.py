@@ -1,8 +1,9 @@
 """Checkpoints written atomically: a crash mid-write never leaves a corrupt checkpoint.
 
 A checkpoint is ``accelerate``'s ``save_state`` (model weights as safetensors, optimizer,
-scheduler, the python/numpy/torch RNG states of every rank) plus ``trainer_state.json`` (step,
-data position, counters, the last eval, config), written to a temporary folder that is
+scheduler, the python/numpy/torch RNG states of every rank) plus the state of every other stateful
+part of the run (:class:`Stateful`: step, data position, counters, the last eval, config in
+``trainer_state.json``; the batch in flight in a file of its own), written to a temporary folder that is
 renamed into place only when complete. ``resume_from_checkpoint: auto`` picks the newest
 complete one, so a kill at any moment resumes from the last finished checkpoint.
 
@@ -23,14 +24,15 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import re
 import resource
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 CKPT_RE = re.compile(r"^step-(\d+)$")
 MANIFEST = "manifest.json"
@@ -79,6 +81,105 @@ def read_state(ckpt: str | Path) -> dict[str, Any]:
         with contextlib.suppress(ValueError):
             state["metrics"] = json.loads(final.read_text())
     return state
+
+
+class Stateful(Protocol):
+    """A part of the run whose state a checkpoint holds, besides what accelerate's ``save_state``
+    holds (weights, optimizer, scheduler, random-number generators): ``state_dict()`` gives it,
+    ``load_state_dict(state)`` puts it back. The trainer declares its parts once, name -> part
+    (``GRPOTrainer._checkpointed``); saving and resuming iterate over them (:func:`parts_state`,
+    :func:`load_parts`).
+
+    Where a part's state goes:
+
+    - by default, to the top level of ``trainer_state.json``: JSON values, under keys no other part
+      writes, so the file reads as it did when the fields were listed by hand and older checkpoints
+      resume. ``load_state_dict`` receives the whole file (every part's keys) and reads its own, with
+      the value a checkpoint written before a key existed stands for.
+    - a part with a ``checkpoint_file`` attribute: that file of its own (tensors and plain data,
+      ``torch.save``; loaded with ``weights_only``, :func:`load_file`). ``state_dict()`` None writes
+      no file, and ``load_state_dict`` is called only when the checkpoint has one.
+    """
+
+    def state_dict(self) -> dict[str, Any] | None: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class Attrs:
+    """A part whose state is a few attributes of ``obj``, under their own names in
+    ``trainer_state.json``; ``defaults``: name -> the value a checkpoint without it stands for."""
+
+    def __init__(self, obj: Any, **defaults: Any) -> None:
+        self.obj, self.defaults = obj, defaults
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: getattr(self.obj, name) for name in self.defaults}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, default in self.defaults.items():
+            setattr(self.obj, name, state.get(name, default))
+
+
+def parts_state(parts: Mapping[str, Stateful | None]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every part's ``state_dict`` (None: a part this run does not have), as a checkpoint stores them:
+    -> (``trainer_state.json``'s entries, in the parts' order; {file name: what goes in it}). Call it
+    on every process: a part's ``state_dict`` may be collective (the batch in flight is gathered)."""
+    state: dict[str, Any] = {}
+    files: dict[str, Any] = {}
+    owner: dict[str, str] = {}
+    for name, part in parts.items():
+        if part is None:
+            continue
+        entries = part.state_dict()
+        file = getattr(part, "checkpoint_file", None)
+        if file is not None:
+            if entries is not None:
+                files[file] = entries
+            continue
+        for key in entries:
+            if key in owner:  # one would overwrite the other, and a resume would give both the same value
+                raise ValueError(f"checkpointed parts {owner[key]!r} and {name!r} both write {key!r} to "
+                                 f"trainer_state.json")
+            owner[key] = name
+        state.update(entries)
+    return state, files
+
+
+def load_parts(ckpt: str | Path, parts: Mapping[str, Stateful | None]) -> dict[str, Any]:
+    """Put every part's state back from checkpoint ``ckpt`` (the inverse of :func:`parts_state` with
+    ``save_checkpoint``): -> ``trainer_state.json`` as read (``read_state``)."""
+    ckpt = Path(ckpt)
+    state = read_state(ckpt)
+    for part in parts.values():
+        if part is None:
+            continue
+        file = getattr(part, "checkpoint_file", None)
+        if file is None:
+            part.load_state_dict(state)
+        elif (ckpt / file).is_file():
+            try:
+                part.load_state_dict(load_file(ckpt / file))
+            except Exception as e:
+                e.add_note(f"loading {ckpt / file}")
+                raise
+    return state
+
+
+def load_file(path: Path) -> Any:
+    """A part's own checkpoint file. It holds tensors and plain data only (``Stateful``), so it is
+    loaded as such (``weights_only``): a file that carries anything else, whatever its checksum says,
+    is refused before any of it runs."""
+    import torch
+
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+        reason = next((line for line in lines if "GLOBAL" in line or "nsupported" in line), lines[-1])
+        raise CorruptCheckpointError(
+            f"{path} holds objects other than tensors and plain data, which loading could run as code: "
+            f"refused ({reason}). rlreason never writes such a file: resume from a checkpoint you trust") from e
 
 
 def _to_keep(ckpts: list[Path], keep: int, best: Path | None) -> set[Path]:
@@ -139,11 +240,13 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict[str, Any], keep: int,
                     best_metric: str | None = None, greater_is_better: bool = True,
-                    extra: Callable[[Path], None] | None = None) -> Path:
-    """Save a full training state for ``step``; keep the newest ``keep`` checkpoints (and the
-    best by ``state["metrics"][best_metric]`` when a metric is named). ``extra(folder)`` writes
-    more files into the checkpoint on the main process, before it is made visible. A full disk is
-    a ``DiskFullError`` naming the folder; the half-written one is removed, the others untouched."""
+                    extra: Callable[[Path], None] | None = None, files: dict[str, Any] | None = None) -> Path:
+    """Save a full training state for ``step``: ``state`` in ``trainer_state.json`` and ``files``
+    (name -> tensors and plain data, ``torch.save``d), as :func:`parts_state` gives them; keep the
+    newest ``keep`` checkpoints (and the best by ``state["metrics"][best_metric]`` when a metric is
+    named). ``extra(folder)`` writes more files into the checkpoint on the main process, before it is
+    made visible. A full disk is a ``DiskFullError`` naming the folder; the half-written one is
+    removed, the others untouched."""
     root = Path(output_dir) / "checkpoints"
     final = root / f"step-{step:07d}"
     tmp = root / f".tmp-step-{step:07d}"
@@ -160,6 +263,11 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict[
         if accelerator.is_main_process:
             if extra is not None:
                 extra(tmp)
+            if files:
+                import torch
+
+                for name, content in files.items():
+                    torch.save(content, tmp / name)
             (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state}, indent=2))
             write_manifest(tmp)  # last: a checkpoint without one was not finished
     if accelerator.is_main_process:

@@ -103,5 +103,20 @@ def apply_optimizer_changes(optimizer: Any, scheduler: Any, cfg: GRPOConfig, sav
             group["betas"] = (cfg.adam_beta1, cfg.adam_beta2)
 
 
+class RunConfig:
+    """The run's config as a part of its checkpoints (rlreason.run.checkpoint.Stateful): saved as it is;
+    loaded back, the changes allowed since (``OPTIMIZER_KEYS``, checked before the trainer is built,
+    rlreason.build) are applied to the restored optimizer and scheduler."""
+
+    def __init__(self, cfg: GRPOConfig, optimizer: Any, scheduler: Any) -> None:
+        self.cfg, self.optimizer, self.scheduler = cfg, optimizer, scheduler
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"config": self.cfg.to_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        apply_optimizer_changes(self.optimizer, self.scheduler, self.cfg, state.get("config", {}))
+
+
 def change_record(changes: dict[str, tuple[Any, Any]], step: int) -> list[dict[str, Any]]:
     return [{"step": step, "key": k, "from": old, "to": new} for k, (old, new) in changes.items()]
