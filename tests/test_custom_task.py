@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import subprocess
 import sys
 import textwrap
@@ -164,11 +165,18 @@ def test_a_countdown_task_written_outside_the_package_trains_with_heldout_eval_a
     results = tmp_path / "eval"
     res = subprocess.run([sys.executable, "-m", "rlreason.eval", "--model", str(out / "final_model"),
                           "--data", str(heldout_file), "--reward", f"{task_dir / 'countdown_task.py'}:countdown_reward",
-                          "--prompt_column", "prompt", "--max_tokens", "16", "--output_dir", str(results)],
+                          "--prompt_column", "prompt", "--chat-template", "off", "--max-tokens", "16", "--out",
+                          str(results)],
                          env=env, cwd=task_dir, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     got = [json.loads(x) for x in calls.read_text().splitlines()]
     assert sum(c["n"] for c in got) == 8 and sorted(t for c in got for t in c["target"]) == sorted(
         p["target"] for p in problems[:8])
-    written = json.loads(next(results.rglob("results*.json")).read_text())
-    assert json.dumps(written)  # a results file, as a suite writes
+    # each completion got the score the task's own function gives it, and pass@1 is their mean
+    task = runpy.run_path(str(task_dir / "countdown_task.py"))
+    records = [json.loads(x) for x in (results / "problems.jsonl").read_text().splitlines()]
+    assert len(records) == 8 and all(r["prompt"].startswith("Using ") for r in records)  # as trained: no chat template
+    scores = [task["score"](r["completions"][0], r["columns"]["nums"], r["columns"]["target"]) for r in records]
+    assert [r["rewards"]["countdown_reward"][0] for r in records] == scores
+    suite = json.loads((results / "results.json").read_text())["suites"]["heldout"]
+    assert suite["pass@1"] == sum(scores) / 8 and suite["score_failures"] == 0
