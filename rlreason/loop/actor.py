@@ -132,6 +132,14 @@ class Actor:
         self.nonfinite_skipped = 0  # updates skipped for a non-finite loss or gradient, whole run
         self.nonfinite_streak = 0  # ... in a row
 
+    def state_dict(self) -> dict[str, int]:
+        """The counters a checkpoint keeps (the weights and optimizer are accelerate's)."""
+        return {"nonfinite_skipped": self.nonfinite_skipped, "nonfinite_streak": self.nonfinite_streak}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.nonfinite_skipped = state.get("nonfinite_skipped", 0)  # absent: a checkpoint from before they were
+        self.nonfinite_streak = state.get("nonfinite_streak", 0)
+
     def micro_batches(self, ro: Rollout, sampler_logprobs: bool = False) -> list[tuple[slice, dict[str, torch.Tensor]]]:
         """``ro`` as [(its slice, model inputs)] of ``per_device_train_batch_size`` completions on the
         device; ``sampler_logprobs``: with the sampler's log-probs ("sampler_logp")."""

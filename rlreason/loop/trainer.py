@@ -70,7 +70,6 @@ from rlreason.rollout.base import SamplingConfig
 from rlreason.rollout.errors import find_server_error
 from rlreason.run import stopping
 from rlreason.run.checkpoint import (
-    Attrs,
     Stateful,
     hf_model_files,
     load_parts,
@@ -383,7 +382,7 @@ class GRPOTrainer:
         return {  # in the order of trainer_state.json's keys as they were before they were declared here
             "config": RunConfig(self.cfg, self.optimizer, self.scheduler),  # a resume applies allowed changes
             "prompts": self.prompts,  # the refill stream's position (dynamic sampling)
-            "actor": Attrs(self.actor, nonfinite_skipped=0, nonfinite_streak=0),  # skipped non-finite updates
+            "actor": self.actor,  # skipped non-finite updates
             "trainer": self,  # the step, the evaluations, the row a stop kept aside; the run's record
             "reward_health": self.health,  # a reward's steps in a row without a score
             "async_rollouts": self.overlap,  # the batch in flight, in its own file

@@ -106,21 +106,6 @@ class Stateful(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-class Attrs:
-    """A part whose state is a few attributes of ``obj``, under their own names in
-    ``trainer_state.json``; ``defaults``: name -> the value a checkpoint without it stands for."""
-
-    def __init__(self, obj: Any, **defaults: Any) -> None:
-        self.obj, self.defaults = obj, defaults
-
-    def state_dict(self) -> dict[str, Any]:
-        return {name: getattr(self.obj, name) for name in self.defaults}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for name, default in self.defaults.items():
-            setattr(self.obj, name, state.get(name, default))
-
-
 def parts_state(parts: Mapping[str, Stateful | None]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Every part's ``state_dict`` (None: a part this run does not have), as a checkpoint stores them:
     -> (``trainer_state.json``'s entries, in the parts' order; {file name: what goes in it}). Call it
