@@ -150,8 +150,7 @@ def heldout_accuracy(model, tok, rows: list[dict], max_tokens: int) -> float | N
     model.eval()
     # "spawn": this process may be running threads by now (a fork would copy their locks)
     with heldout_scorer(accuracy_reward, start_method="spawn") as scorer:
-        res = evaluate(HFEngine(model, tok), [r["prompt_ids"] for r in rows], [r["prompt"] for r in rows],
-                       [r["answer"] for r in rows], scorer, SamplingConfig(max_tokens=max_tokens, temperature=0.0))
+        res = evaluate(HFEngine(model, tok), rows, scorer, SamplingConfig(max_tokens=max_tokens, temperature=0.0))
     return res["accuracy"]
 
 

@@ -139,7 +139,8 @@ def test_use_vllm_without_vllm_installed_is_a_clear_error(tiny_path, tmp_path):
     res = _launch(["--model_name_or_path", str(tiny_path), "--output_dir", str(tmp_path / "r"), "--use_vllm", "true"],
                   {}, timeout=180)
     assert res.returncode != 0
-    assert "config key 'use_vllm': vLLM is not installed" in res.stderr
+    assert "config key 'rollout_engine' (TRL's 'use_vllm'): vLLM is not installed" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr  # one line, no traceback
 
 
 @pytest.mark.slow

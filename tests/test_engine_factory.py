@@ -65,7 +65,7 @@ def test_the_transformers_engine_generates_with_the_policy_or_a_frozen_copy(tiny
 def test_vllm_engines_fail_clearly_where_vllm_is_missing():
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vllm is installed")
-    with pytest.raises(SystemExit, match="the vllm engine needs vLLM"):
+    with pytest.raises(ImportError, match="the vllm engine needs vLLM"):
         factory.make_engine("vllm", "some/model", None)
 
 

@@ -64,8 +64,8 @@ def make_engine(name: str, model: Any, tokenizer: Any, *, seed: int = 0, batch_p
 
             from rlreason.rollout.vllm import VLLMEngine
         except ImportError as e:
-            raise SystemExit(f"the vllm engine needs vLLM, which is not installed here ({e}); see docs/install.md, "
-                             "or generate with the transformers engine") from e
+            raise ImportError(f"the vllm engine needs vLLM, which is not installed here ({e}); see "
+                              "docs/install.md, or generate with the transformers engine") from e
         return VLLMEngine(model, tokenizer, seed=seed, **vllm_kwargs)
     if name == "vllm_server":
         if server is None:
