@@ -1,0 +1,117 @@
+"""Config -> data: the training prompts and held-out rows, checked (prompts, golds, column
+names) before training; the reward functions checked against the columns."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from rlreason.config import GRPOConfig
+from rlreason.data import INTERNAL_COLUMNS, arith_dataset, check_golds, kept_rows, load_dataset_any, prepare, rename_columns
+from rlreason.data.split import holdout_split
+from rlreason.data.tasks.arith import Difficulty
+from rlreason.eval.suites import arith_suite
+from rlreason.rewards import build_rewards, parse_gold, reward_name
+from rlreason.rewards.math import AccuracyReward
+from rlreason.rewards.runner import RESERVED_ARGUMENTS
+
+
+def load_data(cfg: GRPOConfig, tokenizer: Any) -> tuple[datasets.Dataset, list[dict]]:
+    """(training prompts, held-out rows): rendered and tokenized (rlreason.data.prepare). The
+    embedded arithmetic task brings its own held-out problems; another dataset gives
+    ``eval_holdout_size`` of its rows (rlreason.data.split: by a hash of the prompt), never trained on.
+
+    A dataset's rows (those dataset_filter keeps) are checked first, each bad one named by its row
+    in the file: every prompt (``check_prompts``), and every gold of the built-in accuracy reward,
+    read by the reward's own parser (``check_golds``)."""
+    common = dict(prompt_column=cfg.prompt_column, tokenizer=tokenizer, use_chat_template=cfg.use_chat_template,
+                  template=cfg.prompt_template, system_prompt=cfg.system_prompt,
+                  max_prompt_length=cfg.max_prompt_length)
+    if cfg.dataset_name != "arith":
+        raw = load_dataset_any(cfg.dataset_name, cfg.dataset_split, name=cfg.dataset_config)
+        rows = kept_rows(raw, cfg.dataset_filter)  # the file's row of each row kept
+        data = rename_columns(raw.select(rows) if len(rows) < len(raw) else raw, cfg.column_map)
+        source = dataset_source(cfg)
+        for reward in accuracy_rewards(cfg):
+            column = reward.gold_from(data.column_names)  # none: dataset_rewards names the missing column
+            if column is not None:
+                check_golds(data, column, reward.read_gold, source=source, rows=rows,
+                            max_bad=cfg.max_bad_gold_fraction, reward=f"reward {reward_name(reward)!r}")
+        held_idx: list[int] = []
+        if cfg.eval_holdout_size and cfg.prompt_column in data.column_names:  # else prepare names the column
+            train_idx, held_idx = holdout_split(data[cfg.prompt_column], cfg.eval_holdout_size)
+        if not held_idx:
+            return prepare(data, answer_column=None, source=source, rows=rows, **common), []
+        train = prepare(data.select(train_idx), answer_column=None, source=source,
+                        rows=[rows[i] for i in train_idx], **common)
+        heldout = prepare(data.select(held_idx), answer_column=None, source=source,
+                          rows=[rows[i] for i in held_idx], **common)
+        return train, list(heldout)
+    try:
+        difficulty = Difficulty(**cfg.arith_difficulty)
+    except TypeError as e:
+        raise ValueError(f"config key 'arith_difficulty': {e}") from e
+    common["column_map"] = cfg.column_map
+    train = prepare(arith_dataset(cfg.arith_train_size, cfg.seed, "train", difficulty), **common)
+    n_eval = max(cfg.final_eval_size, cfg.eval_size)
+    return train, list(prepare(datasets.Dataset.from_list(arith_suite(n_eval, difficulty)), **common))
+
+
+def dataset_source(cfg: GRPOConfig) -> str:
+    """How errors name the configured dataset: "data file 'x.jsonl'", or "dataset 'org/name' (split ...)"."""
+    if Path(cfg.dataset_name).expanduser().is_file():
+        return f"data file {cfg.dataset_name!r}"
+    return f"dataset {cfg.dataset_name!r} (split {cfg.dataset_split!r})"
+
+
+def accuracy_rewards(cfg: GRPOConfig) -> list[AccuracyReward]:
+    """The built-in accuracy rewards among ``reward_funcs`` (named, or configured with kwargs such
+    as gold_column), as configured. Entries naming a file of the user's are not built here (that
+    would run the file once more): their golds are checked as any reward's (``dataset_rewards``)."""
+    out = []
+    for entry in cfg.reward_funcs:
+        spec = entry.get("name") if isinstance(entry, dict) else entry
+        if not isinstance(spec, str) or (":" in spec and any(c in spec.rsplit(":", 1)[0] for c in ("/", "\\", ".py"))):
+            continue
+        (fn,), _ = build_rewards([entry])
+        while isinstance(fn, functools.partial):  # a chunk_size entry
+            fn = fn.func
+        if isinstance(fn, AccuracyReward):
+            out.append(fn)
+    return out
+
+
+def dataset_rewards(cfg: GRPOConfig, train: datasets.Dataset) -> tuple[list[Callable], list[float]]:
+    """The reward functions, checked against the dataset's columns (a reward asking for a missing
+    column fails here, as does a column named like an argument every reward receives)."""
+    own = set(train.column_names) - {cfg.prompt_column, *INTERNAL_COLUMNS}
+    check_column_names(own, dataset_source(cfg) if cfg.dataset_name != "arith" else "")
+    columns = own | {"completion_ids"}
+    funcs, weights = build_rewards(cfg.reward_funcs, cfg.reward_weights, columns=columns)
+    if any(_takes(fn, "answer") for fn in funcs):  # a gold column that is all blank trains on nothing
+        check_golds(train, "answer", parse=parse_gold, source=dataset_source(cfg))
+    return funcs, weights
+
+
+def check_column_names(columns: set[str], source: str) -> None:
+    """Refuse dataset columns named like the arguments every reward receives besides the columns
+    (``prompts``, ``completions``, ``completion_ids``, TRL's ``trainer_state``, ``log_extra``,
+    ``log_metric``): every reward call of the run would fail at step 1 (``completion_ids``: the
+    column would be replaced by the token ids, in silence)."""
+    taken = sorted(columns & set(RESERVED_ARGUMENTS))
+    if taken:
+        raise ValueError(f"{source or 'the dataset'}: column {taken[0]!r} has the name of an argument every reward "
+                         f"receives ({', '.join(RESERVED_ARGUMENTS)}); rename it with column_map, e.g. "
+                         f"column_map: {{{taken[0]}: {taken[0]}_column}}")
+
+
+def _takes(fn: Callable, name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
