@@ -15,6 +15,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -180,3 +182,48 @@ def test_a_countdown_task_written_outside_the_package_trains_with_heldout_eval_a
     assert [r["rewards"]["countdown_reward"][0] for r in records] == scores
     suite = json.loads((results / "results.json").read_text())["suites"]["heldout"]
     assert suite["pass@1"] == sum(scores) / 8 and suite["score_failures"] == 0
+
+
+# ----------------------------------------------------------------------------- the pieces, fast
+
+def _reward(prompts, completions, target, **kw):
+    return [0.0 for _ in completions]
+
+
+@settings(deadline=None, derandomize=True, max_examples=200)  # a fixed-seed slice: the same cases every run
+@given(st.lists(st.text(min_size=1, max_size=6), min_size=2, max_size=40), st.integers(1, 10), st.randoms())
+def test_the_holdout_split_depends_on_the_prompts_only_and_never_splits_a_prompt(prompts, n, rnd):
+    from rlreason.data.split import holdout_split
+
+    if n >= len(set(prompts)):
+        with pytest.raises(ValueError, match="eval_holdout_size"):
+            holdout_split(prompts, n)
+        return
+    train, held = holdout_split(prompts, n)
+    assert sorted(train + held) == list(range(len(prompts)))
+    assert len({prompts[i] for i in held}) == n  # n distinct prompts held out
+    assert not {prompts[i] for i in held} & {prompts[i] for i in train}
+    shuffled = prompts[:]
+    rnd.shuffle(shuffled)
+    _, held_again = holdout_split(shuffled, n)
+    assert {shuffled[i] for i in held_again} == {prompts[i] for i in held}  # whatever the file's order
+
+
+def test_the_heldout_scorer_is_the_tasks_own_reward_unless_configured(tmp_path):
+    from rlreason.build.run_dir import start
+    from rlreason.build.scoring import heldout_rewards
+    from rlreason.config import GRPOConfig
+    from rlreason.rewards import RewardSpecError, accuracy_reward, format_reward
+
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "p", "target": 1}\n')
+    assert heldout_rewards(GRPOConfig(), [accuracy_reward]) == (accuracy_reward, format_reward)  # the embedded task
+    own = GRPOConfig(dataset_name=str(data), reward_funcs=[f"{__file__}:_reward"])
+    assert heldout_rewards(own, [_reward]) == (_reward, None)
+    assert heldout_rewards(own, [accuracy_reward, _reward]) == (accuracy_reward, format_reward)
+    chosen = GRPOConfig(dataset_name=str(data), eval_reward_funcs=["accuracy", f"{__file__}:_reward"])
+    scorer, fmt = heldout_rewards(chosen, [_reward])
+    assert scorer is accuracy_reward and fmt.__name__ == "_reward"
+    with pytest.raises(RewardSpecError, match="no_such_reward"):  # refused at start-up, before any model loads
+        start(GRPOConfig(output_dir=str(tmp_path / "run"), dataset_name=str(data), eval_reward_funcs=["no_such_reward"],
+                         progress=False))

@@ -12,7 +12,15 @@ from typing import Any
 import datasets
 
 from rlreason.config import GRPOConfig
-from rlreason.data import INTERNAL_COLUMNS, arith_dataset, check_golds, kept_rows, load_dataset_any, prepare, rename_columns
+from rlreason.data import (
+    INTERNAL_COLUMNS,
+    arith_dataset,
+    check_golds,
+    kept_rows,
+    load_dataset_any,
+    prepare,
+    rename_columns,
+)
 from rlreason.data.split import holdout_split
 from rlreason.data.tasks.arith import Difficulty
 from rlreason.eval.suites import arith_suite

@@ -18,7 +18,14 @@ from rlreason.eval.suites import SUITES
 from rlreason.loop.parts import RunDir
 from rlreason.rewards import build_rewards
 from rlreason.run import lock
-from rlreason.run.checkpoint import RUN_LOGS, check_output_dir, read_state, resolve_resume, set_aside_newer, truncate_jsonl
+from rlreason.run.checkpoint import (
+    RUN_LOGS,
+    check_output_dir,
+    read_state,
+    resolve_resume,
+    set_aside_newer,
+    truncate_jsonl,
+)
 from rlreason.run.host import capped_threads
 from rlreason.run.resume import change_record, check_config_changes
 
@@ -31,7 +38,8 @@ def start(cfg: GRPOConfig) -> tuple[Accelerator, RunDir]:
         lock.acquire(cfg.output_dir)
     run_dir = open_run_dir(cfg, acc)
     build_rewards(cfg.reward_funcs, cfg.reward_weights)  # a bad reward name fails now, before any model loads
-    build_rewards(cfg.eval_reward_funcs)  # the held-out scorer's too
+    if cfg.eval_reward_funcs:  # the held-out scorer's too
+        build_rewards(cfg.eval_reward_funcs)
     check_eval_settings(cfg)
     return acc, run_dir
 
