@@ -61,10 +61,9 @@ def main(cfg: GRPOConfig) -> dict[str, Any]:
     with stopping.handle_stop_signals():
         try:
             with finish.starting(cfg):
-                parts = build(cfg)
+                trainer = GRPOTrainer(cfg, build(cfg))  # a resume restores its checkpoint here
         except finish.StoppedBeforeTraining:
             return {"interrupted": True, "steps": None}
-        trainer = GRPOTrainer(cfg, parts)
         try:
             with finish.training(trainer):  # the engine's workers closed when training ends
                 summary = trainer.train()

@@ -3,8 +3,7 @@ whatever happens, then the final model, summary.json and the summary lines.
 
     with clean_exit(), stopping.handle_stop_signals():
         with starting(cfg):                 # a stop while building exits at once: nothing trained
-            parts = ...                     # the builders (rlreason/build/)
-        trainer = GRPOTrainer(cfg, parts)
+            trainer = GRPOTrainer(cfg, ...) # the parts from the builders (rlreason/build/)
         try:
             with training(trainer):         # the engine closed when training ends
                 summary = trainer.train()
