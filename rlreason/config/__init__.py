@@ -34,7 +34,8 @@ from rlreason.rollout.base import WeightBackend
 VLLMMode = Literal["colocate", "server"]
 RolloutEngineName = Literal["transformers", "vllm", "vllm_server"]  # rlreason.rollout.factory
 AsyncGenerator = Literal["process", "thread"]  # rlreason.rollout.hf_process
-Optimizer = Literal["adamw_torch", "adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit"]  # rlreason.build.optim
+# adamw_torch_fused (TRL's default) is adamw_torch: rlreason.build.optim fuses torch's AdamW wherever it applies, CPU included
+Optimizer = Literal["adamw_torch", "adamw_torch_fused", "adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit"]  # rlreason.build.optim
 DistillMode = Literal["on_policy", "offline"]
 DistillSelection = Literal["best_of_k", "all_correct", "shortest_correct"]  # distill.teacher.select_completions
 
@@ -57,16 +58,18 @@ OPTIMIZER_KEYS = ("learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "
 @dataclass
 class GRPOConfig:
     # --- run ---
-    output_dir: str = "runs/tiny_cpu"
-    seed: int = 0
-    max_steps: int = 300  # rollout batches; each gives num_iterations optimizer steps; -1 = num_train_epochs
+    # Defaults are TRL 1.16's GRPOConfig's for every key it has (tests/test_trl_config_dump.py); the
+    # embedded demo's own choices are in recipes/configs/tiny_cpu.yaml.
+    output_dir: str = "trainer_output"
+    seed: int = 42
+    max_steps: int = -1  # rollout batches; each gives num_iterations optimizer steps; -1 = num_train_epochs
     num_train_epochs: float = 3.0  # passes over the dataset's prompts when max_steps is -1 (TRL's rule)
     num_threads: int | None = None  # torch intra-op threads, at most the usable cores (None: torch default)
 
     # --- model ---
     model_name_or_path: str = "tiny"  # "tiny" = the embedded model, built on first use
     trust_remote_code: bool = False
-    gradient_checkpointing: bool = False  # recompute each layer's activations in the backward (less memory)
+    gradient_checkpointing: bool = True  # recompute each layer's activations in the backward (less memory)
     # tokens per chunk of the LM head + log-softmax in the log-prob passes, so the [batch, seq, vocab]
     # logits never exist at once (rlreason/loop/logprobs.py); 0 or None = the model's full logits
     logprob_chunk_size: int | None = 512
@@ -123,8 +126,10 @@ class GRPOConfig:
 
     # --- generation ---
     num_generations: int = 8
-    max_prompt_length: int = 128
-    max_completion_length: int = 64
+    # rlreason's own limit (TRL 1.16 has none): prompts longer than this many tokens are dropped, with a
+    # count in the log; None = no limit, nothing dropped
+    max_prompt_length: int | None = None
+    max_completion_length: int = 512
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
@@ -144,7 +149,7 @@ class GRPOConfig:
     vllm_tensor_parallel_size: int = 1
     vllm_enable_sleep_mode: bool = False  # free vLLM's KV cache while training (GPU)
     vllm_server_base_url: str | None = None  # server mode; None = http://{vllm_server_host}:{vllm_server_port}
-    vllm_server_host: str = "127.0.0.1"
+    vllm_server_host: str = "0.0.0.0"  # the client connects to it (as TRL's VLLMClient: 0.0.0.0 reaches this host)
     vllm_server_port: int = 8000
     vllm_server_timeout: float = 240.0  # seconds to wait for the server to come up
     vllm_group_port: int = 51216  # port the trainer opens for the weight-transfer group (server mode)
@@ -178,18 +183,18 @@ class GRPOConfig:
     async_generator: AsyncGenerator = "thread"
 
     # --- optimisation ---
-    per_device_train_batch_size: int = 64  # completions per micro-batch
-    gradient_accumulation_steps: int = 2  # micro-batches per optimizer step
-    learning_rate: float = 1e-5
-    lr_scheduler_type: str = "constant_with_warmup"
+    per_device_train_batch_size: int = 8  # completions per micro-batch
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
+    learning_rate: float = 1e-6
+    lr_scheduler_type: str = "linear"
     warmup_steps: int = 0
     warmup_ratio: float = 0.0  # warmup as a fraction of the optimizer steps, when warmup_steps is 0 (TRL's rule)
-    lr_scheduler_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {min_lr_rate: 0.1} (cosine_with_min_lr)
+    lr_scheduler_kwargs: dict[str, Any] | None = None  # e.g. {min_lr_rate: 0.1} (cosine_with_min_lr)
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
-    adam_beta2: float = 0.99
+    adam_beta2: float = 0.999
     max_grad_norm: float = 1.0
-    optim: Optimizer = "adamw_torch"  # adamw_torch | adamw_8bit | paged_adamw_8bit (8-bit: pip install bitsandbytes)
+    optim: Optimizer = "adamw_torch_fused"  # adamw_torch(_fused) | adamw_8bit | paged_adamw_8bit (8-bit: pip install bitsandbytes)
 
     # --- GRPO family (see rlreason/algorithms/ and docs/algorithms.md) ---
     loss_type: LossType = "dapo"  # preset: grpo | dr_grpo | dapo | bnpo | gspo
@@ -232,7 +237,9 @@ class GRPOConfig:
     teacher_reward_weight: float = 0.0  # 0 = distillation alone (rewards are still computed and logged)
 
     # --- evaluation, logging, checkpoints ---
-    eval_steps: int = 50  # held-out greedy eval every N steps (0 = only before and after)
+    # held-out greedy eval every N steps; None or 0 = only before and after (TRL's default eval_strategy "no";
+    # eval_strategy: steps without eval_steps = every logging_steps, as TRL: rlreason.config.trl.migrate)
+    eval_steps: int | None = None
     eval_size: int = 200  # problems in the periodic eval
     final_eval_size: int = 1000  # problems in the before/after eval
     # A dataset of your own: this many of its rows held out of training (chosen by a hash of the
@@ -246,12 +253,13 @@ class GRPOConfig:
     eval_max_tokens: int | None = None  # None = max_completion_length
     eval_suites: list[str] = field(default_factory=list)  # benchmark suites (rlreason.eval.suites) at eval_steps
     eval_suites_limit: int | None = None  # problems per suite (None = all)
-    logging_steps: int = 1
+    logging_steps: int = 10
     log_completions_steps: int = 10  # write sampled completions every N steps
-    save_steps: int = 100
-    save_total_limit: int = 2  # newest checkpoints kept (plus the best one if metric_for_best_model is set)
+    save_steps: int = 500
+    # newest checkpoints kept (plus the best one if metric_for_best_model is set); None or 0 = all
+    save_total_limit: int | None = None
     metric_for_best_model: str | None = None  # e.g. "eval/accuracy": also keep the checkpoint that scored best
-    greater_is_better: bool = True
+    greater_is_better: bool | None = None  # None: transformers' rule, True unless metric_for_best_model ends in "loss"
     resume_from_checkpoint: str | None = None  # "auto" = newest complete checkpoint in output_dir, or a path
     overwrite_output_dir: bool = False  # start over in an output_dir that holds another run's checkpoints
     # keys a resumed run may change (optimizer settings only: rlreason/run/resume.py), e.g. [learning_rate]
@@ -262,6 +270,8 @@ class GRPOConfig:
 
     def __post_init__(self) -> None:
         self._resolve_engine()
+        if self.greater_is_better is None and self.metric_for_best_model:  # transformers' TrainingArguments rule
+            self.greater_is_better = not self.metric_for_best_model.endswith("loss")
         if self.async_rollouts:
             self._resolve_async()
         self.validate()
@@ -321,7 +331,6 @@ class GRPOConfig:
         need(self.max_failed_reward_steps >= 1, "max_failed_reward_steps",
              f"must be >= 1, got {self.max_failed_reward_steps}")
         need(self.max_nonfinite_steps >= 1, "max_nonfinite_steps", f"must be >= 1, got {self.max_nonfinite_steps}")
-        need(self.save_total_limit >= 0, "save_total_limit", f"must be >= 0, got {self.save_total_limit}")
         need(self.lora_r >= 1, "lora_r", f"must be >= 1, got {self.lora_r}")
         need(0 <= self.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
         need(not self.load_in_4bit or self.use_peft, "load_in_4bit",
@@ -407,12 +416,17 @@ class GRPOConfig:
         """Numeric keys whose values make no sense: caught at start-up, not as a reversed update
         (max_grad_norm < 0 flips every gradient) or a KeyError deep in the loop (a batch of 0)."""
         for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "generation_batch_prompts",
-                    "logging_steps", "arith_train_size", "eval_size", "max_prompt_length"):
+                    "logging_steps", "arith_train_size", "eval_size"):
             need(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        need(self.max_prompt_length is None or self.max_prompt_length >= 1, "max_prompt_length",
+             f"must be >= 1, or null for no limit, got {self.max_prompt_length}")
         for key in ("save_steps", "eval_steps", "log_completions_steps", "warmup_steps", "final_eval_size",
-                    "top_k", "seed", "eval_holdout_size"):
-            # 0 = off (save/eval only at the end; no sampled completions; no warm-up; nothing held out)
-            need(getattr(self, key) >= 0, key, f"must be >= 0 (0 = off), got {getattr(self, key)}")
+                    "top_k", "seed", "eval_holdout_size", "save_total_limit"):
+            # 0 = off (save/eval only at the end; no sampled completions; no warm-up; nothing held out; keep all);
+            # None (eval_steps, save_total_limit) is TRL's default, the same as 0
+            value = getattr(self, key)
+            need(value is None and key in ("eval_steps", "save_total_limit") or value is not None and value >= 0,
+                 key, f"must be >= 0 (0 = off), got {value}")
         for key in ("weight_decay", "beta", "entropy_coef", "teacher_kl_coef", "teacher_reward_weight"):
             value = getattr(self, key)
             need(math.isfinite(value) and value >= 0, key, f"must be a finite number >= 0, got {value}")
