@@ -34,8 +34,9 @@ from rlreason.rollout.base import WeightBackend
 VLLMMode = Literal["colocate", "server"]
 RolloutEngineName = Literal["transformers", "vllm", "vllm_server"]  # rlreason.rollout.factory
 AsyncGenerator = Literal["process", "thread"]  # rlreason.rollout.hf_process
-# adamw_torch_fused (TRL's default) is adamw_torch: rlreason.build.optim fuses torch's AdamW wherever it applies, CPU included
-Optimizer = Literal["adamw_torch", "adamw_torch_fused", "adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit"]  # rlreason.build.optim
+# rlreason.build.optim; adamw_torch_fused (TRL's default, a CUDA kernel in transformers) is adamw_torch here, which
+# is fused wherever torch can fuse it, CPU included
+Optimizer = Literal["adamw_torch", "adamw_torch_fused", "adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit"]
 DistillMode = Literal["on_policy", "offline"]
 DistillSelection = Literal["best_of_k", "all_correct", "shortest_correct"]  # distill.teacher.select_completions
 
@@ -194,7 +195,7 @@ class GRPOConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     max_grad_norm: float = 1.0
-    optim: Optimizer = "adamw_torch_fused"  # adamw_torch(_fused) | adamw_8bit | paged_adamw_8bit (8-bit: pip install bitsandbytes)
+    optim: Optimizer = "adamw_torch_fused"  # adamw_torch(_fused) | adamw_8bit | paged_adamw_8bit (bitsandbytes)
 
     # --- GRPO family (see rlreason/algorithms/ and docs/algorithms.md) ---
     loss_type: LossType = "dapo"  # preset: grpo | dr_grpo | dapo | bnpo | gspo
