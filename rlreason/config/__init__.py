@@ -25,7 +25,7 @@ from typing import Any, Literal
 import yaml
 
 from rlreason.algorithms import PRESETS, AdvantageEstimator, AdvantageScale, KLKind, LossType, RatioLevel, clip_range
-from rlreason.config.trl import migrate
+from rlreason.config.trl import RENAMED, migrate
 from rlreason.rollout.base import WeightBackend
 
 # Keys with a fixed set of values are annotated with a Literal type, defined once (the algorithm's
@@ -619,39 +619,99 @@ def yaml_problem(e: yaml.YAMLError) -> str:
     return f"{where}{problem}{started}"
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``--key value``, ``--key=value`` or ``key=value`` items -> dict; values parsed as YAML."""
+def parse_overrides(items: list[str], cls: type[GRPOConfig] = GRPOConfig) -> dict[str, Any]:
+    """Command-line items -> dict, read as TRL's parser (transformers' ``HfArgumentParser``) reads them,
+    typed by ``cls``'s field annotations (TRL's names are typed as the key they are renamed to):
+
+    - ``--key value``, ``--key=value`` (and ``key=value``); a value is read as YAML, so
+      ``--reward_weights [1, 0.5]`` and ``--dataset_filter "{level: [3]}"`` work;
+    - a bool key: a bare ``--use_peft`` is true, ``--use_peft false`` (yes/no, true/false, t/f, y/n,
+      1/0) sets it, ``--no_use_peft`` is false; a key rlreason does not hold as a field (TRL's
+      ignored ones, ``--push_to_hub``) is true when bare, as TRL's bools are;
+    - a list key takes every value up to the next ``--``: ``--lora_target_modules q_proj v_proj``,
+      ``--reward_funcs accuracy format``, ``--report_to none``.
+    """
+    types_ = _field_types(cls)
+
+    def type_of(key: str) -> Any:
+        return types_.get(key) or types_.get(RENAMED.get(key, ""))
+
     out: dict[str, Any] = {}
     i = 0
     while i < len(items):
         item = items[i]
-        if item.startswith("--"):
-            item = item[2:]
-            if "=" not in item:
-                if i + 1 >= len(items):
-                    raise ConfigError(f"config key '{item}' given on the command line without a value")
-                item = f"{item}={items[i + 1]}"
-                i += 1
-        if "=" not in item:
-            raise ConfigError(f"cannot read command-line override {item!r}: use --key value or key=value")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config key '{key}' on the command line: cannot read {raw!r} as a YAML value "
-                              f"({getattr(e, 'problem', None) or e}); quote it, or fix its brackets") from None
-        if "#" in raw and (value is None or isinstance(value, str)) and value != raw:
-            value = raw  # YAML read " #..." as a comment: a command-line text keeps all of it
-        out[key.replace("-", "_")] = value
         i += 1
+        if not item.startswith("--"):
+            if "=" not in item:
+                raise ConfigError(f"cannot read command-line item {item!r}: use --key value, --key=value or key=value")
+            key, raw = item.split("=", 1)
+            out[key.replace("-", "_")] = _cli_value(key, raw, type_of(key.replace("-", "_")))
+            continue
+        key, eq, raw = item[2:].partition("=")
+        key = key.replace("-", "_")
+        if eq:
+            out[key] = _cli_value(key, raw, type_of(key))
+            continue
+        values = []  # the values up to the next --flag
+        while i < len(items) and not items[i].startswith("--"):
+            values.append(items[i])
+            i += 1
+        tp = type_of(key)
+        if key.startswith("no_") and tp is None and _is_bool(type_of(key[3:])) and not values:
+            out[key[3:]] = False  # --no_use_peft, as HfArgumentParser's complement flags
+        elif not values:
+            if tp is not None and not _is_bool(tp):
+                raise ConfigError(f"config key '{key}' given on the command line without a value")
+            out[key] = True  # a bare flag: a bool key set to true
+        elif len(values) == 1:
+            out[key] = _cli_value(key, values[0], tp)
+        elif tp is not None and _is_list(tp):
+            out[key] = [_cli_value(key, v, None) for v in values]
+        else:
+            raise ConfigError(f"config key '{key}' takes one value on the command line, got {len(values)}: "
+                              f"{' '.join(values)} (quote a value with spaces)")
     return out
+
+
+def _is_bool(tp: Any) -> bool:
+    """``bool`` or ``bool | None``."""
+    return tp is bool or (typing.get_origin(tp) in (typing.Union, types.UnionType)
+                          and set(typing.get_args(tp)) == {bool, type(None)})
+
+
+def _is_list(tp: Any) -> bool:
+    """A list type, alone or in a union (``str | list[str]``)."""
+    if typing.get_origin(tp) is list:
+        return True
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and any(_is_list(a) for a in typing.get_args(tp))
+
+
+# transformers' string_to_bool: the words a bool flag takes
+_TRUE, _FALSE = ("yes", "true", "t", "y", "1"), ("no", "false", "f", "n", "0")
+
+
+def _cli_value(key: str, raw: str, tp: Any) -> Any:
+    """One command-line value: a bool key's word as transformers reads it, else YAML (text kept whole)."""
+    if _is_bool(tp) and raw.lower() in _TRUE + _FALSE:
+        return raw.lower() in _TRUE
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config key '{key}' on the command line: cannot read {raw!r} as a YAML value "
+                          f"({getattr(e, 'problem', None) or e}); quote it, or fix its brackets") from None
+    if "#" in raw and (value is None or isinstance(value, str)) and value != raw:
+        value = raw  # YAML read " #..." as a comment: a command-line text keeps all of it
+    return value
 
 
 def parse_args(argv: list[str] | None = None, default_config: str | Path | None = None,
                cls: type[GRPOConfig] = GRPOConfig) -> GRPOConfig:
-    ap = argparse.ArgumentParser(description=f"Train ({cls.__name__}). Any config key can be overridden: --key value")
+    """The config: ``--config`` file (else ``default_config``), then the command line's keys over it
+    (``parse_overrides``: TRL's parser's forms). Every unknown key is named in one error."""
+    ap = argparse.ArgumentParser(description=f"Train ({cls.__name__}). Any config key can be overridden: --key value",
+                                 allow_abbrev=False)  # --conf is an unknown key, not --config
     ap.add_argument("--config", default=str(default_config) if default_config else None, help="YAML config file")
     args, rest = ap.parse_known_args(argv)
     values = load_yaml(args.config) if args.config else {}
-    values.update(parse_overrides(rest))
+    values.update(parse_overrides(rest, cls))
     return from_dict(values, cls)

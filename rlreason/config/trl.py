@@ -61,6 +61,9 @@ IGNORED: dict[str, str] = {
                      "torch_compile", "use_cache", "ds3_gather_for_generation", "activation_checkpointing_kwargs",
                      "torch_compile_backend", "torch_compile_mode", "liger_kernel_config", "pad_to_multiple_of"),
                     "rlreason loads the model's default revision and attention and computes log-probs itself"),
+    "dataset_test_split": "held-out rows are eval_holdout_size rows of the training split (or the embedded task's own)",
+    "ignore_bias_buffers": "rlreason draws its own prompt stream; processes and devices come from accelerate launch",
+    "use_bnb_nested_quant": "QLoRA's base is NF4 with its constants quantised too (bitsandbytes' double quant), always",
     **dict.fromkeys(("label_smoothing_factor", "average_tokens_across_devices"),
                     "TRL's GRPOTrainer computes its own loss (normalised as loss_type says) and does not read it"),
     **dict.fromkeys(("use_transformers_paged", "use_transformers_continuous_batching",
@@ -73,6 +76,7 @@ TRANSLATED: dict[str, str] = {
     "eval_strategy": "'steps' without eval_steps: eval_steps = logging_steps (TRL's rule); 'no': eval_steps "
                      "alone decides; 'epoch': an error (rlreason evaluates every eval_steps)",
     "evaluation_strategy": "transformers' former name of eval_strategy, read the same way",
+    "reward_model_name_or_path": "`trl grpo`'s reward model: appended to reward_funcs (a reward-model entry)",
 }
 
 
@@ -103,6 +107,15 @@ ONLY_AT_DEFAULT: dict[str, tuple[tuple[Any, ...] | Callable[[Any], bool], str]] 
     "chat_template_kwargs": (_off, "the chat template is rendered with its defaults; a chat_template changes it"),
     "vllm_structured_outputs_regex": ((None,), "sampling is not constrained by a regex"),
     "vllm_max_model_length": ((None,), "vLLM's context is the model's own"),
+    # TRL's ScriptArguments and ModelConfig (`trl grpo`'s command line)
+    "dataset_streaming": ((False,), "the dataset is loaded whole (its rows are shuffled into the prompt stream)"),
+    "lora_target_parameters": ((None,), "LoRA adapts lora_target_modules"),
+    "lora_task_type": (("CAUSAL_LM",), "the policy is a causal language model"),
+    "use_rslora": ((False,), "LoRA scales by lora_alpha / lora_r"),
+    "use_dora": ((False,), "plain LoRA adapters"),
+    "load_in_8bit": ((False,), "quantised bases are 4-bit NF4 (load_in_4bit)"),
+    "bnb_4bit_quant_type": (("nf4",), "QLoRA's base weights are NF4"),
+    "bnb_4bit_quant_storage": ((None,), "bitsandbytes' default storage"),
 }
 
 # Keys rlreason cannot honour: an error, because silently training differently would be worse.
@@ -238,6 +251,11 @@ def shown(accepts: tuple[Any, ...] | Callable[[Any], bool]) -> str:
 
 def _translate(key: str, value: Any, values: dict[str, Any], out: dict[str, Any]) -> str | None:
     """TRANSLATED's ``key`` into rlreason's settings in ``out`` (after every other key); an error, or None."""
+    if key == "reward_model_name_or_path":
+        if value is not None:  # TRL: the reward functions named, then the reward model
+            funcs = out.get("reward_funcs")
+            out["reward_funcs"] = [*([] if funcs is None else funcs if isinstance(funcs, list) else [funcs]), value]
+        return None
     # eval_strategy / evaluation_strategy
     if value == "steps":
         if values.get("eval_steps") is None:  # TRL: eval_steps defaults to logging_steps
