@@ -89,5 +89,5 @@ def test_trls_own_keys_on_the_command_line():
     # `trl grpo`'s script arguments: the split is renamed, the reward model joins reward_funcs
     cfg = parse_args(["--dataset_train_split", "test", "--reward_funcs", "accuracy", "format",
                       "--reward_model_name_or_path", "my/reward-model"])
-    assert cfg.dataset_split == "test" and cfg.reward_funcs == ["accuracy", "format", "my/reward-model"]
+    assert cfg.dataset_split == "test" and cfg.reward_funcs == ["my/reward-model", "accuracy", "format"]  # TRL's order
     assert parse_args(["--reward_model_name_or_path", "rm"]).reward_funcs == ["rm"]  # as TRL: the model alone

@@ -48,7 +48,15 @@ def _dump(tmp_path) -> dict:
     return load_yaml(path)
 
 
+def _script_defaults() -> dict:
+    """`trl grpo`'s other arguments (its script's and the model's) at their defaults."""
+    from trl.scripts.grpo import GRPOScriptArguments
+
+    return {k: v for cls in (GRPOScriptArguments, trl.ModelConfig) for k, v in vars(cls()).items()}
+
+
 TRL_FIELDS = [f.name for f in dataclasses.fields(trl.GRPOConfig)]
+SCRIPT_FIELDS = [k for k in _script_defaults() if k not in TRL_FIELDS]
 OURS = {f.name for f in dataclasses.fields(GRPOConfig)}
 TABLES = {"RENAMED": T.RENAMED, "IGNORED": T.IGNORED, "TRANSLATED": T.TRANSLATED,
           "ONLY_AT_DEFAULT": T.ONLY_AT_DEFAULT, "UNSUPPORTED": T.UNSUPPORTED}
@@ -56,7 +64,7 @@ TABLES = {"RENAMED": T.RENAMED, "IGNORED": T.IGNORED, "TRANSLATED": T.TRANSLATED
 
 def test_every_trl_field_is_in_exactly_one_category():
     assert len(TRL_FIELDS) > 150  # TrainingArguments' fields are there too
-    for key in TRL_FIELDS:
+    for key in TRL_FIELDS + SCRIPT_FIELDS:
         where = (["rlreason's GRPOConfig"] if key in OURS else []) + [n for n, t in TABLES.items() if key in t]
         if key in PENDING:
             assert where in ([], ["UNSUPPORTED"]), (key, where)
@@ -93,6 +101,10 @@ def test_trl_default_dump_loads_with_trls_values(tmp_path, caplog):
     path = tmp_path / "ours.yaml"
     path.write_text(yaml.safe_dump(values))
     assert parse_args(["--config", str(path)]).to_dict() == cfg.to_dict()
+    # `trl grpo`'s script and model arguments at their defaults load too
+    script = {k: v for k, v in _script_defaults().items() if k not in ("model_name_or_path", "dataset_name",
+                                                                        "reward_funcs")}  # None: nothing to train
+    assert from_dict({**values, **script}).lora_target_modules is None
 
 
 @pytest.mark.xfail(bool(PENDING), reason="keys still implemented in other branches of issue 31 (PENDING)",
@@ -102,11 +114,12 @@ def test_the_whole_trl_default_dump_loads(tmp_path):
 
 
 def test_defaults_are_trls_or_listed_with_why():
-    ours, theirs = GRPOConfig(), _trl_config()
-    differ = {k for k in TRL_FIELDS if k in OURS and getattr(ours, k) != getattr(theirs, k)}
+    ours = GRPOConfig()
+    theirs = {**_script_defaults(), **vars(_trl_config())}  # TRL's GRPOConfig, then `trl grpo`'s other arguments
+    differ = {k for k in TRL_FIELDS + SCRIPT_FIELDS if k in OURS and getattr(ours, k) != theirs[k]}
     assert differ - PENDING_DEFAULTS == set(T.DEFAULTS_DIFFER)
     for key, (trl_default, our_default, why) in T.DEFAULTS_DIFFER.items():
-        assert (trl_default, our_default) == (getattr(theirs, key), getattr(ours, key)) and why, key
+        assert (trl_default, our_default) == (theirs[key], getattr(ours, key)) and why, key
 
 
 def _other_value(default):
@@ -119,7 +132,7 @@ def _other_value(default):
 
 
 def test_a_key_rlreason_cannot_honour_loads_at_trls_default_and_is_refused_otherwise():
-    defaults = _trl_config(output_dir="x").to_dict()
+    defaults = {**_script_defaults(), **_trl_config(output_dir="x").to_dict()}
     for key, (_, why) in T.ONLY_AT_DEFAULT.items():
         default = defaults.get(key)
         assert T.accepted(key, default), key

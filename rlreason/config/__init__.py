@@ -87,8 +87,9 @@ class GRPOConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05  # SFT only: GRPO switches dropout off (it is noise in the ratio and KL)
-    lora_target_modules: str | list[str] = "all-linear"
-    lora_modules_to_save: list[str] = field(default_factory=list)  # fully trained (e.g. ["lm_head"])
+    # None: peft's choice for the architecture (TRL's ModelConfig default; q_proj, v_proj for Qwen2)
+    lora_target_modules: str | list[str] | None = "all-linear"
+    lora_modules_to_save: list[str] | None = None  # fully trained (e.g. ["lm_head"])
     load_in_4bit: bool = False  # QLoRA: NF4 base weights (bitsandbytes, CUDA)
 
     # --- data ---

@@ -76,7 +76,7 @@ TRANSLATED: dict[str, str] = {
     "eval_strategy": "'steps' without eval_steps: eval_steps = logging_steps (TRL's rule); 'no': eval_steps "
                      "alone decides; 'epoch': an error (rlreason evaluates every eval_steps)",
     "evaluation_strategy": "transformers' former name of eval_strategy, read the same way",
-    "reward_model_name_or_path": "`trl grpo`'s reward model: appended to reward_funcs (a reward-model entry)",
+    "reward_model_name_or_path": "`trl grpo`'s reward model: the first entry of reward_funcs (TRL's order)",
 }
 
 
@@ -149,6 +149,12 @@ UNSUPPORTED: dict[str, str] = {
 # rlreason defaults that differ from TRL's GRPOConfig, and why (docs/migrating_from_trl.md).
 DEFAULTS_DIFFER: dict[str, tuple[Any, Any, str]] = {
     "scale_rewards": ("group", None, "None = the loss_type preset's choice (docs/algorithms.md)"),
+    # `trl grpo`'s script and model arguments
+    "model_name_or_path": (None, "tiny", "the embedded model, so that a run needs no download"),
+    "dataset_name": (None, "arith", "the embedded arithmetic task"),
+    "reward_funcs": (None, ["accuracy"], "the embedded task's verifier"),
+    "lora_target_modules": (None, "all-linear", "every linear layer, as QLoRA found best; null = peft's choice for "
+                            "the architecture, as TRL"),
 }
 
 # Value forms TRL accepts that rlreason spells otherwise: key -> {TRL value: rlreason value}.
@@ -252,9 +258,9 @@ def shown(accepts: tuple[Any, ...] | Callable[[Any], bool]) -> str:
 def _translate(key: str, value: Any, values: dict[str, Any], out: dict[str, Any]) -> str | None:
     """TRANSLATED's ``key`` into rlreason's settings in ``out`` (after every other key); an error, or None."""
     if key == "reward_model_name_or_path":
-        if value is not None:  # TRL: the reward functions named, then the reward model
+        if value is not None:  # trl grpo: the reward model first, then the reward functions named
             funcs = out.get("reward_funcs")
-            out["reward_funcs"] = [*([] if funcs is None else funcs if isinstance(funcs, list) else [funcs]), value]
+            out["reward_funcs"] = [value, *([] if funcs is None else funcs if isinstance(funcs, list) else [funcs])]
         return None
     # eval_strategy / evaluation_strategy
     if value == "steps":
