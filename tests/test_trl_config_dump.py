@@ -155,3 +155,16 @@ def test_eval_strategy_means_what_it_means_in_trl():
     assert from_dict({"eval_strategy": "no", "eval_steps": 7}).eval_steps == 7
     with pytest.raises(ConfigError, match="'eval_strategy': 'epoch' is not supported"):
         from_dict({"eval_strategy": "epoch"})
+
+
+def test_trls_none_defaults_mean_what_they_mean_in_trl(tmp_path):
+    from rlreason.run.checkpoint import _to_keep
+
+    # greater_is_better unset: transformers' rule, from the metric's name
+    for metric in ("eval/accuracy", "eval/loss", None):
+        assert GRPOConfig(metric_for_best_model=metric).greater_is_better == \
+            _trl_config(metric_for_best_model=metric).greater_is_better, metric
+    # save_total_limit unset keeps every checkpoint, as 0 did
+    ckpts = [tmp_path / f"step-{i}" for i in range(5)]
+    assert _to_keep(ckpts, None, None) == _to_keep(ckpts, 0, None) == set(ckpts)
+    assert _to_keep(ckpts, 2, ckpts[0]) == {ckpts[0], ckpts[3], ckpts[4]}
