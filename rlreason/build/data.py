@@ -35,7 +35,8 @@ GIVEN_DATASET = "<train_dataset>"
 
 
 def load_data(cfg: GRPOConfig, tokenizer: Any, dataset: datasets.Dataset | None = None,
-              eval_dataset: datasets.Dataset | None = None) -> tuple[datasets.Dataset, list[dict]]:
+              eval_dataset: datasets.Dataset | None = None, rewards: list | None = None,
+              ) -> tuple[datasets.Dataset, list[dict]]:
     """(training prompts, held-out rows): rendered and tokenized (rlreason.data.prepare). The
     embedded arithmetic task brings its own held-out problems; another dataset gives
     ``eval_holdout_size`` of its rows (rlreason.data.split: by a hash of the prompt), never trained on.
@@ -44,8 +45,9 @@ def load_data(cfg: GRPOConfig, tokenizer: Any, dataset: datasets.Dataset | None 
     in the file: every prompt (``check_prompts``), and every gold of the built-in accuracy reward,
     read by the reward's own parser (``check_golds``).
 
-    ``dataset`` / ``eval_dataset``: a Python caller's (TRL's ``train_dataset`` / ``eval_dataset``),
-    in place of ``dataset_name``'s; the eval rows are the held-out problems."""
+    ``dataset`` / ``eval_dataset`` / ``rewards``: a Python caller's (TRL's ``train_dataset`` /
+    ``eval_dataset`` / ``reward_funcs``), in place of the config's; the eval rows are the held-out
+    problems."""
     common = dict(prompt_column=cfg.prompt_column, tokenizer=tokenizer, template=cfg.prompt_template,
                   use_chat_template=embedded_chat(cfg.use_chat_template, cfg.dataset_name == "arith"),
                   system_prompt=cfg.system_prompt, max_prompt_length=cfg.max_prompt_length)
@@ -53,7 +55,7 @@ def load_data(cfg: GRPOConfig, tokenizer: Any, dataset: datasets.Dataset | None 
         if dataset is None:
             raise ValueError(f"config key 'dataset_name': {GIVEN_DATASET} means a train_dataset given from Python")
         data = rename_columns(dataset, cfg.column_map)
-        for reward in accuracy_rewards(cfg):
+        for reward in accuracy_rewards(cfg, rewards):
             column = reward.gold_from(data.column_names)
             if column is not None:
                 check_golds(data, column, reward.read_gold, source="train_dataset",
@@ -67,7 +69,7 @@ def load_data(cfg: GRPOConfig, tokenizer: Any, dataset: datasets.Dataset | None 
         rows = kept_rows(raw, cfg.dataset_filter)  # the file's row of each row kept
         data = rename_columns(raw.select(rows) if len(rows) < len(raw) else raw, cfg.column_map)
         source = dataset_source(cfg)
-        for reward in accuracy_rewards(cfg):
+        for reward in accuracy_rewards(cfg, rewards):
             column = reward.gold_from(data.column_names)  # none: dataset_rewards names the missing column
             if column is not None:
                 check_golds(data, column, reward.read_gold, source=source, rows=rows,
