@@ -372,3 +372,31 @@ def test_yaml_recipe_and_python_api_are_one_path(tmp_path):
     assert a["reward/std"] > 0 and a["grad_norm"] > 0  # a step that trains, not two empty ones
     for key in ("reward/mean", "reward/std", "loss", "grad_norm", "entropy", "completion/mean_length"):
         assert a[key] == b[key], key
+
+
+def test_reward_model_folder_in_a_yaml_config(tiny_path, tmp_path):
+    """A local reward-model folder in a YAML config's reward_funcs (the recipe's path): scored and
+    logged under the folder's name; one that cannot score the data is named at start-up."""
+    from _recipes import grpo
+
+    folder = _reward_model(tiny_path, tmp_path / "yaml-rm")
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    argv = ["--model_name_or_path", "tiny", "--dataset_name", str(data), "--reward_funcs", f"[{folder}]",
+            "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1", "--num_generations", "4",
+            "--max_completion_length", "16", "--max_steps", "1", "--learning_rate", "1e-5", "--seed", "0",
+            "--save_steps", "0", "--eval_steps", "0", "--final_eval_size", "0", "--log_completions_steps", "0",
+            "--reward_num_workers", "1", "--progress", "false", "--max_prompt_length", "64", "--report_to", "none"]
+    grpo([*argv, "--output_dir", str(tmp_path / "out")])
+    row = metrics(tmp_path / "out")[0]
+    assert row["rewards/yaml-rm/failures"] == 0 and row["rewards/yaml-rm/std"] > 0
+    # conversational prompts need the reward tokenizer's chat template: without one, named before training
+    for name in ("chat_template.jinja", "chat_template.json"):
+        (folder / name).unlink(missing_ok=True)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    assert not AutoTokenizer.from_pretrained(folder).chat_template
+    with pytest.raises(ValueError, match="yaml-rm.*chat template"):
+        grpo([*argv, "--output_dir", str(tmp_path / "out2"), "--system_prompt", "Be brief."])
+    assert not (tmp_path / "out2" / "metrics.jsonl").exists()
