@@ -339,6 +339,17 @@ def test_peft_config(tmp_path):
     assert any("lora_A" in n for n, _ in trainer.model.named_parameters())
     trainer.train()
     assert any((tmp_path / "out" / "final_model").iterdir())
+    # a PEFT model object, as TRL takes one: trained as it is (its adapter, not a second one)
+    from peft import get_peft_model
+
+    base = AutoModelForCausalLM.from_pretrained(trainer.model.base_model.model.config._name_or_path)
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    second = GRPOTrainer(model=peft_model, reward_funcs=reward_len, args=small(tmp_path / "b", max_steps=1),
+                         train_dataset=dataset)
+    adapted = {n for n, p in second.model.named_parameters() if p.requires_grad}
+    assert adapted and all("lora_" in n for n in adapted) and not any("o_proj.lora" in n for n in adapted)
+    second.train()
+    assert (tmp_path / "b" / "out" / "final_model").is_dir()
 
 
 REWARD_FILE = '''
