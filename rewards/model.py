@@ -59,6 +59,8 @@ def model_name(model: torch.nn.Module) -> str:
 class RewardModel:
     """A sequence-classification model as a reward function (see the module docstring)."""
 
+    rlreason_in_process = True  # IN_PROCESS_ATTRIBUTE: never sent to the reward worker pool
+
     def __init__(self, model: torch.nn.Module, tokenizer: Any, label: str) -> None:
         labels = getattr(model.config, "num_labels", None)
         head = type(model).__name__.endswith("ForSequenceClassification") or hasattr(model, "score")
@@ -78,8 +80,6 @@ class RewardModel:
         self.tokenizer = tokenizer
         self.__name__ = model_name(model)
         self.label = label
-
-    rlreason_in_process = True
 
     def to(self, device: torch.device | str) -> RewardModel:
         self.model.to(device)

@@ -166,7 +166,9 @@ class GRPOTrainer:
             summary = train_and_finish(self.trainer)
         self._call("on_train_end")
         loss = sum(self._losses) / len(self._losses) if self._losses else math.nan
-        return TrainOutput(global_step=self.trainer.step, training_loss=loss, metrics=dict(summary))
+        # TRL's metric names next to the run's summary (held-out accuracy before / after, times)
+        metrics = {**summary, "train_runtime": summary.get("train_time_s"), "train_loss": loss}
+        return TrainOutput(global_step=self.trainer.step, training_loss=loss, metrics=metrics)
 
     def save_model(self, output_dir: str | None = None) -> None:
         """The policy (and tokenizer) in Hugging Face format in ``output_dir`` (default: the config's)."""
