@@ -288,6 +288,23 @@ def test_reward_model_object_conversational_matches_trl_rendering(tiny_path, tmp
     assert row["rewards/rm-obj/mean"] == pytest.approx(sum(expected) / len(expected), rel=1e-4, abs=1e-5)
 
 
+def test_grpo_config_takes_what_a_yaml_takes(tmp_path, caplog):
+    """TRL's GRPOConfig line works from Python as from YAML: TRL keys and value forms read, ignored
+    keys named in a warning; still a plain dataclass for the rest of the code."""
+    import dataclasses
+
+    from rlreason.config import from_dict
+
+    line = dict(bf16=False, use_cpu=True, scale_rewards=False, report_to="none", learning_rate=1, seed=5)
+    with caplog.at_level("WARNING", logger="rlreason.config"):
+        cfg = GRPOConfig(tmp_path / "o", **line)  # output_dir first and positional, as in TRL; a Path too
+    assert cfg.output_dir == str(tmp_path / "o") and cfg.scale_rewards == "none" and cfg.report_to == []
+    assert cfg.learning_rate == 1.0 and isinstance(cfg.learning_rate, float)
+    assert "'bf16'" in caplog.text and "'use_cpu'" in caplog.text
+    assert cfg == from_dict({"output_dir": str(tmp_path / "o"), **line})  # the YAML path: the same config
+    assert dataclasses.replace(cfg, seed=6).seed == 6 and cfg.to_dict()["seed"] == 5
+
+
 def test_wrong_arguments_are_refused_clearly(tiny_path, tmp_path):
     dataset = datasets.Dataset.from_dict({"prompt": PROMPTS})
 

@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import logging
 import math
+import os
 import types
 import typing
 from collections.abc import Callable
@@ -576,6 +577,8 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
         return dict(value)
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if tp is str and isinstance(value, os.PathLike):  # GRPOConfig(output_dir=tmp_path) from Python
+        return os.fspath(value)
     if tp is float and isinstance(value, str):
         try:
             return float(value)  # YAML reads "1e-5" as a string
