@@ -208,9 +208,11 @@ def _model_id(model: str | torch.nn.Module) -> str:
     return getattr(config, "_name_or_path", "") or type(model).__name__
 
 
-def _entry_name(entry: Any) -> str | dict[str, Any]:
+def _entry_name(entry: Any) -> Any:
     """How config.yaml records a reward_funcs entry: a spec or config entry as given, else a name."""
-    if isinstance(entry, str | dict):
+    if isinstance(entry, dict):  # {name, weight, kwargs}: the name recorded as text
+        return {**entry, "name": _entry_name(entry.get("name"))}
+    if isinstance(entry, str) or entry is None:
         return entry
     return model_name(entry) if is_reward_model(entry) else reward_name(entry)
 

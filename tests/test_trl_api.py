@@ -222,6 +222,24 @@ def test_extra_column_ground_truth(tmp_path):
     assert call["level"] == [PROMPTS.index(p) + 1 for p in call["prompts"]]  # every other column too
 
 
+def test_eval_dataset_is_the_held_out_set(tmp_path):
+    """TRL's eval_dataset: its rows are evaluated (greedy) before and after training, scored by the
+    first reward (correct when it gives >= 1), as a dataset of one's own with eval_holdout_size."""
+
+    def has_digit(completions, **kwargs):
+        return [1.0 if re.search(r"\d", c) else 0.0 for c in completions]
+
+    train = datasets.Dataset.from_dict({"prompt": PROMPTS})
+    held = datasets.Dataset.from_dict({"prompt": ["1+1=", "2+3=", "The year is"]})
+    GRPOTrainer(model="tiny", reward_funcs=has_digit, args=small(tmp_path, max_steps=1), train_dataset=train,
+                eval_dataset={"held": held}).train()
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["heldout_n"] == 3 and 0 <= summary["heldout_before"] <= 1 and "heldout_after" in summary
+    with pytest.raises(NotImplementedError, match="one held-out set"):
+        GRPOTrainer(model="tiny", reward_funcs=has_digit, args=small(tmp_path / "b"), train_dataset=train,
+                    eval_dataset={"a": held, "b": held})
+
+
 def _reward_model(tiny_path: Path, folder: Path) -> Path:
     """A tiny sequence-classification reward model (random head, the tiny model's tokenizer), saved."""
     config = AutoConfig.from_pretrained(tiny_path, num_labels=1)

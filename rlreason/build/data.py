@@ -48,24 +48,15 @@ def load_data(cfg: GRPOConfig, tokenizer: Any, dataset: datasets.Dataset | None 
     ``dataset`` / ``eval_dataset`` / ``rewards``: a Python caller's (TRL's ``train_dataset`` /
     ``eval_dataset`` / ``reward_funcs``), in place of the config's; the eval rows are the held-out
     problems."""
+    embedded = dataset is None and cfg.dataset_name == "arith"
     common = dict(prompt_column=cfg.prompt_column, tokenizer=tokenizer, template=cfg.prompt_template,
-                  use_chat_template=embedded_chat(cfg.use_chat_template, cfg.dataset_name == "arith"),
+                  use_chat_template=embedded_chat(cfg.use_chat_template, embedded),
                   system_prompt=cfg.system_prompt, max_prompt_length=cfg.max_prompt_length)
-    if dataset is not None or cfg.dataset_name == GIVEN_DATASET:
-        if dataset is None:
-            raise ValueError(f"config key 'dataset_name': {GIVEN_DATASET} means a train_dataset given from Python")
-        data = rename_columns(dataset, cfg.column_map)
-        for reward in accuracy_rewards(cfg, rewards):
-            column = reward.gold_from(data.column_names)
-            if column is not None:
-                check_golds(data, column, reward.read_gold, source="train_dataset",
-                            max_bad=cfg.max_bad_gold_fraction, reward=f"reward {reward_name(reward)!r}")
-        train = prepare(data, source="train_dataset", **common)
-        if eval_dataset is None:
-            return train, []
-        return train, list(prepare(rename_columns(eval_dataset, cfg.column_map), source="eval_dataset", **common))
-    if cfg.dataset_name != "arith":
-        raw = load_dataset_any(cfg.dataset_name, cfg.dataset_split, name=cfg.dataset_config)
+    if dataset is None and cfg.dataset_name == GIVEN_DATASET:
+        raise ValueError(f"config key 'dataset_name': {GIVEN_DATASET} stands for a train_dataset given from Python")
+    if dataset is not None or cfg.dataset_name != "arith":  # the caller's dataset is read as a loaded file is
+        raw = dataset if dataset is not None else load_dataset_any(cfg.dataset_name, cfg.dataset_split,
+                                                                    name=cfg.dataset_config)
         rows = kept_rows(raw, cfg.dataset_filter)  # the file's row of each row kept
         data = rename_columns(raw.select(rows) if len(rows) < len(raw) else raw, cfg.column_map)
         source = dataset_source(cfg)
@@ -76,9 +67,16 @@ def load_data(cfg: GRPOConfig, tokenizer: Any, dataset: datasets.Dataset | None 
                             max_bad=cfg.max_bad_gold_fraction, reward=f"reward {reward_name(reward)!r}")
         held_idx: list[int] = []
         if cfg.eval_holdout_size and cfg.prompt_column in data.column_names:  # else prepare names the column
+            if eval_dataset is not None:
+                raise ValueError("config key 'eval_holdout_size': an eval_dataset is given too; the held-out "
+                                 "problems come from one of them: set eval_holdout_size: 0, or drop eval_dataset")
             train_idx, held_idx = holdout_split(data[cfg.prompt_column], cfg.eval_holdout_size)
         if not held_idx:
-            return prepare(data, answer_column=None, source=source, rows=rows, **common), []
+            train = prepare(data, answer_column=None, source=source, rows=rows, **common)
+            if eval_dataset is None:
+                return train, []
+            return train, list(prepare(rename_columns(eval_dataset, cfg.column_map), answer_column=None,
+                                       source="eval_dataset", **common))
         train = prepare(data.select(train_idx), answer_column=None, source=source,
                         rows=[rows[i] for i in train_idx], **common)
         heldout = prepare(data.select(held_idx), answer_column=None, source=source,
