@@ -79,11 +79,11 @@ class GRPOTrainer:
         if quantization_config is not None:
             raise NotImplementedError("GRPOTrainer(quantization_config=...): not supported; set GRPOConfig("
                                       "load_in_4bit=True, use_peft=True) for QLoRA")
-        funcs = _as_list(reward_funcs, "reward_funcs")
+        funcs = _as_list(reward_funcs)
         if not funcs:
             raise ValueError("GRPOTrainer: reward_funcs is empty; give a reward function, a reward name or a reward "
                              "model (or a list of them)")
-        tokenizers = _as_list(reward_processing_classes, "reward_processing_classes")
+        tokenizers = _as_list(reward_processing_classes)
         if tokenizers and len(tokenizers) != len(funcs):
             raise ValueError(f"GRPOTrainer: {len(tokenizers)} reward_processing_classes for {len(funcs)} reward_funcs; "
                              f"give one per reward (None for a reward function)")
@@ -108,19 +108,21 @@ class GRPOTrainer:
                            peft_config=peft_config, train_dataset=_in_memory(train_dataset, "train_dataset"),
                            eval_dataset=_eval_dataset(eval_dataset), reward_funcs=funcs,
                            reward_processing_classes=tokenizers or None)
-        self.callbacks = list(callbacks or [])
+        # a TrainerCallback class is instantiated, as transformers' Trainer does
+        self.callbacks = [cb() if isinstance(cb, type) else cb for cb in callbacks or []]
         for cb in self.callbacks:
             if not all(hasattr(cb, m) for m in ("on_train_begin", "on_step_end", "on_log", "on_save",
                                                  "on_train_end")):
                 raise TypeError(f"GRPOTrainer: callback {cb!r} is not a transformers TrainerCallback")
-        self.state = TrainerState(max_steps=self.args.max_steps, logging_steps=self.args.logging_steps,
-                                  save_steps=self.args.save_steps)
-        self.control = TrainerControl()
         self._losses: list[float] = []
         self._trained = False
         with stopping.handle_stop_signals():  # a stop while it builds: StoppedBeforeTraining, nothing trained
             self.trainer = start_trainer(self.args, self.given)
         self.trainer.hooks.append(self._on_event)
+        # after the build: max_steps -1 is resolved there (num_train_epochs over the prompts, TRL's rule)
+        self.state = TrainerState(max_steps=self.args.max_steps, logging_steps=self.args.logging_steps,
+                                  save_steps=self.args.save_steps, global_step=self.trainer.step)
+        self.control = TrainerControl()
 
     # ------------------------------------------------------------------ TRL's attributes
 
@@ -194,7 +196,8 @@ class GRPOTrainer:
                                processing_class=self.processing_class, **kwargs)
 
 
-def _as_list(value: Any, what: str) -> list:
+def _as_list(value: Any) -> list:
+    """TRL's "one or a list": None -> [], a single object -> [it]."""
     if value is None:
         return []
     return list(value) if isinstance(value, list | tuple) else [value]

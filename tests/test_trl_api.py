@@ -124,15 +124,18 @@ def test_quickstart_standard_format_reward_len(tiny_path, tmp_path):
 
 def test_num_unique_chars_from_an_iterable_dataset(tmp_path):
     """TRL docs' ``reward_num_unique_chars`` (``set(completion)``: it needs strings, the chat form
-    raised ``unhashable type: 'dict'``), on an IterableDataset, in a reward worker process."""
+    raised ``unhashable type: 'dict'``), on an IterableDataset, in a reward worker process, for
+    TRL's default length of a run (max_steps -1: num_train_epochs over the prompts)."""
 
     def reward_num_unique_chars(completions, **kwargs):
         return [len(set(c)) for c in completions]
 
     dataset = datasets.IterableDataset.from_generator(lambda: iter({"prompt": p} for p in PROMPTS))
+    # max_steps -1 (TRL's default): one pass over the 4 prompts, 2 prompts (8 completions) a step
     trainer = GRPOTrainer(model="tiny", reward_funcs=[reward_num_unique_chars], train_dataset=dataset,
-                          args=small(tmp_path, reward_num_workers=1))
-    trainer.train()
+                          args=small(tmp_path, reward_num_workers=1, max_steps=-1, num_train_epochs=1.0))
+    assert trainer.state.max_steps == 2
+    assert trainer.train().global_step == 2
     rows = metrics(tmp_path / "out")
     assert [r["rewards/reward_num_unique_chars/failures"] for r in rows] == [0.0, 0.0]
     assert all(r["rewards/reward_num_unique_chars/mean"] >= 1 for r in rows)  # characters counted, not dicts
