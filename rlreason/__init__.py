@@ -12,7 +12,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 __all__ = ["GRPOConfig", "GRPOTrainer"]
 
 
-def __getattr__(name: str):  # noqa: ANN202 - lazy: `import rlreason` stays cheap (no torch)
+def __getattr__(name: str) -> type:  # lazy: `import rlreason` stays cheap (no torch)
     """TRL's names, ``from rlreason import GRPOConfig, GRPOTrainer``, imported on first use."""
     if name == "GRPOConfig":
         from rlreason.config import GRPOConfig
