@@ -64,7 +64,6 @@ def main() -> None:
     p.add_argument("--n", type=int, default=6, help="updates (and generations) per phase and round")
     args = p.parse_args()
 
-    import runpy
 
     from rlreason.config import parse_args
     from rlreason.loop.trainer import GRPOTrainer
@@ -74,7 +73,7 @@ def main() -> None:
     out_dir = tempfile.mkdtemp(prefix="overlap_contention_")
     cfg = parse_args(["--config", os.path.join(ROOT, "recipes/configs/tiny_cpu.yaml"), "--output_dir", out_dir,
                       "--eval_steps", "0", "--save_steps", "0", "--report_to", "[]", "--progress", "false"])
-    build = runpy.run_path(os.path.join(ROOT, "recipes/grpo_math.py"), run_name="recipe")["build"]  # its wiring
+    from rlreason.build.grpo import build  # the recipe's wiring
     tr = GRPOTrainer(cfg, build(cfg))
     rows = tr.prompts.rows(0)
     seeds = tr.prompts.seeds("train", tr.prompts.positions(0))

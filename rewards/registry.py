@@ -38,6 +38,7 @@ from ._text import completion_text
 from .format import format_lenient_reward, format_reward, r1_format_reward, r1_tag_count_reward, tag_count_reward
 from .length import CosineLengthReward, R1CosineReward, RepetitionPenaltyReward, SoftOverlongReward
 from .math import accuracy_reward
+from .model import RewardModel, RewardModelError, is_model_spec, is_reward_model, load_reward_model, model_name
 from .trl_names import TRL_REWARDS
 
 RewardFunc = Callable[..., list[float | None]]
@@ -400,6 +401,8 @@ def build_rewards(
     weights: list[float] | None = None,
     *,
     columns: set[str] | None = None,
+    processing_classes: list[Any] | None = None,
+    trust_remote_code: bool = False,
 ) -> tuple[list[RewardFunc], list[float]]:
     """The reward functions and weights a config's ``reward_funcs`` / ``reward_weights`` describe.
 
@@ -417,6 +420,11 @@ def build_rewards(
     Every function's signature is checked (:func:`check_signature`, against ``columns`` when
     given), so a wrong name, argument or signature fails here, at start-up, with a
     :class:`RewardSpecError` that names the entry, rather than in the middle of a run.
+
+    A reward model (a sequence-classification model object, a local model folder or a hub id
+    ``org/name``) becomes a :class:`~.model.RewardModel`, as TRL takes one in ``reward_funcs``;
+    its tokenizer is ``processing_classes[i]`` (TRL's ``reward_processing_classes``) or the one
+    saved with the model.
     """
     if not isinstance(entries, list | tuple) or not entries:
         raise RewardSpecError(f"reward_funcs must be a non-empty list, got {entries!r}")
@@ -433,6 +441,11 @@ def build_rewards(
             spec, weight, kwargs = _parse_entry(entry)
             if weights is not None and weight is not None:
                 raise RewardSpecError("has its own weight but reward_weights is also given; use one or the other")
+            if is_reward_model(spec) or is_model_spec(spec):
+                funcs.append(_reward_model(spec, kwargs, processing_classes[i] if processing_classes else None,
+                                           trust_remote_code))
+                out_weights.append(weights[i] if weights is not None else (1.0 if weight is None else weight))
+                continue
             fn = _materialize(_target(spec), kwargs, repr(spec) if isinstance(spec, str) else reward_name(spec),
                               named=isinstance(spec, str))
             if isinstance(entry, dict) and entry.get("chunk_size") is not None:
@@ -443,6 +456,17 @@ def build_rewards(
         funcs.append(fn)
         out_weights.append(weights[i] if weights is not None else (1.0 if weight is None else weight))
     return funcs, out_weights
+
+
+def _reward_model(spec: Any, kwargs: dict[str, Any], tokenizer: Any, trust_remote_code: bool) -> RewardModel:
+    """A reward model entry, loaded (a path or hub id) or wrapped (an object), with its tokenizer."""
+    label = repr(spec) if isinstance(spec, str) else f"reward model {model_name(spec)!r}"
+    if kwargs:
+        raise RewardSpecError(f"{label}: a reward model takes no kwargs (got {sorted(kwargs)})")
+    try:
+        return load_reward_model(spec, tokenizer, label, trust_remote_code=trust_remote_code)
+    except RewardModelError as e:
+        raise RewardSpecError(str(e)) from e
 
 
 def _parse_entry(entry: Any) -> tuple[str | Callable, float | None, dict[str, Any]]:

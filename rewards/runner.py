@@ -56,6 +56,7 @@ import torch
 
 from ._call import BatchResult, Shared, run_in_process, short_repr
 from ._pool import Pool, PoolConfig
+from .model import IN_PROCESS_ATTRIBUTE
 from .registry import CHUNK_ATTRIBUTE, reward_name
 
 logger = logging.getLogger("rlreason.rewards")
@@ -261,9 +262,13 @@ class RewardRunner:
         self._lock = threading.Lock()  # one batch at a time through the pipe to the manager
         self._closed = False
         self._pool: Pool | None = None
-        if not in_process and self.funcs:
+        # Rewards that must run here (a reward model: the pool cannot pickle it, nor use a GPU from a
+        # fork) are called in this process with the in_process rules; the others go to the pool.
+        self._local = [i for i, fn in enumerate(self.funcs) if getattr(fn, IN_PROCESS_ATTRIBUTE, False)]
+        self._pooled = [i for i in range(len(self.funcs)) if i not in self._local]
+        if not in_process and self._pooled:
             config = PoolConfig(num_workers, float(timeout_s), memory_mb, max_timeouts)
-            self._pool = Pool(self.funcs, config, start_method)
+            self._pool = Pool([self.funcs[i] for i in self._pooled], config, start_method)
 
     @property
     def in_process(self) -> bool:
@@ -309,22 +314,37 @@ class RewardRunner:
         n = len(completions)
         if self._pool is None or n == 0:
             return run_in_process(self.funcs, prompts, completions, columns)
-        result = self._pool.run(prompts, completions, columns, self._chunk_size(n))
-        if result is None:
+        pooled = self._pool.run(prompts, completions, columns, self._chunk_size(n))
+        if pooled is None:
             logger.error("the reward manager process died; scoring this batch None and starting a new one")
-            return BatchResult.all_failed(len(self.funcs), n, "crash", "the reward manager process died")
-        return result
+            pooled = BatchResult.all_failed(len(self._pooled), n, "crash", "the reward manager process died")
+        if not self._local:
+            return pooled
+        local = run_in_process([self.funcs[i] for i in self._local], prompts, completions, columns)
+        return _merge([(self._pooled, pooled), (self._local, local)], len(self.funcs))
 
     def _chunk_size(self, n: int) -> list[int]:
-        """Completions per call, per function: the whole batch unless the runner or the function
-        asks for chunks."""
+        """Completions per call, per pooled function: the whole batch unless the runner or the
+        function asks for chunks."""
         sizes = []
-        for fn in self.funcs:
+        for fn in (self.funcs[i] for i in self._pooled):
             size = self.chunk_size if self.chunk_size is not None else getattr(fn, CHUNK_ATTRIBUTE, None)
             if size == "auto":
                 size = max(1, min(_MAX_CHUNK, math.ceil(n / (self.num_workers * _CHUNKS_PER_WORKER))))
             sizes.append(n if size is None else int(size))
         return sizes
+
+
+def _merge(parts: list[tuple[list[int], BatchResult]], num_funcs: int) -> BatchResult:
+    """One BatchResult from the results of disjoint sets of functions (``(their indices, result)``)."""
+    values: list[list[float]] = [[] for _ in range(num_funcs)]
+    failures: list[list] = [[] for _ in range(num_funcs)]
+    logs: list[list] = [[] for _ in range(num_funcs)]
+    for indices, result in parts:
+        for j, i in enumerate(indices):
+            values[i], failures[i] = result.values[j], result.failures[j]
+            logs[i] = result.logs[j] if result.logs else []
+    return BatchResult(values=values, failures=failures, logs=logs)
 
 
 def _output(names: list[str], weights: list[float], result: BatchResult, completions: list,

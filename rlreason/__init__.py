@@ -8,3 +8,18 @@ import os
 # (docs/benchmarks.md, "A busy laptop"). It takes effect only if set before torch is imported, so
 # here; a value already in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+__all__ = ["GRPOConfig", "GRPOTrainer"]
+
+
+def __getattr__(name: str) -> type:  # lazy: `import rlreason` stays cheap (no torch)
+    """TRL's names, ``from rlreason import GRPOConfig, GRPOTrainer``, imported on first use."""
+    if name == "GRPOConfig":
+        from rlreason.config import GRPOConfig
+
+        return GRPOConfig
+    if name == "GRPOTrainer":
+        from rlreason.api import GRPOTrainer
+
+        return GRPOTrainer
+    raise AttributeError(f"module 'rlreason' has no attribute {name!r}")

@@ -234,8 +234,24 @@ def test_prepare_missing_column_lists_actual_columns():
 def test_prepare_missing_answer_column():
     ds = datasets.Dataset.from_list([{"prompt": "hi"}])
     with pytest.raises(ValueError, match="'answer'"):
-        prepare(ds)
-    assert prepare(ds, answer_column=None, use_chat_template=False)["prompt_text"] == ["hi"]
+        prepare(ds, answer_column="answer")  # asked for: named
+    # not asked for (the default): a prompt-only dataset, as TRL takes one
+    assert prepare(ds, use_chat_template=False)["prompt_text"] == ["hi"]
+
+
+def test_prepare_standard_and_conversational_as_trl(tokenizer):
+    """use_chat_template None: a string prompt stays plain text, a message list is chat-templated,
+    a string with a system prompt becomes a conversation (open-r1's system_prompt)."""
+    plain = datasets.Dataset.from_list([{"prompt": "hi"}])
+    out = prepare(plain, tokenizer=tokenizer, use_chat_template=None)
+    assert out["prompt_text"] == ["hi"] and "prompt_messages" not in out.column_names
+    out = prepare(plain, tokenizer=tokenizer, use_chat_template=None, system_prompt="one")
+    assert out["prompt_text"] == ["<|system|>one\n<|user|>hi\n<|assistant|>"]
+    assert out["prompt_messages"] == [[{"role": "system", "content": "one"}, {"role": "user", "content": "hi"}]]
+    conv = datasets.Dataset.from_list([{"prompt": [{"role": "user", "content": "hi"}]}])
+    assert prepare(conv, tokenizer=tokenizer, use_chat_template=None)["prompt_text"] == ["<|user|>hi\n<|assistant|>"]
+    with pytest.raises(ValueError, match="use_chat_template"):
+        prepare(conv, tokenizer=tokenizer, use_chat_template=False)
 
 
 def test_prepare_column_map_unknown_source():

@@ -8,8 +8,10 @@
     training.assemble      reward runners, reference, optimizer, scheduler, default engine, logger
                            -> ``Parts`` (rlreason/loop/parts.py), what ``GRPOTrainer`` receives
 
-``assemble(cfg, model, tokenizer, train, reward_funcs, ...)`` also serves callers that bring their
-own model and data (tests, benchmarks, notebooks).
+``grpo.build(cfg, given)`` calls them in that order (what recipes/grpo_math.py and TRL's Python API,
+rlreason.api.GRPOTrainer, run), with a Python caller's objects (``grpo.Given``: model, tokenizer,
+datasets, rewards) in place of what the config names. ``assemble(cfg, model, tokenizer, train,
+reward_funcs, ...)`` also serves callers that bring their own model and data (tests, benchmarks).
 """
 
 from rlreason.build.data import dataset_rewards, load_data

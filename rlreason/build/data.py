@@ -16,6 +16,7 @@ from rlreason.data import (
     INTERNAL_COLUMNS,
     arith_dataset,
     check_golds,
+    embedded_chat,
     kept_rows,
     load_dataset_any,
     prepare,
@@ -26,35 +27,56 @@ from rlreason.data.tasks.arith import Difficulty
 from rlreason.eval.suites import arith_suite
 from rlreason.rewards import build_rewards, parse_gold, reward_name
 from rlreason.rewards.math import AccuracyReward
-from rlreason.rewards.runner import RESERVED_ARGUMENTS
+from rlreason.rewards.model import RewardModel, dry_run, is_model_spec
+from rlreason.rewards.runner import RESERVED_ARGUMENTS, reward_inputs
+
+# ``dataset_name`` of a run whose dataset a Python caller gave (rlreason.api.GRPOTrainer's train_dataset)
+GIVEN_DATASET = "<train_dataset>"
 
 
-def load_data(cfg: GRPOConfig, tokenizer: Any) -> tuple[datasets.Dataset, list[dict]]:
+def load_data(cfg: GRPOConfig, tokenizer: Any, dataset: datasets.Dataset | None = None,
+              eval_dataset: datasets.Dataset | None = None, rewards: list | None = None,
+              ) -> tuple[datasets.Dataset, list[dict]]:
     """(training prompts, held-out rows): rendered and tokenized (rlreason.data.prepare). The
     embedded arithmetic task brings its own held-out problems; another dataset gives
     ``eval_holdout_size`` of its rows (rlreason.data.split: by a hash of the prompt), never trained on.
 
     A dataset's rows (those dataset_filter keeps) are checked first, each bad one named by its row
     in the file: every prompt (``check_prompts``), and every gold of the built-in accuracy reward,
-    read by the reward's own parser (``check_golds``)."""
-    common = dict(prompt_column=cfg.prompt_column, tokenizer=tokenizer, use_chat_template=cfg.use_chat_template,
-                  template=cfg.prompt_template, system_prompt=cfg.system_prompt,
-                  max_prompt_length=cfg.max_prompt_length)
-    if cfg.dataset_name != "arith":
-        raw = load_dataset_any(cfg.dataset_name, cfg.dataset_split, name=cfg.dataset_config)
+    read by the reward's own parser (``check_golds``).
+
+    ``dataset`` / ``eval_dataset`` / ``rewards``: a Python caller's (TRL's ``train_dataset`` /
+    ``eval_dataset`` / ``reward_funcs``), in place of the config's; the eval rows are the held-out
+    problems."""
+    embedded = dataset is None and cfg.dataset_name == "arith"
+    common = dict(prompt_column=cfg.prompt_column, tokenizer=tokenizer, template=cfg.prompt_template,
+                  use_chat_template=embedded_chat(cfg.use_chat_template, embedded),
+                  system_prompt=cfg.system_prompt, max_prompt_length=cfg.max_prompt_length)
+    if dataset is None and cfg.dataset_name == GIVEN_DATASET:
+        raise ValueError(f"config key 'dataset_name': {GIVEN_DATASET} stands for a train_dataset given from Python")
+    if dataset is not None or cfg.dataset_name != "arith":  # the caller's dataset is read as a loaded file is
+        raw = dataset if dataset is not None else load_dataset_any(cfg.dataset_name, cfg.dataset_split,
+                                                                    name=cfg.dataset_config)
         rows = kept_rows(raw, cfg.dataset_filter)  # the file's row of each row kept
         data = rename_columns(raw.select(rows) if len(rows) < len(raw) else raw, cfg.column_map)
         source = dataset_source(cfg)
-        for reward in accuracy_rewards(cfg):
+        for reward in accuracy_rewards(cfg, rewards):
             column = reward.gold_from(data.column_names)  # none: dataset_rewards names the missing column
             if column is not None:
                 check_golds(data, column, reward.read_gold, source=source, rows=rows,
                             max_bad=cfg.max_bad_gold_fraction, reward=f"reward {reward_name(reward)!r}")
         held_idx: list[int] = []
         if cfg.eval_holdout_size and cfg.prompt_column in data.column_names:  # else prepare names the column
+            if eval_dataset is not None:
+                raise ValueError("config key 'eval_holdout_size': an eval_dataset is given too; the held-out "
+                                 "problems come from one of them: set eval_holdout_size: 0, or drop eval_dataset")
             train_idx, held_idx = holdout_split(data[cfg.prompt_column], cfg.eval_holdout_size)
         if not held_idx:
-            return prepare(data, answer_column=None, source=source, rows=rows, **common), []
+            train = prepare(data, answer_column=None, source=source, rows=rows, **common)
+            if eval_dataset is None:
+                return train, []
+            return train, list(prepare(rename_columns(eval_dataset, cfg.column_map), answer_column=None,
+                                       source="eval_dataset", **common))
         train = prepare(data.select(train_idx), answer_column=None, source=source,
                         rows=[rows[i] for i in train_idx], **common)
         heldout = prepare(data.select(held_idx), answer_column=None, source=source,
@@ -72,19 +94,27 @@ def load_data(cfg: GRPOConfig, tokenizer: Any) -> tuple[datasets.Dataset, list[d
 
 def dataset_source(cfg: GRPOConfig) -> str:
     """How errors name the configured dataset: "data file 'x.jsonl'", or "dataset 'org/name' (split ...)"."""
+    if cfg.dataset_name == GIVEN_DATASET:
+        return "train_dataset"
     if Path(cfg.dataset_name).expanduser().is_file():
         return f"data file {cfg.dataset_name!r}"
     return f"dataset {cfg.dataset_name!r} (split {cfg.dataset_split!r})"
 
 
-def accuracy_rewards(cfg: GRPOConfig) -> list[AccuracyReward]:
+def accuracy_rewards(cfg: GRPOConfig, entries: list | None = None) -> list[AccuracyReward]:
     """The built-in accuracy rewards among ``reward_funcs`` (named, or configured with kwargs such
-    as gold_column), as configured. Entries naming a file of the user's are not built here (that
-    would run the file once more): their golds are checked as any reward's (``dataset_rewards``)."""
+    as gold_column), as configured (``entries``: a Python caller's, in place of the config's).
+    Entries naming a file of the user's are not built here (that would run the file once more),
+    nor reward models (loaded once, by ``dataset_rewards``): their golds are checked as any
+    reward's (``dataset_rewards``)."""
     out = []
-    for entry in cfg.reward_funcs:
+    for entry in cfg.reward_funcs if entries is None else entries:
         spec = entry.get("name") if isinstance(entry, dict) else entry
-        if not isinstance(spec, str) or (":" in spec and any(c in spec.rsplit(":", 1)[0] for c in ("/", "\\", ".py"))):
+        if isinstance(spec, AccuracyReward):
+            out.append(spec)
+            continue
+        if not isinstance(spec, str) or is_model_spec(spec) or (
+                ":" in spec and any(c in spec.rsplit(":", 1)[0] for c in ("/", "\\", ".py"))):
             continue
         (fn,), _ = build_rewards([entry])
         while isinstance(fn, functools.partial):  # a chunk_size entry
@@ -94,15 +124,27 @@ def accuracy_rewards(cfg: GRPOConfig) -> list[AccuracyReward]:
     return out
 
 
-def dataset_rewards(cfg: GRPOConfig, train: datasets.Dataset) -> tuple[list[Callable], list[float]]:
+def dataset_rewards(cfg: GRPOConfig, train: datasets.Dataset, entries: list | None = None,
+                    processing_classes: list | None = None) -> tuple[list[Callable], list[float]]:
     """The reward functions, checked against the dataset's columns (a reward asking for a missing
-    column fails here, as does a column named like an argument every reward receives)."""
+    column fails here, as does a column named like an argument every reward receives).
+    ``entries`` / ``processing_classes``: a Python caller's reward functions and reward models'
+    tokenizers (TRL's ``reward_funcs`` / ``reward_processing_classes``), in place of the config's
+    ``reward_funcs``. Each reward model scores the first row once here (``dry_run``)."""
     own = set(train.column_names) - {cfg.prompt_column, *INTERNAL_COLUMNS}
     check_column_names(own, dataset_source(cfg) if cfg.dataset_name != "arith" else "")
     columns = own | {"completion_ids"}
-    funcs, weights = build_rewards(cfg.reward_funcs, cfg.reward_weights, columns=columns)
+    funcs, weights = build_rewards(cfg.reward_funcs if entries is None else entries, cfg.reward_weights,
+                                   columns=columns, processing_classes=processing_classes,
+                                   trust_remote_code=cfg.trust_remote_code)
     if any(_takes(fn, "answer") for fn in funcs):  # a gold column that is all blank trains on nothing
         check_golds(train, "answer", parse=parse_gold, source=dataset_source(cfg))
+    models = [fn for fn in funcs if isinstance(fn, RewardModel)]
+    if models and len(train):  # the arguments the first step will pass, for the first row
+        prompts, completions, _ = reward_inputs([train[0]], ["0"], [[0]], 1, cfg.prompt_column,
+                                                skip=INTERNAL_COLUMNS, plain_text=cfg.rewards_plain_text)
+        for model in models:
+            dry_run(model, prompts, completions)
     return funcs, weights
 
 

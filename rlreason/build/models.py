@@ -38,15 +38,42 @@ def load_tokenizer(cfg: GRPOConfig, acc: Accelerator, key: str = "model_name_or_
     return path, tokenizer
 
 
-def load_policy(cfg: GRPOConfig, acc: Accelerator) -> tuple[torch.nn.Module, Any]:
-    """(policy, tokenizer): float32 weights (bf16 under 4/8-bit quantization), LoRA if configured."""
-    path, tokenizer = load_tokenizer(cfg, acc)
-    quant = lora.quantization_config(cfg)
-    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=cfg.trust_remote_code,
-                                                 dtype=torch.bfloat16 if quant else torch.float32,
-                                                 quantization_config=quant)
+def load_policy(cfg: GRPOConfig, acc: Accelerator, model: torch.nn.Module | None = None, tokenizer: Any = None,
+                peft_config: Any = None) -> tuple[torch.nn.Module, Any]:
+    """(policy, tokenizer): float32 weights (bf16 under 4/8-bit quantization), LoRA if configured.
+
+    A Python caller (TRL's ``GRPOTrainer(model=..., processing_class=..., peft_config=...)``) may
+    give the model object (used as it is, a PEFT model included), the tokenizer (else the one of
+    the model's path, as TRL loads it) and a peft config (a fresh adapter from it, instead of the
+    config's ``lora_*`` keys)."""
+    if model is None:
+        path, loaded = load_tokenizer(cfg, acc)
+        tokenizer = tokenizer if tokenizer is not None else loaded
+        quant = lora.quantization_config(cfg)
+        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=cfg.trust_remote_code,
+                                                     dtype=torch.bfloat16 if quant else torch.float32,
+                                                     quantization_config=quant)
+    else:
+        path = getattr(model.config, "_name_or_path", "") or type(model).__name__
+        if tokenizer is None:
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+            except (OSError, ValueError) as e:
+                raise OSError(f"GRPOTrainer: the model object has no tokenizer at {path!r} ({e}); pass "
+                              f"processing_class=<its tokenizer>") from e
+    if tokenizer.pad_token_id is None:  # as TRL: the eos token pads
+        tokenizer.pad_token = tokenizer.eos_token
+    check_tokenizer(tokenizer, path, f"the policy's tokenizer ({path})")
+    if cfg.chat_template:  # as TRL: the config's template replaces the model's
+        tokenizer.chat_template = cfg.chat_template
     check_positions(cfg, model.config, path)
-    if cfg.use_peft:
+    if peft_config is not None:
+        import peft
+
+        if lora.is_peft_model(model):
+            raise ValueError("GRPOTrainer: peft_config was given but the model already has an adapter; pass one")
+        model = peft.get_peft_model(model, peft_config)
+    elif cfg.use_peft and not lora.is_peft_model(model):
         model = lora.apply_lora(model, cfg)
     return model, tokenizer
 

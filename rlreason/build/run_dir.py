@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
+from typing import Any
 
 import datasets
 import torch
@@ -17,6 +18,7 @@ from rlreason.eval.core import HELDOUT_METRICS, suite_metric_names
 from rlreason.eval.suites import SUITES
 from rlreason.loop.parts import RunDir
 from rlreason.rewards import build_rewards
+from rlreason.rewards.model import is_model_spec, is_reward_model
 from rlreason.run import lock
 from rlreason.run.checkpoint import (
     RUN_LOGS,
@@ -30,18 +32,31 @@ from rlreason.run.host import capped_threads
 from rlreason.run.resume import change_record, check_config_changes
 
 
-def start(cfg: GRPOConfig) -> tuple[Accelerator, RunDir]:
+def start(cfg: GRPOConfig, rewards: list | None = None) -> tuple[Accelerator, RunDir]:
     """The accelerator and the checked output folder, locked for this run; and the reward names
-    resolved: what can fail cheaply fails before any model loads."""
+    resolved (``rewards``: a Python caller's, in place of the config's ``reward_funcs``): what can
+    fail cheaply fails before any model loads (reward models load later, once: ``dataset_rewards``)."""
     acc = make_accelerator(cfg)
     if acc.is_main_process:  # one run per folder, before anything is written or deleted there
         lock.acquire(cfg.output_dir)
     run_dir = open_run_dir(cfg, acc)
-    build_rewards(cfg.reward_funcs, cfg.reward_weights)  # a bad reward name fails now, before any model loads
+    entries = cfg.reward_funcs if rewards is None else rewards
+    # a bad reward name fails now, before any model loads
+    build_rewards([_unloaded if _is_model_entry(e) else e for e in entries], cfg.reward_weights)
     if cfg.eval_reward_funcs:  # the held-out scorer's too
         build_rewards(cfg.eval_reward_funcs)
     check_eval_settings(cfg)
     return acc, run_dir
+
+
+def _is_model_entry(entry: Any) -> bool:
+    spec = entry.get("name") if isinstance(entry, dict) else entry
+    return is_reward_model(spec) or is_model_spec(spec)
+
+
+def _unloaded(prompts: list, completions: list, **columns: Any) -> list[float]:
+    """Stands for a reward model while the names are checked (it is loaded once, later)."""
+    return [0.0] * len(completions)
 
 
 def check_eval_settings(cfg: GRPOConfig) -> None:

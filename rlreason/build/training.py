@@ -28,6 +28,7 @@ from rlreason.eval.core import heldout_scorer
 from rlreason.eval.core import suite_scorer as _suite_scorer
 from rlreason.loop.logprobs import enable_gradient_checkpointing
 from rlreason.loop.parts import Parts, RunDir
+from rlreason.rewards.model import RewardModel
 from rlreason.rollout import factory
 from rlreason.rollout.base import RolloutEngine
 from rlreason.run.tracking import RunLogger
@@ -64,6 +65,9 @@ def assemble(cfg: GRPOConfig, model: torch.nn.Module, tokenizer: Any, train: dat
     # Built first: the runner forks its manager process now, before this process holds much
     # memory or starts threads. A reward that hangs, crashes or blows memory there costs only
     # its completions (scored None, counted), never the run.
+    for fn in reward_funcs:  # reward models score on the trainer's device (in this process: rewards/model.py)
+        if isinstance(fn, RewardModel):
+            fn.to(acc.device)
     rewards = reward_runner(cfg, reward_funcs, reward_weights if reward_weights is not None else cfg.reward_weights)
     eval_scorer = heldout_scorer(eval_accuracy_fn, eval_format_fn, **scoring_settings(cfg)) \
         if eval_accuracy_fn is not None and eval_rows else None

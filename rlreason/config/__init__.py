@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import logging
 import math
+import os
 import types
 import typing
 from collections.abc import Callable
@@ -56,6 +57,36 @@ class ConfigError(ValueError):
 OPTIMIZER_KEYS = ("learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "max_grad_norm", "warmup_steps")
 
 
+def accepts_trl_keys(cls: type) -> type:
+    """Class decorator (above ``@dataclass``): ``cls(...)`` takes what a YAML config takes.
+
+    ``GRPOConfig(output_dir=..., bf16=False, use_cpu=True, scale_rewards=False, report_to="none")``
+    is a TRL user's line; the keyword arguments go through ``clean_values`` (the TRL key table's
+    ``migrate``, then each value checked against its annotation), exactly as a YAML file's keys do
+    in ``from_dict``: the same warnings, and one ConfigError naming every bad key. Why a wrapper of
+    the generated ``__init__`` rather than a TRL-facing subclass or a ``__new__``: there is one
+    class, so ``dataclasses.replace``, ``fields``, ``to_dict``, ``isinstance`` and the rest of the
+    code see what they always saw, and ``__new__`` cannot change the arguments ``__init__`` gets.
+    Positional arguments fill the fields in order (``output_dir`` first, as in TRL)."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        if args:
+            names = [f.name for f in dataclasses.fields(cls) if f.init]
+            if len(args) > len(names):
+                raise TypeError(f"{cls.__name__}() takes at most {len(names)} positional arguments")
+            twice = sorted(set(names[:len(args)]) & set(kwargs))
+            if twice:
+                raise TypeError(f"{cls.__name__}() got several values for {twice[0]!r}")
+            kwargs = {**dict(zip(names, args, strict=False)), **kwargs}
+        init(self, **clean_values(kwargs, cls))
+
+    cls.__init__ = __init__
+    return cls
+
+
+@accepts_trl_keys
 @dataclass
 class GRPOConfig:
     # --- run ---
@@ -99,9 +130,14 @@ class GRPOConfig:
     dataset_filter: dict[str, list[Any]] = field(default_factory=dict)  # keep rows with column value in list
     prompt_column: str = "prompt"
     column_map: dict[str, str] = field(default_factory=dict)  # source column -> name the trainer expects
-    use_chat_template: bool = True
-    prompt_template: str | None = None  # e.g. "Question: {prompt}\nAnswer:"; applied before the chat template
-    system_prompt: str | None = None
+    # As TRL: None = by the prompt's form: a list of messages is conversational (the chat template; rewards
+    # get message lists), a string is standard (plain text; rewards get strings) unless system_prompt is set,
+    # which makes it conversational (system + user message, as open-r1). True: string prompts become a user
+    # message and go through the chat template too (the embedded arith task does, when None); False: no chat
+    # template (a conversational dataset is refused). docs/migrating_from_trl.md, "Prompts".
+    use_chat_template: bool | None = None
+    prompt_template: str | None = None  # e.g. "Question: {prompt}\nAnswer:"; applied to string prompts first
+    system_prompt: str | None = None  # a system message first (makes a string prompt conversational, see above)
     chat_template: str | None = None  # a Jinja chat template that replaces the tokenizer's own (as in TRL)
     arith_difficulty: dict[str, Any] = field(default_factory=dict)  # rlreason.data.tasks.arith.Difficulty fields
     arith_train_size: int = 20000
@@ -117,8 +153,8 @@ class GRPOConfig:
     # the run with an error and a checkpoint, as do this many steps with no reward value at all; one
     # that never worked stops it after its first step (rewards/health.py). None is not a failure.
     max_failed_reward_steps: int = 3
-    # Rewards get prompts/completions as strings even when the prompt went through a chat template
-    # (the default then is TRL's: message lists, [{"role": "assistant", "content": ...}]).
+    # Rewards get prompts/completions as strings even for a conversational prompt (the default then is
+    # TRL's: message lists, [{"role": "assistant", "content": ...}]); standard prompts give strings anyway.
     rewards_plain_text: bool = False
     reward_memory_mb: int | None = 1024  # address space a reward worker may add; None = no cap
     # The built-in accuracy reward's golds are all read at start-up, by its own parser: when more
@@ -463,6 +499,7 @@ class GRPOConfig:
         return d
 
 
+@accepts_trl_keys
 @dataclass
 class DistillConfig(GRPOConfig):
     """``recipes/distill.py``'s config: every GRPO key plus the offline mode's (docs/distillation.md).
@@ -556,6 +593,8 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
         return dict(value)
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if tp is str and isinstance(value, os.PathLike):  # GRPOConfig(output_dir=tmp_path) from Python
+        return os.fspath(value)
     if tp is float and isinstance(value, str):
         try:
             return float(value)  # YAML reads "1e-5" as a string
@@ -567,7 +606,13 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
 
 
 def from_dict(values: dict[str, Any], cls: type[GRPOConfig] = GRPOConfig) -> GRPOConfig:
-    """Build a config from rlreason's keys and TRL's (rlreason/config/trl.py).
+    """Build a config from rlreason's keys and TRL's (rlreason/config/trl.py): ``cls(**values)``,
+    whose ``__init__`` cleans them (``accepts_trl_keys``), the same path as a Python caller's."""
+    return cls(**values)
+
+
+def clean_values(values: dict[str, Any], cls: type[GRPOConfig] = GRPOConfig) -> dict[str, Any]:
+    """``values`` with rlreason's names and checked types (rlreason/config/trl.py's ``migrate``).
 
     Every unknown or unsupported key and every ill-typed value is named in one ConfigError;
     renamed and ignored TRL keys are named in one warning each."""
@@ -585,7 +630,7 @@ def from_dict(values: dict[str, Any], cls: type[GRPOConfig] = GRPOConfig) -> GRP
         raise ConfigError(errors[0])
     if errors:
         raise ConfigError(f"{len(errors)} problems in the config:\n" + "\n".join(f"  - {e}" for e in errors))
-    return cls(**clean)
+    return clean
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -334,14 +334,32 @@ def _drop_long(dataset: datasets.Dataset, max_prompt_length: int) -> datasets.Da
     return kept
 
 
+def chat_format(use_chat_template: bool | None, conversational: bool, system_prompt: str | None) -> bool:
+    """Whether a dataset's prompts go through the chat template (before checking that the
+    tokenizer has one), as TRL decides: ``use_chat_template`` None = by the prompt's form, a list
+    of messages is conversational, a string is standard (plain text) unless ``system_prompt`` is
+    set, which makes it conversational (a system and a user message, as open-r1 builds them);
+    True = string prompts too; False = never."""
+    if use_chat_template is None:
+        return conversational or bool(system_prompt)
+    return use_chat_template
+
+
+def embedded_chat(use_chat_template: bool | None, embedded: bool) -> bool | None:
+    """The config's ``use_chat_template`` for ``prepare``: the embedded arith task's string prompts
+    are chat prompts (True) when the key is unset, as they always were; any other dataset's
+    prompts are as TRL reads them (None: ``chat_format``)."""
+    return True if use_chat_template is None and embedded else use_chat_template
+
+
 def prepare(
     dataset: datasets.Dataset,
     *,
     prompt_column: str = "prompt",
-    answer_column: str | None = "answer",
+    answer_column: str | None = None,
     column_map: dict[str, str] | None = None,
     tokenizer: Any = None,
-    use_chat_template: bool = True,
+    use_chat_template: bool | None = True,
     template: str | None = None,
     system_prompt: str | None = None,
     max_prompt_length: int | None = None,
@@ -350,13 +368,16 @@ def prepare(
 ) -> datasets.Dataset:
     """Make ``dataset`` ready for the trainer.
 
-    Renames columns per ``column_map``, checks ``prompt_column`` (and ``answer_column``) exist
+    Renames columns per ``column_map``, checks ``prompt_column`` (and ``answer_column``, when
+    given: only rewards that read a gold column need one, and they name it at start-up) exist
     and every prompt is usable (``check_prompts``: an error names ``source`` and the rows, by
     ``rows``, each position's row in the file),
     adds ``prompt_text`` (see ``render_prompt``), with a chat template the messages it rendered
     (``prompt_messages``, what rewards get as ``prompts``) and, with a tokenizer, ``prompt_ids``. With
     ``max_prompt_length`` (in tokens, so a tokenizer is needed) longer prompts are dropped.
-    All original columns are kept.
+    All original columns are kept. ``use_chat_template``: True (the default here) renders string
+    prompts through the chat template as a user message; None decides as TRL does
+    (``chat_format``: conversational prompts only, or any with ``system_prompt``); False never.
     """
     if max_prompt_length is not None:
         if tokenizer is None:
@@ -368,20 +389,23 @@ def prepare(
     if answer_column is not None:
         _require_column(dataset, answer_column, "answer")
     check_prompts(dataset, prompt_column, source=source, rows=rows)
-    chat = use_chat_template and _has_chat_template(tokenizer)
-    if use_chat_template and tokenizer is not None and not chat:
+    # Arrow columns have one type, so the first row stands for all of them.
+    conversational = bool(len(dataset)) and _is_conversation(dataset[0][prompt_column])
+    wants_chat = chat_format(use_chat_template, conversational, system_prompt)
+    chat = wants_chat and _has_chat_template(tokenizer)
+    if wants_chat and tokenizer is not None and not chat:
         logger.info("tokenizer has no chat template; prompts are used as raw text")
-    if not chat and len(dataset) and _is_conversation(dataset[0][prompt_column]):
+    if not chat and conversational:
         # The trainer needs a string to generate from; only a chat template can flatten messages.
-        # Arrow columns have one type, so the first row stands for all of them.
-        raise ValueError("conversational prompts need a tokenizer with a chat template and use_chat_template=True")
+        raise ValueError(f"conversational prompts (column {prompt_column!r} holds lists of messages) need a "
+                         f"tokenizer with a chat template, and config key 'use_chat_template' not false")
 
     def add_prompt(row: dict) -> dict:
         text = render_prompt(
             row,
             prompt_column=prompt_column,
             tokenizer=tokenizer,
-            use_chat_template=use_chat_template,
+            use_chat_template=chat,
             template=template,
             system_prompt=system_prompt,
         )

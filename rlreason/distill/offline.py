@@ -24,7 +24,7 @@ from accelerate.utils import gather_object
 from rich.progress import track
 
 from rlreason.config import DistillConfig
-from rlreason.data import prepare
+from rlreason.data import embedded_chat, prepare
 from rlreason.distill import teacher as distill
 from rlreason.loop.experience import stream_seed
 from rlreason.rewards import completion_text
@@ -111,9 +111,10 @@ def for_student(ds: datasets.Dataset, prov: dict[str, Any], cfg: DistillConfig, 
     the prompts re-rendered with the student's template and the answers re-encoded (+ eos)."""
     if prov.get("settings", {}).get("tokenizer") == distill.tokenizer_fingerprint(tokenizer):
         return ds
-    ds = prepare(ds.remove_columns(["prompt_ids"]), prompt_column=cfg.prompt_column,
-                 tokenizer=tokenizer, use_chat_template=cfg.use_chat_template, template=cfg.prompt_template,
-                 system_prompt=cfg.system_prompt, max_prompt_length=cfg.max_prompt_length)
+    chat = embedded_chat(cfg.use_chat_template, cfg.dataset_name == "arith")
+    ds = prepare(ds.remove_columns(["prompt_ids"]), prompt_column=cfg.prompt_column, tokenizer=tokenizer,
+                 use_chat_template=chat, template=cfg.prompt_template, system_prompt=cfg.system_prompt,
+                 max_prompt_length=cfg.max_prompt_length)
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
 
     def encode(row: dict) -> dict:

@@ -46,7 +46,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +123,9 @@ class GRPOTrainer:
         self._saved_step: int | None = None  # the step of the newest checkpoint this run wrote or resumed from
         self.pending_row: dict[str, float] | None = None  # a step's metrics not logged yet (_evaluate_and_log)
         self.overlap: Overlap | None = None  # the batch in flight and its schedule (async_rollouts)
+        # Called as hook(event, step, info) after each step's row is logged ("step", the step's metrics) and
+        # after each checkpoint ("save", {"path": ...}): rlreason.api's TrainerCallbacks; nothing else here.
+        self.hooks: list[Callable[[str, int, dict[str, Any]], None]] = []
         if cfg.async_rollouts:
             if self.engine_shares_policy:
                 raise ValueError("config key 'async_rollouts': the engine generates with the policy itself, whose "
@@ -577,6 +580,8 @@ class GRPOTrainer:
             self.log.log(self.step, metrics)
         self.log.advance(self.step, metrics)
         self.pending_row = None
+        for hook in self.hooks:
+            hook("step", self.step, metrics)
 
     def save(self, step: int) -> Path:
         """A checkpoint of everything ``_resume`` needs to continue exactly from ``step``: accelerate's
@@ -591,6 +596,8 @@ class GRPOTrainer:
         if self.acc.is_main_process:  # what a stop signal's checkpoint costs: the number to size a grace period by
             size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
             self.log.print(f"checkpoint {path.name}: {size / 1e9:.2f} GB in {time.perf_counter() - t0:.1f} s")
+        for hook in self.hooks:
+            hook("save", step, {"path": path})
         return path
 
     def save_final(self, out_dir: str | Path) -> Path:
