@@ -26,6 +26,7 @@ from typing import Any, Literal
 import yaml
 
 from rlreason.algorithms import PRESETS, AdvantageEstimator, AdvantageScale, KLKind, LossType, RatioLevel, clip_range
+from rlreason.algorithms.rewards_aggregation import MultiObjectiveAggregation
 from rlreason.config.trl import migrate
 from rlreason.rollout.base import WeightBackend
 
@@ -43,6 +44,12 @@ DistillSelection = Literal["best_of_k", "all_correct", "shortest_correct"]  # di
 logger = logging.getLogger("rlreason.config")
 ASYNC_IS_CAP = 2.0  # importance_sampling_cap when async_rollouts leaves it unset: weights above 2 are cut to 2
 MAX_SEED = 2**32 - 1  # numpy's seed range (accelerate's set_seed seeds numpy with the config's seed)
+
+
+# generation_kwargs keys (GenerationConfig's / SamplingParams' names) that are rlreason keys: they override them
+GENERATION_KWARGS_KEYS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
+                          "repetition_penalty": "repetition_penalty", "max_new_tokens": "max_completion_length",
+                          "max_tokens": "max_completion_length"}
 
 
 class ConfigError(ValueError):
@@ -169,6 +176,20 @@ class GRPOConfig:
     # do not depend on batching or on the number of processes (the transformers engine then
     # generates one prompt group per call, which is slower on a GPU).
     generation_seed_per_prompt: bool = False
+    # --- TRL 1.16's generation, generation-batch, reference-sync and reward-aggregation keys (TRL's defaults) ---
+    min_p: float | None = None  # keep tokens with p >= min_p * p(most likely token); None/0 = off
+    repetition_penalty: float = 1.0  # > 1 lowers the logits of tokens already in the prompt or completion
+    # extra GenerationConfig (transformers) / SamplingParams (vLLM) settings; they override the keys above
+    generation_kwargs: dict[str, Any] | None = None
+    # held-out eval: samples per prompt (at temperature, pass@1 = their mean accuracy); None = greedy, one each
+    num_generations_eval: int | None = None
+    # micro-batches one generation feeds (None = gradient_accumulation_steps: one generation per optimizer step)
+    steps_per_generation: int | None = None
+    generation_batch_size: int | None = None  # completions per generation, all processes; excludes steps_per_generation
+    sync_ref_model: bool = False  # TR-DPO: every ref_model_sync_steps, ref = alpha * policy + (1 - alpha) * ref
+    ref_model_mixup_alpha: float = 0.6
+    ref_model_sync_steps: int = 512
+    multi_objective_aggregation: MultiObjectiveAggregation = "sum_then_normalize"  # or normalize_then_sum (GDPO)
 
     # --- rollout engine ---
     # transformers: the policy generates; vllm: vLLM in this process; vllm_server: a running
@@ -298,6 +319,7 @@ class GRPOConfig:
 
     def __post_init__(self) -> None:
         self._resolve_engine()
+        self._resolve_generation_kwargs()
         if self.async_rollouts:
             self._resolve_async()
         self.validate()
@@ -326,6 +348,53 @@ class GRPOConfig:
             logger.warning("async_rollouts: setting importance_sampling_cap: %s (truncated importance sampling "
                            "corrects the one-step-stale sampler)", ASYNC_IS_CAP)
             self.importance_sampling_cap = ASYNC_IS_CAP
+
+    def _resolve_generation_kwargs(self) -> None:
+        """TRL's ``generation_kwargs`` override the named sampling keys: those are moved into the keys
+        (with a log line), so the trainer's log-probs use the temperature the engine samples at and
+        config.yaml says what ran; what is left goes to vLLM's SamplingParams (``sampling_extra``)."""
+        if not self.generation_kwargs:
+            return
+        kwargs = dict(self.generation_kwargs)
+        for key, field_name in GENERATION_KWARGS_KEYS.items():
+            if key in kwargs:
+                value = kwargs.pop(key)
+                logger.warning("config: generation_kwargs[%r] = %r overrides %s (as in TRL)", key, value, field_name)
+                setattr(self, field_name, _check_type(f"generation_kwargs.{key}", value,
+                                                      _field_types(type(self))[field_name]))
+        self.generation_kwargs = kwargs or None
+
+    def sampling_extra(self) -> tuple[tuple[str, Any], ...]:
+        """The generation_kwargs left for vLLM's SamplingParams (rlreason.rollout.base.SamplingConfig.extra)."""
+        return tuple(sorted((self.generation_kwargs or {}).items()))
+
+    def _validate_trl_generation(self, need: Callable[[bool, str, str], None]) -> None:
+        """TRL 1.16's min_p, repetition_penalty, generation_kwargs, num_generations_eval,
+        steps_per_generation / generation_batch_size, sync_ref_model and multi_objective_aggregation."""
+        need(self.min_p is None or 0 <= self.min_p <= 1, "min_p", f"must be in [0, 1] or null, got {self.min_p}")
+        need(math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0, "repetition_penalty",
+             f"must be a finite number > 0 (1 = off), got {self.repetition_penalty}")
+        if self.generation_kwargs and self.rollout_engine == "transformers":
+            key = sorted(self.generation_kwargs)[0]
+            need(False, f"generation_kwargs.{key}",
+                 f"the transformers engine's decode loop implements {', '.join(GENERATION_KWARGS_KEYS)} only; "
+                 f"other generation settings need vLLM (use_vllm: true)")
+        for key in ("n", "seed", "logprobs", "prompt_logprobs", "detokenize", "output_kind"):
+            need(key not in (self.generation_kwargs or {}), f"generation_kwargs.{key}",
+                 "is set by rlreason itself (num_generations, the sampling seeds, the sampler's log-probs)")
+        need(self.num_generations_eval is None or self.num_generations_eval >= 1, "num_generations_eval",
+             f"must be >= 1 or null, got {self.num_generations_eval}")
+        need(self.sync_ref_model is False or self.beta > 0, "sync_ref_model",
+             "needs a reference model to synchronise: set beta > 0 (with beta 0 there is none, as in TRL)")
+        need(not (self.sync_ref_model and self.use_peft), "sync_ref_model",
+             "with use_peft the reference is the adapter-disabled base model, which has no weights of its own to "
+             "mix (TRL refuses this too): turn off sync_ref_model or use_peft")
+        need(0 <= self.ref_model_mixup_alpha <= 1, "ref_model_mixup_alpha",
+             f"must be in [0, 1], got {self.ref_model_mixup_alpha}")
+        need(self.ref_model_sync_steps >= 1, "ref_model_sync_steps", f"must be >= 1, got {self.ref_model_sync_steps}")
+        need(self.multi_objective_aggregation == "sum_then_normalize" or self.advantage_estimator == "grpo",
+             "multi_objective_aggregation", "normalize_then_sum (GDPO) normalises each reward within its group "
+             f"itself: it takes advantage_estimator 'grpo', got {self.advantage_estimator!r}")
 
     @property
     def completions_per_step(self) -> int:
@@ -408,6 +477,7 @@ class GRPOConfig:
         need(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
         need(len(self.reward_funcs) > 0, "reward_funcs", "name at least one reward function")
         self._validate_ranges(need)
+        self._validate_trl_generation(need)
         need(not (self.eval_holdout_size and self.dataset_name == "arith"), "eval_holdout_size",
              "the embedded task (dataset_name: arith) has its own held-out problems (final_eval_size, eval_size); "
              "eval_holdout_size holds rows of your own dataset out of training")

@@ -62,13 +62,8 @@ UNSUPPORTED: dict[str, str] = {
     "sync_ref_model": "the KL reference is the initial policy",
     "ref_model_mixup_alpha": "the KL reference is the initial policy",
     "ref_model_sync_steps": "the KL reference is the initial policy",
-    "multi_objective_aggregation": "rewards are summed with reward_weights, then normalised (TRL's default)",
     "top_entropy_quantile": "every completion token is trained",
     "delta": "two-sided clipping is not implemented; see dual_clip",
-    "min_p": "sampling takes temperature, top_p and top_k",
-    "repetition_penalty": "sampling takes temperature, top_p and top_k (for a reward, see repetition_penalty in "
-                          "reward_funcs)",
-    "generation_kwargs": "sampling takes temperature, top_p and top_k",
     "vllm_importance_sampling_mode": "importance_sampling_cap is a per-token truncation",
     "use_transformers_paged": "generation uses rlreason's engines (transformers or vLLM)",
     "max_tool_calling_iterations": "tools are not supported",

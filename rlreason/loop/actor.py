@@ -341,10 +341,16 @@ class Actor:
         replay = cfg.routing_replay and bool(self.routers)
         old, routes = self.old_pass(micro) if cfg.num_iterations > 1 or replay else (None, None)
         ref = self.reference_logprobs(micro)
-        # The importance weight's pi_old is the distribution the sampler drew from: with top-k/top-p
+        # The importance weight's pi_old is the distribution the sampler drew from: with top-k/top-p/min-p
         # that is the truncated one (the engines report truncated log-probs), so it gets its own
         # pass; against the full distribution the weight was the kept mass (~0.9 at top_p 0.9).
-        truncation = (cfg.top_k, cfg.top_p) if cfg.top_k > 0 or cfg.top_p < 1 else None
+        # The repetition penalty is left out of this pass on purpose: it is not a cut of the policy's
+        # distribution but a change of it that depends on each row's prefix, and the importance
+        # weight pi_theta / pi_sampler is what corrects it back to the policy being trained (as in
+        # TRL, whose weight is always against the plain tempered policy). Reproducing it here made
+        # the weight ~1 and trained the policy toward its penalised samples without correction.
+        min_p = cfg.min_p or 0.0
+        truncation = (cfg.top_k, cfg.top_p, min_p) if cfg.top_k > 0 or cfg.top_p < 1 or min_p > 0 else None
         behaviour = self.frozen_logprobs(self.model, micro, truncation=truncation) \
             if cfg.importance_sampling_cap and truncation and not stale else None
         # the teacher's own distribution (temperature 1) is the target of on-policy distillation

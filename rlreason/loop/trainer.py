@@ -106,7 +106,8 @@ class GRPOTrainer:
         self.global_advantages = cfg.advantage_estimator == "reinforce_pp" or (
             cfg.advantage_estimator == "grpo" and self.scale_rewards == "batch")
         self.sampling = SamplingConfig(max_tokens=cfg.max_completion_length, temperature=cfg.temperature,
-                                       top_p=cfg.top_p, top_k=cfg.top_k)
+                                       top_p=cfg.top_p, top_k=cfg.top_k, min_p=cfg.min_p or 0.0,
+                                       repetition_penalty=cfg.repetition_penalty, extra=cfg.sampling_extra())
         self.eval_sampling = SamplingConfig(max_tokens=cfg.eval_max_tokens or cfg.max_completion_length,
                                             temperature=0.0)
         self.prompts_per_process = cfg.completions_per_step // self.group_size
