@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from accelerate.utils import DistributedType
 
 from rlreason import algorithms as A
 from rlreason.config import GRPOConfig
@@ -27,6 +28,7 @@ from rlreason.loop.distributed import reduce_sum
 from rlreason.loop.experience import Rollout
 from rlreason.loop.logprobs import completion_logprobs
 from rlreason.loop.parts import Parts
+from rlreason.loop.ref_sync import ReferenceSync
 from rlreason.moe import ROUTER_CLASSES, RouterStats, RoutingCapture, aux_loss_coef, find_routers
 from rlreason.run import stopping
 
@@ -131,6 +133,21 @@ class Actor:
             64, getattr(policy.config.get_text_config(), "hidden_size", 1024))
         self.nonfinite_skipped = 0  # updates skipped for a non-finite loss or gradient, whole run
         self.nonfinite_streak = 0  # ... in a row
+        self.ref_sync = self._reference_sync(policy)  # TR-DPO's moving reference (sync_ref_model), or None
+
+    def _reference_sync(self, policy: torch.nn.Module) -> ReferenceSync | None:
+        """``sync_ref_model``: the reference mixed toward the policy every ``ref_model_sync_steps``
+        optimizer steps (rlreason/loop/ref_sync.py); None when off."""
+        cfg = self.cfg
+        if not cfg.sync_ref_model:
+            return None
+        if self.ref_model is None:  # beta 0 is refused by the config; a PEFT policy given from Python is not
+            raise ValueError("config key 'sync_ref_model': the reference is the adapter-disabled base model of a "
+                             "LoRA policy, which has no weights of its own to mix (TRL refuses this too)")
+        if self.acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+            raise ValueError("config key 'sync_ref_model': with a sharded policy (FSDP, DeepSpeed) each process "
+                             "holds a shard of the policy and a whole reference; use DDP (a plain accelerate launch)")
+        return ReferenceSync(self.ref_model, policy, cfg.ref_model_mixup_alpha, cfg.ref_model_sync_steps)
 
     def state_dict(self) -> dict[str, int]:
         """The counters a checkpoint keeps (the weights and optimizer are accelerate's)."""
@@ -418,6 +435,8 @@ class Actor:
             self.nonfinite_skipped += 1
             self.nonfinite_streak += 1
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ref_sync is not None:  # TRL's SyncRefModelCallback.on_step_end: after every optimizer step
+            self.ref_sync.after_optimizer_step()
         return grad_norm
 
     def _metrics(self, batch: _Batch, totals: _Totals, stale_sampler: bool, t0: float) -> dict[str, float]:

@@ -210,9 +210,35 @@ class GRPOTrainer:
             metrics.update({"dynamic_sampling/rounds": float(rounds),
                             "dynamic_sampling/extra_prompts": float(rounds * want),
                             "dynamic_sampling/kept_groups": float(ro.num_groups)})
-        ro.advantages, m = self.compute_advantages(ro.rewards)
+        if cfg.multi_objective_aggregation == "normalize_then_sum":
+            ro.advantages, m = self.gdpo_advantages(ro)
+        else:
+            ro.advantages, m = self.compute_advantages(ro.rewards)
         ro.metrics = {**metrics, **m}
         return ro
+
+    def gdpo_advantages(self, ro: Rollout) -> tuple[torch.Tensor, dict[str, float]]:
+        """``multi_objective_aggregation: normalize_then_sum`` (rlreason.algorithms.gdpo_advantages):
+        each reward normalised within its group, the weighted sum normalised over the whole batch, so
+        every process's scores are gathered first. A completion whose total is unknown (a reward
+        failed) is left out of every statistic (all its scores NaN), as in the default aggregation.
+        Collective with several processes."""
+        names = list(ro.per_func)
+        per_func = torch.stack([ro.per_func[k].double() for k in names], dim=1) if names \
+            else torch.zeros((len(ro.samples), 0), dtype=torch.float64)
+        per_func[torch.isnan(ro.rewards)] = math.nan  # unknown or unscorable totals carry no signal
+        weights = torch.tensor([self.rewards.weights[self.rewards.names.index(k)] for k in names],
+                               dtype=torch.float64)
+        world = self.acc.num_processes
+        all_pf = gather_varlen(self.acc, per_func) if world > 1 else per_func
+        if len(all_pf) == 0:
+            return ro.rewards.float(), {"frac_zero_std_groups": float("nan")}
+        adv, m = A.gdpo_advantages(all_pf, weights, self.cfg.num_generations)
+        if world > 1:
+            sizes = gather_varlen(self.acc, torch.tensor([len(per_func)])).tolist()
+            start = sum(sizes[:self.acc.process_index])
+            adv = adv[start:start + len(per_func)]
+        return adv.float(), m
 
     def compute_advantages(self, rewards: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Advantages of this process's rewards [N] -> [N]. Estimators that normalise over the
@@ -390,6 +416,7 @@ class GRPOTrainer:
             "trainer": self,  # the step, the evaluations, the row a stop kept aside; the run's record
             "reward_health": self.health,  # a reward's steps in a row without a score
             "async_rollouts": self.overlap,  # the batch in flight, in its own file
+            "reference_sync": self.actor.ref_sync,  # sync_ref_model: the mixed reference's weights, own file
         }
 
     def state_dict(self) -> dict[str, Any]:
