@@ -98,3 +98,144 @@ def test_normalize_then_sum_gives_the_advantages_of_the_reward_matrix(tiny_path,
     summed, _ = tr.compute_advantages(ro.rewards)
     assert not torch.allclose(ro.advantages, summed)  # not the default aggregation's
     tr.close()
+
+
+# ---------------------------------------------------------------------- steps_per_generation
+
+SPG_CASES = [("dapo", "dapo"), ("grpo", "grpo"), ("bnpo", "bnpo"), ("dr_grpo", "dr_grpo")]
+
+
+@pytest.mark.parametrize(("preset", "trl_loss"), SPG_CASES)
+def test_one_generation_makes_two_optimizer_steps_with_trls_gradients(tiny_path, tmp_path, preset, trl_loss):
+    """steps_per_generation = 2 * gradient_accumulation_steps: one rollout batch of 2 micro-batches makes
+    two optimizer steps, the first on micro-batch 0, the second on micro-batch 1 (disjoint halves) with
+    the old log-probs of the weights that generated it; each step's gradient equals TRL 1.16's
+    _compute_loss backward on the same micro-batch at the same weights (its normaliser included:
+    num_items_in_batch / num_processes * gradient_accumulation_steps / steps_per_generation)."""
+    from datasets import Dataset
+    from test_trl_crosscheck import _trl_inputs
+
+    trl = pytest.importorskip("trl")
+    micro_size, beta = 4, 0.04
+    tok = AutoTokenizer.from_pretrained(tiny_path)
+    cfg = GRPOConfig(output_dir=str(tmp_path / "ours"), **{
+        **BASE, "loss_type": preset, "beta": beta, "kl_estimator": "k3", "num_generations": 2,
+        "per_device_train_batch_size": micro_size, "gradient_accumulation_steps": 1, "steps_per_generation": 2,
+        "learning_rate": 2e-5, "max_grad_norm": 1e9, "max_steps": 2, "epsilon": 0.2, "epsilon_high": 0.28})
+    assert cfg.completions_per_step == 8 and cfg.optimizer_steps_per_generation == 2
+    train = prepare(arith_dataset(64, 0, "train"), tokenizer=tok)
+    torch.manual_seed(0)
+    ours = GRPOTrainer(cfg, assemble(cfg, AutoModelForCausalLM.from_pretrained(tiny_path), tok, train,
+                                     [_alternating_reward], accelerator=Accelerator(cpu=True)))
+    ro = ours.collect()
+    # every group has a signal: both halves carry a policy gradient (not the KL term's alone)
+    assert len(ro.samples) == 8 and ro.advantages.view(-1, 2).ne(0).all()
+    policy = ours.acc.unwrap_model(ours.model)
+    captured: list[tuple[dict, dict]] = []
+
+    def grab(opt, args, kwargs) -> None:  # before each optimizer step: the weights and their gradients
+        captured.append(({n: p.detach().clone() for n, p in policy.named_parameters()},
+                         {n: p.grad.detach().clone() for n, p in policy.named_parameters()}))
+
+    handle = ours.optimizer.optimizer.register_step_pre_hook(grab)
+    try:
+        metrics = ours.update(ro)
+    finally:
+        handle.remove()
+        ours.close()
+    assert len(captured) == 2
+    assert metrics["ratio/max_abs_log"] > 1e-3  # the second step's ratios left 1 (old = the generating weights)
+
+    args = trl.GRPOConfig(output_dir=str(tmp_path / "trl"), loss_type=trl_loss, beta=beta, epsilon=0.2,
+                          epsilon_high=0.28, per_device_train_batch_size=micro_size, gradient_accumulation_steps=1,
+                          steps_per_generation=2, num_generations=2,
+                          max_completion_length=BASE["max_completion_length"],
+                          report_to=[], use_cpu=True, logging_steps=1, bf16=False, use_bias_correction_kl=False)
+    trainer = trl.GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_path),
+                              reward_funcs=[lambda completions, **kw: [0.0] * len(completions)], args=args,
+                              train_dataset=Dataset.from_dict({"prompt": ["1+1"] * 8}), processing_class=tok)
+    trainer.current_gradient_accumulation_steps = 1
+    model = trainer.model
+    micro = [_trl_inputs(ro, range(i, i + micro_size), tok.pad_token_id) for i in (0, micro_size)]
+    n_items = sum(b["completion_mask"].sum() for b in micro)  # the whole generation batch, as TRL counts it
+    with torch.no_grad():  # old (the generating weights) and reference log-probs, once per generation
+        for b in micro:
+            ids = torch.cat([b["prompt_ids"], b["completion_ids"]], 1)
+            mask = torch.cat([b["prompt_mask"], b["completion_mask"]], 1)
+            width = b["completion_ids"].shape[1]
+            b["old_per_token_logps"] = trainer._get_per_token_logps_and_entropies(model, ids, mask, width)[0]
+            b["ref_per_token_logps"] = trainer._get_per_token_logps_and_entropies(trainer.ref_model, ids, mask,
+                                                                                   width)[0]
+            b["num_items_in_batch"] = n_items
+    model.train()
+    errors = []
+    for (weights, grads), b in zip(captured, micro, strict=True):  # step s trains on micro-batch s only
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(weights[n])
+        model.zero_grad(set_to_none=True)
+        trainer._compute_loss(model, b).backward()
+        theirs = torch.cat([p.grad.flatten() for _, p in model.named_parameters()])
+        mine = torch.cat([grads[n].flatten() for n, _ in model.named_parameters()])
+        errors.append(((mine - theirs).norm() / theirs.norm()).item())
+    # measured (this machine, 2026-12-07): 1.1e-6 to 1.2e-6 at the first step, 3.6e-6 to 6.4e-6 at the second
+    # (float32 log-prob numerics, amplified by its ratios); a wrong normaliser or slice moves it by percents
+    assert all(e <= 1e-5 for e in errors), (preset, errors)  # (NaN fails too)
+    # the second step's weights moved: it is not the first step's gradient again
+    assert any(not torch.equal(captured[0][0][n], w) for n, w in captured[1][0].items())
+
+
+def _seen_steps(prompts, completions, trainer_state, **kw):
+    _seen_steps.steps.append(trainer_state.global_step)
+    return [float(i % 2) for i in range(len(completions))]
+
+
+_seen_steps.steps = []
+
+
+def test_max_steps_and_checkpoints_count_optimizer_steps_and_resume_is_exact(tiny_path, tmp_path):
+    """With two optimizer steps per generation, max_steps 4 is two generations (TRL's global_step counts
+    optimizer steps); save_steps 1 saves at the generation boundaries (steps 2 and 4), never between
+    the two steps of a generation; a run resumed from step 2 ends with the weights of the run that went on."""
+    import json
+
+    kw = {**BASE, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1, "steps_per_generation": 2,
+          "max_steps": 4, "save_steps": 1, "logging_steps": 1}
+    _seen_steps.steps = []
+    torch.manual_seed(0)
+    full = make_trainer(tiny_path, tmp_path / "a", [_seen_steps], **kw)
+    summary = full.train()
+    assert _seen_steps.steps == [0, 2] and summary["steps"] == 4
+    ckpts = sorted(p.name for p in (tmp_path / "a" / "run" / "checkpoints").iterdir() if p.name.startswith("step-"))
+    assert ckpts == ["step-0000002", "step-0000004"]
+    logged = [json.loads(line)["step"] for line in (tmp_path / "a" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [s for s in logged if s > 0] == [2, 4]
+    resumed = make_trainer(tiny_path, tmp_path / "b", [_seen_steps],
+                           **{**kw, "resume_from_checkpoint": str(tmp_path / "a" / "run" / "checkpoints" /
+                                                                  "step-0000002")})
+    resumed.train()
+    assert _seen_steps.steps == [0, 2, 2]  # the resumed run generated the second generation only
+    for name, want in params(full).items():
+        assert torch.equal(params(resumed)[name], want), name
+
+
+@pytest.mark.parametrize(("overrides", "match"), [
+    ({"steps_per_generation": 3, "gradient_accumulation_steps": 2}, "config key 'steps_per_generation'"),
+    ({"steps_per_generation": 2, "generation_batch_size": 16}, "config key 'generation_batch_size': and"),
+    ({"generation_batch_size": 12}, "config key 'generation_batch_size': must be a multiple of"),
+    ({"steps_per_generation": 2, "max_steps": 3}, "config key 'max_steps': counts optimizer steps"),
+    ({"steps_per_generation": 2, "dynamic_sampling": True}, "config key 'dynamic_sampling'"),
+])
+def test_bad_generation_batches_are_refused(overrides, match):
+    base = {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "num_generations": 4,
+            "max_steps": 4}
+    with pytest.raises(ConfigError, match=match):
+        from_dict({**base, **overrides})
+
+
+def test_generation_batch_size_sets_steps_per_generation():
+    base = {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "num_generations": 4, "max_steps": 4}
+    cfg = from_dict({**base, "generation_batch_size": 32})
+    assert (cfg.generation_steps, cfg.optimizer_steps_per_generation, cfg.completions_per_step) == (4, 4, 32)
+    cfg = from_dict({**base, "steps_per_generation": None, "generation_batch_size": None})  # TRL's defaults
+    assert (cfg.generation_steps, cfg.optimizer_steps_per_generation) == (1, 1)

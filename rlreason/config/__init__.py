@@ -52,6 +52,11 @@ GENERATION_KWARGS_KEYS = {"temperature": "temperature", "top_p": "top_p", "top_k
                           "max_tokens": "max_completion_length"}
 
 
+def _world_size() -> int:
+    """The number of training processes as accelerate launch / torchrun announce it (1 without)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 class ConfigError(ValueError):
     """A bad config key or value; the message names the key."""
 
@@ -382,6 +387,7 @@ class GRPOConfig:
         for key in ("n", "seed", "logprobs", "prompt_logprobs", "detokenize", "output_kind"):
             need(key not in (self.generation_kwargs or {}), f"generation_kwargs.{key}",
                  "is set by rlreason itself (num_generations, the sampling seeds, the sampler's log-probs)")
+        self._validate_generation_batch(need)
         need(self.num_generations_eval is None or self.num_generations_eval >= 1, "num_generations_eval",
              f"must be >= 1 or null, got {self.num_generations_eval}")
         need(self.sync_ref_model is False or self.beta > 0, "sync_ref_model",
@@ -396,12 +402,57 @@ class GRPOConfig:
              "multi_objective_aggregation", "normalize_then_sum (GDPO) normalises each reward within its group "
              f"itself: it takes advantage_estimator 'grpo', got {self.advantage_estimator!r}")
 
+    def _validate_generation_batch(self, need: Callable[[bool, str, str], None]) -> None:
+        """steps_per_generation / generation_batch_size: TRL's rules, plus rlreason's: a generation feeds
+        whole optimizer steps, and the loop features that assume one generation per step are refused."""
+        need(self.steps_per_generation is None or self.generation_batch_size is None, "generation_batch_size",
+             "and steps_per_generation cannot both be set (TRL's rule): generation_batch_size = "
+             "per_device_train_batch_size * num_processes * steps_per_generation")
+        need(self.steps_per_generation is None or self.steps_per_generation >= 1, "steps_per_generation",
+             f"must be >= 1 or null, got {self.steps_per_generation}")
+        per_step = self.per_device_train_batch_size * _world_size()
+        need(self.generation_batch_size is None or (self.generation_batch_size >= per_step
+                                                    and self.generation_batch_size % per_step == 0),
+             "generation_batch_size", f"must be a multiple of per_device_train_batch_size * num_processes = "
+             f"{per_step}, got {self.generation_batch_size}")
+        spg, gas = self.generation_steps, self.gradient_accumulation_steps
+        need(spg % gas == 0, "steps_per_generation",
+             f"= {spg} must be a multiple of gradient_accumulation_steps = {gas}: each generation feeds whole "
+             f"optimizer steps in rlreason (TRL also lets an optimizer step span two generations)")
+        if spg == gas:
+            return
+        k = spg // gas
+        need(self.max_steps == -1 or self.max_steps % k == 0, "max_steps",
+             f"counts optimizer steps (as in TRL) and one generation makes {k} (steps_per_generation {spg} / "
+             f"gradient_accumulation_steps {gas}): use a multiple of {k}, got {self.max_steps}")
+        for key in ("dynamic_sampling", "async_rollouts"):
+            need(not getattr(self, key), key, f"is not supported with steps_per_generation ({spg}) > "
+                 f"gradient_accumulation_steps ({gas}): it assumes one generation per optimizer step")
+
+    @property
+    def generation_steps(self) -> int:
+        """TRL's ``steps_per_generation`` as resolved by its GRPOConfig: the micro-batches one generation
+        feeds; from ``generation_batch_size`` (all processes: WORLD_SIZE, as accelerate launch sets it)
+        when that is given; else ``gradient_accumulation_steps`` (one generation per optimizer step)."""
+        if self.steps_per_generation is not None:
+            return self.steps_per_generation
+        if self.generation_batch_size is not None:
+            return max(1, self.generation_batch_size // (self.per_device_train_batch_size * _world_size()))
+        return self.gradient_accumulation_steps
+
+    @property
+    def optimizer_steps_per_generation(self) -> int:
+        """Optimizer steps one generation (rollout batch) makes per pass over it: its
+        ``generation_steps`` micro-batches in slices of ``gradient_accumulation_steps``."""
+        return self.generation_steps // self.gradient_accumulation_steps
+
     @property
     def completions_per_step(self) -> int:
-        """Completions generated per process per step (TRL's generation batch). As in TRL the
-        batch sizes are per device: the global batch of a step is this times the number of
-        processes, so keep it fixed across process counts by scaling per_device_train_batch_size."""
-        return self.per_device_train_batch_size * self.gradient_accumulation_steps
+        """Completions generated per process per generation (TRL's generation batch over the
+        processes). As in TRL the batch sizes are per device: the global batch of a generation is this
+        times the number of processes, so keep it fixed across process counts by scaling
+        per_device_train_batch_size."""
+        return self.per_device_train_batch_size * self.generation_steps
 
     def validate(self) -> None:
         def need(ok: bool, key: str, msg: str) -> None:
@@ -411,7 +462,8 @@ class GRPOConfig:
         need(self.num_generations >= 2, "num_generations",
              f"must be >= 2 for group advantages, got {self.num_generations}")
         need(self.completions_per_step % self.num_generations == 0, "per_device_train_batch_size",
-             f"per_device_train_batch_size * gradient_accumulation_steps = {self.completions_per_step} "
+             f"per_device_train_batch_size * steps_per_generation (default gradient_accumulation_steps) = "
+             f"{self.completions_per_step} "
              f"must be a multiple of num_generations = {self.num_generations}")
         for key, tp in _field_types(type(self)).items():
             if _choices(tp):  # loss_type, scale_rewards, kl_estimator, optim, vllm_mode, ...

@@ -118,7 +118,10 @@ class GRPOTrainer:
             self.log.print("[yellow]reward_num_workers: 0: the rewards run in the trainer's process, with no timeout "
                            "and no memory cap; a reward that hangs, crashes the interpreter or calls os._exit ends "
                            "the run (a worker pool, reward_num_workers >= 1, contains all three)")
-        self.step = 0
+        self.step = 0  # optimizer steps per pass (TRL's global_step when num_iterations is 1)
+        # optimizer steps one generation makes (steps_per_generation / gradient_accumulation_steps): the
+        # step advances by k per generation, and the prompt stream is read by generation (self.generation)
+        self.k = cfg.optimizer_steps_per_generation
         self.last_eval: dict[str, float] = {}  # the latest periodic eval, saved with checkpoints
         self.heldout_before: dict[str, Any] = {}
         self._saved_step: int | None = None  # the step of the newest checkpoint this run wrote or resumed from
@@ -136,6 +139,16 @@ class GRPOTrainer:
             # and scoring are local); every collective (weight sync, batch statistics, the update)
             # stays on the trainer's thread, at the same step on every process.
             self.overlap = Overlap(cfg.max_staleness, cfg.max_steps, self._rollout_job, self.sync_weights, self.acc)
+
+    @property
+    def generation(self) -> int:
+        """Generations (rollout batches) done: the prompt stream's position and weight_sync_steps' unit."""
+        return self.step // self.k
+
+    def _crossed(self, every: int) -> bool:
+        """Whether the last generation's optimizer steps reached a multiple of ``every`` (0: off): with
+        one optimizer step per generation, ``step % every == 0``."""
+        return every > 0 and self.step // every > (self.step - self.k) // every
 
     @property
     def group_size(self) -> int:
@@ -181,8 +194,8 @@ class GRPOTrainer:
         """What TRL passes rewards as ``trainer_state`` (they read ``global_step``, ``max_steps``), at
         ``step`` (default: the current one)."""
         step = self.step if step is None else step
-        return TrainerState(global_step=step, max_steps=self.cfg.max_steps, epoch=self.prompts.epoch(step),
-                            num_train_epochs=math.ceil(self.prompts.epoch(self.cfg.max_steps)))
+        return TrainerState(global_step=step, max_steps=self.cfg.max_steps, epoch=self.prompts.epoch(step // self.k),
+                            num_train_epochs=math.ceil(self.prompts.epoch(self.cfg.max_steps // self.k)))
 
     def collect(self) -> Rollout:
         """This step's batch: a rollout of this step's prompts; with dynamic sampling (DAPO,
@@ -193,8 +206,8 @@ class GRPOTrainer:
             ro, errors = self.overlap.take(self.step)
             self.health.errors.update(errors)
         else:
-            ro = self.rollout(self.prompts.rows(self.step),
-                              self.prompts.seeds("train", self.prompts.positions(self.step)))
+            ro = self.rollout(self.prompts.rows(self.generation),
+                              self.prompts.seeds("train", self.prompts.positions(self.generation)))
         metrics = {**ro.metrics, **sample_metrics(self.acc, ro)}  # of the policy's draw, before any filtering
         if cfg.dynamic_sampling:
             want = self.prompts_per_process
@@ -287,8 +300,8 @@ class GRPOTrainer:
         of it (and at start), so it lags at the steps in between. (After a resume, which syncs, the
         first steps until the next multiple count as lagging although they are not: their ratio
         then compares the policy with the engine's own numerics, which is harmless.)"""
-        k = self.cfg.weight_sync_steps
-        return not self.engine_shares_policy and k > 1 and self.step % k != 0
+        k = self.cfg.weight_sync_steps  # counted in generations
+        return not self.engine_shares_policy and k > 1 and self.generation % k != 0
 
     def update(self, ro: Rollout) -> dict[str, float]:
         """``num_iterations`` optimizer steps on this step's batch (rlreason/loop/actor.py). Collective
@@ -509,7 +522,7 @@ class GRPOTrainer:
                 interrupted = True
                 self.save(self.step)
                 break
-            if cfg.save_steps and self.step % cfg.save_steps == 0 and self.step < cfg.max_steps:
+            if self._crossed(cfg.save_steps) and self.step < cfg.max_steps:
                 self.save(self.step)
                 # a stop that arrived during the save: this checkpoint is the one to stop with
                 interrupted = self._any_process(self.stop_requested)
@@ -565,12 +578,12 @@ class GRPOTrainer:
                 self.overlap.launch_next(self.step)  # the next batch generates while this one trains
             metrics = dict(ro.metrics)
             metrics.update(self.update(ro))  # commits the step right before its first optimizer step
-        self.step += 1
+        self.step += self.k
         acc_name = next((n for n in ro.per_func if n.startswith("accuracy")), None)
         if acc_name is not None:  # the progress bar's "acc": the accuracy reward's batch mean
             metrics["accuracy"] = metrics[f"rewards/{acc_name}/mean"]
         # a stop already requested skips the sync: nobody generates with it, and a resume syncs
-        if self.overlap is None and self.step % cfg.weight_sync_steps == 0 and not (
+        if self.overlap is None and self.generation % cfg.weight_sync_steps == 0 and not (
                 self.acc.num_processes == 1 and self.stop_requested):
             try:
                 self.sync_weights()
@@ -584,7 +597,7 @@ class GRPOTrainer:
         metrics.update({"time/step_s": dt, "perf/samples_per_s": n_comp / dt, "perf/tokens_per_s": n_tok / dt})
         metrics = reduce_metrics(self.acc, metrics)
         self.health.record(self.step, metrics)
-        if cfg.log_completions_steps and (self.step == 1 or self.step % cfg.log_completions_steps == 0):
+        if cfg.log_completions_steps and (self.step == self.k or self._crossed(cfg.log_completions_steps)):
             self.log.completions(self.step, completion_rows(ro, 2 * cfg.num_generations))  # two groups
         self._evaluate_and_log(metrics)
         return metrics, n_comp
@@ -595,7 +608,7 @@ class GRPOTrainer:
         evaluation (one process) raises ``stopping.Stopped`` and the checkpoint keeps the row, so the
         resumed run evaluates and writes it as the uninterrupted run would have."""
         cfg = self.cfg
-        if cfg.eval_steps and self.step % cfg.eval_steps == 0 and self.step < cfg.max_steps:
+        if self._crossed(cfg.eval_steps) and self.step < cfg.max_steps:
             self.pending_row = metrics
             with self._stop_at_once():
                 if self.overlap is not None:
@@ -604,7 +617,7 @@ class GRPOTrainer:
                 ev.update(self.evaluate_suites())
             self.last_eval = {k: v for k, v in ev.items() if isinstance(v, int | float)}
             metrics.update({k: v for k, v in ev.items() if k != "eval/samples"})
-        if self.step % cfg.logging_steps == 0 or self.step == cfg.max_steps:
+        if self._crossed(cfg.logging_steps) or self.step == cfg.max_steps:
             self.log.log(self.step, metrics)
         self.log.advance(self.step, metrics)
         self.pending_row = None
