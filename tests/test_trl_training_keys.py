@@ -239,3 +239,53 @@ def test_generation_batch_size_sets_steps_per_generation():
     assert (cfg.generation_steps, cfg.optimizer_steps_per_generation, cfg.completions_per_step) == (4, 4, 32)
     cfg = from_dict({**base, "steps_per_generation": None, "generation_batch_size": None})  # TRL's defaults
     assert (cfg.generation_steps, cfg.optimizer_steps_per_generation) == (1, 1)
+
+
+# ---------------------------------------------------------------------- num_generations_eval
+
+def _first_digit_right(completions, answer, **kw):
+    """1 when the completion's first digit is the answer's: a cheap, often-right-often-wrong accuracy."""
+    from rlreason.rewards import completion_text
+
+    def first(t):
+        return next((c for c in t if c.isdigit()), None)
+
+    return [float(first(completion_text(c)) == first(str(a))) for c, a in zip(completions, answer, strict=True)]
+
+
+@pytest.mark.parametrize("n_eval", [None, 3])
+def test_num_generations_eval_samples_that_many_per_held_out_problem(tiny_path, tmp_path, n_eval):
+    """num_generations_eval 3: each held-out problem is sampled 3 times at the training temperature and
+    the accuracy is the mean over the 12 samples (pass@1), recomputed here from the samples themselves;
+    None: greedy, one answer per problem (rlreason's held-out eval)."""
+    cfg = GRPOConfig(output_dir=str(tmp_path / "run"), **{**BASE, "max_steps": 1, "temperature": 0.9,
+                                                           "num_generations_eval": n_eval})
+    tok = AutoTokenizer.from_pretrained(tiny_path)
+    rows = prepare(arith_dataset(64, 0, "train"), tokenizer=tok)
+    tr = GRPOTrainer(cfg, assemble(cfg, AutoModelForCausalLM.from_pretrained(tiny_path), tok, rows, [_varied_reward],
+                                   eval_rows=list(rows.select(range(4))), eval_accuracy_fn=_first_digit_right,
+                                   accelerator=Accelerator(cpu=True)))
+    calls = []
+    generate = tr.engine.generate
+
+    def recording(prompts, n, sampling, seeds=None):
+        out = generate(prompts, n, sampling, seeds)
+        calls.append((n, sampling, out))
+        return out
+
+    tr.engine.generate = recording
+    torch.manual_seed(0)
+    m = tr.evaluate(4)
+    tr.close()
+    ((n, sampling, groups),) = calls
+    answers = [r["answer"] for r in rows.select(range(4))]
+    per_sample = [_first_digit_right([s.text], [a])[0] for g, a in zip(groups, answers, strict=True) for s in g]
+    if n_eval is None:
+        assert n == 1 and sampling.greedy and m["eval/n"] == 4
+    else:
+        assert n == 3 and sampling.temperature == 0.9 and m["eval/n"] == 12
+        assert len({tuple(s.token_ids) for g in groups for s in g}) > 4  # sampled, not one answer copied
+    assert m["eval/accuracy"] == pytest.approx(sum(per_sample) / len(per_sample))
+    assert from_dict({"num_generations_eval": None}).num_generations_eval is None  # TRL's default loads
+    with pytest.raises(ConfigError, match="config key 'num_generations_eval'"):
+        from_dict({"num_generations_eval": 0})

@@ -44,6 +44,7 @@ what that costs per ``max_staleness``). A checkpoint holds the batch in flight, 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -108,8 +109,13 @@ class GRPOTrainer:
         self.sampling = SamplingConfig(max_tokens=cfg.max_completion_length, temperature=cfg.temperature,
                                        top_p=cfg.top_p, top_k=cfg.top_k, min_p=cfg.min_p or 0.0,
                                        repetition_penalty=cfg.repetition_penalty, extra=cfg.sampling_extra())
-        self.eval_sampling = SamplingConfig(max_tokens=cfg.eval_max_tokens or cfg.max_completion_length,
-                                            temperature=0.0)
+        # held-out eval: greedy, one answer per problem; with num_generations_eval, that many samples per
+        # problem from the training distribution (TRL's meaning), accuracy = their mean (pass@1)
+        self.eval_n = cfg.num_generations_eval or 1
+        self.eval_sampling = dataclasses.replace(self.sampling, max_tokens=cfg.eval_max_tokens or
+                                                 cfg.max_completion_length) if cfg.num_generations_eval else \
+            SamplingConfig(max_tokens=cfg.eval_max_tokens or cfg.max_completion_length, temperature=0.0,
+                           repetition_penalty=cfg.repetition_penalty)
         self.prompts_per_process = cfg.completions_per_step // self.group_size
         self.prompts = PromptStream(self.train_dataset, cfg.seed, self.prompts_per_process, self.acc.process_index,
                                     self.acc.num_processes, cfg.generation_seed_per_prompt)
@@ -325,14 +331,16 @@ class GRPOTrainer:
     # ------------------------------------------------------------------ eval / loop
 
     def evaluate(self, n: int | None = None) -> dict[str, Any]:
-        """Greedy accuracy on the held-out rows (the first ``n``), sharded across processes."""
+        """Greedy accuracy on the held-out rows (the first ``n``), sharded across processes; with
+        ``num_generations_eval``, the mean accuracy of that many samples per row (pass@1)."""
         rows = self.eval_rows[:n] if n else self.eval_rows
         if not rows or self.eval_scorer is None:
             return {}
         mine = rows[self.acc.process_index::self.acc.num_processes]
         # scored as training scores (rlreason.eval.core.score_samples): any training reward can be the scorer
         res = evaluate(self.engine, mine, self.eval_scorer, self.eval_sampling, prompt_column=self.cfg.prompt_column,
-                       plain_text=self.cfg.rewards_plain_text, shared={"trainer_state": self.trainer_state()})
+                       plain_text=self.cfg.rewards_plain_text, shared={"trainer_state": self.trainer_state()},
+                       n=self.eval_n)
         sums = torch.tensor([res["sums"][k] for k in HELDOUT_SUMS], dtype=torch.float64, device=self.acc.device)
         sums = self.acc.reduce(sums, "sum") if self.acc.num_processes > 1 else sums
         return {**heldout_metrics(dict(zip(HELDOUT_SUMS, sums.tolist(), strict=True))), "eval/samples": res["samples"]}
