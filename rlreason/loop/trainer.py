@@ -448,7 +448,9 @@ class GRPOTrainer:
         return {"step": self.step, "metrics": self.last_eval, "heldout_before": self.heldout_before,
                 # the KL reference is the initial policy (or, with LoRA, the adapter-disabled base)
                 "reference_model": None if self.actor.ref_model is None and not self.actor.ref_is_base_adapter
-                else ("base_adapter_disabled" if self.actor.ref_is_base_adapter else self.cfg.model_name_or_path),
+                else ("base_adapter_disabled" if self.actor.ref_is_base_adapter
+                      # sync_ref_model: mixed toward the policy; its weights are in the checkpoint's own file
+                      else "reference_model.pt" if self.actor.ref_sync is not None else self.cfg.model_name_or_path),
                 "teacher_model": self.cfg.teacher_model_name_or_path, "config_changes": self.run_dir.config_changes,
                 # the step's metrics when a stop cut its periodic evaluation short (_evaluate_and_log)
                 "pending_row": self.pending_row}
