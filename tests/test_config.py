@@ -192,7 +192,7 @@ def test_an_open_r1_demo_config_loads_with_one_warning_per_reason(tmp_path, capl
 
 
 def test_every_unknown_or_unsupported_key_is_named_in_one_message():
-    values = {"num_generation": 4, "torch_dtyp": "bfloat16", "sync_ref_model": True, "deepspeed": "z.json",
+    values = {"num_generation": 4, "torch_dtyp": "bfloat16", "neftune_noise_alpha": 5, "deepspeed": "z.json",
               "learning_rate": "fast"}
     with pytest.raises(ConfigError) as e:
         from_dict(values)
@@ -200,7 +200,7 @@ def test_every_unknown_or_unsupported_key_is_named_in_one_message():
     assert msg.startswith("5 problems in the config")
     assert "unknown config key 'num_generation' (did you mean 'num_generations'?)" in msg
     assert "unknown config key 'torch_dtyp'" in msg and "did you mean 'loss_type'" not in msg  # no misleading hint
-    assert "'sync_ref_model' is not supported: the KL reference is the initial policy" in msg
+    assert "'neftune_noise_alpha' is not supported: not for RL fine-tuning" in msg
     assert "'deepspeed' is not supported: give DeepSpeed to accelerate" in msg
     assert "config key 'learning_rate'" in msg
     with pytest.raises(ConfigError, match="both are given"):
