@@ -125,9 +125,13 @@ def evaluate(
     prompt_column: str = "prompt",
     plain_text: bool = False,
     shared: dict[str, Any] | None = None,
+    n: int = 1,
 ) -> dict:
-    """Greedy (or sampled, one per problem) accuracy of ``engine`` on ``rows`` with a 95% Wilson
-    interval: the trainer's held-out evaluation.
+    """Greedy (or sampled) accuracy of ``engine`` on ``rows`` with a 95% Wilson interval: the
+    trainer's held-out evaluation. ``n`` samples per problem (TRL's ``num_generations_eval``; with a
+    sampling ``sampling``): the accuracy is then their mean, pass@1 estimated from n samples, and
+    ``n``/``correct``/the interval count completions (samples of one problem are correlated: the
+    interval is narrower than one over problems would be).
 
     ``rows``: held-out problems as ``rlreason.data.prepare`` makes them (``prompt_ids`` and the
     dataset's columns). ``scorer``: a runner over the accuracy reward and optionally the format
@@ -147,17 +151,21 @@ def evaluate(
     """
     _check_scorer(scorer, (1, 2), "heldout_scorer(accuracy_fn, format_fn)")
     rows = list(rows)
-    groups = engine.generate([r["prompt_ids"] for r in rows], 1, sampling)
-    texts = [g[0].text for g in groups]
+    if n < 1 or (n > 1 and sampling.greedy):
+        raise ValueError(f"n must be >= 1, and greedy decoding gives one sample per problem; got n={n}, "
+                         f"temperature {sampling.temperature}")
+    groups = engine.generate([r["prompt_ids"] for r in rows], n, sampling)
+    samples = [s for g in groups for s in g]
+    texts = [s.text for s in samples]
     scored = score_samples(scorer, rows, groups, prompt_column=prompt_column, plain_text=plain_text, shared=shared)
     accuracy_name = scorer.names[0]
     # NaN: None ("does not apply") or a failure; neither is a correct answer.
     scores = [_value(v) for v in scored.per_func[accuracy_name].tolist()]
     given = [s for s in scores if s is not None]
-    n = len(texts)
+    n = len(texts)  # completions: problems * samples per problem
     sums = {"correct": sum(1 for s in given if s >= 1.0), "n": n, "formatted": 0,
-            "tokens": sum(len(g[0].token_ids) for g in groups),
-            "truncated": sum(g[0].finish_reason == "length" for g in groups),
+            "tokens": sum(len(s.token_ids) for s in samples),
+            "truncated": sum(s.finish_reason == "length" for s in samples),
             "score_failures": scored.failures[accuracy_name], "reward_sum": math.fsum(given), "rewarded": len(given)}
     out = {
         "accuracy": sums["correct"] / max(n, 1),
@@ -169,7 +177,7 @@ def evaluate(
         "truncated_frac": sums["truncated"] / max(n, 1),
         "samples": [
             {"prompt": r.get(prompt_column), "completion": t, "answer": r.get("answer"), "score": s}
-            for r, t, s in list(zip(rows, texts, scores, strict=True))[:5]
+            for r, t, s in list(zip([r for r in rows for _ in groups[0]], texts, scores, strict=True))[:5]
         ],
         "score_failures": sums["score_failures"],
         "sums": sums,

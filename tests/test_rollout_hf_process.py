@@ -40,6 +40,18 @@ def engines(parts):
         child.close()
 
 
+def test_the_child_samples_with_min_p_and_repetition_penalty_as_the_in_process_engine(parts, engines):
+    """TRL's min_p and repetition_penalty reach the child's decode loop (SamplingConfig crosses the pipe)."""
+    _, _, prompts = parts
+    here, child = engines
+    sampling = SamplingConfig(max_tokens=24, temperature=1.0, min_p=0.1, repetition_penalty=1.4)
+    a = here.generate(prompts, 4, sampling, [11, 12, 13])
+    b = child.generate(prompts, 4, sampling, [11, 12, 13])
+    assert [[s.token_ids for s in g] for g in a] == [[s.token_ids for s in g] for g in b]
+    plain = here.generate(prompts, 4, SAMPLING, [11, 12, 13])
+    assert [[s.token_ids for s in g] for g in a] != [[s.token_ids for s in g] for g in plain]
+
+
 def test_the_child_samples_what_the_in_process_engine_samples(parts, engines):
     _, _, prompts = parts
     here, child = engines

@@ -27,9 +27,6 @@ PENDING = {
     "sapo_temperature_neg", "sapo_temperature_pos", "vespo_k_pos", "vespo_lambda_pos", "vespo_k_neg",
     "vespo_lambda_neg", "vllm_importance_sampling_correction", "vllm_importance_sampling_mode",
     "vllm_importance_sampling_clip_max", "vllm_importance_sampling_clip_min",
-    # the generation / reference engineer
-    "multi_objective_aggregation", "sync_ref_model", "ref_model_mixup_alpha", "ref_model_sync_steps",
-    "generation_kwargs", "min_p", "repetition_penalty", "steps_per_generation", "generation_batch_size",
 }
 # Defaults the loss engineer sets to TRL's (epsilon 0.2, importance_sampling_level token): emptied at merge too.
 PENDING_DEFAULTS = {"epsilon", "importance_sampling_level"}

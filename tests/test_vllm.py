@@ -158,6 +158,29 @@ def test_temperature_and_top_p_logprobs_are_the_sampling_distributions(engine, f
             assert max(abs(x) for x in s.logprobs) < 1e-5
 
 
+def test_min_p_repetition_penalty_and_generation_kwargs_reach_vllm(engine, fresh_model, tok, prompts):
+    """TRL's repetition_penalty, min_p and generation_kwargs reach vLLM's SamplingParams (colocated) and
+    the server's request, change the output, and mean what they mean in the transformers engine."""
+    penalised = SamplingConfig(max_tokens=60, temperature=0.0, repetition_penalty=1.5)
+    hf = HFEngine(fresh_model, tok).generate(prompts, 1, penalised)
+    plain = engine.generate(prompts, 1, GREEDY)
+    vl = engine.generate(prompts, 1, penalised)
+    assert sum(p[0].token_ids != h[0].token_ids for p, h in zip(plain, hf, strict=True)) >= 2  # it changes answers
+    for v, h in zip(vl, hf, strict=True):  # ... as in transformers, and the processed log-probs agree
+        assert v[0].token_ids == h[0].token_ids
+        assert max(abs(a - b) for a, b in zip(v[0].logprobs, h[0].logprobs, strict=True)) < LOGPROB_ATOL
+    # min_p 1 keeps only the most likely token: sampling at temperature 0.7 is then greedy, log-probs 0
+    top = engine.generate(prompts[:4], 2, SamplingConfig(max_tokens=40, temperature=0.7, min_p=1.0))
+    for g, ref in zip(top, engine.generate(prompts[:4], 1, SamplingConfig(max_tokens=40, temperature=0.0)),
+                      strict=True):
+        assert [s.token_ids for s in g] == [ref[0].token_ids] * 2
+        assert max(abs(x) for s in g for x in s.logprobs) < 1e-5
+    # generation_kwargs override the named settings (TRL's rule): repetition_penalty 1.5 from extra
+    extra = engine.generate(prompts, 1, SamplingConfig(max_tokens=60, temperature=0.7, min_p=1.0,
+                                                       extra=(("repetition_penalty", 1.5),)))
+    assert [e[0].token_ids for e in extra] == [h[0].token_ids for h in hf]
+
+
 def test_length_finish_reason_and_extra_stop_tokens(engine, fresh_model, tok, prompts):
     out = engine.generate(prompts[:2], 1, SamplingConfig(max_tokens=3, temperature=0.0))
     assert all(g[0].finish_reason == "length" and len(g[0].token_ids) == 3 for g in out)

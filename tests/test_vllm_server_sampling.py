@@ -35,6 +35,12 @@ def sampled_with(body: dict) -> dict:
     (SamplingConfig(max_tokens=8, temperature=0.6, top_p=0.9, top_k=5), {"temperature": 0.6, "top_p": 0.9,
                                                                          "top_k": 5}),
     (SamplingConfig(max_tokens=8, temperature=0.0), {"temperature": 0.0}),  # greedy (evaluation)
+    # TRL's min_p, repetition_penalty and generation_kwargs (SamplingConfig.extra, sent last)
+    (SamplingConfig(max_tokens=8, temperature=0.9, min_p=0.1, repetition_penalty=1.3,
+                    extra=(("presence_penalty", 0.4), ("top_k", 7))),
+     {"temperature": 0.9, "min_p": 0.1, "repetition_penalty": 1.3, "presence_penalty": 0.4, "top_k": 7}),
+    (SamplingConfig(max_tokens=8, temperature=0.0, repetition_penalty=1.3),  # the penalty changes the argmax
+     {"temperature": 0.0, "repetition_penalty": 1.3}),
 ])
 def test_every_sampling_parameter_is_sent_so_server_defaults_never_apply(server, sampling, expected):  # noqa: F811
     engine = _engine(server)

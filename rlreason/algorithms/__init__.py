@@ -36,6 +36,13 @@ from typing import Literal, get_args
 
 import torch
 
+# Several rewards -> one advantage: TRL's multi_objective_aggregation (its own module)
+from rlreason.algorithms.rewards_aggregation import (  # noqa: F401 (re-exported)
+    MultiObjectiveAggregation,
+    gdpo_advantages,
+    normalize_then_sum,
+)
+
 # The allowed values of each choice, defined once: the config's fields are annotated with these
 # and validated against them (``typing.get_args``), and the functions below check against them.
 LossType = Literal["grpo", "dr_grpo", "dapo", "bnpo", "gspo"]  # the keys of PRESETS

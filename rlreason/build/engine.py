@@ -46,6 +46,7 @@ def separate_engine(cfg: GRPOConfig, model: Any, tokenizer: Any, acc: Accelerato
         return None
     if cfg.rollout_engine == "vllm_server":
         url = cfg.vllm_server_base_url or f"http://{cfg.vllm_server_host}:{cfg.vllm_server_port}"
+        check_sampling_params(cfg)
         server = factory.ServerSpec(url, weight_transfer=cfg.vllm_weight_transfer, group_port=cfg.vllm_group_port,
                                     connect_timeout_s=cfg.vllm_server_timeout, max_retries=cfg.vllm_server_max_retries,
                                     retry_delay_s=cfg.vllm_server_retry_delay, is_sender=acc.is_main_process)
@@ -53,6 +54,7 @@ def separate_engine(cfg: GRPOConfig, model: Any, tokenizer: Any, acc: Accelerato
                                      server=server)
         acc.wait_for_everyone()  # the server holds the sender's weights before anyone generates
         return engine
+    check_sampling_params(cfg)
     try:
         return factory.make_engine("vllm", model, tokenizer, seed=cfg.seed,
                                    gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
@@ -70,3 +72,20 @@ def teacher_engine(cfg: GRPOConfig, teacher: torch.nn.Module, tokenizer: Any, ac
         return engine
     return factory.make_engine("transformers", teacher.to(acc.device), tokenizer,
                                batch_prompts=cfg.generation_batch_prompts)
+
+
+def check_sampling_params(cfg: GRPOConfig) -> None:
+    """Every generation_kwargs key left for vLLM (rlreason.config: the named ones are moved into their
+    keys) is a field of vLLM's SamplingParams: checked at start-up, not at the first generate. Without
+    vLLM in this environment (a server elsewhere) the server checks each request."""
+    if not cfg.generation_kwargs:
+        return
+    try:
+        from vllm import SamplingParams
+    except ImportError:
+        return
+    fields = set(getattr(SamplingParams, "__struct_fields__", ()))
+    for key in cfg.generation_kwargs:
+        if fields and key not in fields:
+            raise ConfigError(f"config key 'generation_kwargs.{key}': not a vLLM SamplingParams field "
+                              f"(vLLM takes: {', '.join(sorted(f for f in fields if not f.startswith('_')))})")

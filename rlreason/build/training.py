@@ -88,7 +88,9 @@ def assemble(cfg: GRPOConfig, model: torch.nn.Module, tokenizer: Any, train: dat
                           betas=(cfg.adam_beta1, cfg.adam_beta2), **optimizer_kwargs(cfg.optim, params, sharded))
     if cfg.max_steps == -1:  # TRL's rule: the steps num_train_epochs passes over the prompts take
         per_step = cfg.completions_per_step // cfg.num_generations * acc.num_processes
-        cfg.max_steps = max(1, math.ceil(cfg.num_train_epochs * len(train) / per_step))
+        # generations, each of optimizer_steps_per_generation optimizer steps (max_steps counts those, as TRL)
+        generations = max(1, math.ceil(cfg.num_train_epochs * len(train) / per_step))
+        cfg.max_steps = generations * cfg.optimizer_steps_per_generation
     total_updates = cfg.max_steps * cfg.num_iterations
     warmup = cfg.warmup_steps or math.ceil(cfg.warmup_ratio * total_updates)  # warmup_steps wins, as in transformers
     scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=warmup,

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import yaml
 
 from rlreason.algorithms import PRESETS, AdvantageEstimator, AdvantageScale, KLKind, LossType, RatioLevel, clip_range
+from rlreason.algorithms.rewards_aggregation import MultiObjectiveAggregation
 from rlreason.config.trl import RENAMED, migrate
 from rlreason.rollout.base import WeightBackend
 
@@ -45,6 +46,17 @@ DistillSelection = Literal["best_of_k", "all_correct", "shortest_correct"]  # di
 logger = logging.getLogger("rlreason.config")
 ASYNC_IS_CAP = 2.0  # importance_sampling_cap when async_rollouts leaves it unset: weights above 2 are cut to 2
 MAX_SEED = 2**32 - 1  # numpy's seed range (accelerate's set_seed seeds numpy with the config's seed)
+
+
+# generation_kwargs keys (GenerationConfig's / SamplingParams' names) that are rlreason keys: they override them
+GENERATION_KWARGS_KEYS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
+                          "repetition_penalty": "repetition_penalty", "max_new_tokens": "max_completion_length",
+                          "max_tokens": "max_completion_length"}
+
+
+def _world_size() -> int:
+    """The number of training processes as accelerate launch / torchrun announce it (1 without)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 class ConfigError(ValueError):
@@ -176,6 +188,20 @@ class GRPOConfig:
     # do not depend on batching or on the number of processes (the transformers engine then
     # generates one prompt group per call, which is slower on a GPU).
     generation_seed_per_prompt: bool = False
+    # --- TRL 1.16's generation, generation-batch, reference-sync and reward-aggregation keys (TRL's defaults) ---
+    min_p: float | None = None  # keep tokens with p >= min_p * p(most likely token); None/0 = off
+    repetition_penalty: float = 1.0  # > 1 lowers the logits of tokens already in the prompt or completion
+    # extra GenerationConfig (transformers) / SamplingParams (vLLM) settings; they override the keys above
+    generation_kwargs: dict[str, Any] | None = None
+    # held-out eval: samples per prompt (at temperature, pass@1 = their mean accuracy); None = greedy, one each
+    num_generations_eval: int | None = None
+    # micro-batches one generation feeds (None = gradient_accumulation_steps: one generation per optimizer step)
+    steps_per_generation: int | None = None
+    generation_batch_size: int | None = None  # completions per generation, all processes; excludes steps_per_generation
+    sync_ref_model: bool = False  # TR-DPO: every ref_model_sync_steps, ref = alpha * policy + (1 - alpha) * ref
+    ref_model_mixup_alpha: float = 0.6
+    ref_model_sync_steps: int = 512
+    multi_objective_aggregation: MultiObjectiveAggregation = "sum_then_normalize"  # or normalize_then_sum (GDPO)
 
     # --- rollout engine ---
     # transformers: the policy generates; vllm: vLLM in this process; vllm_server: a running
@@ -310,6 +336,7 @@ class GRPOConfig:
         self._resolve_engine()
         if self.greater_is_better is None and self.metric_for_best_model:  # transformers' TrainingArguments rule
             self.greater_is_better = not self.metric_for_best_model.endswith("loss")
+        self._resolve_generation_kwargs()
         if self.async_rollouts:
             self._resolve_async()
         self.validate()
@@ -339,12 +366,108 @@ class GRPOConfig:
                            "corrects the one-step-stale sampler)", ASYNC_IS_CAP)
             self.importance_sampling_cap = ASYNC_IS_CAP
 
+    def _resolve_generation_kwargs(self) -> None:
+        """TRL's ``generation_kwargs`` override the named sampling keys: those are moved into the keys
+        (with a log line), so the trainer's log-probs use the temperature the engine samples at and
+        config.yaml says what ran; what is left goes to vLLM's SamplingParams (``sampling_extra``)."""
+        if not self.generation_kwargs:
+            return
+        kwargs = dict(self.generation_kwargs)
+        for key, field_name in GENERATION_KWARGS_KEYS.items():
+            if key in kwargs:
+                value = kwargs.pop(key)
+                logger.warning("config: generation_kwargs[%r] = %r overrides %s (as in TRL)", key, value, field_name)
+                setattr(self, field_name, _check_type(f"generation_kwargs.{key}", value,
+                                                      _field_types(type(self))[field_name]))
+        self.generation_kwargs = kwargs or None
+
+    def sampling_extra(self) -> tuple[tuple[str, Any], ...]:
+        """The generation_kwargs left for vLLM's SamplingParams (rlreason.rollout.base.SamplingConfig.extra)."""
+        return tuple(sorted((self.generation_kwargs or {}).items()))
+
+    def _validate_trl_generation(self, need: Callable[[bool, str, str], None]) -> None:
+        """TRL 1.16's min_p, repetition_penalty, generation_kwargs, num_generations_eval,
+        steps_per_generation / generation_batch_size, sync_ref_model and multi_objective_aggregation."""
+        need(self.min_p is None or 0 <= self.min_p <= 1, "min_p", f"must be in [0, 1] or null, got {self.min_p}")
+        need(math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0, "repetition_penalty",
+             f"must be a finite number > 0 (1 = off), got {self.repetition_penalty}")
+        if self.generation_kwargs and self.rollout_engine == "transformers":
+            key = sorted(self.generation_kwargs)[0]
+            need(False, f"generation_kwargs.{key}",
+                 f"the transformers engine's decode loop implements {', '.join(GENERATION_KWARGS_KEYS)} only; "
+                 f"other generation settings need vLLM (use_vllm: true)")
+        for key in ("n", "seed", "logprobs", "prompt_logprobs", "detokenize", "output_kind"):
+            need(key not in (self.generation_kwargs or {}), f"generation_kwargs.{key}",
+                 "is set by rlreason itself (num_generations, the sampling seeds, the sampler's log-probs)")
+        self._validate_generation_batch(need)
+        need(self.num_generations_eval is None or self.num_generations_eval >= 1, "num_generations_eval",
+             f"must be >= 1 or null, got {self.num_generations_eval}")
+        need(self.sync_ref_model is False or self.beta > 0, "sync_ref_model",
+             "needs a reference model to synchronise: set beta > 0 (with beta 0 there is none, as in TRL)")
+        need(not (self.sync_ref_model and self.use_peft), "sync_ref_model",
+             "with use_peft the reference is the adapter-disabled base model, which has no weights of its own to "
+             "mix (TRL refuses this too): turn off sync_ref_model or use_peft")
+        need(0 <= self.ref_model_mixup_alpha <= 1, "ref_model_mixup_alpha",
+             f"must be in [0, 1], got {self.ref_model_mixup_alpha}")
+        need(self.ref_model_sync_steps >= 1, "ref_model_sync_steps", f"must be >= 1, got {self.ref_model_sync_steps}")
+        need(self.multi_objective_aggregation == "sum_then_normalize" or self.advantage_estimator == "grpo",
+             "multi_objective_aggregation", "normalize_then_sum (GDPO) normalises each reward within its group "
+             f"itself: it takes advantage_estimator 'grpo', got {self.advantage_estimator!r}")
+
+    def _validate_generation_batch(self, need: Callable[[bool, str, str], None]) -> None:
+        """steps_per_generation / generation_batch_size: TRL's rules, plus rlreason's: a generation feeds
+        whole optimizer steps, and the loop features that assume one generation per step are refused."""
+        # TRL refuses both at construction, but its to_dict (a config dump) holds both, resolved: accepted when
+        # they agree (tests/test_trl_config_dump.py)
+        per_step = self.per_device_train_batch_size * _world_size()
+        need(self.steps_per_generation is None or self.generation_batch_size is None
+             or self.generation_batch_size == per_step * self.steps_per_generation, "generation_batch_size",
+             "and steps_per_generation disagree (TRL's rule: generation_batch_size = "
+             "per_device_train_batch_size * num_processes * steps_per_generation); set one of them")
+        need(self.steps_per_generation is None or self.steps_per_generation >= 1, "steps_per_generation",
+             f"must be >= 1 or null, got {self.steps_per_generation}")
+        need(self.generation_batch_size is None or (self.generation_batch_size >= per_step
+                                                    and self.generation_batch_size % per_step == 0),
+             "generation_batch_size", f"must be a multiple of per_device_train_batch_size * num_processes = "
+             f"{per_step}, got {self.generation_batch_size}")
+        spg, gas = self.generation_steps, self.gradient_accumulation_steps
+        need(spg % gas == 0, "steps_per_generation",
+             f"= {spg} must be a multiple of gradient_accumulation_steps = {gas}: each generation feeds whole "
+             f"optimizer steps in rlreason (TRL also lets an optimizer step span two generations)")
+        if spg == gas:
+            return
+        k = spg // gas
+        need(self.max_steps == -1 or self.max_steps % k == 0, "max_steps",
+             f"counts optimizer steps (as in TRL) and one generation makes {k} (steps_per_generation {spg} / "
+             f"gradient_accumulation_steps {gas}): use a multiple of {k}, got {self.max_steps}")
+        for key in ("dynamic_sampling", "async_rollouts"):
+            need(not getattr(self, key), key, f"is not supported with steps_per_generation ({spg}) > "
+                 f"gradient_accumulation_steps ({gas}): it assumes one generation per optimizer step")
+
+    @property
+    def generation_steps(self) -> int:
+        """TRL's ``steps_per_generation`` as resolved by its GRPOConfig: the micro-batches one generation
+        feeds; from ``generation_batch_size`` (all processes: WORLD_SIZE, as accelerate launch sets it)
+        when that is given; else ``gradient_accumulation_steps`` (one generation per optimizer step)."""
+        if self.steps_per_generation is not None:
+            return self.steps_per_generation
+        if self.generation_batch_size is not None:
+            return max(1, self.generation_batch_size // (self.per_device_train_batch_size * _world_size()))
+        return self.gradient_accumulation_steps
+
+    @property
+    def optimizer_steps_per_generation(self) -> int:
+        """Optimizer steps one generation (rollout batch) makes per pass over it: its
+        ``generation_steps`` micro-batches in slices of ``gradient_accumulation_steps``."""
+        return self.generation_steps // self.gradient_accumulation_steps
+
     @property
     def completions_per_step(self) -> int:
-        """Completions generated per process per step (TRL's generation batch). As in TRL the
-        batch sizes are per device: the global batch of a step is this times the number of
-        processes, so keep it fixed across process counts by scaling per_device_train_batch_size."""
-        return self.per_device_train_batch_size * self.gradient_accumulation_steps
+        """Completions generated per process per generation (TRL's generation batch over the
+        processes). As in TRL the batch sizes are per device: the global batch of a generation is this
+        times the number of processes, so keep it fixed across process counts by scaling
+        per_device_train_batch_size."""
+        return self.per_device_train_batch_size * self.generation_steps
 
     def validate(self) -> None:
         def need(ok: bool, key: str, msg: str) -> None:
@@ -354,7 +477,8 @@ class GRPOConfig:
         need(self.num_generations >= 2, "num_generations",
              f"must be >= 2 for group advantages, got {self.num_generations}")
         need(self.completions_per_step % self.num_generations == 0, "per_device_train_batch_size",
-             f"per_device_train_batch_size * gradient_accumulation_steps = {self.completions_per_step} "
+             f"per_device_train_batch_size * steps_per_generation (default gradient_accumulation_steps) = "
+             f"{self.completions_per_step} "
              f"must be a multiple of num_generations = {self.num_generations}")
         for key, tp in _field_types(type(self)).items():
             if _choices(tp):  # loss_type, scale_rewards, kl_estimator, optim, vllm_mode, ...
@@ -419,6 +543,7 @@ class GRPOConfig:
         need(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
         need(len(self.reward_funcs) > 0, "reward_funcs", "name at least one reward function")
         self._validate_ranges(need)
+        self._validate_trl_generation(need)
         need(not (self.eval_holdout_size and self.dataset_name == "arith"), "eval_holdout_size",
              "the embedded task (dataset_name: arith) has its own held-out problems (final_eval_size, eval_size); "
              "eval_holdout_size holds rows of your own dataset out of training")

@@ -39,9 +39,8 @@ IGNORED: dict[str, str] = {
                      "wandb_project", "wandb_run_group", "log_multimodal", "trackio_space_id", "trackio_bucket_id",
                      "trackio_static_space_id"),
                     "rlreason logs every logging_steps to metrics.jsonl and completions.jsonl"),
-    # num_generations_eval: the generation engineer of issue 31 implements it (then it leaves this table)
     **dict.fromkeys(("do_train", "do_eval", "do_predict", "eval_on_start",
-                     "per_device_eval_batch_size", "eval_accumulation_steps", "num_generations_eval", "benchmarks",
+                     "per_device_eval_batch_size", "eval_accumulation_steps", "benchmarks",
                      "prediction_loss_only", "eval_delay", "eval_do_concat_batches", "eval_use_gather_object",
                      "include_for_metrics", "batch_eval_metrics", "label_names"),
                     "held-out evaluation runs before and after training and every eval_steps"),
@@ -120,18 +119,8 @@ ONLY_AT_DEFAULT: dict[str, tuple[tuple[Any, ...] | Callable[[Any], bool], str]] 
 
 # Keys rlreason cannot honour: an error, because silently training differently would be worse.
 UNSUPPORTED: dict[str, str] = {
-    "steps_per_generation": "one rollout batch per step; reuse it with num_iterations",
-    "generation_batch_size": "the generation batch is per_device_train_batch_size * gradient_accumulation_steps",
-    "sync_ref_model": "the KL reference is the initial policy",
-    "ref_model_mixup_alpha": "the KL reference is the initial policy",
-    "ref_model_sync_steps": "the KL reference is the initial policy",
-    "multi_objective_aggregation": "rewards are summed with reward_weights, then normalised (TRL's default)",
     "top_entropy_quantile": "every completion token is trained",
     "delta": "two-sided clipping is not implemented; see dual_clip",
-    "min_p": "sampling takes temperature, top_p and top_k",
-    "repetition_penalty": "sampling takes temperature, top_p and top_k (for a reward, see repetition_penalty in "
-                          "reward_funcs)",
-    "generation_kwargs": "sampling takes temperature, top_p and top_k",
     "vllm_importance_sampling_mode": "importance_sampling_cap is a per-token truncation",
     # open-r1's reward options: in rlreason each reward is configured in its own reward_funcs entry
     **dict.fromkeys(("cosine_min_value_wrong", "cosine_max_value_wrong", "cosine_min_value_correct",
@@ -149,6 +138,11 @@ UNSUPPORTED: dict[str, str] = {
 # rlreason defaults that differ from TRL's GRPOConfig, and why (docs/migrating_from_trl.md).
 DEFAULTS_DIFFER: dict[str, tuple[Any, Any, str]] = {
     "scale_rewards": ("group", None, "None = the loss_type preset's choice (docs/algorithms.md)"),
+    # TRL's GRPOConfig resolves these two in __post_init__ (its instance shows the resolved values)
+    "steps_per_generation": (1, None, "None = gradient_accumulation_steps, or from generation_batch_size: what "
+                             "TRL resolves it to"),
+    "generation_batch_size": (8, None, "None = per_device_train_batch_size * num_processes * steps_per_generation, "
+                              "what TRL resolves it to"),
     # `trl grpo`'s script and model arguments
     "model_name_or_path": (None, "tiny", "the embedded model, so that a run needs no download"),
     "dataset_name": (None, "arith", "the embedded arithmetic task"),

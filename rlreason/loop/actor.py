@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from accelerate.utils import DistributedType
 
 from rlreason import algorithms as A
 from rlreason.config import GRPOConfig
@@ -27,6 +28,7 @@ from rlreason.loop.distributed import reduce_sum
 from rlreason.loop.experience import Rollout
 from rlreason.loop.logprobs import completion_logprobs
 from rlreason.loop.parts import Parts
+from rlreason.loop.ref_sync import ReferenceSync
 from rlreason.moe import ROUTER_CLASSES, RouterStats, RoutingCapture, aux_loss_coef, find_routers
 from rlreason.run import stopping
 
@@ -69,6 +71,9 @@ class _Batch:
     n_trained_groups: int  # ... and those trained on (flat ones left out)
     stale: bool  # pi_old is the sampler's log-probs (a lagging sampler, a non-empty shard)
     frozen: _Frozen
+    # micro-batch indices of each optimizer step of a pass: one slice unless steps_per_generation >
+    # gradient_accumulation_steps; gradients are all-reduced at each slice's last micro-batch
+    slices: list[range] = field(default_factory=list)
 
 
 @dataclass
@@ -131,6 +136,21 @@ class Actor:
             64, getattr(policy.config.get_text_config(), "hidden_size", 1024))
         self.nonfinite_skipped = 0  # updates skipped for a non-finite loss or gradient, whole run
         self.nonfinite_streak = 0  # ... in a row
+        self.ref_sync = self._reference_sync(policy)  # TR-DPO's moving reference (sync_ref_model), or None
+
+    def _reference_sync(self, policy: torch.nn.Module) -> ReferenceSync | None:
+        """``sync_ref_model``: the reference mixed toward the policy every ``ref_model_sync_steps``
+        optimizer steps (rlreason/loop/ref_sync.py); None when off."""
+        cfg = self.cfg
+        if not cfg.sync_ref_model:
+            return None
+        if self.ref_model is None:  # beta 0 is refused by the config; a PEFT policy given from Python is not
+            raise ValueError("config key 'sync_ref_model': the reference is the adapter-disabled base model of a "
+                             "LoRA policy, which has no weights of its own to mix (TRL refuses this too)")
+        if self.acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+            raise ValueError("config key 'sync_ref_model': with a sharded policy (FSDP, DeepSpeed) each process "
+                             "holds a shard of the policy and a whole reference; use DDP (a plain accelerate launch)")
+        return ReferenceSync(self.ref_model, policy, cfg.ref_model_mixup_alpha, cfg.ref_model_sync_steps)
 
     def state_dict(self) -> dict[str, int]:
         """The counters a checkpoint keeps (the weights and optimizer are accelerate's)."""
@@ -250,7 +270,8 @@ class Actor:
         per-micro-batch ones), which ``update`` keeps counting over every sample."""
         cfg = self.cfg
         return (cfg.skip_zero_advantage_groups and cfg.beta == 0 and cfg.entropy_coef == 0 and self.teacher is None
-                and not self.routers and self.preset.batch_normalised)
+                and not self.routers and self.preset.batch_normalised
+                and cfg.optimizer_steps_per_generation == 1)  # else the slices must keep their micro-batches
 
     def denominator(self, n_tokens: int, n_sequences: int) -> float | None:
         """The denom for ``aggregate`` for the preset's aggregation, from this process's whole
@@ -290,14 +311,18 @@ class Actor:
         self.model.train()
         totals = _Totals.zeros(self.routers)
         for it in range(self.cfg.num_iterations):
-            for j in range(len(batch.micro)):
-                if it == 0:
+            # steps_per_generation > gradient_accumulation_steps: the generation's micro-batches in k
+            # disjoint slices of gradient_accumulation_steps, one optimizer step each (TRL's order: every
+            # slice of a pass, then the next pass), old log-probs from the weights that generated them
+            for slice_ in batch.slices:
+                for j in slice_:
+                    if it == 0 and slice_ is batch.slices[0]:
+                        stop_point()
+                    self._train_micro_batch(batch, j, totals)
+                if it == 0 and slice_ is batch.slices[0]:
                     stop_point()
-                self._train_micro_batch(batch, j, totals)
-            if it == 0:
-                stop_point()
-                stopping.commit()  # from here the step changes the weights, the optimizer and the schedule
-            totals.grad_norms.append(self._optimizer_step(totals.loss))
+                    stopping.commit()  # from here the step changes the weights, the optimizer and the schedule
+                totals.grad_norms.append(self._optimizer_step(totals.loss))
         return self._metrics(batch, totals, stale_sampler, t0)
 
     def _prepare(self, ro: Rollout, stale_sampler: bool) -> _Batch:
@@ -306,6 +331,11 @@ class Actor:
         before the weights change. Collective (the denominator, the micro-batch counts)."""
         cfg = self.cfg
         denom = self.denominator(self.completion_tokens(ro), len(ro.samples))  # counts every sample, flat ones too
+        # k optimizer steps per generation: TRL's normaliser is the generation batch's count scaled to one
+        # accumulation window (num_items_in_batch / num_processes * gradient_accumulation_steps /
+        # steps_per_generation): each slice's loss over the generation's count / k, its average per step
+        k = cfg.optimizer_steps_per_generation
+        denom = None if denom is None else denom / k
         n_groups = ro.num_groups
         if self.skips_flat_groups() and ro.samples:
             # Groups with no learning signal (all advantages 0: e.g. every answer right, or every
@@ -316,8 +346,12 @@ class Actor:
         sampler_logprobs = bool(cfg.importance_sampling_cap) or stale_sampler
         micro = self.micro_batches(ro, sampler_logprobs)
         adv = ro.advantages.to(self.acc.device) if ro.samples else torch.zeros(1, device=self.acc.device)
-        per_micro = 1.0 if denom is not None else 1.0 / len(micro)  # BNPO: a mean over the real micro-batches
+        # BNPO: a mean over the real micro-batches of an optimizer step
+        per_micro = 1.0 if denom is not None else k / len(micro)
         micro, adv = self.match_micro_batches(micro, adv, sampler_logprobs)
+        per_step = len(micro) // k  # equal counts: skipping, dynamic sampling and async are off when k > 1
+        slices = [range(i * per_step, (i + 1) * per_step) for i in range(k - 1)] \
+            + [range((k - 1) * per_step, len(micro))]
         # A stale sampler (weight_sync_steps > 1) drew from weights the trainer no longer has: its own
         # log-probs are the behaviour policy, so the ratio (and its clip) covers the lag. The trainer's
         # current weights as pi_old made the ratio 1 and ignored the lag. The importance weight then
@@ -329,7 +363,8 @@ class Actor:
                       aux_share=[r / max(sum(real), 1.0) for r in real],
                       n_tokens=int(sum(b["completion_mask"].sum().item() for _, b in micro)),  # the tokens trained on
                       n_groups=n_groups, n_trained_groups=ro.num_groups, stale=stale,
-                      frozen=self._frozen_passes(micro, stale))  # the padded ones: sharded forwards are collective
+                      frozen=self._frozen_passes(micro, stale),  # the padded ones: sharded forwards are collective
+                      slices=slices)
 
     def _frozen_passes(self, micro: list, stale: bool) -> _Frozen:
         """The log-probs the loss compares with, from passes that train nothing (each one only where
@@ -339,12 +374,20 @@ class Actor:
         # old log-probs equal the current ones (detached), so no extra forward pass is spent
         # (unless routing replay needs the old pass's experts).
         replay = cfg.routing_replay and bool(self.routers)
-        old, routes = self.old_pass(micro) if cfg.num_iterations > 1 or replay else (None, None)
+        # ... nor with several optimizer steps per generation: the later slices train on weights that moved
+        reused = cfg.num_iterations > 1 or cfg.optimizer_steps_per_generation > 1
+        old, routes = self.old_pass(micro) if reused or replay else (None, None)
         ref = self.reference_logprobs(micro)
-        # The importance weight's pi_old is the distribution the sampler drew from: with top-k/top-p
+        # The importance weight's pi_old is the distribution the sampler drew from: with top-k/top-p/min-p
         # that is the truncated one (the engines report truncated log-probs), so it gets its own
         # pass; against the full distribution the weight was the kept mass (~0.9 at top_p 0.9).
-        truncation = (cfg.top_k, cfg.top_p) if cfg.top_k > 0 or cfg.top_p < 1 else None
+        # The repetition penalty is left out of this pass on purpose: it is not a cut of the policy's
+        # distribution but a change of it that depends on each row's prefix, and the importance
+        # weight pi_theta / pi_sampler is what corrects it back to the policy being trained (as in
+        # TRL, whose weight is always against the plain tempered policy). Reproducing it here made
+        # the weight ~1 and trained the policy toward its penalised samples without correction.
+        min_p = cfg.min_p or 0.0
+        truncation = (cfg.top_k, cfg.top_p, min_p) if cfg.top_k > 0 or cfg.top_p < 1 or min_p > 0 else None
         behaviour = self.frozen_logprobs(self.model, micro, truncation=truncation) \
             if cfg.importance_sampling_cap and truncation and not stale else None
         # the teacher's own distribution (temperature 1) is the target of on-policy distillation
@@ -355,7 +398,7 @@ class Actor:
         """Forward and backward of micro-batch ``j`` (gradients accumulate; DDP all-reduces them at the
         last micro-batch only); its loss and statistics are added to ``totals``."""
         cfg, (sl, b), f = self.cfg, batch.micro[j], batch.frozen
-        sync = contextlib.nullcontext() if j == len(batch.micro) - 1 else self.acc.no_sync(self.model)
+        sync = contextlib.nullcontext() if any(j == sl[-1] for sl in batch.slices) else self.acc.no_sync(self.model)
         # routing stays captured (and replayed) through the backward: a checkpointed layer's
         # recompute must route as its forward did
         capture = RoutingCapture(self.model, f.routes[j] if f.replay else None) if self.routers \
@@ -412,6 +455,8 @@ class Actor:
             self.nonfinite_skipped += 1
             self.nonfinite_streak += 1
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ref_sync is not None:  # TRL's SyncRefModelCallback.on_step_end: after every optimizer step
+            self.ref_sync.after_optimizer_step()
         return grad_norm
 
     def _metrics(self, batch: _Batch, totals: _Totals, stale_sampler: bool, t0: float) -> dict[str, float]:
@@ -419,20 +464,21 @@ class Actor:
         trained tokens and passes; the loss is this process's share of DDP's averaged objective
         (averaged in rlreason.loop.distributed.reduce_metrics)."""
         k = self.cfg.num_iterations
+        steps = len(totals.grad_norms)  # optimizer steps: num_iterations * optimizer_steps_per_generation
         *sums, n_tokens, n_trained, n_groups = reduce_sum(
             self.acc, [totals.token[name] for name in A.SUMMED_STATS]
             + [float(batch.n_tokens), float(batch.n_trained_groups), float(batch.n_groups)])
         tok = max(n_tokens, 1) * k
         mean = {name: s / tok for name, s in zip(A.SUMMED_STATS, sums, strict=True)}  # per token and pass
         metrics = {
-            "loss": totals.loss / k,
+            "loss": totals.loss / steps,  # per optimizer step
             "clip_frac": mean["clipped"],
             # spread of the token log-ratio log(pi_theta / pi_old) over completion tokens and all
             # training passes (the first pass of a batch has ratio 1 up to numerics)
             "ratio/log_std": math.sqrt(max(mean["log_ratio_sq"] - mean["log_ratio"] ** 2, 0.0)),
             "ratio/max_abs_log": totals.max_abs_log_ratio,
             "entropy": mean["entropy"],
-            "grad_norm": sum(totals.grad_norms) / k,
+            "grad_norm": sum(totals.grad_norms) / steps,
             "lr": self.scheduler.get_last_lr()[0],
             "nonfinite_skipped": float(self.nonfinite_skipped),
             # groups left out of the passes (all advantages 0); token statistics above cover the others

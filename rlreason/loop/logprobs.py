@@ -67,20 +67,22 @@ def logit_transform(config) -> LogitTransform:
                           softcap=getattr(cfg, "final_logit_softcapping", None) or None)
 
 
-def sampling_logits(logits: torch.Tensor, temperature: float, truncation: tuple[int, float] | None = None
-                    ) -> torch.Tensor:
+def sampling_logits(logits: torch.Tensor, temperature: float,
+                    truncation: tuple[int, float] | tuple[int, float, float] | None = None) -> torch.Tensor:
     """The logits of the distribution the sampler drew from. [..., V] -> [..., V]
 
-    Divided by the temperature; with ``truncation = (top_k, top_p)`` also cut as the sampler cut
-    them (``rlreason.rollout.hf.process_logits``: top-k, then top-p; removed tokens -inf), so a
-    log-softmax of them is the sampler's log-prob (vLLM's ``processed_logprobs``, the HF
-    engine's), not the full distribution's, which differs by the log of the kept mass.
+    Divided by the temperature; with ``truncation = (top_k, top_p)`` or ``(top_k, top_p, min_p)``
+    also cut as the sampler cut them (``rlreason.rollout.hf.process_logits``: top-k, then top-p,
+    then min-p; removed tokens -inf), so a log-softmax of them is the sampler's log-prob (vLLM's
+    ``processed_logprobs``, the HF engine's), not the full distribution's, which differs by the log
+    of the kept mass. The repetition penalty is not applied here (rlreason.loop.actor says why).
     """
     if temperature != 1.0:
         logits = logits / temperature
     if truncation is not None:
-        top_k, top_p = truncation
-        logits = process_logits(logits, SamplingConfig(max_tokens=1, temperature=1.0, top_p=top_p, top_k=top_k))
+        top_k, top_p, *rest = truncation
+        cut = SamplingConfig(max_tokens=1, temperature=1.0, top_p=top_p, top_k=top_k, min_p=rest[0] if rest else 0.0)
+        logits = process_logits(logits, cut)
     return logits
 
 

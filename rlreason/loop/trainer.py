@@ -44,6 +44,7 @@ what that costs per ``max_staleness``). A checkpoint holds the batch in flight, 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -106,9 +107,15 @@ class GRPOTrainer:
         self.global_advantages = cfg.advantage_estimator == "reinforce_pp" or (
             cfg.advantage_estimator == "grpo" and self.scale_rewards == "batch")
         self.sampling = SamplingConfig(max_tokens=cfg.max_completion_length, temperature=cfg.temperature,
-                                       top_p=cfg.top_p, top_k=cfg.top_k)
-        self.eval_sampling = SamplingConfig(max_tokens=cfg.eval_max_tokens or cfg.max_completion_length,
-                                            temperature=0.0)
+                                       top_p=cfg.top_p, top_k=cfg.top_k, min_p=cfg.min_p or 0.0,
+                                       repetition_penalty=cfg.repetition_penalty, extra=cfg.sampling_extra())
+        # held-out eval: greedy, one answer per problem; with num_generations_eval, that many samples per
+        # problem from the training distribution (TRL's meaning), accuracy = their mean (pass@1)
+        self.eval_n = cfg.num_generations_eval or 1
+        self.eval_sampling = dataclasses.replace(self.sampling, max_tokens=cfg.eval_max_tokens or
+                                                 cfg.max_completion_length) if cfg.num_generations_eval else \
+            SamplingConfig(max_tokens=cfg.eval_max_tokens or cfg.max_completion_length, temperature=0.0,
+                           repetition_penalty=cfg.repetition_penalty)
         self.prompts_per_process = cfg.completions_per_step // self.group_size
         self.prompts = PromptStream(self.train_dataset, cfg.seed, self.prompts_per_process, self.acc.process_index,
                                     self.acc.num_processes, cfg.generation_seed_per_prompt)
@@ -117,7 +124,10 @@ class GRPOTrainer:
             self.log.print("[yellow]reward_num_workers: 0: the rewards run in the trainer's process, with no timeout "
                            "and no memory cap; a reward that hangs, crashes the interpreter or calls os._exit ends "
                            "the run (a worker pool, reward_num_workers >= 1, contains all three)")
-        self.step = 0
+        self.step = 0  # optimizer steps per pass (TRL's global_step when num_iterations is 1)
+        # optimizer steps one generation makes (steps_per_generation / gradient_accumulation_steps): the
+        # step advances by k per generation, and the prompt stream is read by generation (self.generation)
+        self.k = cfg.optimizer_steps_per_generation
         self.last_eval: dict[str, float] = {}  # the latest periodic eval, saved with checkpoints
         self.heldout_before: dict[str, Any] = {}
         self._saved_step: int | None = None  # the step of the newest checkpoint this run wrote or resumed from
@@ -135,6 +145,16 @@ class GRPOTrainer:
             # and scoring are local); every collective (weight sync, batch statistics, the update)
             # stays on the trainer's thread, at the same step on every process.
             self.overlap = Overlap(cfg.max_staleness, cfg.max_steps, self._rollout_job, self.sync_weights, self.acc)
+
+    @property
+    def generation(self) -> int:
+        """Generations (rollout batches) done: the prompt stream's position and weight_sync_steps' unit."""
+        return self.step // self.k
+
+    def _crossed(self, every: int) -> bool:
+        """Whether the last generation's optimizer steps reached a multiple of ``every`` (0: off): with
+        one optimizer step per generation, ``step % every == 0``."""
+        return every > 0 and self.step // every > (self.step - self.k) // every
 
     @property
     def group_size(self) -> int:
@@ -180,8 +200,8 @@ class GRPOTrainer:
         """What TRL passes rewards as ``trainer_state`` (they read ``global_step``, ``max_steps``), at
         ``step`` (default: the current one)."""
         step = self.step if step is None else step
-        return TrainerState(global_step=step, max_steps=self.cfg.max_steps, epoch=self.prompts.epoch(step),
-                            num_train_epochs=math.ceil(self.prompts.epoch(self.cfg.max_steps)))
+        return TrainerState(global_step=step, max_steps=self.cfg.max_steps, epoch=self.prompts.epoch(step // self.k),
+                            num_train_epochs=math.ceil(self.prompts.epoch(self.cfg.max_steps // self.k)))
 
     def collect(self) -> Rollout:
         """This step's batch: a rollout of this step's prompts; with dynamic sampling (DAPO,
@@ -192,8 +212,8 @@ class GRPOTrainer:
             ro, errors = self.overlap.take(self.step)
             self.health.errors.update(errors)
         else:
-            ro = self.rollout(self.prompts.rows(self.step),
-                              self.prompts.seeds("train", self.prompts.positions(self.step)))
+            ro = self.rollout(self.prompts.rows(self.generation),
+                              self.prompts.seeds("train", self.prompts.positions(self.generation)))
         metrics = {**ro.metrics, **sample_metrics(self.acc, ro)}  # of the policy's draw, before any filtering
         if cfg.dynamic_sampling:
             want = self.prompts_per_process
@@ -209,9 +229,35 @@ class GRPOTrainer:
             metrics.update({"dynamic_sampling/rounds": float(rounds),
                             "dynamic_sampling/extra_prompts": float(rounds * want),
                             "dynamic_sampling/kept_groups": float(ro.num_groups)})
-        ro.advantages, m = self.compute_advantages(ro.rewards)
+        if cfg.multi_objective_aggregation == "normalize_then_sum":
+            ro.advantages, m = self.gdpo_advantages(ro)
+        else:
+            ro.advantages, m = self.compute_advantages(ro.rewards)
         ro.metrics = {**metrics, **m}
         return ro
+
+    def gdpo_advantages(self, ro: Rollout) -> tuple[torch.Tensor, dict[str, float]]:
+        """``multi_objective_aggregation: normalize_then_sum`` (rlreason.algorithms.gdpo_advantages):
+        each reward normalised within its group, the weighted sum normalised over the whole batch, so
+        every process's scores are gathered first. A completion whose total is unknown (a reward
+        failed) is left out of every statistic (all its scores NaN), as in the default aggregation.
+        Collective with several processes."""
+        names = list(ro.per_func)
+        per_func = torch.stack([ro.per_func[k].double() for k in names], dim=1) if names \
+            else torch.zeros((len(ro.samples), 0), dtype=torch.float64)
+        per_func[torch.isnan(ro.rewards)] = math.nan  # unknown or unscorable totals carry no signal
+        weights = torch.tensor([self.rewards.weights[self.rewards.names.index(k)] for k in names],
+                               dtype=torch.float64)
+        world = self.acc.num_processes
+        all_pf = gather_varlen(self.acc, per_func) if world > 1 else per_func
+        if len(all_pf) == 0:
+            return ro.rewards.float(), {"frac_zero_std_groups": float("nan")}
+        adv, m = A.gdpo_advantages(all_pf, weights, self.cfg.num_generations)
+        if world > 1:
+            sizes = gather_varlen(self.acc, torch.tensor([len(per_func)])).tolist()
+            start = sum(sizes[:self.acc.process_index])
+            adv = adv[start:start + len(per_func)]
+        return adv.float(), m
 
     def compute_advantages(self, rewards: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Advantages of this process's rewards [N] -> [N]. Estimators that normalise over the
@@ -260,8 +306,8 @@ class GRPOTrainer:
         of it (and at start), so it lags at the steps in between. (After a resume, which syncs, the
         first steps until the next multiple count as lagging although they are not: their ratio
         then compares the policy with the engine's own numerics, which is harmless.)"""
-        k = self.cfg.weight_sync_steps
-        return not self.engine_shares_policy and k > 1 and self.step % k != 0
+        k = self.cfg.weight_sync_steps  # counted in generations
+        return not self.engine_shares_policy and k > 1 and self.generation % k != 0
 
     def update(self, ro: Rollout) -> dict[str, float]:
         """``num_iterations`` optimizer steps on this step's batch (rlreason/loop/actor.py). Collective
@@ -285,14 +331,16 @@ class GRPOTrainer:
     # ------------------------------------------------------------------ eval / loop
 
     def evaluate(self, n: int | None = None) -> dict[str, Any]:
-        """Greedy accuracy on the held-out rows (the first ``n``), sharded across processes."""
+        """Greedy accuracy on the held-out rows (the first ``n``), sharded across processes; with
+        ``num_generations_eval``, the mean accuracy of that many samples per row (pass@1)."""
         rows = self.eval_rows[:n] if n else self.eval_rows
         if not rows or self.eval_scorer is None:
             return {}
         mine = rows[self.acc.process_index::self.acc.num_processes]
         # scored as training scores (rlreason.eval.core.score_samples): any training reward can be the scorer
         res = evaluate(self.engine, mine, self.eval_scorer, self.eval_sampling, prompt_column=self.cfg.prompt_column,
-                       plain_text=self.cfg.rewards_plain_text, shared={"trainer_state": self.trainer_state()})
+                       plain_text=self.cfg.rewards_plain_text, shared={"trainer_state": self.trainer_state()},
+                       n=self.eval_n)
         sums = torch.tensor([res["sums"][k] for k in HELDOUT_SUMS], dtype=torch.float64, device=self.acc.device)
         sums = self.acc.reduce(sums, "sum") if self.acc.num_processes > 1 else sums
         return {**heldout_metrics(dict(zip(HELDOUT_SUMS, sums.tolist(), strict=True))), "eval/samples": res["samples"]}
@@ -389,6 +437,7 @@ class GRPOTrainer:
             "trainer": self,  # the step, the evaluations, the row a stop kept aside; the run's record
             "reward_health": self.health,  # a reward's steps in a row without a score
             "async_rollouts": self.overlap,  # the batch in flight, in its own file
+            "reference_sync": self.actor.ref_sync,  # sync_ref_model: the mixed reference's weights, own file
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -399,7 +448,9 @@ class GRPOTrainer:
         return {"step": self.step, "metrics": self.last_eval, "heldout_before": self.heldout_before,
                 # the KL reference is the initial policy (or, with LoRA, the adapter-disabled base)
                 "reference_model": None if self.actor.ref_model is None and not self.actor.ref_is_base_adapter
-                else ("base_adapter_disabled" if self.actor.ref_is_base_adapter else self.cfg.model_name_or_path),
+                else ("base_adapter_disabled" if self.actor.ref_is_base_adapter
+                      # sync_ref_model: mixed toward the policy; its weights are in the checkpoint's own file
+                      else "reference_model.pt" if self.actor.ref_sync is not None else self.cfg.model_name_or_path),
                 "teacher_model": self.cfg.teacher_model_name_or_path, "config_changes": self.run_dir.config_changes,
                 # the step's metrics when a stop cut its periodic evaluation short (_evaluate_and_log)
                 "pending_row": self.pending_row}
@@ -481,7 +532,7 @@ class GRPOTrainer:
                 interrupted = True
                 self.save(self.step)
                 break
-            if cfg.save_steps and self.step % cfg.save_steps == 0 and self.step < cfg.max_steps:
+            if self._crossed(cfg.save_steps) and self.step < cfg.max_steps:
                 self.save(self.step)
                 # a stop that arrived during the save: this checkpoint is the one to stop with
                 interrupted = self._any_process(self.stop_requested)
@@ -537,12 +588,12 @@ class GRPOTrainer:
                 self.overlap.launch_next(self.step)  # the next batch generates while this one trains
             metrics = dict(ro.metrics)
             metrics.update(self.update(ro))  # commits the step right before its first optimizer step
-        self.step += 1
+        self.step += self.k
         acc_name = next((n for n in ro.per_func if n.startswith("accuracy")), None)
         if acc_name is not None:  # the progress bar's "acc": the accuracy reward's batch mean
             metrics["accuracy"] = metrics[f"rewards/{acc_name}/mean"]
         # a stop already requested skips the sync: nobody generates with it, and a resume syncs
-        if self.overlap is None and self.step % cfg.weight_sync_steps == 0 and not (
+        if self.overlap is None and self.generation % cfg.weight_sync_steps == 0 and not (
                 self.acc.num_processes == 1 and self.stop_requested):
             try:
                 self.sync_weights()
@@ -556,7 +607,7 @@ class GRPOTrainer:
         metrics.update({"time/step_s": dt, "perf/samples_per_s": n_comp / dt, "perf/tokens_per_s": n_tok / dt})
         metrics = reduce_metrics(self.acc, metrics)
         self.health.record(self.step, metrics)
-        if cfg.log_completions_steps and (self.step == 1 or self.step % cfg.log_completions_steps == 0):
+        if cfg.log_completions_steps and (self.step == self.k or self._crossed(cfg.log_completions_steps)):
             self.log.completions(self.step, completion_rows(ro, 2 * cfg.num_generations))  # two groups
         self._evaluate_and_log(metrics)
         return metrics, n_comp
@@ -567,7 +618,7 @@ class GRPOTrainer:
         evaluation (one process) raises ``stopping.Stopped`` and the checkpoint keeps the row, so the
         resumed run evaluates and writes it as the uninterrupted run would have."""
         cfg = self.cfg
-        if cfg.eval_steps and self.step % cfg.eval_steps == 0 and self.step < cfg.max_steps:
+        if self._crossed(cfg.eval_steps) and self.step < cfg.max_steps:
             self.pending_row = metrics
             with self._stop_at_once():
                 if self.overlap is not None:
@@ -576,7 +627,7 @@ class GRPOTrainer:
                 ev.update(self.evaluate_suites())
             self.last_eval = {k: v for k, v in ev.items() if isinstance(v, int | float)}
             metrics.update({k: v for k, v in ev.items() if k != "eval/samples"})
-        if self.step % cfg.logging_steps == 0 or self.step == cfg.max_steps:
+        if self._crossed(cfg.logging_steps) or self.step == cfg.max_steps:
             self.log.log(self.step, metrics)
         self.log.advance(self.step, metrics)
         self.pending_row = None

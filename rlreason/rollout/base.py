@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 
@@ -26,6 +26,13 @@ class SamplingConfig:
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
     stop_token_ids: tuple[int, ...] = ()  # extra stop tokens besides the tokenizer's eos
+    min_p: float = 0.0  # keep tokens with p >= min_p * p(most likely), after the temperature; 0 = off
+    # > 1 divides positive logits (multiplies negative ones) of tokens already in the prompt or the
+    # completion, before the temperature (transformers' and vLLM's rule); 1 = off
+    repetition_penalty: float = 1.0
+    # vLLM only: further SamplingParams settings (TRL's generation_kwargs beyond the keys above), as
+    # (name, value) pairs; the transformers engine's decode loop implements none (config refuses them)
+    extra: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -34,6 +41,10 @@ class SamplingConfig:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.min_p <= 1:
+            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
+        if not self.repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
 
     @property
     def greedy(self) -> bool:

@@ -33,14 +33,23 @@ from rlreason.data.batching import left_pad, positions_from_mask
 from rlreason.rollout.base import Sample, SamplingConfig, check_generate_args
 
 
-def process_logits(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
-    """The sampling distribution's logits, as ``generate``'s warpers make them. [N, V] -> [N, V]
+def process_logits(logits: torch.Tensor, sampling: SamplingConfig, seen: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+    """The sampling distribution's logits, as ``generate``'s processors and warpers make them. [N, V] -> [N, V]
 
-    Temperature, then top-k, then top-p, in ``generate``'s order and with its rules (top-k keeps
-    ties with the k-th logit; top-p keeps the smallest set of most likely tokens whose mass
-    exceeds ``top_p``, at least one). Removed tokens get -inf. Greedy returns the logits as
-    they are: ``generate`` reports unprocessed scores then, so greedy log-probs are the model's.
+    The repetition penalty on the tokens ``seen`` [N, V] bool (the row's prompt and completion so
+    far; None: no penalty), then temperature, top-k, top-p and min-p, in ``generate``'s order and
+    with its rules (top-k keeps ties with the k-th logit; top-p keeps the smallest set of most likely
+    tokens whose mass exceeds ``top_p``, at least one; min-p keeps tokens whose probability is at
+    least ``min_p`` times the most likely one's). Removed tokens get -inf. Greedy applies only the
+    penalty (it changes the argmax, as in ``generate``): ``generate`` reports the other warpers'
+    input then, so greedy log-probs are the (penalised) model's, as vLLM's processed log-probs are.
+    (vLLM applies min-p before top-k/top-p: with top_p < 1 and min_p both set the two engines cut
+    slightly different sets; each engine's log-probs are of the distribution it sampled.)
     """
+    if seen is not None and sampling.repetition_penalty != 1.0:
+        penalty = sampling.repetition_penalty
+        logits = torch.where(seen, torch.where(logits < 0, logits * penalty, logits / penalty), logits)
     if sampling.greedy:
         return logits
     if sampling.temperature != 1.0:
@@ -55,6 +64,10 @@ def process_logits(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tens
         drop = cum <= 1 - sampling.top_p
         drop[..., -1] = False  # the most likely token always stays
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    if sampling.min_p > 0:
+        probs = logits.softmax(-1)
+        drop = probs < sampling.min_p * probs.amax(-1, keepdim=True)  # the most likely token always stays
+        logits = logits.masked_fill(drop, float("-inf"))
     return logits
 
 
@@ -129,15 +142,23 @@ def decode(model, prompts: list[list[int]], n: int, sampling: SamplingConfig, st
     logps = torch.zeros((N, T), dtype=torch.float32, device=device)
     lengths = torch.full((N,), T, dtype=torch.long, device=device)
     stops = torch.tensor(stop_ids, dtype=torch.long, device=device)
+    # repetition penalty: [B, V] the tokens each live row has seen (its prompt's real tokens, then
+    # its samples; padding is not the prompt's, as vLLM, which never sees it)
+    seen = None
+    if sampling.repetition_penalty != 1.0:
+        counts = torch.zeros((len(prompts), logits.shape[-1]), dtype=torch.long, device=device)
+        seen = counts.scatter_add_(1, ids, mask.long()).gt(0).repeat_interleave(n, 0)
     for t in range(T):
         # fp32 like generate's scores, so half-precision models sample from the same distribution
-        scores = process_logits(logits.float(), sampling)  # [B, V]
+        scores = process_logits(logits.float(), sampling, seen)  # [B, V]
         if isinstance(generator, Sequence) and not sampling.greedy:
             tok, lp = sample_tokens(scores, sampling.greedy, uniforms=_row_uniforms(rows, n, generator))
         else:
             tok, lp = sample_tokens(scores, sampling.greedy, generator)
         tokens[rows, t] = tok
         logps[rows, t] = lp
+        if seen is not None:
+            seen[torch.arange(len(tok), device=device), tok] = True
         if t == T - 1:
             break
         done = torch.isin(tok, stops)  # [B]
@@ -147,6 +168,7 @@ def decode(model, prompts: list[list[int]], n: int, sampling: SamplingConfig, st
             if keep.numel() == 0:
                 break
             rows, tok, pos, attn = rows[keep], tok[keep], pos[keep], attn[keep]
+            seen = None if seen is None else seen[keep]
             cache.batch_select_indices(keep)
         # feed token t: the cache then holds width + t + 1 positions
         out = model(input_ids=tok.unsqueeze(1), attention_mask=attn[:, :width + t + 1], position_ids=pos,

@@ -118,8 +118,8 @@ class VLLMEngine:
     prefix caching), one seed per request derived from ``seed`` and a call counter (so a
     run is reproducible, and each group's samples are independent of batching), and returns
     the log-probs of the sampled tokens under the distribution they were drawn from
-    (``logprobs_mode="processed_logprobs"``: after temperature and top-k/top-p, as the
-    transformers engine reports them).
+    (``logprobs_mode="processed_logprobs"``: after the repetition penalty, temperature, min-p and
+    top-k/top-p, as the transformers engine reports them; TRL asks vLLM for the same mode).
 
     On CPU set ``VLLM_CPU_KVCACHE_SPACE`` (GiB of KV cache, e.g. 1) before constructing.
     ``gpu_memory_utilization`` and sleep mode only matter on GPUs.
@@ -183,12 +183,17 @@ class VLLMEngine:
 
         stop = self.eos_ids + [t for t in sampling.stop_token_ids if t not in self.eos_ids]
         # logprobs=0: the sampled token's log-prob only; detokenize=False: we decode ourselves
+        # the repetition penalty changes the argmax, so greedy decoding takes it too (as transformers' generate)
         common = dict(n=1 if sampling.greedy else n, max_tokens=sampling.max_tokens, stop_token_ids=stop,
-                      logprobs=0, detokenize=False)
+                      logprobs=0, detokenize=False, repetition_penalty=sampling.repetition_penalty)
         if sampling.greedy:
             return SamplingParams(temperature=0.0, **common)
-        return SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or 0,
-                              seed=seed, **common)
+        # TRL's generation_kwargs (sampling.extra) go in last and override, as in TRL; the processed
+        # log-probs (logprobs_mode above) are then of the distribution after the penalty, temperature,
+        # min-p and top-k/top-p: the one each token was drawn from
+        return SamplingParams(**{**common, "temperature": sampling.temperature, "top_p": sampling.top_p,
+                                 "top_k": sampling.top_k or 0, "min_p": sampling.min_p, "seed": seed,
+                                 **dict(sampling.extra)})
 
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig,
                  seeds: Sequence[int] | None = None) -> list[list[Sample]]:

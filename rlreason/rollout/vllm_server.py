@@ -135,11 +135,13 @@ class VLLMServerEngine:
         stop = self.eos_ids + [t for t in sampling.stop_token_ids if t not in self.eos_ids]
         body: dict[str, Any] = {"model": self.model_id, "prompt": list(prompt), "max_tokens": sampling.max_tokens,
                                 "stop_token_ids": stop, "logprobs": 0, "return_token_ids": True, **NEUTRAL_SAMPLING}
+        body["repetition_penalty"] = sampling.repetition_penalty  # changes the argmax too: greedy takes it
         if sampling.greedy:  # vLLM refuses n > 1 with greedy decoding: one sample, copied below
             body.update(n=1, temperature=0.0, top_p=1.0, top_k=0)
         else:
             body.update(n=n, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or 0,
-                        seed=seed)
+                        min_p=sampling.min_p, seed=seed)
+            body.update(dict(sampling.extra))  # TRL's generation_kwargs: the request's sampling fields, last
         # Safe to send again: the seed fixes the samples, and vLLM aborts a request whose client has
         # gone (a timed-out attempt does not keep generating beside its retry).
         return self.client.post("v1/completions", body, retry=True)
