@@ -118,7 +118,11 @@ G, MICRO, MICRO_BATCHES, MAX_LEN, BETA = 2, 4, 2, 24, 0.04
 # Rounding depends on the CPU's kernels: on another x86_64 machine (2026-12-07, the locked torch
 # 2.13.0) the second update reached 1.06e-5 (gspo, packed and chunked; the others up to 7.6e-6),
 # so the bound leaves room for that and stays three orders below a wrong term.
+# With TRL 1.16's loss options (test_loss_options_gradients_equal_trl, 2026-12-07, this machine): first
+# update 3.8e-7 to 5.6e-6 (every case within ON_POLICY_RTOL), second 1.1e-6 to 1.23e-5 (top_entropy_quantile;
+# vespo 1.21e-5, token_mask importance sampling 1.12e-5, sequence_truncate 1.09e-5).
 GRAD_RTOL = 3e-5
+ON_POLICY_RTOL = 1e-5  # the first update (ratios 1 up to numerics): the issue's bound holds there
 
 
 def _varied_reward(completions, **kw):
@@ -274,7 +278,7 @@ def test_update_gradients_equal_trl(tiny_path, tmp_path, preset, trl_loss, level
         tiny_path, tmp_path, dict(loss_type=preset, use_bias_correction_kl=False, importance_sampling_level="token",
                                   **clip),
         dict(loss_type=trl_loss, importance_sampling_level=level, use_bias_correction_kl=False), layout)
-    assert max(errors) <= GRAD_RTOL, (preset, layout, errors)
+    assert errors[0] <= ON_POLICY_RTOL and max(errors) <= GRAD_RTOL, (preset, layout, errors)
     # the second update is off-policy: its ratios left 1 (and, for gspo's tiny range, were clipped)
     assert m["ratio/max_abs_log"] > 1e-3
 
@@ -322,7 +326,7 @@ def test_loss_options_gradients_equal_trl(tiny_path, tmp_path, case):
                       vllm_importance_sampling_clip_max=correction[2])
     errors, m, trainer = _compare_with_trl(tiny_path, tmp_path, ours_kw, trl_kw, "packed_chunked", correction,
                                            sampler_noise=0.05 if case.startswith("vespo") else 0.5)
-    assert max(errors) <= GRAD_RTOL, (case, errors)
+    assert errors[0] <= ON_POLICY_RTOL and max(errors) <= GRAD_RTOL, (case, errors)
     assert m["ratio/max_abs_log"] > 1e-3
     if correction is not None:  # the correction engaged: some weights cut or masked, not all
         assert 0 < m["is_weight_capped_frac"] < 1, m

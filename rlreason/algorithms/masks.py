@@ -77,7 +77,10 @@ def entropy_threshold(entropies: torch.Tensor, top_quantile: float) -> torch.Ten
     """
     if entropies.numel() == 0:
         return None
-    return torch.quantile(entropies.detach().float(), 1.0 - top_quantile)
+    x = entropies.detach()
+    # in the entropies' own precision (float32 in training): a threshold rounded to another precision could
+    # sit above the largest entropy and keep no token
+    return torch.quantile(x if x.dtype in (torch.float32, torch.float64) else x.float(), 1.0 - top_quantile)
 
 
 def high_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, threshold: torch.Tensor | None) -> torch.Tensor:

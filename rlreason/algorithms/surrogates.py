@@ -45,7 +45,8 @@ def sapo_surrogate(ratio: torch.Tensor, adv: torch.Tensor, tau_pos: float, tau_n
     tau_neg. f'(r) = 4 sigmoid(x)(1 - sigmoid(x)) is 1 at r = 1 (the unclipped surrogate's gradient
     on-policy) and decays smoothly as r leaves 1, faster for larger tau: no hard cut-off.
     """
-    tau = torch.where(adv > 0, tau_pos, tau_neg).to(ratio.dtype)
+    # in the ratio's precision (Python floats in torch.where would make a float32 tensor)
+    tau = torch.where(adv > 0, ratio.new_tensor(tau_pos), ratio.new_tensor(tau_neg))
     return -torch.sigmoid(tau * (ratio - 1)) * 4 / tau * adv
 
 
@@ -71,8 +72,8 @@ def vespo_gamma_weights(log_ratio: torch.Tensor, adv: torch.Tensor, mask: torch.
             seq = seq + (log_is * m).sum(-1, keepdim=True)
         log_w = seq.clamp(VESPO_LOG_MIN, VESPO_LOG_MAX)
         a = adv.reshape(adv.shape[0], -1)[:, :1]
-        k = torch.where(a >= 0, k_pos, k_neg).to(log_w.dtype)
-        lam = torch.where(a >= 0, lambda_pos, lambda_neg).to(log_w.dtype).clamp(min=1e-4)
+        k = torch.where(a >= 0, log_w.new_tensor(k_pos), log_w.new_tensor(k_neg))
+        lam = torch.where(a >= 0, log_w.new_tensor(lambda_pos), log_w.new_tensor(lambda_neg)).clamp(min=1e-4)
         phi = torch.exp(lam + k * log_w - lam * torch.exp(log_w))
         return phi.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
 
