@@ -289,3 +289,58 @@ def test_trl_keys_are_read_with_trls_meaning():
     assert cfg.vllm_importance_sampling_clip_max == 2.5  # TRL's deprecated name for clip_max
     assert cfg.is_correction() == ("token_truncate", None, 2.5)
     assert (cfg.ratio_level(), cfg.clip_range()) == ("sequence", (0.2, 0.2))
+
+
+# ---------------------------------------------------------------------- adaptive entropy: training state
+
+
+def _trainer(tiny_path, tmp_path, **kw):
+    import hashlib
+
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlreason.build import assemble
+    from rlreason.data import arith_dataset, prepare
+    from rlreason.loop.trainer import GRPOTrainer
+    from rlreason.rewards import completion_text
+
+    def varied(completions, **_):
+        return [float(int(hashlib.md5(completion_text(c).encode()).hexdigest(), 16) % 3) for c in completions]
+
+    cfg = GRPOConfig(output_dir=str(tmp_path), num_generations=4, per_device_train_batch_size=8,
+                     gradient_accumulation_steps=2, max_completion_length=16, learning_rate=1e-4, max_steps=2,
+                     loss_type="dapo", epsilon=0.2, scale_rewards="group", num_iterations=1, eval_steps=0,
+                     save_steps=0, final_eval_size=0, log_completions_steps=0, reward_num_workers=0, progress=False,
+                     **kw)
+    tok = AutoTokenizer.from_pretrained(tiny_path)
+    train = prepare(arith_dataset(64, 0, "train"), tokenizer=tok)
+    torch.manual_seed(0)
+    return GRPOTrainer(cfg, assemble(cfg, AutoModelForCausalLM.from_pretrained(tiny_path), tok, train, [varied],
+                                     accelerator=Accelerator(cpu=True)))
+
+
+def test_the_adaptive_entropy_coefficient_is_checkpointed(tiny_path, tmp_path):
+    import json
+
+    from rlreason.run.checkpoint import parts_state
+
+    kw = dict(use_adaptive_entropy=True, entropy_coef=0.01, entropy_target=100.0, entropy_coef_delta=0.005)
+    tr = _trainer(tiny_path, tmp_path / "a", **kw)
+    ro = tr.collect()
+    m = tr.update(ro)
+    # one optimizer step; the tiny model's entropy (a few nats) is below the target of 100: up by 0.005
+    assert m["entropy_coef"] == pytest.approx(0.015)
+    assert 0 < tr.actor.last_world_entropy < 100
+    state, _ = parts_state(tr._checkpointed())  # what trainer_state.json holds
+    state = json.loads(json.dumps(state))
+    assert state["entropy_coef"] == pytest.approx(0.015) and state["last_world_entropy"] == tr.actor.last_world_entropy
+    fresh = _trainer(tiny_path, tmp_path / "b", **kw)
+    assert fresh.actor.state_dict()["last_world_entropy"] is None  # before the first step (inf: no bonus yet)
+    fresh.actor.load_state_dict(state)
+    assert (fresh.actor.entropy_coef, fresh.actor.last_world_entropy) == (tr.actor.entropy_coef,
+                                                                          tr.actor.last_world_entropy)
+    fresh.actor.load_state_dict({})  # a checkpoint from before the controller: the config's initial state
+    assert (fresh.actor.entropy_coef, fresh.actor.last_world_entropy) == (0.01, math.inf)
+    tr.close()
+    fresh.close()
