@@ -289,6 +289,10 @@ def test_trl_keys_are_read_with_trls_meaning():
     assert cfg.vllm_importance_sampling_clip_max == 2.5  # TRL's deprecated name for clip_max
     assert cfg.is_correction() == ("token_truncate", None, 2.5)
     assert (cfg.ratio_level(), cfg.clip_range()) == ("sequence", (0.2, 0.2))
+    # a full TRL dump has the deprecated alias at its default beside the new key: not a conflict, not a null
+    cfg = from_dict({"vllm_importance_sampling_cap": None, "vllm_importance_sampling_clip_max": 3.0})
+    assert cfg.vllm_importance_sampling_clip_max == 3.0
+    assert from_dict({"vllm_importance_sampling_cap": None}).vllm_importance_sampling_clip_max == 3.0
 
 
 # ---------------------------------------------------------------------- adaptive entropy: training state

@@ -139,6 +139,8 @@ def migrate(values: dict[str, Any], known: set[str]) -> tuple[dict[str, Any], li
             continue
         if key in RENAMED:
             new = RENAMED[key]
+            if value is None:  # a deprecated alias at its default (a full TRL dump has them): unset, not null
+                continue
             if new in values:
                 errors.append(f"'{key}' is TRL's name for '{new}', and both are given; keep '{new}'")
                 continue

@@ -83,14 +83,13 @@ class _Totals:
     loss: float = 0.0
     max_abs_log_ratio: float = 0.0
     grad_norms: list[float] = field(default_factory=list)  # one per optimizer step
+    is_ratio_min: float = math.inf  # the sampler correction's weights: min and max over every unit
+    is_ratio_max: float = -math.inf
 
     @classmethod
     def zeros(cls, routers: list) -> _Totals:
         router = RouterStats.zeros(len(routers), routers[0].num_experts) if routers else None
         return cls(dict.fromkeys(A.SUMMED_STATS, 0.0), router)
-
-    is_ratio_min: float = math.inf
-    is_ratio_max: float = -math.inf
 
     def add(self, loss: torch.Tensor, stats: A.PolicyLossStats) -> None:
         """A micro-batch's loss (as back-propagated) and token statistics."""
