@@ -239,8 +239,8 @@ def test_presets_cover_the_config_choices():
     # TRL 1.16: loss_type picks the aggregation (and cispo / sapo / vespo's surrogate), nothing else
     assert {k: (p.aggregation, p.surrogate) for k, p in A.PRESETS.items()} == {
         "grpo": ("seq_mean", "clip"), "dr_grpo": ("seq_sum_norm", "clip"), "dapo": ("token_mean", "clip"),
-        "bnpo": ("token_mean", "clip"), "gspo": ("seq_mean", "clip"), "cispo": ("token_mean", "cispo"),
-        "sapo": ("seq_mean", "sapo"), "luspo": ("seq_sum", "clip"), "vespo": ("token_mean", "vespo")}
+        "bnpo": ("token_mean", "clip"), "gspo": ("seq_mean", "clip"), "cispo": ("token_mean", "clipped_weight"),
+        "sapo": ("seq_mean", "soft_gate"), "luspo": ("seq_sum", "clip"), "vespo": ("token_mean", "gamma_weight")}
     assert not A.PRESETS["bnpo"].batch_normalised and A.PRESETS["dapo"].batch_normalised
     # only rlreason's gspo fixes a level and brings a clip range
     assert {k for k, p in A.PRESETS.items() if p.ratio_level or p.clip} == {"gspo"}

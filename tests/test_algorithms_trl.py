@@ -355,10 +355,10 @@ def test_the_actor_gets_trls_correction_for_a_separate_sampler_and_rlreasons_cap
 
     s = Actor.settings_from(GRPOConfig(use_vllm=True, loss_type="cispo", epsilon_high=5.0, delta=None))
     assert (s.is_mode, s.is_clip_min, s.is_clip_max, s.is_weight_kl) == ("sequence_mask", None, 3.0, False)
-    assert (s.surrogate, s.aggregation, s.eps_high, s.bias_correction_kl) == ("cispo", "token_mean", 5.0, True)
+    assert (s.surrogate, s.aggregation, s.eps_high, s.bias_correction_kl) == ("clipped_weight", "token_mean", 5.0, True)
     s = Actor.settings_from(GRPOConfig(importance_sampling_cap=2.0, loss_type="luspo",
                                        importance_sampling_level="sequence"))
     assert (s.is_mode, s.is_clip_max, s.is_weight_kl, s.aggregation, s.ratio_level) == (
         "token_truncate", 2.0, True, "seq_sum", "sequence")
     s = Actor.settings_from(GRPOConfig(loss_type="sapo", top_entropy_quantile=0.2, off_policy_mask_threshold=0.5))
-    assert (s.is_mode, s.surrogate, s.top_entropy_quantile, s.off_policy_threshold) == (None, "sapo", 0.2, 0.5)
+    assert (s.is_mode, s.surrogate, s.top_entropy_quantile, s.off_policy_threshold) == (None, "soft_gate", 0.2, 0.5)

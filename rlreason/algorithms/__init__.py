@@ -58,7 +58,7 @@ LossType = Literal["grpo", "dr_grpo", "dapo", "bnpo", "gspo", "cispo", "sapo", "
 AdvantageEstimator = Literal["grpo", "rloo", "reinforce_pp"]
 AdvantageScale = Literal["group", "batch", "none"]
 AggregateMode = Literal["token_mean", "seq_mean", "seq_sum_norm", "seq_sum"]
-Surrogate = Literal["clip", "cispo", "sapo", "vespo"]
+Surrogate = Literal["clip", "clipped_weight", "soft_gate", "gamma_weight"]  # PPO | CISPO | SAPO | VESPO
 RatioLevel = Literal["token", "sequence"]
 KLKind = Literal["k1", "k2", "k3"]
 
@@ -417,6 +417,7 @@ class LossPreset:
     source: str
     surrogate: Surrogate = "clip"
     ratio_level: RatioLevel | None = None  # a level the loss type fixes (gspo); None: importance_sampling_level
+    paper_level: RatioLevel | None = None  # the level its paper uses, when not TRL's default (luspo: a warning)
     # the paper's clip range (eps_low, eps_high), used when epsilon / epsilon_high are TRL's defaults (gspo)
     clip: tuple[float, float] | None = None
 
@@ -439,14 +440,14 @@ PRESETS: dict[LossType, LossPreset] = {
     "gspo": LossPreset("seq_mean", True, "GSPO, Zheng et al. 2025, eq. 5-7", ratio_level="sequence",
                        clip=(3e-4, 4e-4)),
     # J = 1/sum_i|o_i| sum_i sum_t sg(min(r, eps_max)) A log pi          (MiniMax-M1, 2025, CISPO)
-    "cispo": LossPreset("token_mean", True, "MiniMax-M1, arXiv 2506.13585 (CISPO)", surrogate="cispo"),
+    "cispo": LossPreset("token_mean", True, "MiniMax-M1, arXiv 2506.13585 (CISPO)", surrogate="clipped_weight"),
     # J = 1/G sum_i 1/|o_i| sum_t 4/tau sigmoid(tau (r - 1)) A           (SAPO, arXiv 2511.20347)
-    "sapo": LossPreset("seq_mean", True, "SAPO, arXiv 2511.20347", surrogate="sapo"),
+    "sapo": LossPreset("seq_mean", True, "SAPO, arXiv 2511.20347", surrogate="soft_gate"),
     # J = 1/G sum_i sum_t min(s_i A, clip(s_i) A): GSPO's term times |y_i| (LUSPO, arXiv 2602.05261);
     # the paper's sequence level is importance_sampling_level: sequence (TRL warns without it)
-    "luspo": LossPreset("seq_sum", True, "LUSPO, arXiv 2602.05261"),
+    "luspo": LossPreset("seq_sum", True, "LUSPO, arXiv 2602.05261", paper_level="sequence"),
     # J = 1/sum_i|o_i| sum_i sum_t sg(phi(w_i)) A log pi                 (VESPO, arXiv 2602.10693)
-    "vespo": LossPreset("token_mean", True, "VESPO, arXiv 2602.10693", surrogate="vespo"),
+    "vespo": LossPreset("token_mean", True, "VESPO, arXiv 2602.10693", surrogate="gamma_weight"),
 }
 
 TRL_EPSILON = 0.2  # TRL 1.16's epsilon default (epsilon_high None = epsilon)
@@ -502,7 +503,7 @@ class LossSettings:
     is_cap: float | None = None  # rlreason's importance_sampling_cap: is_mode token_truncate, is_clip_max = cap
     teacher_kl_coef: float = 1.0
     teacher_reward_weight: float = 0.0
-    surrogate: Surrogate = "clip"  # clip (PPO's, with dual_clip and delta) | cispo | sapo | vespo
+    surrogate: Surrogate = "clip"  # clip (PPO's, with dual_clip and delta) | clipped_weight | soft_gate | gamma_weight
     delta: float | None = None  # two-sided clipping's cap on the unclipped ratio (INTELLECT-2)
     sapo_temperature_pos: float = 1.0
     sapo_temperature_neg: float = 1.05
@@ -584,11 +585,11 @@ def _surrogate(s: LossSettings, logp: torch.Tensor, old_logp: torch.Tensor, adv:
         loss, clipped = token_surrogate(logp, old_logp, adv, s.eps_low, s.eps_high, mask=mask, level=s.ratio_level,
                                         dual_clip=s.dual_clip, delta=s.delta)
         return loss, clipped, None
-    if s.surrogate == "vespo":  # the token log-ratios, summed per sequence inside
+    if s.surrogate == "gamma_weight":  # VESPO: the token log-ratios, summed per sequence inside
         phi = vespo_gamma_weights(logp.detach() - old_logp, a, mask, is_w, *s.vespo)
         return vespo_surrogate(logp, phi, a).expand_as(logp), torch.zeros_like(mask, dtype=torch.bool), phi
     ratio = torch.exp(log_importance_ratio(logp, old_logp, mask, s.ratio_level))
-    if s.surrogate == "cispo":
+    if s.surrogate == "clipped_weight":
         loss, clipped = cispo_surrogate(logp, ratio, a, s.eps_high)
         return loss, clipped, None
     loss = sapo_surrogate(ratio, a, s.sapo_temperature_pos, s.sapo_temperature_neg)
@@ -713,7 +714,7 @@ def policy_loss(
         raise ValueError("beta > 0 needs the reference's log-probs (ref_logp)")
     if kl_term is not None and s.is_weight_kl:
         loss_tok = loss_tok + kl_term
-    if is_w is not None and s.surrogate != "vespo":  # VESPO folds the weight into phi
+    if is_w is not None and s.surrogate != "gamma_weight":  # VESPO folds the weight into phi
         loss_tok = loss_tok * is_w
     if kl_term is not None and not s.is_weight_kl:
         loss_tok = loss_tok + kl_term

@@ -25,6 +25,7 @@ from typing import Any, Literal
 import yaml
 
 from rlreason.algorithms import (
+    PRESETS,
     AdvantageEstimator,
     AdvantageScale,
     ISMode,
@@ -472,16 +473,18 @@ class GRPOConfig:
         need(correction is None or not correction[0].endswith("truncate") or correction[1:] != (None, None),
              "vllm_importance_sampling_mode", "a *_truncate mode needs vllm_importance_sampling_clip_min or "
              "vllm_importance_sampling_clip_max")
-        need(not (self.loss_type == "vespo" and correction is not None and correction[0].startswith("sequence")),
+        surrogate = PRESETS[self.loss_type].surrogate
+        need(not (surrogate == "gamma_weight" and correction is not None and correction[0].startswith("sequence")),
              "vllm_importance_sampling_mode", "loss_type vespo folds the sampler correction into its sequence weight "
              f"token by token: it needs token_truncate or token_mask, got {correction and correction[0]}")
-        if self.loss_type == "cispo" and self.clip_range()[1] < 1:
+        if surrogate == "clipped_weight" and self.clip_range()[1] < 1:
             logger.warning("loss_type cispo caps the importance weight itself at epsilon_high (%s, TRL's meaning): "
                            "every token's weight is at most that, on-policy too; TRL recommends epsilon_high: 5.0",
                            self.clip_range()[1])
-        if self.loss_type == "luspo" and self.ratio_level() != "sequence":
-            logger.warning("loss_type luspo: importance_sampling_level is %r; its paper (and TRL) use 'sequence'",
-                           self.ratio_level())
+        paper_level = PRESETS[self.loss_type].paper_level
+        if paper_level is not None and self.ratio_level() != paper_level:
+            logger.warning("loss_type %s: importance_sampling_level is %r; its paper (and TRL) use %r",
+                           self.loss_type, self.ratio_level(), paper_level)
 
     def _validate_async(self, need: Callable[[bool, str, str], None]) -> None:
         """Settings overlapped rollouts cannot run with, each with the reason."""

@@ -532,9 +532,9 @@ class Actor:
         if s.surrogate == "clip" and self.objective is None:  # token-weighted, over every pass
             out["clip_ratio/low_mean"], out["clip_ratio/high_mean"] = mean["clip_low"], mean["clip_high"]
             out["clip_ratio/region_mean"] = mean["clip_low"] + mean["clip_high"]
-        elif s.surrogate == "cispo":
+        elif s.surrogate == "clipped_weight":
             out["cispo_clip_ratio"] = mean["clipped"]
-        elif s.surrogate == "vespo":
+        elif s.surrogate == "gamma_weight":
             out["vespo/phi_seq_mean"] = total["phi_seq"] / total["sequences"] if total["sequences"] else math.nan
         if s.is_mode is not None:
             # NaN on a step that trained no token (every group flat): a mean of nothing, not a weight of 0

@@ -51,7 +51,9 @@ def _resolved(saved: dict[str, Any]) -> dict[str, Any]:
         return {**saved, "scale_rewards": "group"}  # TRL's default, which they ignore
     if saved.get("scale_rewards") is None and saved.get("loss_type") in PRESETS:
         # before TRL's defaults (issue 31), null meant the loss_type preset's: none for dr_grpo, else group
-        return {**saved, "scale_rewards": "none" if saved["loss_type"] == "dr_grpo" else "group"}
+        # (dr_grpo's: the one preset with the seq_sum_norm aggregation)
+        none = PRESETS[saved["loss_type"]].aggregation == "seq_sum_norm"
+        return {**saved, "scale_rewards": "none" if none else "group"}
     return saved
 
 
