@@ -362,3 +362,6 @@ def test_the_actor_gets_trls_correction_for_a_separate_sampler_and_rlreasons_cap
         "token_truncate", 2.0, True, "seq_sum", "sequence")
     s = Actor.settings_from(GRPOConfig(loss_type="sapo", top_entropy_quantile=0.2, off_policy_mask_threshold=0.5))
     assert (s.is_mode, s.surrogate, s.top_entropy_quantile, s.off_policy_threshold) == (None, "soft_gate", 0.2, 0.5)
+    # SFT's tokens were given, not sampled: nothing to correct against
+    s = Actor.settings_from(GRPOConfig(use_vllm=True, off_policy_mask_threshold=0.5), sampled=False)
+    assert (s.is_mode, s.off_policy_threshold) == (None, None)

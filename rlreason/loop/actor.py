@@ -115,7 +115,8 @@ class Actor:
         self.teacher = parts.teacher
         self.objective, self.share_pack_rows = objective, share_pack_rows
         self.preset = A.PRESETS[cfg.loss_type]
-        self.loss_settings = self.settings_from(cfg)  # the terms of the loss and how they combine (A.policy_loss)
+        # the terms of the loss and how they combine (A.policy_loss); SFT's tokens were given, not sampled
+        self.loss_settings = self.settings_from(cfg, sampled=objective is None)
         # TRL's entropy bonus: on with a coefficient or the adaptive controller, whose state (the coefficient
         # and the last step's entropy, inf before the first) is training state, in the checkpoint
         self.entropy_bonus = cfg.entropy_coef > 0 or cfg.use_adaptive_entropy
@@ -136,11 +137,13 @@ class Actor:
         self.nonfinite_streak = 0  # ... in a row
 
     @staticmethod
-    def settings_from(cfg: GRPOConfig) -> A.LossSettings:
-        """The loss's settings from the config: the loss_type's aggregation and surrogate, and every option."""
+    def settings_from(cfg: GRPOConfig, sampled: bool = True) -> A.LossSettings:
+        """The loss's settings from the config: the loss_type's aggregation and surrogate, and every option.
+        ``sampled`` False: the tokens were not sampled by the policy (SFT on a teacher's answers), so no
+        sampler correction and no off-policy mask (there are no sampler log-probs to compare with)."""
         preset = A.PRESETS[cfg.loss_type]
         eps_low, eps_high = cfg.clip_range()  # gspo: its paper's values at TRL's defaults
-        correction = cfg.is_correction()  # (mode, clip min, clip max) or None
+        correction = cfg.is_correction() if sampled else None  # (mode, clip min, clip max) or None
         mode, clip_min, clip_max = correction if correction is not None else (None, None, None)
         return A.LossSettings(
             eps_low=eps_low, eps_high=eps_high, ratio_level=cfg.ratio_level(), dual_clip=cfg.dual_clip,
@@ -149,7 +152,8 @@ class Actor:
             teacher_reward_weight=cfg.teacher_reward_weight, surrogate=preset.surrogate, delta=cfg.delta,
             sapo_temperature_pos=cfg.sapo_temperature_pos, sapo_temperature_neg=cfg.sapo_temperature_neg,
             vespo=(cfg.vespo_k_pos, cfg.vespo_lambda_pos, cfg.vespo_k_neg, cfg.vespo_lambda_neg),
-            top_entropy_quantile=cfg.top_entropy_quantile, off_policy_threshold=cfg.off_policy_mask_threshold,
+            top_entropy_quantile=cfg.top_entropy_quantile,
+            off_policy_threshold=cfg.off_policy_mask_threshold if sampled else None,
             bias_correction_kl=cfg.use_bias_correction_kl, is_mode=mode, is_clip_min=clip_min, is_clip_max=clip_max,
             # rlreason's importance_sampling_cap weights the KL term too; TRL's keys add it after the weight
             is_weight_kl=cfg.importance_sampling_cap is not None)
