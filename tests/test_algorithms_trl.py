@@ -156,6 +156,17 @@ def test_off_policy_mask_drops_negative_sequences_that_drifted():
     assert keep.flatten().tolist() == [1.0, 0.0, 1.0, 0.0]  # positive advantage or small drift: kept
 
 
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(seed=st.integers(0, 2**31 - 1), threshold=st.floats(-1.0, 1.0))
+def test_off_policy_mask_is_0_or_1_and_keeps_every_non_negative_advantage(seed, threshold):
+    g = torch.Generator().manual_seed(seed)
+    adv = torch.randn(5, generator=g, dtype=F64)
+    logp, sampler = torch.randn(5, 4, generator=g, dtype=F64), torch.randn(5, 4, generator=g, dtype=F64)
+    keep = A.off_policy_mask(adv, logp, sampler, torch.rand(5, 4, generator=g) < 0.7, threshold).flatten()
+    assert set(keep.tolist()) <= {0.0, 1.0}
+    assert (keep[adv >= 0] == 1).all()
+
+
 def test_high_entropy_mask_keeps_the_top_quantile_of_real_tokens():
     ent = t([[0.1, 0.5, 0.9], [0.3, 7.0, 7.0]])
     mask = torch.tensor([[1, 1, 1], [1, 0, 0]])  # 7.0 is padding: not in the quantile, never kept

@@ -70,7 +70,7 @@ def off_policy_mask(adv: torch.Tensor, logp: torch.Tensor, sampler_logp: torch.T
 
 def entropy_threshold(entropies: torch.Tensor, top_quantile: float) -> torch.Tensor | None:
     """The entropy above which a token is among the top ``top_quantile`` fraction ("Beyond the 80/20
-    rule", Wang et al. 2025, sec. 4: train only on the ~20% highest-entropy "forking" tokens).
+    rule", Wang et al. 2025, arXiv 2506.01939: train only on the ~20% highest-entropy "forking" tokens).
 
     entropies [K] (the real tokens' entropies, every process's) -> 0-d threshold, or None when K = 0:
     torch.quantile(entropies, 1 - top_quantile), linear interpolation, as TRL 1.16.
