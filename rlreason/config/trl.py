@@ -17,7 +17,8 @@ from typing import Any
 RENAMED: dict[str, str] = {
     "dataset_prompt_column": "prompt_column",  # open-r1 ScriptArguments
     "dataset_train_split": "dataset_split",  # TRL ScriptArguments
-    "vllm_importance_sampling_cap": "importance_sampling_cap",
+    # TRL 1.16 deprecated it for vllm_importance_sampling_clip_max (the bound of whichever mode)
+    "vllm_importance_sampling_cap": "vllm_importance_sampling_clip_max",
     "vllm_server_timeout_s": "vllm_server_timeout",
 }
 
@@ -57,9 +58,6 @@ UNSUPPORTED: dict[str, str] = {
                  "recipes/accelerate/deepspeed_zero2.yaml (or deepspeed_zero3.yaml)",
     "fsdp": "give FSDP to accelerate: accelerate launch --config_file recipes/accelerate/fsdp.yaml",
     "fsdp_config": "give FSDP to accelerate: accelerate launch --config_file recipes/accelerate/fsdp.yaml",
-    "top_entropy_quantile": "every completion token is trained",
-    "delta": "two-sided clipping is not implemented; see dual_clip",
-    "vllm_importance_sampling_mode": "importance_sampling_cap is a per-token truncation",
     "use_transformers_paged": "generation uses rlreason's engines (transformers or vLLM)",
     "max_tool_calling_iterations": "tools are not supported",
     "neftune_noise_alpha": "not for RL fine-tuning",
@@ -91,7 +89,6 @@ DEFAULTS_DIFFER: dict[str, tuple[Any, Any, str]] = {
     "per_device_train_batch_size": (8, 64, "completions per micro-batch for the tiny model on a CPU"),
     "gradient_accumulation_steps": (1, 2, "two micro-batches make the demo's 128-completion step"),
     "gradient_checkpointing": (True, False, "the tiny model fits; turn it on for large models"),
-    "scale_rewards": ("group", None, "None = the loss_type preset's choice (docs/algorithms.md)"),
     "seed": (42, 0, "any fixed seed; runs are reproducible either way"),
     "logging_steps": (10, 1, "every step's metrics go to metrics.jsonl"),
     "save_steps": (500, 100, "shorter runs"),
@@ -132,6 +129,8 @@ def migrate(values: dict[str, Any], known: set[str]) -> tuple[dict[str, Any], li
             continue
         if key in RENAMED:
             new = RENAMED[key]
+            if value is None:  # a deprecated alias at its default (a full TRL dump has them): unset, not null
+                continue
             if new in values:
                 errors.append(f"'{key}' is TRL's name for '{new}', and both are given; keep '{new}'")
                 continue
