@@ -49,6 +49,10 @@ CASES: dict[str, dict] = {
     "dynamic_uneven": dict(loss_type="dapo", scale_rewards="batch", dynamic_sampling=True, max_resample_rounds=0),
     # overlapped rollouts: step 1's batch generated on each process's rollout thread during update 0
     "async": dict(loss_type="dapo", scale_rewards="batch", async_rollouts=True),
+    # TRL 1.16's options that do not depend on how a batch is split: LUSPO's per-sequence sums over the global
+    # sequence count, the off-policy sequence mask, two-sided clipping, the ratio-weighted KL, two updates
+    "luspo_options": dict(loss_type="luspo", importance_sampling_level="sequence", beta=0.04, num_iterations=2,
+                          off_policy_mask_threshold=0.0, delta=1.5, use_bias_correction_kl=True),
 }
 
 

@@ -236,16 +236,25 @@ def test_aggregate_dr_grpo_and_empty_completion():
 def test_presets_cover_the_config_choices():
 
     assert set(A.PRESETS) == set(get_args(A.LossType))
-    assert A.PRESETS["gspo"].ratio_level == "sequence"
-    assert A.PRESETS["dr_grpo"].scale_rewards == "none" and A.PRESETS["dr_grpo"].aggregation == "seq_sum_norm"
+    # TRL 1.16: loss_type picks the aggregation (and cispo / sapo / vespo's surrogate), nothing else
+    assert {k: (p.aggregation, p.surrogate) for k, p in A.PRESETS.items()} == {
+        "grpo": ("seq_mean", "clip"), "dr_grpo": ("seq_sum_norm", "clip"), "dapo": ("token_mean", "clip"),
+        "bnpo": ("token_mean", "clip"), "gspo": ("seq_mean", "clip"), "cispo": ("token_mean", "clipped_weight"),
+        "sapo": ("seq_mean", "soft_gate"), "luspo": ("seq_sum", "clip"), "vespo": ("token_mean", "gamma_weight")}
     assert not A.PRESETS["bnpo"].batch_normalised and A.PRESETS["dapo"].batch_normalised
+    # only rlreason's gspo fixes a level and brings a clip range
+    assert {k for k, p in A.PRESETS.items() if p.ratio_level or p.clip} == {"gspo"}
+    assert A.ratio_level("gspo", "token") == "sequence" and A.ratio_level("luspo", "token") == "token"
+    assert A.clip_range("dapo", 0.2, None) == (0.2, 0.2) and A.clip_range("gspo", 0.2, None) == (3e-4, 4e-4)
+    assert A.clip_range("gspo", 0.2, 0.28) == (0.2, 0.28) and A.clip_range("grpo", 0.1, 0.3) == (0.1, 0.3)
 
 
 @pytest.mark.parametrize("preset", sorted(A.PRESETS))
 def test_on_policy_gradient_equals_plain_policy_gradient(preset):
     """num_iterations=1, beta=0: r = 1, so each preset's gradient must be the plain policy
     gradient -agg(A * grad log pi) of its aggregation (GSPO included: its sequence ratio has
-    the gradient of the mean token log-prob, which seq_mean also takes)."""
+    the gradient of the mean token log-prob, which seq_mean also takes; SAPO's gate has slope 1
+    at r = 1; CISPO's weight and VESPO's phi(1) are 1)."""
     p = A.PRESETS[preset]
     torch.manual_seed(0)
     policy = torch.nn.Linear(6, 7)  # toy policy: features -> logits over 7 tokens
@@ -253,6 +262,10 @@ def test_on_policy_gradient_equals_plain_policy_gradient(preset):
     ids = torch.randint(0, 7, (4, 5))
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]])
     adv = torch.tensor([1.0, -0.5, 2.0, -1.5])
+    # cispo caps the ratio itself at eps_high (TRL's meaning; ScaleRL's 5.0): 0.28 would scale every weight to 0.28
+    settings = A.LossSettings(eps_low=0.2, eps_high=5.0 if preset == "cispo" else 0.28,
+                              ratio_level=A.ratio_level(preset, "token"), aggregation=p.aggregation, max_len=5,
+                              surrogate=p.surrogate)
 
     def grads(loss_fn):
         policy.zero_grad()
@@ -261,8 +274,7 @@ def test_on_policy_gradient_equals_plain_policy_gradient(preset):
         return [q.grad.clone() for q in policy.parameters()]
 
     def surrogate(logp):
-        loss, _ = A.token_surrogate(logp, logp.detach(), adv, 0.2, 0.28, mask=mask, level=p.ratio_level)
-        return A.aggregate(loss, mask, p.aggregation, max_len=5)
+        return A.policy_loss(logp, logp.detach(), adv, mask, settings)[0]
 
     def plain(logp):
         return A.aggregate(-adv[:, None] * logp, mask, p.aggregation, max_len=5)

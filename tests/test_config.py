@@ -54,7 +54,7 @@ def test_choice_keys_have_one_source_and_clear_errors():
             DistillConfig(**base, **{key: "nope"})
         for value in allowed:
             assert getattr(from_dict({**base, key: value}, DistillConfig), key) == value
-    assert GRPOConfig(scale_rewards=None).scale_rewards is None  # None: the preset's choice
+    assert GRPOConfig(scale_rewards=None).scale_rewards == "group"  # null (older configs): TRL's default
 
 
 def test_yaml_scientific_notation_string_becomes_float():
@@ -78,13 +78,14 @@ def test_validation_errors_name_keys():
 
 def test_scale_rewards_is_refused_with_an_estimator_that_ignores_it():
     """rloo's advantages are never scaled and reinforce_pp's always by the batch std: an explicit
-    scale_rewards was silently ignored with them. (Before: accepted, no effect.)"""
+    scale_rewards was silently ignored with them. (Before: accepted, no effect.) TRL's default, group, is
+    accepted (a TRL config dump has it) and ignored."""
     for est in ("rloo", "reinforce_pp"):
-        for scale in ("group", "batch", "none"):
+        for scale in ("batch", "none"):
             with pytest.raises(ConfigError, match=rf"config key 'scale_rewards': applies to advantage_estimator "
                                                   rf"'grpo' only, and advantage_estimator is '{est}'"):
                 GRPOConfig(advantage_estimator=est, scale_rewards=scale)
-        assert GRPOConfig(advantage_estimator=est).to_dict()["scale_rewards"] is None
+        assert GRPOConfig(advantage_estimator=est, scale_rewards="group").to_dict()["scale_rewards"] == "group"
         # the default recipe config pins no scale_rewards to clash with another estimator
         assert parse_args(["--advantage_estimator", est], default_config=TINY_CPU).advantage_estimator == est
     assert GRPOConfig(advantage_estimator="grpo", scale_rewards="batch").scale_rewards == "batch"
@@ -95,7 +96,7 @@ def test_the_saved_scale_rewards_is_resolved_and_older_runs_resume_as_the_same_r
 
     cfg = parse_args([], default_config=TINY_CPU)
     saved = cfg.to_dict()
-    assert cfg.scale_rewards is None and saved["scale_rewards"] == "group"  # dapo's, as the run uses it
+    assert cfg.scale_rewards == saved["scale_rewards"] == "group"  # the demo's own choice (and TRL's default)
     assert config_changes({**saved, "scale_rewards": None}, cfg) == {}  # saved before to_dict resolved it
     assert config_changes({**saved, "scale_rewards": "batch"}, cfg) == {"scale_rewards": ("batch", "group")}
     rloo = parse_args(["--advantage_estimator", "rloo"], default_config=TINY_CPU)

@@ -20,7 +20,7 @@ from _launch import WORKER, assert_clean_exit, run, torchrun
 
 from rlreason.loop.distributed import clean_name, full_named_parameters, gather_varlen
 
-CASES = ("dapo_batch", "grpo_kl", "dynamic_uneven", "async")
+CASES = ("dapo_batch", "grpo_kl", "dynamic_uneven", "async", "luspo_options")
 # Measured: the largest weight difference between the runs is ~1e-6 (float32 sums in another
 # order, through AdamW, whose first steps amplify noise on near-zero gradients); the update
 # itself (2e-4 per weight: 2 steps at lr 1e-4) differs by ~1e-5 relative (norm). A per-process

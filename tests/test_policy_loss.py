@@ -188,7 +188,8 @@ def test_log_ratio_statistics_are_sums_over_real_tokens():
     assert s.log_ratio_sq.item() == pytest.approx(0.01 + 0.09 + 0.04, abs=1e-12)
     assert s.max_abs_log_ratio.item() == pytest.approx(0.3, abs=1e-12)
     assert set(s.sums()) == {"clipped", "entropy", "kl", "is_weight", "is_capped", "log_ratio", "log_ratio_sq",
-                              "reverse_kl"}
+                              "reverse_kl", "clip_low", "clip_high", "sequences", "phi_seq", "is_units",
+                              "is_unit_weight", "bonus_entropy", "bonus_tokens"}
     assert all(not v.requires_grad and v.dim() == 0 for v in s.sums().values())
 
 

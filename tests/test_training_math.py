@@ -79,15 +79,14 @@ def test_kl_at_step_one_is_zero_under_bf16_autocast(tiny_path, tmp_path, bf16_ac
     assert (bf16[mask] - fp32[mask]).abs().max() > 1e-4
 
 
-# ---------------------------------------------------------------------- (3) preset clip ranges
+# ---------------------------------------------------------------------- (3) clip ranges: TRL's defaults
 
 
-@pytest.mark.parametrize(("loss_type", "expected"), [
-    ("grpo", (0.2, 0.2)), ("dr_grpo", (0.2, 0.2)), ("bnpo", (0.2, 0.2)),
-    ("dapo", (0.2, 0.28)),  # clip-higher, Yu et al. 2025
-    ("gspo", (3e-4, 4e-4)),  # Zheng et al. 2025, sec. 5.1
-])
-def test_presets_bring_their_papers_clip_range(loss_type, expected):
+@pytest.mark.parametrize("loss_type", list(A.PRESETS))
+def test_loss_types_take_trls_clip_defaults(loss_type):
+    """TRL 1.16: loss_type changes no clip range (epsilon 0.2, epsilon_high = epsilon); rlreason's gspo
+    alone brings its paper's 3e-4 / 4e-4 while both keys are at those defaults. (Before: dapo 0.2 / 0.28.)"""
+    expected = (3e-4, 4e-4) if loss_type == "gspo" else (0.2, 0.2)
     cfg = GRPOConfig(loss_type=loss_type)
     assert cfg.clip_range() == expected
     # the run's config.yaml (the recipe writes yaml.safe_dump(cfg.to_dict())) holds the resolved values,
@@ -95,37 +94,21 @@ def test_presets_bring_their_papers_clip_range(loss_type, expected):
     saved = yaml.safe_load(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     assert (saved["epsilon"], saved["epsilon_high"]) == expected
     assert from_dict(saved).clip_range() == expected
+    assert from_dict(saved).ratio_level() == cfg.ratio_level() == ("sequence" if loss_type == "gspo" else "token")
 
 
-RECIPE_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "recipes" / "configs").glob("*.yaml"))
-
-
-@pytest.mark.parametrize("path", RECIPE_CONFIGS, ids=lambda p: p.name)
-def test_recipe_configs_pin_nothing_their_preset_gives(path):
-    """A config pin written for one loss_type stays when the command line picks another: with
-    tiny_cpu.yaml's dapo pins (0.2 / 0.28), --loss_type gspo trained GSPO at 0.2 / 0.28, not its
-    paper's 3e-4 / 4e-4. So no recipe config pins a clip range or reward scaling its preset gives."""
-    raw = yaml.safe_load(path.read_text())
-    preset = A.PRESETS[raw.get("loss_type", "dapo")]
-    given = {"epsilon": preset.clip[0], "epsilon_high": preset.clip[1], "scale_rewards": preset.scale_rewards,
-             "importance_sampling_level": preset.ratio_level}
-    assert [k for k, v in given.items() if raw.get(k) == v] == []
-
-
-@pytest.mark.parametrize("loss_type", list(A.PRESETS))
-def test_the_default_config_with_another_loss_type_trains_that_loss_types_clip_range(loss_type):
+def test_the_demo_config_trains_as_before():
+    """tiny_cpu.yaml states the demo's own choices (README's numbers were measured with them): dapo, clip
+    0.2 / 0.28, group scaling, token ratios; TRL's defaults would clip at 0.2 / 0.2."""
     default = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "tiny_cpu.yaml"
-    cfg = parse_args(["--loss_type", loss_type], default_config=default)
-    assert cfg.clip_range() == A.PRESETS[loss_type].clip  # gspo: 3e-4 / 4e-4 (before: 0.2 / 0.28)
-    assert cfg.to_dict()["scale_rewards"] == A.PRESETS[loss_type].scale_rewards  # resolved as it trains
-    # and the default run is the one README's numbers were measured with: dapo, 0.2 / 0.28, group
     base = parse_args([], default_config=default)
-    assert (base.loss_type, base.clip_range(), base.to_dict()["scale_rewards"]) == ("dapo", (0.2, 0.28), "group")
+    assert (base.loss_type, base.clip_range(), base.scale_rewards, base.ratio_level()) == (
+        "dapo", (0.2, 0.28), "group", "token")
 
 
-def test_explicit_epsilon_overrides_the_preset():
+def test_explicit_epsilon_is_used_as_given():
     assert GRPOConfig(loss_type="gspo", epsilon=0.1).clip_range() == (0.1, 0.1)  # epsilon alone: symmetric
-    assert GRPOConfig(loss_type="dapo", epsilon=0.2).clip_range() == (0.2, 0.2)
+    assert GRPOConfig(loss_type="dapo", epsilon=0.2, epsilon_high=0.28).clip_range() == (0.2, 0.28)
     assert GRPOConfig(loss_type="grpo", epsilon_high=0.3).clip_range() == (0.2, 0.3)
     assert GRPOConfig(loss_type="gspo", epsilon=1e-3, epsilon_high=2e-3).clip_range() == (1e-3, 2e-3)
 
@@ -133,8 +116,8 @@ def test_explicit_epsilon_overrides_the_preset():
 @pytest.mark.parametrize(("loss_type", "ratio", "clipped"), [
     ("gspo", 1.001, True),  # outside 1 + 4e-4: clipped (with eps 0.2 it was not)
     ("gspo", 1.0003, False),
-    ("dapo", 1.25, False),  # inside clip-higher's 1.28 (a symmetric 0.2 clipped it)
-    ("dapo", 1.3, True),
+    ("dapo", 1.15, False),
+    ("dapo", 1.25, True),  # TRL's 0.2 / 0.2 (the dapo preset's 0.28 no longer)
     ("grpo", 1.25, True),
 ])
 def test_trainer_loss_clips_at_the_preset_range(tiny_path, tmp_path, loss_type, ratio, clipped):

@@ -150,7 +150,7 @@ def test_one_generation_makes_two_optimizer_steps_with_trls_gradients(tiny_path,
                           epsilon_high=0.28, per_device_train_batch_size=micro_size, gradient_accumulation_steps=1,
                           steps_per_generation=2, num_generations=2,
                           max_completion_length=BASE["max_completion_length"],
-                          report_to=[], use_cpu=True, logging_steps=1, bf16=False, use_bias_correction_kl=False)
+                          report_to=[], use_cpu=True, logging_steps=1, bf16=False)  # both: TRL's bias-corrected KL
     trainer = trl.GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_path),
                               reward_funcs=[lambda completions, **kw: [0.0] * len(completions)], args=args,
                               train_dataset=Dataset.from_dict({"prompt": ["1+1"] * 8}), processing_class=tok)

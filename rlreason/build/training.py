@@ -16,7 +16,6 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
 from transformers import get_scheduler
 
-from rlreason import algorithms as A
 from rlreason import lora
 from rlreason.build.engine import training_engine
 from rlreason.build.models import disable_dropout
@@ -136,7 +135,7 @@ def setting_warnings(cfg: GRPOConfig, separate_engine: bool) -> list[str]:
         out.append("kl_estimator k1 with beta > 0: as a loss term k1's gradient, grad log pi, has expectation 0 "
                    "under the policy's own samples, so the KL term adds noise and no pull towards the reference; "
                    "use k2 (gradient of KL(pi || ref)) or k3 (GRPO's; gradient of KL(ref || pi))")
-    level = cfg.importance_sampling_level or A.PRESETS[cfg.loss_type].ratio_level
+    level = cfg.ratio_level()
     low, high = cfg.clip_range()
     if level == "sequence" and max(low, high) >= SEQUENCE_CLIP_WARN:
         out.append(f"a sequence-level importance ratio (loss_type {cfg.loss_type}) with a token-scale clip range "

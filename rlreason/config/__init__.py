@@ -25,7 +25,17 @@ from typing import Any, Literal
 
 import yaml
 
-from rlreason.algorithms import PRESETS, AdvantageEstimator, AdvantageScale, KLKind, LossType, RatioLevel, clip_range
+from rlreason.algorithms import (
+    PRESETS,
+    AdvantageEstimator,
+    AdvantageScale,
+    ISMode,
+    KLKind,
+    LossType,
+    RatioLevel,
+    clip_range,
+    ratio_level,
+)
 from rlreason.algorithms.rewards_aggregation import MultiObjectiveAggregation
 from rlreason.config.trl import RENAMED, migrate
 from rlreason.rollout.base import WeightBackend
@@ -261,21 +271,46 @@ class GRPOConfig:
     optim: Optimizer = "adamw_torch_fused"  # adamw_torch(_fused) | adamw_8bit | paged_adamw_8bit (bitsandbytes)
 
     # --- GRPO family (see rlreason/algorithms/ and docs/algorithms.md) ---
-    loss_type: LossType = "dapo"  # preset: grpo | dr_grpo | dapo | bnpo | gspo
+    # TRL 1.16's meaning: loss_type picks the aggregation (and the surrogate of cispo / sapo / vespo), nothing
+    # else; grpo | dr_grpo | dapo | bnpo | cispo | sapo | luspo | vespo, and rlreason's gspo (grpo at the
+    # sequence level, its paper's 3e-4 / 4e-4 clip while epsilon / epsilon_high are at TRL's defaults)
+    loss_type: LossType = "dapo"
     advantage_estimator: AdvantageEstimator = "grpo"  # grpo (group baseline) | rloo | reinforce_pp
-    # group | batch | none; None = the loss_type preset's choice. The grpo estimator's only (refused with the others)
-    scale_rewards: AdvantageScale | None = None
-    importance_sampling_level: RatioLevel | None = None  # token | sequence; None = the preset's (gspo: sequence)
+    # group | batch | none (TRL's default group; null, as older configs wrote it, = group). The grpo estimator's
+    # only: another value with rloo / reinforce_pp is refused
+    scale_rewards: AdvantageScale | None = "group"
+    importance_sampling_level: RatioLevel | None = "token"  # token | sequence (gspo: always sequence); null = token
     beta: float = 0.0  # KL coefficient; 0 loads no reference model
     kl_estimator: KLKind = "k3"  # k1 | k2 | k3
-    # Clip range; with neither set, the loss_type preset's paper values (dapo 0.2/0.28, gspo 3e-4/4e-4,
-    # else 0.2/0.2; rlreason.algorithms.clip_range); epsilon alone = a symmetric clip. The resolved
-    # values are what to_dict (the run's config.yaml) holds.
-    epsilon: float | None = None
-    epsilon_high: float | None = None
+    epsilon: float = 0.2  # clip range 1 - epsilon ...
+    epsilon_high: float | None = None  # ... 1 + epsilon_high (None = epsilon; cispo: the weight's cap itself)
     dual_clip: float | None = None  # c > 1 bounds negative-advantage losses at c * |A| (Ye et al. 2020)
-    importance_sampling_cap: float | None = None  # truncated IS on sampler/trainer mismatch; None = off
-    entropy_coef: float = 0.0  # > 0 adds an entropy bonus
+    # rlreason's truncated IS, for any engine: token_truncate at this cap (overrides the vllm_importance_sampling_*
+    # keys, and weights the KL term too: docs/algorithms.md); None = TRL's correction below
+    importance_sampling_cap: float | None = None
+    entropy_coef: float = 0.0  # > 0 adds an entropy bonus (TRL's: the mean token entropy, for every loss_type)
+    # --- TRL 1.16's loss options (docs/algorithms.md: each with its paper's equation) ---
+    delta: float | None = None  # two-sided clipping (INTELLECT-2): the unclipped ratio capped at delta; None = off
+    sapo_temperature_neg: float = 1.05  # SAPO's gate temperature for A <= 0
+    sapo_temperature_pos: float = 1.0  # ... for A > 0
+    vespo_k_pos: float = 2.0  # VESPO's phi(w) = e^lambda w^k e^(-lambda w): k for A >= 0
+    vespo_lambda_pos: float = 3.0  # ... lambda for A >= 0
+    vespo_k_neg: float = 3.0  # ... k for A < 0
+    vespo_lambda_neg: float = 2.0  # ... lambda for A < 0
+    top_entropy_quantile: float = 1.0  # train only this top fraction of tokens by entropy (1 = all; paper: 0.2)
+    off_policy_mask_threshold: float | None = None  # DeepSeek-V3.2's off-policy sequence mask (eq. 9); None = off
+    use_bias_correction_kl: bool = True  # KL term times the ratio pi / pi_old (DeepSeek-V3.2), as TRL's default
+    use_adaptive_entropy: bool = False  # Skywork-OR1's controller for entropy_coef (its initial value)
+    entropy_coef_min: float = 0.0  # the controller's lower bound ...
+    entropy_coef_max: float = 1.0  # ... upper bound ...
+    entropy_coef_delta: float = 0.005  # ... step per optimizer step ...
+    entropy_target: float = 0.2  # ... and target mean token entropy (nats): the bonus applies at or below it
+    # The sampler correction w = pi_old / pi_sampler (TRL's names; it applies when the engine is a separate
+    # sampler: vllm, vllm_server, or async_rollouts; the transformers engine's sampler is the policy itself)
+    vllm_importance_sampling_correction: bool = True
+    vllm_importance_sampling_mode: ISMode = "sequence_mask"  # token_truncate | token_mask | sequence_truncate | ...
+    vllm_importance_sampling_clip_max: float | None = 3.0
+    vllm_importance_sampling_clip_min: float | None = None
     mask_truncated_completions: bool = False  # exclude completions cut at max_completion_length from the loss
     dynamic_sampling: bool = False  # DAPO: drop zero-variance groups, sample more prompts to refill
     max_resample_rounds: int = 3  # extra generation rounds per step for dynamic sampling
@@ -333,6 +368,10 @@ class GRPOConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.scale_rewards is None:  # older configs: null = the preset's, group for every TRL loss_type
+            self.scale_rewards = "group"
+        if self.importance_sampling_level is None:
+            self.importance_sampling_level = "token"
         self._resolve_engine()
         if self.greater_is_better is None and self.metric_for_best_model:  # transformers' TrainingArguments rule
             self.greater_is_better = not self.metric_for_best_model.endswith("loss")
@@ -518,13 +557,12 @@ class GRPOConfig:
         need(self.beta >= 0, "beta", f"must be >= 0, got {self.beta}")
         # scale_rewards is the grpo estimator's choice: rloo's advantages are never scaled, reinforce_pp's
         # always by the batch std. An explicit value with those was silently ignored.
-        need(self.scale_rewards is None or self.advantage_estimator == "grpo", "scale_rewards",
+        need(self.scale_rewards == "group" or self.advantage_estimator == "grpo", "scale_rewards",
              f"applies to advantage_estimator 'grpo' only, and advantage_estimator is "
              f"{self.advantage_estimator!r} (rloo's advantages are never scaled, reinforce_pp's always by the "
              f"batch std): remove scale_rewards, or use advantage_estimator 'grpo'")
         # the clip range (1 - eps, 1 + eps): eps >= 1 lets the ratio fall to 0, no clipping at all
-        # (None: the loss_type preset's value)
-        need(self.epsilon is None or 0 < self.epsilon < 1, "epsilon", f"must be in (0, 1), got {self.epsilon}")
+        need(0 < self.epsilon < 1, "epsilon", f"must be in (0, 1), got {self.epsilon}")
         need(self.epsilon_high is None or 0 < self.epsilon_high < 10, "epsilon_high",
              f"must be in (0, 10), got {self.epsilon_high}")
         need(self.num_iterations >= 1, "num_iterations", f"must be >= 1, got {self.num_iterations}")
@@ -544,6 +582,7 @@ class GRPOConfig:
         need(len(self.reward_funcs) > 0, "reward_funcs", "name at least one reward function")
         self._validate_ranges(need)
         self._validate_trl_generation(need)
+        self._validate_loss_options(need)
         need(not (self.eval_holdout_size and self.dataset_name == "arith"), "eval_holdout_size",
              "the embedded task (dataset_name: arith) has its own held-out problems (final_eval_size, eval_size); "
              "eval_holdout_size holds rows of your own dataset out of training")
@@ -554,8 +593,70 @@ class GRPOConfig:
              f"has {len(self.reward_weights or [])} entries but reward_funcs has {len(self.reward_funcs)}")
 
     def clip_range(self) -> tuple[float, float]:
-        """(eps_low, eps_high) after the loss_type preset's defaults (rlreason.algorithms.clip_range)."""
+        """(eps_low, eps_high): (epsilon, epsilon_high or epsilon), gspo's paper values at TRL's defaults
+        (rlreason.algorithms.clip_range)."""
         return clip_range(self.loss_type, self.epsilon, self.epsilon_high)
+
+    def ratio_level(self) -> RatioLevel:
+        """The importance ratio's level: importance_sampling_level; gspo's is sequence (rlreason.algorithms)."""
+        return ratio_level(self.loss_type, self.importance_sampling_level or "token")
+
+    @property
+    def separate_sampler(self) -> bool:
+        """The tokens are drawn by an engine other than the policy being trained (vLLM, a vLLM server, or the
+        overlapped rollouts' copy): its log-probs may differ from the trainer's, the sampler correction applies
+        (TRL applies it with use_vllm) and the off-policy mask measures drift from its log-probs."""
+        return self.rollout_engine != "transformers" or self.async_rollouts
+
+    def is_correction(self) -> tuple[ISMode, float | None, float | None] | None:
+        """The sampler correction the loss applies, (mode, clip min, clip max), or None: rlreason's
+        importance_sampling_cap (token_truncate at the cap, any engine) if set, else TRL's
+        vllm_importance_sampling_* keys where the engine is a separate sampler."""
+        if self.importance_sampling_cap is not None:
+            return "token_truncate", None, self.importance_sampling_cap
+        if self.vllm_importance_sampling_correction and self.separate_sampler:
+            return (self.vllm_importance_sampling_mode, self.vllm_importance_sampling_clip_min,
+                    self.vllm_importance_sampling_clip_max)
+        return None
+
+    def _validate_loss_options(self, need: Callable[[bool, str, str], None]) -> None:
+        """TRL 1.16's loss options: ranges, and the combinations TRL refuses (or warns about)."""
+        for key in ("sapo_temperature_neg", "sapo_temperature_pos", "vespo_lambda_pos", "vespo_lambda_neg",
+                    "entropy_coef_delta"):
+            value = getattr(self, key)
+            need(math.isfinite(value) and value > 0, key, f"must be a finite number > 0, got {value}")
+        for key in ("vespo_k_pos", "vespo_k_neg", "entropy_coef_min", "entropy_coef_max", "entropy_target"):
+            value = getattr(self, key)
+            need(math.isfinite(value) and value >= 0, key, f"must be a finite number >= 0, got {value}")
+        need(self.entropy_coef_min <= self.entropy_coef_max, "entropy_coef_min",
+             f"must be <= entropy_coef_max ({self.entropy_coef_max}), got {self.entropy_coef_min}")
+        need(0 <= self.top_entropy_quantile <= 1, "top_entropy_quantile",
+             f"must be in [0, 1] (1 = every token), got {self.top_entropy_quantile}")
+        need(self.delta is None or (math.isfinite(self.delta) and self.delta > 1), "delta",
+             f"must be > 1 (its paper: > 1 + epsilon_high), or null, got {self.delta}")
+        need(self.off_policy_mask_threshold is None or math.isfinite(self.off_policy_mask_threshold),
+             "off_policy_mask_threshold", f"must be a finite number or null, got {self.off_policy_mask_threshold}")
+        lo, hi = self.vllm_importance_sampling_clip_min, self.vllm_importance_sampling_clip_max
+        need(hi is None or hi > 0, "vllm_importance_sampling_clip_max", f"must be > 0 or null, got {hi}")
+        need(lo is None or lo >= 0, "vllm_importance_sampling_clip_min", f"must be >= 0 or null, got {lo}")
+        need(lo is None or hi is None or lo < hi, "vllm_importance_sampling_clip_min",
+             f"must be less than vllm_importance_sampling_clip_max ({hi}), got {lo}")
+        correction = self.is_correction()
+        need(correction is None or not correction[0].endswith("truncate") or correction[1:] != (None, None),
+             "vllm_importance_sampling_mode", "a *_truncate mode needs vllm_importance_sampling_clip_min or "
+             "vllm_importance_sampling_clip_max")
+        surrogate = PRESETS[self.loss_type].surrogate
+        need(not (surrogate == "gamma_weight" and correction is not None and correction[0].startswith("sequence")),
+             "vllm_importance_sampling_mode", "loss_type vespo folds the sampler correction into its sequence weight "
+             f"token by token: it needs token_truncate or token_mask, got {correction and correction[0]}")
+        if surrogate == "clipped_weight" and self.clip_range()[1] < 1:
+            logger.warning("loss_type cispo caps the importance weight itself at epsilon_high (%s, TRL's meaning): "
+                           "every token's weight is at most that, on-policy too; TRL recommends epsilon_high: 5.0",
+                           self.clip_range()[1])
+        paper_level = PRESETS[self.loss_type].paper_level
+        if paper_level is not None and self.ratio_level() != paper_level:
+            logger.warning("loss_type %s: importance_sampling_level is %r; its paper (and TRL) use %r",
+                           self.loss_type, self.ratio_level(), paper_level)
 
     def _validate_async(self, need: Callable[[bool, str, str], None]) -> None:
         """Settings overlapped rollouts cannot run with, each with the reason."""
@@ -618,9 +719,8 @@ class GRPOConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["epsilon"], d["epsilon_high"] = self.clip_range()  # what the run uses, not "the preset's"
-        if self.advantage_estimator == "grpo":  # likewise (the other estimators take none)
-            d["scale_rewards"] = self.scale_rewards or PRESETS[self.loss_type].scale_rewards
+        d["epsilon"], d["epsilon_high"] = self.clip_range()  # what the run uses (gspo: its paper's range)
+        d["importance_sampling_level"] = self.ratio_level()  # likewise (gspo: sequence)
         return d
 
 

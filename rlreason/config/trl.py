@@ -20,7 +20,8 @@ from typing import Any
 RENAMED: dict[str, str] = {
     "dataset_prompt_column": "prompt_column",  # open-r1 ScriptArguments
     "dataset_train_split": "dataset_split",  # TRL ScriptArguments
-    "vllm_importance_sampling_cap": "importance_sampling_cap",
+    # TRL 1.16 deprecated it for vllm_importance_sampling_clip_max (the bound of whichever mode)
+    "vllm_importance_sampling_cap": "vllm_importance_sampling_clip_max",
     "vllm_server_timeout_s": "vllm_server_timeout",
     # transformers 5 calls it activation checkpointing (gradient_checkpointing is its deprecated alias)
     "activation_checkpointing": "gradient_checkpointing",
@@ -119,9 +120,6 @@ ONLY_AT_DEFAULT: dict[str, tuple[tuple[Any, ...] | Callable[[Any], bool], str]] 
 
 # Keys rlreason cannot honour: an error, because silently training differently would be worse.
 UNSUPPORTED: dict[str, str] = {
-    "top_entropy_quantile": "every completion token is trained",
-    "delta": "two-sided clipping is not implemented; see dual_clip",
-    "vllm_importance_sampling_mode": "importance_sampling_cap is a per-token truncation",
     # open-r1's reward options: in rlreason each reward is configured in its own reward_funcs entry
     **dict.fromkeys(("cosine_min_value_wrong", "cosine_max_value_wrong", "cosine_min_value_correct",
                      "cosine_max_value_correct", "cosine_max_len"),
@@ -137,7 +135,6 @@ UNSUPPORTED: dict[str, str] = {
 
 # rlreason defaults that differ from TRL's GRPOConfig, and why (docs/migrating_from_trl.md).
 DEFAULTS_DIFFER: dict[str, tuple[Any, Any, str]] = {
-    "scale_rewards": ("group", None, "None = the loss_type preset's choice (docs/algorithms.md)"),
     # TRL's GRPOConfig resolves these two in __post_init__ (its instance shows the resolved values)
     "steps_per_generation": (1, None, "None = gradient_accumulation_steps, or from generation_batch_size: what "
                              "TRL resolves it to"),
@@ -185,6 +182,8 @@ def migrate(values: dict[str, Any], known: set[str]) -> tuple[dict[str, Any], li
             continue
         if key in RENAMED:
             new = RENAMED[key]
+            if value is None:  # a deprecated alias at its default (a full TRL dump has them): unset, not null
+                continue
             if new in values:  # a full TRL dump holds both names of an aliased key, with one value
                 if values[new] != value:
                     errors.append(f"'{key}' is TRL's name for '{new}', and both are given with different values; "

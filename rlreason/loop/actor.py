@@ -12,6 +12,7 @@ summed over processes (rlreason/loop/trainer.py's docstring says why each is nee
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -64,7 +65,7 @@ class _Batch:
     micro: list[tuple[slice, dict[str, torch.Tensor]]]  # [(its rows of adv, model inputs)], padding ones last
     adv: torch.Tensor  # [n] advantages (0 on padding micro-batches' rows)
     denom: float | None  # the loss's denominator (Actor.denominator; None: BNPO's, per micro-batch)
-    per_micro: float  # each micro-batch's loss weight (BNPO: 1 / real micro-batches)
+    n_micro: float  # real micro-batches per optimizer step (micro-batch means are divided by it: BNPO, entropy bonus)
     aux_share: list[float]  # each micro-batch's share of this process's input tokens (load-balancing loss weight)
     n_tokens: int  # completion tokens trained on
     n_groups: int  # prompt groups in the shard ...
@@ -87,6 +88,8 @@ class _Totals:
     loss: float = 0.0
     max_abs_log_ratio: float = 0.0
     grad_norms: list[float] = field(default_factory=list)  # one per optimizer step
+    is_ratio_min: float = math.inf  # the sampler correction's weights: min and max over every unit
+    is_ratio_max: float = -math.inf
 
     @classmethod
     def zeros(cls, routers: list) -> _Totals:
@@ -98,6 +101,8 @@ class _Totals:
         for name, value in stats.sums().items():
             self.token[name] += value.item()
         self.max_abs_log_ratio = max(self.max_abs_log_ratio, stats.max_abs_log_ratio.item())
+        self.is_ratio_min = min(self.is_ratio_min, stats.is_ratio_min.item())
+        self.is_ratio_max = max(self.is_ratio_max, stats.is_ratio_max.item())
         self.loss += loss.item()
 
 
@@ -115,14 +120,13 @@ class Actor:
         self.teacher = parts.teacher
         self.objective, self.share_pack_rows = objective, share_pack_rows
         self.preset = A.PRESETS[cfg.loss_type]
-        clip_range = cfg.clip_range()  # the preset's paper values unless the config sets epsilon
-        self.loss_settings = A.LossSettings(  # the terms of the loss and how they combine (A.policy_loss)
-            eps_low=clip_range[0], eps_high=clip_range[1],
-            ratio_level=cfg.importance_sampling_level or self.preset.ratio_level,
-            dual_clip=cfg.dual_clip, aggregation=self.preset.aggregation, max_len=cfg.max_completion_length,
-            beta=cfg.beta, kl_estimator=cfg.kl_estimator, entropy_coef=cfg.entropy_coef,
-            is_cap=cfg.importance_sampling_cap, teacher_kl_coef=cfg.teacher_kl_coef,
-            teacher_reward_weight=cfg.teacher_reward_weight)
+        # the terms of the loss and how they combine (A.policy_loss); SFT's tokens were given, not sampled
+        self.loss_settings = self.settings_from(cfg, sampled=objective is None)
+        # TRL's entropy bonus: on with a coefficient or the adaptive controller, whose state (the coefficient
+        # and the last step's entropy, inf before the first) is training state, in the checkpoint
+        self.entropy_bonus = cfg.entropy_coef > 0 or cfg.use_adaptive_entropy
+        self.entropy_coef, self.last_world_entropy = cfg.entropy_coef, math.inf
+        self._entropy_window = [0.0, 0.0]  # this pass's (entropy sum, tokens) over the bonus's tokens
         policy = self.acc.unwrap_model(self.model)
         # Mixture-of-experts policy: router metrics every step, optional load-balancing loss and
         # routing replay (rlreason/moe.py). Nothing of it runs for a dense model.
@@ -152,13 +156,47 @@ class Actor:
                              "holds a shard of the policy and a whole reference; use DDP (a plain accelerate launch)")
         return ReferenceSync(self.ref_model, policy, cfg.ref_model_mixup_alpha, cfg.ref_model_sync_steps)
 
-    def state_dict(self) -> dict[str, int]:
-        """The counters a checkpoint keeps (the weights and optimizer are accelerate's)."""
-        return {"nonfinite_skipped": self.nonfinite_skipped, "nonfinite_streak": self.nonfinite_streak}
+    @staticmethod
+    def settings_from(cfg: GRPOConfig, sampled: bool = True) -> A.LossSettings:
+        """The loss's settings from the config: the loss_type's aggregation and surrogate, and every option.
+        ``sampled`` False: the tokens were not sampled by the policy (SFT on a teacher's answers), so no
+        sampler correction and no off-policy mask (there are no sampler log-probs to compare with)."""
+        preset = A.PRESETS[cfg.loss_type]
+        eps_low, eps_high = cfg.clip_range()  # gspo: its paper's values at TRL's defaults
+        correction = cfg.is_correction() if sampled else None  # (mode, clip min, clip max) or None
+        mode, clip_min, clip_max = correction if correction is not None else (None, None, None)
+        return A.LossSettings(
+            eps_low=eps_low, eps_high=eps_high, ratio_level=cfg.ratio_level(), dual_clip=cfg.dual_clip,
+            aggregation=preset.aggregation, max_len=cfg.max_completion_length, beta=cfg.beta,
+            kl_estimator=cfg.kl_estimator, entropy_coef=cfg.entropy_coef, teacher_kl_coef=cfg.teacher_kl_coef,
+            teacher_reward_weight=cfg.teacher_reward_weight, surrogate=preset.surrogate, delta=cfg.delta,
+            sapo_temperature_pos=cfg.sapo_temperature_pos, sapo_temperature_neg=cfg.sapo_temperature_neg,
+            vespo=(cfg.vespo_k_pos, cfg.vespo_lambda_pos, cfg.vespo_k_neg, cfg.vespo_lambda_neg),
+            top_entropy_quantile=cfg.top_entropy_quantile,
+            off_policy_threshold=cfg.off_policy_mask_threshold if sampled else None,
+            bias_correction_kl=cfg.use_bias_correction_kl, is_mode=mode, is_clip_min=clip_min, is_clip_max=clip_max,
+            # rlreason's importance_sampling_cap weights the KL term too; TRL's keys add it after the weight
+            is_weight_kl=cfg.importance_sampling_cap is not None)
+
+    def needs_sampler_logprobs(self) -> bool:
+        """Whether the loss reads the sampler's log-probs: the correction, or the off-policy mask measuring
+        drift from a separate sampler (with the policy as its own sampler it measures from pi_old, as TRL)."""
+        s = self.loss_settings
+        return s.is_mode is not None or (s.off_policy_threshold is not None and self.cfg.separate_sampler)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The counters a checkpoint keeps (the weights and optimizer are accelerate's), and the adaptive
+        entropy controller's state (its last entropy: None before the first step, JSON has no inf)."""
+        last = None if math.isinf(self.last_world_entropy) else self.last_world_entropy
+        return {"nonfinite_skipped": self.nonfinite_skipped, "nonfinite_streak": self.nonfinite_streak,
+                "entropy_coef": self.entropy_coef, "last_world_entropy": last}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.nonfinite_skipped = state.get("nonfinite_skipped", 0)  # absent: a checkpoint from before they were
         self.nonfinite_streak = state.get("nonfinite_streak", 0)
+        self.entropy_coef = state.get("entropy_coef", self.cfg.entropy_coef)
+        last = state.get("last_world_entropy")
+        self.last_world_entropy = math.inf if last is None else float(last)
 
     def micro_batches(self, ro: Rollout, sampler_logprobs: bool = False) -> list[tuple[slice, dict[str, torch.Tensor]]]:
         """``ro`` as [(its slice, model inputs)] of ``per_device_train_batch_size`` completions on the
@@ -269,9 +307,11 @@ class Actor:
         no router loss), provided the loss is normalised by whole-batch counts (not BNPO's
         per-micro-batch ones), which ``update`` keeps counting over every sample."""
         cfg = self.cfg
-        return (cfg.skip_zero_advantage_groups and cfg.beta == 0 and cfg.entropy_coef == 0 and self.teacher is None
-                and not self.routers and self.preset.batch_normalised
-                and cfg.optimizer_steps_per_generation == 1)  # else the slices must keep their micro-batches
+        # the high-entropy threshold is a quantile over every token of a micro-batch, flat groups' included;
+        # several optimizer steps per generation keep their slices' micro-batches whole
+        return (cfg.skip_zero_advantage_groups and cfg.beta == 0 and not self.entropy_bonus and self.teacher is None
+                and not self.routers and self.preset.batch_normalised and cfg.top_entropy_quantile >= 1
+                and cfg.optimizer_steps_per_generation == 1)
 
     def denominator(self, n_tokens: int, n_sequences: int) -> float | None:
         """The denom for ``aggregate`` for the preset's aggregation, from this process's whole
@@ -343,11 +383,11 @@ class Actor:
             live = ro.advantages.view(-1, ro.group_size).ne(0).any(1)
             if not live.all():
                 ro = ro.select(live.nonzero().flatten().tolist())
-        sampler_logprobs = bool(cfg.importance_sampling_cap) or stale_sampler
+        sampler_logprobs = self.needs_sampler_logprobs() or stale_sampler
         micro = self.micro_batches(ro, sampler_logprobs)
         adv = ro.advantages.to(self.acc.device) if ro.samples else torch.zeros(1, device=self.acc.device)
-        # BNPO: a mean over the real micro-batches of an optimizer step
-        per_micro = 1.0 if denom is not None else k / len(micro)
+        # the real micro-batches of one optimizer step: BNPO's and the entropy bonus's means are over them
+        n_micro = len(micro) / k
         micro, adv = self.match_micro_batches(micro, adv, sampler_logprobs)
         per_step = len(micro) // k  # equal counts: skipping, dynamic sampling and async are off when k > 1
         slices = [range(i * per_step, (i + 1) * per_step) for i in range(k - 1)] \
@@ -359,7 +399,7 @@ class Actor:
         stale = stale_sampler and bool(ro.samples)
         # the load-balancing loss of a micro-batch is weighted by its share of this process's tokens
         real = [0.0 if b.get("is_padding") else float(_input_tokens(b).sum()) for _, b in micro]
-        return _Batch(micro=micro, adv=adv, denom=denom, per_micro=per_micro,
+        return _Batch(micro=micro, adv=adv, denom=denom, n_micro=n_micro,
                       aux_share=[r / max(sum(real), 1.0) for r in real],
                       n_tokens=int(sum(b["completion_mask"].sum().item() for _, b in micro)),  # the tokens trained on
                       n_groups=n_groups, n_trained_groups=ro.num_groups, stale=stale,
@@ -389,7 +429,7 @@ class Actor:
         min_p = cfg.min_p or 0.0
         truncation = (cfg.top_k, cfg.top_p, min_p) if cfg.top_k > 0 or cfg.top_p < 1 or min_p > 0 else None
         behaviour = self.frozen_logprobs(self.model, micro, truncation=truncation) \
-            if cfg.importance_sampling_cap and truncation and not stale else None
+            if self.loss_settings.is_mode is not None and truncation and not stale else None
         # the teacher's own distribution (temperature 1) is the target of on-policy distillation
         teacher = self.frozen_logprobs(self.teacher, micro, 1.0) if self.teacher is not None else None
         return _Frozen(old=old, routes=routes, replay=replay, ref=ref, behaviour=behaviour, teacher=teacher)
@@ -404,20 +444,55 @@ class Actor:
         capture = RoutingCapture(self.model, f.routes[j] if f.replay else None) if self.routers \
             else contextlib.nullcontext()
         with sync, capture as cap:
+            # TRL's adaptive controller: the coefficient applies only while the last step's entropy is at or
+            # below the target (before the first step, inf: not yet)
+            coef = self.entropy_coef if not self.cfg.use_adaptive_entropy or \
+                self.last_world_entropy <= cfg.entropy_target else 0.0
             logp, ent = completion_logprobs(self.model, b, cfg.temperature, with_entropy=True,
-                                            entropy_grad=cfg.entropy_coef > 0, chunk_size=cfg.logprob_chunk_size)
+                                            entropy_grad=coef > 0, chunk_size=cfg.logprob_chunk_size)
             old_logp = b["sampler_logp"] if batch.stale else (f.old[j] if f.old is not None else logp.detach())
+            settings = self.loss_settings if coef == self.loss_settings.entropy_coef else \
+                dataclasses.replace(self.loss_settings, entropy_coef=coef)
             loss, tok_stats = A.policy_loss(
-                logp, old_logp, batch.adv[sl], b["completion_mask"], self.loss_settings, entropy=ent,
-                denom=batch.denom, ref_logp=_nth(f.ref, j), teacher_logp=_nth(f.teacher, j),
-                behaviour_logp=_nth(f.behaviour, j), sampler_logp=b.get("sampler_logp"), token_loss=self.objective)
-            loss = loss * batch.per_micro
+                logp, old_logp, batch.adv[sl], b["completion_mask"], settings, entropy=ent,
+                denom=batch.denom, n_micro=batch.n_micro, entropy_cut=self._entropy_cut(ent, b["completion_mask"]),
+                ref_logp=_nth(f.ref, j), teacher_logp=_nth(f.teacher, j), behaviour_logp=_nth(f.behaviour, j),
+                sampler_logp=b.get("sampler_logp"), token_loss=self.objective)
+            self._entropy_window[0] += tok_stats.bonus_entropy.item()
+            self._entropy_window[1] += tok_stats.bonus_tokens.item()
             if cap is not None:
                 aux = self._record_routing(cap, b, _nth(f.routes, j), totals.router)
                 if self.router_aux_loss_coef > 0:
                     loss = loss + self.router_aux_loss_coef * aux * batch.aux_share[j]
             self.acc.backward(loss)
         totals.add(loss, tok_stats)
+
+    def _entropy_cut(self, ent: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
+        """top_entropy_quantile's threshold over this micro-batch's real tokens on every process, as TRL
+        gathers them (None: every token is trained, or no process has a token). Collective."""
+        if self.cfg.top_entropy_quantile >= 1:
+            return None
+        local = ent.detach()[mask.bool()].float()
+        if self.acc.num_processes > 1:
+            pad = -1e9  # entropies are >= 0: the sentinel cannot be a real value
+            gathered = self.acc.gather(self.acc.pad_across_processes(local, dim=0, pad_index=pad))
+            local = gathered[gathered != pad]
+        return A.entropy_threshold(local, self.cfg.top_entropy_quantile) if local.numel() else \
+            ent.new_tensor(math.inf)  # no token anywhere: none is trained
+
+    def _update_entropy_coef(self) -> None:
+        """The adaptive controller at an optimizer step (Skywork-OR1, as TRL 1.16): the step's mean entropy over
+        the bonus's tokens on every process; at or below entropy_target the coefficient grows by
+        entropy_coef_delta, above it shrinks, within [entropy_coef_min, entropy_coef_max]. Collective."""
+        cfg = self.cfg
+        total, count = reduce_sum(self.acc, self._entropy_window)
+        self._entropy_window = [0.0, 0.0]
+        world = total / max(count, 1.0)
+        if world <= cfg.entropy_target:
+            self.entropy_coef = min(self.entropy_coef + cfg.entropy_coef_delta, cfg.entropy_coef_max)
+        else:
+            self.entropy_coef = max(self.entropy_coef - cfg.entropy_coef_delta, cfg.entropy_coef_min)
+        self.last_world_entropy = world
 
     def _record_routing(self, cap: RoutingCapture, b: dict[str, Any], reference: list[torch.Tensor] | None,
                         router: RouterStats) -> torch.Tensor:
@@ -438,6 +513,8 @@ class Actor:
         update; then clear the gradient. ``loss_sum``: the losses summed so far this step (one
         non-finite pass makes the step's later passes skip too). Returns the gradient norm (NaN:
         none reported). Collective with several processes."""
+        if self.cfg.use_adaptive_entropy:  # at every optimizer-step boundary, as TRL (whether the step is taken)
+            self._update_entropy_coef()
         norm = self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
         grad_norm = float("nan") if norm is None else float(norm)  # None: DeepSpeed before its first step
         # The gradient norm is the same on every process (after the all-reduce), the loss is
@@ -490,13 +567,40 @@ class Actor:
             metrics["kl"] = mean["kl"]
         if batch.frozen.teacher is not None:  # mean per completion token of log pi_student - log pi_teacher
             metrics["distill/reverse_kl"] = mean["reverse_kl"]
-        if self.cfg.importance_sampling_cap:
-            # NaN on a step that trained no token (every group flat): a mean of nothing, not a weight of 0
-            metrics["is_weight_mean"] = mean["is_weight"] if n_tokens > 0 else math.nan
-            metrics["is_weight_capped_frac"] = mean["is_capped"] if n_tokens > 0 else math.nan  # cut by the cap
+        metrics.update(self._loss_option_metrics(mean, sums, totals, n_tokens))
         if totals.router is not None:
             router = totals.router
             if self.acc.num_processes > 1:
                 router = router.from_flat(reduce_sum(self.acc, router.flat()))
             metrics.update(router.metrics(per_expert=self.cfg.log_expert_load))
         return metrics
+
+    def _loss_option_metrics(self, mean: dict[str, float], sums: list[float], totals: _Totals,
+                             n_tokens: float) -> dict[str, float]:
+        """The loss options' metrics, under TRL's names where TRL logs them (clip_ratio/*, cispo_clip_ratio,
+        vespo/phi_seq_mean, sampling/importance_sampling_ratio/*, entropy_coef). Collective."""
+        s, out = self.loss_settings, {}
+        total = dict(zip(A.SUMMED_STATS, sums, strict=True))
+        if s.surrogate == "clip" and self.objective is None:  # token-weighted, over every pass
+            out["clip_ratio/low_mean"], out["clip_ratio/high_mean"] = mean["clip_low"], mean["clip_high"]
+            out["clip_ratio/region_mean"] = mean["clip_low"] + mean["clip_high"]
+        elif s.surrogate == "clipped_weight":
+            out["cispo_clip_ratio"] = mean["clipped"]
+        elif s.surrogate == "gamma_weight":
+            out["vespo/phi_seq_mean"] = total["phi_seq"] / total["sequences"] if total["sequences"] else math.nan
+        if s.is_mode is not None:
+            # NaN on a step that trained no token (every group flat): a mean of nothing, not a weight of 0
+            out["is_weight_mean"] = mean["is_weight"] if n_tokens > 0 else math.nan
+            out["is_weight_capped_frac"] = mean["is_capped"] if n_tokens > 0 else math.nan  # truncated or masked
+            units = total["is_units"]
+            lo, hi = totals.is_ratio_min, totals.is_ratio_max
+            if self.acc.num_processes > 1:  # the min and max over processes, as one gather
+                t = torch.tensor([[-lo, hi]], dtype=torch.float64, device=self.acc.device)
+                neg_lo, hi = self.acc.gather(t).max(0).values.tolist()
+                lo = -neg_lo
+            out["sampling/importance_sampling_ratio/min"] = lo if units else math.nan
+            out["sampling/importance_sampling_ratio/mean"] = total["is_unit_weight"] / units if units else math.nan
+            out["sampling/importance_sampling_ratio/max"] = hi if units else math.nan
+        if self.entropy_bonus:
+            out["entropy_coef"] = self.entropy_coef
+        return out

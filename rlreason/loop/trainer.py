@@ -101,7 +101,7 @@ class GRPOTrainer:
         self.eval_rows, self.eval_scorer, self.suite_scorer = parts.eval_rows, parts.eval_scorer, parts.suite_scorer
         self.actor = Actor(cfg, parts, self.objective, self.share_pack_rows)  # the update (rlreason/loop/actor.py)
         self.engine_shares_policy = factory.shares_policy(self.engine, self.acc.unwrap_model(self.model))
-        self.scale_rewards = cfg.scale_rewards or A.PRESETS[cfg.loss_type].scale_rewards
+        self.scale_rewards = cfg.scale_rewards or "group"  # null (older configs): group, TRL's default
         # Estimators that normalise over the whole batch need every process's rewards (gathered
         # with their lengths, so dynamic sampling's unequal shards work too).
         self.global_advantages = cfg.advantage_estimator == "reinforce_pp" or (

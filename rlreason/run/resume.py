@@ -45,12 +45,15 @@ def config_changes(saved: dict[str, Any], cfg: GRPOConfig) -> dict[str, tuple[An
 
 def _resolved(saved: dict[str, Any]) -> dict[str, Any]:
     """A saved config with ``scale_rewards`` as ``GRPOConfig.to_dict`` now writes it, so a run saved before
-    is the same run: null (the preset's) resolved for the grpo estimator; none for rloo and reinforce_pp,
-    which ignored it (a value is refused now)."""
+    is the same run: null (the preset's) resolved for the grpo estimator; group (TRL's default) for rloo
+    and reinforce_pp, which ignore it (another value is refused now)."""
     if saved.get("advantage_estimator", "grpo") != "grpo":
-        return {**saved, "scale_rewards": None}
+        return {**saved, "scale_rewards": "group"}  # TRL's default, which they ignore
     if saved.get("scale_rewards") is None and saved.get("loss_type") in PRESETS:
-        return {**saved, "scale_rewards": PRESETS[saved["loss_type"]].scale_rewards}
+        # before TRL's defaults (issue 31), null meant the loss_type preset's: none for dr_grpo, else group
+        # (dr_grpo's: the one preset with the seq_sum_norm aggregation)
+        none = PRESETS[saved["loss_type"]].aggregation == "seq_sum_norm"
+        return {**saved, "scale_rewards": "none" if none else "group"}
     return saved
 
 
