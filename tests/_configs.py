@@ -16,8 +16,11 @@ from typing import Any
 from rlreason.config import GRPOConfig, load_yaml
 
 TINY_CPU = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "tiny_cpu.yaml"
-# every key of the demo's YAML but where it writes (a test gives its own output_dir)
-DEMO: dict[str, Any] = {k: v for k, v in load_yaml(TINY_CPU).items() if k != "output_dir"}
+# every key of the demo's YAML but where it writes (a test gives its own output_dir) and its clip range:
+# DAPO's clip-higher (0.2 / 0.28) is the demo run's choice for loss_type dapo, and the tests that change
+# loss_type expect its defaults (TRL's 0.2 / 0.2, GSPO's 3e-4 / 4e-4), as a config without the keys gets
+DEMO: dict[str, Any] = {k: v for k, v in load_yaml(TINY_CPU).items()
+                        if k not in ("output_dir", "epsilon", "epsilon_high")}
 
 
 def demo_config(cls: type[GRPOConfig] = GRPOConfig, **overrides: Any) -> GRPOConfig:
