@@ -165,7 +165,9 @@ def run_rlreason(work: Work, out_dir: str) -> dict:
                      gradient_accumulation_steps=work.accumulation, max_completion_length=work.max_completion_length,
                      temperature=1.0, learning_rate=work.learning_rate, loss_type="dapo", scale_rewards="group",
                      beta=0.0, epsilon=0.2, epsilon_high=0.28, lr_scheduler_type="constant", eval_steps=0,
-                     save_steps=0, log_completions_steps=0, progress=False)
+                     save_steps=0, log_completions_steps=0, progress=False,
+                     # rlreason's defaults before they became TRL 1.16's, which this benchmark was measured with
+                     adam_beta2=0.99, optim="adamw_torch", gradient_checkpointing=False, max_prompt_length=128)
     trainer = GRPOTrainer(cfg, assemble(cfg, model, tok, train, [reward_func(work)]))
     steps = []
     t_prev = time.perf_counter()

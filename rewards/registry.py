@@ -26,6 +26,7 @@ import inspect
 import itertools
 import math
 import numbers
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +39,7 @@ from .format import format_lenient_reward, format_reward, r1_format_reward, r1_t
 from .length import CosineLengthReward, R1CosineReward, RepetitionPenaltyReward, SoftOverlongReward
 from .math import accuracy_reward
 from .model import RewardModel, RewardModelError, is_model_spec, is_reward_model, load_reward_model, model_name
+from .trl_names import TRL_REWARDS
 
 RewardFunc = Callable[..., list[float | None]]
 
@@ -61,6 +63,7 @@ REWARDS: dict[str, Callable] = {
     "cosine_length": CosineLengthReward,
     "cosine": R1CosineReward,  # open-r1's name and arguments
     "repetition_penalty": RepetitionPenaltyReward,
+    **TRL_REWARDS,  # `trl grpo`'s names (accuracy_reward, think_format_reward, ...), with TRL's meaning
 }
 
 # Keys of a dict entry in ``reward_funcs``.
@@ -108,8 +111,9 @@ class RewardSignatureError(RewardSpecError):
 def resolve(spec: str | Callable) -> RewardFunc:
     """The reward function a spec names, ready to call.
 
-    ``spec`` is a callable (returned as is), a builtin name (see :data:`REWARDS`),
-    ``"pkg.module:function"``, or ``"path/to/file.py:function"``. The part after the colon
+    ``spec`` is a callable (returned as is), a builtin name (see :data:`REWARDS`; TRL's
+    ``accuracy_reward``, ... included), ``"pkg.module:function"``, TRL's ``"pkg.module.function"``,
+    or ``"path/to/file.py:function"``. The part after the colon
     may be dotted (``"module:Class.method"``). A class (a configurable builtin such as
     ``repetition_penalty``, or ``"module:Class"``) is instantiated without arguments; use
     :func:`build_rewards` to pass arguments. Raises :class:`RewardSpecError` or
@@ -127,6 +131,8 @@ def _target(spec: str | Callable) -> Callable:
     if not isinstance(spec, str):
         raise RewardSpecError(f"reward spec must be a string or a callable, got {type(spec).__name__}: {spec!r}")
     if ":" not in spec:
+        if spec not in REWARDS and "." in spec.strip(".") and not _is_path(spec):
+            return _dotted(spec)
         return _builtin(spec)
     # rsplit, so a Windows drive letter ("C:\\r.py:fn") stays in the path.
     target, attr = (part.strip() for part in spec.rsplit(":", 1))
@@ -134,6 +140,15 @@ def _target(spec: str | Callable) -> Callable:
         raise RewardSpecError(f"reward spec {spec!r}: expected 'module:function' or 'file.py:function'")
     module = _load_file(target, spec) if _is_path(target) else _import_module(target, spec)
     return _get_callable(module, attr, spec)
+
+
+def _dotted(spec: str) -> Callable:
+    """TRL's form, ``"my_lib.rewards.custom_reward"``: the module up to the last dot, imported as
+    `trl grpo` imports it (the working directory first on sys.path), and its attribute."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    module, attr = spec.rsplit(".", 1)
+    return _get_callable(_import_module(module, spec), attr, spec)
 
 
 def _builtin(name: str) -> Callable:

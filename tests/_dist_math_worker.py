@@ -48,11 +48,11 @@ def _run_dir(acc, tmp: str) -> Path:
 
 
 def lr_run(model_dir: str, out: Path) -> None:
+    from _configs import demo_config
     from accelerate import Accelerator
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rlreason.build import assemble
-    from rlreason.config import GRPOConfig
     from rlreason.data import arith_dataset, prepare
     from rlreason.loop.trainer import GRPOTrainer
 
@@ -61,11 +61,11 @@ def lr_run(model_dir: str, out: Path) -> None:
     train = prepare(arith_dataset(32, 0, "train"), tokenizer=tok)
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = _run_dir(acc, tmp)
-        cfg = GRPOConfig(output_dir=str(run_dir), seed=0, max_steps=LR_STEPS, num_iterations=LR_ITERATIONS,
-                         lr_scheduler_type="linear", warmup_steps=LR_WARMUP, learning_rate=LR, num_generations=2,
-                         per_device_train_batch_size=2, gradient_accumulation_steps=1, max_completion_length=8,
-                         reward_num_workers=0, eval_steps=0, save_steps=0, final_eval_size=0,
-                         log_completions_steps=0, progress=False)
+        cfg = demo_config(output_dir=str(run_dir), seed=0, max_steps=LR_STEPS, num_iterations=LR_ITERATIONS,
+                          lr_scheduler_type="linear", warmup_steps=LR_WARMUP, learning_rate=LR, num_generations=2,
+                          per_device_train_batch_size=2, gradient_accumulation_steps=1, max_completion_length=8,
+                          reward_num_workers=0, eval_steps=0, save_steps=0, final_eval_size=0,
+                          log_completions_steps=0, progress=False)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         trainer = GRPOTrainer(cfg, assemble(cfg, model, tok, train, [_hash_reward], accelerator=acc))
         trainer.train()
@@ -92,11 +92,11 @@ def _alternating(prompts, completions, **kw) -> list[float]:
 def forwards_run(model_dir: str, out: Path) -> None:
     """One step with the flat groups of FW_FLAT skipped: the processes keep different numbers of
     groups, and micro-batches that are not full."""
+    from _configs import demo_config
     from accelerate import Accelerator
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rlreason.build import assemble
-    from rlreason.config import GRPOConfig
     from rlreason.data import arith_dataset, prepare
     from rlreason.loop.trainer import GRPOTrainer
 
@@ -112,12 +112,12 @@ def forwards_run(model_dir: str, out: Path) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = _run_dir(acc, tmp)
-        cfg = GRPOConfig(output_dir=str(run_dir), seed=0, max_steps=1, num_iterations=2, num_generations=FW_G,
-                         per_device_train_batch_size=FW_PROMPTS * FW_G // world // FW_MICRO,
-                         gradient_accumulation_steps=FW_MICRO, max_completion_length=12, learning_rate=1e-4,
-                         generation_seed_per_prompt=True, skip_zero_advantage_groups=True, reward_num_workers=0,
-                         rewards_plain_text=True,  # the reward matches prompts as text
-                         eval_steps=0, save_steps=0, final_eval_size=0, log_completions_steps=0, progress=False)
+        cfg = demo_config(output_dir=str(run_dir), seed=0, max_steps=1, num_iterations=2, num_generations=FW_G,
+                          per_device_train_batch_size=FW_PROMPTS * FW_G // world // FW_MICRO,
+                          gradient_accumulation_steps=FW_MICRO, max_completion_length=12, learning_rate=1e-4,
+                          generation_seed_per_prompt=True, skip_zero_advantage_groups=True, reward_num_workers=0,
+                          rewards_plain_text=True,  # the reward matches prompts as text
+                          eval_steps=0, save_steps=0, final_eval_size=0, log_completions_steps=0, progress=False)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         trainer = GRPOTrainer(cfg, assemble(cfg, model, tok, train, [reward], accelerator=acc))
         ro = trainer.collect()

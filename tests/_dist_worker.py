@@ -76,12 +76,12 @@ def _blocking_reward(blocked: set[str]):
 
 
 def train_cases(model_dir: str, out: Path, cases: list[str]) -> None:
+    from _configs import demo_config
     from accelerate import Accelerator
     from accelerate.utils import broadcast_object_list
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rlreason.build import assemble
-    from rlreason.config import GRPOConfig
     from rlreason.data import arith_dataset, prepare
     from rlreason.loop.distributed import full_state_dict
     from rlreason.loop.trainer import GRPOTrainer
@@ -101,7 +101,7 @@ def train_cases(model_dir: str, out: Path, cases: list[str]) -> None:
             run_dir = Path(tmp) / "run"
             if world > 1:  # one folder for all processes: the main process's
                 run_dir = Path(broadcast_object_list([str(run_dir)])[0])
-            cfg = GRPOConfig(
+            cfg = demo_config(
                 output_dir=str(run_dir), seed=0, max_steps=2, num_generations=G,
                 per_device_train_batch_size=GLOBAL_PROMPTS * G // world // MICRO_BATCHES,
                 gradient_accumulation_steps=MICRO_BATCHES, max_completion_length=24, learning_rate=1e-4,
@@ -135,12 +135,12 @@ def stop(model_dir: str, out: Path) -> None:
     at the same stop point (a collective), step 1 is checkpointed once, and all exit cleanly."""
     import signal
 
+    from _configs import demo_config
     from accelerate import Accelerator
     from accelerate.utils import broadcast_object_list
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rlreason.build import assemble
-    from rlreason.config import GRPOConfig
     from rlreason.data import arith_dataset, prepare
     from rlreason.loop.trainer import GRPOTrainer
 
@@ -156,7 +156,7 @@ def stop(model_dir: str, out: Path) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(broadcast_object_list([str(Path(tmp) / "run")])[0]) if world > 1 else Path(tmp) / "run"
-        cfg = GRPOConfig(
+        cfg = demo_config(
             output_dir=str(run_dir), seed=0, max_steps=3, num_generations=G,
             per_device_train_batch_size=GLOBAL_PROMPTS * G // world // MICRO_BATCHES,
             gradient_accumulation_steps=MICRO_BATCHES, max_completion_length=24, learning_rate=1e-4,

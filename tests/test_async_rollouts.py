@@ -20,6 +20,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from _configs import demo_config
 from accelerate import Accelerator
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -48,7 +49,7 @@ def _varied_reward(completions, **kw):
 
 
 def make(tiny_path, tmp_path, name="run", engine_factory=None, eval_n=0, **overrides) -> GRPOTrainer:
-    cfg = GRPOConfig(output_dir=str(tmp_path / name), async_rollouts=True, **{**SMALL, "max_steps": 4, **overrides})
+    cfg = demo_config(output_dir=str(tmp_path / name), async_rollouts=True, **{**SMALL, "max_steps": 4, **overrides})
     tok = AutoTokenizer.from_pretrained(tiny_path)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_path)

@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from _configs import demo_config
 from transformers import AutoConfig, AutoTokenizer
 
 from rlreason import build
@@ -196,13 +197,18 @@ def test_lengths_beyond_the_models_positions_are_refused_naming_the_key_and_the_
     positions = AutoConfig.from_pretrained(tiny_path)
     assert positions.max_position_embeddings == 192
     with pytest.raises(ConfigError, match=r"config key 'max_prompt_length': 100000 .*max_position_embeddings \(192"):
-        build.check_positions(GRPOConfig(max_prompt_length=100000), positions, str(tiny_path))
+        build.check_positions(demo_config(max_prompt_length=100000), positions, str(tiny_path))
     with pytest.raises(ConfigError, match=r"'max_prompt_length' \+ 'max_completion_length': 128 \+ 100 = 228 .*"
                                           r"max_position_embeddings \(192.*max_completion_length: 64"):
-        build.check_positions(GRPOConfig(max_completion_length=100), positions, str(tiny_path))
+        build.check_positions(demo_config(max_completion_length=100), positions, str(tiny_path))
     with pytest.raises(ConfigError, match=r"'max_prompt_length' \+ 'eval_max_tokens': 128 \+ 65 = 193"):
-        build.check_positions(GRPOConfig(eval_max_tokens=65), positions, str(tiny_path))
-    build.check_positions(GRPOConfig(), positions, str(tiny_path))  # 128 + 64 = 192 fits
+        build.check_positions(demo_config(eval_max_tokens=65), positions, str(tiny_path))
+    build.check_positions(demo_config(), positions, str(tiny_path))  # 128 + 64 = 192 fits
+    # no prompt limit (TRL's default, max_prompt_length None): the completion alone is checked
+    with pytest.raises(ConfigError, match=r"config key 'max_completion_length': 512 tokens is beyond the model's "
+                                          r"max_position_embeddings \(192"):
+        build.check_positions(GRPOConfig(max_completion_length=512), positions, str(tiny_path))
+    build.check_positions(GRPOConfig(max_completion_length=192), positions, str(tiny_path))
 
 
 @pytest.mark.parametrize("column", ["completions", "trainer_state", "prompts", "completion_ids", "log_metric"])

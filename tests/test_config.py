@@ -193,19 +193,23 @@ def test_an_open_r1_demo_config_loads_with_one_warning_per_reason(tmp_path, capl
 
 
 def test_every_unknown_or_unsupported_key_is_named_in_one_message():
-    values = {"num_generation": 4, "torch_dtyp": "bfloat16", "neftune_noise_alpha": 5, "deepspeed": "z.json",
-              "learning_rate": "fast"}
+    values = {"num_generation": 4, "torch_dtyp": "bfloat16", "cosine_max_len": 1000, "deepspeed": "z.json",
+              "learning_rate": "fast", "deepspeed_config": None}
     with pytest.raises(ConfigError) as e:
         from_dict(values)
     msg = str(e.value)
-    assert msg.startswith("5 problems in the config")
+    assert msg.startswith("6 problems in the config")
     assert "unknown config key 'num_generation' (did you mean 'num_generations'?)" in msg
     assert "unknown config key 'torch_dtyp'" in msg and "did you mean 'loss_type'" not in msg  # no misleading hint
-    assert "'neftune_noise_alpha' is not supported: not for RL fine-tuning" in msg
-    assert "'deepspeed' is not supported: give DeepSpeed to accelerate" in msg
+    assert "'cosine_max_len' is not supported: configure the reward in its entry" in msg
+    # a key rlreason cannot honour is refused at a value that would train differently, naming the key and why
+    assert "'deepspeed': 'z.json' is not supported, only None, False or empty: give DeepSpeed to accelerate" in msg
+    assert "unknown config key 'deepspeed_config'" in msg
     assert "config key 'learning_rate'" in msg
     with pytest.raises(ConfigError, match="both are given"):
         from_dict({"dataset_prompt_column": "q", "prompt_column": "p"})
+    # a full TRL dump holds both names of an aliased key, with one value: accepted
+    assert not from_dict({"activation_checkpointing": False, "gradient_checkpointing": False}).gradient_checkpointing
 
 
 def test_a_command_line_text_with_a_hash_is_kept_whole():
@@ -218,7 +222,7 @@ def test_trl_value_forms_and_scheduler_keys_are_accepted():
     cfg = from_dict({"scale_rewards": True, "optim": "adamw_torch_fused", "report_to": "none",
                      "lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": {"min_lr_rate": 0.1},
                      "chat_template": "{{ messages }}"})
-    assert (cfg.scale_rewards, cfg.optim, cfg.report_to) == ("group", "adamw_torch", [])
+    assert (cfg.scale_rewards, cfg.optim, cfg.report_to) == ("group", "adamw_torch_fused", [])
     assert cfg.lr_scheduler_kwargs == {"min_lr_rate": 0.1} and cfg.chat_template == "{{ messages }}"
 
 

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from _configs import demo_config
 from accelerate import Accelerator
 from test_async_rollouts import SMALL, _varied_reward
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlreason.build import assemble
-from rlreason.config import GRPOConfig
 from rlreason.data import arith_dataset, prepare
 from rlreason.loop.trainer import GRPOTrainer
 from rlreason.run import checkpoint, finish
@@ -74,7 +74,7 @@ def disk(request, tmp_path):
 
 
 def _trainer(tiny_path, out: Path, **overrides) -> GRPOTrainer:
-    cfg = GRPOConfig(output_dir=str(out), **{**SMALL, "save_steps": 1, "save_total_limit": 5, **overrides})
+    cfg = demo_config(output_dir=str(out), **{**SMALL, "save_steps": 1, "save_total_limit": 5, **overrides})
     tok = AutoTokenizer.from_pretrained(tiny_path)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_path)

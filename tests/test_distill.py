@@ -13,6 +13,7 @@ import _recipes
 import datasets
 import pytest
 import torch
+from _configs import demo_config
 from accelerate import Accelerator
 from test_trainer import SMALL
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -191,8 +192,8 @@ def test_trainer_reverse_kl_metric_equals_a_hand_computation(tiny_path, tmp_path
     tok = AutoTokenizer.from_pretrained(tiny_path)
     student = AutoModelForCausalLM.from_pretrained(tiny_path)
     teacher = _perturbed_copy(student, 0.3, 1)
-    cfg = GRPOConfig(output_dir=str(tmp_path / "run"), teacher_model_name_or_path="perturbed",
-                     **{**SMALL, "learning_rate": 1e-9})
+    cfg = demo_config(output_dir=str(tmp_path / "run"), teacher_model_name_or_path="perturbed",
+                      **{**SMALL, "learning_rate": 1e-9})
     train = prepare(arith_dataset(64, 0, "train"), tokenizer=tok)
     tr = GRPOTrainer(cfg, assemble(cfg, student, tok, train, [accuracy_reward], accelerator=Accelerator(cpu=True),
                                    teacher=teacher))
@@ -229,8 +230,8 @@ def test_on_policy_distillation_moves_the_student_towards_the_teacher(tiny_path,
     held = prepare(arith_dataset(16, 9, "heldout"), tokenizer=tok)
     greedy = HFEngine(teacher, tok).generate([r["prompt_ids"] for r in held], 1, SamplingConfig(40, temperature=0))
     seqs = [(r["prompt_ids"], g[0].token_ids) for r, g in zip(held, greedy, strict=True)]
-    cfg = GRPOConfig(output_dir=str(tmp_path / "run"), teacher_model_name_or_path="tiny",
-                     **{**SMALL, "learning_rate": 1e-4})
+    cfg = demo_config(output_dir=str(tmp_path / "run"), teacher_model_name_or_path="tiny",
+                      **{**SMALL, "learning_rate": 1e-4})
     train = prepare(arith_dataset(64, 0, "train"), tokenizer=tok)
     tr = GRPOTrainer(cfg, assemble(cfg, student, tok, train, [accuracy_reward], accelerator=Accelerator(cpu=True),
                                    teacher=teacher))
@@ -298,7 +299,7 @@ def test_sft_loss_is_the_token_mean_nll_of_the_completions(tiny_path, tmp_path):
     tok = AutoTokenizer.from_pretrained(tiny_path)
     model = AutoModelForCausalLM.from_pretrained(tiny_path)
     ds = _sft_dataset(tok, 16)
-    cfg = GRPOConfig(output_dir=str(tmp_path / "run"), **{**SMALL, "learning_rate": 1e-9,
+    cfg = demo_config(output_dir=str(tmp_path / "run"), **{**SMALL, "learning_rate": 1e-9,
                                                           "per_device_train_batch_size": 4,
                                                           "gradient_accumulation_steps": 4})
     tr = SFTTrainer(cfg, assemble(cfg, model, tok, ds, [], accelerator=Accelerator(cpu=True), keep_dropout=True))
@@ -314,7 +315,7 @@ def test_sft_loss_is_the_token_mean_nll_of_the_completions(tiny_path, tmp_path):
 def test_sft_learns_its_data_and_packs_examples(tiny_path, tmp_path):
     tok = AutoTokenizer.from_pretrained(tiny_path)
     ds = _sft_dataset(tok, 32)
-    cfg = GRPOConfig(output_dir=str(tmp_path / "run"), **{**SMALL, "learning_rate": 3e-3,
+    cfg = demo_config(output_dir=str(tmp_path / "run"), **{**SMALL, "learning_rate": 3e-3,
                                                           "per_device_train_batch_size": 32,
                                                           "pack_max_row_tokens": 256})
     tr = SFTTrainer(cfg, assemble(cfg, AutoModelForCausalLM.from_pretrained(tiny_path), tok, ds, [],

@@ -16,6 +16,7 @@ from rlreason.run.checkpoint import checkpoint_dirs, read_state
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _recipes  # noqa: E402
+from _configs import DEMO  # noqa: E402
 from test_trainer import _varied_reward, make_trainer, one_step, params  # noqa: E402
 
 # ---------------------------------------------------------------------- non-finite updates
@@ -155,9 +156,9 @@ def test_output_dir_with_another_runs_checkpoints_is_refused_unless_told(tiny_pa
         _recipes.grpo(["--output_dir", str(out), "--model_name_or_path", str(tiny_path)])
     assert (out / "checkpoints" / "step-0000010").exists()  # refused, and lost nothing
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump({"max_steps": 1, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1,
-                                   "num_generations": 4, "final_eval_size": 10, "eval_size": 10, "save_steps": 0,
-                                   "progress": False}))
+    cfg.write_text(yaml.safe_dump({**DEMO, "max_steps": 1, "per_device_train_batch_size": 8,
+                                   "gradient_accumulation_steps": 1, "num_generations": 4, "final_eval_size": 10,
+                                   "eval_size": 10, "save_steps": 0, "progress": False}))
     summary = _recipes.grpo(["--config", str(cfg), "--output_dir", str(out), "--model_name_or_path", str(tiny_path),
                               "--overwrite_output_dir", "true"])
     assert summary["steps"] == 1

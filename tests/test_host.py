@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from _configs import demo_config
 
 from rlreason import tiny
 from rlreason.build import make_accelerator
-from rlreason.config import GRPOConfig
 from rlreason.run import host
 
 CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "configs"
@@ -91,7 +91,7 @@ def test_the_build_never_uses_more_threads_than_usable_cores(one_core, tmp_path,
 @pytest.mark.parametrize("threads", [2, None])  # None: torch's default, which knows nothing of the affinity
 def test_the_recipe_never_sets_more_threads_than_usable_cores(one_core, tmp_path, threads):
     torch.set_num_threads(2)
-    make_accelerator(GRPOConfig(output_dir=str(tmp_path / "run"), num_threads=threads))
+    make_accelerator(demo_config(output_dir=str(tmp_path / "run"), num_threads=threads))
     assert torch.get_num_threads() == 1
 
 

@@ -17,13 +17,13 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
+from _configs import demo_config
 from accelerate import Accelerator
 from safetensors.torch import load_file
 from test_async_rollouts import SMALL, _varied_reward
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlreason.build import assemble
-from rlreason.config import GRPOConfig
 from rlreason.data import arith_dataset, prepare
 from rlreason.eval.suites import arith_suite
 from rlreason.loop.trainer import GRPOTrainer
@@ -68,7 +68,7 @@ class _DyingServer(HFEngine):
 
 
 def _trainer(tiny_path, out: Path, reward, fail_at: int | None = None, eval_fn=None, **overrides) -> GRPOTrainer:
-    cfg = GRPOConfig(output_dir=str(out), **{**SMALL, "max_steps": STEPS, "save_total_limit": 10, **overrides})
+    cfg = demo_config(output_dir=str(out), **{**SMALL, "max_steps": STEPS, "save_total_limit": 10, **overrides})
     tok = AutoTokenizer.from_pretrained(tiny_path)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_path)

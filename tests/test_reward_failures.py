@@ -12,11 +12,11 @@ import sys
 
 import pytest
 import torch
+from _configs import demo_config
 from accelerate import Accelerator
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlreason.build import assemble
-from rlreason.config import GRPOConfig
 from rlreason.data import arith_dataset, prepare
 from rlreason.loop.trainer import GRPOTrainer
 from rlreason.rewards import completion_text
@@ -29,7 +29,7 @@ SMALL = dict(num_generations=4, per_device_train_batch_size=16, gradient_accumul
 
 
 def _trainer(tiny_path, tmp_path, rewards, **overrides) -> GRPOTrainer:
-    cfg = GRPOConfig(output_dir=str(tmp_path / "run"), **{**SMALL, "max_steps": 2, **overrides})
+    cfg = demo_config(output_dir=str(tmp_path / "run"), **{**SMALL, "max_steps": 2, **overrides})
     tok = AutoTokenizer.from_pretrained(tiny_path)
     train = prepare(arith_dataset(64, 0, "train"), tokenizer=tok)
     return GRPOTrainer(cfg, assemble(cfg, AutoModelForCausalLM.from_pretrained(tiny_path), tok, train, rewards,

@@ -281,7 +281,8 @@ def test_repetition_validation(kwargs: dict, error: type, match: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # every built-in: pickling and TRL's calling convention
 
-BUILTIN_KWARGS = {"soft_overlong": {"max_length": 8, "cache": 4}, "cosine_length": {"max_length": 40}}
+BUILTIN_KWARGS = {"soft_overlong": {"max_length": 8, "cache": 4}, "cosine_length": {"max_length": 40},
+                  "get_soft_overlong_punishment": {"max_completion_len": 8, "soft_punish_cache": 4}}
 TRL_COMPLETIONS = [
     [{"role": "assistant", "content": "<think>2+3</think><answer>5</answer>"}],
     [{"role": "assistant", "content": "the the the the the the answer is 6"}],
@@ -301,6 +302,7 @@ def _trl_call(fn):
         completions=TRL_COMPLETIONS,
         completion_ids=[[1] * 3, [1] * 7],
         answer=["5", "5"],
+        solution=["5", "5"],  # TRL's accuracy rewards' column
         level=[1, 1],
         trainer_state=object(),
     )
@@ -329,6 +331,11 @@ def test_builtins_accept_trls_calling_convention() -> None:
     ]
     # 9 words, 7 trigrams: "the the the" x4 + 3 others -> 4 distinct: (1 - 4/7) * -1
     assert got["repetition_penalty"] == [0.0, pytest.approx(-3 / 7)]
+    # TRL's names score as trl.rewards' functions (tests/test_trl_rewards.py compares them on more cases)
+    trl_rewards = pytest.importorskip("trl.rewards")
+    for name in ("accuracy_reward", "reasoning_accuracy_reward", "think_format_reward"):
+        assert got[name] == getattr(trl_rewards, name)(completions=TRL_COMPLETIONS, solution=["5", "5"]), name
+    assert got["get_soft_overlong_punishment"] == got["soft_overlong"]
 
 
 def test_partial_pickles_and_keeps_its_name() -> None:

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import datasets
 import pytest
+from _configs import demo_config
 from accelerate import Accelerator
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlreason.build import assemble
-from rlreason.config import GRPOConfig
 from rlreason.data import arith_dataset, prepare
 from rlreason.eval.suites import arith_suite
 from rlreason.loop.trainer import GRPOTrainer
@@ -25,7 +25,7 @@ from test_trainer import SMALL  # noqa: E402
 
 
 def run(tiny_path, out: Path, **overrides) -> tuple[GRPOTrainer, dict]:
-    cfg = GRPOConfig(output_dir=str(out), **{**SMALL, "learning_rate": 1e-4, **overrides})
+    cfg = demo_config(output_dir=str(out), **{**SMALL, "learning_rate": 1e-4, **overrides})
     tok = AutoTokenizer.from_pretrained(tiny_path)
     train = prepare(arith_dataset(256, 0, "train"), tokenizer=tok)
     evals = list(prepare(datasets.Dataset.from_list(arith_suite(40)), tokenizer=tok))

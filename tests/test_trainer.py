@@ -8,11 +8,11 @@ import json
 
 import pytest
 import torch
+from _configs import demo_config
 from accelerate import Accelerator
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlreason.build import assemble
-from rlreason.config import GRPOConfig
 from rlreason.data import arith_dataset, prepare
 from rlreason.loop.trainer import GRPOTrainer
 from rlreason.rewards import accuracy_reward, completion_text
@@ -33,7 +33,7 @@ def _alternating_reward(completions, **kw):
 
 
 def make_trainer(tiny_path, tmp_path, reward_funcs=None, model=None, **overrides) -> GRPOTrainer:
-    cfg = GRPOConfig(output_dir=str(tmp_path / "run"), **{**SMALL, **overrides})
+    cfg = demo_config(output_dir=str(tmp_path / "run"), **{**SMALL, **overrides})
     tok = AutoTokenizer.from_pretrained(tiny_path)
     model = model if model is not None else AutoModelForCausalLM.from_pretrained(tiny_path)
     train = prepare(arith_dataset(64, 0, "train"), tokenizer=tok)
@@ -217,7 +217,7 @@ def _recording_reward(prompts, completions, trainer_state, **kw):
 
 
 def _trainer_with(tiny_path, tmp_path, reward_funcs, system_prompt=None, **overrides) -> GRPOTrainer:
-    cfg = GRPOConfig(output_dir=str(tmp_path / "run"), **{**SMALL, "reward_num_workers": 0, **overrides})
+    cfg = demo_config(output_dir=str(tmp_path / "run"), **{**SMALL, "reward_num_workers": 0, **overrides})
     tok = AutoTokenizer.from_pretrained(tiny_path)
     train = prepare(arith_dataset(64, 0, "train"), tokenizer=tok, system_prompt=system_prompt)
     return GRPOTrainer(cfg, assemble(cfg, AutoModelForCausalLM.from_pretrained(tiny_path), tok, train, reward_funcs,

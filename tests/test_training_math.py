@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from _configs import demo_config
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -33,7 +34,7 @@ def _varied_reward(completions, **kw):
 
 
 def make_trainer(tiny_path, tmp_path, model=None, accelerator=None, **overrides) -> GRPOTrainer:
-    cfg = GRPOConfig(output_dir=str(tmp_path / "run"), **{**SMALL, **overrides})
+    cfg = demo_config(output_dir=str(tmp_path / "run"), **{**SMALL, **overrides})
     tok = AutoTokenizer.from_pretrained(tiny_path)
     model = model if model is not None else AutoModelForCausalLM.from_pretrained(tiny_path)
     train = prepare(arith_dataset(64, 0, "train"), tokenizer=tok)
@@ -158,7 +159,7 @@ def test_sft_keeps_dropout(tiny_path, tmp_path):
     import inspect
 
     from _recipes import recipe
-    cfg = GRPOConfig(output_dir=str(tmp_path / "run"), **{**SMALL})
+    cfg = demo_config(output_dir=str(tmp_path / "run"), **{**SMALL})
     tok = AutoTokenizer.from_pretrained(tiny_path)
     train = prepare(arith_dataset(8, 0, "train"), tokenizer=tok)
     parts = assemble(cfg, _lora(tiny_path, 0.5), tok, train, [], accelerator=Accelerator(cpu=True), keep_dropout=True)
@@ -212,7 +213,7 @@ def test_stale_sampler_is_the_behaviour_policy(tiny_path, tmp_path, extra):
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(tiny_path)
     engine = HFEngine(AutoModelForCausalLM.from_pretrained(tiny_path), tok)
-    cfg = GRPOConfig(output_dir=str(tmp_path / "run"), weight_sync_steps=2, **SMALL, **extra)
+    cfg = demo_config(output_dir=str(tmp_path / "run"), weight_sync_steps=2, **SMALL, **extra)
     train = prepare(arith_dataset(64, 0, "train"), tokenizer=tok)
     tr = GRPOTrainer(cfg, assemble(cfg, AutoModelForCausalLM.from_pretrained(tiny_path), tok, train, [_varied_reward],
                      engine=engine, accelerator=Accelerator(cpu=True)))

@@ -221,7 +221,7 @@ def test_max_steps_and_checkpoints_count_optimizer_steps_and_resume_is_exact(tin
 
 @pytest.mark.parametrize(("overrides", "match"), [
     ({"steps_per_generation": 3, "gradient_accumulation_steps": 2}, "config key 'steps_per_generation'"),
-    ({"steps_per_generation": 2, "generation_batch_size": 16}, "config key 'generation_batch_size': and"),
+    ({"steps_per_generation": 2, "generation_batch_size": 24}, "config key 'generation_batch_size': and"),
     ({"generation_batch_size": 12}, "config key 'generation_batch_size': must be a multiple of"),
     ({"steps_per_generation": 2, "max_steps": 3}, "config key 'max_steps': counts optimizer steps"),
     ({"steps_per_generation": 2, "dynamic_sampling": True}, "config key 'dynamic_sampling'"),
@@ -239,6 +239,8 @@ def test_generation_batch_size_sets_steps_per_generation():
     assert (cfg.generation_steps, cfg.optimizer_steps_per_generation, cfg.completions_per_step) == (4, 4, 32)
     cfg = from_dict({**base, "steps_per_generation": None, "generation_batch_size": None})  # TRL's defaults
     assert (cfg.generation_steps, cfg.optimizer_steps_per_generation) == (1, 1)
+    # both, agreeing, as a TRL config dump holds them (TRL resolves one from the other)
+    assert from_dict({**base, "steps_per_generation": 4, "generation_batch_size": 32}).generation_steps == 4
 
 
 # ---------------------------------------------------------------------- num_generations_eval

@@ -26,13 +26,13 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache; before 
 import datasets  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
+from _configs import demo_config
 from _logprobs import trainer_logprobs  # noqa: E402
 from _vllm_server import free_port, running_server  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from rlreason.build import assemble  # noqa: E402
-from rlreason.config import GRPOConfig  # noqa: E402
 from rlreason.data import arith_dataset, prepare  # noqa: E402
 from rlreason.eval.core import heldout_scorer  # noqa: E402
 from rlreason.eval.suites import arith_suite  # noqa: E402
@@ -256,11 +256,11 @@ STEPS, EVAL_N = 20, 300
 
 def _grpo_run(tiny_path, tmp_path, tok, name, engine=None) -> tuple[dict, list[dict], GRPOTrainer]:
     """The default recipe's settings (16 prompts x 8 samples per step, DAPO loss), a short run."""
-    cfg = GRPOConfig(output_dir=str(tmp_path / name), seed=0, num_generations=8, per_device_train_batch_size=64,
-                     gradient_accumulation_steps=2, max_completion_length=64, temperature=1.0, learning_rate=1e-4,
-                     loss_type="dapo", beta=0.0, epsilon=0.2, epsilon_high=0.28, max_steps=STEPS, eval_steps=0,
-                     save_steps=0, final_eval_size=EVAL_N, eval_size=EVAL_N, progress=False,
-                     log_completions_steps=0, importance_sampling_cap=2.0)
+    cfg = demo_config(output_dir=str(tmp_path / name), seed=0, num_generations=8, per_device_train_batch_size=64,
+                      gradient_accumulation_steps=2, max_completion_length=64, temperature=1.0, learning_rate=1e-4,
+                      loss_type="dapo", beta=0.0, epsilon=0.2, epsilon_high=0.28, max_steps=STEPS, eval_steps=0,
+                      save_steps=0, final_eval_size=EVAL_N, eval_size=EVAL_N, progress=False,
+                      log_completions_steps=0, importance_sampling_cap=2.0)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_path)
     train = prepare(arith_dataset(2000, 0, "train"), tokenizer=tok)

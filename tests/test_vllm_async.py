@@ -24,12 +24,12 @@ pytest.importorskip("vllm")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 import torch  # noqa: E402
+from _configs import demo_config
 from _vllm_server import free_port, running_server  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from rlreason.build import assemble  # noqa: E402
-from rlreason.config import GRPOConfig  # noqa: E402
 from rlreason.data import arith_dataset, prepare  # noqa: E402
 from rlreason.loop.trainer import GRPOTrainer  # noqa: E402
 from rlreason.rewards import accuracy_reward  # noqa: E402
@@ -49,10 +49,10 @@ def server(tiny_path, tmp_path_factory, request):
 
 
 def _trainer(tiny_path, url, out, max_steps) -> GRPOTrainer:
-    cfg = GRPOConfig(output_dir=str(out), seed=0, num_generations=8, per_device_train_batch_size=64,
-                     gradient_accumulation_steps=1, max_completion_length=48, learning_rate=1e-4,
-                     max_steps=max_steps, eval_steps=0, save_steps=0, final_eval_size=0, progress=False,
-                     log_completions_steps=0, async_rollouts=True, use_vllm=True, vllm_mode="server")
+    cfg = demo_config(output_dir=str(out), seed=0, num_generations=8, per_device_train_batch_size=64,
+                      gradient_accumulation_steps=1, max_completion_length=48, learning_rate=1e-4,
+                      max_steps=max_steps, eval_steps=0, save_steps=0, final_eval_size=0, progress=False,
+                      log_completions_steps=0, async_rollouts=True, use_vllm=True, vllm_mode="server")
     tok = AutoTokenizer.from_pretrained(tiny_path)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_path)

@@ -86,11 +86,14 @@ def check_positions(cfg: GRPOConfig, model_config: Any, path: str) -> None:
     limit = getattr(model_config, "max_position_embeddings", None)
     if not isinstance(limit, int):
         return
-    prompt = cfg.max_prompt_length
+    prompt = cfg.max_prompt_length or 0  # None: no prompt limit, so only the completion is checked here
     key, longest = max([("max_completion_length", cfg.max_completion_length),
                         ("eval_max_tokens", cfg.eval_max_tokens or 0)], key=lambda kv: kv[1])
     if prompt + longest <= limit:
         return
+    if not prompt:
+        raise ConfigError(f"config key '{key}': {longest} tokens is beyond the model's max_position_embeddings "
+                          f"({limit}, {path}); lower it to at most {limit} minus the longest prompt")
     if prompt >= limit:
         raise ConfigError(f"config key 'max_prompt_length': {prompt} tokens is not below the model's "
                           f"max_position_embeddings ({limit}, {path}), and a prompt's completion must fit there "

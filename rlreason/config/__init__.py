@@ -37,7 +37,7 @@ from rlreason.algorithms import (
     ratio_level,
 )
 from rlreason.algorithms.rewards_aggregation import MultiObjectiveAggregation
-from rlreason.config.trl import migrate
+from rlreason.config.trl import RENAMED, migrate
 from rlreason.rollout.base import WeightBackend
 
 # Keys with a fixed set of values are annotated with a Literal type, defined once (the algorithm's
@@ -46,7 +46,9 @@ from rlreason.rollout.base import WeightBackend
 VLLMMode = Literal["colocate", "server"]
 RolloutEngineName = Literal["transformers", "vllm", "vllm_server"]  # rlreason.rollout.factory
 AsyncGenerator = Literal["process", "thread"]  # rlreason.rollout.hf_process
-Optimizer = Literal["adamw_torch", "adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit"]  # rlreason.build.optim
+# rlreason.build.optim; adamw_torch_fused (TRL's default, a CUDA kernel in transformers) is adamw_torch here, which
+# is fused wherever torch can fuse it, CPU included
+Optimizer = Literal["adamw_torch", "adamw_torch_fused", "adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit"]
 DistillMode = Literal["on_policy", "offline"]
 DistillSelection = Literal["best_of_k", "all_correct", "shortest_correct"]  # distill.teacher.select_completions
 
@@ -110,16 +112,18 @@ def accepts_trl_keys(cls: type) -> type:
 @dataclass
 class GRPOConfig:
     # --- run ---
-    output_dir: str = "runs/tiny_cpu"
-    seed: int = 0
-    max_steps: int = 300  # rollout batches; each gives num_iterations optimizer steps; -1 = num_train_epochs
+    # Defaults are TRL 1.16's GRPOConfig's for every key it has (tests/test_trl_config_dump.py); the
+    # embedded demo's own choices are in recipes/configs/tiny_cpu.yaml.
+    output_dir: str = "trainer_output"
+    seed: int = 42
+    max_steps: int = -1  # rollout batches; each gives num_iterations optimizer steps; -1 = num_train_epochs
     num_train_epochs: float = 3.0  # passes over the dataset's prompts when max_steps is -1 (TRL's rule)
     num_threads: int | None = None  # torch intra-op threads, at most the usable cores (None: torch default)
 
     # --- model ---
     model_name_or_path: str = "tiny"  # "tiny" = the embedded model, built on first use
     trust_remote_code: bool = False
-    gradient_checkpointing: bool = False  # recompute each layer's activations in the backward (less memory)
+    gradient_checkpointing: bool = True  # recompute each layer's activations in the backward (less memory)
     # tokens per chunk of the LM head + log-softmax in the log-prob passes, so the [batch, seq, vocab]
     # logits never exist at once (rlreason/loop/logprobs.py); 0 or None = the model's full logits
     logprob_chunk_size: int | None = 512
@@ -136,8 +140,9 @@ class GRPOConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05  # SFT only: GRPO switches dropout off (it is noise in the ratio and KL)
-    lora_target_modules: str | list[str] = "all-linear"
-    lora_modules_to_save: list[str] = field(default_factory=list)  # fully trained (e.g. ["lm_head"])
+    # None: peft's choice for the architecture (TRL's ModelConfig default; q_proj, v_proj for Qwen2)
+    lora_target_modules: str | list[str] | None = "all-linear"
+    lora_modules_to_save: list[str] | None = None  # fully trained (e.g. ["lm_head"])
     load_in_4bit: bool = False  # QLoRA: NF4 base weights (bitsandbytes, CUDA)
 
     # --- data ---
@@ -181,8 +186,10 @@ class GRPOConfig:
 
     # --- generation ---
     num_generations: int = 8
-    max_prompt_length: int = 128
-    max_completion_length: int = 64
+    # rlreason's own limit (TRL 1.16 has none): prompts longer than this many tokens are dropped, with a
+    # count in the log; None = no limit, nothing dropped
+    max_prompt_length: int | None = None
+    max_completion_length: int = 512
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
@@ -216,7 +223,7 @@ class GRPOConfig:
     vllm_tensor_parallel_size: int = 1
     vllm_enable_sleep_mode: bool = False  # free vLLM's KV cache while training (GPU)
     vllm_server_base_url: str | None = None  # server mode; None = http://{vllm_server_host}:{vllm_server_port}
-    vllm_server_host: str = "127.0.0.1"
+    vllm_server_host: str = "0.0.0.0"  # the client connects to it (as TRL's VLLMClient: 0.0.0.0 reaches this host)
     vllm_server_port: int = 8000
     vllm_server_timeout: float = 240.0  # seconds to wait for the server to come up
     vllm_group_port: int = 51216  # port the trainer opens for the weight-transfer group (server mode)
@@ -250,18 +257,18 @@ class GRPOConfig:
     async_generator: AsyncGenerator = "thread"
 
     # --- optimisation ---
-    per_device_train_batch_size: int = 64  # completions per micro-batch
-    gradient_accumulation_steps: int = 2  # micro-batches per optimizer step
-    learning_rate: float = 1e-5
-    lr_scheduler_type: str = "constant_with_warmup"
+    per_device_train_batch_size: int = 8  # completions per micro-batch
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
+    learning_rate: float = 1e-6
+    lr_scheduler_type: str = "linear"
     warmup_steps: int = 0
     warmup_ratio: float = 0.0  # warmup as a fraction of the optimizer steps, when warmup_steps is 0 (TRL's rule)
-    lr_scheduler_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {min_lr_rate: 0.1} (cosine_with_min_lr)
+    lr_scheduler_kwargs: dict[str, Any] | None = None  # e.g. {min_lr_rate: 0.1} (cosine_with_min_lr)
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
-    adam_beta2: float = 0.99
+    adam_beta2: float = 0.999
     max_grad_norm: float = 1.0
-    optim: Optimizer = "adamw_torch"  # adamw_torch | adamw_8bit | paged_adamw_8bit (8-bit: pip install bitsandbytes)
+    optim: Optimizer = "adamw_torch_fused"  # adamw_torch(_fused) | adamw_8bit | paged_adamw_8bit (bitsandbytes)
 
     # --- GRPO family (see rlreason/algorithms/ and docs/algorithms.md) ---
     # TRL 1.16's meaning: loss_type picks the aggregation (and the surrogate of cispo / sapo / vespo), nothing
@@ -329,7 +336,9 @@ class GRPOConfig:
     teacher_reward_weight: float = 0.0  # 0 = distillation alone (rewards are still computed and logged)
 
     # --- evaluation, logging, checkpoints ---
-    eval_steps: int = 50  # held-out greedy eval every N steps (0 = only before and after)
+    # held-out greedy eval every N steps; None or 0 = only before and after (TRL's default eval_strategy "no";
+    # eval_strategy: steps without eval_steps = every logging_steps, as TRL: rlreason.config.trl.migrate)
+    eval_steps: int | None = None
     eval_size: int = 200  # problems in the periodic eval
     final_eval_size: int = 1000  # problems in the before/after eval
     # A dataset of your own: this many of its rows held out of training (chosen by a hash of the
@@ -343,12 +352,13 @@ class GRPOConfig:
     eval_max_tokens: int | None = None  # None = max_completion_length
     eval_suites: list[str] = field(default_factory=list)  # benchmark suites (rlreason.eval.suites) at eval_steps
     eval_suites_limit: int | None = None  # problems per suite (None = all)
-    logging_steps: int = 1
+    logging_steps: int = 10
     log_completions_steps: int = 10  # write sampled completions every N steps
-    save_steps: int = 100
-    save_total_limit: int = 2  # newest checkpoints kept (plus the best one if metric_for_best_model is set)
+    save_steps: int = 500
+    # newest checkpoints kept (plus the best one if metric_for_best_model is set); None or 0 = all
+    save_total_limit: int | None = None
     metric_for_best_model: str | None = None  # e.g. "eval/accuracy": also keep the checkpoint that scored best
-    greater_is_better: bool = True
+    greater_is_better: bool | None = None  # None: transformers' rule, True unless metric_for_best_model ends in "loss"
     resume_from_checkpoint: str | None = None  # "auto" = newest complete checkpoint in output_dir, or a path
     overwrite_output_dir: bool = False  # start over in an output_dir that holds another run's checkpoints
     # keys a resumed run may change (optimizer settings only: rlreason/run/resume.py), e.g. [learning_rate]
@@ -363,6 +373,8 @@ class GRPOConfig:
         if self.importance_sampling_level is None:
             self.importance_sampling_level = "token"
         self._resolve_engine()
+        if self.greater_is_better is None and self.metric_for_best_model:  # transformers' TrainingArguments rule
+            self.greater_is_better = not self.metric_for_best_model.endswith("loss")
         self._resolve_generation_kwargs()
         if self.async_rollouts:
             self._resolve_async()
@@ -444,12 +456,15 @@ class GRPOConfig:
     def _validate_generation_batch(self, need: Callable[[bool, str, str], None]) -> None:
         """steps_per_generation / generation_batch_size: TRL's rules, plus rlreason's: a generation feeds
         whole optimizer steps, and the loop features that assume one generation per step are refused."""
-        need(self.steps_per_generation is None or self.generation_batch_size is None, "generation_batch_size",
-             "and steps_per_generation cannot both be set (TRL's rule): generation_batch_size = "
-             "per_device_train_batch_size * num_processes * steps_per_generation")
+        # TRL refuses both at construction, but its to_dict (a config dump) holds both, resolved: accepted when
+        # they agree (tests/test_trl_config_dump.py)
+        per_step = self.per_device_train_batch_size * _world_size()
+        need(self.steps_per_generation is None or self.generation_batch_size is None
+             or self.generation_batch_size == per_step * self.steps_per_generation, "generation_batch_size",
+             "and steps_per_generation disagree (TRL's rule: generation_batch_size = "
+             "per_device_train_batch_size * num_processes * steps_per_generation); set one of them")
         need(self.steps_per_generation is None or self.steps_per_generation >= 1, "steps_per_generation",
              f"must be >= 1 or null, got {self.steps_per_generation}")
-        per_step = self.per_device_train_batch_size * _world_size()
         need(self.generation_batch_size is None or (self.generation_batch_size >= per_step
                                                     and self.generation_batch_size % per_step == 0),
              "generation_batch_size", f"must be a multiple of per_device_train_batch_size * num_processes = "
@@ -517,7 +532,6 @@ class GRPOConfig:
         need(self.max_failed_reward_steps >= 1, "max_failed_reward_steps",
              f"must be >= 1, got {self.max_failed_reward_steps}")
         need(self.max_nonfinite_steps >= 1, "max_nonfinite_steps", f"must be >= 1, got {self.max_nonfinite_steps}")
-        need(self.save_total_limit >= 0, "save_total_limit", f"must be >= 0, got {self.save_total_limit}")
         need(self.lora_r >= 1, "lora_r", f"must be >= 1, got {self.lora_r}")
         need(0 <= self.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
         need(not self.load_in_4bit or self.use_peft, "load_in_4bit",
@@ -666,12 +680,17 @@ class GRPOConfig:
         """Numeric keys whose values make no sense: caught at start-up, not as a reversed update
         (max_grad_norm < 0 flips every gradient) or a KeyError deep in the loop (a batch of 0)."""
         for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "generation_batch_prompts",
-                    "logging_steps", "arith_train_size", "eval_size", "max_prompt_length"):
+                    "logging_steps", "arith_train_size", "eval_size"):
             need(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        need(self.max_prompt_length is None or self.max_prompt_length >= 1, "max_prompt_length",
+             f"must be >= 1, or null for no limit, got {self.max_prompt_length}")
         for key in ("save_steps", "eval_steps", "log_completions_steps", "warmup_steps", "final_eval_size",
-                    "top_k", "seed", "eval_holdout_size"):
-            # 0 = off (save/eval only at the end; no sampled completions; no warm-up; nothing held out)
-            need(getattr(self, key) >= 0, key, f"must be >= 0 (0 = off), got {getattr(self, key)}")
+                    "top_k", "seed", "eval_holdout_size", "save_total_limit"):
+            # 0 = off (save/eval only at the end; no sampled completions; no warm-up; nothing held out; keep all);
+            # None (eval_steps, save_total_limit) is TRL's default, the same as 0
+            value = getattr(self, key)
+            need(value is None and key in ("eval_steps", "save_total_limit") or value is not None and value >= 0,
+                 key, f"must be >= 0 (0 = off), got {value}")
         for key in ("weight_decay", "beta", "entropy_coef", "teacher_kl_coef", "teacher_reward_weight"):
             value = getattr(self, key)
             need(math.isfinite(value) and value >= 0, key, f"must be a finite number >= 0, got {value}")
@@ -871,39 +890,99 @@ def yaml_problem(e: yaml.YAMLError) -> str:
     return f"{where}{problem}{started}"
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``--key value``, ``--key=value`` or ``key=value`` items -> dict; values parsed as YAML."""
+def parse_overrides(items: list[str], cls: type[GRPOConfig] = GRPOConfig) -> dict[str, Any]:
+    """Command-line items -> dict, read as TRL's parser (transformers' ``HfArgumentParser``) reads them,
+    typed by ``cls``'s field annotations (TRL's names are typed as the key they are renamed to):
+
+    - ``--key value``, ``--key=value`` (and ``key=value``); a value is read as YAML, so
+      ``--reward_weights [1, 0.5]`` and ``--dataset_filter "{level: [3]}"`` work;
+    - a bool key: a bare ``--use_peft`` is true, ``--use_peft false`` (yes/no, true/false, t/f, y/n,
+      1/0) sets it, ``--no_use_peft`` is false; a key rlreason does not hold as a field (TRL's
+      ignored ones, ``--push_to_hub``) is true when bare, as TRL's bools are;
+    - a list key takes every value up to the next ``--``: ``--lora_target_modules q_proj v_proj``,
+      ``--reward_funcs accuracy format``, ``--report_to none``.
+    """
+    types_ = _field_types(cls)
+
+    def type_of(key: str) -> Any:
+        return types_.get(key) or types_.get(RENAMED.get(key, ""))
+
     out: dict[str, Any] = {}
     i = 0
     while i < len(items):
         item = items[i]
-        if item.startswith("--"):
-            item = item[2:]
-            if "=" not in item:
-                if i + 1 >= len(items):
-                    raise ConfigError(f"config key '{item}' given on the command line without a value")
-                item = f"{item}={items[i + 1]}"
-                i += 1
-        if "=" not in item:
-            raise ConfigError(f"cannot read command-line override {item!r}: use --key value or key=value")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config key '{key}' on the command line: cannot read {raw!r} as a YAML value "
-                              f"({getattr(e, 'problem', None) or e}); quote it, or fix its brackets") from None
-        if "#" in raw and (value is None or isinstance(value, str)) and value != raw:
-            value = raw  # YAML read " #..." as a comment: a command-line text keeps all of it
-        out[key.replace("-", "_")] = value
         i += 1
+        if not item.startswith("--"):
+            if "=" not in item:
+                raise ConfigError(f"cannot read command-line item {item!r}: use --key value, --key=value or key=value")
+            key, raw = item.split("=", 1)
+            out[key.replace("-", "_")] = _cli_value(key, raw, type_of(key.replace("-", "_")))
+            continue
+        key, eq, raw = item[2:].partition("=")
+        key = key.replace("-", "_")
+        if eq:
+            out[key] = _cli_value(key, raw, type_of(key))
+            continue
+        values = []  # the values up to the next --flag
+        while i < len(items) and not items[i].startswith("--"):
+            values.append(items[i])
+            i += 1
+        tp = type_of(key)
+        if key.startswith("no_") and tp is None and _is_bool(type_of(key[3:])) and not values:
+            out[key[3:]] = False  # --no_use_peft, as HfArgumentParser's complement flags
+        elif not values:
+            if tp is not None and not _is_bool(tp):
+                raise ConfigError(f"config key '{key}' given on the command line without a value")
+            out[key] = True  # a bare flag: a bool key set to true
+        elif len(values) == 1:
+            out[key] = _cli_value(key, values[0], tp)
+        elif tp is not None and _is_list(tp):
+            out[key] = [_cli_value(key, v, None) for v in values]
+        else:
+            raise ConfigError(f"config key '{key}' takes one value on the command line, got {len(values)}: "
+                              f"{' '.join(values)} (quote a value with spaces)")
     return out
+
+
+def _is_bool(tp: Any) -> bool:
+    """``bool`` or ``bool | None``."""
+    return tp is bool or (typing.get_origin(tp) in (typing.Union, types.UnionType)
+                          and set(typing.get_args(tp)) == {bool, type(None)})
+
+
+def _is_list(tp: Any) -> bool:
+    """A list type, alone or in a union (``str | list[str]``)."""
+    if typing.get_origin(tp) is list:
+        return True
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and any(_is_list(a) for a in typing.get_args(tp))
+
+
+# transformers' string_to_bool: the words a bool flag takes
+_TRUE, _FALSE = ("yes", "true", "t", "y", "1"), ("no", "false", "f", "n", "0")
+
+
+def _cli_value(key: str, raw: str, tp: Any) -> Any:
+    """One command-line value: a bool key's word as transformers reads it, else YAML (text kept whole)."""
+    if _is_bool(tp) and raw.lower() in _TRUE + _FALSE:
+        return raw.lower() in _TRUE
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config key '{key}' on the command line: cannot read {raw!r} as a YAML value "
+                          f"({getattr(e, 'problem', None) or e}); quote it, or fix its brackets") from None
+    if "#" in raw and (value is None or isinstance(value, str)) and value != raw:
+        value = raw  # YAML read " #..." as a comment: a command-line text keeps all of it
+    return value
 
 
 def parse_args(argv: list[str] | None = None, default_config: str | Path | None = None,
                cls: type[GRPOConfig] = GRPOConfig) -> GRPOConfig:
-    ap = argparse.ArgumentParser(description=f"Train ({cls.__name__}). Any config key can be overridden: --key value")
+    """The config: ``--config`` file (else ``default_config``), then the command line's keys over it
+    (``parse_overrides``: TRL's parser's forms). Every unknown key is named in one error."""
+    ap = argparse.ArgumentParser(description=f"Train ({cls.__name__}). Any config key can be overridden: --key value",
+                                 allow_abbrev=False)  # --conf is an unknown key, not --config
     ap.add_argument("--config", default=str(default_config) if default_config else None, help="YAML config file")
     args, rest = ap.parse_known_args(argv)
     values = load_yaml(args.config) if args.config else {}
-    values.update(parse_overrides(rest))
+    values.update(parse_overrides(rest, cls))
     return from_dict(values, cls)

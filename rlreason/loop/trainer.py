@@ -151,10 +151,10 @@ class GRPOTrainer:
         """Generations (rollout batches) done: the prompt stream's position and weight_sync_steps' unit."""
         return self.step // self.k
 
-    def _crossed(self, every: int) -> bool:
-        """Whether the last generation's optimizer steps reached a multiple of ``every`` (0: off): with
-        one optimizer step per generation, ``step % every == 0``."""
-        return every > 0 and self.step // every > (self.step - self.k) // every
+    def _crossed(self, every: int | None) -> bool:
+        """Whether the last generation's optimizer steps reached a multiple of ``every`` (0 or None, TRL's
+        eval_steps default: off): with one optimizer step per generation, ``step % every == 0``."""
+        return bool(every) and self.step // every > (self.step - self.k) // every
 
     @property
     def group_size(self) -> int:

@@ -167,9 +167,10 @@ def load_file(path: Path) -> Any:
             f"refused ({reason}). rlreason never writes such a file: resume from a checkpoint you trust") from e
 
 
-def _to_keep(ckpts: list[Path], keep: int, best: Path | None) -> set[Path]:
-    """The newest ``keep`` checkpoints, plus the best one (by the eval metric) if there is one."""
-    kept = set(ckpts[-keep:]) if keep > 0 else set(ckpts)
+def _to_keep(ckpts: list[Path], keep: int | None, best: Path | None) -> set[Path]:
+    """The newest ``keep`` checkpoints (None or 0: all, TRL's save_total_limit), plus the best one (by
+    the eval metric) if there is one."""
+    kept = set(ckpts[-keep:]) if keep else set(ckpts)
     if best is not None:
         kept.add(best)
     return kept
