@@ -113,7 +113,8 @@ def test_dataset_round_trips_with_its_provenance(tmp_path, tiny_model):
     assert p == json.loads(json.dumps(prov)) == json.loads((path / "provenance.json").read_text())
     s = p["settings"]
     assert s["teacher"] == "teacher-dir" and s["samples_per_problem"] == 4 and s["seed"] == 7
-    assert s["sampling"] == {"max_tokens": 64, "temperature": 0.8, "top_p": 0.95, "top_k": 0, "stop_token_ids": []}
+    assert s["sampling"] == {"max_tokens": 64, "temperature": 0.8, "top_p": 0.95, "top_k": 0, "stop_token_ids": [],
+                             "min_p": 0.0, "repetition_penalty": 1.0, "extra": []}
     assert s["selection"]["rule"] == "best_of_k" and s["rewards"]["names"] == ["accuracy_reward"]
     assert s["tokenizer"] == distill.tokenizer_fingerprint(tok)
     assert p["counts"]["kept"] == 2 and p["sampling_seconds"] == 12.3 and p["rlreason_version"]
