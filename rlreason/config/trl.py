@@ -133,6 +133,20 @@ UNSUPPORTED: dict[str, str] = {
     "dataset_mixture": "give one dataset in dataset_name",
 }
 
+# Keys with TRL's name and default whose meaning still differs in rlreason, and how
+# (docs/migrating_from_trl.md): what a TRL user must know although the config loads unchanged.
+MEANING_DIFFERS: dict[str, str] = {
+    "max_steps": "counts the optimizer steps of one pass over each rollout batch (steps_per_generation / "
+                 "gradient_accumulation_steps per batch, 1 by default), as TRL does when num_iterations is 1; with "
+                 "num_iterations > 1 TRL counts every pass's optimizer steps, rlreason the first pass's",
+    "num_generations_eval": "None: one greedy answer per held-out problem (the accuracy rlreason's eval reports); "
+                            "in TRL None means num_generations sampled answers. A number: that many sampled answers, "
+                            "accuracy their mean (pass@1), as in TRL's sampling",
+    "vllm_importance_sampling_correction": "with top_p < 1, top_k or min_p, pi_old of the weight is the policy's "
+                                           "truncated distribution, the one the sampler drew from (TRL: the full one, "
+                                           "so the weight also carries the kept mass)",
+}
+
 # rlreason defaults that differ from TRL's GRPOConfig, and why (docs/migrating_from_trl.md).
 DEFAULTS_DIFFER: dict[str, tuple[Any, Any, str]] = {
     # TRL's GRPOConfig resolves these two in __post_init__ (its instance shows the resolved values)
@@ -285,4 +299,6 @@ def markdown_tables() -> str:
     lines += [f"| `{k}` | unsupported (an error): {v} |" for k, v in sorted(UNSUPPORTED.items())]
     lines += ["", "| key | TRL default | rlreason default | why |", "|---|---|---|---|"]
     lines += [f"| `{k}` | `{t!r}` | `{r!r}` | {why} |" for k, (t, r, why) in sorted(DEFAULTS_DIFFER.items())]
+    lines += ["", "| key (TRL's default) | what differs |", "|---|---|"]
+    lines += [f"| `{k}` | {why} |" for k, why in sorted(MEANING_DIFFERS.items())]
     return "\n".join(lines) + "\n"
