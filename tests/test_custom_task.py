@@ -83,6 +83,7 @@ CONFIG = textwrap.dedent('''
     eval_size: 8
     eval_steps: 2
     max_steps: 2
+    logging_steps: 1
     num_generations: 4
     per_device_train_batch_size: 8
     gradient_accumulation_steps: 1

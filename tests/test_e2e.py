@@ -304,7 +304,7 @@ def test_start_up_errors_are_one_clean_line(tiny_path, tmp_path):
                    "--neftune_noise_alpha", "5"], {}, timeout=120)
     assert res.returncode != 0
     ours = res.stderr.split("Traceback")[0]  # what follows is accelerate's own report of the exit code
-    assert "error: 3 problems in the config" in ours and "neftune_noise_alpha' is not supported" in ours
+    assert "error: 3 problems in the config" in ours and "'neftune_noise_alpha': 5 is not supported" in ours
     assert 'File "' not in ours
     res = _launch(["--model_name_or_path", str(tiny_path), "--output_dir", str(tmp_path / "r2"),
                    "--dataset_name", str(tmp_path / "missing.jsonl")], {}, timeout=120)
