@@ -25,6 +25,10 @@ ARGS = ["--max_steps", "200", "--save_steps", "0", "--per_device_train_batch_siz
 STOP_WITHIN_S = 90  # a step of this run takes ~1 s alone; the margin is for a busy machine
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def alive(pid: int) -> bool:
     """Running (a zombie waiting for a parent that does not reap it counts as ended)."""
     try:
@@ -52,7 +56,10 @@ def test_a_signal_to_the_launcher_checkpoints_and_stops_the_run(tiny_path, tmp_p
         launcher = subprocess.Popen([sys.executable, str(LAUNCHER), "recipes/grpo_math.py", "--config",
                                      "recipes/configs/tiny_cpu.yaml", "--output_dir", str(out), *ARGS],
                                     cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=f,
-                                    start_new_session=True)  # its own group: the test can clean up
+                                    start_new_session=True,  # its own group: the test can clean up
+                                    # SIGINT as in a terminal: a test run started as a background job
+                                    # (`cmd &` in a script) inherits SIGINT ignored, and exec keeps that
+                                    preexec_fn=_default_sigint)
     try:
         metrics = out / "metrics.jsonl"
         deadline = time.monotonic() + 300
