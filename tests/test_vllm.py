@@ -26,7 +26,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache; before 
 import datasets  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
-from _configs import demo_config
+from _configs import DEMO, demo_config
 from _logprobs import trainer_logprobs  # noqa: E402
 from _vllm_server import free_port, running_server  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
@@ -319,6 +319,7 @@ class _EvalOnly:
         self.eval_scorer = heldout_scorer(accuracy_reward, format_reward, in_process=True)
         self.eval_rows, self.acc, self.cfg = tr.eval_rows, tr.acc, tr.cfg
         self.eval_sampling, self.engine, self.trainer_state = tr.eval_sampling, engine, tr.trainer_state
+        self.eval_n = tr.eval_n  # answers per held-out problem (num_generations_eval; 1: greedy)
 
 
 def test_teacher_rejection_sampling_through_vllm(engine, fresh_model, tok):
@@ -356,7 +357,9 @@ def test_recipe_yaml_switches_to_server_mode(engine, tmp_path):
 
     engine.close()  # one trainer at a time drives a server's weight transfer
     cfg = tmp_path / "server.yaml"
-    cfg.write_text(yaml.safe_dump({"use_vllm": True, "vllm_mode": "server", "vllm_server_base_url": engine.base_url,
+    # the demo's settings (rlreason's defaults are TRL's: 512-token completions, metrics every 10 steps)
+    cfg.write_text(yaml.safe_dump({**DEMO, "use_vllm": True, "vllm_mode": "server",
+                                   "vllm_server_base_url": engine.base_url,
                                    "vllm_weight_transfer": "gloo", "vllm_group_port": free_port(),
                                    "importance_sampling_cap": 2.0}))
     out = tmp_path / "run"
