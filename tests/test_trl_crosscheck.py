@@ -131,6 +131,24 @@ def _varied_reward(completions, **kw):
     return [float(int(hashlib.md5(completion_text(c).encode()).hexdigest(), 16) % 3) for c in completions]
 
 
+def update_capturing_steps(ours, ro) -> tuple[dict[str, float], list[tuple[dict, dict]]]:
+    """``ours.update(ro)``'s metrics and, before each of its optimizer steps, the policy's weights and
+    gradients by parameter name; the trainer is closed after."""
+    policy = ours.acc.unwrap_model(ours.model)
+    captured: list[tuple[dict, dict]] = []
+
+    def grab(opt, args, kwargs) -> None:
+        captured.append(({n: p.detach().clone() for n, p in policy.named_parameters()},
+                         {n: p.grad.detach().clone() for n, p in policy.named_parameters()}))
+
+    handle = ours.optimizer.optimizer.register_step_pre_hook(grab)
+    try:
+        return ours.update(ro), captured
+    finally:
+        handle.remove()
+        ours.close()
+
+
 def _trl_inputs(ro, rows: range, pad_id: int) -> dict[str, torch.Tensor]:
     """TRL's micro-batch layout: left-padded prompts, right-padded completions."""
     from rlreason.data.batching import left_pad, right_pad
@@ -200,19 +218,7 @@ def _compare_with_trl(tiny_path, tmp_path, ours_kw: dict, trl_kw: dict, layout: 
         mode, lo, hi = is_correction
         ours.actor.loss_settings = dataclasses.replace(ours.actor.loss_settings, is_mode=mode, is_clip_min=lo,
                                                        is_clip_max=hi, is_weight_kl=False)
-    policy = ours.acc.unwrap_model(ours.model)
-    captured: list[tuple[dict, dict]] = []
-
-    def grab(opt, args, kwargs) -> None:  # before each optimizer step: the weights and their gradients
-        captured.append(({n: p.detach().clone() for n, p in policy.named_parameters()},
-                         {n: p.grad.detach().clone() for n, p in policy.named_parameters()}))
-
-    handle = ours.optimizer.optimizer.register_step_pre_hook(grab)
-    try:
-        m = ours.update(ro)
-    finally:
-        handle.remove()
-        ours.close()
+    m, captured = update_capturing_steps(ours, ro)
     assert len(captured) == 2
 
     eps_low, eps_high = cfg.clip_range()

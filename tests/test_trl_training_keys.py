@@ -113,7 +113,7 @@ def test_one_generation_makes_two_optimizer_steps_with_trls_gradients(tiny_path,
     _compute_loss backward on the same micro-batch at the same weights (its normaliser included:
     num_items_in_batch / num_processes * gradient_accumulation_steps / steps_per_generation)."""
     from datasets import Dataset
-    from test_trl_crosscheck import _trl_inputs
+    from test_trl_crosscheck import _trl_inputs, update_capturing_steps
 
     trl = pytest.importorskip("trl")
     micro_size, beta = 4, 0.04
@@ -130,19 +130,7 @@ def test_one_generation_makes_two_optimizer_steps_with_trls_gradients(tiny_path,
     ro = ours.collect()
     # every group has a signal: both halves carry a policy gradient (not the KL term's alone)
     assert len(ro.samples) == 8 and ro.advantages.view(-1, 2).ne(0).all()
-    policy = ours.acc.unwrap_model(ours.model)
-    captured: list[tuple[dict, dict]] = []
-
-    def grab(opt, args, kwargs) -> None:  # before each optimizer step: the weights and their gradients
-        captured.append(({n: p.detach().clone() for n, p in policy.named_parameters()},
-                         {n: p.grad.detach().clone() for n, p in policy.named_parameters()}))
-
-    handle = ours.optimizer.optimizer.register_step_pre_hook(grab)
-    try:
-        metrics = ours.update(ro)
-    finally:
-        handle.remove()
-        ours.close()
+    metrics, captured = update_capturing_steps(ours, ro)
     assert len(captured) == 2
     assert metrics["ratio/max_abs_log"] > 1e-3  # the second step's ratios left 1 (old = the generating weights)
 
