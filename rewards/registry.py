@@ -124,6 +124,14 @@ def resolve(spec: str | Callable) -> RewardFunc:
     return _materialize(_target(spec), {}, repr(spec), named=False)  # what the spec names, never called
 
 
+def load_spec(spec: str | Callable) -> Callable:
+    """What a ``"pkg.module:name"`` / ``"path/file.py:name"`` spec names, as it is: not instantiated,
+    never called. For the specs of things other than rewards written in the same forms (tools and
+    environment factories: the config's ``tools``, ``environment_factory``, the eval CLI's
+    ``--tools``); errors are :class:`RewardSpecError` / :class:`RewardImportError` naming the spec."""
+    return _target(spec)
+
+
 def _target(spec: str | Callable) -> Callable:
     """What a spec names: a function, a callable instance, or a class still to instantiate."""
     if callable(spec):

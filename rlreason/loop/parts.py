@@ -13,6 +13,7 @@ from accelerate import Accelerator
 
 from rlreason.rewards.runner import RewardRunner
 from rlreason.rollout.base import RolloutEngine
+from rlreason.rollout.tools.executor import ToolExecutor
 from rlreason.run.tracking import RunLogger
 
 
@@ -49,3 +50,5 @@ class Parts:
     # policy of the training rewards (timeouts, crash isolation, memory cap; eval/core.py)
     eval_scorer: RewardRunner | None = None
     suite_scorer: RewardRunner | None = None  # the main process's (suites run there)
+    # the run's tools and environments (TRL's tools / environment_factory), run isolated; None: no tools
+    tools: ToolExecutor | None = None
