@@ -3,6 +3,7 @@ and ``GRPOTrainer`` receives. It sits below the loop, so nothing in the loop imp
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from accelerate import Accelerator
 
 from rlreason.rewards.runner import RewardRunner
 from rlreason.rollout.base import RolloutEngine
+from rlreason.rollout.tools import ToolExecutor
 from rlreason.run.tracking import RunLogger
 
 
@@ -49,3 +51,6 @@ class Parts:
     # policy of the training rewards (timeouts, crash isolation, memory cap; eval/core.py)
     eval_scorer: RewardRunner | None = None
     suite_scorer: RewardRunner | None = None  # the main process's (suites run there)
+    # tools and environments (TRL's tools / environment_factory), run isolated; None: single-turn rollouts
+    tools: ToolExecutor | None = None
+    rollout_func: Callable | None = None  # TRL's rollout_func(prompts, trainer): the caller generates
