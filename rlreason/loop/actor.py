@@ -211,7 +211,8 @@ class Actor:
         G = ro.group_size
         # Packed by prompt group when every micro-batch holds whole groups (rlreason/data/batching.py):
         # the same per-token log-probs without G copies of each prompt or completion padding.
-        packed = self.cfg.pack_prompt_groups and mb % G == 0 and self.packing_supported and self.groups_share_prompts(ro)
+        packed = (self.cfg.pack_prompt_groups and mb % G == 0 and self.packing_supported
+                  and self.groups_share_prompts(ro))
         for i in range(0, len(ro.samples), mb):
             sl = slice(i, min(i + mb, len(ro.samples)))  # exact: padding micro-batches' advantages follow
             sampler = [s.logprobs for s in ro.samples[sl]] if sampler_logprobs else None
