@@ -24,6 +24,7 @@ from rlreason.data import MESSAGES_COLUMN
 from rlreason.rewards.registry import load_object
 from rlreason.rollout.tools import ToolExecutor
 from rlreason.rollout.tools.environments import ENVIRONMENT_COLUMN, normalize_factories
+from rlreason.rollout.tools.parse import check_tool_template
 
 # TRL's GRPOTrainer error, word for word
 NO_REWARD_SOURCE = ("No reward source provided. Pass `reward_funcs`, or an `environment_factory` whose environment "
@@ -93,12 +94,7 @@ def check_tool_data(cfg: GRPOConfig, spec: ToolSpec, train: datasets.Dataset, to
         return
     if MESSAGES_COLUMN not in train.column_names:  # rlreason.data.prepare adds it when the chat template renders
         raise ValueError(NOT_CONVERSATIONAL.format(source=source))
-    try:  # issue 32's part C (rlreason/rollout/tools/parse.py)
-        from rlreason.rollout.tools.parse import check_tool_template
-    except ImportError:  # TODO(lead): parse.py is part C's; once merged, the except branch goes
-        check_tool_template = None
-    if check_tool_template is not None:
-        check_tool_template(tokenizer, cfg.model_name_or_path)
+    check_tool_template(tokenizer, cfg.model_name_or_path)  # before the executor and the engine start
     factories = normalize_factories(spec.environment_factory)
     if factories is None or list(factories) == [None]:
         return
