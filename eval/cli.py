@@ -130,15 +130,13 @@ def load_tools(args: argparse.Namespace) -> tuple[list, Any]:
     """``--tools`` and ``--environment-factory`` loaded (specs resolved as the training config's
     ``tools`` / ``environment_factory`` and reward specs are): (tool functions, the factory or
     ``{name: factory}``, or None). Each error names the flag and the spec."""
-    from rlreason.rewards.registry import RewardImportError, RewardSpecError, load_spec
+    from rlreason.rewards.registry import RewardImportError, RewardSpecError, load_object
 
     def load(flag: str, spec: str) -> Any:
-        if ":" not in spec.strip(":"):
-            raise ValueError(f"{flag} {spec!r}: write 'pkg.module:name' or 'path/file.py:name'")
         try:
-            return load_spec(spec)
+            return load_object(spec, flag)
         except (RewardSpecError, RewardImportError) as e:
-            raise ValueError(f"{flag} {spec!r}: {str(e).removeprefix(f'reward spec {spec!r}: ')}") from None
+            raise ValueError(str(e)) from None
 
     tools = [load("--tools", spec) for spec in args.tools]
     named = [e.partition("=") for e in args.environment_factory]

@@ -85,6 +85,7 @@ __all__ = [
     "build_rewards",
     "check_signature",
     "completion_text",
+    "load_object",
     "resolve",
     "reward_name",
 ]
@@ -124,12 +125,17 @@ def resolve(spec: str | Callable) -> RewardFunc:
     return _materialize(_target(spec), {}, repr(spec), named=False)  # what the spec names, never called
 
 
-def load_spec(spec: str | Callable) -> Callable:
-    """What a ``"pkg.module:name"`` / ``"path/file.py:name"`` spec names, as it is: not instantiated,
-    never called. For the specs of things other than rewards written in the same forms (tools and
-    environment factories: the config's ``tools``, ``environment_factory``, the eval CLI's
-    ``--tools``); errors are :class:`RewardSpecError` / :class:`RewardImportError` naming the spec."""
-    return _target(spec)
+def load_object(spec: str, label: str) -> Any:
+    """What ``"pkg.module:name"`` or ``"path/to/file.py:name"`` names, not called: the loader of
+    reward specs, for the other plug-ins a config names the same way (tools, environment classes,
+    rollout functions). Errors are :class:`RewardSpecError` naming ``label`` (e.g. "config key
+    'tools'") and the spec."""
+    if not isinstance(spec, str) or ":" not in spec.strip(":"):
+        raise RewardSpecError(f"{label}: {spec!r} is not a spec: write 'pkg.module:name' or 'path/file.py:name'")
+    try:
+        return _target(spec)
+    except RewardSpecError as e:
+        raise type(e)(f"{label}: {str(e).replace('reward spec ', 'spec ', 1)}") from e
 
 
 def _target(spec: str | Callable) -> Callable:

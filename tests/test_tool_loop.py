@@ -293,7 +293,7 @@ def test_rollouts_that_call_nothing_wait_and_several_calls_in_a_turn_are_answere
         assert plain.messages == [{"role": "assistant", "content": text[:-len(EOS)]}]
         assert plain.tool_stats["calls"] == 0 and plain.tool_stats["turns"] == 1
     assert d.tool_stats == {"calls": 1, "failures": 1, "turns": 2, "masked_tokens": len(suffix_unknown),
-                            "per_tool": {"div": 1}}
+                            "per_tool": {"<unknown>": 1}}
 
 
 def test_the_iteration_limit_stops_the_exchange(tok):

@@ -3,9 +3,10 @@ and ``GRPOTrainer`` receives. It sits below the loop, so nothing in the loop imp
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import datasets
 import torch
@@ -13,8 +14,10 @@ from accelerate import Accelerator
 
 from rlreason.rewards.runner import RewardRunner
 from rlreason.rollout.base import RolloutEngine
-from rlreason.rollout.tools.executor import ToolExecutor
 from rlreason.run.tracking import RunLogger
+
+if TYPE_CHECKING:
+    from rlreason.rollout.tools.executor import ToolExecutor
 
 
 @dataclass
@@ -50,5 +53,6 @@ class Parts:
     # policy of the training rewards (timeouts, crash isolation, memory cap; eval/core.py)
     eval_scorer: RewardRunner | None = None
     suite_scorer: RewardRunner | None = None  # the main process's (suites run there)
-    # the run's tools and environments (TRL's tools / environment_factory), run isolated; None: no tools
+    # multi-turn rollouts (TRL's tools= / environment_factory=): runs the tools, isolated; None: no tools
     tools: ToolExecutor | None = None
+    rollout_func: Callable | None = None  # TRL's rollout_func(prompts, trainer) -> {prompt_ids, completion_ids, ...}

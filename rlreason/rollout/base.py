@@ -76,6 +76,11 @@ class Sample:
     # The rollout could not be run as asked (its environment's reset failed): its reward is unknown.
     error: str | None = None
 
+    @property
+    def model_tokens(self) -> int:
+        """The tokens the model generated (TRL's completion length with tools): tool output left out."""
+        return len(self.token_ids) if self.loss_mask is None else sum(self.loss_mask)
+
 
 @runtime_checkable
 class RolloutEngine(Protocol):

@@ -30,6 +30,7 @@ import multiprocessing
 import os
 import signal
 import time
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -323,6 +324,7 @@ class Remote:
         self.config = config
         self.handle = _Handle()
         self.request_ids = iter(range(1, 2**62))
+        self._finalizer = weakref.finalize(self, _shutdown, self.handle)  # at garbage collection too
         self._start()
 
     def request(self, op: str, payload: Any) -> Any:
@@ -351,7 +353,7 @@ class Remote:
         return None
 
     def close(self) -> None:
-        _shutdown(self.handle)
+        self._finalizer()
 
     def _start(self) -> None:
         context = multiprocessing.get_context("fork")  # the tools as they are (closures, file-loaded modules)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 from rlreason.rollout.tools._workers import LOST, Remote, WorkerConfig, failed_job, lost_call
 from rlreason.rollout.tools.environments import (
@@ -38,10 +38,9 @@ from rlreason.rollout.tools.environments import (
     normalize_factories,
     parse_call,
 )
-from rlreason.rollout.tools.results import EpisodeStart, ToolResult
+from rlreason.rollout.tools.results import EpisodeStart, Isolation, ToolResult
 from rlreason.rollout.tools.schema import tool_schemas
 
-Isolation = Literal["process", "none"]
 IN_PROCESS_WARNING = ("tool_isolation: none runs the tools in the trainer's process: a hung call is abandoned, not "
                       "stopped, and a memory blow-up or os._exit takes the run with it; for debugging only")
 

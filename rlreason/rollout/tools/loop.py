@@ -43,6 +43,7 @@ from rlreason.rollout.tools.parse import parse_assistant, tool_suffix_ids
 if TYPE_CHECKING:  # the executor's types (rlreason/rollout/tools/executor.py); the loop only reads fields
     from rlreason.rollout.tools.executor import EpisodeStart, ToolResult
 
+UNKNOWN_TOOL = "<unknown>"  # tool_stats["per_tool"]'s key for calls to a tool the rollout does not have
 CallTools = Callable[[list[tuple[int, list[dict]]]], "list[list[ToolResult]]"]
 
 
@@ -145,10 +146,13 @@ def _answer_calls(tokenizer: Any, ex: list[_Exchange], active: list[int], call_t
     going = []
     for r, answers in zip(active, results, strict=True):
         e = ex[r]
+        known = {s.get("function", s).get("name") for s in e.schemas}
         for a in answers:  # calls run count, answers dropped for length or not (as TRL counts them)
             e.calls += 1
             e.failures += int(a.failed)
-            e.per_tool[a.name] = e.per_tool.get(a.name, 0) + 1
+            # a name the model made up counts as UNKNOWN_TOOL: one metric column, not one per invention
+            name = a.name if a.name in known else UNKNOWN_TOOL
+            e.per_tool[name] = e.per_tool.get(name, 0) + 1
         tool_messages = [{"role": "tool", "name": a.name, "content": a.content} for a in answers]
         suffix = tool_suffix_ids(tokenizer, tool_messages)
         if e.room(max_tokens, max_model_len) - len(suffix) < 1:

@@ -6,6 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+# Where tools run (config key tool_isolation): worker processes, or the trainer's own process (debugging)
+Isolation = Literal["process", "none"]
+
 # Why a call failed: the tool raised; it ran past the timeout (its worker was killed); it blew the
 # memory cap; the model named no such tool; the arguments were not JSON / did not fit the signature;
 # its worker died (os._exit, a segfault); the episode's environment died with an earlier call's worker.

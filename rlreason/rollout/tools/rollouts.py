@@ -38,11 +38,9 @@ def episode_messages(messages: list[dict] | None, observation: str | None) -> li
 def episode_prompt_ids(tokenizer: Any, messages: list[dict], schemas: list[dict],
                        chat_template_kwargs: dict[str, Any] | None = None) -> list[int]:
     """A rollout's prompt ids: ``messages`` through the chat template with the tools' ``schemas``
-    and the assistant header, tokenized as ``rlreason.data.prepare`` tokenizes prompts (the
-    template already inserted the special tokens)."""
-    text = tokenizer.apply_chat_template(messages, tools=schemas or None, add_generation_prompt=True,
-                                         tokenize=False, **(chat_template_kwargs or {}))
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    and the assistant header (as the trainer renders them: rlreason/loop/tool_rollout.py)."""
+    return tokenizer.apply_chat_template(messages, tools=schemas or None, add_generation_prompt=True,
+                                         tokenize=True, return_dict=False, **(chat_template_kwargs or {}))
 
 
 @dataclass
