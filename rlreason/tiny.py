@@ -38,7 +38,7 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from rlreason.data.batching import right_pad
-from rlreason.data.tasks import arith
+from rlreason.data.tasks import arith, mul
 from rlreason.run.host import capped_threads
 
 # Threads for the build: a fixed count keeps it reproducible; RLREASON_BUILD_THREADS sets another, and
@@ -56,6 +56,54 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+# The tool-calling model's ChatML (``tiny-tools``). The model has 192 positions, so the tools are one
+# short system line, ``tools: multiply(a, b)``, not Qwen's JSON schemas (about 100 tokens each here).
+# Calls are Hermes/Qwen's ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` (the arguments
+# as ``tojson`` writes them), results a ``tool`` turn. transformers passes ``tools`` as JSON schemas
+# ({"type": "function", "function": {...}}), an assistant's ``tool_calls`` as
+# [{"type": "function", "function": {"name", "arguments": dict | str}}], and tool messages as
+# {"role": "tool", "name", "content"}.
+TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
+TOOLS_CHATML_TEMPLATE = (
+    "{%- set has_system = messages and messages[0]['role'] == 'system' -%}"
+    "{%- if tools or has_system -%}"
+    "{{- '<|im_start|>system\n' -}}"
+    "{%- if has_system -%}{{- messages[0]['content'] -}}{%- if tools -%}{{- '\n' -}}{%- endif -%}{%- endif -%}"
+    "{%- if tools -%}{{- 'tools: ' -}}"
+    "{%- for tool in tools -%}{%- set f = tool['function'] if tool['function'] is defined else tool -%}"
+    "{{- f['name'] + '(' + (f.get('parameters', {}).get('properties', {}) | list | join(', ')) + ')' -}}"
+    "{%- if not loop.last -%}{{- '; ' -}}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{- '<|im_end|>\n' -}}"
+    "{%- endif -%}"
+    "{%- for message in messages -%}"
+    "{%- if not (loop.first and has_system) -%}"
+    "{{- '<|im_start|>' + message['role'] + '\n' -}}"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}{%- endif -%}"
+    "{%- if message['tool_calls'] is defined and message['tool_calls'] -%}"
+    "{%- for call in message['tool_calls'] -%}"
+    "{%- set fn = call['function'] if call['function'] is defined else call -%}"
+    "{{- '<tool_call>{\"name\": \"' + fn['name'] + '\", \"arguments\": ' -}}"
+    "{{- fn['arguments'] if fn['arguments'] is string else fn['arguments'] | tojson -}}"
+    "{{- '}</tool_call>' -}}"
+    "{%- endfor -%}"
+    "{%- endif -%}"
+    "{{- '<|im_end|>\n' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}{%- endif -%}"
+)
+# transformers' ``parse_response`` reads an assistant turn of TOOLS_CHATML_TEMPLATE with this (saved
+# with the tokenizer, tokenizer_config.json): TRL's Qwen3 response template without the reasoning field.
+TOOLS_RESPONSE_TEMPLATE = {
+    "defaults": {"role": "assistant"},
+    "start_anchor": "<|im_start|>assistant\n",
+    "fields": {
+        "tool_calls": {"open": TOOL_CALL_OPEN, "close_pattern": r"</tool_call>\s*", "repeats": True,
+                       "content": "json", "transform": {"type": "function", "function": "{content}"}},
+        "content": {"close_pattern": r"<\|im_end\|>\s*", "content": "text"},
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -85,15 +133,32 @@ class TinySpec:
     moe_intermediate_size: int = 0
     shared_expert_intermediate_size: int = 0
     router_aux_loss_coef: float = 0.0  # the load-balancing loss's weight in the warm-up
+    # The task the warm-up teaches: "arith" (the addition chains) or "mul" (rlreason.data.tasks.mul:
+    # 3-digit products with a calculator tool, TOOLS_CHATML_TEMPLATE, a teacher that calls the tool with
+    # probability p_tool). Like the MoE fields, these stay out of an arith model's cache key.
+    task: str = "arith"
+    p_tool: float = 0.0
+    mul_difficulty: mul.MulDifficulty = field(default_factory=mul.MulDifficulty)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"TinySpec task must be one of {TASKS}, got {self.task!r}")
 
     @property
     def is_moe(self) -> bool:
         return self.num_experts > 0
 
+    @property
+    def has_tools(self) -> bool:
+        return self.task == "mul"
+
     def key(self) -> str:
         fields = dataclasses.asdict(self)
         if not self.is_moe:
             for name in MOE_FIELDS:
+                del fields[name]
+        if not self.has_tools:
+            for name in TOOL_FIELDS:
                 del fields[name]
         blob = json.dumps({"v": BUILD_VERSION, "threads": build_threads(), **fields}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
@@ -101,6 +166,8 @@ class TinySpec:
 
 MOE_FIELDS = ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "shared_expert_intermediate_size",
               "router_aux_loss_coef")
+TOOL_FIELDS = ("task", "p_tool", "mul_difficulty")
+TASKS = ("arith", "mul")
 
 # The tiny MoE: 8 routed experts of width 96, top-2, plus a shared expert of width 192, so a
 # token's active MLP width (192 + 2 x 96 = 384) equals the dense model's. Attention, vocabulary
@@ -116,8 +183,13 @@ TINY_MOE = TinySpec(name="tiny-moe", num_experts=8, num_experts_per_tok=2, moe_i
 TINY_SMALL = TinySpec(name="tiny-small", hidden_size=64, num_layers=4, num_heads=2, num_kv_heads=1,
                       intermediate_size=256)
 
+# The tool-calling model (docs/tools.md, recipes/configs/tiny_tools_cpu.yaml): the dense model's shape,
+# warmed up on 3-digit products by a teacher that calls the calculator on p_tool of the problems and
+# otherwise guesses in its head (rounding both factors), so RL has a behaviour to reinforce.
+TINY_TOOLS = TinySpec(name="tiny-tools", task="mul", p_tool=0.3, vocab_size=384, sft_steps=400)
+
 # Names ``model_name_or_path`` accepts for the embedded models.
-SPECS = {"tiny": TinySpec(), "tiny-moe": TINY_MOE, "tiny-small": TINY_SMALL}
+SPECS = {"tiny": TinySpec(), "tiny-moe": TINY_MOE, "tiny-small": TINY_SMALL, "tiny-tools": TINY_TOOLS}
 
 
 def build_threads() -> int:
@@ -130,8 +202,10 @@ def cache_root() -> Path:
     return Path(os.environ.get("RLREASON_CACHE", Path.home() / ".cache" / "rlreason"))
 
 
-def build_tokenizer(corpus: list[str], vocab_size: int):
-    """Train a byte-level BPE with Qwen2's pipeline and wrap it as a Qwen2Tokenizer."""
+def build_tokenizer(corpus: list[str], vocab_size: int, tools: bool = False):
+    """Train a byte-level BPE with Qwen2's pipeline and wrap it as a Qwen2Tokenizer. ``tools``: the
+    tool-calling model's tokenizer: TOOLS_CHATML_TEMPLATE, ``<tool_call>`` and ``</tool_call>`` as
+    added (not special: the text keeps them) tokens, as Qwen2.5 has them, and the response template."""
     from transformers import Qwen2Tokenizer
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX  # what Qwen2Tokenizer imposes
 
@@ -153,7 +227,7 @@ def build_tokenizer(corpus: list[str], vocab_size: int):
     tok.train_from_iterator(corpus, trainer=trainer)
     state = json.loads(tok.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in state["merges"]]
-    return Qwen2Tokenizer(
+    tokenizer = Qwen2Tokenizer(
         vocab=state["vocab"],
         merges=merges,
         unk_token=None,
@@ -161,9 +235,14 @@ def build_tokenizer(corpus: list[str], vocab_size: int):
         pad_token=PAD,
         additional_special_tokens=[IM_START],
         padding_side="left",
-        chat_template=CHATML_TEMPLATE,
+        chat_template=TOOLS_CHATML_TEMPLATE if tools else CHATML_TEMPLATE,
         model_max_length=1024,
     )
+    if tools:
+        # one token each, so calling or not is one sampled token (the first of the turn)
+        tokenizer.add_tokens([TOOL_CALL_OPEN, TOOL_CALL_CLOSE])
+        tokenizer.response_template = TOOLS_RESPONSE_TEMPLATE
+    return tokenizer
 
 
 def build_model(spec: TinySpec, tokenizer):
@@ -219,11 +298,91 @@ def _sft_batch(tokenizer, pairs: list[tuple[str, str]]) -> dict[str, torch.Tenso
     return {"input_ids": ids, "attention_mask": mask, "labels": right_pad(labels, -100)[0]}
 
 
+def exchange_segments(tokenizer, prompt: list[dict], completion: list[dict], tools: list[dict] | None = None,
+                      ) -> list[tuple[str, bool]]:
+    """The texts a multi-turn rollout's context grows by, in order, and whether the model wrote each:
+    the rendered prompt (False), each assistant turn's text up to and including its end-of-turn token
+    (True: the model stops at eos), and what the chat template inserts after it (False: the rest of
+    that turn's markup, the tool turns and the next assistant header). Their concatenation is the
+    template's rendering of the whole exchange, less the markup after the last eos.
+
+    Each piece is the template's own rendering (a prefix of the next one), so a warm-up trained on
+    these pieces sees what a rollout that renders tool results with the template will feed the model."""
+    def render(messages: list[dict], gen: bool) -> str:
+        return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=gen)
+
+    context = render(prompt, True)
+    out = [(context, False)]
+    for i, message in enumerate(completion):
+        if message["role"] != "assistant":
+            continue
+        if i > 0:  # the tool turns before this assistant turn, up to its header
+            full = render(prompt + completion[:i], True)
+            if not full.startswith(context):
+                raise ValueError("the chat template does not render the exchange as a growing prefix")
+            out.append((full[len(context):], False))
+            context = full
+        with_turn = render(prompt + completion[:i + 1], False)
+        end = with_turn.rfind(EOS)
+        if not with_turn.startswith(context) or end < len(context):
+            raise ValueError("the chat template does not end an assistant turn with the eos token")
+        out.append((with_turn[len(context):end + len(EOS)], True))
+        context = with_turn[:end + len(EOS)]
+    return out
+
+
+def exchange_example(tokenizer, prompt: list[dict], completion: list[dict], tools: list[dict] | None = None,
+                     ) -> tuple[list[int], list[int]]:
+    """(input ids, labels) of one multi-turn exchange: each segment of ``exchange_segments`` tokenized
+    on its own, as a rollout appends it (the model's tokens as generated, the inserted ones as the
+    template renders them); labels on the model's segments only, -100 on the prompt and tool turns."""
+    ids: list[int] = []
+    labels: list[int] = []
+    for text, by_model in exchange_segments(tokenizer, prompt, completion, tools):
+        seg = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids += seg
+        labels += seg if by_model else [-100] * len(seg)
+    return ids, labels
+
+
+def render_tools_chat(messages: list[dict], tools: list[dict] | None) -> str:
+    """``messages`` rendered by TOOLS_CHATML_TEMPLATE with no tokenizer (the tokenizer's corpus is made
+    before the tokenizer), by the function ``apply_chat_template`` renders with."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    rendered, _ = render_jinja_template([messages], tools=tools, chat_template=TOOLS_CHATML_TEMPLATE)
+    return rendered[0]
+
+
+def tool_schemas() -> list[dict]:
+    """The calculator's JSON schema, as ``apply_chat_template(tools=...)`` is given it."""
+    from transformers.utils import get_json_schema
+
+    return [get_json_schema(mul.multiply)]
+
+
+def _tools_batch(tokenizer, spec: TinySpec, problems: list[mul.Problem], rng: random.Random,
+                 tools: list[dict]) -> dict[str, torch.Tensor]:
+    """A warm-up batch of teacher exchanges (``mul.teacher``), right-padded, labels on the assistant turns."""
+    rows, labels = [], []
+    for p in problems:
+        ids, lab = exchange_example(tokenizer, mul.prompt(p), mul.teacher(p, spec.p_tool, rng), tools)
+        rows.append(ids)
+        labels.append(lab)
+    ids, mask = right_pad(rows, tokenizer.pad_token_id)
+    return {"input_ids": ids, "attention_mask": mask, "labels": right_pad(labels, -100)[0]}
+
+
 def warmup(model, tokenizer, spec: TinySpec, log=print) -> list[float]:
-    """Supervised fine-tuning on sloppy-teacher traces. Returns the loss curve."""
+    """Supervised fine-tuning on teacher traces: the sloppy adder's (arith), or the sometimes-calling
+    multiplier's (mul, multi-turn, no loss on the tool turns). Returns the loss curve."""
     rng = random.Random(f"sft:{spec.seed}")
-    problems = arith.generate(spec.sft_steps * spec.sft_batch, seed=spec.seed, split="train",
-                              difficulty=spec.difficulty, unique=False)
+    n = spec.sft_steps * spec.sft_batch
+    if spec.has_tools:
+        problems = mul.generate(n, seed=spec.seed, split="train", difficulty=spec.mul_difficulty, unique=False)
+        tools = tool_schemas()
+    else:
+        problems = arith.generate(n, seed=spec.seed, split="train", difficulty=spec.difficulty, unique=False)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.sft_lr, weight_decay=0.01, betas=(0.9, 0.98))
 
     def lr_at(step: int) -> float:  # linear warm-up then cosine to 10%
@@ -238,10 +397,14 @@ def warmup(model, tokenizer, spec: TinySpec, log=print) -> list[float]:
     t0 = time.time()
     for step in range(spec.sft_steps):
         chunk = problems[step * spec.sft_batch:(step + 1) * spec.sft_batch]
-        pairs = [(prompt_text(tokenizer, p.question), arith.trace(p, spec.slip_rate, rng)[0]) for p in chunk]
+        if spec.has_tools:
+            batch = _tools_batch(tokenizer, spec, chunk, rng, tools)
+        else:
+            pairs = [(prompt_text(tokenizer, p.question), arith.trace(p, spec.slip_rate, rng)[0]) for p in chunk]
+            batch = _sft_batch(tokenizer, pairs)
         # an MoE model adds router_aux_loss_coef x its load-balancing loss to the loss itself
         extra = {"output_router_logits": True} if spec.is_moe else {}
-        loss = model(**_sft_batch(tokenizer, pairs), **extra).loss
+        loss = model(**batch, **extra).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -255,16 +418,28 @@ def warmup(model, tokenizer, spec: TinySpec, log=print) -> list[float]:
     return losses
 
 
+def build_spec_tokenizer(spec: TinySpec):
+    """The tokenizer of ``spec``'s model, trained on teacher traces of its task (deterministic: a seeded
+    corpus of 4,000 problems drawn apart from the warm-up's)."""
+    corpus_rng = random.Random(f"corpus:{spec.seed}")
+    corpus = []
+    if spec.has_tools:  # whole rendered exchanges, so the calls' JSON gets merges
+        for p in mul.generate(4000, seed=spec.seed + 10_000, split="train", difficulty=spec.mul_difficulty,
+                              unique=False):
+            corpus.append(render_tools_chat(mul.prompt(p) + mul.teacher(p, spec.p_tool, corpus_rng), tool_schemas()))
+    else:
+        probs = arith.generate(4000, seed=spec.seed + 10_000, split="train", difficulty=spec.difficulty,
+                               unique=False)
+        for p in probs:
+            corpus.append(f"{IM_START}user\n{p.question}{EOS}\n{IM_START}assistant\n")
+            corpus.append(arith.trace(p, spec.slip_rate, corpus_rng)[0])
+    return build_tokenizer(corpus, spec.vocab_size, tools=spec.has_tools)
+
+
 def build(spec: TinySpec, out_dir: Path, log=print) -> None:
     """Build tokenizer + model + warm-up into ``out_dir`` (Hugging Face format)."""
     torch.manual_seed(spec.seed)
-    corpus_rng = random.Random(f"corpus:{spec.seed}")
-    probs = arith.generate(4000, seed=spec.seed + 10_000, split="train", difficulty=spec.difficulty, unique=False)
-    corpus = []
-    for p in probs:
-        corpus.append(f"{IM_START}user\n{p.question}{EOS}\n{IM_START}assistant\n")
-        corpus.append(arith.trace(p, spec.slip_rate, corpus_rng)[0])
-    tokenizer = build_tokenizer(corpus, spec.vocab_size)
+    tokenizer = build_spec_tokenizer(spec)
     model = build_model(spec, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"building tiny model {spec.name} ({n_params / 1e6:.2f}M params, vocab {len(tokenizer)}) -> {out_dir}")

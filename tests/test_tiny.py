@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import pytest
 import torch
 from transformers import AutoConfig, AutoTokenizer
 
@@ -68,3 +69,16 @@ def test_build_is_deterministic(tmp_path):
 def test_spec_key_changes_with_spec():
     assert tiny.TinySpec().key() != dataclasses.replace(tiny.TinySpec(), slip_rate=0.1).key()
     assert tiny.TinySpec().key() == tiny.TinySpec().key()
+
+
+def test_existing_specs_keep_their_cache_keys(monkeypatch):
+    """The tool-calling model's fields stay out of the other specs' keys (as the MoE fields stay out
+    of the dense one's), so their cached builds are still found. Keys as they were before
+    tiny-tools existed (commit be02a58), at the default 2 build threads."""
+    monkeypatch.setattr(tiny, "build_threads", lambda: 2)
+    assert {name: spec.key() for name, spec in tiny.SPECS.items() if name != "tiny-tools"} == {
+        "tiny": "35b555b97bbb", "tiny-moe": "ea31a4b303e1", "tiny-small": "8e5314fd7b47"}
+    tools = tiny.SPECS["tiny-tools"]
+    assert tools.key() != dataclasses.replace(tools, p_tool=0.2).key()
+    with pytest.raises(ValueError, match="task"):
+        tiny.TinySpec(task="division")
