@@ -412,6 +412,8 @@ class GRPOTrainer:
         for runner in (self.rewards, self.eval_scorer, self.suite_scorer):
             if runner is not None:
                 runner.close()
+        if self.tools is not None:  # the tool workers
+            self.tools.close()
 
     @property
     def stop_requested(self) -> bool:
