@@ -14,7 +14,9 @@ import sys
 import time
 
 import pytest
+from _procs import alive, assert_all_end
 
+from rlreason.rewards._pool import _children
 from rlreason.rollout.tools import ToolExecutor, ToolSchemaError, tool_schemas
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the worker processes are Linux-first")
@@ -247,6 +249,38 @@ def test_os_exit_is_a_crashed_worker_and_the_next_call_is_served() -> None:
     assert (next_one.failed, next_one.content) == (False, "9")
 
 
+def test_sys_exit_is_the_tools_failure_and_the_worker_lives_on() -> None:
+    def leave(code: int) -> str:
+        """Exit.
+
+        Args:
+            code: The exit code.
+        """
+        raise SystemExit(code)
+
+    with ToolExecutor([leave], Counter, num_workers=1) as ex:
+        ex.start([{"start": 1}])
+        worker = _children(ex.manager_pid)
+        [[left, inc]] = ex.call([(0, [call("leave", code=4), call("inc", by=1)])])
+        assert _children(ex.manager_pid) == worker  # not replaced: the episode's environment lives on
+    assert (left.reason, left.content) == ("raised", "{'error': 'called sys.exit(4)'}")
+    assert (inc.failed, inc.content) == (False, "2")
+
+
+def test_no_process_outlives_close_even_after_kills() -> None:
+    ex = ToolExecutor([hang, die], timeout_s=0.5, num_workers=2)
+    manager = ex.manager_pid
+    first = _children(manager)
+    assert manager is not None and len(first) == 2
+    ex.start([{}, {}])
+    ex.call([(0, [call("hang", seconds=60)]), (1, [call("die", code=1)])])  # both workers replaced
+    second = _children(manager)
+    assert len(second) == 2 and not set(first) & set(second)
+    assert not any(alive(p) for p in first)  # the killed ones are gone, not left as zombies or strays
+    ex.close()
+    assert_all_end([manager, *second])
+
+
 def test_unknown_tool_and_bad_arguments() -> None:
     with ToolExecutor([multiply], num_workers=1) as ex:
         ex.start([{}])
@@ -297,10 +331,11 @@ def test_stateful_environment_keeps_its_state_across_calls_and_scores_it() -> No
 def test_reset_that_raises_is_an_episode_error_and_the_run_goes_on() -> None:
     with ToolExecutor(environment_factory=BrokenReset, num_workers=1) as ex:
         starts = ex.start([{"bad": True}, {"bad": False}])
-        [[looked]] = ex.call([(1, [call("look")])])
+        [[looked], [cannot]] = ex.call([(1, [call("look")]), (0, [call("look")])])
     assert starts[0].error is not None and "no such level" in starts[0].error and starts[0].observation is None
     assert (starts[1].error, starts[1].observation) == (None, "ok")
     assert (looked.failed, looked.content) == (False, "a room")
+    assert (cannot.reason, "its reset failed" in cannot.content) == ("environment_lost", True)
 
 
 def test_hanging_method_loses_its_workers_environments_only() -> None:

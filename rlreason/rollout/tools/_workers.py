@@ -29,6 +29,7 @@ import math
 import multiprocessing
 import os
 import signal
+import threading
 import time
 import weakref
 from collections import deque
@@ -324,10 +325,19 @@ class Remote:
         self.config = config
         self.handle = _Handle()
         self.request_ids = iter(range(1, 2**62))
+        self.lock = threading.Lock()  # one request at a time on the pipe (the rollout thread, or the trainer's)
         self._finalizer = weakref.finalize(self, _shutdown, self.handle)  # at garbage collection too
         self._start()
 
     def request(self, op: str, payload: Any) -> Any:
+        with self.lock:
+            return self._request(op, payload)
+
+    @property
+    def manager_pid(self) -> int | None:
+        return self.handle.process.pid if self.handle.process is not None else None
+
+    def _request(self, op: str, payload: Any) -> Any:
         if self.handle.process is None:
             raise RuntimeError("the tool executor is closed")
         if os.getpid() != self.handle.owner_pid:

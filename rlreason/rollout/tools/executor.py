@@ -89,6 +89,11 @@ class ToolExecutor:
         as a reward source of weight 1 under that name)."""
         return list(dict.fromkeys(info.class_name for info in self.environments.values() if info.has_reward))
 
+    @property
+    def manager_pid(self) -> int | None:
+        """The manager process's pid (None in-process or closed); its children are the workers."""
+        return self._remote.manager_pid if self._remote is not None else None
+
     def schemas_for(self, name: str | None) -> list[dict]:
         """The tool schemas of a rollout in environment ``name``: the standalone tools, then its methods."""
         return [*self.schemas, *(self.environments[name].schemas if name in self.environments else ())]
@@ -122,14 +127,22 @@ class ToolExecutor:
                 raise IndexError(f"tool call for episode {episode}, but this batch has {len(self._names)} episodes "
                                  f"(call start(rows) first)")
             jobs += [((r, c), episode, tool_call) for c, tool_call in enumerate(calls)]
+        answers: dict = {}
+        for key, episode, tool_call in jobs:  # an environment whose reset failed: its methods cannot run
+            error = self._start_errors[episode]
+            if error is not None and self.factories and parse_call(tool_call)[0] not in self._episodes.tools:
+                answers[key] = lost_call(tool_call, f"its reset failed ({error})")
+        jobs = [job for job in jobs if job[0] not in answers]
         if self._remote is not None:
-            answers = self._remote.request("call", jobs)
-            if answers is None:  # the manager died: every environment with it
+            remote = self._remote.request("call", jobs) if jobs else {}
+            if remote is None:  # the manager died: every environment with it
                 self._lost = dict.fromkeys(range(len(self._names)), "the tool manager process died")
-                answers = {key: failed_job("call", (episode, tool_call), "crashed", "the tool manager process died")
-                           for key, episode, tool_call in jobs}
+                remote = {key: failed_job("call", (episode, tool_call), "crashed", "the tool manager process died")
+                          for key, episode, tool_call in jobs}
+            answers.update(remote)
         else:
-            answers = {key: self._local(episode, "call", (episode, tool_call)) for key, episode, tool_call in jobs}
+            answers.update({key: self._local(episode, "call", (episode, tool_call))
+                            for key, episode, tool_call in jobs})
         return [[answers[(r, c)] for c in range(len(calls))] for r, (_, calls) in enumerate(requests)]
 
     def rewards(self) -> tuple[dict[str, list[float | None]], dict[str, list[bool]]]:
