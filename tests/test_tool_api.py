@@ -279,3 +279,26 @@ def test_path_file_specs_resolve_and_run_in_the_workers(tmp_path: Path) -> None:
         resolve_tools(GRPOConfig(output_dir=str(tmp_path / "q"), environment_factory=f"{plugin}:Countr"))
     with pytest.raises(RewardSpecError, match=r"config key 'tools' \('missing.py:f'\).*file 'missing.py' not found"):
         resolve_tools(GRPOConfig(output_dir=str(tmp_path / "r"), tools=["missing.py:f"]))
+
+
+def test_a_yaml_run_with_tools_from_a_file(tiny_path: Path, tmp_path: Path) -> None:
+    """What recipes/grpo_math.py runs (build.grpo) from a YAML config naming its tool by file."""
+    from rlreason.build.grpo import start_trainer, train_and_finish
+
+    plugin = tmp_path / "my_tools.py"
+    plugin.write_text(PLUGIN)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({
+        "output_dir": str(tmp_path / "out"), "model_name_or_path": "tiny", "arith_train_size": 64, "eval_size": 4,
+        "final_eval_size": 0, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1,
+        "num_generations": 4, "max_completion_length": 8, "max_steps": 1, "learning_rate": 1e-5, "loss_type": "grpo",
+        "logging_steps": 1, "save_steps": 0, "eval_steps": 0, "log_completions_steps": 0, "reward_num_workers": 0,
+        "progress": False, "chat_template": TOOL_TEMPLATE, "reward_funcs": ["accuracy"],
+        "tools": [f"{plugin}:multiply"], "max_tool_calling_iterations": 2, "tool_num_workers": 1}))
+    trainer = start_trainer(from_dict(load_yaml(path)))
+    assert [s["function"]["name"] for s in trainer.tools.schemas] == ["multiply"]
+    assert trainer.tools.manager_pid is not None
+    train_and_finish(trainer)
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "tools/call_frequency" in r] == [1]  # the step ran the tool path
+    assert trainer.tools.manager_pid is None  # closed with the run
