@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 import time
 
 import pytest
-from _procs import alive, assert_all_end
+from _procs import alive, assert_all_end, wait_until
 
 from rlreason.rewards._pool import _children
 from rlreason.rollout.tools import ToolExecutor, ToolSchemaError, tool_schemas
@@ -279,6 +280,22 @@ def test_no_process_outlives_close_even_after_kills() -> None:
     assert not any(alive(p) for p in first)  # the killed ones are gone, not left as zombies or strays
     ex.close()
     assert_all_end([manager, *second])
+
+
+def test_a_killed_manager_is_replaced_and_its_environments_count_as_lost() -> None:
+    with ToolExecutor([multiply], Counter, num_workers=1) as ex:
+        ex.start([{"start": 1}])
+        manager = ex.manager_pid
+        os.kill(manager, signal.SIGKILL)  # the OOM killer, an operator's kill, between two requests
+        assert wait_until(lambda: not alive(manager))
+        [[inc, product]] = ex.call([(0, [call("inc", by=1), call("multiply", a=2, b=3)])])
+        values, failed = ex.rewards()
+        ex.start([{"start": 5}])  # the next batch runs on the new manager
+        [[again]] = ex.call([(0, [call("inc", by=1)])])
+    assert (inc.reason, product.content) == ("environment_lost", "6")
+    assert values == {"Counter": [None]} and failed == {"Counter": [True]}
+    assert again.content == "6"
+    assert ex.manager_pid != manager
 
 
 def test_unknown_tool_and_bad_arguments() -> None:
