@@ -23,6 +23,7 @@ from rlreason.build.tools import NO_REWARD_SOURCE, resolve_tools
 from rlreason.config import ConfigError, from_dict, load_yaml, parse_overrides
 from rlreason.rewards import RewardSpecError
 from rlreason.rollout.tools import ToolExecutor
+from rlreason.run import lock
 
 # A ChatML template that renders tools (Hermes / Qwen2.5's format, compact): the tiny model's own
 # renders no tool calls, and a run with tools is refused for such a template (check_tool_template).
@@ -159,6 +160,21 @@ def test_environment_owning_the_data_needs_max_steps(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ a run
+
+
+def test_a_dataset_that_only_routes_environments(tiny_path: Path, tmp_path: Path) -> None:
+    """TRL's multi-environment example: the dataset has an 'environment' column and no prompt."""
+    routing = datasets.Dataset.from_dict({"environment": ["room", "scored"] * 2})
+    trainer = GRPOTrainer(model="tiny", args=small(tmp_path), train_dataset=routing,
+                          environment_factory={"room": Unscored, "scored": Scored})
+    try:
+        assert trainer.train_dataset["prompt"][0] == [{"role": "user", "content": ""}]
+        starts = trainer.trainer.tools.start([{"environment": "room"}, {"environment": "scored"}])
+        assert [[s["function"]["name"] for s in st.schemas] for st in starts] == [["look"], ["multiply"]]
+        assert trainer.trainer.tools.reward_names == ["Scored"]
+    finally:
+        trainer.trainer.close()
+        lock.release(str(tmp_path / "out"))
 
 
 def test_environment_owning_data_and_reward_trains(tiny_path: Path, tmp_path: Path) -> None:
