@@ -99,6 +99,22 @@ def call(name: str, **arguments: object) -> dict:
     return {"type": "function", "function": {"name": name, "arguments": arguments}}
 
 
+def test_in_process_mode_drops_an_environment_whose_call_hung() -> None:
+    Built.made = 0
+    with pytest.warns(UserWarning, match="tool_isolation: none"):
+        ex = ToolExecutor(environment_factory=SlowBuilt, timeout_s=0.3, isolation="none")
+    ex.start([{}, {}])
+    [[hung], [fine]] = ex.call([(0, [call("wait", seconds=2)]), (1, [call("serial_number")])])
+    [[lost]] = ex.call([(0, [call("serial_number")])])
+    values, failed = ex.rewards()
+    ex.start([{}, {}])  # the abandoned instance (it may still be changing) is never handed out again
+    serials = {r[0].content for r in ex.call([(0, [call("serial_number")]), (1, [call("serial_number")])])}
+    assert (hung.reason, lost.reason) == ("timeout", "environment_lost")
+    assert failed == {"SlowBuilt": [True, False]} and values["SlowBuilt"][1] == 1.0
+    # the probe built 1 (episode 0 took it and hung), episode 1 built 2; the next batch gets 2 back and builds 3
+    assert fine.content == "2" and serials == {"2", "3"} and Built.made == 3
+
+
 # ------------------------------------------------------------------ environments
 
 
@@ -177,6 +193,20 @@ class Built:
     def serial_number(self) -> int:
         """The instance's serial number."""
         return self.serial
+
+
+class SlowBuilt(Built):
+    def wait(self, seconds: float) -> str:
+        """Wait.
+
+        Args:
+            seconds: How long.
+        """
+        time.sleep(seconds)
+        return "done"
+
+    def get_reward(self) -> float:
+        return 1.0
 
 
 class Echo:
