@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 import time
 
 import pytest
-from _procs import alive, assert_all_end
+from _procs import alive, assert_all_end, wait_until
 
 from rlreason.rewards._pool import _children
 from rlreason.rollout.tools import ToolExecutor, ToolSchemaError, tool_schemas
@@ -98,6 +99,22 @@ def call(name: str, **arguments: object) -> dict:
     return {"type": "function", "function": {"name": name, "arguments": arguments}}
 
 
+def test_in_process_mode_drops_an_environment_whose_call_hung() -> None:
+    Built.made = 0
+    with pytest.warns(UserWarning, match="tool_isolation: none"):
+        ex = ToolExecutor(environment_factory=SlowBuilt, timeout_s=0.3, isolation="none")
+    ex.start([{}, {}])
+    [[hung], [fine]] = ex.call([(0, [call("wait", seconds=2)]), (1, [call("serial_number")])])
+    [[lost]] = ex.call([(0, [call("serial_number")])])
+    values, failed = ex.rewards()
+    ex.start([{}, {}])  # the abandoned instance (it may still be changing) is never handed out again
+    serials = {r[0].content for r in ex.call([(0, [call("serial_number")]), (1, [call("serial_number")])])}
+    assert (hung.reason, lost.reason) == ("timeout", "environment_lost")
+    assert failed == {"SlowBuilt": [True, False]} and values["SlowBuilt"][1] == 1.0
+    # the probe built 1 (episode 0 took it and hung), episode 1 built 2; the next batch gets 2 back and builds 3
+    assert fine.content == "2" and serials == {"2", "3"} and Built.made == 3
+
+
 # ------------------------------------------------------------------ environments
 
 
@@ -176,6 +193,20 @@ class Built:
     def serial_number(self) -> int:
         """The instance's serial number."""
         return self.serial
+
+
+class SlowBuilt(Built):
+    def wait(self, seconds: float) -> str:
+        """Wait.
+
+        Args:
+            seconds: How long.
+        """
+        time.sleep(seconds)
+        return "done"
+
+    def get_reward(self) -> float:
+        return 1.0
 
 
 class Echo:
@@ -279,6 +310,22 @@ def test_no_process_outlives_close_even_after_kills() -> None:
     assert not any(alive(p) for p in first)  # the killed ones are gone, not left as zombies or strays
     ex.close()
     assert_all_end([manager, *second])
+
+
+def test_a_killed_manager_is_replaced_and_its_environments_count_as_lost() -> None:
+    with ToolExecutor([multiply], Counter, num_workers=1) as ex:
+        ex.start([{"start": 1}])
+        manager = ex.manager_pid
+        os.kill(manager, signal.SIGKILL)  # the OOM killer, an operator's kill, between two requests
+        assert wait_until(lambda: not alive(manager))
+        [[inc, product]] = ex.call([(0, [call("inc", by=1), call("multiply", a=2, b=3)])])
+        values, failed = ex.rewards()
+        ex.start([{"start": 5}])  # the next batch runs on the new manager
+        [[again]] = ex.call([(0, [call("inc", by=1)])])
+    assert (inc.reason, product.content) == ("environment_lost", "6")
+    assert values == {"Counter": [None]} and failed == {"Counter": [True]}
+    assert again.content == "6"
+    assert ex.manager_pid != manager
 
 
 def test_unknown_tool_and_bad_arguments() -> None:

@@ -79,7 +79,8 @@ class ToolExecutor:
         self._batch = 0
         self._names: list[str | None] = []  # each episode's environment, this batch
         self._start_errors: list[str | None] = []
-        self._lost: dict[int, str] = {}  # in-process: episodes whose environment was dropped
+        self._lost: dict[int, str] = {}  # episodes whose environment is gone (in-process: dropped; a manager died)
+        self._generation = self._remote.generation if self._remote is not None else 0
 
     # ------------------------------------------------------------------ the API
 
@@ -112,6 +113,7 @@ class ToolExecutor:
             answers = self._remote.request("start", (self._batch, jobs))
             if answers is None:
                 answers = {i: (None, "reset(): the tool manager process died") for i, _, _ in jobs}
+            self._generation = self._remote.generation
         else:
             answers = {i: self._local(i, "start", (self._batch, i, row, name)) for i, row, name in jobs}
         self._start_errors = [answers[i][1] for i in range(len(rows))]
@@ -127,11 +129,13 @@ class ToolExecutor:
                 raise IndexError(f"tool call for episode {episode}, but this batch has {len(self._names)} episodes "
                                  f"(call start(rows) first)")
             jobs += [((r, c), episode, tool_call) for c, tool_call in enumerate(calls)]
+        self._check_manager()
         answers: dict = {}
-        for key, episode, tool_call in jobs:  # an environment whose reset failed: its methods cannot run
-            error = self._start_errors[episode]
-            if error is not None and self.factories and parse_call(tool_call)[0] not in self._episodes.tools:
-                answers[key] = lost_call(tool_call, f"its reset failed ({error})")
+        for key, episode, tool_call in jobs:  # an environment whose reset failed, or lost: its methods cannot run
+            why = f"its reset failed ({self._start_errors[episode]})" if self._start_errors[episode] is not None \
+                else self._lost.get(episode)
+            if why is not None and self.factories and parse_call(tool_call)[0] not in self._episodes.tools:
+                answers[key] = lost_call(tool_call, why)
         jobs = [job for job in jobs if job[0] not in answers]
         if self._remote is not None:
             remote = self._remote.request("call", jobs) if jobs else {}
@@ -155,7 +159,8 @@ class ToolExecutor:
         failed = {name: [False] * n for name in self.reward_names}
         wanted = [i for i, name in enumerate(self._names)
                   if name in self.environments and self.environments[name].has_reward]
-        asked = [i for i in wanted if self._start_errors[i] is None]
+        self._check_manager()
+        asked = [i for i in wanted if self._start_errors[i] is None and i not in self._lost]
         if self._remote is not None:
             answers = self._remote.request("reward", asked) if asked else {}
             if answers is None:
@@ -164,7 +169,7 @@ class ToolExecutor:
             answers = {i: self._local(i, "reward", (i,)) for i in asked}
         for i in wanted:
             cls = self.environments[self._names[i]].class_name
-            value, error = answers.get(i, (None, self._start_errors[i]))
+            value, error = answers.get(i, (None, self._start_errors[i] or LOST.format(why=self._lost.get(i))))
             values[cls][i] = value
             failed[cls][i] = error is not None
         return values, failed
@@ -180,6 +185,14 @@ class ToolExecutor:
         self.close()
 
     # ------------------------------------------------------------------ helpers
+
+    def _check_manager(self) -> None:
+        """A manager restarted since this batch's resets (it died) holds none of its environments."""
+        if self._remote is None:
+            return
+        self._remote.ensure_running()
+        if self.factories and self._remote.generation != self._generation:
+            self._lost = dict.fromkeys(range(len(self._names)), "the tool manager process died")
 
     def _probe(self) -> dict[str | None, EnvironmentInfo]:
         if self._remote is not None:
