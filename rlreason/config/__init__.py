@@ -600,7 +600,9 @@ class GRPOConfig:
         need(self.max_completion_length >= 1, "max_completion_length", "must be >= 1")
         need(self.temperature > 0, "temperature", "training samples need temperature > 0")
         need(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
-        need(len(self.reward_funcs) > 0, "reward_funcs", "name at least one reward function")
+        # with an environment, its get_reward may be the only reward source (TRL's rule; checked when it is built)
+        need(len(self.reward_funcs) > 0 or self.environment_factory is not None, "reward_funcs",
+             "name at least one reward function (or an environment_factory whose environment defines get_reward)")
         self._validate_ranges(need)
         self._validate_trl_generation(need)
         self._validate_loss_options(need)

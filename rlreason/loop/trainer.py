@@ -409,13 +409,15 @@ class GRPOTrainer:
             self.close()
 
     def close(self) -> None:
-        """Stop the reward workers (also done at garbage collection and interpreter exit) and drop the
-        rollout in flight."""
+        """Stop the reward and tool workers (also done at garbage collection and interpreter exit) and
+        drop the rollout in flight."""
         if self.overlap is not None:
             self.overlap.close()
         for runner in (self.rewards, self.eval_scorer, self.suite_scorer):
             if runner is not None:
                 runner.close()
+        if self.tools is not None:  # the tool workers, and the environments they hold
+            self.tools.close()
 
     @property
     def stop_requested(self) -> bool:
