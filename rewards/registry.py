@@ -85,6 +85,7 @@ __all__ = [
     "build_rewards",
     "check_signature",
     "completion_text",
+    "load_object",
     "resolve",
     "reward_name",
 ]
@@ -122,6 +123,19 @@ def resolve(spec: str | Callable) -> RewardFunc:
     if callable(spec) and not inspect.isclass(spec):
         return spec
     return _materialize(_target(spec), {}, repr(spec), named=False)  # what the spec names, never called
+
+
+def load_object(spec: str, label: str) -> Any:
+    """What ``"pkg.module:name"`` or ``"path/to/file.py:name"`` names, not called: the loader of
+    reward specs, for the other plug-ins a config names the same way (tools, environment classes,
+    rollout functions). Errors are :class:`RewardSpecError` naming ``label`` (e.g. "config key
+    'tools'") and the spec."""
+    if not isinstance(spec, str) or ":" not in spec.strip(":"):
+        raise RewardSpecError(f"{label}: {spec!r} is not a spec: write 'pkg.module:name' or 'path/file.py:name'")
+    try:
+        return _target(spec)
+    except RewardSpecError as e:
+        raise type(e)(f"{label}: {str(e).replace('reward spec ', 'spec ', 1)}") from e
 
 
 def _target(spec: str | Callable) -> Callable:

@@ -43,6 +43,7 @@ process, 4.8 ms in the pool.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import math
 import sys
@@ -83,6 +84,10 @@ class RewardOutput:
         """[N] bool: the total is a score, i.e. some term applies and no function failed on it. A
         failed term leaves the total unknown: 0 in its place trained a correct answer as a wrong one."""
         return self.applicable if self.failed is None else self.applicable & ~self.failed
+
+    def failed_mask(self) -> torch.Tensor:
+        """[N] bool: ``failed``, all False where it is None."""
+        return torch.zeros(len(self.total), dtype=torch.bool) if self.failed is None else self.failed.clone()
 
     @property
     def applicable(self) -> torch.Tensor:
@@ -125,25 +130,63 @@ MESSAGES_COLUMN = "prompt_messages"
 
 
 def reward_inputs(rows: list[dict], texts: list[str], token_ids: list[list[int]], n: int, prompt_column: str,
-                  skip: Sequence[str] = (), plain_text: bool = False) -> tuple[list, list, dict[str, list]]:
+                  skip: Sequence[str] = (), plain_text: bool = False,
+                  exchanges: list[list[dict]] | None = None,
+                  prompt_messages: list[list[dict]] | None = None) -> tuple[list, list, dict[str, list]]:
     """The arguments of a reward call for ``n`` completions per row (rows' completions adjacent):
     (prompts, completions, columns), as TRL passes them. A prompt that went through a chat
     template is its message list (the rows' :data:`MESSAGES_COLUMN`, system message included)
     and a completion then ``[{"role": "assistant", "content": text}]``, as for a conversational
     dataset; otherwise (or with ``plain_text``) prompts and completions are strings. Every row
     column except the prompt, :data:`MESSAGES_COLUMN` and ``skip`` arrives once per completion,
-    plus ``completion_ids`` (length rewards count tokens)."""
+    plus ``completion_ids`` (length rewards count tokens).
+
+    Multi-turn rollouts (tools): ``exchanges`` [one per completion] are the conversational
+    completions (the assistant and tool turns, TRL's) and ``prompt_messages`` [one per completion]
+    the prompts each rollout was rendered from (an environment's reset observation appended); with
+    ``plain_text`` both become text, the turns one per line."""
     use_messages = not plain_text and bool(rows) and rows[0].get(MESSAGES_COLUMN) is not None
     source = MESSAGES_COLUMN if use_messages else prompt_column
-    prompts = [r[source] for r in rows for _ in range(n)]
+    prompts = list(prompt_messages) if prompt_messages is not None else [r[source] for r in rows for _ in range(n)]
     if plain_text and prompts and isinstance(prompts[0], list):
         prompts = [_messages_text(p) for p in prompts]
     conversational = bool(prompts) and isinstance(prompts[0], list)
-    completions = [[{"role": "assistant", "content": t}] if conversational else t for t in texts]
+    if exchanges is not None:
+        completions = [list(m) if conversational else _messages_text(m) for m in exchanges]
+    else:
+        completions = [[{"role": "assistant", "content": t}] if conversational else t for t in texts]
     leave_out = {prompt_column, MESSAGES_COLUMN, *skip}
     columns = {k: [r[k] for r in rows for _ in range(n)] for k in rows[0] if k not in leave_out} if rows else {}
     columns["completion_ids"] = token_ids
     return prompts, completions, columns
+
+
+def add_reward_columns(out: RewardOutput, values: dict[str, list[float | None]],
+                       failed: dict[str, list[bool]]) -> RewardOutput:
+    """``out`` with reward sources scored outside the runner (an environment's ``get_reward``, TRL's
+    rule: weight 1, named after the environment class), ``values[name]`` [N] each: a ``per_func``
+    column (NaN where None or failed), added to the total with weight 1. A failed value, or one
+    that is not a finite number, counts as the source's failure and leaves the total unknown, as a
+    failing reward function's does."""
+    n = len(out.total)
+    total, any_failed = out.total.clone(), out.failed_mask()
+    per_func, failures, errors = dict(out.per_func), dict(out.failures), dict(out.errors)
+    for name, vals in values.items():
+        if name in per_func:
+            raise ValueError(f"reward source {name!r} is named twice (a reward function and an environment)")
+        if len(vals) != n or len(failed.get(name, [False] * n)) != n:
+            raise ValueError(f"reward source {name!r}: {len(vals)} values for {n} completions")
+        bad = [bool(f) or (v is not None and not (isinstance(v, int | float) and math.isfinite(v)))
+               for v, f in zip(vals, failed.get(name, [False] * n), strict=True)]
+        scores = torch.tensor([math.nan if b or v is None else float(v) for v, b in zip(vals, bad, strict=True)],
+                              dtype=torch.float64)
+        per_func[name], failures[name] = scores, sum(bad)
+        total += torch.where(torch.isnan(scores), 0.0, scores)
+        any_failed |= torch.tensor(bad, dtype=torch.bool)
+        if any(bad):
+            errors[name] = "get_reward failed (raised, hung or its worker died) or returned no finite number"
+    return dataclasses.replace(out, total=total, per_func=per_func, failures=failures, errors=errors,
+                               failed=any_failed)
 
 
 def _messages_text(messages: list[dict]) -> str:

@@ -9,10 +9,11 @@ The constructor has TRL 1.16's signature and builds the run as ``recipes/grpo_ma
 through the same code (rlreason/build/grpo.py: ``build``, then the loop's trainer; ``train``:
 ``train_and_finish``), with the caller's objects in place of what the config names: the model
 (an id, a path, "tiny", or a model object, PEFT included), the tokenizer (``processing_class``),
-a peft config, the datasets and the rewards (one or a list: functions, reward names or
-``"pkg.module:fn"`` specs, sequence-classification reward models as objects or paths). What it
-cannot honour yet it refuses, saying why: ``tools`` / ``rollout_func`` / ``environment_factory``
-(issue 32), ``optimizers`` and ``quantization_config`` (config keys do it).
+a peft config, the datasets, the rewards (one or a list: functions, reward names or
+``"pkg.module:fn"`` specs, sequence-classification reward models as objects or paths), and the
+tools (``tools``, ``environment_factory``, ``rollout_func``: TRL's rules, rlreason/build/tools.py;
+docs/tools.md). What it cannot honour it refuses, saying why: ``optimizers`` and
+``quantization_config`` (config keys do it).
 """
 
 from __future__ import annotations
@@ -30,13 +31,11 @@ from transformers.trainer_utils import TrainOutput
 
 from rlreason.build.data import GIVEN_DATASET
 from rlreason.build.grpo import Given, start_trainer, train_and_finish
+from rlreason.build.tools import NO_REWARD_SOURCE, environment_prompts, spec_of
 from rlreason.config import GRPOConfig
 from rlreason.rewards.model import is_reward_model, model_name
 from rlreason.rewards.registry import reward_name
 from rlreason.run import stopping
-
-TOOLS_ISSUE = ("not supported yet: tools and environments (TRL's tools, environment_factory, rollout_func) "
-               "are being built in issue 32; train without them for now")
 
 
 class GRPOTrainer:
@@ -68,10 +67,6 @@ class GRPOTrainer:
         rollout_func: Callable | None = None,
         environment_factory: Any = None,
     ) -> None:
-        for name, value in (("tools", tools), ("rollout_func", rollout_func),
-                            ("environment_factory", environment_factory)):
-            if value is not None:
-                raise NotImplementedError(f"GRPOTrainer({name}=...): {TOOLS_ISSUE}")
         if any(o is not None for o in optimizers):
             raise NotImplementedError("GRPOTrainer(optimizers=...): not supported; the optimizer and schedule come "
                                       "from GRPOConfig (optim, learning_rate, weight_decay, adam_beta1/2, "
@@ -80,9 +75,8 @@ class GRPOTrainer:
             raise NotImplementedError("GRPOTrainer(quantization_config=...): not supported; set GRPOConfig("
                                       "load_in_4bit=True, use_peft=True) for QLoRA")
         funcs = _as_list(reward_funcs)
-        if not funcs:
-            raise ValueError("GRPOTrainer: reward_funcs is empty; give a reward function, a reward name or a reward "
-                             "model (or a list of them)")
+        if not funcs and environment_factory is None:  # with one, its get_reward may be the reward (checked at build)
+            raise ValueError(NO_REWARD_SOURCE)
         tokenizers = _as_list(reward_processing_classes)
         if tokenizers and len(tokenizers) != len(funcs):
             raise ValueError(f"GRPOTrainer: {len(tokenizers)} reward_processing_classes for {len(funcs)} reward_funcs; "
@@ -99,15 +93,30 @@ class GRPOTrainer:
             "model_name_or_path": _model_id(model),
             "reward_funcs": [_entry_name(f) for f in funcs],  # what config.yaml records; the objects are used
         }
+        if train_dataset is None and environment_factory is not None:  # TRL: the environment owns the data
+            if isinstance(environment_factory, dict):
+                raise ValueError("GRPOTrainer: a dict environment_factory (several environments) needs a train_dataset "
+                                 "with an 'environment' column to route each example to its environment; give a "
+                                 "dataset, or a single environment factory")
+            train_dataset = environment_prompts(args)
         if train_dataset is not None:
             changes["dataset_name"] = GIVEN_DATASET
+        if tools:  # config.yaml records where they came from; the objects are used
+            changes["tools"] = [spec_of(t) for t in tools]
+        if environment_factory is not None:
+            changes["environment_factory"] = {k: spec_of(v) for k, v in environment_factory.items()} \
+                if isinstance(environment_factory, dict) else spec_of(environment_factory)
+        if rollout_func is not None:
+            changes["rollout_func"] = spec_of(rollout_func)
         if peft_config is not None:
             changes["use_peft"] = True
         self.args = dataclasses.replace(args, **changes)
         self.given = Given(model=model if isinstance(model, torch.nn.Module) else None, tokenizer=processing_class,
                            peft_config=peft_config, train_dataset=_in_memory(train_dataset, "train_dataset"),
                            eval_dataset=_eval_dataset(eval_dataset), reward_funcs=funcs,
-                           reward_processing_classes=tokenizers or None)
+                           reward_processing_classes=tokenizers or None,
+                           tools=list(tools) if tools is not None else None,
+                           environment_factory=environment_factory, rollout_func=rollout_func)
         # a TrainerCallback class is instantiated, as transformers' Trainer does
         self.callbacks = [cb() if isinstance(cb, type) else cb for cb in callbacks or []]
         for cb in self.callbacks:

@@ -19,11 +19,12 @@ from typing import Any
 import datasets
 import torch
 
-from rlreason.build.data import dataset_rewards, load_data
+from rlreason.build.data import dataset_rewards, dataset_source, load_data
 from rlreason.build.engine import separate_engine
 from rlreason.build.models import load_policy, load_teacher
 from rlreason.build.run_dir import start
 from rlreason.build.scoring import heldout_rewards
+from rlreason.build.tools import check_reward_source, check_tool_data, resolve_tools, tool_executor
 from rlreason.build.training import assemble
 from rlreason.config import GRPOConfig
 from rlreason.loop.parts import Parts
@@ -43,26 +44,41 @@ class Given:
     eval_dataset: datasets.Dataset | None = None  # its rows are the held-out problems
     reward_funcs: list | None = None  # functions, reward names / specs, reward models (objects or paths)
     reward_processing_classes: list | None = None  # the reward models' tokenizers (None entries: their own)
+    tools: list | None = None  # TRL's tools: functions the model may call
+    environment_factory: Any = None  # TRL's: a callable returning an environment, or a dict of them
+    rollout_func: Any = None  # TRL's rollout_func(prompts, trainer)
 
 
 def build(cfg: GRPOConfig, given: Given | None = None) -> Parts:
     """Every part of the run, in the order that makes a wrong setting fail before the expensive steps."""
     g = given or Given()
     acc, run_dir = start(cfg, g.reward_funcs)  # accelerator; output folder checked and locked; reward names resolved
+    tools = resolve_tools(cfg, g.tools, g.environment_factory, g.rollout_func)  # tool specs loaded, before the model
     model, tokenizer = load_policy(cfg, acc, g.model, g.tokenizer, g.peft_config)
     teacher, _ = load_teacher(cfg, acc, tokenizer)  # before the data: a tokenizer mismatch fails first
     # the prompts rendered and checked, the golds of the built-in accuracy reward too; the held-out rows
     train, eval_rows = load_data(cfg, tokenizer, g.train_dataset, g.eval_dataset, g.reward_funcs)
-    # checked against the dataset's columns; reward models loaded and tried on the first row
-    reward_funcs, reward_weights = dataset_rewards(cfg, train, g.reward_funcs, g.reward_processing_classes)
+    check_tool_data(cfg, tools, train, tokenizer, dataset_source(cfg))  # conversational; the template renders tools
+    # checked against the dataset's columns; reward models loaded and tried on the first row (none: an
+    # environment's get_reward may be the only reward source, checked when the tool executor is built)
+    entries = cfg.reward_funcs if g.reward_funcs is None else g.reward_funcs
+    reward_funcs, reward_weights = dataset_rewards(cfg, train, g.reward_funcs, g.reward_processing_classes) \
+        if entries else ([], [])
     eval_accuracy, eval_format = heldout_rewards(cfg, reward_funcs)  # the built-in accuracy, or your task's reward
-    engine = separate_engine(cfg, model, tokenizer, acc)  # vLLM, before the policy is prepared; else None
+    # its manager process forks before vLLM starts threads; its probe builds one of each environment, in a worker
+    executor = tool_executor(cfg, tools)
+    engine = None
     try:
+        check_reward_source(reward_funcs, executor)  # reward_funcs, or an environment's get_reward (TRL's rule)
+        engine = separate_engine(cfg, model, tokenizer, acc)  # vLLM, before the policy is prepared; else None
         return assemble(cfg, model, tokenizer, train, reward_funcs, reward_weights, eval_rows=eval_rows,
                         eval_accuracy_fn=eval_accuracy, eval_format_fn=eval_format, engine=engine,
-                        accelerator=acc, teacher=teacher, run_dir=run_dir)
-    except BaseException:  # a stop signal or an error: the engine's processes and memory go with it
+                        accelerator=acc, teacher=teacher, run_dir=run_dir, tools=executor,
+                        rollout_func=tools.rollout_func)
+    except BaseException:  # a stop signal or an error: the engine's and executor's processes go with it
         factory.close(engine)
+        if executor is not None:
+            executor.close()
         raise
 
 

@@ -43,7 +43,8 @@ def start(cfg: GRPOConfig, rewards: list | None = None) -> tuple[Accelerator, Ru
     run_dir = open_run_dir(cfg, acc)
     entries = cfg.reward_funcs if rewards is None else rewards
     # a bad reward name fails now, before any model loads
-    build_rewards([_unloaded if _is_model_entry(e) else e for e in entries], cfg.reward_weights)
+    if entries:  # none: an environment's get_reward may be the reward (build.tools.check_reward_source)
+        build_rewards([_unloaded if _is_model_entry(e) else e for e in entries], cfg.reward_weights)
     if cfg.eval_reward_funcs:  # the held-out scorer's too
         build_rewards(cfg.eval_reward_funcs)
     check_eval_settings(cfg)

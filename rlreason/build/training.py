@@ -30,6 +30,7 @@ from rlreason.loop.parts import Parts, RunDir
 from rlreason.rewards.model import RewardModel
 from rlreason.rollout import factory
 from rlreason.rollout.base import RolloutEngine
+from rlreason.rollout.tools import ToolExecutor
 from rlreason.run.tracking import RunLogger
 
 # A clip range at or above this on a sequence-level (GSPO) ratio gets a warning: the ratio is
@@ -45,10 +46,13 @@ def assemble(cfg: GRPOConfig, model: torch.nn.Module, tokenizer: Any, train: dat
              eval_rows: list[dict] | None = None, eval_accuracy_fn: Callable | None = None,
              eval_format_fn: Callable | None = None, engine: RolloutEngine | None = None,
              accelerator: Accelerator | None = None, teacher: torch.nn.Module | None = None,
-             run_dir: RunDir | None = None, keep_dropout: bool = False) -> Parts:
+             run_dir: RunDir | None = None, keep_dropout: bool = False, tools: ToolExecutor | None = None,
+             rollout_func: Callable | None = None) -> Parts:
     """The training-side parts around a loaded policy and prepared data: reward runner, reference,
     optimizer, scheduler (prepared with the policy), default engine, logger. ``keep_dropout``:
-    for an objective that compares no passes (SFT's NLL), where dropout stays a regulariser."""
+    for an objective that compares no passes (SFT's NLL), where dropout stays a regulariser.
+    ``tools`` / ``rollout_func``: the run's tool executor and TRL's rollout function
+    (rlreason/build/tools.py), passed on in ``Parts``."""
     optim_cls = optimizer_class(cfg.optim)  # first: a missing bitsandbytes fails before any work
     acc = accelerator or Accelerator(log_with=cfg.report_to or None, project_dir=cfg.output_dir)
     set_seed(cfg.seed, device_specific=True)
@@ -124,7 +128,7 @@ def assemble(cfg: GRPOConfig, model: torch.nn.Module, tokenizer: Any, train: dat
     return Parts(acc=acc, run_dir=run_dir, model=model, optimizer=optimizer, scheduler=scheduler, tokenizer=tokenizer,
                  train=train, rewards=rewards, engine=engine, logger=logger, ref_model=ref_model,
                  ref_is_base_adapter=ref_is_base_adapter, teacher=teacher, eval_rows=eval_rows or [],
-                 eval_scorer=eval_scorer, suite_scorer=suite_scorer)
+                 eval_scorer=eval_scorer, suite_scorer=suite_scorer, tools=tools, rollout_func=rollout_func)
 
 
 def setting_warnings(cfg: GRPOConfig, separate_engine: bool) -> list[str]:

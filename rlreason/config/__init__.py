@@ -40,6 +40,7 @@ from rlreason.algorithms.rewards_aggregation import MultiObjectiveAggregation
 from rlreason.config.trl import RENAMED, migrate
 from rlreason.data.tasks import EMBEDDED_TASKS
 from rlreason.rollout.base import WeightBackend
+from rlreason.rollout.tools.results import Isolation as ToolIsolation
 
 # Keys with a fixed set of values are annotated with a Literal type, defined once (the algorithm's
 # choices in rlreason.algorithms, the weight-transfer backends in rlreason.rollout.base, the rest
@@ -188,6 +189,25 @@ class GRPOConfig:
     # than this fraction of the rows' golds are blank, unparseable or neither text nor a number, the
     # run is refused (naming the rows); fewer are named in a warning (they score None: no signal).
     max_bad_gold_fraction: float = 0.01
+
+    # --- tools and environments (TRL 1.16's tools / environment_factory / rollout_func; docs/tools.md) ---
+    # tool rounds per rollout (TRL's); None = until the model calls no tool or max_completion_length is reached
+    max_tool_calling_iterations: int | None = None
+    # functions the model may call, "pkg.module:fn" or "path/file.py:fn" (type hints and a Google-style docstring)
+    tools: list[str] = field(default_factory=list)
+    # "pkg.module:Class" / "path/file.py:Class" (reset(**row), public methods = tools, optional get_reward),
+    # or {name: spec}, picked per row by its 'environment' column
+    environment_factory: str | dict[str, str] | None = None
+    rollout_func: str | None = None  # "pkg.module:fn": TRL's rollout_func(prompts, trainer), full control
+    # every tool call runs in one of tool_num_workers worker processes (an episode's environment in one
+    # of them throughout), killed after tool_timeout_s, its address space capped at tool_memory_mb above
+    # its start (None = no cap), its output cut at tool_max_output_chars; tool_isolation: none runs them in
+    # the trainer's process instead (debugging: no kill, no cap)
+    tool_timeout_s: float = 10.0
+    tool_memory_mb: int | None = 1024
+    tool_max_output_chars: int = 4096
+    tool_num_workers: int = 2
+    tool_isolation: ToolIsolation = "process"
 
     # --- generation ---
     num_generations: int = 8
@@ -545,6 +565,7 @@ class GRPOConfig:
         need(self.max_staleness >= 1, "max_staleness", f"must be >= 1, got {self.max_staleness}")
         if self.async_rollouts:
             self._validate_async(need)
+        self._validate_tools(need)
         need(self.reward_num_workers >= 0, "reward_num_workers", f"must be >= 0, got {self.reward_num_workers}")
         need(self.reward_timeout_s > 0, "reward_timeout_s", f"must be > 0, got {self.reward_timeout_s}")
         need(self.pack_max_row_tokens is None or self.pack_max_row_tokens >= 1, "pack_max_row_tokens",
@@ -584,7 +605,9 @@ class GRPOConfig:
         need(self.max_completion_length >= 1, "max_completion_length", "must be >= 1")
         need(self.temperature > 0, "temperature", "training samples need temperature > 0")
         need(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
-        need(len(self.reward_funcs) > 0, "reward_funcs", "name at least one reward function")
+        # with an environment, its get_reward may be the only reward source (TRL's rule; checked when it is built)
+        need(len(self.reward_funcs) > 0 or self.environment_factory is not None, "reward_funcs",
+             "name at least one reward function (or an environment_factory whose environment defines get_reward)")
         self._validate_ranges(need)
         self._validate_trl_generation(need)
         self._validate_loss_options(need)
@@ -681,6 +704,24 @@ class GRPOConfig:
         need(not (self.use_peft and not self.use_vllm), "use_peft",
              "async_rollouts with LoRA needs the vLLM server engine (use_vllm: true, vllm_mode: server): the "
              "transformers engine's copy of the policy takes plain weights")
+
+    def _validate_tools(self, need: Callable[[bool, str, str], None]) -> None:
+        need(self.max_tool_calling_iterations is None or self.max_tool_calling_iterations >= 0,
+             "max_tool_calling_iterations", f"must be >= 0 or null (no limit), got {self.max_tool_calling_iterations}")
+        need(math.isfinite(self.tool_timeout_s) and self.tool_timeout_s > 0, "tool_timeout_s",
+             f"must be a finite number of seconds > 0, got {self.tool_timeout_s}")
+        need(self.tool_memory_mb is None or self.tool_memory_mb > 0, "tool_memory_mb",
+             f"must be > 0 or null (no cap), got {self.tool_memory_mb}")
+        need(self.tool_max_output_chars >= 1, "tool_max_output_chars",
+             f"must be >= 1, got {self.tool_max_output_chars}")
+        need(self.tool_num_workers >= 1, "tool_num_workers", f"must be >= 1, got {self.tool_num_workers}")
+        specs = [("tools", s) for s in self.tools] + [("rollout_func", self.rollout_func)]
+        factory = self.environment_factory
+        specs += ([(f"environment_factory.{k}", v) for k, v in factory.items()] if isinstance(factory, dict)
+                  else [("environment_factory", factory)])
+        for key, spec in specs:  # resolved at build time (rewards.registry's loader); the form is checked now
+            need(spec is None or isinstance(spec, str) and ":" in spec.strip(":"), key,
+                 f"{spec!r} is not a spec: write 'pkg.module:name' or 'path/file.py:name'")
 
     def _validate_ranges(self, need: Callable[[bool, str, str], None]) -> None:
         """Numeric keys whose values make no sense: caught at start-up, not as a reversed update

@@ -94,7 +94,6 @@ ONLY_AT_DEFAULT: dict[str, tuple[tuple[Any, ...] | Callable[[Any], bool], str]] 
     "fsdp": (_off, "give FSDP to accelerate: accelerate launch --config_file recipes/accelerate/fsdp.yaml"),
     "fsdp_config": (_off, "give FSDP to accelerate: accelerate launch --config_file recipes/accelerate/fsdp.yaml"),
     "parallelism_config": (_off, "give the processes' layout to accelerate launch (data parallel, DeepSpeed, FSDP)"),
-    "max_tool_calling_iterations": ((None,), "tools are not supported yet (the tools issue builds them)"),
     "neftune_noise_alpha": ((None,), "not for RL fine-tuning"),
     "optim_args": (_off, "the optimizer takes learning_rate, weight_decay, adam_beta1 and adam_beta2"),
     "optim_target_modules": ((None,), "the optimizer trains every trainable parameter (no GaLore/APOLLO)"),

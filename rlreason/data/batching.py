@@ -58,13 +58,25 @@ def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def loss_mask(c_mask: torch.Tensor, loss_masks: list[list[int] | None] | None) -> torch.Tensor:
+    """``c_mask`` [N, T] (1 on completion tokens) times the samples' loss masks (multi-turn tool
+    rollouts: 0 on inserted tool-output tokens; None for a sample = all its tokens the model's)."""
+    if loss_masks is None or all(m is None for m in loss_masks):
+        return c_mask
+    rows = [m if m is not None else [1] * int(n) for m, n in zip(loss_masks, c_mask.sum(1).tolist(), strict=True)]
+    return c_mask * right_pad(rows, 0, min_width=c_mask.shape[1])[0]
+
+
 def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int,
-         sampler_logprobs: list[list[float]] | None = None) -> dict[str, torch.Tensor]:
+         sampler_logprobs: list[list[float]] | None = None,
+         loss_masks: list[list[int] | None] | None = None) -> dict[str, torch.Tensor]:
     """[left-padded prompt | right-padded completion] rows for a log-prob pass.
 
     -> input_ids, attention_mask, position_ids: [N, P + T]; completion_mask: [N, T];
     sampler_logp: [N, T] if given; plus "prompt_width" P. Positions skip the left padding,
     as in generation, so the trainer scores exactly the computation the sampler did.
+    ``loss_masks`` (one per sample, None = all ones): multiplied into completion_mask, so
+    inserted tool-output tokens are in the model's input but out of every term of the loss.
     """
     p_ids, p_mask = left_pad(prompt_ids, pad_id)
     c_ids, c_mask = right_pad(completion_ids, pad_id, min_width=1)
@@ -73,7 +85,7 @@ def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: i
         "input_ids": torch.cat([p_ids, c_ids], dim=1),
         "attention_mask": mask,
         "position_ids": positions_from_mask(mask),
-        "completion_mask": c_mask,
+        "completion_mask": loss_mask(c_mask, loss_masks),
         "prompt_width": p_ids.shape[1],
     }
     if sampler_logprobs is not None:
@@ -83,11 +95,13 @@ def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: i
 
 def pack_groups(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int, group_size: int,
                 max_row_tokens: int = 4096, sampler_logprobs: list[list[float]] | None = None,
-                share_rows: bool = False) -> dict[str, torch.Tensor]:
+                share_rows: bool = False, loss_masks: list[list[int] | None] | None = None
+                ) -> dict[str, torch.Tensor]:
     """Pack N = groups * ``group_size`` samples (groups adjacent, each group sharing one prompt).
 
     -> input_ids, position_ids: [R, W]; attention_mask: [R, 1, W, W] bool (True = may attend);
-    completion_mask, token_mask: [N, T] (1 on completion tokens); completion_ids: [N, T];
+    token_mask: [N, T] (1 on completion tokens: the positions scored); completion_mask: [N, T]
+    (token_mask times ``loss_masks``, as ``pack``: the tokens the loss covers); completion_ids: [N, T];
     src: [N, T] flat index into the [R * W] positions of the hidden state that predicts each
     completion token (0 on padding); sampler_logp: [N, T] if given.
     """
@@ -149,7 +163,8 @@ def pack_groups(prompt_ids: list[list[int]], completion_ids: list[list[int]], pa
             flat[0] = prompt_end
             src[i, :L] = r * W + flat
     out = {"input_ids": ids, "attention_mask": attend.unsqueeze(1), "position_ids": position_ids,
-           "completion_ids": c_ids, "completion_mask": c_mask, "token_mask": c_mask.clone(), "src": src,
+           "completion_ids": c_ids, "completion_mask": loss_mask(c_mask, loss_masks), "token_mask": c_mask.clone(),
+           "src": src,
            "row_tokens": valid}
     if sampler_logprobs is not None:
         out["sampler_logp"] = right_pad(sampler_logprobs, 0.0, min_width=T, dtype=torch.float32)[0]

@@ -211,16 +211,18 @@ class Actor:
         G = ro.group_size
         # Packed by prompt group when every micro-batch holds whole groups (rlreason/data/batching.py):
         # the same per-token log-probs without G copies of each prompt or completion padding.
-        packed = self.cfg.pack_prompt_groups and mb % G == 0 and self.packing_supported
+        packed = (self.cfg.pack_prompt_groups and mb % G == 0 and self.packing_supported
+                  and self.groups_share_prompts(ro))
         for i in range(0, len(ro.samples), mb):
             sl = slice(i, min(i + mb, len(ro.samples)))  # exact: padding micro-batches' advantages follow
             sampler = [s.logprobs for s in ro.samples[sl]] if sampler_logprobs else None
             completions = [s.token_ids for s in ro.samples[sl]]
+            masks = [s.loss_mask for s in ro.samples[sl]]  # tool output (multi-turn): out of the loss
             if packed:
                 batch = pack_groups(ro.prompt_ids[sl], completions, self.tokenizer.pad_token_id, G,
-                                    self.pack_row_tokens, sampler, share_rows=self.share_pack_rows)
+                                    self.pack_row_tokens, sampler, share_rows=self.share_pack_rows, loss_masks=masks)
             else:
-                batch = pack(ro.prompt_ids[sl], completions, self.tokenizer.pad_token_id, sampler)
+                batch = pack(ro.prompt_ids[sl], completions, self.tokenizer.pad_token_id, sampler, loss_masks=masks)
             if self.cfg.mask_truncated_completions:  # DAPO's overlong filtering: no signal from cut-off answers
                 cut = torch.tensor([s.finish_reason == "length" for s in ro.samples[sl]])
                 batch["completion_mask"][cut] = 0
@@ -228,6 +230,14 @@ class Actor:
                 batch["completion_mask"][ro.failed[sl]] = 0
             out.append((sl, {k: v.to(self.acc.device) if torch.is_tensor(v) else v for k, v in batch.items()}))
         return out
+
+    @staticmethod
+    def groups_share_prompts(ro: Rollout) -> bool:
+        """Whether every group's samples continue one prompt, as prompt-group packing needs: not when an
+        environment's reset gave each rollout of a prompt its own observation (rlreason/loop/tool_rollout.py)."""
+        G = ro.group_size
+        return all(ro.prompt_ids[i] is ro.prompt_ids[i - i % G] or ro.prompt_ids[i] == ro.prompt_ids[i - i % G]
+                   for i in range(len(ro.prompt_ids)))
 
     def padding_micro_batch(self, sampler_logprobs: bool = False) -> dict[str, Any]:
         """A micro-batch that changes nothing: one pad-token row with an all-zero completion mask
@@ -294,10 +304,11 @@ class Actor:
         return self.frozen_logprobs(self.ref_model, batches)
 
     def completion_tokens(self, ro: Rollout) -> int:
-        """Completion tokens of ``ro`` that the loss covers (as the micro-batches' completion masks count them)."""
+        """Completion tokens of ``ro`` that the loss covers (as the micro-batches' completion masks count
+        them): the model's, tool output left out."""
         cut = self.cfg.mask_truncated_completions
         failed = ro.failed_mask().tolist()
-        return sum(len(s.token_ids) for s, bad in zip(ro.samples, failed, strict=True)
+        return sum(s.model_tokens for s, bad in zip(ro.samples, failed, strict=True)
                    if not bad and not (cut and s.finish_reason == "length"))
 
     def skips_flat_groups(self) -> bool:

@@ -184,15 +184,44 @@ class PromptStream:
         self.extra_drawn = state.get("extra_prompts_drawn", 0)
 
 
-def sample_metrics(acc, ro: Rollout) -> dict[str, float]:
+TOOL_STATS = ("calls", "failures", "turns", "masked_tokens")  # Sample.tool_stats' counts, as sample_metrics reads them
+
+
+def tool_names(acc, ro: Rollout) -> list[str]:
+    """The tools called in ``ro`` on any process, sorted (every process logs the same columns).
+    Collective with several processes."""
+    names = {name for s in ro.samples if s.tool_stats for name in s.tool_stats["per_tool"]}
+    if acc.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        names = set().union(*gather_object([names]))
+    return sorted(names)
+
+
+def _tool_columns(ro: Rollout, names: list[str]) -> list[torch.Tensor]:
+    """[N] float64 columns: each of ``TOOL_STATS``, then calls per tool of ``names`` (0 for a
+    sample without tool_stats)."""
+    stats = [s.tool_stats or {"per_tool": {}} for s in ro.samples]
+    cols = [[float(st.get(k, 0)) for st in stats] for k in TOOL_STATS]
+    cols += [[float(st["per_tool"].get(name, 0)) for st in stats] for name in names]
+    return [torch.tensor(c, dtype=torch.float64) for c in cols]
+
+
+def sample_metrics(acc, ro: Rollout, with_tools: bool = False) -> dict[str, float]:
     """Reward and length statistics of the whole step's batch: every process's samples are
     gathered first (a mean of per-process means or stds would be wrong for unequal shards).
+    Lengths count the model's tokens (tool output left out, as TRL). ``with_tools`` (the run
+    has tools, on every process): TRL's tools/call_frequency (calls per completion) and
+    tools/failure_frequency (failures per call), and tools/turns_mean (assistant turns),
+    tools/masked_tokens_mean (inserted tool tokens), tools/calls/<name> (calls per completion).
     Collective with several processes."""
     names = list(ro.per_func)
+    tools = tool_names(acc, ro) if with_tools else []
     # float64: rewards up to float32's limit, whose squares the std takes
     cols = [ro.rewards.double(), *(ro.per_func[k].double() for k in names),
+            *(_tool_columns(ro, tools) if with_tools else []),
             ro.failed_mask().double(),
-            torch.tensor([float(len(s.token_ids)) for s in ro.samples], dtype=torch.float64),
+            torch.tensor([float(s.model_tokens) for s in ro.samples], dtype=torch.float64),
             torch.tensor([float(s.finish_reason == "length") for s in ro.samples], dtype=torch.float64)]
     table = gather_varlen(acc, torch.stack(cols, dim=1).reshape(len(ro.samples), len(cols)))
     if len(table) == 0:
@@ -215,6 +244,15 @@ def sample_metrics(acc, ro: Rollout) -> dict[str, float]:
         metrics[f"rewards/{name}/mean"] = ok.mean().item() if len(ok) else float("nan")
         metrics[f"rewards/{name}/std"] = ok.std().item() if len(ok) > 1 else 0.0
         metrics[f"rewards/{name}/none_frac"] = 1.0 - len(ok) / len(vals)
+    if with_tools:
+        first = 1 + len(names)
+        calls, failures, turns, masked = (table[:, first + i] for i in range(len(TOOL_STATS)))
+        metrics["tools/call_frequency"] = calls.mean().item()
+        metrics["tools/failure_frequency"] = (failures.sum() / calls.sum()).item() if calls.sum() > 0 else 0.0
+        metrics["tools/turns_mean"] = turns.mean().item()
+        metrics["tools/masked_tokens_mean"] = masked.mean().item()
+        for i, name in enumerate(tools):
+            metrics[f"tools/calls/{name}"] = table[:, first + len(TOOL_STATS) + i].mean().item()
     return metrics
 
 

@@ -3,9 +3,10 @@ and ``GRPOTrainer`` receives. It sits below the loop, so nothing in the loop imp
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import datasets
 import torch
@@ -14,6 +15,9 @@ from accelerate import Accelerator
 from rlreason.rewards.runner import RewardRunner
 from rlreason.rollout.base import RolloutEngine
 from rlreason.run.tracking import RunLogger
+
+if TYPE_CHECKING:
+    from rlreason.rollout.tools.executor import ToolExecutor
 
 
 @dataclass
@@ -49,3 +53,6 @@ class Parts:
     # policy of the training rewards (timeouts, crash isolation, memory cap; eval/core.py)
     eval_scorer: RewardRunner | None = None
     suite_scorer: RewardRunner | None = None  # the main process's (suites run there)
+    # multi-turn rollouts (TRL's tools= / environment_factory=): runs the tools, isolated; None: no tools
+    tools: ToolExecutor | None = None
+    rollout_func: Callable | None = None  # TRL's rollout_func(prompts, trainer) -> {prompt_ids, completion_ids, ...}

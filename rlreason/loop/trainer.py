@@ -63,12 +63,22 @@ from rlreason.loop.async_rollout import Job, Overlap
 from rlreason.loop.distributed import full_named_parameters, gather_varlen, reduce_metrics, reduce_sum
 from rlreason.loop.experience import PromptStream, Rollout, completion_rows, sample_metrics
 from rlreason.loop.parts import Parts
+from rlreason.loop.tool_rollout import (
+    Generated,
+    RolloutFuncContext,
+    context_length,
+    mark_rollout_errors,
+    plain_rollouts,
+    rollout_func_rollouts,
+    tools_rollouts,
+)
 from rlreason.lora import is_peft_model, merged_named_parameters
 from rlreason.rewards.health import RewardHealth
-from rlreason.rewards.runner import reward_inputs
+from rlreason.rewards.runner import add_reward_columns, reward_inputs
 from rlreason.rollout import factory
 from rlreason.rollout.base import SamplingConfig
 from rlreason.rollout.errors import find_server_error
+from rlreason.rollout.tools.parse import check_tool_template, use_response_template
 from rlreason.run import stopping
 from rlreason.run.checkpoint import (
     Stateful,
@@ -98,6 +108,12 @@ class GRPOTrainer:
         self.model, self.optimizer, self.scheduler = parts.model, parts.optimizer, parts.scheduler
         self.tokenizer, self.train_dataset, self.engine = parts.tokenizer, parts.train, parts.engine
         self.rewards, self.log = parts.rewards, parts.logger
+        # multi-turn rollouts (rlreason/loop/tool_rollout.py): the tools' executor, or the user's rollout_func
+        self.tools, self.rollout_func = parts.tools, parts.rollout_func
+        if self.tools is not None:
+            check_tool_template(self.tokenizer, getattr(cfg, "model_name_or_path", None))
+            use_response_template(self.tokenizer)  # TRL's parser for a template it knows, else Hermes
+        self.max_model_len = context_length(self.acc.unwrap_model(self.model))
         self.eval_rows, self.eval_scorer, self.suite_scorer = parts.eval_rows, parts.eval_scorer, parts.suite_scorer
         self.actor = Actor(cfg, parts, self.objective, self.share_pack_rows)  # the update (rlreason/loop/actor.py)
         self.engine_shares_policy = factory.shares_policy(self.engine, self.acc.unwrap_model(self.model))
@@ -177,24 +193,42 @@ class GRPOTrainer:
         the trainer's (``state`` is the rewards' ``trainer_state``), so it may run on the rollout thread."""
         G = self.cfg.num_generations
         t0 = time.perf_counter()
-        prompt_ids = [r["prompt_ids"] for r in rows]
-        groups = self.engine.generate(prompt_ids, G, self.sampling, seeds=seeds)
+        gen = self._generate(rows, seeds, state)
         t_gen = time.perf_counter() - t0
-        samples = [s for g in groups for s in g]
+        samples = gen.samples
         prompts, completions, columns = reward_inputs(rows, [s.text for s in samples], [s.token_ids for s in samples],
                                                       G, self.cfg.prompt_column, skip=INTERNAL_COLUMNS,
-                                                      plain_text=self.cfg.rewards_plain_text)
+                                                      plain_text=self.cfg.rewards_plain_text,
+                                                      exchanges=gen.exchanges, prompt_messages=gen.prompts)
+        columns.update(gen.columns)
         t0 = time.perf_counter()
         out = self.rewards.score(prompts, completions, columns, shared={"trainer_state": state})
+        if self.tools is not None and self.tools.reward_names:  # each environment's get_reward: weight 1, as TRL
+            out = add_reward_columns(out, *self.tools.rewards())
+        out = mark_rollout_errors(out, samples)  # an environment's reset failed: the reward is unknown
         t_score = time.perf_counter() - t0
         metrics = {"time/generation_s": t_gen, "time/scoring_s": t_score, **out.logged}
         for name in out.per_func:
             metrics[f"rewards/{name}/failures"] = float(out.failures.get(name, 0))
+        if self.tools is not None:
+            metrics["tools/reset/failures"] = float(sum(s.error is not None for s in samples))
         # No applicable term, or a reward failed (the total is unknown): NaN, left out of the group
         # statistics (advantage 0), never a 0 score; a failed one is also left out of the loss.
         rewards = torch.where(out.known, out.total, torch.full_like(out.total, math.nan))
-        return Rollout([r["prompt_ids"] for r in rows for _ in range(G)], samples, rewards, out.per_func,
-                       prompts, G, metrics, extra=out.extra, failed=out.failed), dict(out.errors)
+        return Rollout(gen.prompt_ids, samples, rewards, out.per_func, prompts, G, metrics, extra=out.extra,
+                       failed=out.failed), dict(out.errors)
+
+    def _generate(self, rows: list[dict], seeds: list[int] | None, state: TrainerState) -> Generated:
+        """G rollouts per row: single-turn, multi-turn with the tools, or the user's rollout_func
+        (rlreason/loop/tool_rollout.py)."""
+        cfg, G = self.cfg, self.cfg.num_generations
+        if self.rollout_func is not None:
+            ctx = RolloutFuncContext(self.tokenizer, cfg, self.acc, state, G, self.engine, self.sampling)
+            return rollout_func_rollouts(self.rollout_func, rows, G, cfg.prompt_column, ctx)
+        if self.tools is not None:
+            return tools_rollouts(self.engine, self.tokenizer, self.tools, rows, G, self.sampling, seeds,
+                                  getattr(cfg, "max_tool_calling_iterations", None), self.max_model_len)
+        return plain_rollouts(self.engine, rows, G, self.sampling, seeds)
 
     def trainer_state(self, step: int | None = None) -> TrainerState:
         """What TRL passes rewards as ``trainer_state`` (they read ``global_step``, ``max_steps``), at
@@ -214,7 +248,8 @@ class GRPOTrainer:
         else:
             ro = self.rollout(self.prompts.rows(self.generation),
                               self.prompts.seeds("train", self.prompts.positions(self.generation)))
-        metrics = {**ro.metrics, **sample_metrics(self.acc, ro)}  # of the policy's draw, before any filtering
+        # of the policy's draw, before any filtering
+        metrics = {**ro.metrics, **sample_metrics(self.acc, ro, with_tools=self.tools is not None)}
         if cfg.dynamic_sampling:
             want = self.prompts_per_process
             ro = ro.select(ro.informative_groups())
@@ -246,8 +281,9 @@ class GRPOTrainer:
         per_func = torch.stack([ro.per_func[k].double() for k in names], dim=1) if names \
             else torch.zeros((len(ro.samples), 0), dtype=torch.float64)
         per_func[torch.isnan(ro.rewards)] = math.nan  # unknown or unscorable totals carry no signal
-        weights = torch.tensor([self.rewards.weights[self.rewards.names.index(k)] for k in names],
-                               dtype=torch.float64)
+        # an environment's get_reward column (not one of the runner's functions) weighs 1, as TRL
+        weights = torch.tensor([self.rewards.weights[self.rewards.names.index(k)] if k in self.rewards.names
+                                else 1.0 for k in names], dtype=torch.float64)
         world = self.acc.num_processes
         all_pf = gather_varlen(self.acc, per_func) if world > 1 else per_func
         if len(all_pf) == 0:
@@ -369,13 +405,15 @@ class GRPOTrainer:
             self.close()
 
     def close(self) -> None:
-        """Stop the reward workers (also done at garbage collection and interpreter exit) and drop the
-        rollout in flight."""
+        """Stop the reward and tool workers (also done at garbage collection and interpreter exit) and
+        drop the rollout in flight."""
         if self.overlap is not None:
             self.overlap.close()
         for runner in (self.rewards, self.eval_scorer, self.suite_scorer):
             if runner is not None:
                 runner.close()
+        if self.tools is not None:  # the tool workers, and the environments they hold
+            self.tools.close()
 
     @property
     def stop_requested(self) -> bool:
@@ -603,7 +641,7 @@ class GRPOTrainer:
                 raise
         dt = time.perf_counter() - t0
         n_comp = len(ro.samples)  # this process's; reduce_metrics sums the rates over processes
-        n_tok = sum(len(s.token_ids) for s in ro.samples)
+        n_tok = sum(s.model_tokens for s in ro.samples)  # generated: tool output left out
         metrics.update({"time/step_s": dt, "perf/samples_per_s": n_comp / dt, "perf/tokens_per_s": n_tok / dt})
         metrics = reduce_metrics(self.acc, metrics)
         self.health.record(self.step, metrics)

@@ -54,12 +54,32 @@ class SamplingConfig:
 @dataclass
 class Sample:
     """One completion: its token ids (including the stop token, if any), text, and the
-    per-token log-probabilities under the distribution it was sampled from."""
+    per-token log-probabilities under the distribution it was sampled from.
+
+    With tools, ``token_ids`` is everything after the prompt: the model's turns and the inserted
+    tool-result tokens; ``logprobs`` has the same length (0.0 at inserted tokens, which
+    ``loss_mask`` marks 0) and ``text`` decodes all of it (special tokens skipped)."""
 
     token_ids: list[int]
     text: str
     logprobs: list[float] = field(default_factory=list)
     finish_reason: Literal["stop", "length"] = "stop"
+    # Multi-turn (tools): 1 where the model generated the token, 0 where tool output (and the
+    # template's markup around it) was inserted; None = single turn, every token the model's.
+    loss_mask: list[int] | None = None
+    # The exchange as TRL's conversational completion: [{"role": "assistant", "content": str,
+    # "tool_calls": [...]?}, {"role": "tool", "name": str, "content": str}, ...]; None = single turn.
+    messages: list[dict] | None = None
+    # {"calls": int, "failures": int, "turns": int (assistant turns), "masked_tokens": int,
+    #  "per_tool": {name: calls}}; None = single turn
+    tool_stats: dict | None = None
+    # The rollout could not be run as asked (its environment's reset failed): its reward is unknown.
+    error: str | None = None
+
+    @property
+    def model_tokens(self) -> int:
+        """The tokens the model generated (TRL's completion length with tools): tool output left out."""
+        return len(self.token_ids) if self.loss_mask is None else sum(self.loss_mask)
 
 
 @runtime_checkable
