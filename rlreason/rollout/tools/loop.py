@@ -41,7 +41,7 @@ from rlreason.rollout.base import RolloutEngine, Sample, SamplingConfig
 from rlreason.rollout.tools.parse import parse_assistant, tool_suffix_ids
 
 if TYPE_CHECKING:  # the executor's types (rlreason/rollout/tools/executor.py); the loop only reads fields
-    from rlreason.rollout.tools.executor import EpisodeStart, ToolResult
+    from rlreason.rollout.tools.results import EpisodeStart, ToolResult
 
 UNKNOWN_TOOL = "<unknown>"  # tool_stats["per_tool"]'s key for calls to a tool the rollout does not have
 CallTools = Callable[[list[tuple[int, list[dict]]]], "list[list[ToolResult]]"]
