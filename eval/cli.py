@@ -4,6 +4,13 @@ with your own rewards, or compare two results files.
     python -m rlreason.eval --model PATH --suites math500,gsm8k --n 4 --k 1,4 --limit 50 --out results/
     python -m rlreason.eval --model PATH --data countdown.jsonl --reward my_rewards.py:countdown --out results/
     python -m rlreason.eval --compare a/results.json b/results.json
+    python -m rlreason.eval --model run/final_model --data mul.jsonl --tools rlreason.data.tasks.mul:multiply
+
+With ``--tools`` / ``--environment-factory`` (named like the training config's ``tools`` and
+``environment_factory``) every completion is a multi-turn exchange in which the model may call them,
+run isolated as in training (``--tool-timeout-s``, ``--tool-memory-mb``, ...): suites score the
+exchange's final answer (pass@k, maj@k), ``--reward`` gets the whole exchange, and problems.jsonl
+keeps each exchange's messages.
 
 With ``--data`` the problems are rendered and the completions scored as training renders and scores
 them: each ``--reward`` is called with every column of the file, a sample is correct when the first
@@ -70,6 +77,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "stopped and its completions rescored one by one, those that fail again scored wrong")
     p.add_argument("--reward_memory_mb", "--reward-memory-mb", type=int, default=1024,
                    help="address space a scoring worker may add, in MB; 0 = no cap")
+    # Tools, as the training config's keys name them (rlreason/config/: tools, environment_factory, ...).
+    p.add_argument("--tools", nargs="+", action="extend", default=[], metavar="SPEC",
+                   help="functions the model may call: 'pkg.module:fn' or 'path/file.py:fn' (type hints and a "
+                        "Google-style docstring, as TRL's tools)")
+    p.add_argument("--environment-factory", "--environment_factory", action="append", default=[], metavar="SPEC",
+                   help="'pkg.module:Class' or 'path/file.py:Class' (TRL's environment_factory: reset(**row), public "
+                        "methods as tools); repeat as NAME=SPEC for several, chosen by each row's 'environment'")
+    p.add_argument("--max-tool-calling-iterations", "--max_tool_calling_iterations", type=int, default=None,
+                   help="tool rounds per completion (TRL's key); default no limit but --max-tokens")
+    p.add_argument("--tool-timeout-s", "--tool_timeout_s", type=float, default=10.0, help="seconds per tool call")
+    p.add_argument("--tool-memory-mb", "--tool_memory_mb", type=int, default=1024,
+                   help="address space a tool worker may add, in MB; 0 = no cap")
+    p.add_argument("--tool-max-output-chars", "--tool_max_output_chars", type=int, default=4096,
+                   help="a tool's answer is cut to this many characters")
+    p.add_argument("--tool-num-workers", "--tool_num_workers", type=int, default=2, help="tool worker processes")
+    p.add_argument("--tool-isolation", "--tool_isolation", choices=("process", "none"), default="process",
+                   help="none: tools run in this process (debugging: no kill, no memory cap)")
     p.add_argument("--engine", choices=("hf", "vllm"), default="hf")
     p.add_argument("--engine-kwargs", default="{}", help="JSON dict passed to the engine's constructor")
     p.add_argument("--dtype", default="auto", help="hf engine: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
@@ -86,7 +110,73 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.suites = "" if args.data else "math500"
     if args.reward_num_workers < 0 or not args.reward_timeout_s > 0 or args.reward_memory_mb < 0:
         p.error("--reward_num_workers must be >= 0, --reward_timeout_s > 0 and --reward_memory_mb >= 0")
+    if args.max_tool_calling_iterations is not None and args.max_tool_calling_iterations < 0:
+        p.error("--max-tool-calling-iterations must be >= 0")
+    if (args.max_tool_calling_iterations is not None or args.tool_isolation != "process") and not uses_tools(args):
+        p.error("--max-tool-calling-iterations and --tool-isolation set how tools run: give --tools or "
+                "--environment-factory")
+    if args.tool_num_workers < 1 or not args.tool_timeout_s > 0 or args.tool_memory_mb < 0 \
+            or args.tool_max_output_chars < 1:
+        p.error("--tool-num-workers and --tool-max-output-chars must be >= 1, --tool-timeout-s > 0 and "
+                "--tool-memory-mb >= 0")
     return args
+
+
+def uses_tools(args: argparse.Namespace) -> bool:
+    return bool(args.tools or args.environment_factory)
+
+
+def load_tools(args: argparse.Namespace) -> tuple[list, Any]:
+    """``--tools`` and ``--environment-factory`` loaded (specs resolved as the training config's
+    ``tools`` / ``environment_factory`` and reward specs are): (tool functions, the factory or
+    ``{name: factory}``, or None). Each error names the flag and the spec."""
+    from rlreason.rewards.registry import RewardImportError, RewardSpecError, load_object
+
+    def load(flag: str, spec: str) -> Any:
+        try:
+            return load_object(spec, flag)
+        except (RewardSpecError, RewardImportError) as e:
+            raise ValueError(str(e)) from None
+
+    tools = [load("--tools", spec) for spec in args.tools]
+    named = [e.partition("=") for e in args.environment_factory]
+    if len(named) > 1 or any(sep for _, sep, _ in named):  # TRL's dict of factories
+        if not all(sep and name for name, sep, _ in named):
+            raise ValueError("--environment-factory: several environments need names, NAME=SPEC each (a row picks "
+                             "one by its 'environment' column)")
+        return tools, {name: load("--environment-factory", spec) for name, _, spec in named}
+    return tools, load("--environment-factory", args.environment_factory[0]) if named else None
+
+
+def build_tools(args: argparse.Namespace, tools: list, factory: Any):
+    """The ``ToolExecutor`` the tool flags describe (rlreason/rollout/tools/executor.py); the caller
+    closes it."""
+    from rlreason.rollout.tools.executor import ToolExecutor
+
+    return ToolExecutor(tools, factory, timeout_s=args.tool_timeout_s, memory_mb=args.tool_memory_mb or None,
+                        max_output_chars=args.tool_max_output_chars, num_workers=args.tool_num_workers,
+                        isolation=args.tool_isolation)
+
+
+def tool_rollouts(args: argparse.Namespace, executor: Any, tokenizer: Any, engine: Any, model_path: str):
+    """What the evaluation needs to run rollouts with tools (``ToolRollouts``): the executor, the
+    tokenizer (checked to render tool calls) and the engine's context length."""
+    from rlreason.rollout.tools.parse import check_tool_template
+    from rlreason.rollout.tools.rollouts import ToolRollouts
+
+    check_tool_template(tokenizer, args.model)
+    return ToolRollouts(executor, tokenizer, args.max_tool_calling_iterations, context_length(engine, model_path))
+
+
+def context_length(engine: Any, model_path: str) -> int:
+    """Tokens the engine can hold (prompt and exchange): vLLM's ``max_model_len``, else the model's
+    ``max_position_embeddings``."""
+    known = getattr(engine, "max_model_len", None)
+    if isinstance(known, int):
+        return known
+    from transformers import AutoConfig
+
+    return int(AutoConfig.from_pretrained(model_path).max_position_embeddings)
 
 
 def build_scorer(args: argparse.Namespace):
@@ -277,6 +367,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                                  f"rename the file")
             names.insert(0, task[0])  # scored first
         protocol = build_protocol(args)
+        loaded_tools = load_tools(args) if uses_tools(args) else None
     results: dict[str, Any] = {"config": {"suites": {}}, "suites": {}, "problems": {}}
     model_path = args.model
     # SIGTERM / Ctrl-C stop at once (rlreason/run/stopping.py); the suites finished by then are written,
@@ -293,16 +384,18 @@ def main(argv: list[str] | None = None) -> dict | None:
                     scorer = stack.enter_context(build_scorer(args)) if suites else None
                     own = stack.enter_context(build_task_scorer(args, task[2])) if task else None
                     with clean_start():
+                        executor = stack.enter_context(build_tools(args, *loaded_tools)) if loaded_tools else None
                         engine, tokenizer = build_engine(args, model_path)
+                        tools = tool_rollouts(args, executor, tokenizer, engine, model_path) if executor else None
                         rows = task_rows(task[1], tokenizer, protocol, prompt_column=args.prompt_column,
                                          source=f"--data {args.data!r}") if task else []
                     for name in names:  # one at a time: a stop keeps the suites already scored
                         if task and name == task[0]:
-                            done = _run_task(engine, rows, own, protocol, args, name)
+                            done = _run_task(engine, rows, own, protocol, args, name, tools)
                         else:
                             done = evaluate_suites(engine, tokenizer, [name], protocol, scorer=scorer,
                                                    allow_hub=not args.no_hub,
-                                                   log=lambda line: print(line, file=sys.stderr))
+                                                   log=lambda line: print(line, file=sys.stderr), tools=tools)
                         results["config"] = {**done["config"], "suites": {**results["config"]["suites"],
                                                                           **done["config"]["suites"]}}
                         results["suites"].update(done["suites"])
@@ -315,6 +408,12 @@ def main(argv: list[str] | None = None) -> dict | None:
                 return results
     extra = {"model": args.model, "model_path": model_path, "engine": args.engine,
              "engine_kwargs": json.loads(args.engine_kwargs), "dtype": args.dtype, "argv": argv or sys.argv[1:]}
+    if uses_tools(args):
+        extra["tools"] = {"tools": args.tools, "environment_factory": args.environment_factory,
+                          "max_tool_calling_iterations": args.max_tool_calling_iterations,
+                          "tool_timeout_s": args.tool_timeout_s, "tool_memory_mb": args.tool_memory_mb,
+                          "tool_max_output_chars": args.tool_max_output_chars,
+                          "tool_isolation": args.tool_isolation}
     table = markdown_table(results["suites"])
     if "interrupted" in results["config"]:
         stop = results["config"]["interrupted"]
@@ -327,15 +426,15 @@ def main(argv: list[str] | None = None) -> dict | None:
     return results
 
 
-def _run_task(engine: Any, rows: list[dict], scorer: Any, protocol: Any, args: argparse.Namespace, name: str
-              ) -> dict[str, Any]:
+def _run_task(engine: Any, rows: list[dict], scorer: Any, protocol: Any, args: argparse.Namespace, name: str,
+              tools: Any = None) -> dict[str, Any]:
     """The ``--data`` task run and timed, shaped as ``evaluate_suites``' results (its config under
     ``config["suites"][name]``: the file, the prompt column, the rewards and how they were run)."""
     from rlreason.eval.core import run_task
 
     start = time.perf_counter()
     metrics, records = run_task(engine, rows, scorer, protocol, name=name, prompt_column=args.prompt_column,
-                                plain_text=args.rewards_plain_text)
+                                plain_text=args.rewards_plain_text, tools=tools)
     metrics["seconds"] = time.perf_counter() - start
     print(f"{name}: pass@1 {metrics.get('pass@1', float('nan')):.4f}, mean reward {metrics.get('mean_reward')} on "
           f"{metrics['problems']} problems x {metrics['n_samples']} samples ({metrics['seconds']:.1f}s)",

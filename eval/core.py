@@ -8,6 +8,13 @@ the same completion form, every dataset column), so any training reward can scor
 Everything here talks to the engine through the ``RolloutEngine`` protocol only, so the
 transformers engine and a vLLM engine are interchangeable.
 
+With tools (``tools``: a :class:`~rlreason.rollout.tools.rollouts.ToolRollouts`, the run's tools
+and environments) every function here generates multi-turn rollouts instead
+(``ToolRollouts.generate``: each rollout's episode started, its prompt rendered with its tools,
+the turns run as training runs them): a reward then gets the exchange as its completion (the
+assistant and tool turns, as TRL passes it), the suites score the exchange's final answer (the
+last assistant turn's text, never a tool's output), and records keep each exchange's messages.
+
 Scoring goes through a :class:`~rlreason.rewards.runner.RewardRunner`, the path training
 rewards take, so evaluation has training's failure policy: a reward call that hangs, raises,
 blows its memory cap or kills its worker is stopped, and only the completions involved are
@@ -28,13 +35,15 @@ from typing import Any
 
 import torch
 
-from rlreason.data import INTERNAL_COLUMNS, render_prompt
+from rlreason.data import INTERNAL_COLUMNS, prompt_messages, render_prompt
 from rlreason.eval.metrics import breakdown, suite_metrics, task_metrics, wilson_interval
 from rlreason.eval.suites import TEMPLATES, Suite, Template, get_suite, get_template, load_problems
+from rlreason.rewards import completion_text
 from rlreason.rewards.format import format_reward
 from rlreason.rewards.math import RULES, extract_answer, verify
-from rlreason.rewards.runner import RewardOutput, RewardRunner, reward_inputs
+from rlreason.rewards.runner import MESSAGES_COLUMN, RewardOutput, RewardRunner, reward_inputs
 from rlreason.rollout.base import RolloutEngine, Sample, SamplingConfig
+from rlreason.rollout.tools.rollouts import ToolRollouts
 
 # An evaluation must score every completion it can: a reward that hangs on many completions
 # costs time, never the rest of the eval. The runner still gives a function up for the batch
@@ -71,6 +80,31 @@ def _value(v: float) -> float | None:
     return None if math.isnan(v) else v
 
 
+def final_text(sample: Sample) -> str:
+    """The text a suite scores: a tool exchange's final answer (its last assistant turn: an answer
+    copied from a tool's output counts only once the model wrote it), else the completion."""
+    return completion_text([m for m in sample.messages if m["role"] == "assistant"]) if sample.messages else sample.text
+
+
+def _reset_row(row: dict) -> dict:
+    """What an environment's ``reset(**row)`` gets: the dataset's columns, not those ``prepare`` adds."""
+    return {k: v for k, v in row.items() if k not in INTERNAL_COLUMNS}
+
+
+def _generate(engine: RolloutEngine, rows: Sequence[dict], n: int, sampling: SamplingConfig,
+              tools: ToolRollouts | None) -> list[list[Sample]]:
+    """``n`` samples per prepared row (``prompt_ids``, and with tools its chat messages): single-turn
+    from the engine, or multi-turn rollouts with ``tools``."""
+    if tools is None:
+        return engine.generate([r["prompt_ids"] for r in rows], n, sampling)
+    if rows and rows[0].get(MESSAGES_COLUMN) is None:
+        raise ValueError("tools need prompts rendered by a chat template (the tool list and the calls are the "
+                         "template's); these rows were rendered as plain text (config key 'use_chat_template' or "
+                         "--chat-template off)")
+    return tools.generate(engine, [_reset_row(r) for r in rows], [r[MESSAGES_COLUMN] for r in rows], n,
+                          sampling)[0]
+
+
 def score_samples(scorer: RewardRunner, rows: Sequence[dict], groups: Sequence[Sequence[Sample]], *,
                   prompt_column: str = "prompt", plain_text: bool = False,
                   shared: dict[str, Any] | None = None) -> RewardOutput:
@@ -81,18 +115,24 @@ def score_samples(scorer: RewardRunner, rows: Sequence[dict], groups: Sequence[S
     column of the rows but the prompt and those ``rlreason.data.prepare`` adds as a list, plus
     ``completion_ids``), ``plain_text`` is the config's ``rewards_plain_text`` and ``shared``
     what every call gets unchanged (training passes ``trainer_state``). ``rows`` as ``prepare``
-    makes them. So any training reward, a user's included, scores the held-out problems."""
+    makes them. So any training reward, a user's included, scores the held-out problems. A
+    sample with ``messages`` (a tool exchange) is passed as that exchange when the completions
+    are conversational."""
     n = len(groups[0]) if groups else 1
     samples = [s for g in groups for s in g]
     prompts, completions, columns = reward_inputs(list(rows), [s.text for s in samples],
                                                   [s.token_ids for s in samples], n, prompt_column,
                                                   skip=INTERNAL_COLUMNS, plain_text=plain_text)
+    # a tool exchange is the completion itself (assistant and tool turns), as TRL passes it
+    completions = [s.messages if s.messages is not None and isinstance(c, list) else c
+                   for s, c in zip(samples, completions, strict=True)]
     return scorer.score(prompts, completions, columns, shared=shared)
 
 
 # The sums the held-out metrics are computed from: :func:`evaluate` returns them per process, and
 # GRPOTrainer.evaluate adds them over processes before :func:`heldout_metrics`.
-HELDOUT_SUMS = ("correct", "n", "formatted", "tokens", "truncated", "score_failures", "reward_sum", "rewarded")
+HELDOUT_SUMS = ("correct", "n", "formatted", "tokens", "truncated", "score_failures", "reward_sum", "rewarded",
+                "tool_rollouts", "tool_calls", "tool_failures")
 
 
 def heldout_metrics(sums: dict[str, float]) -> dict[str, float]:
@@ -100,7 +140,9 @@ def heldout_metrics(sums: dict[str, float]) -> dict[str, float]:
     processes): accuracy (a completion is correct when the first reward gave it >= 1.0) with its
     95% Wilson interval, the format rate (0 without a format reward), mean completion length,
     truncated fraction, scoring failures, and ``eval/mean_reward``, the first reward's mean over
-    the completions it scored (NaN when it scored none: every value None or failed)."""
+    the completions it scored (NaN when it scored none: every value None or failed). With tools,
+    TRL's two tool metrics of the held-out rollouts: ``eval/tools/call_frequency`` (tool calls per
+    completion) and ``eval/tools/failure_frequency`` (failed calls per call)."""
     n, correct = int(sums["n"]), int(sums["correct"])
     lo, hi = wilson_interval(correct, n)
     per = max(n, 1)
@@ -108,7 +150,10 @@ def heldout_metrics(sums: dict[str, float]) -> dict[str, float]:
             "eval/correct": correct, "eval/n": n, "eval/format_rate": sums["formatted"] / per,
             "eval/mean_length": sums["tokens"] / per, "eval/truncated_frac": sums["truncated"] / per,
             "eval/score_failures": int(sums["score_failures"]),
-            "eval/mean_reward": sums["reward_sum"] / sums["rewarded"] if sums["rewarded"] else math.nan}
+            "eval/mean_reward": sums["reward_sum"] / sums["rewarded"] if sums["rewarded"] else math.nan,
+            **({"eval/tools/call_frequency": sums["tool_calls"] / sums["tool_rollouts"],
+                "eval/tools/failure_frequency": sums["tool_failures"] / max(sums["tool_calls"], 1)}
+               if sums["tool_rollouts"] else {})}
 
 
 # What the trainer's held-out evaluation logs and checkpoints (GRPOTrainer.evaluate), each a name
@@ -126,6 +171,7 @@ def evaluate(
     plain_text: bool = False,
     shared: dict[str, Any] | None = None,
     n: int = 1,
+    tools: ToolRollouts | None = None,
 ) -> dict:
     """Greedy (or sampled) accuracy of ``engine`` on ``rows`` with a 95% Wilson interval: the
     trainer's held-out evaluation. ``n`` samples per problem (TRL's ``num_generations_eval``; with a
@@ -147,14 +193,17 @@ def evaluate(
     where samples holds the first few (prompt, completion, answer, score), ``mean_reward`` the
     accuracy reward's mean over the completions it scored (None if none), ``sums`` the
     :data:`HELDOUT_SUMS` (what :func:`heldout_metrics` turns into the trainer's metrics);
-    ``format_rate`` and ``format_failures`` only with a format reward.
+    ``format_rate`` and ``format_failures`` only with a format reward. ``tools``: the run's
+    tools (module docstring); the samples then show each exchange's ``messages`` and the sums
+    count ``tool_rollouts`` / ``tool_calls`` / ``tool_failures`` (``eval/tools/call_frequency`` and
+    ``eval/tools/failure_frequency`` in :func:`heldout_metrics`).
     """
     _check_scorer(scorer, (1, 2), "heldout_scorer(accuracy_fn, format_fn)")
     rows = list(rows)
     if n < 1 or (n > 1 and sampling.greedy):
         raise ValueError(f"n must be >= 1, and greedy decoding gives one sample per problem; got n={n}, "
                          f"temperature {sampling.temperature}")
-    groups = engine.generate([r["prompt_ids"] for r in rows], n, sampling)
+    groups = _generate(engine, rows, n, sampling, tools)
     samples = [s for g in groups for s in g]
     texts = [s.text for s in samples]
     scored = score_samples(scorer, rows, groups, prompt_column=prompt_column, plain_text=plain_text, shared=shared)
@@ -166,7 +215,10 @@ def evaluate(
     sums = {"correct": sum(1 for s in given if s >= 1.0), "n": n, "formatted": 0,
             "tokens": sum(len(s.token_ids) for s in samples),
             "truncated": sum(s.finish_reason == "length" for s in samples),
-            "score_failures": scored.failures[accuracy_name], "reward_sum": math.fsum(given), "rewarded": len(given)}
+            "score_failures": scored.failures[accuracy_name], "reward_sum": math.fsum(given), "rewarded": len(given),
+            "tool_rollouts": n if tools is not None else 0,
+            "tool_calls": sum((s.tool_stats or {}).get("calls", 0) for s in samples),
+            "tool_failures": sum((s.tool_stats or {}).get("failures", 0) for s in samples)}
     out = {
         "accuracy": sums["correct"] / max(n, 1),
         "accuracy_ci95": list(wilson_interval(sums["correct"], n)),
@@ -176,8 +228,9 @@ def evaluate(
         "mean_length": sums["tokens"] / max(n, 1),
         "truncated_frac": sums["truncated"] / max(n, 1),
         "samples": [
-            {"prompt": r.get(prompt_column), "completion": t, "answer": r.get("answer"), "score": s}
-            for r, t, s in list(zip([r for r in rows for _ in groups[0]], texts, scores, strict=True))[:5]
+            {"prompt": r.get(prompt_column), "completion": t, "answer": r.get("answer"), "score": s,
+             **({"messages": x.messages} if x.messages is not None else {})}
+            for r, t, s, x in list(zip([r for r in rows for _ in groups[0]], texts, scores, samples, strict=True))[:5]
         ],
         "score_failures": sums["score_failures"],
         "sums": sums,
@@ -436,6 +489,7 @@ def run_suite(
     protocol: EvalProtocol,
     scorer: RewardRunner,
     allow_hub: bool = True,
+    tools: ToolRollouts | None = None,
 ) -> tuple[dict[str, Any], list[dict]]:
     """Generate one suite and score it with ``scorer`` (:func:`suite_scorer`). -> (metrics,
     per-problem records).
@@ -443,7 +497,10 @@ def run_suite(
     A record: ``{"suite", "index", "id", "subject", "level", "prompt", "gold", "completions",
     "answers", "correct", "formatted", "lengths", "truncated", "gold_unparseable",
     "score_failures"}``; a completion whose scoring failed has answer None, is wrong and
-    unformatted, and counts in ``score_failures``.
+    unformatted, and counts in ``score_failures``. With ``tools`` (module docstring) each
+    completion is a tool exchange: its final answer is scored, the record's ``prompt`` is the
+    first rollout's (rendered with its tools) and it adds ``messages`` (each exchange) and
+    ``tool_calls`` / ``tool_failures`` (per completion).
     """
     template = protocol.template_for(suite)
     problems = load_problems(suite, protocol.limit, allow_hub)
@@ -451,9 +508,19 @@ def run_suite(
     # As the trainer tokenizes: the chat template already inserted any special tokens.
     prompt_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in prompts]
     _seed_all(protocol.seed)
-    groups = engine.generate(prompt_ids, protocol.n, protocol.sampling()) if problems else []
+    if tools is not None and problems:
+        if protocol.chat_template == "off":
+            raise ValueError("tools need the chat template (it renders the tool list and the calls); "
+                             "chat_template is 'off'")
+        messages = [prompt_messages(p["row"], prompt_column=suite.problem_column, template=template.user,
+                                    system_prompt=template.system) for p in problems]
+        groups, rollout_ids = tools.generate(engine, [p["row"] for p in problems], messages, protocol.n,
+                                             protocol.sampling())
+        prompts = [tokenizer.decode(rollout_ids[i * protocol.n]) for i in range(len(problems))]
+    else:
+        groups = engine.generate(prompt_ids, protocol.n, protocol.sampling()) if problems else []
     # One scorer batch for the whole suite: the workers score chunks of it in parallel.
-    texts = [s.text for group in groups for s in group]
+    texts = [final_text(s) for group in groups for s in group]
     golds = [p["gold"] for p, group in zip(problems, groups, strict=True) for _ in group]
     scored = score_completions(scorer, texts, golds, protocol, template.format)
     records = []
@@ -470,12 +537,20 @@ def run_suite(
             "score_failures": len(mine) - len(ok),
             "lengths": [len(s.token_ids) for s in group],
             "truncated": [s.finish_reason == "length" for s in group],
+            **(_tool_fields(group) if tools is not None else {}),
         })
     same, vote_failures = vote_table(scorer, records, protocol)
     metrics = summarize(records, protocol.ks, same)
     metrics["vote_failures"] = vote_failures
     metrics["template"] = dataclasses.asdict(template)
     return metrics, records
+
+
+def _tool_fields(group: Sequence[Sample]) -> dict[str, list]:
+    """A record's tool columns: each exchange's messages, tool calls and failed calls."""
+    return {"messages": [s.messages for s in group],
+            "tool_calls": [(s.tool_stats or {}).get("calls", 0) for s in group],
+            "tool_failures": [(s.tool_stats or {}).get("failures", 0) for s in group]}
 
 
 def evaluate_suites(
@@ -488,6 +563,7 @@ def evaluate_suites(
     limit: int | None = None,
     allow_hub: bool = True,
     log: Callable[[str], None] | None = None,
+    tools: ToolRollouts | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``engine`` on benchmark suites (the trainer's periodic eval and the CLI).
 
@@ -501,6 +577,7 @@ def evaluate_suites(
         limit: overrides ``protocol.limit`` (problems per suite) when given.
         allow_hub: whether a suite without a local file may be fetched from the hub.
         log: called with one progress line per suite (e.g. ``print``).
+        tools: the tools the model may call (module docstring); None: single-turn completions.
 
     Returns:
         ``{"config": {"protocol", "suites"}, "suites": {name: metrics}, "problems": {name: [records]}}``;
@@ -523,7 +600,7 @@ def evaluate_suites(
     }
     for suite in resolved:
         start = time.perf_counter()
-        metrics, records = run_suite(engine, tokenizer, suite, protocol, scorer, allow_hub)
+        metrics, records = run_suite(engine, tokenizer, suite, protocol, scorer, allow_hub, tools)
         metrics["seconds"] = time.perf_counter() - start
         out["suites"][suite.name] = metrics
         out["problems"][suite.name] = records
@@ -586,7 +663,8 @@ def task_rows(data: Any, tokenizer: Any, protocol: EvalProtocol, *, prompt_colum
 
 
 def run_task(engine: RolloutEngine, rows: Sequence[dict], scorer: RewardRunner, protocol: EvalProtocol, *,
-             name: str, prompt_column: str = "prompt", plain_text: bool = False) -> tuple[dict[str, Any], list[dict]]:
+             name: str, prompt_column: str = "prompt", plain_text: bool = False,
+             tools: ToolRollouts | None = None) -> tuple[dict[str, Any], list[dict]]:
     """Generate ``protocol.n`` samples per problem of a task of the user's and score them with the
     task's own rewards (``scorer``, :func:`task_scorer`) as training scores them
     (:func:`score_samples`): the eval CLI's ``--data``/``--reward``. -> (metrics, per-problem
@@ -596,12 +674,14 @@ def run_task(engine: RolloutEngine, rows: Sequence[dict], scorer: RewardRunner, 
     >= 1.0 (the held-out evaluation's rule). A record: ``{"suite", "index", "id", "prompt",
     "columns", "completions", "rewards", "correct", "failed", "lengths", "truncated",
     "score_failures"}`` (``rewards``: each reward's values, None where it gave None or failed);
-    the metrics are :func:`~rlreason.eval.metrics.task_metrics`'.
+    the metrics are :func:`~rlreason.eval.metrics.task_metrics`'. With ``tools`` (module
+    docstring) the rewards get each exchange and a record adds ``messages``, ``tool_calls`` and
+    ``tool_failures`` (per completion).
     """
     _check_scorer(scorer, None, "task_scorer(reward_funcs)")
     rows = list(rows)
     _seed_all(protocol.seed)
-    groups = engine.generate([r["prompt_ids"] for r in rows], protocol.n, protocol.sampling()) if rows else []
+    groups = _generate(engine, rows, protocol.n, protocol.sampling(), tools) if rows else []
     scored = score_samples(scorer, rows, groups, prompt_column=prompt_column, plain_text=plain_text)
     values = {fn: [_value(v) for v in t.tolist()] for fn, t in scored.per_func.items()}
     failed = scored.failed.tolist() if scored.failed is not None else [False] * len(scored.total)
@@ -619,6 +699,7 @@ def run_task(engine: RolloutEngine, rows: Sequence[dict], scorer: RewardRunner, 
             "score_failures": sum(failed[mine]),
             "lengths": [len(s.token_ids) for s in group],
             "truncated": [s.finish_reason == "length" for s in group],
+            **(_tool_fields(group) if tools is not None else {}),
         })
     return task_metrics(records, protocol.ks), records
 

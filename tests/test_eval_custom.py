@@ -104,7 +104,7 @@ def _trainer(rows: list[dict], engine: FakeEngine, rewards: RewardRunner, eval_s
     acc = SimpleNamespace(process_index=0, num_processes=1, device="cpu")
     return SimpleNamespace(cfg=cfg, acc=acc, engine=engine, sampling=SamplingConfig(max_tokens=8), rewards=rewards,
                            eval_rows=rows, eval_scorer=eval_scorer, eval_sampling=SamplingConfig(max_tokens=8),
-                           eval_n=1, trainer_state=lambda: {"global_step": 3})
+                           eval_n=1, eval_tools=None, trainer_state=lambda: {"global_step": 3})
 
 
 @pytest.mark.parametrize("tokenizer", [ChatTokenizer(), PlainTokenizer()], ids=["conversational", "standard"])

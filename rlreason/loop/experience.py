@@ -258,12 +258,18 @@ def sample_metrics(acc, ro: Rollout, with_tools: bool = False) -> dict[str, floa
 
 def completion_rows(ro: Rollout, n: int) -> list[dict[str, Any]]:
     """completions.jsonl's rows for the first ``n`` completions: prompt, completion, reward (None:
-    no signal), advantage, each reward's score, the rewards' logged columns, finish reason."""
+    no signal), advantage, each reward's score, the rewards' logged columns, finish reason; and for
+    a multi-turn completion (tools) its exchange turn by turn (``messages``: assistant and tool
+    turns, as the rewards saw them) and its ``tool_stats`` (calls, failures, turns, masked tokens)."""
     def score(x: float) -> float | None:
         return None if math.isnan(x) else x
+
+    def turns(s: Sample) -> dict[str, Any]:
+        return {"messages": s.messages, "tool_stats": s.tool_stats} if s.messages is not None else {}
 
     return [{"prompt": ro.prompts[i], "completion": ro.samples[i].text, "reward": score(ro.rewards[i].item()),
              "advantage": ro.advantages[i].item(),
              **{f"reward/{k}": score(v[i].item()) for k, v in ro.per_func.items()},
-             **{k: v[i] for k, v in ro.extra.items()}, "finish_reason": ro.samples[i].finish_reason}
+             **{k: v[i] for k, v in ro.extra.items()}, "finish_reason": ro.samples[i].finish_reason,
+             **turns(ro.samples[i])}
             for i in range(min(len(ro.samples), n))]

@@ -79,6 +79,7 @@ from rlreason.rollout import factory
 from rlreason.rollout.base import SamplingConfig
 from rlreason.rollout.errors import find_server_error
 from rlreason.rollout.tools.parse import check_tool_template, use_response_template
+from rlreason.rollout.tools.rollouts import ToolRollouts
 from rlreason.run import stopping
 from rlreason.run.checkpoint import (
     Stateful,
@@ -115,6 +116,9 @@ class GRPOTrainer:
             use_response_template(self.tokenizer)  # TRL's parser for a template it knows, else Hermes
         self.max_model_len = context_length(self.acc.unwrap_model(self.model))
         self.eval_rows, self.eval_scorer, self.suite_scorer = parts.eval_rows, parts.eval_scorer, parts.suite_scorer
+        # the held-out eval and the suites run with the run's tools (eval/core.py), in the policy's context
+        self.eval_tools = None if parts.tools is None else ToolRollouts(
+            parts.tools, self.tokenizer, cfg.max_tool_calling_iterations, self.max_model_len)
         self.actor = Actor(cfg, parts, self.objective, self.share_pack_rows)  # the update (rlreason/loop/actor.py)
         self.engine_shares_policy = factory.shares_policy(self.engine, self.acc.unwrap_model(self.model))
         self.scale_rewards = cfg.scale_rewards or "group"  # null (older configs): group, TRL's default
@@ -376,7 +380,7 @@ class GRPOTrainer:
         # scored as training scores (rlreason.eval.core.score_samples): any training reward can be the scorer
         res = evaluate(self.engine, mine, self.eval_scorer, self.eval_sampling, prompt_column=self.cfg.prompt_column,
                        plain_text=self.cfg.rewards_plain_text, shared={"trainer_state": self.trainer_state()},
-                       n=self.eval_n)
+                       n=self.eval_n, tools=self.eval_tools)
         sums = torch.tensor([res["sums"][k] for k in HELDOUT_SUMS], dtype=torch.float64, device=self.acc.device)
         sums = self.acc.reduce(sums, "sum") if self.acc.num_processes > 1 else sums
         return {**heldout_metrics(dict(zip(HELDOUT_SUMS, sums.tolist(), strict=True))), "eval/samples": res["samples"]}
@@ -392,7 +396,7 @@ class GRPOTrainer:
         if self.acc.is_main_process:
             protocol = EvalProtocol(max_tokens=cfg.eval_max_tokens or cfg.max_completion_length, seed=cfg.seed)
             results = evaluate_suites(self.engine, self.tokenizer, cfg.eval_suites, protocol,
-                                      scorer=self.suite_scorer, limit=cfg.eval_suites_limit)
+                                      scorer=self.suite_scorer, limit=cfg.eval_suites_limit, tools=self.eval_tools)
             flat = flat_metrics(results, prefix="suite")
         self.acc.wait_for_everyone()
         return flat
