@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: demo test test-vllm test-latest lock lint install clean-venv
+.PHONY: demo demo-tools test test-vllm test-latest lock lint install clean-venv
 
 # torch first, at the lock's version, with what its build needs (on a GPU machine the CUDA build and
 # its CUDA libraries, which the CPU-made lock does not list); then the lock, --no-deps: it is the
@@ -34,6 +34,12 @@ install: $(STAMP)
 LAUNCH_FLAGS := --quiet --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no
 demo: $(STAMP)
 	$(BIN)/accelerate launch $(LAUNCH_FLAGS) recipes/grpo_math.py --overwrite_output_dir true
+
+# The tool-calling demo (README, "Tools: a calculator the model learns to call"): the embedded
+# tool-calling model learns to call a calculator for 3-digit products (recipes/configs/tiny_tools_cpu.yaml).
+demo-tools: $(STAMP)
+	$(BIN)/accelerate launch $(LAUNCH_FLAGS) recipes/grpo_math.py --config recipes/configs/tiny_tools_cpu.yaml \
+		--overwrite_output_dir true
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -186,7 +186,7 @@ TINY_SMALL = TinySpec(name="tiny-small", hidden_size=64, num_layers=4, num_heads
 # The tool-calling model (docs/tools.md, recipes/configs/tiny_tools_cpu.yaml): the dense model's shape,
 # warmed up on 3-digit products by a teacher that calls the calculator on p_tool of the problems and
 # otherwise guesses in its head (rounding both factors), so RL has a behaviour to reinforce.
-TINY_TOOLS = TinySpec(name="tiny-tools", task="mul", p_tool=0.3, vocab_size=384, sft_steps=400)
+TINY_TOOLS = TinySpec(name="tiny-tools", task="mul", p_tool=0.3, vocab_size=384, sft_steps=800, sft_batch=32)
 
 # Names ``model_name_or_path`` accepts for the embedded models.
 SPECS = {"tiny": TinySpec(), "tiny-moe": TINY_MOE, "tiny-small": TINY_SMALL, "tiny-tools": TINY_TOOLS}

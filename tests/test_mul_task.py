@@ -20,8 +20,8 @@ def test_problems_are_seeded_and_sized_as_asked():
     for p in a:
         x, y = (int(s) for s in p.question.split("*"))
         assert (x, y) == (p.a, p.b) and p.answer == x * y
-        assert 100 <= x <= 999 and 100 <= y <= 999
-    two = mul.generate(200, seed=0, difficulty=mul.MulDifficulty(min_digits_b=2, max_digits_b=2))
+        assert 317 <= x <= 999 and 317 <= y <= 999 and 100_000 <= p.answer <= 999_999
+    two = mul.generate(200, seed=0, difficulty=mul.MulDifficulty(min_b=10, max_b=99))
     assert all(10 <= p.b <= 99 for p in two)
 
 
@@ -33,7 +33,7 @@ def test_train_and_heldout_are_disjoint_and_heldout_is_about_a_quarter():
     assert not {p.question for p in mul.generate(1000, seed=7, split="train")} & held
     # 4,000 fresh draws, no split filter: about 1 in 4 land in heldout (binomial sd ~27)
     rng = random.Random(5)
-    draws = [f"{rng.randint(100, 999)}*{rng.randint(100, 999)}" for _ in range(4000)]
+    draws = [f"{rng.randint(317, 999)}*{rng.randint(317, 999)}" for _ in range(4000)]
     n_held = sum(mul.split_of(q) == "heldout" for q in draws)
     assert 850 < n_held < 1150
 
@@ -41,10 +41,10 @@ def test_train_and_heldout_are_disjoint_and_heldout_is_about_a_quarter():
 def test_bad_requests_are_refused():
     with pytest.raises(ValueError, match="split"):
         mul.generate(1, seed=0, split="test")
-    with pytest.raises(ValueError, match="min_digits_a"):
-        mul.MulDifficulty(min_digits_a=3, max_digits_a=2)
+    with pytest.raises(ValueError, match="min_a"):
+        mul.MulDifficulty(min_a=300, max_a=200)
     with pytest.raises(ValueError, match="distinct"):  # 1-digit x 1-digit: 100 questions in all
-        mul.generate(500, seed=0, difficulty=mul.MulDifficulty(1, 1, 1, 1))
+        mul.generate(500, seed=0, difficulty=mul.MulDifficulty(0, 9, 0, 9))
     with pytest.raises(ValueError, match="p_tool"):
         mul.teacher(mul.Problem(123, 456), 1.5, random.Random(0))
 

@@ -106,3 +106,17 @@ def test_warmup_batches_follow_the_teacher(tok):
     call_id = tok.convert_tokens_to_ids("<tool_call>")
     assert int((batch["labels"] == call_id).any(dim=1).sum()) == calls
     assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
+
+
+def test_the_warmup_inserts_tool_turns_as_the_rollout_does(tok):
+    """The warm-up's tool segment is what the trainer's rollout appends after a call
+    (rlreason.rollout.tools.parse.tool_suffix_ids, TRL's rule): the model is warmed up on the
+    exact tokens RL will show it."""
+    from rlreason.rollout.tools.parse import parse_assistant, tool_suffix_ids
+
+    segs = tiny.exchange_segments(tok, USER, EXCHANGE, tiny.tool_schemas())
+    assert tok(segs[2][0], add_special_tokens=False)["input_ids"] == tool_suffix_ids(tok, [EXCHANGE[1]])
+    prompt = tok(segs[0][0], add_special_tokens=False)["input_ids"]
+    turn = tok(segs[1][0], add_special_tokens=False)["input_ids"]
+    assert parse_assistant(tok, turn, prompt, tiny.tool_schemas()) == {"role": "assistant", "content": "",
+                                                                        "tool_calls": [CALL]}

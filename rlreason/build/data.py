@@ -14,16 +14,20 @@ import datasets
 from rlreason.config import GRPOConfig
 from rlreason.data import (
     INTERNAL_COLUMNS,
+    MUL_EVAL_SEED,
     arith_dataset,
     check_golds,
     embedded_chat,
     kept_rows,
     load_dataset_any,
+    mul_dataset,
     prepare,
     rename_columns,
 )
 from rlreason.data.split import holdout_split
+from rlreason.data.tasks import EMBEDDED_TASKS
 from rlreason.data.tasks.arith import Difficulty
+from rlreason.data.tasks.mul import MulDifficulty
 from rlreason.eval.suites import arith_suite
 from rlreason.rewards import build_rewards, parse_gold, reward_name
 from rlreason.rewards.math import AccuracyReward
@@ -38,7 +42,7 @@ def load_data(cfg: GRPOConfig, tokenizer: Any, dataset: datasets.Dataset | None 
               eval_dataset: datasets.Dataset | None = None, rewards: list | None = None,
               ) -> tuple[datasets.Dataset, list[dict]]:
     """(training prompts, held-out rows): rendered and tokenized (rlreason.data.prepare). The
-    embedded arithmetic task brings its own held-out problems; another dataset gives
+    embedded tasks (arith, mul) bring their own held-out problems; another dataset gives
     ``eval_holdout_size`` of its rows (rlreason.data.split: by a hash of the prompt), never trained on.
 
     A dataset's rows (those dataset_filter keeps) are checked first, each bad one named by its row
@@ -48,13 +52,13 @@ def load_data(cfg: GRPOConfig, tokenizer: Any, dataset: datasets.Dataset | None 
     ``dataset`` / ``eval_dataset`` / ``rewards``: a Python caller's (TRL's ``train_dataset`` /
     ``eval_dataset`` / ``reward_funcs``), in place of the config's; the eval rows are the held-out
     problems."""
-    embedded = dataset is None and cfg.dataset_name == "arith"
+    embedded = dataset is None and cfg.dataset_name in EMBEDDED_TASKS
     common = dict(prompt_column=cfg.prompt_column, tokenizer=tokenizer, template=cfg.prompt_template,
                   use_chat_template=embedded_chat(cfg.use_chat_template, embedded),
                   system_prompt=cfg.system_prompt, max_prompt_length=cfg.max_prompt_length)
     if dataset is None and cfg.dataset_name == GIVEN_DATASET:
         raise ValueError(f"config key 'dataset_name': {GIVEN_DATASET} stands for a train_dataset given from Python")
-    if dataset is not None or cfg.dataset_name != "arith":  # the caller's dataset is read as a loaded file is
+    if not embedded:  # the caller's dataset is read as a loaded file is
         raw = dataset if dataset is not None else load_dataset_any(cfg.dataset_name, cfg.dataset_split,
                                                                     name=cfg.dataset_config)
         rows = kept_rows(raw, cfg.dataset_filter)  # the file's row of each row kept
@@ -82,13 +86,20 @@ def load_data(cfg: GRPOConfig, tokenizer: Any, dataset: datasets.Dataset | None 
         heldout = prepare(data.select(held_idx), answer_column=None, source=source,
                           rows=[rows[i] for i in held_idx], **common)
         return train, list(heldout)
+    common["column_map"] = cfg.column_map
+    n_eval = max(cfg.final_eval_size, cfg.eval_size)
+    if cfg.dataset_name == "mul":
+        try:
+            mul_difficulty = MulDifficulty(**cfg.mul_difficulty)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"config key 'mul_difficulty': {e}") from e
+        train = prepare(mul_dataset(cfg.mul_train_size, cfg.seed, "train", mul_difficulty), **common)
+        return train, list(prepare(mul_dataset(n_eval, MUL_EVAL_SEED, "heldout", mul_difficulty), **common))
     try:
         difficulty = Difficulty(**cfg.arith_difficulty)
     except TypeError as e:
         raise ValueError(f"config key 'arith_difficulty': {e}") from e
-    common["column_map"] = cfg.column_map
     train = prepare(arith_dataset(cfg.arith_train_size, cfg.seed, "train", difficulty), **common)
-    n_eval = max(cfg.final_eval_size, cfg.eval_size)
     return train, list(prepare(datasets.Dataset.from_list(arith_suite(n_eval, difficulty)), **common))
 
 
@@ -132,7 +143,7 @@ def dataset_rewards(cfg: GRPOConfig, train: datasets.Dataset, entries: list | No
     tokenizers (TRL's ``reward_funcs`` / ``reward_processing_classes``), in place of the config's
     ``reward_funcs``. Each reward model scores the first row once here (``dry_run``)."""
     own = set(train.column_names) - {cfg.prompt_column, *INTERNAL_COLUMNS}
-    check_column_names(own, dataset_source(cfg) if cfg.dataset_name != "arith" else "")
+    check_column_names(own, dataset_source(cfg) if cfg.dataset_name not in EMBEDDED_TASKS else "")
     columns = own | {"completion_ids"}
     funcs, weights = build_rewards(cfg.reward_funcs if entries is None else entries, cfg.reward_weights,
                                    columns=columns, processing_classes=processing_classes,

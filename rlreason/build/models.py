@@ -19,7 +19,7 @@ def load_tokenizer(cfg: GRPOConfig, acc: Accelerator, key: str = "model_name_or_
     """(resolved path, tokenizer) of the model named by config key ``key``: an embedded tiny
     model (built on first use), a local folder or a hub id."""
     path = getattr(cfg, key)
-    if path in tiny.SPECS:  # "tiny" (dense Qwen2), "tiny-moe" (Qwen2-MoE), "tiny-small" (a smaller Qwen2)
+    if path in tiny.SPECS:  # "tiny" (dense Qwen2), "tiny-moe" (Qwen2-MoE), "tiny-small" (a smaller Qwen2), "tiny-tools"
         with acc.main_process_first():  # one process builds the cached model, the others reuse it
             path = str(tiny.ensure(tiny.SPECS[path], log=acc.print))
     local = Path(path).expanduser()

@@ -14,6 +14,7 @@ import yaml
 from accelerate import Accelerator
 
 from rlreason.config import ConfigError, GRPOConfig
+from rlreason.data.tasks import EMBEDDED_TASKS
 from rlreason.eval.core import HELDOUT_METRICS, suite_metric_names
 from rlreason.eval.suites import SUITES
 from rlreason.loop.parts import RunDir
@@ -71,7 +72,7 @@ def check_eval_settings(cfg: GRPOConfig) -> None:
     metric = cfg.metric_for_best_model
     if not metric:
         return
-    heldout = cfg.dataset_name == "arith" or cfg.eval_holdout_size > 0
+    heldout = cfg.dataset_name in EMBEDDED_TASKS or cfg.eval_holdout_size > 0
     known = [*(HELDOUT_METRICS if heldout else ()), *suite_metric_names(cfg.eval_suites)]
     if metric in known:
         return

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rlreason.config import GRPOConfig
+from rlreason.data.tasks import EMBEDDED_TASKS
 from rlreason.rewards import accuracy_reward, build_rewards, format_reward
 from rlreason.rewards.math import AccuracyReward
 from rlreason.rewards.runner import RewardRunner
@@ -33,7 +34,7 @@ def heldout_rewards(cfg: GRPOConfig, reward_funcs: list[Callable]) -> tuple[Call
     if cfg.eval_reward_funcs:
         funcs, _ = build_rewards(cfg.eval_reward_funcs)
         return funcs[0], (funcs[1] if len(funcs) > 1 else None)
-    if cfg.dataset_name == "arith" or any(_is_accuracy(fn) for fn in reward_funcs) or not reward_funcs:
+    if cfg.dataset_name in EMBEDDED_TASKS or any(_is_accuracy(fn) for fn in reward_funcs) or not reward_funcs:
         return accuracy_reward, format_reward
     return reward_funcs[0], None
 

@@ -38,6 +38,7 @@ from rlreason.algorithms import (
 )
 from rlreason.algorithms.rewards_aggregation import MultiObjectiveAggregation
 from rlreason.config.trl import RENAMED, migrate
+from rlreason.data.tasks import EMBEDDED_TASKS
 from rlreason.rollout.base import WeightBackend
 from rlreason.rollout.tools.results import Isolation as ToolIsolation
 
@@ -147,7 +148,9 @@ class GRPOConfig:
     load_in_4bit: bool = False  # QLoRA: NF4 base weights (bitsandbytes, CUDA)
 
     # --- data ---
-    dataset_name: str = "arith"  # "arith" = the embedded task; else a hub id or a local json/jsonl/parquet/csv
+    # "arith" / "mul" = an embedded task (rlreason.data.tasks: addition chains / 3-digit products with a
+    # calculator tool); else a hub id or a local json/jsonl/parquet/csv
+    dataset_name: str = "arith"
     dataset_split: str = "train"
     dataset_config: str | None = None  # the hub dataset's configuration (subset), e.g. "main" for openai/gsm8k
     dataset_filter: dict[str, list[Any]] = field(default_factory=dict)  # keep rows with column value in list
@@ -164,6 +167,8 @@ class GRPOConfig:
     chat_template: str | None = None  # a Jinja chat template that replaces the tokenizer's own (as in TRL)
     arith_difficulty: dict[str, Any] = field(default_factory=dict)  # rlreason.data.tasks.arith.Difficulty fields
     arith_train_size: int = 20000
+    mul_difficulty: dict[str, Any] = field(default_factory=dict)  # rlreason.data.tasks.mul.MulDifficulty fields
+    mul_train_size: int = 20000
 
     # --- rewards ---
     # names, "pkg.module:fn", "path/file.py:fn", or {name, weight, kwargs} mappings (docs/rewards.md)
@@ -606,8 +611,9 @@ class GRPOConfig:
         self._validate_ranges(need)
         self._validate_trl_generation(need)
         self._validate_loss_options(need)
-        need(not (self.eval_holdout_size and self.dataset_name == "arith"), "eval_holdout_size",
-             "the embedded task (dataset_name: arith) has its own held-out problems (final_eval_size, eval_size); "
+        need(not (self.eval_holdout_size and self.dataset_name in EMBEDDED_TASKS), "eval_holdout_size",
+             f"the embedded task (dataset_name: {self.dataset_name}) has its own held-out problems (final_eval_size, "
+             "eval_size); "
              "eval_holdout_size holds rows of your own dataset out of training")
         bad = [k for k in self.allow_config_changes if k not in OPTIMIZER_KEYS]
         need(not bad, "allow_config_changes",
@@ -721,7 +727,7 @@ class GRPOConfig:
         """Numeric keys whose values make no sense: caught at start-up, not as a reversed update
         (max_grad_norm < 0 flips every gradient) or a KeyError deep in the loop (a batch of 0)."""
         for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "generation_batch_prompts",
-                    "logging_steps", "arith_train_size", "eval_size"):
+                    "logging_steps", "arith_train_size", "mul_train_size", "eval_size"):
             need(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
         need(self.max_prompt_length is None or self.max_prompt_length >= 1, "max_prompt_length",
              f"must be >= 1, or null for no limit, got {self.max_prompt_length}")

@@ -8,7 +8,8 @@ prompt into ``prompt_text`` (through the tokenizer's chat template when there is
 tokenizes it into ``prompt_ids`` and drops prompts that are too long. Every other column
 is kept, because reward functions receive the whole row.
 
-``arith_dataset`` is the embedded arithmetic task (``rlreason.data.tasks.arith``) as a dataset.
+``arith_dataset`` is the embedded arithmetic task (``rlreason.data.tasks.arith``) as a dataset,
+``mul_dataset`` the embedded multiplication task with a calculator (``rlreason.data.tasks.mul``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 import datasets
 
-from rlreason.data.tasks import arith
+from rlreason.data.tasks import arith, mul
 from rlreason.rewards.dataset_io import load_dataset_any as load_dataset_any  # its home is the lowest layer
 from rlreason.rewards.runner import MESSAGES_COLUMN
 
@@ -435,4 +436,20 @@ def arith_dataset(n: int, seed: int, split: str, difficulty: arith.Difficulty | 
     return datasets.Dataset.from_dict(
         {"prompt": [r["prompt"] for r in records], "answer": [r["answer"] for r in records]},
         features=datasets.Features({"prompt": datasets.Value("string"), "answer": datasets.Value("string")}),
+    )
+
+
+# Seed of the multiplication task's held-out problems, fixed (as the arith suite's), so that every run
+# and the evaluation CLI score the same problems whatever the training seed.
+MUL_EVAL_SEED = 1234
+
+
+def mul_dataset(n: int, seed: int, split: str, difficulty: mul.MulDifficulty | None = None) -> datasets.Dataset:
+    """``n`` multiplication problems of ``split`` as a dataset: conversational ``prompt`` (one user
+    message) and ``answer`` columns."""
+    records = mul.to_records(mul.generate(n, seed, split, difficulty or mul.MulDifficulty()))
+    message = {"role": datasets.Value("string"), "content": datasets.Value("string")}
+    return datasets.Dataset.from_dict(
+        {"prompt": [r["prompt"] for r in records], "answer": [r["answer"] for r in records]},
+        features=datasets.Features({"prompt": [message], "answer": datasets.Value("string")}),
     )

@@ -1,7 +1,7 @@
 """The embedded multiplication task: a product too hard to compute in the head, and a calculator.
 
-A problem is ``a*b`` with ``a`` and ``b`` of a few digits each (by default 3 x 3, products of 5 or
-6 digits). The embedded tiny model cannot multiply such numbers itself, but it can copy: call the
+A problem is ``a*b`` with ``a`` and ``b`` of a few digits each (by default both 3-digit, from 317,
+so the product has 6 digits). The embedded tiny model cannot multiply such numbers itself, but it can copy: call the
 ``multiply`` tool and copy its result into ``<answer>``. The exchange in TRL's conversational
 form (the model's turns and the tool's)::
 
@@ -51,18 +51,21 @@ def multiply(a: int, b: int) -> int:
 
 @dataclass(frozen=True)
 class MulDifficulty:
-    """Digits of each factor (inclusive ranges)."""
+    """The factors' ranges (inclusive). By default 3-digit numbers from 317, so that every product has
+    6 digits (317 * 317 = 100489): the tool's answer then always has the same length, and the 0.8M
+    tiny model copies it by position. With factors from 100 (5- and 6-digit products, 1 in 6 of 5) the
+    same warm-up copied the result right 48% of the time, greedily (benchmarks/tools_warmup.py)."""
 
-    min_digits_a: int = 3
-    max_digits_a: int = 3
-    min_digits_b: int = 3
-    max_digits_b: int = 3
+    min_a: int = 317
+    max_a: int = 999
+    min_b: int = 317
+    max_b: int = 999
 
     def __post_init__(self) -> None:
         for side in ("a", "b"):
-            lo, hi = getattr(self, f"min_digits_{side}"), getattr(self, f"max_digits_{side}")
-            if not 1 <= lo <= hi:
-                raise ValueError(f"need 1 <= min_digits_{side} <= max_digits_{side}, got {lo}, {hi}")
+            lo, hi = getattr(self, f"min_{side}"), getattr(self, f"max_{side}")
+            if not 0 <= lo <= hi:
+                raise ValueError(f"need 0 <= min_{side} <= max_{side}, got {lo}, {hi}")
 
 
 @dataclass(frozen=True)
@@ -75,11 +78,6 @@ class Problem:
     def __post_init__(self) -> None:
         object.__setattr__(self, "question", f"{self.a}*{self.b}")
         object.__setattr__(self, "answer", self.a * self.b)
-
-
-def _factor(rng: random.Random, lo_digits: int, hi_digits: int) -> int:
-    digits = rng.randint(lo_digits, hi_digits)
-    return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10**digits - 1)
 
 
 def generate(n: int, seed: int, split: str = "train", difficulty: MulDifficulty = MulDifficulty(),
@@ -96,8 +94,7 @@ def generate(n: int, seed: int, split: str = "train", difficulty: MulDifficulty 
         attempts += 1
         if attempts > 200 * n + 10_000:
             raise ValueError(f"could not draw {n} distinct {split} problems at {difficulty}; ask for fewer")
-        d = difficulty
-        p = Problem(_factor(rng, d.min_digits_a, d.max_digits_a), _factor(rng, d.min_digits_b, d.max_digits_b))
+        p = Problem(rng.randint(difficulty.min_a, difficulty.max_a), rng.randint(difficulty.min_b, difficulty.max_b))
         if split_of(p.question) != split or (unique and p.question in seen):
             continue
         seen.add(p.question)
