@@ -92,22 +92,24 @@ def _reset_row(row: dict) -> dict:
 
 
 def _generate(engine: RolloutEngine, rows: Sequence[dict], n: int, sampling: SamplingConfig,
-              tools: ToolRollouts | None) -> list[list[Sample]]:
+              tools: ToolRollouts | None) -> tuple[list[list[Sample]], list[list[dict]] | None]:
     """``n`` samples per prepared row (``prompt_ids``, and with tools its chat messages): single-turn
-    from the engine, or multi-turn rollouts with ``tools``."""
+    from the engine, or multi-turn rollouts with ``tools``. -> (the groups, with tools the messages
+    each rollout's prompt was rendered from [rows * n], else None)."""
     if tools is None:
-        return engine.generate([r["prompt_ids"] for r in rows], n, sampling)
+        return engine.generate([r["prompt_ids"] for r in rows], n, sampling), None
     if rows and rows[0].get(MESSAGES_COLUMN) is None:
         raise ValueError("tools need prompts rendered by a chat template (the tool list and the calls are the "
                          "template's); these rows were rendered as plain text (config key 'use_chat_template' or "
                          "--chat-template off)")
-    return tools.generate(engine, [_reset_row(r) for r in rows], [r[MESSAGES_COLUMN] for r in rows], n,
-                          sampling)[0]
+    groups, _, prompts = tools.generate(engine, [_reset_row(r) for r in rows], [r[MESSAGES_COLUMN] for r in rows],
+                                        n, sampling)
+    return groups, prompts
 
 
 def score_samples(scorer: RewardRunner, rows: Sequence[dict], groups: Sequence[Sequence[Sample]], *,
                   prompt_column: str = "prompt", plain_text: bool = False,
-                  shared: dict[str, Any] | None = None) -> RewardOutput:
+                  shared: dict[str, Any] | None = None, prompts: list[list[dict]] | None = None) -> RewardOutput:
     """Score the engine's samples of ``rows`` (``groups[i]``: row ``i``'s samples, as many for
     every row) with ``scorer``, in the form training's reward call has (``GRPOTrainer.rollout``):
     the arguments are :func:`~rlreason.rewards.runner.reward_inputs`' (a string completion for a
@@ -115,17 +117,18 @@ def score_samples(scorer: RewardRunner, rows: Sequence[dict], groups: Sequence[S
     column of the rows but the prompt and those ``rlreason.data.prepare`` adds as a list, plus
     ``completion_ids``), ``plain_text`` is the config's ``rewards_plain_text`` and ``shared``
     what every call gets unchanged (training passes ``trainer_state``). ``rows`` as ``prepare``
-    makes them. So any training reward, a user's included, scores the held-out problems. A
-    sample with ``messages`` (a tool exchange) is passed as that exchange when the completions
-    are conversational."""
+    makes them. So any training reward, a user's included, scores the held-out problems. Tool
+    exchanges (samples with ``messages``) are passed as training passes them: the exchange as the
+    completion, and ``prompts`` (one per completion, what each rollout was rendered from) as the
+    prompts."""
     n = len(groups[0]) if groups else 1
     samples = [s for g in groups for s in g]
+    # tool exchanges: the completion is the exchange itself (assistant and tool turns), as TRL passes it
+    exchanges = [s.messages for s in samples] if samples and all(s.messages is not None for s in samples) else None
     prompts, completions, columns = reward_inputs(list(rows), [s.text for s in samples],
                                                   [s.token_ids for s in samples], n, prompt_column,
-                                                  skip=INTERNAL_COLUMNS, plain_text=plain_text)
-    # a tool exchange is the completion itself (assistant and tool turns), as TRL passes it
-    completions = [s.messages if s.messages is not None and isinstance(c, list) else c
-                   for s, c in zip(samples, completions, strict=True)]
+                                                  skip=INTERNAL_COLUMNS, plain_text=plain_text, exchanges=exchanges,
+                                                  prompt_messages=prompts)
     return scorer.score(prompts, completions, columns, shared=shared)
 
 
@@ -203,10 +206,11 @@ def evaluate(
     if n < 1 or (n > 1 and sampling.greedy):
         raise ValueError(f"n must be >= 1, and greedy decoding gives one sample per problem; got n={n}, "
                          f"temperature {sampling.temperature}")
-    groups = _generate(engine, rows, n, sampling, tools)
+    groups, prompts = _generate(engine, rows, n, sampling, tools)
     samples = [s for g in groups for s in g]
     texts = [s.text for s in samples]
-    scored = score_samples(scorer, rows, groups, prompt_column=prompt_column, plain_text=plain_text, shared=shared)
+    scored = score_samples(scorer, rows, groups, prompt_column=prompt_column, plain_text=plain_text, shared=shared,
+                           prompts=prompts)
     accuracy_name = scorer.names[0]
     # NaN: None ("does not apply") or a failure; neither is a correct answer.
     scores = [_value(v) for v in scored.per_func[accuracy_name].tolist()]
@@ -514,8 +518,8 @@ def run_suite(
                              "chat_template is 'off'")
         messages = [prompt_messages(p["row"], prompt_column=suite.problem_column, template=template.user,
                                     system_prompt=template.system) for p in problems]
-        groups, rollout_ids = tools.generate(engine, [p["row"] for p in problems], messages, protocol.n,
-                                             protocol.sampling())
+        groups, rollout_ids, _ = tools.generate(engine, [p["row"] for p in problems], messages, protocol.n,
+                                                protocol.sampling())
         prompts = [tokenizer.decode(rollout_ids[i * protocol.n]) for i in range(len(problems))]
     else:
         groups = engine.generate(prompt_ids, protocol.n, protocol.sampling()) if problems else []
@@ -681,8 +685,8 @@ def run_task(engine: RolloutEngine, rows: Sequence[dict], scorer: RewardRunner, 
     _check_scorer(scorer, None, "task_scorer(reward_funcs)")
     rows = list(rows)
     _seed_all(protocol.seed)
-    groups = _generate(engine, rows, protocol.n, protocol.sampling(), tools) if rows else []
-    scored = score_samples(scorer, rows, groups, prompt_column=prompt_column, plain_text=plain_text)
+    groups, prompts = _generate(engine, rows, protocol.n, protocol.sampling(), tools) if rows else ([], None)
+    scored = score_samples(scorer, rows, groups, prompt_column=prompt_column, plain_text=plain_text, prompts=prompts)
     values = {fn: [_value(v) for v in t.tolist()] for fn, t in scored.per_func.items()}
     failed = scored.failed.tolist() if scored.failed is not None else [False] * len(scored.total)
     first = scorer.names[0]

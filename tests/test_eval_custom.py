@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import textwrap
+import types
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -102,9 +103,12 @@ def _trainer(rows: list[dict], engine: FakeEngine, rewards: RewardRunner, eval_s
     """Just enough of a GRPOTrainer for its ``generate_and_score`` (training's reward call) and ``evaluate``."""
     cfg = SimpleNamespace(num_generations=1, prompt_column="prompt", rewards_plain_text=False)
     acc = SimpleNamespace(process_index=0, num_processes=1, device="cpu")
-    return SimpleNamespace(cfg=cfg, acc=acc, engine=engine, sampling=SamplingConfig(max_tokens=8), rewards=rewards,
-                           eval_rows=rows, eval_scorer=eval_scorer, eval_sampling=SamplingConfig(max_tokens=8),
-                           eval_n=1, eval_tools=None, trainer_state=lambda: {"global_step": 3})
+    tr = SimpleNamespace(cfg=cfg, acc=acc, engine=engine, sampling=SamplingConfig(max_tokens=8), rewards=rewards,
+                         eval_rows=rows, eval_scorer=eval_scorer, eval_sampling=SamplingConfig(max_tokens=8),
+                         eval_n=1, eval_tools=None, tools=None, rollout_func=None,
+                         trainer_state=lambda: {"global_step": 3})
+    tr._generate = types.MethodType(GRPOTrainer._generate, tr)  # single-turn: no tools, no rollout_func
+    return tr
 
 
 @pytest.mark.parametrize("tokenizer", [ChatTokenizer(), PlainTokenizer()], ids=["conversational", "standard"])

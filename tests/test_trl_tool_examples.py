@@ -32,8 +32,6 @@ from pathlib import Path
 
 import pytest
 
-from rlreason.config import ConfigError
-
 MODEL_ID = "tiny-tools"
 # small enough for a test; everything else is the doc's own
 FAST = dict(output_dir="run", max_steps=2, num_generations=4, per_device_train_batch_size=8,
@@ -354,8 +352,6 @@ def _check_increment_rewards(rows: list[dict], target_of) -> int:
     return len(rows)
 
 
-@pytest.mark.xfail(strict=True, raises=ConfigError, reason="issue 32 part E: an environment's get_reward as the only "
-                   "reward source is refused (config key 'reward_funcs': name at least one reward function)")
 def test_the_self_sampling_environment_example_logs_get_reward_under_its_class_name(tools_model, tmp_path,
                                                                                    monkeypatch):
     scope = run(adapt(ENV_EXAMPLE), tmp_path, monkeypatch)
@@ -370,8 +366,6 @@ def test_the_self_sampling_environment_example_logs_get_reward_under_its_class_n
     assert _check_increment_rewards(rows, target) == 16
 
 
-@pytest.mark.xfail(strict=True, raises=ConfigError, reason="issue 32 part E: an environment's get_reward as the only "
-                   "reward source is refused (config key 'reward_funcs': name at least one reward function)")
 def test_the_dataset_environment_example_passes_the_row_to_reset(tools_model, tmp_path, monkeypatch):
     code = edit(adapt(DATASET_ENV_EXAMPLE), "    def increment(self, step: int) -> int:  # exposed as a tool "
                 "(see the full docstring above)\n",
@@ -404,9 +398,7 @@ def test_the_rewards_example_sums_a_trainer_reward_and_get_reward(tools_model, t
         assert r["reward"] == pytest.approx(0.25 + r["reward/IncrementEnv"]), r
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="issue 32 part E: a train_dataset without a 'prompt' column "
-                   "(the environments' reset gives it) is refused by rlreason.data.prepare")
-def test_the_multiple_environments_example_shows_each_rollout_only_its_environments_tools(tools_model, tmp_path,
+def test_the_multiple_environments_example_routes_each_row_to_its_environment(tools_model, tmp_path,
                                                                                         monkeypatch):
     record = Recorder(value=1.0)
     scope = run(adapt(MULTI_ENV_EXAMPLE), tmp_path, monkeypatch, reward_func=record)

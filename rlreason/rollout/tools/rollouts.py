@@ -57,9 +57,10 @@ class ToolRollouts:
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def generate(self, engine: RolloutEngine, rows: Sequence[dict], messages: Sequence[list[dict] | None], n: int,
-                 sampling: SamplingConfig) -> tuple[list[list[Sample]], list[list[int]]]:
+                 sampling: SamplingConfig) -> tuple[list[list[Sample]], list[list[int]], list[list[dict]]]:
         """``n`` rollouts of each row -> (samples grouped per row as ``engine.generate`` groups them,
-        each rollout's prompt ids [len(rows) * n], rollout j of row i at i * n + j).
+        each rollout's prompt ids and the messages they render [len(rows) * n each], rollout j of
+        row i at i * n + j: what the rewards get as its prompt).
 
         ``rows[i]``: what ``reset(**row)`` gets (the dataset's columns); ``messages[i]``: the row's
         prompt as chat messages. Every Sample carries ``messages`` (the exchange), ``loss_mask`` and
@@ -67,9 +68,10 @@ class ToolRollouts:
         if len(messages) != len(rows):
             raise ValueError(f"got {len(messages)} prompts for {len(rows)} rows")
         starts: list[EpisodeStart] = self.executor.start([dict(r) for r in rows for _ in range(n)])
-        prompt_ids = [episode_prompt_ids(self.tokenizer, episode_messages(messages[i // n], s.observation),
-                                         s.schemas, self.chat_template_kwargs) for i, s in enumerate(starts)]
+        prompts = [episode_messages(messages[i // n], s.observation) for i, s in enumerate(starts)]
+        prompt_ids = [episode_prompt_ids(self.tokenizer, m, s.schemas, self.chat_template_kwargs)
+                      for m, s in zip(prompts, starts, strict=True)]
         flat = generate_with_tools(engine, self.tokenizer, prompt_ids, 1, sampling, None, starts,
                                    self.executor.call, self.max_iterations, self.max_model_len)
         samples = [g[0] for g in flat]
-        return [samples[i * n:(i + 1) * n] for i in range(len(rows))], prompt_ids
+        return [samples[i * n:(i + 1) * n] for i in range(len(rows))], prompt_ids, prompts
