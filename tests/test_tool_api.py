@@ -23,6 +23,7 @@ from rlreason.build.tools import NO_REWARD_SOURCE, resolve_tools
 from rlreason.config import ConfigError, from_dict, load_yaml, parse_overrides
 from rlreason.rewards import RewardSpecError
 from rlreason.rollout.tools import ToolExecutor
+from rlreason.run import lock
 
 # A ChatML template that renders tools (Hermes / Qwen2.5's format, compact): the tiny model's own
 # renders no tool calls, and a run with tools is refused for such a template (check_tool_template).
@@ -161,6 +162,21 @@ def test_environment_owning_the_data_needs_max_steps(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ a run
 
 
+def test_a_dataset_that_only_routes_environments(tiny_path: Path, tmp_path: Path) -> None:
+    """TRL's multi-environment example: the dataset has an 'environment' column and no prompt."""
+    routing = datasets.Dataset.from_dict({"environment": ["room", "scored"] * 2})
+    trainer = GRPOTrainer(model="tiny", args=small(tmp_path), train_dataset=routing,
+                          environment_factory={"room": Unscored, "scored": Scored})
+    try:
+        assert trainer.train_dataset["prompt"][0] == [{"role": "user", "content": ""}]
+        starts = trainer.trainer.tools.start([{"environment": "room"}, {"environment": "scored"}])
+        assert [[s["function"]["name"] for s in st.schemas] for st in starts] == [["look"], ["multiply"]]
+        assert trainer.trainer.tools.reward_names == ["Scored"]
+    finally:
+        trainer.trainer.close()
+        lock.release(str(tmp_path / "out"))
+
+
 def test_environment_owning_data_and_reward_trains(tiny_path: Path, tmp_path: Path) -> None:
     """No train_dataset, no reward_funcs: reset gives the prompt, get_reward the reward (TRL's rules)."""
     trainer = GRPOTrainer(model="tiny", args=small(tmp_path), environment_factory=Scored)
@@ -279,3 +295,26 @@ def test_path_file_specs_resolve_and_run_in_the_workers(tmp_path: Path) -> None:
         resolve_tools(GRPOConfig(output_dir=str(tmp_path / "q"), environment_factory=f"{plugin}:Countr"))
     with pytest.raises(RewardSpecError, match=r"config key 'tools' \('missing.py:f'\).*file 'missing.py' not found"):
         resolve_tools(GRPOConfig(output_dir=str(tmp_path / "r"), tools=["missing.py:f"]))
+
+
+def test_a_yaml_run_with_tools_from_a_file(tiny_path: Path, tmp_path: Path) -> None:
+    """What recipes/grpo_math.py runs (build.grpo) from a YAML config naming its tool by file."""
+    from rlreason.build.grpo import start_trainer, train_and_finish
+
+    plugin = tmp_path / "my_tools.py"
+    plugin.write_text(PLUGIN)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({
+        "output_dir": str(tmp_path / "out"), "model_name_or_path": "tiny", "arith_train_size": 64, "eval_size": 4,
+        "final_eval_size": 0, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1,
+        "num_generations": 4, "max_completion_length": 8, "max_steps": 1, "learning_rate": 1e-5, "loss_type": "grpo",
+        "logging_steps": 1, "save_steps": 0, "eval_steps": 0, "log_completions_steps": 0, "reward_num_workers": 0,
+        "progress": False, "chat_template": TOOL_TEMPLATE, "reward_funcs": ["accuracy"],
+        "tools": [f"{plugin}:multiply"], "max_tool_calling_iterations": 2, "tool_num_workers": 1}))
+    trainer = start_trainer(from_dict(load_yaml(path)))
+    assert [s["function"]["name"] for s in trainer.tools.schemas] == ["multiply"]
+    assert trainer.tools.manager_pid is not None
+    train_and_finish(trainer)
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "tools/call_frequency" in r] == [1]  # the step ran the tool path
+    assert trainer.tools.manager_pid is None  # closed with the run

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 import time
 
 import pytest
+from _procs import alive, assert_all_end, wait_until
 
+from rlreason.rewards._pool import _children
 from rlreason.rollout.tools import ToolExecutor, ToolSchemaError, tool_schemas
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the worker processes are Linux-first")
@@ -94,6 +97,22 @@ async def async_multiply(a: int, b: int) -> int:
 def call(name: str, **arguments: object) -> dict:
     """A tool call as transformers' parse_response gives it."""
     return {"type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def test_in_process_mode_drops_an_environment_whose_call_hung() -> None:
+    Built.made = 0
+    with pytest.warns(UserWarning, match="tool_isolation: none"):
+        ex = ToolExecutor(environment_factory=SlowBuilt, timeout_s=0.3, isolation="none")
+    ex.start([{}, {}])
+    [[hung], [fine]] = ex.call([(0, [call("wait", seconds=2)]), (1, [call("serial_number")])])
+    [[lost]] = ex.call([(0, [call("serial_number")])])
+    values, failed = ex.rewards()
+    ex.start([{}, {}])  # the abandoned instance (it may still be changing) is never handed out again
+    serials = {r[0].content for r in ex.call([(0, [call("serial_number")]), (1, [call("serial_number")])])}
+    assert (hung.reason, lost.reason) == ("timeout", "environment_lost")
+    assert failed == {"SlowBuilt": [True, False]} and values["SlowBuilt"][1] == 1.0
+    # the probe built 1 (episode 0 took it and hung), episode 1 built 2; the next batch gets 2 back and builds 3
+    assert fine.content == "2" and serials == {"2", "3"} and Built.made == 3
 
 
 # ------------------------------------------------------------------ environments
@@ -176,6 +195,20 @@ class Built:
         return self.serial
 
 
+class SlowBuilt(Built):
+    def wait(self, seconds: float) -> str:
+        """Wait.
+
+        Args:
+            seconds: How long.
+        """
+        time.sleep(seconds)
+        return "done"
+
+    def get_reward(self) -> float:
+        return 1.0
+
+
 class Echo:
     def reset(self, **row: object) -> str:
         return f"echo row {row['prompt']}"
@@ -247,6 +280,54 @@ def test_os_exit_is_a_crashed_worker_and_the_next_call_is_served() -> None:
     assert (next_one.failed, next_one.content) == (False, "9")
 
 
+def test_sys_exit_is_the_tools_failure_and_the_worker_lives_on() -> None:
+    def leave(code: int) -> str:
+        """Exit.
+
+        Args:
+            code: The exit code.
+        """
+        raise SystemExit(code)
+
+    with ToolExecutor([leave], Counter, num_workers=1) as ex:
+        ex.start([{"start": 1}])
+        worker = _children(ex.manager_pid)
+        [[left, inc]] = ex.call([(0, [call("leave", code=4), call("inc", by=1)])])
+        assert _children(ex.manager_pid) == worker  # not replaced: the episode's environment lives on
+    assert (left.reason, left.content) == ("raised", "{'error': 'called sys.exit(4)'}")
+    assert (inc.failed, inc.content) == (False, "2")
+
+
+def test_no_process_outlives_close_even_after_kills() -> None:
+    ex = ToolExecutor([hang, die], timeout_s=0.5, num_workers=2)
+    manager = ex.manager_pid
+    first = _children(manager)
+    assert manager is not None and len(first) == 2
+    ex.start([{}, {}])
+    ex.call([(0, [call("hang", seconds=60)]), (1, [call("die", code=1)])])  # both workers replaced
+    second = _children(manager)
+    assert len(second) == 2 and not set(first) & set(second)
+    assert not any(alive(p) for p in first)  # the killed ones are gone, not left as zombies or strays
+    ex.close()
+    assert_all_end([manager, *second])
+
+
+def test_a_killed_manager_is_replaced_and_its_environments_count_as_lost() -> None:
+    with ToolExecutor([multiply], Counter, num_workers=1) as ex:
+        ex.start([{"start": 1}])
+        manager = ex.manager_pid
+        os.kill(manager, signal.SIGKILL)  # the OOM killer, an operator's kill, between two requests
+        assert wait_until(lambda: not alive(manager))
+        [[inc, product]] = ex.call([(0, [call("inc", by=1), call("multiply", a=2, b=3)])])
+        values, failed = ex.rewards()
+        ex.start([{"start": 5}])  # the next batch runs on the new manager
+        [[again]] = ex.call([(0, [call("inc", by=1)])])
+    assert (inc.reason, product.content) == ("environment_lost", "6")
+    assert values == {"Counter": [None]} and failed == {"Counter": [True]}
+    assert again.content == "6"
+    assert ex.manager_pid != manager
+
+
 def test_unknown_tool_and_bad_arguments() -> None:
     with ToolExecutor([multiply], num_workers=1) as ex:
         ex.start([{}])
@@ -297,10 +378,11 @@ def test_stateful_environment_keeps_its_state_across_calls_and_scores_it() -> No
 def test_reset_that_raises_is_an_episode_error_and_the_run_goes_on() -> None:
     with ToolExecutor(environment_factory=BrokenReset, num_workers=1) as ex:
         starts = ex.start([{"bad": True}, {"bad": False}])
-        [[looked]] = ex.call([(1, [call("look")])])
+        [[looked], [cannot]] = ex.call([(1, [call("look")]), (0, [call("look")])])
     assert starts[0].error is not None and "no such level" in starts[0].error and starts[0].observation is None
     assert (starts[1].error, starts[1].observation) == (None, "ok")
     assert (looked.failed, looked.content) == (False, "a room")
+    assert (cannot.reason, "its reset failed" in cannot.content) == ("environment_lost", True)
 
 
 def test_hanging_method_loses_its_workers_environments_only() -> None:

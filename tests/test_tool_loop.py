@@ -418,3 +418,52 @@ def test_bad_calls_are_refused(tok):
                             None, 4096)
     with pytest.raises(ValueError, match="max_tool_calling_iterations"):
         run(tok, ScriptedEngine(tok, []), [p], 1, max_iterations=-1)
+
+
+class FirstTurnScripted:
+    """The first turn scripted (the tiny model does not call tools), every continuation the real
+    transformers engine's: its ids and log-probs land after the inserted tool tokens."""
+
+    def __init__(self, tokenizer, engine, text: str) -> None:
+        self.tok, self.engine, self.text, self.n_calls = tokenizer, engine, text, 0
+
+    def generate(self, prompts, n, sampling, seeds=None):
+        self.n_calls += 1
+        if self.n_calls > 1:
+            return self.engine.generate(prompts, n, sampling, seeds)
+        ids = self.tok(self.text, add_special_tokens=False)["input_ids"]
+        return [[Sample(ids, self.text, [0.0] * len(ids), "stop") for _ in range(n)] for _ in prompts]
+
+    def load_weights(self, named_tensors) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_continuations_from_the_real_engine_score_as_the_trainer_scores_them(tiny_model):
+    """After the tool suffix, the transformers engine continues each rollout: the sampler's log-probs
+    of those model tokens are the trainer's log-prob pass over the whole exchange (positions and
+    context right after the inserted tokens), and the inserted tokens are exactly the suffix."""
+    from rlreason.data.batching import pack
+    from rlreason.loop.logprobs import completion_logprobs
+    from rlreason.rollout.hf import HFEngine
+
+    model, tok = tiny_model
+    tok.chat_template = TOOL_TEMPLATE
+    p = prompt(tok, "12*13")
+    engine = FirstTurnScripted(tok, HFEngine(model, tok), TURN1)
+    torch.manual_seed(0)
+    samples = generate_with_tools(engine, tok, [p], 3, SamplingConfig(max_tokens=len(ids(tok, TURN1)) + 60), [7],
+                                  starts(3), run_calls, 1, 4096)[0]
+    t1, suffix = ids(tok, TURN1), ids(tok, SUFFIX_156)
+    for s in samples:
+        assert s.token_ids[:len(t1) + len(suffix)] == t1 + suffix and len(s.token_ids) > len(t1) + len(suffix)
+        assert s.loss_mask == [1] * len(t1) + [0] * len(suffix) + [1] * (len(s.token_ids) - len(t1) - len(suffix))
+    assert len({tuple(s.token_ids) for s in samples}) > 1  # three seeded streams, not one
+    batch = pack([p] * 3, [s.token_ids for s in samples], tok.pad_token_id)
+    with torch.no_grad():
+        logp, _ = completion_logprobs(model, batch, temperature=1.0)
+    for i, s in enumerate(samples):
+        cont = slice(len(t1) + len(suffix), len(s.token_ids))
+        torch.testing.assert_close(logp[i, cont], torch.tensor(s.logprobs[cont]), atol=2e-4, rtol=1e-4)

@@ -248,3 +248,28 @@ def test_rollout_func_samples_masks_and_columns(tiny_path, tmp_path):
     assert ro.per_func["reward"].tolist() == [1.0, 0.0] * (len(ro.samples) // 2)
     assert tr.update(ro)["grad_norm"] > 0
     tr.close()
+
+
+@pytest.mark.slow
+def test_two_processes_train_with_tools_as_one_process(tiny_path, tmp_path):
+    """Two processes (gloo), each with its own tool executor and half the prompts, make one process's
+    update on the same global batch and log its tool metrics."""
+    from _launch import ROOT, assert_clean_exit, run
+
+    worker = ROOT / "tests" / "_tool_dist_worker.py"
+    one = run([sys.executable, str(worker), "--model", str(tiny_path), "--out", str(tmp_path / "one.pt")])
+    assert_clean_exit(one)
+    two = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
+               "--model", str(tiny_path), "--out", str(tmp_path / "two.pt")])
+    assert_clean_exit(two)
+    r1, r2 = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert (r1["world"], r2["world"], r2["spread"]) == (1, 2, 0.0)
+    d1 = torch.cat([(r1["after"][k] - r1["before"][k]).flatten() for k in r1["before"]])
+    d2 = torch.cat([(r2["after"][k] - r2["before"][k]).flatten() for k in r1["before"]])
+    assert (d1 != 0).float().mean() > 0.9  # the update moved (nearly) every weight
+    assert (d2 - d1).norm() <= 1e-4 * d1.norm()  # tests/test_distributed.py's tolerance
+    for m1, m2 in zip(r1["metrics"], r2["metrics"], strict=True):
+        for key in ("tools/call_frequency", "tools/turns_mean", "tools/masked_tokens_mean", "tools/calls/mul",
+                    "completion/mean_length", "reward/mean", "loss"):
+            assert m2[key] == pytest.approx(m1[key], rel=1e-4, abs=1e-7), (m1["step"], key)
+        assert 0 < m1["tools/call_frequency"] < 1

@@ -175,3 +175,22 @@ def test_sample_metrics_count_model_tokens_and_tool_use():
     assert m["tools/turns_mean"] == (3 + 1 + 2 + 1) / 4 and m["tools/masked_tokens_mean"] == 9 / 4
     assert m["tools/calls/mul"] == 2 / 4 and m["tools/calls/add"] == 1 / 4
     assert not any(k.startswith("tools/") for k in sample_metrics(Accelerator(cpu=True), ro))
+
+
+def test_environment_reward_columns_add_with_weight_one_and_failures_are_unknown():
+    from rlreason.rewards.runner import RewardOutput, add_reward_columns
+
+    out = RewardOutput(total=torch.tensor([1.0, 2.0, 0.5, 0.0, 1.0], dtype=torch.float64),
+                       per_func={"acc": torch.tensor([1.0, 2.0, 0.5, 0.0, 1.0], dtype=torch.float64)},
+                       failures={"acc": 0})
+    values = {"Env": [0.5, None, float("nan"), 3, 2.0]}
+    failed = {"Env": [False, False, False, False, True]}
+    got = add_reward_columns(out, values, failed)
+    assert got.total[[0, 1, 3]].tolist() == [1.5, 2.0, 3.0]  # None: left out of the sum, not a failure
+    assert got.failed.tolist() == [False, False, True, False, True]  # NaN returned, or flagged failed
+    assert got.known.tolist() == [True, True, False, True, False]
+    assert got.failures["Env"] == 2 and "Env" in got.errors and out.failed is None  # out is left as it was
+    env = got.per_func["Env"]
+    assert env[0] == 0.5 and env[3] == 3.0 and torch.isnan(env[[1, 2, 4]]).all()
+    with pytest.raises(ValueError, match="named twice"):
+        add_reward_columns(out, {"acc": [1.0] * 5}, {})

@@ -86,6 +86,15 @@ def environment_prompts(cfg: GRPOConfig) -> datasets.Dataset:
     return datasets.Dataset.from_dict({cfg.prompt_column: [[{"role": "user", "content": ""}]] * rows})
 
 
+def with_empty_prompts(dataset: datasets.Dataset, column: str) -> datasets.Dataset:
+    """``dataset`` with an empty user message as its prompt where it has no prompt column: TRL's rule
+    when an environment owns the data (a routing dataset may carry only an ``environment`` column;
+    each rollout's ``reset()`` gives the prompt)."""
+    if column in dataset.column_names:
+        return dataset
+    return dataset.add_column(column, [[{"role": "user", "content": ""}]] * len(dataset))
+
+
 def check_tool_data(cfg: GRPOConfig, spec: ToolSpec, train: datasets.Dataset, tokenizer: Any,
                     source: str = "the dataset") -> None:
     """Tools need conversational prompts and a chat template that renders a tool exchange; a dict

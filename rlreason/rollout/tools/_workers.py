@@ -29,6 +29,7 @@ import math
 import multiprocessing
 import os
 import signal
+import threading
 import time
 import weakref
 from collections import deque
@@ -324,10 +325,26 @@ class Remote:
         self.config = config
         self.handle = _Handle()
         self.request_ids = iter(range(1, 2**62))
+        self.lock = threading.Lock()  # one request at a time on the pipe (the rollout thread, or the trainer's)
+        self.generation = 0  # managers started so far: a new one holds none of the old one's environments
         self._finalizer = weakref.finalize(self, _shutdown, self.handle)  # at garbage collection too
         self._start()
 
     def request(self, op: str, payload: Any) -> Any:
+        with self.lock:
+            return self._request(op, payload)
+
+    def ensure_running(self) -> None:
+        """Start a new manager if the last one died (``generation`` then says so)."""
+        with self.lock:
+            if self.handle.process is not None and not self.handle.process.is_alive():
+                self._restart()
+
+    @property
+    def manager_pid(self) -> int | None:
+        return self.handle.process.pid if self.handle.process is not None else None
+
+    def _request(self, op: str, payload: Any) -> Any:
         if self.handle.process is None:
             raise RuntimeError("the tool executor is closed")
         if os.getpid() != self.handle.owner_pid:
@@ -362,6 +379,7 @@ class Remote:
                                   name="rlreason-tool-manager", daemon=True)
         process.start()
         theirs.close()
+        self.generation += 1
         self.handle.process, self.handle.conn = process, ours
         _LIVE[id(self.handle)] = self.handle  # stopped at interpreter exit, with the reward pools
         deadline = time.monotonic() + _START_TIMEOUT_S

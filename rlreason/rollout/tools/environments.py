@@ -245,6 +245,8 @@ class Episodes:
             return ToolResult(name, error_content("ran out of memory (MemoryError)"), True, "memory")
         except Exception as e:
             return ToolResult(name, error_content(str(e)), True, "raised")
+        except SystemExit as e:  # the tool's sys.exit: its failure, not its worker's end (other episodes live there)
+            return ToolResult(name, error_content(f"called sys.exit({e.code!r})"), True, "raised")
         if len(content) > self.max_output_chars:
             return ToolResult(name, content[:self.max_output_chars], False, truncated=True)
         return ToolResult(name, content, False)

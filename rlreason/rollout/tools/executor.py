@@ -79,7 +79,8 @@ class ToolExecutor:
         self._batch = 0
         self._names: list[str | None] = []  # each episode's environment, this batch
         self._start_errors: list[str | None] = []
-        self._lost: dict[int, str] = {}  # in-process: episodes whose environment was dropped
+        self._lost: dict[int, str] = {}  # episodes whose environment is gone (in-process: dropped; a manager died)
+        self._generation = self._remote.generation if self._remote is not None else 0
 
     # ------------------------------------------------------------------ the API
 
@@ -88,6 +89,11 @@ class ToolExecutor:
         """The class names of the environments whose class defines ``get_reward`` (TRL logs each
         as a reward source of weight 1 under that name)."""
         return list(dict.fromkeys(info.class_name for info in self.environments.values() if info.has_reward))
+
+    @property
+    def manager_pid(self) -> int | None:
+        """The manager process's pid (None in-process or closed); its children are the workers."""
+        return self._remote.manager_pid if self._remote is not None else None
 
     def schemas_for(self, name: str | None) -> list[dict]:
         """The tool schemas of a rollout in environment ``name``: the standalone tools, then its methods."""
@@ -107,6 +113,7 @@ class ToolExecutor:
             answers = self._remote.request("start", (self._batch, jobs))
             if answers is None:
                 answers = {i: (None, "reset(): the tool manager process died") for i, _, _ in jobs}
+            self._generation = self._remote.generation
         else:
             answers = {i: self._local(i, "start", (self._batch, i, row, name)) for i, row, name in jobs}
         self._start_errors = [answers[i][1] for i in range(len(rows))]
@@ -122,14 +129,24 @@ class ToolExecutor:
                 raise IndexError(f"tool call for episode {episode}, but this batch has {len(self._names)} episodes "
                                  f"(call start(rows) first)")
             jobs += [((r, c), episode, tool_call) for c, tool_call in enumerate(calls)]
+        self._check_manager()
+        answers: dict = {}
+        for key, episode, tool_call in jobs:  # an environment whose reset failed, or lost: its methods cannot run
+            why = f"its reset failed ({self._start_errors[episode]})" if self._start_errors[episode] is not None \
+                else self._lost.get(episode)
+            if why is not None and self.factories and parse_call(tool_call)[0] not in self._episodes.tools:
+                answers[key] = lost_call(tool_call, why)
+        jobs = [job for job in jobs if job[0] not in answers]
         if self._remote is not None:
-            answers = self._remote.request("call", jobs)
-            if answers is None:  # the manager died: every environment with it
+            remote = self._remote.request("call", jobs) if jobs else {}
+            if remote is None:  # the manager died: every environment with it
                 self._lost = dict.fromkeys(range(len(self._names)), "the tool manager process died")
-                answers = {key: failed_job("call", (episode, tool_call), "crashed", "the tool manager process died")
-                           for key, episode, tool_call in jobs}
+                remote = {key: failed_job("call", (episode, tool_call), "crashed", "the tool manager process died")
+                          for key, episode, tool_call in jobs}
+            answers.update(remote)
         else:
-            answers = {key: self._local(episode, "call", (episode, tool_call)) for key, episode, tool_call in jobs}
+            answers.update({key: self._local(episode, "call", (episode, tool_call))
+                            for key, episode, tool_call in jobs})
         return [[answers[(r, c)] for c in range(len(calls))] for r, (_, calls) in enumerate(requests)]
 
     def rewards(self) -> tuple[dict[str, list[float | None]], dict[str, list[bool]]]:
@@ -142,7 +159,8 @@ class ToolExecutor:
         failed = {name: [False] * n for name in self.reward_names}
         wanted = [i for i, name in enumerate(self._names)
                   if name in self.environments and self.environments[name].has_reward]
-        asked = [i for i in wanted if self._start_errors[i] is None]
+        self._check_manager()
+        asked = [i for i in wanted if self._start_errors[i] is None and i not in self._lost]
         if self._remote is not None:
             answers = self._remote.request("reward", asked) if asked else {}
             if answers is None:
@@ -151,7 +169,7 @@ class ToolExecutor:
             answers = {i: self._local(i, "reward", (i,)) for i in asked}
         for i in wanted:
             cls = self.environments[self._names[i]].class_name
-            value, error = answers.get(i, (None, self._start_errors[i]))
+            value, error = answers.get(i, (None, self._start_errors[i] or LOST.format(why=self._lost.get(i))))
             values[cls][i] = value
             failed[cls][i] = error is not None
         return values, failed
@@ -167,6 +185,14 @@ class ToolExecutor:
         self.close()
 
     # ------------------------------------------------------------------ helpers
+
+    def _check_manager(self) -> None:
+        """A manager restarted since this batch's resets (it died) holds none of its environments."""
+        if self._remote is None:
+            return
+        self._remote.ensure_running()
+        if self.factories and self._remote.generation != self._generation:
+            self._lost = dict.fromkeys(range(len(self._names)), "the tool manager process died")
 
     def _probe(self) -> dict[str | None, EnvironmentInfo]:
         if self._remote is not None:

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from rlreason.rollout.base import RolloutEngine, Sample, SamplingConfig
 from rlreason.rollout.tools.parse import parse_assistant, tool_suffix_ids
 
-if TYPE_CHECKING:  # the executor's types (rlreason/rollout/tools/executor.py); the loop only reads fields
+if TYPE_CHECKING:  # the executor's types (rlreason/rollout/tools/results.py); the loop only reads fields
     from rlreason.rollout.tools.results import EpisodeStart, ToolResult
 
 UNKNOWN_TOOL = "<unknown>"  # tool_stats["per_tool"]'s key for calls to a tool the rollout does not have
