@@ -43,6 +43,10 @@ def test_dataset_mul_has_conversational_prompts_and_its_own_heldout_problems(too
     # the held-out problems do not depend on the training seed: every run scores the same ones
     _, held_other_seed = load_data(dataclasses.replace(cfg, seed=6), tools_tok)
     assert [r["answer"] for r in held_other_seed] == [r["answer"] for r in held]
+    # the eval CLI's suite 'mul' is the same held-out problems, as plain questions
+    from rlreason.eval.suites import SUITES
+
+    assert SUITES["mul"].generator(50) == [{"prompt": r["prompt"][0]["content"], "answer": r["answer"]} for r in held]
     with pytest.raises(ValueError, match="mul_difficulty"):
         load_data(GRPOConfig(dataset_name="mul", mul_difficulty={"min_a": 500, "max_a": 400}), tools_tok)
     with pytest.raises(ValueError, match="mul_difficulty"):
