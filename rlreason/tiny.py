@@ -1,9 +1,12 @@
 """The embedded tiny model: a locally trained tokenizer, a small Qwen2, a short SFT warm-up.
 
-Three specs ship: ``tiny`` (a dense Qwen2, ``TinySpec()``), ``tiny-moe`` (``TINY_MOE``, a
-Qwen2-MoE with the same attention, tokenizer and warm-up data) and ``tiny-small``
+Four specs ship: ``tiny`` (a dense Qwen2, ``TinySpec()``), ``tiny-moe`` (``TINY_MOE``, a
+Qwen2-MoE with the same attention, tokenizer and warm-up data), ``tiny-small``
 (``TINY_SMALL``, a narrower, shallower dense Qwen2 with the same tokenizer: the distillation
-student); ``SPECS`` maps the names that ``model_name_or_path`` accepts to them.
+student) and ``tiny-tools`` (``TINY_TOOLS``, the dense shape with its own tokenizer and a
+tool-calling chat template, warmed up on 3-digit products by a teacher that calls a calculator some
+of the time: the tool demo, docs/tools.md); ``SPECS`` maps the names that ``model_name_or_path``
+accepts to them.
 
 Nothing is downloaded. The build is deterministic for a spec (seeded data, seeded init,
 one thread), cached under ``$RLREASON_CACHE`` (default ``~/.cache/rlreason``) in a folder
@@ -16,7 +19,8 @@ template, left padding, and distinct pad (``<|endoftext|>``) and eos (``<|im_end
 
 The warm-up imitates traces from a sloppy teacher (see ``rlreason.data.tasks.arith``) on
 the same problems RL trains on: the model learns the format and the method, and copies
-the teacher's dropped carries, which RL then has to unlearn.
+the teacher's dropped carries, which RL then has to unlearn. ``tiny-tools``' warm-up imitates
+multi-turn exchanges (``exchange_example``: loss on the model's turns, none on the tool's).
 """
 
 from __future__ import annotations
