@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from rlreason.data.tasks import arith
+from rlreason.data import MUL_EVAL_SEED
+from rlreason.data.tasks import arith, mul
 from rlreason.rewards.math import extract_answer, gsm8k_gold
 
 # Fixed so that every run, before and after training, is scored on the same problems.
@@ -151,6 +152,13 @@ def _arith_rows(limit: int | None) -> list[dict]:
     return arith_suite(limit if limit is not None else 1000)
 
 
+def _mul_rows(limit: int | None) -> list[dict]:
+    """The multiplication task's held-out problems, the very ones a ``dataset_name: mul`` run scores
+    (the same seed): evaluate with its tool, ``--tools rlreason.data.tasks.mul:multiply``."""
+    problems = mul.generate(limit if limit is not None else 1000, seed=MUL_EVAL_SEED, split="heldout")
+    return [{"prompt": p.question, "answer": str(p.answer)} for p in problems]
+
+
 BUILTIN_SUITES: tuple[Suite, ...] = (
     Suite("gsm8k", hf_id="openai/gsm8k", hf_config="main", local_path="gsm8k_test.jsonl",
           problem_column="question", answer_column="answer", gold_format="gsm8k", solution_column="answer"),
@@ -167,6 +175,7 @@ BUILTIN_SUITES: tuple[Suite, ...] = (
           local_path="olympiadbench.jsonl", problem_column="question", answer_column="final_answer",
           gold_format="list", solution_column="solution", subject_column="subfield", id_column="id"),
     Suite("arith", problem_column="prompt", default_template="arith", generator=_arith_rows),
+    Suite("mul", problem_column="prompt", default_template="plain", generator=_mul_rows),
 )
 
 SUITES: dict[str, Suite] = {s.name: s for s in BUILTIN_SUITES}

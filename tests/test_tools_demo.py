@@ -43,6 +43,10 @@ def test_dataset_mul_has_conversational_prompts_and_its_own_heldout_problems(too
     # the held-out problems do not depend on the training seed: every run scores the same ones
     _, held_other_seed = load_data(dataclasses.replace(cfg, seed=6), tools_tok)
     assert [r["answer"] for r in held_other_seed] == [r["answer"] for r in held]
+    # the eval CLI's suite 'mul' is the same held-out problems, as plain questions
+    from rlreason.eval.suites import SUITES
+
+    assert SUITES["mul"].generator(50) == [{"prompt": r["prompt"][0]["content"], "answer": r["answer"]} for r in held]
     with pytest.raises(ValueError, match="mul_difficulty"):
         load_data(GRPOConfig(dataset_name="mul", mul_difficulty={"min_a": 500, "max_a": 400}), tools_tok)
     with pytest.raises(ValueError, match="mul_difficulty"):
@@ -86,3 +90,46 @@ def test_the_tools_recipe_runs_from_its_yaml_with_tool_turns_logged(tiny_tools_q
         if call["name"] == "multiply" and set(call["arguments"]) == {"a", "b"}:
             assert c["messages"][1]["content"] == str(mul.multiply(**call["arguments"]))
     assert (out / "tools.png").stat().st_size > 0 and "tools.png" in (out / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_the_warmed_up_model_calls_about_as_often_as_its_teacher_and_is_right_when_it_calls():
+    """What the demo starts from (tiny-tools as built, through the trainer's own tool rollouts):
+    sampled, it calls on about p_tool of its answers and is mostly right when it calls and never
+    in its head; greedy, it never calls (so the held-out accuracy starts at 0)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlreason.rewards.math import AccuracyReward
+    from rlreason.rollout.base import SamplingConfig
+    from rlreason.rollout.hf import HFEngine
+    from rlreason.rollout.tools.executor import ToolExecutor
+    from rlreason.rollout.tools.rollouts import ToolRollouts
+
+    path = tiny.ensure(tiny.TINY_TOOLS, log=lambda *a: None)
+    tok = AutoTokenizer.from_pretrained(path)
+    engine = HFEngine(AutoModelForCausalLM.from_pretrained(path).eval(), tok)
+    rows = mul.to_records(mul.generate(60, seed=7, split="heldout"))
+    score = AccuracyReward()
+    executor = ToolExecutor([mul.multiply], num_workers=1)
+    try:
+        rollouts = ToolRollouts(executor, tok, max_iterations=1, max_model_len=tiny.TINY_TOOLS.max_positions)
+        torch.manual_seed(0)
+        out = {}
+        for name, n, temperature in (("sampled", 8, 1.0), ("greedy", 1, 0.0)):
+            groups, _ = rollouts.generate(engine, rows, [r["prompt"] for r in rows], n,
+                                          SamplingConfig(max_tokens=64, temperature=temperature))
+            called, right = [], []
+            for row, group in zip(rows, groups, strict=True):
+                for s in group:
+                    called.append(s.tool_stats["calls"] > 0)
+                    right.append(score([row["prompt"]], [s.messages], answer=[row["answer"]])[0] == 1.0)
+            out[name] = (called, right)
+    finally:
+        executor.close()
+    called, right = out["sampled"]
+    assert 0.25 <= sum(called) / len(called) <= 0.55  # the teacher called on 0.4
+    assert sum(r for r, c in zip(right, called, strict=True) if c) / sum(called) >= 0.6
+    assert not any(r for r, c in zip(right, called, strict=True) if not c)
+    called, right = out["greedy"]
+    assert not any(called) and not any(right)

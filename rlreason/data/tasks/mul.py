@@ -53,8 +53,9 @@ def multiply(a: int, b: int) -> int:
 class MulDifficulty:
     """The factors' ranges (inclusive). By default 3-digit numbers from 317, so that every product has
     6 digits (317 * 317 = 100489): the tool's answer then always has the same length, and the 0.8M
-    tiny model copies it by position. With factors from 100 (5- and 6-digit products, 1 in 6 of 5) the
-    same warm-up copied the result right 48% of the time, greedily (benchmarks/tools_warmup.py)."""
+    tiny model copies it by position. With factors from 100 (5- and 6-digit products, 1 in 6 of 5) a
+    warm-up (p_tool 0.3, 800 steps of 32) copied the product right 48% of the time, greedily, and
+    nearly never a 5-digit one (benchmarks/tools_warmup.py)."""
 
     min_a: int = 317
     max_a: int = 999
