@@ -15,10 +15,7 @@ must change, each edit checked to apply exactly as often as expected, so the res
   ...``") becomes this test's model, dataset and reward; ``...`` as a reward's body becomes a
   recording reward; ``reward_func`` (not defined in the doc) is this test's recording reward;
 - the second environment example's ``increment`` says "see the full docstring above": it gets
-  that docstring (a tool without one has no schema, in TRL as here);
-- ``chat_template_kwargs={"enable_thinking": False}`` (Qwen3's switch; the tiny model's template
-  has no thinking mode) is left out: rlreason's config accepts the key only empty
-  (rlreason/config/trl.py, ``ONLY_AT_DEFAULT``), which ``CHAT_TEMPLATE_KWARGS`` below records.
+  that docstring (a tool without one has no schema, in TRL as here).
 
 Every run is 2 steps of 8 rollouts (2 prompts x 4) on the tiny model; rewards run in this process
 (``reward_num_workers=0``) so the test sees what they were called with.
@@ -224,13 +221,8 @@ def edit(code: str, old: str, new: str, count: int = 1) -> str:
     return code.replace(old, new)
 
 
-# what the examples pass and rlreason refuses for now (see the module docstring)
-CHAT_TEMPLATE_KWARGS = 'chat_template_kwargs={"enable_thinking": False}'
-
-
 def adapt(code: str) -> str:
     """The edits every example gets (the module docstring lists them)."""
-    code = code.replace(", " + CHAT_TEMPLATE_KWARGS, "").replace(CHAT_TEMPLATE_KWARGS, "")
     code = code.replace("from trl import", "from rlreason import")
     code = code.replace('"Qwen/Qwen3-0.6B"', "MODEL_ID")
     code = code.replace("GRPOConfig(max_steps=1000", "GRPOConfig(**FAST")
@@ -413,3 +405,38 @@ def test_the_multiple_environments_example_routes_each_row_to_its_environment(to
         called = {k for k, _ in (r.get("tool_stats") or {}).get("per_tool", {}).items()}
         assert not called & ({"move"} if kind == "coding" else {"run_code"}), r
     assert kinds == {"coding", "game"}
+
+
+def test_chat_template_kwargs_reach_the_prompts_the_model_continues(tools_model, tmp_path, monkeypatch):
+    """TRL's ``chat_template_kwargs`` (the examples pass Qwen3's ``enable_thinking``) are the chat
+    template's variables wherever a prompt is rendered: here a template that writes a marker when
+    ``enable_thinking`` is false, found in the rendered dataset prompts and in the prompts the tool
+    rollouts continued (rendered again with the tool list)."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    import rlreason
+    from rlreason.data.tasks import mul
+
+    tok = AutoTokenizer.from_pretrained(tools_model)
+    marker = "THINKING OFF"
+    tok.chat_template = ("{%- if enable_thinking is defined and not enable_thinking -%}" + marker
+                         + "{%- endif -%}" + tok.chat_template)
+    monkeypatch.chdir(tmp_path)
+    args = rlreason.GRPOConfig(**FAST, chat_template_kwargs={"enable_thinking": False})
+    trainer = rlreason.GRPOTrainer(model=MODEL_ID, processing_class=tok, reward_funcs=Recorder(0.0), args=args,
+                                   train_dataset=Dataset.from_list(mul.to_records(mul.generate(8, 0))),
+                                   tools=[mul.multiply])
+    loop = trainer.trainer
+    try:
+        rows = [loop.train_dataset[i] for i in range(2)]
+        assert all(r["prompt_text"].startswith(marker) for r in rows)
+        rollout = loop.rollout(rows)
+        prompts = [tok.decode(ids) for ids in rollout.prompt_ids]
+        assert len(prompts) == 8 and all(p.startswith(marker) and "tools: multiply(a, b)" in p for p in prompts)
+    finally:
+        loop.close()
+    without = AutoTokenizer.from_pretrained(tools_model)
+    without.chat_template = tok.chat_template
+    plain = without.apply_chat_template(mul.prompt(mul.generate(1, 0)[0]), tokenize=False)
+    assert not plain.startswith(marker)  # the marker is the kwarg's doing

@@ -55,7 +55,8 @@ def load_data(cfg: GRPOConfig, tokenizer: Any, dataset: datasets.Dataset | None 
     embedded = dataset is None and cfg.dataset_name in EMBEDDED_TASKS
     common = dict(prompt_column=cfg.prompt_column, tokenizer=tokenizer, template=cfg.prompt_template,
                   use_chat_template=embedded_chat(cfg.use_chat_template, embedded),
-                  system_prompt=cfg.system_prompt, max_prompt_length=cfg.max_prompt_length)
+                  system_prompt=cfg.system_prompt, max_prompt_length=cfg.max_prompt_length,
+                  chat_template_kwargs=cfg.chat_template_kwargs)
     if dataset is None and cfg.dataset_name == GIVEN_DATASET:
         raise ValueError(f"config key 'dataset_name': {GIVEN_DATASET} stands for a train_dataset given from Python")
     if not embedded:  # the caller's dataset is read as a loaded file is

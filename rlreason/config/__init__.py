@@ -165,6 +165,9 @@ class GRPOConfig:
     prompt_template: str | None = None  # e.g. "Question: {prompt}\nAnswer:"; applied to string prompts first
     system_prompt: str | None = None  # a system message first (makes a string prompt conversational, see above)
     chat_template: str | None = None  # a Jinja chat template that replaces the tokenizer's own (as in TRL)
+    # TRL's: extra variables for every rendering of the chat template (prompts, tool rollouts), e.g.
+    # {enable_thinking: false} for Qwen3's; a template that does not read one ignores it
+    chat_template_kwargs: dict[str, Any] | None = None
     arith_difficulty: dict[str, Any] = field(default_factory=dict)  # rlreason.data.tasks.arith.Difficulty fields
     arith_train_size: int = 20000
     mul_difficulty: dict[str, Any] = field(default_factory=dict)  # rlreason.data.tasks.mul.MulDifficulty fields

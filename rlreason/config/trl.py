@@ -103,7 +103,6 @@ ONLY_AT_DEFAULT: dict[str, tuple[tuple[Any, ...] | Callable[[Any], bool], str]] 
     "data_seed": ((None,), "the prompt order is seeded by seed"),
     "full_determinism": ((False,), "torch's deterministic algorithms are not switched on; runs are seeded by seed"),
     "ignore_data_skip": ((False,), "a resumed run continues the prompt stream exactly where it stopped"),
-    "chat_template_kwargs": (_off, "the chat template is rendered with its defaults; a chat_template changes it"),
     "vllm_structured_outputs_regex": ((None,), "sampling is not constrained by a regex"),
     "vllm_max_model_length": ((None,), "vLLM's context is the model's own"),
     # TRL's ScriptArguments and ModelConfig (`trl grpo`'s command line)

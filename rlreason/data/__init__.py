@@ -98,9 +98,11 @@ def _fill_template(template: str, row: dict, prompt: Any) -> str:
         raise ValueError(f"invalid prompt template {template!r}: {e} (write literal braces as {{{{ and }}}})") from e
 
 
-def _apply_chat_template(tokenizer: Any, messages: list[dict]) -> str:
-    """Render messages as the prompt the model continues: template text, not token ids."""
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+def _apply_chat_template(tokenizer: Any, messages: list[dict], chat_template_kwargs: dict | None = None) -> str:
+    """Render messages as the prompt the model continues: template text, not token ids;
+    ``chat_template_kwargs`` are the template's extra variables (TRL's config key)."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                         **(chat_template_kwargs or {}))
 
 
 def render_prompt(
@@ -111,6 +113,7 @@ def render_prompt(
     use_chat_template: bool = True,
     template: str | None = None,
     system_prompt: str | None = None,
+    chat_template_kwargs: dict | None = None,
 ) -> str | list[dict]:
     """Turn one dataset row into the prompt the policy sees.
 
@@ -130,7 +133,7 @@ def render_prompt(
     chat = use_chat_template and _has_chat_template(tokenizer)
     messages = prompt_messages(row, prompt_column=prompt_column, template=template, system_prompt=system_prompt)
     if chat:
-        return _apply_chat_template(tokenizer, messages)
+        return _apply_chat_template(tokenizer, messages, chat_template_kwargs)
     if _is_conversation(value):
         return messages
     text = _fill_template(template, row, value) if template is not None else str(value)
@@ -366,6 +369,7 @@ def prepare(
     max_prompt_length: int | None = None,
     source: str = "the dataset",
     rows: Sequence[int] | None = None,
+    chat_template_kwargs: dict | None = None,
 ) -> datasets.Dataset:
     """Make ``dataset`` ready for the trainer.
 
@@ -409,6 +413,7 @@ def prepare(
             use_chat_template=chat,
             template=template,
             system_prompt=system_prompt,
+            chat_template_kwargs=chat_template_kwargs,
         )
         out: dict[str, Any] = {"prompt_text": text}
         if chat:  # rewards get the messages, as TRL passes a conversational prompt

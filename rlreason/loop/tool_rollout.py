@@ -68,22 +68,25 @@ def conversation(row: dict, observation: Any) -> list[dict]:
     return [*messages[:-1], {**last, "content": last["content"] + str(observation)}]
 
 
-def render_prompt_ids(tokenizer: Any, messages: list[dict], schemas: list[dict]) -> list[int]:
-    """The prompt a rollout continues: the chat template with the rollout's tool schemas."""
+def render_prompt_ids(tokenizer: Any, messages: list[dict], schemas: list[dict],
+                      chat_template_kwargs: dict | None = None) -> list[int]:
+    """The prompt a rollout continues: the chat template with the rollout's tool schemas (and the
+    config's ``chat_template_kwargs``)."""
     return tokenizer.apply_chat_template(messages, tools=schemas or None, add_generation_prompt=True,
-                                         tokenize=True, return_dict=False)
+                                         tokenize=True, return_dict=False, **(chat_template_kwargs or {}))
 
 
 def tools_rollouts(engine: RolloutEngine, tokenizer: Any, tools: ToolExecutor, rows: list[dict], G: int,
                    sampling: SamplingConfig, seeds: Sequence[int] | None, max_iterations: int | None,
-                   max_model_len: int) -> Generated:
+                   max_model_len: int, chat_template_kwargs: dict | None = None) -> Generated:
     """G multi-turn rollouts per row with the executor's tools (module docstring)."""
     expanded = [r for r in rows for _ in range(G)]
     starts = tools.start([{k: v for k, v in r.items() if k not in INTERNAL_COLUMNS} for r in expanded])
     if len(starts) != len(expanded):
         raise RuntimeError(f"the tool executor started {len(starts)} episodes for {len(expanded)} rollouts")
     messages = [conversation(r, s.observation) for r, s in zip(expanded, starts, strict=True)]
-    prompt_ids = [render_prompt_ids(tokenizer, m, s.schemas) for m, s in zip(messages, starts, strict=True)]
+    prompt_ids = [render_prompt_ids(tokenizer, m, s.schemas, chat_template_kwargs)
+                  for m, s in zip(messages, starts, strict=True)]
     shared = all(prompt_ids[i] == prompt_ids[i - i % G] for i in range(len(prompt_ids)))
     if shared:  # the usual case: one prompt per group, the engine samples G from it
         groups = generate_with_tools(engine, tokenizer, prompt_ids[::G], G, sampling, seeds, starts, tools.call,

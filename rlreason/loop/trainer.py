@@ -118,7 +118,8 @@ class GRPOTrainer:
         self.eval_rows, self.eval_scorer, self.suite_scorer = parts.eval_rows, parts.eval_scorer, parts.suite_scorer
         # the held-out eval and the suites run with the run's tools (eval/core.py), in the policy's context
         self.eval_tools = None if parts.tools is None else ToolRollouts(
-            parts.tools, self.tokenizer, cfg.max_tool_calling_iterations, self.max_model_len)
+            parts.tools, self.tokenizer, cfg.max_tool_calling_iterations, self.max_model_len,
+            dict(cfg.chat_template_kwargs or {}))
         self.actor = Actor(cfg, parts, self.objective, self.share_pack_rows)  # the update (rlreason/loop/actor.py)
         self.engine_shares_policy = factory.shares_policy(self.engine, self.acc.unwrap_model(self.model))
         self.scale_rewards = cfg.scale_rewards or "group"  # null (older configs): group, TRL's default
@@ -231,7 +232,8 @@ class GRPOTrainer:
             return rollout_func_rollouts(self.rollout_func, rows, G, cfg.prompt_column, ctx)
         if self.tools is not None:
             return tools_rollouts(self.engine, self.tokenizer, self.tools, rows, G, self.sampling, seeds,
-                                  getattr(cfg, "max_tool_calling_iterations", None), self.max_model_len)
+                                  getattr(cfg, "max_tool_calling_iterations", None), self.max_model_len,
+                                  getattr(cfg, "chat_template_kwargs", None))
         return plain_rollouts(self.engine, rows, G, self.sampling, seeds)
 
     def trainer_state(self, step: int | None = None) -> TrainerState:
