@@ -318,3 +318,28 @@ def test_a_yaml_run_with_tools_from_a_file(tiny_path: Path, tmp_path: Path) -> N
     rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "tools/call_frequency" in r] == [1]  # the step ran the tool path
     assert trainer.tools.manager_pid is None  # closed with the run
+
+
+def test_async_runs_give_the_heldout_eval_an_executor_of_its_own(tiny_path: Path, tmp_path: Path) -> None:
+    """With async_rollouts the held-out eval runs while the next training batch is generated on the rollout
+    thread; an executor serves one batch of episodes at a time, so the eval must not start episodes in the
+    training batch's executor: it gets its own, and both close with the run."""
+    from rlreason.build.grpo import start_trainer, train_and_finish
+
+    plugin = tmp_path / "my_tools.py"
+    plugin.write_text(PLUGIN)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({
+        "output_dir": str(tmp_path / "out"), "model_name_or_path": "tiny", "arith_train_size": 64, "eval_size": 4,
+        "final_eval_size": 0, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1,
+        "num_generations": 4, "max_completion_length": 8, "max_steps": 2, "learning_rate": 1e-5, "loss_type": "grpo",
+        "logging_steps": 1, "save_steps": 0, "eval_steps": 1, "log_completions_steps": 0, "reward_num_workers": 0,
+        "progress": False, "chat_template": TOOL_TEMPLATE, "reward_funcs": ["accuracy"], "async_rollouts": True,
+        "tools": [f"{plugin}:multiply"], "max_tool_calling_iterations": 2, "tool_num_workers": 1}))
+    trainer = start_trainer(from_dict(load_yaml(path)))
+    training, heldout = trainer.tools, trainer.eval_tools.executor
+    assert heldout is not training and heldout.manager_pid not in (None, training.manager_pid)
+    train_and_finish(trainer)
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "eval/tools/call_frequency" in r] == [0, 1, 2]  # before, and after each step
+    assert training.manager_pid is None and heldout.manager_pid is None  # both closed with the run

@@ -67,6 +67,9 @@ def build(cfg: GRPOConfig, given: Given | None = None) -> Parts:
     eval_accuracy, eval_format = heldout_rewards(cfg, reward_funcs)  # the built-in accuracy, or your task's reward
     # its manager process forks before vLLM starts threads; its probe builds one of each environment, in a worker
     executor = tool_executor(cfg, tools)
+    # With async_rollouts the held-out eval runs while the next training batch is generated on the rollout
+    # thread, and an executor serves one batch of episodes at a time: the eval gets executor of its own.
+    eval_executor = tool_executor(cfg, tools) if cfg.async_rollouts and executor is not None else None
     engine = None
     try:
         check_reward_source(reward_funcs, executor)  # reward_funcs, or an environment's get_reward (TRL's rule)
@@ -74,11 +77,12 @@ def build(cfg: GRPOConfig, given: Given | None = None) -> Parts:
         return assemble(cfg, model, tokenizer, train, reward_funcs, reward_weights, eval_rows=eval_rows,
                         eval_accuracy_fn=eval_accuracy, eval_format_fn=eval_format, engine=engine,
                         accelerator=acc, teacher=teacher, run_dir=run_dir, tools=executor,
-                        rollout_func=tools.rollout_func)
+                        eval_tools=eval_executor, rollout_func=tools.rollout_func)
     except BaseException:  # a stop signal or an error: the engine's and executor's processes go with it
         factory.close(engine)
-        if executor is not None:
-            executor.close()
+        for ex in (executor, eval_executor):
+            if ex is not None:
+                ex.close()
         raise
 
 

@@ -47,12 +47,13 @@ def assemble(cfg: GRPOConfig, model: torch.nn.Module, tokenizer: Any, train: dat
              eval_format_fn: Callable | None = None, engine: RolloutEngine | None = None,
              accelerator: Accelerator | None = None, teacher: torch.nn.Module | None = None,
              run_dir: RunDir | None = None, keep_dropout: bool = False, tools: ToolExecutor | None = None,
-             rollout_func: Callable | None = None) -> Parts:
+             rollout_func: Callable | None = None, eval_tools: ToolExecutor | None = None) -> Parts:
     """The training-side parts around a loaded policy and prepared data: reward runner, reference,
     optimizer, scheduler (prepared with the policy), default engine, logger. ``keep_dropout``:
     for an objective that compares no passes (SFT's NLL), where dropout stays a regulariser.
     ``tools`` / ``rollout_func``: the run's tool executor and TRL's rollout function
-    (rlreason/build/tools.py), passed on in ``Parts``."""
+    (rlreason/build/tools.py), passed on in ``Parts``; ``eval_tools``: the held-out eval's own executor
+    (async_rollouts), else the eval uses ``tools``."""
     optim_cls = optimizer_class(cfg.optim)  # first: a missing bitsandbytes fails before any work
     acc = accelerator or Accelerator(log_with=cfg.report_to or None, project_dir=cfg.output_dir)
     set_seed(cfg.seed, device_specific=True)
@@ -128,7 +129,8 @@ def assemble(cfg: GRPOConfig, model: torch.nn.Module, tokenizer: Any, train: dat
     return Parts(acc=acc, run_dir=run_dir, model=model, optimizer=optimizer, scheduler=scheduler, tokenizer=tokenizer,
                  train=train, rewards=rewards, engine=engine, logger=logger, ref_model=ref_model,
                  ref_is_base_adapter=ref_is_base_adapter, teacher=teacher, eval_rows=eval_rows or [],
-                 eval_scorer=eval_scorer, suite_scorer=suite_scorer, tools=tools, rollout_func=rollout_func)
+                 eval_scorer=eval_scorer, suite_scorer=suite_scorer, tools=tools, rollout_func=rollout_func,
+                 eval_tools=eval_tools)
 
 
 def setting_warnings(cfg: GRPOConfig, separate_engine: bool) -> list[str]:

@@ -55,4 +55,7 @@ class Parts:
     suite_scorer: RewardRunner | None = None  # the main process's (suites run there)
     # multi-turn rollouts (TRL's tools= / environment_factory=): runs the tools, isolated; None: no tools
     tools: ToolExecutor | None = None
+    # the held-out eval's executor when the eval runs beside a training batch (async_rollouts: one executor
+    # serves one batch of episodes at a time); None: the eval uses ``tools``
+    eval_tools: ToolExecutor | None = None
     rollout_func: Callable | None = None  # TRL's rollout_func(prompts, trainer) -> {prompt_ids, completion_ids, ...}

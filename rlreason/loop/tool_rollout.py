@@ -30,7 +30,7 @@ import torch
 from rlreason.data import INTERNAL_COLUMNS
 from rlreason.rewards.runner import MESSAGES_COLUMN, RewardOutput
 from rlreason.rollout.base import RolloutEngine, Sample, SamplingConfig
-from rlreason.rollout.tools.loop import generate_with_tools, turn_seed
+from rlreason.rollout.tools.rollouts import tool_rollouts
 
 if TYPE_CHECKING:  # part E's executor (interface 2): start, call, rewards, reward_names, close
     from rlreason.rollout.tools.executor import ToolExecutor
@@ -54,49 +54,23 @@ def plain_rollouts(engine: RolloutEngine, rows: list[dict], G: int, sampling: Sa
     return Generated([r["prompt_ids"] for r in rows for _ in range(G)], [s for g in groups for s in g])
 
 
-def conversation(row: dict, observation: Any) -> list[dict]:
-    """A row's prompt messages with an environment's reset observation appended to the last
-    message's content (TRL's rule: the text concatenated; None adds nothing). The row is not changed."""
-    messages = row.get(MESSAGES_COLUMN)
-    if messages is None:
-        raise ValueError("tools and environments need conversational prompts rendered by the chat template "
-                         "(TRL's rule): a dataset whose prompts are lists of messages, or string prompts with "
-                         "config key 'use_chat_template' not false and a tokenizer with a chat template")
-    if observation is None:
-        return list(messages)
-    last = messages[-1]
-    return [*messages[:-1], {**last, "content": last["content"] + str(observation)}]
-
-
-def render_prompt_ids(tokenizer: Any, messages: list[dict], schemas: list[dict],
-                      chat_template_kwargs: dict | None = None) -> list[int]:
-    """The prompt a rollout continues: the chat template with the rollout's tool schemas (and the
-    config's ``chat_template_kwargs``)."""
-    return tokenizer.apply_chat_template(messages, tools=schemas or None, add_generation_prompt=True,
-                                         tokenize=True, return_dict=False, **(chat_template_kwargs or {}))
-
-
 def tools_rollouts(engine: RolloutEngine, tokenizer: Any, tools: ToolExecutor, rows: list[dict], G: int,
                    sampling: SamplingConfig, seeds: Sequence[int] | None, max_iterations: int | None,
                    max_model_len: int, chat_template_kwargs: dict | None = None) -> Generated:
-    """G multi-turn rollouts per row with the executor's tools (module docstring)."""
-    expanded = [r for r in rows for _ in range(G)]
-    starts = tools.start([{k: v for k, v in r.items() if k not in INTERNAL_COLUMNS} for r in expanded])
-    if len(starts) != len(expanded):
-        raise RuntimeError(f"the tool executor started {len(starts)} episodes for {len(expanded)} rollouts")
-    messages = [conversation(r, s.observation) for r, s in zip(expanded, starts, strict=True)]
-    prompt_ids = [render_prompt_ids(tokenizer, m, s.schemas, chat_template_kwargs)
-                  for m, s in zip(messages, starts, strict=True)]
-    shared = all(prompt_ids[i] == prompt_ids[i - i % G] for i in range(len(prompt_ids)))
-    if shared:  # the usual case: one prompt per group, the engine samples G from it
-        groups = generate_with_tools(engine, tokenizer, prompt_ids[::G], G, sampling, seeds, starts, tools.call,
-                                     max_iterations, max_model_len)
-    else:  # each rollout its own prompt: one sample each, seeded per rollout
-        own = None if seeds is None else [turn_seed(seeds[i // G], i % G, 0) for i in range(len(expanded))]
-        groups = generate_with_tools(engine, tokenizer, prompt_ids, 1, sampling, own, starts, tools.call,
-                                     max_iterations, max_model_len)
+    """G multi-turn rollouts per row with the executor's tools (rlreason/rollout/tools/rollouts.py);
+    the rewards get each rollout's prompt messages and its exchange."""
+    if rows and any(r.get(MESSAGES_COLUMN) is None for r in rows):
+        raise ValueError(NOT_CONVERSATIONAL)
+    groups, prompt_ids, prompts = tool_rollouts(
+        engine, tokenizer, tools, [{k: v for k, v in r.items() if k not in INTERNAL_COLUMNS} for r in rows],
+        [r[MESSAGES_COLUMN] for r in rows], G, sampling, seeds, max_iterations, max_model_len, chat_template_kwargs)
     samples = [s for g in groups for s in g]
-    return Generated(prompt_ids, samples, prompts=messages, exchanges=[s.messages for s in samples])
+    return Generated(prompt_ids, samples, prompts=prompts, exchanges=[s.messages for s in samples])
+
+
+NOT_CONVERSATIONAL = ("tools and environments need conversational prompts rendered by the chat template (TRL's "
+                      "rule): a dataset whose prompts are lists of messages, or string prompts with config key "
+                      "'use_chat_template' not false and a tokenizer with a chat template")
 
 
 @dataclass(frozen=True)

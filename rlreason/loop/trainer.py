@@ -117,8 +117,9 @@ class GRPOTrainer:
         self.max_model_len = context_length(self.acc.unwrap_model(self.model))
         self.eval_rows, self.eval_scorer, self.suite_scorer = parts.eval_rows, parts.eval_scorer, parts.suite_scorer
         # the held-out eval and the suites run with the run's tools (eval/core.py), in the policy's context
+        self._eval_executor = parts.eval_tools  # its own with async_rollouts (rlreason/loop/parts.py)
         self.eval_tools = None if parts.tools is None else ToolRollouts(
-            parts.tools, self.tokenizer, cfg.max_tool_calling_iterations, self.max_model_len,
+            parts.eval_tools or parts.tools, self.tokenizer, cfg.max_tool_calling_iterations, self.max_model_len,
             dict(cfg.chat_template_kwargs or {}))
         self.actor = Actor(cfg, parts, self.objective, self.share_pack_rows)  # the update (rlreason/loop/actor.py)
         self.engine_shares_policy = factory.shares_policy(self.engine, self.acc.unwrap_model(self.model))
@@ -418,8 +419,9 @@ class GRPOTrainer:
         for runner in (self.rewards, self.eval_scorer, self.suite_scorer):
             if runner is not None:
                 runner.close()
-        if self.tools is not None:  # the tool workers, and the environments they hold
-            self.tools.close()
+        for executor in (self.tools, self._eval_executor):  # the tool workers, and the environments they hold
+            if executor is not None:
+                executor.close()
 
     @property
     def stop_requested(self) -> bool:
