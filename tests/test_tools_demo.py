@@ -117,8 +117,8 @@ def test_the_warmed_up_model_calls_about_as_often_as_its_teacher_and_is_right_wh
         torch.manual_seed(0)
         out = {}
         for name, n, temperature in (("sampled", 8, 1.0), ("greedy", 1, 0.0)):
-            groups, _ = rollouts.generate(engine, rows, [r["prompt"] for r in rows], n,
-                                          SamplingConfig(max_tokens=64, temperature=temperature))
+            groups = rollouts.generate(engine, rows, [r["prompt"] for r in rows], n,
+                                       SamplingConfig(max_tokens=64, temperature=temperature))[0]
             called, right = [], []
             for row, group in zip(rows, groups, strict=True):
                 for s in group:
