@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import hashlib
 import json
 import math
@@ -472,6 +473,18 @@ def ensure(spec: TinySpec = TinySpec(), rebuild: bool = False, log=print) -> Pat
     if path.exists() and not rebuild:
         return path
     root.mkdir(parents=True, exist_ok=True)
+    # One build per spec at a time: a second process asking for the model (a test while CI prebuilds it
+    # in the background, the ranks of a multi-process run) waits for the first build and reuses it.
+    with open(root / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists() and not rebuild:
+            return path
+        _build_into(spec, root, path, log)
+    return path
+
+
+def _build_into(spec: TinySpec, root: Path, path: Path, log) -> None:
+    """Build ``spec`` in a temporary folder under ``root``, then rename it to ``path``."""
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".build-"))
     try:
         threads = torch.get_num_threads()
@@ -487,7 +500,6 @@ def ensure(spec: TinySpec = TinySpec(), rebuild: bool = False, log=print) -> Pat
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return path
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -82,3 +83,21 @@ def test_existing_specs_keep_their_cache_keys(monkeypatch):
     assert tools.key() != dataclasses.replace(tools, p_tool=0.2).key()
     with pytest.raises(ValueError, match="task"):
         tiny.TinySpec(task="division")
+
+
+def test_two_processes_asking_for_an_unbuilt_model_build_it_once(tmp_path):
+    """ensure() holds a per-spec lock while it builds: a second process (a test while CI prebuilds the
+    model in the background, the ranks of a multi-process run) waits and reuses the first build."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RLREASON_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "rlreason.tiny", "--sft-steps", "2"]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0].splitlines() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert outs[0][-1] == outs[1][-1]  # the same model folder
+    # the builder logs its steps before the path; exactly one of the two did
+    assert sorted(len(o) > 1 for o in outs) == [False, True]
+    assert [p.name for p in (tmp_path / "tiny").iterdir() if not p.name.startswith(".")] == [Path(outs[0][-1]).name]

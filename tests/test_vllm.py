@@ -320,6 +320,7 @@ class _EvalOnly:
         self.eval_rows, self.acc, self.cfg = tr.eval_rows, tr.acc, tr.cfg
         self.eval_sampling, self.engine, self.trainer_state = tr.eval_sampling, engine, tr.trainer_state
         self.eval_n = tr.eval_n  # answers per held-out problem (num_generations_eval; 1: greedy)
+        self.eval_tools = tr.eval_tools  # the run's tools (None here: a single-turn run)
 
 
 def test_teacher_rejection_sampling_through_vllm(engine, fresh_model, tok):
