@@ -34,6 +34,23 @@ def tiny_path(test_spec) -> Path:
     return ensure(test_spec, log=lambda *a: None)
 
 
+# The tool-calling tiny model as the tests use it: tiny-tools' tokenizer, template and teacher with a
+# quarter of its warm-up (200 steps, about 1 min to build instead of 4): it calls the calculator on about
+# a third of its sampled answers (it does not yet copy the product right), which is what the tool tests
+# need. The demo's model itself (800 steps) is checked by benchmarks/tools_warmup.py (README, "Tools").
+TOOLS_TEST_WARMUP_STEPS = 200
+
+
+@pytest.fixture(scope="session")
+def tiny_tools_path() -> Path:
+    import dataclasses
+
+    from rlreason.tiny import TINY_TOOLS, ensure
+
+    return ensure(dataclasses.replace(TINY_TOOLS, name="tiny-tools-ci", sft_steps=TOOLS_TEST_WARMUP_STEPS),
+                  log=lambda *a: None)
+
+
 @pytest.fixture()
 def tiny_model(tiny_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer

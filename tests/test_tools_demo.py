@@ -1,6 +1,9 @@
 """The tool-calling demo (make demo-tools): the embedded multiplication task as a dataset, and
 recipes/configs/tiny_tools_cpu.yaml run end to end from its YAML on a quickly built tiny-tools
-(its architecture, tokenizer and template; 40 warm-up steps: for the wiring, not for learning)."""
+(its architecture, tokenizer and template; 40 warm-up steps: for the wiring, not for learning). What the
+demo starts from, the built tiny-tools (how often it calls, whether it is right when it calls and in its
+head), is measured by benchmarks/tools_warmup.py (README, "Tools"): its 800-step build takes 4 minutes,
+too long for the suite."""
 
 from __future__ import annotations
 
@@ -90,46 +93,3 @@ def test_the_tools_recipe_runs_from_its_yaml_with_tool_turns_logged(tiny_tools_q
         if call["name"] == "multiply" and set(call["arguments"]) == {"a", "b"}:
             assert c["messages"][1]["content"] == str(mul.multiply(**call["arguments"]))
     assert (out / "tools.png").stat().st_size > 0 and "tools.png" in (out / "report.html").read_text()
-
-
-@pytest.mark.slow
-def test_the_warmed_up_model_calls_about_as_often_as_its_teacher_and_is_right_when_it_calls():
-    """What the demo starts from (tiny-tools as built, through the trainer's own tool rollouts):
-    sampled, it calls on about p_tool of its answers and is mostly right when it calls and never
-    in its head; greedy, it never calls (so the held-out accuracy starts at 0)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from rlreason.rewards.math import AccuracyReward
-    from rlreason.rollout.base import SamplingConfig
-    from rlreason.rollout.hf import HFEngine
-    from rlreason.rollout.tools.executor import ToolExecutor
-    from rlreason.rollout.tools.rollouts import ToolRollouts
-
-    path = tiny.ensure(tiny.TINY_TOOLS, log=lambda *a: None)
-    tok = AutoTokenizer.from_pretrained(path)
-    engine = HFEngine(AutoModelForCausalLM.from_pretrained(path).eval(), tok)
-    rows = mul.to_records(mul.generate(60, seed=7, split="heldout"))
-    score = AccuracyReward()
-    executor = ToolExecutor([mul.multiply], num_workers=1)
-    try:
-        rollouts = ToolRollouts(executor, tok, max_iterations=1, max_model_len=tiny.TINY_TOOLS.max_positions)
-        torch.manual_seed(0)
-        out = {}
-        for name, n, temperature in (("sampled", 8, 1.0), ("greedy", 1, 0.0)):
-            groups = rollouts.generate(engine, rows, [r["prompt"] for r in rows], n,
-                                       SamplingConfig(max_tokens=64, temperature=temperature))[0]
-            called, right = [], []
-            for row, group in zip(rows, groups, strict=True):
-                for s in group:
-                    called.append(s.tool_stats["calls"] > 0)
-                    right.append(score([row["prompt"]], [s.messages], answer=[row["answer"]])[0] == 1.0)
-            out[name] = (called, right)
-    finally:
-        executor.close()
-    called, right = out["sampled"]
-    assert 0.25 <= sum(called) / len(called) <= 0.55  # the teacher called on 0.4
-    assert sum(r for r, c in zip(right, called, strict=True) if c) / sum(called) >= 0.6
-    assert not any(r for r, c in zip(right, called, strict=True) if not c)
-    called, right = out["greedy"]
-    assert not any(called) and not any(right)

@@ -39,7 +39,6 @@ from rlreason.rollout.tools.parse import tool_suffix_ids  # noqa: E402
 from rlreason.rollout.tools.rollouts import episode_prompt_ids  # noqa: E402
 from rlreason.rollout.vllm import VLLMEngine  # noqa: E402
 from rlreason.rollout.vllm_server import VLLMServerEngine  # noqa: E402
-from rlreason.tiny import SPECS, ensure  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 
@@ -49,8 +48,8 @@ MAX_LEN = 192  # the tiny model's positions
 
 
 @pytest.fixture(scope="module")
-def tools_path() -> Path:
-    return ensure(SPECS["tiny-tools"], log=lambda *a: None)
+def tools_path(tiny_tools_path) -> Path:
+    return tiny_tools_path  # tiny-tools with a shorter warm-up (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
