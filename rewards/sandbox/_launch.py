@@ -21,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ._types import Limits, RunResult
+from .bwrap import SANDBOX_GID, SANDBOX_UID
 
 HARNESS_SOURCE = (Path(__file__).parent / "_harness.py").read_text()
 # Start-up allowance on top of the inputs' limits: bubblewrap + interpreter start take ~50 ms on an
@@ -35,8 +36,8 @@ def launch(prefix: list[str], python: str, code: str, inputs: list[str], limits:
     """Run ``code`` once per input in one launch of ``[*prefix, python, -I, -S, -c, harness]``."""
     workdir = "/tmp" if kill_all else tempfile.mkdtemp(prefix="rlreason-sandbox-")
     try:
-        if not kill_all and popen_user:  # the unsafe mode's private working directory, owned by the sandbox user
-            os.chown(workdir, popen_user["user"], popen_user["group"])
+        if not kill_all and os.geteuid() == 0:  # the unsafe mode's private working directory, the sandbox user's
+            os.chown(workdir, SANDBOX_UID, SANDBOX_GID)
         request = {"code": code, "inputs": inputs, "limits": asdict(limits), "total_wall_s": total_wall_s,
                    "workdir": workdir, "kill_all": kill_all}
         deadline = _STARTUP_S + (total_wall_s if total_wall_s is not None

@@ -86,10 +86,11 @@ class Sandbox:
         if any(not isinstance(x, str) for x in inputs):
             raise TypeError("each input (stdin) must be a str")
         limits = limits or self.limits
-        prefix = [] if self._config is None else _bwrap.bwrap_argv(
-            dataclasses.replace(self._config, tmp_size_bytes=limits.file_size_mb << 20))  # the private /tmp's size
+        drop, popen_user = _bwrap.run_as()
+        prefix = [*drop] if self._config is None else [*drop, *_bwrap.bwrap_argv(
+            dataclasses.replace(self._config, tmp_size_bytes=limits.file_size_mb << 20))]  # the private /tmp's size
         return launch(prefix, self.python, code, inputs, limits, total_wall_s,
-                      kill_all=self.mode == "bwrap", popen_user=_bwrap.sandbox_user())
+                      kill_all=self._config is not None, popen_user=popen_user)
 
     def run(self, code: str, stdin: str = "", limits: Limits | None = None) -> RunResult:
         """Run ``code`` once with ``stdin``."""
