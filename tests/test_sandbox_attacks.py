@@ -17,6 +17,7 @@ without the pid namespace).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import select
 import shutil
@@ -38,6 +39,7 @@ from rlreason.rewards.sandbox.bwrap import sandbox_user
 
 REPO = Path(__file__).resolve().parents[1]
 LIMITS = Limits(wall_s=2.0, cpu_s=1.0, memory_mb=256, file_size_mb=4, processes=32, output_bytes=100_000)
+SHORT = dataclasses.replace(LIMITS, wall_s=1.0)  # for attacks that only wait to be killed
 SECRET = f"rlreason-secret-{uuid.uuid4().hex}"
 
 # Put before each attack: `attempt(f)` prints "refused <ERRNO or exception>" or "done <result>".
@@ -382,8 +384,8 @@ def test_fork_bomb_ends_and_leaves_nothing(box):
     """The classic fork bomb ends within its limits and leaves no process behind. Defences:
     RLIMIT_NPROC bounds it, the wall-clock kill ends it, the pid namespace takes every process with it."""
     start = time.monotonic()
-    result = attack(box, "while True:\n    try:\n        os.fork()\n    except OSError:\n        pass")
-    assert time.monotonic() - start < LIMITS.wall_s + 5
+    result = attack(box, "while True:\n    try:\n        os.fork()\n    except OSError:\n        pass", limits=SHORT)
+    assert time.monotonic() - start < SHORT.wall_s + 5
     assert result.status in ("timeout", "error")
     assert_nothing_left(pidns_of(result))
 
@@ -397,7 +399,7 @@ def test_memory_bomb(box):
 def test_infinite_loop_hits_cpu_limit(box):
     """A busy loop is stopped by the CPU limit (SIGXCPU), well before a long wall limit. Defence:
     RLIMIT_CPU."""
-    result = attack(box, "while True:\n    pass", limits=Limits(**{**LIMITS.__dict__, "wall_s": 15.0}))
+    result = attack(box, "while True:\n    pass", limits=dataclasses.replace(LIMITS, wall_s=15.0))
     assert result.status == "timeout" and result.returncode == -signal.SIGXCPU, result
 
 
@@ -405,21 +407,21 @@ def test_ignoring_sigxcpu_does_not_help(box):
     """A busy loop that ignores SIGXCPU is killed at the hard CPU limit. Defence: RLIMIT_CPU's hard
     limit (one second above the soft one) sends SIGKILL."""
     code = "import signal\nsignal.signal(signal.SIGXCPU, signal.SIG_IGN)\nwhile True:\n    pass"
-    result = attack(box, code, limits=Limits(**{**LIMITS.__dict__, "wall_s": 15.0}))
+    result = attack(box, code, limits=dataclasses.replace(LIMITS, wall_s=15.0))
     assert result.status == "timeout" and result.returncode == -signal.SIGKILL, result
     assert result.detail.startswith("CPU time limit"), result  # not the wall-clock kill
 
 
 def test_sleep_past_wall_limit(box):
     """Sleeping (no CPU used) is ended by the wall-clock kill. Defence: the harness's per-run deadline."""
-    result = attack(box, "import time\ntime.sleep(60)")
-    assert result.status == "timeout" and result.wall_s < LIMITS.wall_s + 1.5, result
+    result = attack(box, "import time\ntime.sleep(60)", limits=SHORT)
+    assert result.status == "timeout" and result.wall_s < SHORT.wall_s + 1.5, result
 
 
 def test_stopped_program_killed(box):
     """A program that stops itself (SIGSTOP) is killed at the wall limit. Defence: the wall-clock kill
     with SIGKILL (which a stopped process still receives)."""
-    result = attack(box, "import signal\nos.kill(os.getpid(), signal.SIGSTOP)")
+    result = attack(box, "import signal\nos.kill(os.getpid(), signal.SIGSTOP)", limits=SHORT)
     assert result.status == "timeout", result
 
 
