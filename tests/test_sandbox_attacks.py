@@ -676,9 +676,9 @@ def test_tmp_not_shared_between_inputs(box):
     """A file one input leaves in /tmp is gone for the next (no caching answers across test cases).
     Defence: the harness empties the working directory after each input."""
     code = ("import os\nif input() == 'first':\n    open('/tmp/cache', 'w').write('answer')\n"
-            "print(os.listdir('/tmp'))")
+            "    os.makedirs('/tmp/d/e')\nprint(sorted(os.listdir('/tmp')))")
     first, second = box.run_inputs(code, ["first", "second"])
-    assert first.stdout == "['cache']\n" and second.stdout == "[]\n"
+    assert first.stdout == "['cache', 'd']\n" and second.stdout == "[]\n"
 
 
 # --------------------------------------------------------------------------------------------------
