@@ -23,6 +23,7 @@ from _sandbox import require_bwrap
 
 from rlreason.rewards.sandbox import Job, Limits, Sandbox, SandboxUnavailable, check_available
 from rlreason.rewards.sandbox import sandbox as sandbox_module
+from rlreason.rewards.sandbox._launch import _results
 from rlreason.rewards.sandbox.bwrap import SANDBOX_UID, BwrapConfig, bwrap_argv, python_binds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -282,3 +283,21 @@ def test_speed_benchmark_runs(tmp_path):
                    env={**os.environ, "PYTHONPATH": str(ROOT)})
     rows = json.loads(out.read_text())["rows"]
     assert len(rows) == 4 and all(row["runs_per_s"] > 0 for row in rows.values())
+
+
+def _line(i: int, status: str) -> str:
+    return json.dumps({"i": i, "status": status, "returncode": 0, "stdout": "", "stderr": "", "wall_s": 0.1,
+                       "detail": ""})
+
+
+@pytest.mark.parametrize(("lines", "returncode", "timed_out", "statuses"), [
+    ([], 1, False, ["sandbox_error"] * 3),                                   # never said ready
+    (['{"ready": 1}', _line(0, "ok")], -9, False, ["ok", "error", "error"]),  # the program killed its harness
+    (['{"ready": 1}', _line(0, "sandbox_error")], 1, False, ["sandbox_error"] * 3),  # the harness itself failed
+    (['{"ready": 1}', _line(0, "ok")], -9, True, ["ok", "timeout", "timeout"]),  # the host's deadline
+    (['{"ready": 1}', "garbage"], 0, False, ["sandbox_error"] * 3),
+])
+def test_results_from_the_result_channel(lines, returncode, timed_out, statuses):
+    """How the host reads what the harness reported, and explains what it did not."""
+    results = _results("\n".join(lines).encode(), b"bwrap: oops", returncode, 3, timed_out, 1.0)
+    assert [r.status for r in results] == statuses

@@ -186,7 +186,7 @@ def _run_one(code: str, stdin: str, limits: dict, deadline: float, request: dict
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     ok_r, ok_w = os.pipe()
-    stdin_fd = _memfd(stdin.encode())
+    stdin_fd = _memfd(stdin.encode("utf-8", "surrogatepass"))
     start = time.monotonic()
     pid = os.fork()
     if pid == 0:
@@ -281,7 +281,12 @@ def main() -> str | None:
             _send({"i": i, "status": "timeout", "returncode": None, "stdout": "", "stderr": "", "wall_s": 0.0,
                    "detail": "not run: the total time limit was reached"})
             continue
-        result = _run_one(request["code"], stdin, request["limits"], deadline, request)
+        try:
+            result = _run_one(request["code"], stdin, request["limits"], deadline, request)
+        except Exception as e:  # noqa: BLE001 - the harness's own failure (fork refused, ...): not the program's
+            _send({"i": i, "status": "sandbox_error", "returncode": None, "stdout": "", "stderr": "", "wall_s": 0.0,
+                   "detail": f"the harness failed: {e!r}"})
+            os._exit(1)
         if result is None:
             return request["code"]
         _send({"i": i, **result})

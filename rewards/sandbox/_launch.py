@@ -104,13 +104,17 @@ def _results(out: bytes, err: bytes, returncode: int | None, n: int, timed_out: 
         except (json.JSONDecodeError, KeyError, TypeError):
             return [_failed("sandbox_error", f"the harness sent an unreadable result: {line[:200]!r}", wall)
                     for _ in range(n)]
-    results = []
+    harness_failed = any(r.status == "sandbox_error" for r in found.values())
+    results, first_missing = [], True
     for i in range(n):
         if i in found:
             results.append(found[i])
         elif timed_out:
             results.append(_failed("timeout", "the launch's total time limit was reached", wall))
-        elif i == len(found):  # the harness ended while this input ran: the program killed it
+        elif harness_failed:
+            results.append(_failed("sandbox_error", "not run: the harness failed on an earlier input", wall))
+        elif first_missing:  # the harness ended while this input ran: the program killed it (unsafe mode)
+            first_missing = False
             results.append(_failed("error", f"the sandbox's harness was killed during this run (exit {returncode})",
                                    wall, returncode))
         else:
