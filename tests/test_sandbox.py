@@ -77,6 +77,9 @@ def test_run_many_keeps_order(box):
 def test_limits_checked():
     with pytest.raises(ValueError, match="Limits.wall_s"):
         Limits(wall_s=0)
+    with pytest.raises(ValueError, match="Limits.processes must be a positive int"):
+        Limits(processes=3.5)
+    assert Limits(wall_s=1, cpu_s=0.5).cpu_s == 0.5
 
 
 def test_total_wall_limit_bounds_the_launch(box):

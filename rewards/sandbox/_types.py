@@ -25,8 +25,10 @@ class Limits:
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-                raise ValueError(f"Limits.{name} must be a positive number, got {value!r}")
+            kind = float if name in ("wall_s", "cpu_s") else int  # rlimits and sizes are whole numbers
+            allowed = int | float if kind is float else int
+            if isinstance(value, bool) or not isinstance(value, allowed) or not value > 0:
+                raise ValueError(f"Limits.{name} must be a positive {kind.__name__}, got {value!r}")
 
 
 @dataclass
