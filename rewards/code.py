@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import math
 import numbers
 import secrets
@@ -53,6 +54,8 @@ from typing import Any
 from ._call import short_repr
 from ._text import completion_text
 from .sandbox import Job, Limits, RunResult, Sandbox, check_available
+
+logger = logging.getLogger("rlreason.rewards")
 
 __all__ = [
     "COLUMNS",
@@ -427,8 +430,13 @@ class CodeTestsReward:
         return scores
 
     def _score(self, suite: StdioTests | AssertTests, marker: str, results: list[RunResult]) -> float:
-        if any(r.status == "sandbox_error" for r in results):
-            return math.nan  # the sandbox failed, not the program: the reward is unknown
+        broken = next((r for r in results if r.status == "sandbox_error"), None)
+        if broken is not None:
+            # the sandbox failed, not the program: the reward is unknown. The runner logs "returned nan";
+            # this says why.
+            logger.warning("code_tests: the sandbox failed (%s); the completion's reward is unknown (NaN)",
+                           broken.detail[:500])
+            return math.nan
         if isinstance(suite, StdioTests):
             passed = [r.status == "ok" and outputs_match(r.stdout, want)
                       for r, want in zip(results, suite.outputs, strict=True)]

@@ -124,10 +124,21 @@ def test_outputs_match_strips_the_output_and_each_line(actual, expected, same):
 
 def test_stdin_stdout_pass_fail_partial_and_no_program():
     wrong_on_negatives = "a, b = map(int, input().split())\nprint(abs(a) + abs(b))\n"
+    # right answer, then a failure the program caused: exit 3, a memory bomb, 10 MB of output
+    right_then = SUM + "import sys\nsys.stdout.flush()\n"
     completions = [fenced(SUM), fenced(wrong_on_negatives), fenced("print(42)\n"), "I would just add them.",
-                   fenced("raise SystemExit(3)\n")]
-    got = stdio(completions, [SUM_INFO] * 5)
-    assert got == [1.0, pytest.approx(2 / 3), 0.0, 0.0, 0.0]
+                   fenced(right_then + "raise SystemExit(3)\n"), fenced(right_then + "x = bytearray(10**10)\n"),
+                   fenced(right_then + "print('x' * 10**7)\n")]
+    got = stdio(completions, [SUM_INFO] * len(completions))
+    assert got == [1.0, pytest.approx(2 / 3), 0.0, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_conversational_completions_and_tool_turns():
+    chat = [{"role": "assistant", "content": fenced(SUM)}]
+    tools = [{"role": "assistant", "content": "let me try", "tool_calls": [{"name": "python"}]},
+             {"role": "tool", "content": fenced(SUM)},  # a tool's output is not the model's answer
+             {"role": "assistant", "content": fenced("print('no')\n")}]
+    assert stdio([chat, tools], [SUM_INFO] * 2) == [1.0, 0.0]
 
 
 def test_verification_info_as_json_text_and_the_whitespace_rule():
