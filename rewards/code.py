@@ -186,7 +186,9 @@ def _stdio_tests(info: Any, row: int, prompt: Any) -> StdioTests | str:
             raise _row_error(column, row, prompt, f"not valid JSON ({e})") from None
     if not isinstance(info, dict):
         raise _row_error(column, row, prompt, f"expected a dict with 'test_cases', got {short_repr(info)}")
-    language = info.get("language", "python")  # open-r1's rows all say "python"; a row without it is too
+    # open-r1's rows all say "python"; a row without it is too (None: a dataset's struct column filled the
+    # key in for a row that lacked it)
+    language = info.get("language") or "python"
     if not isinstance(language, str):
         raise _row_error(column, row, prompt, f"'language' must be a string, got {short_repr(language)}")
     if language.lower() != "python":
@@ -198,7 +200,7 @@ def _stdio_tests(info: Any, row: int, prompt: Any) -> StdioTests | str:
     for k, case in enumerate(cases):
         if not isinstance(case, dict):
             raise _row_error(column, row, prompt, f"test_cases[{k}] must be a dict, got {short_repr(case)}")
-        kind = case.get("type", "stdin_stdout")
+        kind = case.get("type") or "stdin_stdout"
         if kind != "stdin_stdout":
             raise _row_error(column, row, prompt, f"test_cases[{k}] has type {kind!r}; only 'stdin_stdout' "
                                                   "tests are run (use 'test' + 'entry_point' for function tests)")

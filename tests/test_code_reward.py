@@ -404,11 +404,16 @@ def test_programs_run_in_the_reward_workers():
 PROBLEMS = [(a, b) for a in range(1, 5) for b in range(1, 3)]
 
 
-def _rows() -> list[dict]:
-    return [{"prompt": f"Sum of {a} {b}?",
-             "verification_info": json.dumps({"language": "python", "test_cases": [
-                 {"input": f"{a} {b}\n", "output": f"{a + b}\n"}, {"input": f"{b} {a}\n", "output": f"{a + b}\n"}]})}
-            for a, b in PROBLEMS]
+def _rows(as_json: bool) -> list[dict]:
+    """The problems, verification_info as JSON text or as a dict (a struct column in the dataset, the
+    second test case without "type": the column fills it in with None)."""
+    rows = []
+    for a, b in PROBLEMS:
+        info = {"language": "python", "test_cases": [{"input": f"{a} {b}\n", "output": f"{a + b}\n",
+                                                      "type": "stdin_stdout"},
+                                                     {"input": f"{b} {a}\n", "output": f"{a + b}\n"}]}
+        rows.append({"prompt": f"Sum of {a} {b}?", "verification_info": json.dumps(info) if as_json else info})
+    return rows
 
 
 class Reference:
@@ -434,7 +439,7 @@ def test_trains_from_a_trl_style_reward_list(tiny_path, tmp_path):
                       use_cpu=True, logging_steps=1, save_steps=0, eval_steps=0, final_eval_size=0,
                       log_completions_steps=0, reward_num_workers=1, progress=False, max_prompt_length=64)
     trainer = GRPOTrainer(model="tiny", reward_funcs=[code_tests, Reference(SUM), Reference("print(0)\n")],
-                          args=args, train_dataset=datasets.Dataset.from_list(_rows()))
+                          args=args, train_dataset=datasets.Dataset.from_list(_rows(as_json=False)))
     assert trainer.train().global_step == 1
     (row,) = _metrics(tmp_path / "out")
     # the tiny model writes no ```python block: 0, and counted as such; a known solution passes every
@@ -446,7 +451,7 @@ def test_trains_from_a_trl_style_reward_list(tiny_path, tmp_path):
 
 def test_trains_from_a_yaml_config(tiny_path, tmp_path):
     data = tmp_path / "sums.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in _rows()))
+    data.write_text("".join(json.dumps(r) + "\n" for r in _rows(as_json=True)))
     reference = tmp_path / "reference.py"
     reference.write_text(textwrap.dedent(f"""\
         from rlreason.rewards.code import code_tests
