@@ -348,6 +348,12 @@ class CodeTestsReward:
     The sandbox is made once, at construction: the check that it can run here. Instances pickle.
     """
 
+    # Each completion is scored on its own, so the reward workers may split a batch between them
+    # (docs/rewards.md): each chunk gets its own reward_timeout_s, and a chunk that times out costs
+    # only its own completions' rescoring. A whole batch of programs in one call can take longer than
+    # the default 10 s on a busy 2-core machine.
+    rlreason_chunk_size = "auto"
+
     def __init__(self, mode: str = "fraction", per_test_timeout_s: float = 5.0, total_timeout_s: float = 8.0,
                  memory_mb: int = 512, sandbox: str = "bwrap", max_workers: int | None = None) -> None:
         self._configure(mode, per_test_timeout_s, total_timeout_s, memory_mb, sandbox, max_workers)
