@@ -129,8 +129,13 @@ def test_stdin_stdout_pass_fail_partial_and_no_program():
     completions = [fenced(SUM), fenced(wrong_on_negatives), fenced("print(42)\n"), "I would just add them.",
                    fenced(right_then + "raise SystemExit(3)\n"), fenced(right_then + "x = bytearray(10**10)\n"),
                    fenced(right_then + "print('x' * 10**7)\n")]
-    got = stdio(completions, [SUM_INFO] * len(completions))
+    extra, metrics = {}, {}
+    got = stdio(completions, [SUM_INFO] * len(completions), log_extra=extra.__setitem__,
+                log_metric=metrics.__setitem__)
     assert got == [1.0, pytest.approx(2 / 3), 0.0, 0.0, 0.0, 0.0, 0.0]
+    assert extra["code_tests_runs"] == ["ok ok ok", "ok ok ok", "ok ok ok", "no program", "error error error",
+                                        "memory memory memory", "output_limit output_limit output_limit"]
+    assert metrics["code_tests/no_code"] == 1 / 7 and metrics["code_tests/memory"] == 3 / 18
 
 
 def test_conversational_completions_and_tool_turns():
@@ -425,7 +430,7 @@ class Reference:
     def __init__(self, program: str) -> None:
         self.program = program
 
-    def __call__(self, prompts, completions, log_metric=None, **columns):  # code_tests' own metrics stay its own
+    def __call__(self, prompts, completions, log_metric=None, log_extra=None, **columns):  # code_tests' logs: its own
         return code_tests(prompts=prompts, completions=[fenced(self.program)] * len(completions), **columns)
 
 
@@ -437,7 +442,7 @@ def test_trains_from_a_trl_style_reward_list(tiny_path, tmp_path):
     args = GRPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, num_generations=4,
                       max_completion_length=16, max_steps=1, learning_rate=1e-5, seed=0, report_to="none",
                       use_cpu=True, logging_steps=1, save_steps=0, eval_steps=0, final_eval_size=0,
-                      log_completions_steps=0, reward_num_workers=1, progress=False, max_prompt_length=64)
+                      log_completions_steps=1, reward_num_workers=1, progress=False, max_prompt_length=64)
     trainer = GRPOTrainer(model="tiny", reward_funcs=[code_tests, Reference(SUM), Reference("print(0)\n")],
                           args=args, train_dataset=datasets.Dataset.from_list(_rows(as_json=False)))
     assert trainer.train().global_step == 1
@@ -447,6 +452,8 @@ def test_trains_from_a_trl_style_reward_list(tiny_path, tmp_path):
     assert row["rewards/code_tests/mean"] == 0.0 and row["code_tests/no_code"] == 1.0
     assert row["rewards/reference/mean"] == 1.0 and row["rewards/reference_2/mean"] == 0.0
     assert row["rewards/code_tests/failures"] == 0
+    logged = [json.loads(line) for line in (tmp_path / "out" / "completions.jsonl").read_text().splitlines()]
+    assert logged and all(r["code_tests_runs"] == "no program" for r in logged)
 
 
 def test_trains_from_a_yaml_config(tiny_path, tmp_path):
@@ -456,7 +463,7 @@ def test_trains_from_a_yaml_config(tiny_path, tmp_path):
     reference.write_text(textwrap.dedent(f"""\
         from rlreason.rewards.code import code_tests
 
-        def reference(prompts, completions, log_metric=None, **columns):
+        def reference(prompts, completions, log_metric=None, log_extra=None, **columns):
             solution = "```python\\n" + {SUM!r} + "```"
             return code_tests(prompts=prompts, completions=[solution] * len(completions), **columns)
     """))
