@@ -394,6 +394,14 @@ def test_registry_name_and_kwargs_from_a_config_entry():
         build_rewards(["code_tests"], columns={"answer"})
 
 
+def test_memory_mb_is_each_runs_address_space():
+    """200 MB fits the default 512 MB and not memory_mb=128 (RLIMIT_AS: the allocation fails)."""
+    big = "data = bytearray(200 * 2**20)\nprint(input())\n"
+    info = {"test_cases": [{"input": "ok\n", "output": "ok"}]}
+    assert stdio([fenced(big)], [info]) == [1.0]
+    assert stdio([fenced(big)], [info], reward=CodeTestsReward(memory_mb=128)) == [0.0]
+
+
 def test_programs_run_in_the_reward_workers():
     """Forked reward workers make their own sandbox (a sandbox's threads do not survive a fork)."""
     (fn,), _ = build_rewards([{"name": "code_tests", "kwargs": {"mode": "fraction"}}])
