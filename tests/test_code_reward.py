@@ -241,6 +241,9 @@ def humaneval(completions, test=HUMANEVAL_TEST, entry_point="add", reward=None):
 
 
 def test_humaneval_pass_fail_exception_and_exit_cheats():
+    """Exits before the tests end (sys.exit(0), os._exit(0) at import or inside the function) fail.
+    Defence: the random end marker printed after the test code, checked on the host (judged by the exit
+    status alone, the three exits would pass)."""
     good = "def add(a, b):\n    return a + b\n"
     wrong = "def add(a, b):\n    return a * b\n"
     raises = "def add(a, b):\n    raise ValueError('no')\n"
@@ -318,16 +321,16 @@ def test_a_test_that_hangs_fails_alone_within_its_time_limit():
 
 
 def test_the_total_time_limit_stops_a_program_whose_tests_add_up():
-    """Five tests of 0.3 s each, under 1 s each but 1.5 s together, with a total of 0.8 s: the tests not
-    reached fail. Defence: the launch's total limit (total_wall_s)."""
-    slow = "import time\ntime.sleep(0.3)\nprint(input())\n"
+    """Five tests of 0.25 s each, under their 2 s each but 1.25 s together, with a total of 0.9 s: the
+    tests not reached fail. Defence: the launch's total limit (total_wall_s)."""
+    slow = "import time\ntime.sleep(0.25)\nprint(input())\n"
     info = {"test_cases": [{"input": f"{k}\n", "output": f"{k}\n"} for k in range(5)]}
-    reward = CodeTestsReward(per_test_timeout_s=1.0, total_timeout_s=0.8)
+    reward = CodeTestsReward(per_test_timeout_s=2.0, total_timeout_s=0.9)
     start = time.monotonic()
     (got,) = stdio([fenced(slow)], [info], reward=reward)
     assert 0.0 < got < 1.0  # the first tests passed, the rest were cut
     assert time.monotonic() - start < 10
-    patient = CodeTestsReward(per_test_timeout_s=1.0, total_timeout_s=10.0)
+    patient = CodeTestsReward(per_test_timeout_s=2.0, total_timeout_s=10.0)
     assert stdio([fenced(slow)], [info], reward=patient) == [1.0]
 
 
