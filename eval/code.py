@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -183,3 +184,45 @@ def run_code_suite(engine: Any, tokenizer: Any, suite: Suite, protocol: Any, cod
     metrics["template"] = dataclasses.asdict(template)
     metrics["sandbox"] = {**code.to_dict(), "run_seconds": run_seconds}
     return metrics, records
+
+
+# --------------------------------------------------------------------------- self-check
+
+
+def self_check_programs(rows: Sequence[dict]) -> dict[str, list[str]]:
+    """Programs of known verdict for a code suite's rows (HumanEval's columns), by variant:
+    ``canonical`` (prompt + canonical solution: must pass), ``return_none`` (the body replaced by
+    ``return None``: must fail) and ``neighbour`` (the next problem's canonical body: real code,
+    the wrong function; must fail)."""
+    n = len(rows)
+    return {
+        "canonical": [build_program(r["prompt"], r["canonical_solution"], "completion")[0] for r in rows],
+        "return_none": [build_program(r["prompt"], "    return None\n", "completion")[0] for r in rows],
+        "neighbour": [build_program(r["prompt"], rows[(i + 1) % n]["canonical_solution"], "completion")[0]
+                      for i, r in enumerate(rows)],
+    }
+
+
+def self_check(rows: Sequence[dict], code: CodeScoring | None = None) -> dict[str, Any]:
+    """Run :func:`self_check_programs` through the suite's scoring (one parallel batch in the
+    sandbox). -> ``{"problems", "passed": {variant: count}, "wrong": {variant: [task ids whose
+    verdict is not the expected one]}, "score_failures", "statuses": {variant: {status: count}},
+    "seconds"}``: a sound suite has canonical == problems and 0 for the others."""
+    code = code or CodeScoring()
+    variants = self_check_programs(rows)
+    programs = [p for ps in variants.values() for p in ps]
+    start = time.perf_counter()
+    with code.sandbox() as box:
+        checked = check_programs(box, programs, [r["test"] for r in rows] * len(variants),
+                                 [r["entry_point"] for r in rows] * len(variants), code.limits())
+    seconds = time.perf_counter() - start
+    n = len(rows)
+    out: dict[str, Any] = {"problems": n, "passed": {}, "wrong": {}, "statuses": {}, "seconds": seconds,
+                           "score_failures": sum(c["failed"] for c in checked)}
+    for v, name in enumerate(variants):
+        mine = checked[v * n:(v + 1) * n]
+        out["passed"][name] = sum(c["passed"] for c in mine)
+        out["wrong"][name] = [r.get("task_id", i) for i, (r, c) in enumerate(zip(rows, mine, strict=True))
+                              if c["passed"] != (name == "canonical")]
+        out["statuses"][name] = dict(sorted(Counter(c["status"] for c in mine).items()))
+    return out

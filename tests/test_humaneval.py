@@ -13,7 +13,14 @@ import math
 
 import pytest
 
-from rlreason.eval.code import STOP_SEQUENCES, CodeScoring, build_program, check_programs, truncate_completion
+from rlreason.eval.code import (
+    STOP_SEQUENCES,
+    CodeScoring,
+    build_program,
+    check_programs,
+    self_check,
+    truncate_completion,
+)
 from rlreason.eval.metrics import code_metrics, pass_at_k
 from rlreason.eval.suites import get_suite, humaneval_rows, load_problems
 
@@ -54,7 +61,8 @@ def test_a_completion_is_cut_at_the_first_stop_sequence():
     for stop in STOP_SEQUENCES:
         assert truncate_completion(body + stop + " more\n    return 2\n") == body
     # the earliest stop wins, and an indented nested def is part of the body
-    assert truncate_completion("    def g():\n        return 1\n\n#x\ndef h(): pass") == "    def g():\n        return 1\n"
+    nested = "    def g():\n        return 1\n"
+    assert truncate_completion(nested + "\n#x\ndef h(): pass") == nested
 
 
 def test_programs_in_both_styles():
@@ -104,23 +112,21 @@ def test_code_metrics_mean_pass_at_k_over_problems():
 # --------------------------------------------------------------------------- self-checks in the sandbox
 
 
-def test_canonical_solutions_pass_and_broken_variants_fail(rows, sandbox):
-    """The self-check: canonical 164/164; each problem's body replaced by ``return None`` 0/164; each
-    problem given its neighbour's canonical body (real code, the wrong function) 0/164. One batch, so
-    the sandbox runs them in parallel."""
-    n = len(rows)
-    canonical = [build_program(r["prompt"], r["canonical_solution"], "completion")[0] for r in rows]
-    none = [build_program(r["prompt"], "    return None\n", "completion")[0] for r in rows]
-    shifted = [build_program(r["prompt"], rows[(i + 1) % n]["canonical_solution"], "completion")[0]
-               for i, r in enumerate(rows)]
-    checked = check(sandbox, canonical + none + shifted, rows * 3)
-    passed = [c["passed"] for c in checked]
-    assert not [c for c in checked if c["failed"]], "the sandbox failed on some runs"
-    failing = [r["task_id"] for r, p in zip(rows, passed[:n], strict=True) if not p]
-    assert failing == [], f"canonical solutions failing: {failing}"
-    assert sum(passed[n:2 * n]) == 0 and sum(passed[2 * n:]) == 0
-    assert {c["status"] for c in checked[:n]} == {"ok"}
-    assert "AssertionError" in checked[n]["stderr"]  # a failing run keeps its traceback's tail
+def test_canonical_solutions_pass_and_broken_variants_fail(rows):
+    """The self-check (rlreason.eval.code.self_check, one parallel batch in bubblewrap): canonical
+    164/164; each problem's body replaced by ``return None`` 0/164; each problem given its neighbour's
+    canonical body (real code, the wrong function) 0/164."""
+    r = self_check(rows)
+    assert r["score_failures"] == 0, r["statuses"]
+    assert r["passed"] == {"canonical": 164, "return_none": 0, "neighbour": 0}, r["wrong"]
+    assert r["statuses"]["canonical"] == {"ok": 164}
+    assert r["statuses"]["return_none"].get("error", 0) == 164  # the tests' assertions failed, nothing else
+
+
+def test_a_failing_run_keeps_its_traceback(rows, sandbox):
+    r = rows[0]
+    [checked] = check(sandbox, [build_program(r["prompt"], "    return None\n", "completion")[0]], [r])
+    assert checked["status"] == "error" and "AssertionError" in checked["stderr"]
 
 
 def test_a_program_that_exits_early_with_status_0_fails(rows, sandbox):
