@@ -106,16 +106,17 @@ def check_programs(sandbox: Any, programs: Sequence[str], tests: Sequence[str], 
                    limits: Any = None) -> list[dict[str, Any]]:
     """Run each program with its test code and ``check(<entry_point>)`` in ``sandbox``, in parallel.
     -> per program ``{"passed", "status", "stderr", "failed"}``: ``status`` the run's
-    (``"ok"`` when the tests passed; ``error``, ``timeout``, ``memory``, ``output_limit``,
-    ``sandbox_error``), ``stderr`` its last :data:`STDERR_TAIL_CHARS` characters, ``failed``
-    True where the sandbox itself failed (the verdict is unknown: scored wrong, counted)."""
+    (``"ok"`` exactly when the tests passed; ``error``, ``timeout``, ``memory``, ``output_limit``,
+    ``sandbox_error``, or ``exited_early``: a clean exit before the tests' end marker),
+    ``stderr`` its last :data:`STDERR_TAIL_CHARS` characters, ``failed`` True where the sandbox
+    itself failed (the verdict is unknown: scored wrong, counted)."""
     from rlreason.rewards.code import run_assert_tests
 
-    results = run_assert_tests(sandbox, list(programs), list(tests), list(entry_points), limits)
     out = []
-    for r in results:
-        out.append({"passed": bool(r.passed), "status": r.status, "stderr": r.stderr[-STDERR_TAIL_CHARS:],
-                    "failed": r.status == "sandbox_error"})
+    for r in run_assert_tests(sandbox, list(programs), list(tests), list(entry_points), limits):
+        status = "exited_early" if r.run.status == "ok" and not r.passed else r.run.status
+        out.append({"passed": bool(r.passed), "status": status, "stderr": r.run.stderr[-STDERR_TAIL_CHARS:],
+                    "failed": r.passed is None})
     return out
 
 

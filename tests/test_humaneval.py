@@ -140,6 +140,7 @@ def test_a_program_that_exits_early_with_status_0_fails(rows, sandbox):
                 build_program(r["prompt"], r["canonical_solution"], "completion")[0]]
     checked = check(sandbox, programs, [r] * 4)
     assert [c["passed"] for c in checked] == [False, False, False, True]
+    assert [c["status"] for c in checked] == ["exited_early"] * 3 + ["ok"]
 
 
 def test_a_hanging_program_fails_on_its_own_timeout(rows):
