@@ -90,12 +90,16 @@ class CodeScoring:
 
         return Limits(wall_s=self.timeout_s, cpu_s=self.timeout_s, memory_mb=self.memory_mb)
 
+    def workers(self) -> int:
+        """Sandboxes run at once: ``max_workers``, else twice the CPUs."""
+        return self.max_workers or 2 * (os.cpu_count() or 1)
+
     @contextlib.contextmanager
     def sandbox(self) -> Iterator[Any]:
         """A sandbox with these settings, closed on exit (SandboxUnavailable without bubblewrap)."""
         from rlreason.rewards.sandbox import Sandbox
 
-        box = Sandbox(self.limits(), mode=self.mode, max_workers=self.max_workers or 2 * (os.cpu_count() or 1))
+        box = Sandbox(self.limits(), mode=self.mode, max_workers=self.workers())
         try:
             yield box
         finally:
@@ -186,7 +190,7 @@ def run_code_suite(engine: Any, tokenizer: Any, suite: Suite, protocol: Any, cod
     metrics = code_metrics(records, protocol.ks)
     metrics["style"] = style
     metrics["template"] = dataclasses.asdict(template)
-    metrics["sandbox"] = {**code.to_dict(), "run_seconds": run_seconds}
+    metrics["sandbox"] = {**code.to_dict(), "workers": code.workers(), "run_seconds": run_seconds}
     return metrics, records
 
 

@@ -144,8 +144,8 @@ def test_a_program_that_exits_early_with_status_0_fails(rows, sandbox):
 
 
 def test_a_hanging_program_fails_on_its_own_timeout(rows):
-    """Defence: the sandbox's wall-clock kill (CodeScoring.timeout_s); the other programs of the batch
-    are still checked."""
+    """Defence: the sandbox's time limits (CodeScoring.timeout_s: wall clock and CPU); the other
+    programs of the batch are still checked."""
     r = rows[2]
     code = CodeScoring(timeout_s=1.0)
     with code.sandbox() as box:
