@@ -21,7 +21,7 @@ from rlreason.eval.suites import humaneval_rows
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sandbox", choices=("bwrap", "unsafe-rlimits"), default="bwrap")
-    p.add_argument("--workers", type=int, default=None, help="sandboxes at once (default: twice the CPUs)")
+    p.add_argument("--workers", type=int, default=None, help="sandboxes at once (default: one per CPU)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per run (program and tests)")
     p.add_argument("--repeat", type=int, default=3, help="runs of the whole batch (the time is their median)")
     args = p.parse_args()

@@ -208,3 +208,17 @@ def test_cli_refuses_humaneval_without_the_sandbox(tiny_path, monkeypatch, capsy
     assert e.value.code == 1
     err = capsys.readouterr().err
     assert "--suites humaneval" in err and "bubblewrap" in err
+
+
+def test_training_config_with_humaneval_as_an_eval_suite(monkeypatch):
+    """A run evaluating humaneval: its metrics are code suites' (pass@1, no maj@k), and without
+    bubblewrap the config is refused at start-up, not at the first evaluation hours later."""
+    from rlreason import build
+    from rlreason.config import ConfigError, GRPOConfig
+
+    build.check_eval_settings(GRPOConfig(eval_suites=["humaneval"], metric_for_best_model="suite/humaneval/pass@1"))
+    with pytest.raises(ConfigError, match="'metric_for_best_model'"):
+        build.check_eval_settings(GRPOConfig(eval_suites=["humaneval"], metric_for_best_model="suite/humaneval/maj@1"))
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(ConfigError, match="config key 'eval_suites': suite 'humaneval' .*bubblewrap"):
+        build.check_eval_settings(GRPOConfig(eval_suites=["humaneval"]))
