@@ -17,12 +17,14 @@ For each input the harness forks a fresh child, which:
    its exit code never says "sandbox error"), and only then returns to run the program as
    ``__main__``.
 
-The harness itself is non-dumpable (``prctl(PR_SET_DUMPABLE, 0)``): a program running as the same
-uid cannot open ``/proc/<harness>/fd/1`` or ``/mem`` nor ptrace it to forge results. It reads the
-child's output with a per-input wall-clock deadline, kills on overflow, and after each input kills
-every stray process (``kill(-1)`` in the sandbox's own pid namespace; in the unsafe mode, where
-``kill(-1)`` would reach the host's processes of that uid, it is the subreaper of the run and
-kills its descendants found in /proc) and empties the working directory.
+In the bwrap mode the harness is pid 1 of the sandbox's pid namespace (``bwrap --as-pid-1``): a
+program cannot kill it, and orphans become its children (reaped as the run goes). It is
+non-dumpable (``prctl(PR_SET_DUMPABLE, 0)``): a program running as the same uid cannot open
+``/proc/<harness>/fd/1`` or ``/mem``, ptrace it or ``pidfd_getfd`` its result channel to forge
+results. It reads the child's output with a per-input wall-clock deadline, kills on overflow, and
+after each input kills every stray process (``kill(-1)`` inside the pid namespace; in the unsafe
+mode, where ``kill(-1)`` would reach the host's processes of that uid, it is the subreaper of the
+run and kills its descendants found in /proc) and empties the working directory.
 """
 
 import contextlib
@@ -42,6 +44,7 @@ _PR_SET_PDEATHSIG = 1
 _PR_SET_DUMPABLE = 4
 _PR_SET_CHILD_SUBREAPER = 36
 _NOFILE = 256  # open files per process: Python needs a handful; 256 is plenty and bounds fd floods
+_REAP_EVERY_S = 0.05  # how often orphaned zombies are reaped while a program runs
 _GRACE_S = 0.5  # after the child exits, how long strays may hold its pipes before they are read no more
 
 
@@ -81,6 +84,7 @@ def _set_limits(limits: dict) -> None:
 def _child(stdin_fd: int, out_w: int, err_w: int, ok_w: int, limits: dict, workdir: str) -> None:
     """In the forked child: isolate the descriptors, set the limits, say "set up"; raise on failure."""
     os.setpgid(0, 0)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in `python -c` (the harness ignores it)
     _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # the harness killed (host deadline): the child goes too
     os.dup2(stdin_fd, 0)
     os.dup2(out_w, 1)
@@ -111,8 +115,22 @@ def _descendants(root: int) -> list[int]:
     return found
 
 
+def _reap_others(main: int) -> None:
+    """Reap exited processes other than ``main`` (the harness is pid 1 / the subreaper: orphans become
+    its children, and unreaped zombies would count against the program's process limit)."""
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        if info is None or info.si_pid == main:
+            return
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(info.si_pid, 0)
+
+
 def _kill_strays(kill_all: bool, deadline: float) -> None:
-    if kill_all:  # in our own pid namespace: every process but us and its init
+    if kill_all:  # we are pid 1 of our own pid namespace: every other process in it
         with contextlib.suppress(ProcessLookupError):
             os.kill(-1, signal.SIGKILL)
     me = os.getpid()
@@ -199,6 +217,7 @@ def _run_one(code: str, stdin: str, limits: dict, deadline: float, request: dict
     killed, setup_ok, exited_at = "", False, None
     wall_deadline = min(start + limits["wall_s"], deadline)
     while len(sel.get_map()) > 0:
+        _reap_others(pid)
         now = time.monotonic()
         if exited_at is not None and now > exited_at + _GRACE_S:
             break  # strays still hold the pipes: they are killed below
@@ -206,7 +225,7 @@ def _run_one(code: str, stdin: str, limits: dict, deadline: float, request: dict
             killed = "wall"
             break
         end = wall_deadline if exited_at is None else exited_at + _GRACE_S
-        for key, _ in sel.select(max(0.0, end - now)):
+        for key, _ in sel.select(min(_REAP_EVERY_S, max(0.0, end - now))):
             fd = key.fd
             if fd == pidfd:
                 sel.unregister(fd)
@@ -258,6 +277,7 @@ def main() -> str | None:
     """The harness's loop; returns the program's code only in a forked child."""
     request = _read_request()
     _prctl(_PR_SET_DUMPABLE, 0)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as pid 1, handled signals are the only ones a program can send us
     if not request["kill_all"]:
         _prctl(_PR_SET_CHILD_SUBREAPER, 1)
     start = time.monotonic()

@@ -4,9 +4,10 @@
 paths to show, the /tmp size) to the argv prefix put before ``python3 -I -S -c <harness>``. What a
 program sees inside: a read-only /usr (and the merged-/usr links /bin, /lib, /lib64 as the host has
 them), the interpreter's own prefix read-only when it lives elsewhere, a private size-limited /tmp,
-its own /proc and a minimal /dev; no /etc, /root, /home, the repository, the virtual environment or
-the run folder; no network (an empty network namespace with only its own loopback), no environment
-variables but PATH, LANG and HOME; no capabilities and no further user namespaces.
+its own /proc, a minimal read-only /dev with a private size-limited /dev/shm; no /etc, /root,
+/home, the repository, the virtual environment or the run folder; no network (an empty network
+namespace with only its own loopback), no environment variables but PATH, LANG and HOME; no
+capabilities and no further user namespaces.
 """
 
 from __future__ import annotations
@@ -44,12 +45,16 @@ class BwrapConfig:
 
 def bwrap_argv(config: BwrapConfig) -> list[str]:
     """The bubblewrap argv prefix (ends before the command) for ``config``."""
+    size = str(config.tmp_size_bytes)
     argv = [config.bwrap,
             "--unshare-all", "--unshare-user",  # user, pid, net, ipc, uts, cgroup: --unshare-user is
             # explicit because --unshare-all only *tries* it when bwrap is setuid
             "--disable-userns",  # no nested user namespace: no `unshare -r` to regain capabilities
             "--die-with-parent",  # killing bwrap (the host's wall-clock kill) ends the pid namespace
             "--new-session",  # no controlling terminal: TIOCSTI cannot type into the host's terminal
+            # The harness is pid 1: no bwrap init in the namespace holding the result channel open for a
+            # program to ptrace or pidfd_getfd; a program cannot signal pid 1; when pid 1 ends, all do.
+            "--as-pid-1",
             "--cap-drop", "ALL"]
     for path in config.ro_binds:
         argv += ["--ro-bind", path, path]
@@ -58,7 +63,11 @@ def bwrap_argv(config: BwrapConfig) -> list[str]:
             continue
         argv += ["--symlink", target, f"/{name}"] if target else ["--ro-bind", f"/{name}", f"/{name}"]
     argv += ["--proc", "/proc", "--dev", "/dev",
-             "--size", str(config.tmp_size_bytes), "--tmpfs", "/tmp",
+             "--size", size, "--tmpfs", "/tmp",
+             "--size", size, "--tmpfs", "/dev/shm",  # POSIX semaphores (multiprocessing) need it
+             # The root and /dev are tmpfs that bwrap made: without a size, writable, they are memory a
+             # program could fill; read-only (not recursive: /tmp, /dev/shm, /dev/null stay writable).
+             "--remount-ro", "/dev", "--remount-ro", "/",
              "--chdir", "/tmp", "--clearenv"]
     for key, value in SANDBOX_ENV:
         argv += ["--setenv", key, value]

@@ -4,10 +4,13 @@ many launches in parallel.
 Process layout of one launch (bwrap mode)::
 
     trainer thread --pipes-- bwrap (own session; uid 61000 when the trainer is root)
-                               `-- [new user, pid, net, ipc, uts, cgroup namespaces]
-                                   init (bwrap's pid 1, reaps orphans)
-                                   `-- harness (trusted, non-dumpable; result channel = its stdout)
-                                       `-- program, one fork per input (rlimits, capped pipes)
+                               `-- [new user, pid, net, ipc, uts, cgroup, mount namespaces]
+                                   harness = pid 1 (trusted, non-dumpable; result channel = its stdout)
+                                   `-- program, one fork per input (rlimits, capped pipes)
+
+The harness is the namespace's pid 1: a program cannot signal it (the kernel drops signals to
+pid 1 that it has no handler for), ptrace it (non-dumpable) or outlive it (when pid 1 exits, the
+kernel kills the namespace); killing bwrap (the host's deadline) ends it (--die-with-parent).
 
 ``run_many`` runs launches on a thread pool: the threads only wait on subprocesses, so
 ``max_workers`` launches (default: one per CPU) run at once.
