@@ -409,7 +409,7 @@ class Reference:
     def __init__(self, program: str) -> None:
         self.program = program
 
-    def __call__(self, prompts, completions, **columns):
+    def __call__(self, prompts, completions, log_metric=None, **columns):  # code_tests' own metrics stay its own
         return code_tests(prompts=prompts, completions=[fenced(self.program)] * len(completions), **columns)
 
 
@@ -440,7 +440,7 @@ def test_trains_from_a_yaml_config(tiny_path, tmp_path):
     reference.write_text(textwrap.dedent(f"""\
         from rlreason.rewards.code import code_tests
 
-        def reference(prompts, completions, **columns):
+        def reference(prompts, completions, log_metric=None, **columns):
             solution = "```python\\n" + {SUM!r} + "```"
             return code_tests(prompts=prompts, completions=[solution] * len(completions), **columns)
     """))
