@@ -5,6 +5,11 @@ with your own rewards, or compare two results files.
     python -m rlreason.eval --model PATH --data countdown.jsonl --reward my_rewards.py:countdown --out results/
     python -m rlreason.eval --compare a/results.json b/results.json
     python -m rlreason.eval --model run/final_model --data mul.jsonl --tools rlreason.data.tasks.mul:multiply
+    python -m rlreason.eval --model PATH --suites humaneval --n 10 --k 1,5,10 --temperature 0.8 --out results/
+
+A code suite (humaneval) runs each completion's program with the problem's tests in the sandbox
+(bubblewrap; ``--sandbox``, ``--code-timeout-s``, ``--code-memory-mb``, ``--code-workers``): pass@k
+of the programs, and each program, run status and stderr tail in problems.jsonl.
 
 With ``--tools`` / ``--environment-factory`` (named like the training config's ``tools`` and
 ``environment_factory``) every completion is a multi-turn exchange in which the model may call them,

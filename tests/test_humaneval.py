@@ -222,3 +222,31 @@ def test_training_config_with_humaneval_as_an_eval_suite(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(ConfigError, match="config key 'eval_suites': suite 'humaneval' .*bubblewrap"):
         build.check_eval_settings(GRPOConfig(eval_suites=["humaneval"]))
+
+
+def test_a_code_suite_of_ones_own_from_yaml(tiny_path, tmp_path):
+    """``scoring: code`` in a suite file: rows with a code prompt, ``test`` and ``entry_point`` are scored
+    as HumanEval is; a row without ``test`` is an error naming the column."""
+    from rlreason.eval.cli import main
+    from rlreason.eval.code import run_code_suite
+    from rlreason.eval.core import EvalProtocol
+    from rlreason.eval.suites import SUITES
+
+    rows = [{"prompt": "def add(a, b):\n    \"\"\"a + b\"\"\"\n", "test": "def check(f):\n    assert f(1, 2) == 3\n",
+             "entry_point": "add", "answer": ""}]
+    (tmp_path / "mine.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"prompt": "def f():\n", "entry_point": "f", "answer": ""}) + "\n")
+    (tmp_path / "suites.yaml").write_text(
+        "suites:\n"
+        "  - {name: mine, local_path: mine.jsonl, problem_column: prompt, scoring: code, default_template: code}\n"
+        "  - {name: bad, local_path: bad.jsonl, problem_column: prompt, scoring: code, default_template: code}\n")
+    try:
+        main(["--model", str(tiny_path), "--suite-file", str(tmp_path / "suites.yaml"), "--suites", "mine",
+              "--max-tokens", "8", "--chat-template", "off", "--out", str(tmp_path / "out")])
+        [record] = [json.loads(line) for line in (tmp_path / "out" / "problems.jsonl").read_text().splitlines()]
+        assert record["programs"][0].startswith(rows[0]["prompt"]) and len(record["statuses"]) == 1
+        with pytest.raises(ValueError, match="code suite 'bad': column 'test' missing"):  # checked before generating
+            run_code_suite(None, None, SUITES["bad"], EvalProtocol(chat_template="off"))
+    finally:
+        SUITES.pop("mine", None)
+        SUITES.pop("bad", None)
