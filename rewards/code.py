@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import math
 import numbers
 import secrets
@@ -53,6 +54,8 @@ from typing import Any
 from ._call import short_repr
 from ._text import completion_text
 from .sandbox import Job, Limits, RunResult, Sandbox, check_available
+
+logger = logging.getLogger("rlreason.rewards")
 
 __all__ = [
     "COLUMNS",
@@ -183,7 +186,9 @@ def _stdio_tests(info: Any, row: int, prompt: Any) -> StdioTests | str:
             raise _row_error(column, row, prompt, f"not valid JSON ({e})") from None
     if not isinstance(info, dict):
         raise _row_error(column, row, prompt, f"expected a dict with 'test_cases', got {short_repr(info)}")
-    language = info.get("language", "python")  # open-r1's rows all say "python"; a row without it is too
+    # open-r1's rows all say "python"; a row without it is too (None: a dataset's struct column filled the
+    # key in for a row that lacked it)
+    language = info.get("language") or "python"
     if not isinstance(language, str):
         raise _row_error(column, row, prompt, f"'language' must be a string, got {short_repr(language)}")
     if language.lower() != "python":
@@ -195,7 +200,7 @@ def _stdio_tests(info: Any, row: int, prompt: Any) -> StdioTests | str:
     for k, case in enumerate(cases):
         if not isinstance(case, dict):
             raise _row_error(column, row, prompt, f"test_cases[{k}] must be a dict, got {short_repr(case)}")
-        kind = case.get("type", "stdin_stdout")
+        kind = case.get("type") or "stdin_stdout"
         if kind != "stdin_stdout":
             raise _row_error(column, row, prompt, f"test_cases[{k}] has type {kind!r}; only 'stdin_stdout' "
                                                   "tests are run (use 'test' + 'entry_point' for function tests)")
@@ -343,6 +348,12 @@ class CodeTestsReward:
     The sandbox is made once, at construction: the check that it can run here. Instances pickle.
     """
 
+    # Each completion is scored on its own, so the reward workers may split a batch between them
+    # (docs/rewards.md): each chunk gets its own reward_timeout_s, and a chunk that times out costs
+    # only its own completions' rescoring. A whole batch of programs in one call can take longer than
+    # the default 10 s on a busy 2-core machine.
+    rlreason_chunk_size = "auto"
+
     def __init__(self, mode: str = "fraction", per_test_timeout_s: float = 5.0, total_timeout_s: float = 8.0,
                  memory_mb: int = 512, sandbox: str = "bwrap", max_workers: int | None = None) -> None:
         self._configure(mode, per_test_timeout_s, total_timeout_s, memory_mb, sandbox, max_workers)
@@ -427,8 +438,13 @@ class CodeTestsReward:
         return scores
 
     def _score(self, suite: StdioTests | AssertTests, marker: str, results: list[RunResult]) -> float:
-        if any(r.status == "sandbox_error" for r in results):
-            return math.nan  # the sandbox failed, not the program: the reward is unknown
+        broken = next((r for r in results if r.status == "sandbox_error"), None)
+        if broken is not None:
+            # the sandbox failed, not the program: the reward is unknown. The runner logs "returned nan";
+            # this says why.
+            logger.warning("code_tests: the sandbox failed (%s); the completion's reward is unknown (NaN)",
+                           broken.detail[:500])
+            return math.nan
         if isinstance(suite, StdioTests):
             passed = [r.status == "ok" and outputs_match(r.stdout, want)
                       for r, want in zip(results, suite.outputs, strict=True)]

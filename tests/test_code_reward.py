@@ -124,10 +124,21 @@ def test_outputs_match_strips_the_output_and_each_line(actual, expected, same):
 
 def test_stdin_stdout_pass_fail_partial_and_no_program():
     wrong_on_negatives = "a, b = map(int, input().split())\nprint(abs(a) + abs(b))\n"
+    # right answer, then a failure the program caused: exit 3, a memory bomb, 10 MB of output
+    right_then = SUM + "import sys\nsys.stdout.flush()\n"
     completions = [fenced(SUM), fenced(wrong_on_negatives), fenced("print(42)\n"), "I would just add them.",
-                   fenced("raise SystemExit(3)\n")]
-    got = stdio(completions, [SUM_INFO] * 5)
-    assert got == [1.0, pytest.approx(2 / 3), 0.0, 0.0, 0.0]
+                   fenced(right_then + "raise SystemExit(3)\n"), fenced(right_then + "x = bytearray(10**10)\n"),
+                   fenced(right_then + "print('x' * 10**7)\n")]
+    got = stdio(completions, [SUM_INFO] * len(completions))
+    assert got == [1.0, pytest.approx(2 / 3), 0.0, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_conversational_completions_and_tool_turns():
+    chat = [{"role": "assistant", "content": fenced(SUM)}]
+    tools = [{"role": "assistant", "content": "let me try", "tool_calls": [{"name": "python"}]},
+             {"role": "tool", "content": fenced(SUM)},  # a tool's output is not the model's answer
+             {"role": "assistant", "content": fenced("print('no')\n")}]
+    assert stdio([chat, tools], [SUM_INFO] * 2) == [1.0, 0.0]
 
 
 def test_verification_info_as_json_text_and_the_whitespace_rule():
@@ -393,11 +404,16 @@ def test_programs_run_in_the_reward_workers():
 PROBLEMS = [(a, b) for a in range(1, 5) for b in range(1, 3)]
 
 
-def _rows() -> list[dict]:
-    return [{"prompt": f"Sum of {a} {b}?",
-             "verification_info": json.dumps({"language": "python", "test_cases": [
-                 {"input": f"{a} {b}\n", "output": f"{a + b}\n"}, {"input": f"{b} {a}\n", "output": f"{a + b}\n"}]})}
-            for a, b in PROBLEMS]
+def _rows(as_json: bool) -> list[dict]:
+    """The problems, verification_info as JSON text or as a dict (a struct column in the dataset, the
+    second test case without "type": the column fills it in with None)."""
+    rows = []
+    for a, b in PROBLEMS:
+        info = {"language": "python", "test_cases": [{"input": f"{a} {b}\n", "output": f"{a + b}\n",
+                                                      "type": "stdin_stdout"},
+                                                     {"input": f"{b} {a}\n", "output": f"{a + b}\n"}]}
+        rows.append({"prompt": f"Sum of {a} {b}?", "verification_info": json.dumps(info) if as_json else info})
+    return rows
 
 
 class Reference:
@@ -423,7 +439,7 @@ def test_trains_from_a_trl_style_reward_list(tiny_path, tmp_path):
                       use_cpu=True, logging_steps=1, save_steps=0, eval_steps=0, final_eval_size=0,
                       log_completions_steps=0, reward_num_workers=1, progress=False, max_prompt_length=64)
     trainer = GRPOTrainer(model="tiny", reward_funcs=[code_tests, Reference(SUM), Reference("print(0)\n")],
-                          args=args, train_dataset=datasets.Dataset.from_list(_rows()))
+                          args=args, train_dataset=datasets.Dataset.from_list(_rows(as_json=False)))
     assert trainer.train().global_step == 1
     (row,) = _metrics(tmp_path / "out")
     # the tiny model writes no ```python block: 0, and counted as such; a known solution passes every
@@ -435,7 +451,7 @@ def test_trains_from_a_trl_style_reward_list(tiny_path, tmp_path):
 
 def test_trains_from_a_yaml_config(tiny_path, tmp_path):
     data = tmp_path / "sums.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in _rows()))
+    data.write_text("".join(json.dumps(r) + "\n" for r in _rows(as_json=True)))
     reference = tmp_path / "reference.py"
     reference.write_text(textwrap.dedent(f"""\
         from rlreason.rewards.code import code_tests
