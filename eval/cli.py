@@ -109,7 +109,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--code-memory-mb", "--code_memory_mb", type=int, default=512,
                    help="code suites: address space of one completion's run, in MB")
     p.add_argument("--code-workers", "--code_workers", type=int, default=None,
-                   help="code suites: sandboxes run at once (default: one per CPU)")
+                   help="code suites: sandboxes run at once (default: twice the CPUs)")
     p.add_argument("--engine", choices=("hf", "vllm"), default="hf")
     p.add_argument("--engine-kwargs", default="{}", help="JSON dict passed to the engine's constructor")
     p.add_argument("--dtype", default="auto", help="hf engine: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
