@@ -397,7 +397,7 @@ def test_memory_bomb(box):
 def test_infinite_loop_hits_cpu_limit(box):
     """A busy loop is stopped by the CPU limit (SIGXCPU), well before a long wall limit. Defence:
     RLIMIT_CPU."""
-    result = attack(box, "while True:\n    pass", limits=Limits(**{**LIMITS.__dict__, "wall_s": 30.0}))
+    result = attack(box, "while True:\n    pass", limits=Limits(**{**LIMITS.__dict__, "wall_s": 15.0}))
     assert result.status == "timeout" and result.returncode == -signal.SIGXCPU, result
 
 
@@ -405,8 +405,9 @@ def test_ignoring_sigxcpu_does_not_help(box):
     """A busy loop that ignores SIGXCPU is killed at the hard CPU limit. Defence: RLIMIT_CPU's hard
     limit (one second above the soft one) sends SIGKILL."""
     code = "import signal\nsignal.signal(signal.SIGXCPU, signal.SIG_IGN)\nwhile True:\n    pass"
-    result = attack(box, code, limits=Limits(**{**LIMITS.__dict__, "wall_s": 30.0}))
+    result = attack(box, code, limits=Limits(**{**LIMITS.__dict__, "wall_s": 15.0}))
     assert result.status == "timeout" and result.returncode == -signal.SIGKILL, result
+    assert result.detail.startswith("CPU time limit"), result  # not the wall-clock kill
 
 
 def test_sleep_past_wall_limit(box):
@@ -661,9 +662,12 @@ def test_open_file_exhaustion(box):
 
 
 def test_no_terminal_to_inject_into(box):
-    """There is no controlling terminal to push keystrokes into (TIOCSTI). Defence: bwrap --new-session."""
-    out = outcomes(attack(box, 'attempt("tty", lambda: open("/dev/tty", "w"))'))
-    assert out == {"tty": "refused ENXIO"}
+    """There is no controlling terminal to push keystrokes into (TIOCSTI), and the program's session is
+    the sandbox's own (its leader, the harness, is pid 1 inside). Defence: bwrap --new-session; without
+    it the session's leader is outside the namespace (getsid gives 0)."""
+    result = attack(box, 'attempt("tty", lambda: open("/dev/tty", "w"))\nprint("sid", os.getsid(0))')
+    assert outcomes(result) == {"tty": "refused ENXIO"}
+    assert "sid 1\n" in result.stdout, result
 
 
 def test_tmp_not_shared_between_inputs(box):

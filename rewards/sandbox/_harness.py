@@ -24,7 +24,7 @@ non-dumpable (``prctl(PR_SET_DUMPABLE, 0)``): a program running as the same uid 
 results. It reads the child's output with a per-input wall-clock deadline, kills on overflow, and
 after each input kills every stray process (``kill(-1)`` inside the pid namespace; in the unsafe
 mode, where ``kill(-1)`` would reach the host's processes of that uid, it is the subreaper of the
-run and kills its descendants found in /proc) and empties the working directory.
+run and kills its children, orphans included, found in /proc) and empties the working directory.
 """
 
 import contextlib
@@ -98,21 +98,12 @@ def _child(stdin_fd: int, out_w: int, err_w: int, ok_w: int, limits: dict, workd
     os.close(3)
 
 
-def _descendants(root: int) -> list[int]:
-    """Processes whose parent is ``root`` (the unsafe mode's subreaper finds strays this way)."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2:].split()
-        if int(fields[1]) == root:
-            found.append(int(name))
-    return found
+def _children() -> list[int]:
+    """Our living and zombie children: orphans of the run are among them, as we are pid 1 or the
+    subreaper (the harness is single-threaded, so its one task lists them all)."""
+    me = os.getpid()
+    with open(f"/proc/self/task/{me}/children") as f:
+        return [int(pid) for pid in f.read().split()]
 
 
 def _reap_others(main: int) -> None:
@@ -133,14 +124,13 @@ def _kill_strays(kill_all: bool, deadline: float) -> None:
     if kill_all:  # we are pid 1 of our own pid namespace: every other process in it
         with contextlib.suppress(ProcessLookupError):
             os.kill(-1, signal.SIGKILL)
-    me = os.getpid()
     while time.monotonic() < deadline:
         try:
             while os.waitpid(-1, os.WNOHANG)[0] > 0:
                 pass
         except ChildProcessError:
             pass
-        strays = _descendants(me)
+        strays = _children()
         if not strays:
             return
         for pid in strays:
