@@ -337,8 +337,8 @@ class CodeTestsReward:
       ``"binary"`` (1.0 iff all pass, open-r1's ``binary_code_reward``).
     - ``per_test_timeout_s``: wall-clock and CPU time of one test's run (default 5, open-r1's).
     - ``total_timeout_s``: wall-clock time of all of one program's tests together (default 8, so one
-      completion stays under the reward runner's default ``reward_timeout_s`` of 10 s; a batch of
-      programs takes about ``ceil(n / max_workers)`` times that at worst: raise ``reward_timeout_s``).
+      completion stays under the reward runner's default ``reward_timeout_s`` of 10 s; a chunk of n
+      programs takes about ``ceil(n / max_workers)`` times that at worst, docs/code.md).
     - ``memory_mb``: address space of one run (default 512).
     - ``sandbox``: ``"bwrap"`` (the default: bubblewrap namespaces; construction raises
       ``SandboxUnavailable``, saying how to install it, where it cannot run) or ``"unsafe-rlimits"``
@@ -401,6 +401,7 @@ class CodeTestsReward:
     def __call__(self, prompts: list, completions: list, **columns: Any) -> list[float | None]:
         n = len(completions)
         log_metric: Callable | None = columns.pop("log_metric", None)
+        log_extra: Callable | None = columns.pop("log_extra", None)
         for name in COLUMNS:
             if name in columns and (not isinstance(columns[name], Sequence) or len(columns[name]) != n):
                 raise ValueError(f"code_tests: column {name!r} must be a list with one value per completion ({n})")
@@ -429,12 +430,17 @@ class CodeTestsReward:
                 judged.append((i, suite, marker))
         runs = self._sandbox().run_many(jobs, self.limits, self.total_timeout_s) if jobs else []
         statuses: dict[str, int] = {}
+        # per completion, for completions.jsonl: each test run's status ("no program" without a block)
+        runs_seen: list[str | None] = ["no program" if s == 0.0 else None for s in scores]
         for (i, suite, marker), results in zip(judged, runs, strict=True):
             for r in results:
                 statuses[r.status] = statuses.get(r.status, 0) + 1
             scores[i] = self._score(suite, marker, results)
+            runs_seen[i] = " ".join(r.status for r in results)
         if log_metric is not None and (jobs or no_code):
             self._log(log_metric, len(jobs) + no_code, no_code, statuses)
+        if log_extra is not None:
+            log_extra("code_tests_runs", runs_seen)
         return scores
 
     def _score(self, suite: StdioTests | AssertTests, marker: str, results: list[RunResult]) -> float:
