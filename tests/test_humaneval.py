@@ -12,6 +12,7 @@ import json
 import math
 
 import pytest
+from _sandbox import require_bwrap
 
 from rlreason.eval.code import (
     STOP_SEQUENCES,
@@ -30,8 +31,15 @@ def rows() -> list[dict]:
     return humaneval_rows(None)
 
 
+@pytest.fixture
+def bwrap() -> None:
+    """The test runs programs in bubblewrap: skipped where it cannot run, failed in CI (tests/_sandbox.py)."""
+    require_bwrap()
+
+
 @pytest.fixture(scope="module")
 def sandbox():
+    require_bwrap()
     code = CodeScoring()
     with code.sandbox() as box:
         yield box
@@ -112,7 +120,7 @@ def test_code_metrics_mean_pass_at_k_over_problems():
 # --------------------------------------------------------------------------- self-checks in the sandbox
 
 
-def test_canonical_solutions_pass_and_broken_variants_fail(rows):
+def test_canonical_solutions_pass_and_broken_variants_fail(rows, bwrap):
     """The self-check (rlreason.eval.code.self_check, one parallel batch in bubblewrap): canonical
     164/164; each problem's body replaced by ``return None`` 0/164 (the third variant, the neighbour's
     canonical body, is benchmarks/humaneval_selfcheck.py's: 164 more launches)."""
@@ -143,7 +151,7 @@ def test_a_program_that_exits_early_with_status_0_fails(rows, sandbox):
     assert [c["status"] for c in checked] == ["exited_early"] * 3 + ["ok"]
 
 
-def test_a_hanging_program_fails_on_its_own_timeout(rows):
+def test_a_hanging_program_fails_on_its_own_timeout(rows, bwrap):
     """Defence: the sandbox's time limits (CodeScoring.timeout_s: wall clock and CPU); the other
     programs of the batch are still checked."""
     r = rows[2]
@@ -159,7 +167,7 @@ def test_a_hanging_program_fails_on_its_own_timeout(rows):
 # --------------------------------------------------------------------------- the eval CLI
 
 
-def test_cli_humaneval_end_to_end(tiny_path, tmp_path):
+def test_cli_humaneval_end_to_end(tiny_path, tmp_path, bwrap):
     """``python -m rlreason.eval --suites humaneval`` on the tiny model: completion style (no chat
     template) with n=2, results.json with pass@1/pass@2 and the sandbox's settings, problems.jsonl
     with each completion's program, status and stderr tail."""
@@ -183,7 +191,7 @@ def test_cli_humaneval_end_to_end(tiny_path, tmp_path):
     assert "| humaneval |" in (out / "results.md").read_text()
 
 
-def test_cli_humaneval_chat_style(tiny_path, tmp_path):
+def test_cli_humaneval_chat_style(tiny_path, tmp_path, bwrap):
     """With the tokenizer's chat template the prompt is the code_chat instruction, and the program
     comes from the answer's last python block (the tiny model writes none: the prompt's stub fails)."""
     from rlreason.eval.cli import main
@@ -210,7 +218,7 @@ def test_cli_refuses_humaneval_without_the_sandbox(tiny_path, monkeypatch, capsy
     assert "--suites humaneval" in err and "bubblewrap" in err
 
 
-def test_training_config_with_humaneval_as_an_eval_suite(monkeypatch):
+def test_training_config_with_humaneval_as_an_eval_suite(monkeypatch, bwrap):
     """A run evaluating humaneval: its metrics are code suites' (pass@1, no maj@k), and without
     bubblewrap the config is refused at start-up, not at the first evaluation hours later."""
     from rlreason import build
@@ -224,7 +232,7 @@ def test_training_config_with_humaneval_as_an_eval_suite(monkeypatch):
         build.check_eval_settings(GRPOConfig(eval_suites=["humaneval"]))
 
 
-def test_a_code_suite_of_ones_own_from_yaml(tiny_path, tmp_path):
+def test_a_code_suite_of_ones_own_from_yaml(tiny_path, tmp_path, bwrap):
     """``scoring: code`` in a suite file: rows with a code prompt, ``test`` and ``entry_point`` are scored
     as HumanEval is; a row without ``test`` is an error naming the column."""
     from rlreason.eval.cli import main
