@@ -24,7 +24,8 @@ def pct(x: float | None) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suites", default=",".join(n for n in SUITES if n != "arith"))
+    p.add_argument("--suites", default=",".join(n for n in SUITES if n != "arith" and SUITES[n].scoring != "code"),
+                   help="default: every suite scored by its answers (HumanEval's: benchmarks/humaneval_selfcheck.py)")
     p.add_argument("--fallback", default=None, help="extraction fallbacks, e.g. last_math (default: none)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per scoring call (up to 64 texts)")
     p.add_argument("--workers", type=int, default=2, help="scoring worker processes")

@@ -5,6 +5,11 @@ with your own rewards, or compare two results files.
     python -m rlreason.eval --model PATH --data countdown.jsonl --reward my_rewards.py:countdown --out results/
     python -m rlreason.eval --compare a/results.json b/results.json
     python -m rlreason.eval --model run/final_model --data mul.jsonl --tools rlreason.data.tasks.mul:multiply
+    python -m rlreason.eval --model PATH --suites humaneval --n 10 --k 1,5,10 --temperature 0.8 --out results/
+
+A code suite (humaneval) runs each completion's program with the problem's tests in the sandbox
+(bubblewrap; ``--sandbox``, ``--code-timeout-s``, ``--code-memory-mb``, ``--code-workers``): pass@k
+of the programs, and each program, run status and stderr tail in problems.jsonl.
 
 With ``--tools`` / ``--environment-factory`` (named like the training config's ``tools`` and
 ``environment_factory``) every completion is a multi-turn exchange in which the model may call them,
@@ -94,6 +99,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tool-num-workers", "--tool_num_workers", type=int, default=2, help="tool worker processes")
     p.add_argument("--tool-isolation", "--tool_isolation", choices=("process", "none"), default="process",
                    help="none: tools run in this process (debugging: no kill, no memory cap)")
+    # Code suites (humaneval): each completion's program runs with the suite's tests in the sandbox
+    # (rlreason.rewards.sandbox; docs/code.md).
+    p.add_argument("--sandbox", choices=("bwrap", "unsafe-rlimits"), default="bwrap",
+                   help="code suites: bwrap (bubblewrap namespaces + rlimits; refused where bubblewrap is missing) or "
+                        "unsafe-rlimits (explicit opt-in: rlimits and a process-group kill only, no isolation)")
+    p.add_argument("--code-timeout-s", "--code_timeout_s", type=float, default=10.0,
+                   help="code suites: wall-clock and CPU seconds of one completion's run (program and tests)")
+    p.add_argument("--code-memory-mb", "--code_memory_mb", type=int, default=512,
+                   help="code suites: address space of one completion's run, in MB")
+    p.add_argument("--code-workers", "--code_workers", type=int, default=None,
+                   help="code suites: sandboxes run at once (default: twice the CPUs)")
     p.add_argument("--engine", choices=("hf", "vllm"), default="hf")
     p.add_argument("--engine-kwargs", default="{}", help="JSON dict passed to the engine's constructor")
     p.add_argument("--dtype", default="auto", help="hf engine: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
@@ -110,6 +126,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.suites = "" if args.data else "math500"
     if args.reward_num_workers < 0 or not args.reward_timeout_s > 0 or args.reward_memory_mb < 0:
         p.error("--reward_num_workers must be >= 0, --reward_timeout_s > 0 and --reward_memory_mb >= 0")
+    if not args.code_timeout_s > 0 or args.code_memory_mb < 1 or (args.code_workers is not None
+                                                                  and args.code_workers < 1):
+        p.error("--code-timeout-s must be > 0, --code-memory-mb and --code-workers >= 1")
     if args.max_tool_calling_iterations is not None and args.max_tool_calling_iterations < 0:
         p.error("--max-tool-calling-iterations must be >= 0")
     if (args.max_tool_calling_iterations is not None or args.tool_isolation != "process") and not uses_tools(args):
@@ -228,6 +247,26 @@ def build_task_scorer(args: argparse.Namespace, funcs: list):
 
     return task_scorer(funcs, num_workers=max(args.reward_num_workers, 1), timeout_s=args.reward_timeout_s,
                        memory_mb=args.reward_memory_mb or None, in_process=args.reward_num_workers == 0)
+
+
+def code_scoring(args: argparse.Namespace, suites: list[str]):
+    """The code suites' sandbox settings (``rlreason.eval.code.CodeScoring``), with the sandbox checked
+    when a code suite is among ``suites``: no bubblewrap is an error before any model loads (unless
+    ``--sandbox unsafe-rlimits``)."""
+    from rlreason.eval.code import CodeScoring
+
+    code = CodeScoring(mode=args.sandbox, timeout_s=args.code_timeout_s, memory_mb=args.code_memory_mb,
+                       max_workers=args.code_workers)
+    coded = [name for name in suites if get_suite(name).scoring == "code"]
+    if coded and code.mode == "bwrap":
+        from rlreason.rewards.sandbox import SandboxUnavailable, check_available
+
+        try:
+            check_available()
+        except SandboxUnavailable as e:
+            raise OSError(f"--suites {coded[0]}: its programs run in the sandbox, which cannot start here: {e}") \
+                from None
+    return code
 
 
 def build_protocol(args: argparse.Namespace):
@@ -367,6 +406,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                                  f"rename the file")
             names.insert(0, task[0])  # scored first
         protocol = build_protocol(args)
+        code = code_scoring(args, names[1:] if task else names)
         loaded_tools = load_tools(args) if uses_tools(args) else None
     results: dict[str, Any] = {"config": {"suites": {}}, "suites": {}, "problems": {}}
     model_path = args.model
@@ -395,7 +435,8 @@ def main(argv: list[str] | None = None) -> dict | None:
                         else:
                             done = evaluate_suites(engine, tokenizer, [name], protocol, scorer=scorer,
                                                    allow_hub=not args.no_hub,
-                                                   log=lambda line: print(line, file=sys.stderr), tools=tools)
+                                                   log=lambda line: print(line, file=sys.stderr), tools=tools,
+                                                   code=code)
                         results["config"] = {**done["config"], "suites": {**results["config"]["suites"],
                                                                           **done["config"]["suites"]}}
                         results["suites"].update(done["suites"])
@@ -408,6 +449,8 @@ def main(argv: list[str] | None = None) -> dict | None:
                 return results
     extra = {"model": args.model, "model_path": model_path, "engine": args.engine,
              "engine_kwargs": json.loads(args.engine_kwargs), "dtype": args.dtype, "argv": argv or sys.argv[1:]}
+    if any(get_suite(name).scoring == "code" for name in (names[1:] if task else names)):
+        extra["code_scoring"] = code.to_dict()
     if uses_tools(args):
         extra["tools"] = {"tools": args.tools, "environment_factory": args.environment_factory,
                           "max_tool_calling_iterations": args.max_tool_calling_iterations,

@@ -36,8 +36,9 @@ from typing import Any
 import torch
 
 from rlreason.data import INTERNAL_COLUMNS, prompt_messages, render_prompt
-from rlreason.eval.metrics import breakdown, suite_metrics, task_metrics, wilson_interval
-from rlreason.eval.suites import TEMPLATES, Suite, Template, get_suite, get_template, load_problems
+from rlreason.eval.code import CodeScoring, run_code_suite
+from rlreason.eval.metrics import breakdown, code_metrics, suite_metrics, task_metrics, wilson_interval
+from rlreason.eval.suites import SUITES, TEMPLATES, Suite, Template, get_suite, get_template, load_problems
 from rlreason.rewards import completion_text
 from rlreason.rewards.format import format_reward
 from rlreason.rewards.math import RULES, extract_answer, verify
@@ -494,9 +495,12 @@ def run_suite(
     scorer: RewardRunner,
     allow_hub: bool = True,
     tools: ToolRollouts | None = None,
+    code: CodeScoring | None = None,
 ) -> tuple[dict[str, Any], list[dict]]:
     """Generate one suite and score it with ``scorer`` (:func:`suite_scorer`). -> (metrics,
-    per-problem records).
+    per-problem records). A code suite (``suite.scoring == "code"``, HumanEval) runs its programs
+    in the sandbox instead (``rlreason.eval.code.run_code_suite``, with ``code``'s settings;
+    records and metrics as it describes them).
 
     A record: ``{"suite", "index", "id", "subject", "level", "prompt", "gold", "completions",
     "answers", "correct", "formatted", "lengths", "truncated", "gold_unparseable",
@@ -506,6 +510,11 @@ def run_suite(
     first rollout's (rendered with its tools) and it adds ``messages`` (each exchange) and
     ``tool_calls`` / ``tool_failures`` (per completion).
     """
+    if suite.scoring == "code":
+        if tools is not None:
+            raise ValueError(f"suite {suite.name!r} is a code suite: its programs are checked by running them, "
+                             f"with no tools; evaluate it without --tools / --environment-factory")
+        return run_code_suite(engine, tokenizer, suite, protocol, code, allow_hub)
     template = protocol.template_for(suite)
     problems = load_problems(suite, protocol.limit, allow_hub)
     prompts = [render(p, suite, template, tokenizer, protocol.chat_template) for p in problems]
@@ -568,6 +577,7 @@ def evaluate_suites(
     allow_hub: bool = True,
     log: Callable[[str], None] | None = None,
     tools: ToolRollouts | None = None,
+    code: CodeScoring | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``engine`` on benchmark suites (the trainer's periodic eval and the CLI).
 
@@ -582,6 +592,8 @@ def evaluate_suites(
         allow_hub: whether a suite without a local file may be fetched from the hub.
         log: called with one progress line per suite (e.g. ``print``).
         tools: the tools the model may call (module docstring); None: single-turn completions.
+        code: how code suites (HumanEval) run their programs in the sandbox
+            (``rlreason.eval.code.CodeScoring``; None: its defaults, bubblewrap).
 
     Returns:
         ``{"config": {"protocol", "suites"}, "suites": {name: metrics}, "problems": {name: [records]}}``;
@@ -604,7 +616,7 @@ def evaluate_suites(
     }
     for suite in resolved:
         start = time.perf_counter()
-        metrics, records = run_suite(engine, tokenizer, suite, protocol, scorer, allow_hub, tools)
+        metrics, records = run_suite(engine, tokenizer, suite, protocol, scorer, allow_hub, tools, code)
         metrics["seconds"] = time.perf_counter() - start
         out["suites"][suite.name] = metrics
         out["problems"][suite.name] = records
@@ -622,9 +634,12 @@ def suite_metric_names(suites: Sequence[str], protocol: EvalProtocol | None = No
     protocol = protocol or EvalProtocol()
     n = protocol.n
     record = {"correct": [True] * n, "answers": ["1"] * n, "lengths": [1] * n, "truncated": [False] * n,
-              "formatted": [True] * n, "gold_unparseable": False}
+              "formatted": [True] * n, "gold_unparseable": False, "statuses": ["ok"] * n, "score_failures": 0}
     metrics = {**summarize([record], protocol.ks), "vote_failures": 0}  # as run_suite adds it
-    return list(flat_metrics({"suites": dict.fromkeys(suites, metrics)}, prefix=prefix))
+    coded = code_metrics([record], protocol.ks)  # a code suite's (run_code_suite)
+    per_suite = {name: coded if getattr(SUITES.get(name), "scoring", None) == "code" else metrics
+                 for name in suites}
+    return list(flat_metrics({"suites": per_suite}, prefix=prefix))
 
 
 def flat_metrics(results: dict[str, Any], prefix: str = "eval") -> dict[str, float]:

@@ -9,6 +9,7 @@ its ``n``. Formulas and the maj@k tie rule are in docs/evaluation.md.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Sequence
 from statistics import fmean, pstdev
 from typing import Any
@@ -214,6 +215,31 @@ def task_metrics(problems: Sequence[dict[str, Any]], ks: Sequence[int]) -> dict[
     out["mean_length"] = sum(sum(p["lengths"]) for p in problems) / total
     out["truncation_rate"] = sum(sum(p["truncated"]) for p in problems) / total
     out["score_failures"] = sum(sum(p["failed"]) for p in problems)
+    return out
+
+
+def code_metrics(problems: Sequence[dict[str, Any]], ks: Sequence[int]) -> dict[str, Any]:
+    """Aggregate the records of a code suite (``rlreason.eval.code.run_code_suite``): programs run
+    against the suite's tests, so a verdict per sample and no answer to vote on (no maj@k).
+
+    Each record needs ``correct`` (list[bool]: the tests passed), ``statuses`` (list[str]: the
+    sandbox run's status), ``formatted`` (list[bool]: the program's code was found), ``lengths``,
+    ``truncated`` and ``score_failures`` (runs the sandbox itself failed); every problem has the
+    same number of samples ``n``.
+
+    Returns ``{"problems", "n_samples", "pass@1", "pass@1_ci95", "pass@k"..., "mean_length",
+    "truncation_rate", "format_rate", "statuses", "score_failures"}``: ``statuses`` counts the
+    samples per run status (``{"ok": 3, "error": 5, ...}``).
+    """
+    if not problems:
+        return {"problems": 0, "n_samples": 0}
+    out = _pass_metrics(problems, ks)
+    total = out["n_samples"] * len(problems)
+    out["mean_length"] = sum(sum(p["lengths"]) for p in problems) / total
+    out["truncation_rate"] = sum(sum(p["truncated"]) for p in problems) / total
+    out["format_rate"] = sum(sum(p["formatted"]) for p in problems) / total
+    out["statuses"] = dict(sorted(Counter(s for p in problems for s in p["statuses"]).items()))
+    out["score_failures"] = sum(p["score_failures"] for p in problems)
     return out
 
 

