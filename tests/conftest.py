@@ -41,14 +41,19 @@ def tiny_path(test_spec) -> Path:
 TOOLS_TEST_WARMUP_STEPS = 200
 
 
-@pytest.fixture(scope="session")
-def tiny_tools_path() -> Path:
+def _tools_test_spec():
     import dataclasses
 
-    from rlreason.tiny import TINY_TOOLS, ensure
+    from rlreason.tiny import TINY_TOOLS
 
-    return ensure(dataclasses.replace(TINY_TOOLS, name="tiny-tools-ci", sft_steps=TOOLS_TEST_WARMUP_STEPS),
-                  log=lambda *a: None)
+    return dataclasses.replace(TINY_TOOLS, name="tiny-tools-ci", sft_steps=TOOLS_TEST_WARMUP_STEPS)
+
+
+@pytest.fixture(scope="session")
+def tiny_tools_path() -> Path:
+    from rlreason.tiny import ensure
+
+    return ensure(_tools_test_spec(), log=lambda *a: None)
 
 
 @pytest.fixture()
@@ -64,12 +69,32 @@ def tiny_model(tiny_path):
 def tiny_moe_path() -> Path:
     """A quickly built tiny MoE (the TINY_MOE architecture, 30 warm-up steps): for the trainer's
     MoE code paths, not for learning (test_recipe_configs runs the real one)."""
+    from rlreason.tiny import ensure
+
+    return ensure(_moe_test_spec(), log=lambda *a: None)
+
+
+def _moe_test_spec():
     import dataclasses
 
-    from rlreason.tiny import TINY_MOE, ensure
+    from rlreason.tiny import TINY_MOE
 
-    return ensure(dataclasses.replace(TINY_MOE, name="tiny-moe-test", sft_steps=30, sft_batch=16),
-                  log=lambda *a: None)
+    return dataclasses.replace(TINY_MOE, name="tiny-moe-test", sft_steps=30, sft_batch=16)
+
+
+def pytest_sessionstart(session):
+    """With several workers (`make test`: pytest-xdist), the controller builds the session fixtures'
+    models first, before the workers start. A build runs on 2 threads (tiny.BUILD_THREADS: the same
+    model bit for bit on any machine), and on 2 cores beside a busy worker those threads keep waiting
+    for each other: a 2-thread run took several times as long there (tests/test_learning.py, which now
+    trains on one thread). In one process the fixtures build what they need when they need it."""
+    config = session.config
+    if hasattr(config, "workerinput") or not config.getoption("numprocesses", None):
+        return
+    from rlreason.tiny import TinySpec, ensure
+
+    for spec in (TinySpec(), _tools_test_spec(), _moe_test_spec()):
+        ensure(spec, log=lambda *a: None)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -20,6 +20,10 @@ from _launch import WORKER, assert_clean_exit, run, torchrun
 
 from rlreason.loop.distributed import clean_name, full_named_parameters, gather_varlen
 
+# make test runs on several workers (--dist loadgroup): the tests compare against the module's
+# reference runs (runs), so one worker runs all of them.
+pytestmark = pytest.mark.xdist_group("distributed")
+
 CASES = ("dapo_batch", "grpo_kl", "dynamic_uneven", "async", "luspo_options")
 # Measured: the largest weight difference between the runs is ~1e-6 (float32 sums in another
 # order, through AdamW, whose first steps amplify noise on near-zero gradients); the update

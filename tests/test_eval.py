@@ -33,6 +33,10 @@ from rlreason.eval.suites import SUITES, Suite, get_suite, load_problems, load_s
 from rlreason.rewards import accuracy_reward, format_reward
 from rlreason.rollout.base import Sample, SamplingConfig
 
+# make test runs on several workers (--dist loadgroup): the data checks share the module's scored
+# suites (checks), so one worker runs all of them.
+pytestmark = pytest.mark.xdist_group("eval")
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 BENCH = DATA / "benchmarks"
 needs_data = pytest.mark.skipif(not (BENCH / "MANIFEST.json").exists(), reason="shared benchmark data not present")

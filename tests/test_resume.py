@@ -19,6 +19,10 @@ import torch
 from _procs import in_group
 from safetensors.torch import load_file
 
+# make test runs on several workers (--dist loadgroup): the tests compare against the module's
+# uninterrupted runs (straight, straight_async), so one worker runs all of them.
+pytestmark = pytest.mark.xdist_group("resume")
+
 ROOT = Path(__file__).resolve().parents[1]
 STEPS, SAVE_EVERY = 6, 3
 ARGS = ["--max_steps", str(STEPS), "--save_steps", str(SAVE_EVERY), "--per_device_train_batch_size", "32",

@@ -27,6 +27,10 @@ from hypothesis import strategies as st
 
 from rlreason.rewards.math import AccuracyReward, verify
 
+# make test runs on several workers (--dist loadgroup): the tests read the module's one fuzz run
+# (fuzz_results), so one worker runs all of them.
+pytestmark = pytest.mark.xdist_group("verifier_fuzz")
+
 MAX_EXAMPLES = 1000  # each example is one gold with ~6-7 candidates
 MIN_PAIRS = 5000
 FN_THRESHOLD = 0.02  # issue 16: false negatives on equal pairs under 2%
