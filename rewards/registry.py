@@ -35,6 +35,7 @@ from typing import Any
 from . import length as _length
 from ._call import TRAINER_ARGS
 from ._text import completion_text
+from .code import code_tests
 from .format import format_lenient_reward, format_reward, r1_format_reward, r1_tag_count_reward, tag_count_reward
 from .length import CosineLengthReward, R1CosineReward, RepetitionPenaltyReward, SoftOverlongReward
 from .math import accuracy_reward
@@ -63,6 +64,7 @@ REWARDS: dict[str, Callable] = {
     "cosine_length": CosineLengthReward,
     "cosine": R1CosineReward,  # open-r1's name and arguments
     "repetition_penalty": RepetitionPenaltyReward,
+    "code_tests": code_tests,  # programs run against tests in the sandbox (docs/code.md)
     **TRL_REWARDS,  # `trl grpo`'s names (accuracy_reward, think_format_reward, ...), with TRL's meaning
 }
 
