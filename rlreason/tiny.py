@@ -217,7 +217,7 @@ TINY_TOOLS = TinySpec(name="tiny-tools", task="mul", p_tool=0.4, vocab_size=384,
 # warmed up on the code task (rlreason.data.tasks.code) by a teacher that writes the right program on
 # p_right of the problems and otherwise a lookup table of the shown values or the line through the wrong
 # intercept; RL on the sandbox's verdict alone has to teach it to generalise.
-TINY_CODE = TinySpec(name="tiny-code", task="code", p_right=0.3, vocab_size=320, sft_steps=400, sft_batch=64)
+TINY_CODE = TinySpec(name="tiny-code", task="code", p_right=0.3, vocab_size=320, sft_steps=300, sft_batch=64)
 
 # Names ``model_name_or_path`` accepts for the embedded models.
 SPECS = {"tiny": TinySpec(), "tiny-moe": TINY_MOE, "tiny-small": TINY_SMALL, "tiny-tools": TINY_TOOLS,

@@ -82,3 +82,19 @@ def pytest_runtest_makereport(item, call):
         if log is not None and log.exists():
             report.sections.append((f"vLLM server log, last lines ({log})", log_tail(log)))
     return report
+
+
+# The code-writing tiny model as the tests use it: tiny-code's tokenizer and teacher with a quarter of its
+# warm-up (about 1 min to build), for the code demo's wiring; the demo's model itself is measured by
+# benchmarks/code_warmup.py (README, "Code").
+CODE_TEST_WARMUP_STEPS = 100
+
+
+@pytest.fixture(scope="session")
+def tiny_code_path() -> Path:
+    import dataclasses
+
+    from rlreason.tiny import TINY_CODE, ensure
+
+    return ensure(dataclasses.replace(TINY_CODE, name="tiny-code-ci", sft_steps=CODE_TEST_WARMUP_STEPS),
+                  log=lambda *a: None)
