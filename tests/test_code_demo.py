@@ -76,7 +76,7 @@ def test_heldout_split_is_what_eval_holdout_size_holds_out_of_the_task_file(tmp_
 
 def test_the_teacher_is_right_about_p_right_of_the_time_and_likeliest_wrong():
     """Measured on 4,000 draws at the demo's p_right (0.3): right 0.3 (binomial 4-sigma band), the
-    table the most frequent answer (so greedy decoding of a faithful imitator writes the table)."""
+    table the most frequent answer, the wrong intercept the rarest."""
     rng = random.Random(7)
     p = code.Problem(5, 12)
     counts = {form: 0 for form in FORMS}
