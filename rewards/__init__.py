@@ -5,6 +5,7 @@ so it works whether installed as ``rlreason.rewards`` or imported from the sourc
 See :mod:`.registry` for the reward-function contract.
 """
 
+from .code import CodeTestsReward, code_tests, extract_code
 from .format import FormatReward, TagCountReward, format_lenient_reward, format_reward, tag_count_reward
 from .length import CosineLengthReward, RepetitionPenaltyReward, SoftOverlongReward
 from .math import WARNINGS, accuracy_reward, extract_answer, parse_gold, parse_number
@@ -27,6 +28,7 @@ __all__ = [
     "BUILTIN",
     "REWARDS",
     "WARNINGS",
+    "CodeTestsReward",
     "CosineLengthReward",
     "FormatReward",
     "RepetitionPenaltyReward",
@@ -41,8 +43,10 @@ __all__ = [
     "accuracy_reward",
     "build_rewards",
     "check_signature",
+    "code_tests",
     "completion_text",
     "extract_answer",
+    "extract_code",
     "format_lenient_reward",
     "format_reward",
     "parse_gold",

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import math
 import numbers
 import secrets
@@ -53,6 +54,8 @@ from typing import Any
 from ._call import short_repr
 from ._text import completion_text
 from .sandbox import Job, Limits, RunResult, Sandbox, check_available
+
+logger = logging.getLogger("rlreason.rewards")
 
 __all__ = [
     "COLUMNS",
@@ -183,7 +186,9 @@ def _stdio_tests(info: Any, row: int, prompt: Any) -> StdioTests | str:
             raise _row_error(column, row, prompt, f"not valid JSON ({e})") from None
     if not isinstance(info, dict):
         raise _row_error(column, row, prompt, f"expected a dict with 'test_cases', got {short_repr(info)}")
-    language = info.get("language", "python")  # open-r1's rows all say "python"; a row without it is too
+    # open-r1's rows all say "python"; a row without it is too (None: a dataset's struct column filled the
+    # key in for a row that lacked it)
+    language = info.get("language") or "python"
     if not isinstance(language, str):
         raise _row_error(column, row, prompt, f"'language' must be a string, got {short_repr(language)}")
     if language.lower() != "python":
@@ -195,7 +200,7 @@ def _stdio_tests(info: Any, row: int, prompt: Any) -> StdioTests | str:
     for k, case in enumerate(cases):
         if not isinstance(case, dict):
             raise _row_error(column, row, prompt, f"test_cases[{k}] must be a dict, got {short_repr(case)}")
-        kind = case.get("type", "stdin_stdout")
+        kind = case.get("type") or "stdin_stdout"
         if kind != "stdin_stdout":
             raise _row_error(column, row, prompt, f"test_cases[{k}] has type {kind!r}; only 'stdin_stdout' "
                                                   "tests are run (use 'test' + 'entry_point' for function tests)")
@@ -332,8 +337,8 @@ class CodeTestsReward:
       ``"binary"`` (1.0 iff all pass, open-r1's ``binary_code_reward``).
     - ``per_test_timeout_s``: wall-clock and CPU time of one test's run (default 5, open-r1's).
     - ``total_timeout_s``: wall-clock time of all of one program's tests together (default 8, so one
-      completion stays under the reward runner's default ``reward_timeout_s`` of 10 s; a batch of
-      programs takes about ``ceil(n / max_workers)`` times that at worst: raise ``reward_timeout_s``).
+      completion stays under the reward runner's default ``reward_timeout_s`` of 10 s; a chunk of n
+      programs takes about ``ceil(n / max_workers)`` times that at worst, docs/code.md).
     - ``memory_mb``: address space of one run (default 512).
     - ``sandbox``: ``"bwrap"`` (the default: bubblewrap namespaces; construction raises
       ``SandboxUnavailable``, saying how to install it, where it cannot run) or ``"unsafe-rlimits"``
@@ -342,6 +347,12 @@ class CodeTestsReward:
 
     The sandbox is made once, at construction: the check that it can run here. Instances pickle.
     """
+
+    # Each completion is scored on its own, so the reward workers may split a batch between them
+    # (docs/rewards.md): each chunk gets its own reward_timeout_s, and a chunk that times out costs
+    # only its own completions' rescoring. A whole batch of programs in one call can take longer than
+    # the default 10 s on a busy 2-core machine.
+    rlreason_chunk_size = "auto"
 
     def __init__(self, mode: str = "fraction", per_test_timeout_s: float = 5.0, total_timeout_s: float = 8.0,
                  memory_mb: int = 512, sandbox: str = "bwrap", max_workers: int | None = None) -> None:
@@ -390,6 +401,7 @@ class CodeTestsReward:
     def __call__(self, prompts: list, completions: list, **columns: Any) -> list[float | None]:
         n = len(completions)
         log_metric: Callable | None = columns.pop("log_metric", None)
+        log_extra: Callable | None = columns.pop("log_extra", None)
         for name in COLUMNS:
             if name in columns and (not isinstance(columns[name], Sequence) or len(columns[name]) != n):
                 raise ValueError(f"code_tests: column {name!r} must be a list with one value per completion ({n})")
@@ -418,17 +430,27 @@ class CodeTestsReward:
                 judged.append((i, suite, marker))
         runs = self._sandbox().run_many(jobs, self.limits, self.total_timeout_s) if jobs else []
         statuses: dict[str, int] = {}
+        # per completion, for completions.jsonl: each test run's status ("no program" without a block)
+        runs_seen: list[str | None] = ["no program" if s == 0.0 else None for s in scores]
         for (i, suite, marker), results in zip(judged, runs, strict=True):
             for r in results:
                 statuses[r.status] = statuses.get(r.status, 0) + 1
             scores[i] = self._score(suite, marker, results)
+            runs_seen[i] = " ".join(r.status for r in results)
         if log_metric is not None and (jobs or no_code):
             self._log(log_metric, len(jobs) + no_code, no_code, statuses)
+        if log_extra is not None:
+            log_extra("code_tests_runs", runs_seen)
         return scores
 
     def _score(self, suite: StdioTests | AssertTests, marker: str, results: list[RunResult]) -> float:
-        if any(r.status == "sandbox_error" for r in results):
-            return math.nan  # the sandbox failed, not the program: the reward is unknown
+        broken = next((r for r in results if r.status == "sandbox_error"), None)
+        if broken is not None:
+            # the sandbox failed, not the program: the reward is unknown. The runner logs "returned nan";
+            # this says why.
+            logger.warning("code_tests: the sandbox failed (%s); the completion's reward is unknown (NaN)",
+                           broken.detail[:500])
+            return math.nan
         if isinstance(suite, StdioTests):
             passed = [r.status == "ok" and outputs_match(r.stdout, want)
                       for r, want in zip(results, suite.outputs, strict=True)]

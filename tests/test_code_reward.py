@@ -124,10 +124,26 @@ def test_outputs_match_strips_the_output_and_each_line(actual, expected, same):
 
 def test_stdin_stdout_pass_fail_partial_and_no_program():
     wrong_on_negatives = "a, b = map(int, input().split())\nprint(abs(a) + abs(b))\n"
+    # right answer, then a failure the program caused: exit 3, a memory bomb, 10 MB of output
+    right_then = SUM + "import sys\nsys.stdout.flush()\n"
     completions = [fenced(SUM), fenced(wrong_on_negatives), fenced("print(42)\n"), "I would just add them.",
-                   fenced("raise SystemExit(3)\n")]
-    got = stdio(completions, [SUM_INFO] * 5)
-    assert got == [1.0, pytest.approx(2 / 3), 0.0, 0.0, 0.0]
+                   fenced(right_then + "raise SystemExit(3)\n"), fenced(right_then + "x = bytearray(10**10)\n"),
+                   fenced(right_then + "print('x' * 10**7)\n")]
+    extra, metrics = {}, {}
+    got = stdio(completions, [SUM_INFO] * len(completions), log_extra=extra.__setitem__,
+                log_metric=metrics.__setitem__)
+    assert got == [1.0, pytest.approx(2 / 3), 0.0, 0.0, 0.0, 0.0, 0.0]
+    assert extra["code_tests_runs"] == ["ok ok ok", "ok ok ok", "ok ok ok", "no program", "error error error",
+                                        "memory memory memory", "output_limit output_limit output_limit"]
+    assert metrics["code_tests/no_code"] == 1 / 7 and metrics["code_tests/memory"] == 3 / 18
+
+
+def test_conversational_completions_and_tool_turns():
+    chat = [{"role": "assistant", "content": fenced(SUM)}]
+    tools = [{"role": "assistant", "content": "let me try", "tool_calls": [{"name": "python"}]},
+             {"role": "tool", "content": fenced(SUM)},  # a tool's output is not the model's answer
+             {"role": "assistant", "content": fenced("print('no')\n")}]
+    assert stdio([chat, tools], [SUM_INFO] * 2) == [1.0, 0.0]
 
 
 def test_verification_info_as_json_text_and_the_whitespace_rule():
@@ -225,6 +241,9 @@ def humaneval(completions, test=HUMANEVAL_TEST, entry_point="add", reward=None):
 
 
 def test_humaneval_pass_fail_exception_and_exit_cheats():
+    """Exits before the tests end (sys.exit(0), os._exit(0) at import or inside the function) fail.
+    Defence: the random end marker printed after the test code, checked on the host (judged by the exit
+    status alone, the three exits would pass)."""
     good = "def add(a, b):\n    return a + b\n"
     wrong = "def add(a, b):\n    return a * b\n"
     raises = "def add(a, b):\n    raise ValueError('no')\n"
@@ -302,16 +321,16 @@ def test_a_test_that_hangs_fails_alone_within_its_time_limit():
 
 
 def test_the_total_time_limit_stops_a_program_whose_tests_add_up():
-    """Five tests of 0.3 s each, under 1 s each but 1.5 s together, with a total of 0.8 s: the tests not
-    reached fail. Defence: the launch's total limit (total_wall_s)."""
-    slow = "import time\ntime.sleep(0.3)\nprint(input())\n"
+    """Five tests of 0.25 s each, under their 2 s each but 1.25 s together, with a total of 0.9 s: the
+    tests not reached fail. Defence: the launch's total limit (total_wall_s)."""
+    slow = "import time\ntime.sleep(0.25)\nprint(input())\n"
     info = {"test_cases": [{"input": f"{k}\n", "output": f"{k}\n"} for k in range(5)]}
-    reward = CodeTestsReward(per_test_timeout_s=1.0, total_timeout_s=0.8)
+    reward = CodeTestsReward(per_test_timeout_s=2.0, total_timeout_s=0.9)
     start = time.monotonic()
     (got,) = stdio([fenced(slow)], [info], reward=reward)
     assert 0.0 < got < 1.0  # the first tests passed, the rest were cut
     assert time.monotonic() - start < 10
-    patient = CodeTestsReward(per_test_timeout_s=1.0, total_timeout_s=10.0)
+    patient = CodeTestsReward(per_test_timeout_s=2.0, total_timeout_s=10.0)
     assert stdio([fenced(slow)], [info], reward=patient) == [1.0]
 
 
@@ -378,6 +397,14 @@ def test_registry_name_and_kwargs_from_a_config_entry():
         build_rewards(["code_tests"], columns={"answer"})
 
 
+def test_memory_mb_is_each_runs_address_space():
+    """200 MB fits the default 512 MB and not memory_mb=128 (RLIMIT_AS: the allocation fails)."""
+    big = "data = bytearray(200 * 2**20)\nprint(input())\n"
+    info = {"test_cases": [{"input": "ok\n", "output": "ok"}]}
+    assert stdio([fenced(big)], [info]) == [1.0]
+    assert stdio([fenced(big)], [info], reward=CodeTestsReward(memory_mb=128)) == [0.0]
+
+
 def test_programs_run_in_the_reward_workers():
     """Forked reward workers make their own sandbox (a sandbox's threads do not survive a fork)."""
     (fn,), _ = build_rewards([{"name": "code_tests", "kwargs": {"mode": "fraction"}}])
@@ -393,11 +420,16 @@ def test_programs_run_in_the_reward_workers():
 PROBLEMS = [(a, b) for a in range(1, 5) for b in range(1, 3)]
 
 
-def _rows() -> list[dict]:
-    return [{"prompt": f"Sum of {a} {b}?",
-             "verification_info": json.dumps({"language": "python", "test_cases": [
-                 {"input": f"{a} {b}\n", "output": f"{a + b}\n"}, {"input": f"{b} {a}\n", "output": f"{a + b}\n"}]})}
-            for a, b in PROBLEMS]
+def _rows(as_json: bool) -> list[dict]:
+    """The problems, verification_info as JSON text or as a dict (a struct column in the dataset, the
+    second test case without "type": the column fills it in with None)."""
+    rows = []
+    for a, b in PROBLEMS:
+        info = {"language": "python", "test_cases": [{"input": f"{a} {b}\n", "output": f"{a + b}\n",
+                                                      "type": "stdin_stdout"},
+                                                     {"input": f"{b} {a}\n", "output": f"{a + b}\n"}]}
+        rows.append({"prompt": f"Sum of {a} {b}?", "verification_info": json.dumps(info) if as_json else info})
+    return rows
 
 
 class Reference:
@@ -409,7 +441,7 @@ class Reference:
     def __init__(self, program: str) -> None:
         self.program = program
 
-    def __call__(self, prompts, completions, log_metric=None, **columns):  # code_tests' own metrics stay its own
+    def __call__(self, prompts, completions, log_metric=None, log_extra=None, **columns):  # code_tests' logs: its own
         return code_tests(prompts=prompts, completions=[fenced(self.program)] * len(completions), **columns)
 
 
@@ -421,9 +453,9 @@ def test_trains_from_a_trl_style_reward_list(tiny_path, tmp_path):
     args = GRPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, num_generations=4,
                       max_completion_length=16, max_steps=1, learning_rate=1e-5, seed=0, report_to="none",
                       use_cpu=True, logging_steps=1, save_steps=0, eval_steps=0, final_eval_size=0,
-                      log_completions_steps=0, reward_num_workers=1, progress=False, max_prompt_length=64)
+                      log_completions_steps=1, reward_num_workers=1, progress=False, max_prompt_length=64)
     trainer = GRPOTrainer(model="tiny", reward_funcs=[code_tests, Reference(SUM), Reference("print(0)\n")],
-                          args=args, train_dataset=datasets.Dataset.from_list(_rows()))
+                          args=args, train_dataset=datasets.Dataset.from_list(_rows(as_json=False)))
     assert trainer.train().global_step == 1
     (row,) = _metrics(tmp_path / "out")
     # the tiny model writes no ```python block: 0, and counted as such; a known solution passes every
@@ -431,16 +463,18 @@ def test_trains_from_a_trl_style_reward_list(tiny_path, tmp_path):
     assert row["rewards/code_tests/mean"] == 0.0 and row["code_tests/no_code"] == 1.0
     assert row["rewards/reference/mean"] == 1.0 and row["rewards/reference_2/mean"] == 0.0
     assert row["rewards/code_tests/failures"] == 0
+    logged = [json.loads(line) for line in (tmp_path / "out" / "completions.jsonl").read_text().splitlines()]
+    assert logged and all(r["code_tests_runs"] == "no program" for r in logged)
 
 
 def test_trains_from_a_yaml_config(tiny_path, tmp_path):
     data = tmp_path / "sums.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in _rows()))
+    data.write_text("".join(json.dumps(r) + "\n" for r in _rows(as_json=True)))
     reference = tmp_path / "reference.py"
     reference.write_text(textwrap.dedent(f"""\
         from rlreason.rewards.code import code_tests
 
-        def reference(prompts, completions, log_metric=None, **columns):
+        def reference(prompts, completions, log_metric=None, log_extra=None, **columns):
             solution = "```python\\n" + {SUM!r} + "```"
             return code_tests(prompts=prompts, completions=[solution] * len(completions), **columns)
     """))

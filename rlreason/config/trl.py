@@ -127,6 +127,17 @@ UNSUPPORTED: dict[str, str] = {
                     "max_penalty: ...}}"),
     **dict.fromkeys(("max_completion_len", "soft_punish_cache"),
                     "configure the reward in its entry: {name: soft_overlong, kwargs: {max_length: ..., cache: ...}}"),
+    # open-r1's code-execution options (E2B / Morph / Piston providers): rlreason runs programs in its
+    # own local sandbox, configured in the code_tests entry
+    **dict.fromkeys(("code_provider", "parallel_code_exec_per_proc", "e2b_router_url", "morph_router_url",
+                     "enforce_same_language"),
+                    "programs run in rlreason's local sandbox (bubblewrap): configure the reward in its entry: "
+                    "{name: code_tests, kwargs: {mode: binary, max_workers: ...}} (docs/code.md)"),
+    "code_language": "code_tests runs Python; rows whose verification_info names another language score None "
+                     "(docs/code.md)",
+    **dict.fromkeys(("code_eval_test_batch_size", "code_eval_scoring_mode", "ioi_provider"),
+                    "open-r1's IOI and Codeforces rewards (ioi_code, cf_code) are not built in; code_tests runs "
+                    "stdin/stdout and assert tests (docs/code.md)"),
     "dataset_configs": "name one configuration with dataset_config",
     "dataset_mixture": "give one dataset in dataset_name",
 }
