@@ -37,10 +37,10 @@ def test_prompts_show_three_values_and_the_tests_check_others():
 
 
 def test_only_the_right_program_passes_the_hidden_tests_in_the_sandbox():
-    """Every form of the teacher on 30 problems, scored by the real ``code_tests`` reward (bubblewrap):
+    """Every form of the teacher on 12 problems, scored by the real ``code_tests`` reward (bubblewrap):
     the line passes all hidden asserts; the table (which fits the shown values) and the wrong
     intercept pass none. The shown values themselves are checked by running the programs too."""
-    problems = random.Random(0).sample(code.universe(), 30)
+    problems = random.Random(0).sample(code.universe(), 12)
     completions = [[{"role": "assistant", "content": code.answer(p, form)}] for p in problems for form in FORMS]
     rows = [p for p in problems for _ in FORMS]
     assert [extract_code(c) for c in completions] == [code.program(p, f) for p in problems for f in FORMS]
