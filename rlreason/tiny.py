@@ -1,12 +1,14 @@
 """The embedded tiny model: a locally trained tokenizer, a small Qwen2, a short SFT warm-up.
 
-Four specs ship: ``tiny`` (a dense Qwen2, ``TinySpec()``), ``tiny-moe`` (``TINY_MOE``, a
+Five specs ship: ``tiny`` (a dense Qwen2, ``TinySpec()``), ``tiny-moe`` (``TINY_MOE``, a
 Qwen2-MoE with the same attention, tokenizer and warm-up data), ``tiny-small``
 (``TINY_SMALL``, a narrower, shallower dense Qwen2 with the same tokenizer: the distillation
-student) and ``tiny-tools`` (``TINY_TOOLS``, the dense shape with its own tokenizer and a
+student), ``tiny-tools`` (``TINY_TOOLS``, the dense shape with its own tokenizer and a
 tool-calling chat template, warmed up on 3-digit products by a teacher that calls a calculator some
-of the time: the tool demo, docs/tools.md); ``SPECS`` maps the names that ``model_name_or_path``
-accepts to them.
+of the time: the tool demo, docs/tools.md) and ``tiny-code`` (``TINY_CODE``, the dense shape with its
+own tokenizer, warmed up on the code task by a teacher that writes the right function some of the
+time: the code demo, docs/code.md); ``SPECS`` maps the names that ``model_name_or_path`` accepts to
+them.
 
 Nothing is downloaded. The build is deterministic for a spec (seeded data, seeded init,
 one thread), cached under ``$RLREASON_CACHE`` (default ``~/.cache/rlreason``) in a folder
