@@ -19,9 +19,9 @@ the line above; otherwise (``WRONG_FORMS``) a lookup table of the shown values,
 ``return [3, 7, 11][x]`` (it passes the shown examples and fails every hidden one: the overfit
 answer, and the teacher's favourite), or the line through the wrong intercept,
 ``return 7 + (7 - 3) * x``. A policy trained by imitation samples the right program about
-``p_right`` of the time; decoding greedily, it writes the table or the line depending on the first
-digits it has to copy (the right line and the wrong intercept start alike when f(0) and f(1) share
-their first digit). RL on the execution reward alone can teach it to always generalise.
+``p_right`` of the time; decoding greedily, the demo's warm-up model writes the line on about 56% of
+the held-out problems (docs/code.md, "A code demo"). RL on the execution reward alone can teach it to
+always generalise.
 
 The held-out problems are the ``HELDOUT_SIZE`` whose prompt hashes are smallest: exactly the rows
 ``eval_holdout_size: HELDOUT_SIZE`` holds out of a file with every problem in it
