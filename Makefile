@@ -16,7 +16,7 @@ export OMP_NUM_THREADS ?= 1
 TEST_WORKERS ?= 2
 PYTEST_WORKERS := -n $(TEST_WORKERS) --dist loadgroup
 
-.PHONY: demo demo-tools test test-vllm test-latest lock lint install clean-venv
+.PHONY: demo demo-tools demo-code test test-vllm test-latest lock lint install clean-venv
 
 # torch first, at the lock's version, with what its build needs (on a GPU machine the CUDA build and
 # its CUDA libraries, which the CPU-made lock does not list); then the lock, --no-deps: it is the
@@ -45,6 +45,14 @@ demo: $(STAMP)
 # tool-calling model learns to call a calculator for 3-digit products (recipes/configs/tiny_tools_cpu.yaml).
 demo-tools: $(STAMP)
 	$(BIN)/accelerate launch $(LAUNCH_FLAGS) recipes/grpo_math.py --config recipes/configs/tiny_tools_cpu.yaml \
+		--overwrite_output_dir true
+
+# The code demo (README, "Code: programs checked by running them"): the embedded code-writing model
+# learns to write a function from examples, each program run in the sandbox against hidden asserts
+# (recipes/configs/tiny_code_cpu.yaml). The task is a data file, as a code dataset of one's own is.
+demo-code: $(STAMP)
+	$(BIN)/python -m rlreason.data.tasks.code runs/code_task.jsonl
+	$(BIN)/accelerate launch $(LAUNCH_FLAGS) recipes/grpo_math.py --config recipes/configs/tiny_code_cpu.yaml \
 		--overwrite_output_dir true
 
 test: $(STAMP)

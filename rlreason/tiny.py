@@ -1,12 +1,14 @@
 """The embedded tiny model: a locally trained tokenizer, a small Qwen2, a short SFT warm-up.
 
-Four specs ship: ``tiny`` (a dense Qwen2, ``TinySpec()``), ``tiny-moe`` (``TINY_MOE``, a
+Five specs ship: ``tiny`` (a dense Qwen2, ``TinySpec()``), ``tiny-moe`` (``TINY_MOE``, a
 Qwen2-MoE with the same attention, tokenizer and warm-up data), ``tiny-small``
 (``TINY_SMALL``, a narrower, shallower dense Qwen2 with the same tokenizer: the distillation
-student) and ``tiny-tools`` (``TINY_TOOLS``, the dense shape with its own tokenizer and a
+student), ``tiny-tools`` (``TINY_TOOLS``, the dense shape with its own tokenizer and a
 tool-calling chat template, warmed up on 3-digit products by a teacher that calls a calculator some
-of the time: the tool demo, docs/tools.md); ``SPECS`` maps the names that ``model_name_or_path``
-accepts to them.
+of the time: the tool demo, docs/tools.md) and ``tiny-code`` (``TINY_CODE``, the dense shape with its
+own tokenizer, warmed up on the code task by a teacher that writes the right function some of the
+time: the code demo, docs/code.md); ``SPECS`` maps the names that ``model_name_or_path`` accepts to
+them.
 
 Nothing is downloaded. The build is deterministic for a spec (seeded data, seeded init,
 one thread), cached under ``$RLREASON_CACHE`` (default ``~/.cache/rlreason``) in a folder
@@ -43,7 +45,7 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from rlreason.data.batching import right_pad
-from rlreason.data.tasks import arith, mul
+from rlreason.data.tasks import arith, code, mul
 from rlreason.run.host import capped_threads
 
 # Threads for the build: a fixed count keeps it reproducible; RLREASON_BUILD_THREADS sets another, and
@@ -144,6 +146,11 @@ class TinySpec:
     task: str = "arith"
     p_tool: float = 0.0
     mul_difficulty: mul.MulDifficulty = field(default_factory=mul.MulDifficulty)
+    # The code task (rlreason.data.tasks.code: a function from input/output examples, checked by running
+    # it), taught by a teacher that writes the right program with probability p_right. These stay out of
+    # the other specs' keys.
+    p_right: float = 0.0
+    code_difficulty: code.CodeDifficulty = field(default_factory=code.CodeDifficulty)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -157,14 +164,23 @@ class TinySpec:
     def has_tools(self) -> bool:
         return self.task == "mul"
 
+    @property
+    def is_code(self) -> bool:
+        return self.task == "code"
+
     def key(self) -> str:
         fields = dataclasses.asdict(self)
+        dropped = set()
         if not self.is_moe:
-            for name in MOE_FIELDS:
-                del fields[name]
-        if not self.has_tools:
-            for name in TOOL_FIELDS:
-                del fields[name]
+            dropped |= set(MOE_FIELDS)
+        if self.task == "arith":
+            dropped |= set(TOOL_FIELDS)
+        elif self.is_code:  # the task stays in the key; the tool task's own fields do not
+            dropped |= set(TOOL_FIELDS) - {"task"}
+        if not self.is_code:
+            dropped |= set(CODE_FIELDS)
+        for name in dropped:
+            del fields[name]
         blob = json.dumps({"v": BUILD_VERSION, "threads": build_threads(), **fields}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -172,7 +188,8 @@ class TinySpec:
 MOE_FIELDS = ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "shared_expert_intermediate_size",
               "router_aux_loss_coef")
 TOOL_FIELDS = ("task", "p_tool", "mul_difficulty")
-TASKS = ("arith", "mul")
+CODE_FIELDS = ("p_right", "code_difficulty")
+TASKS = ("arith", "mul", "code")
 
 # The tiny MoE: 8 routed experts of width 96, top-2, plus a shared expert of width 192, so a
 # token's active MLP width (192 + 2 x 96 = 384) equals the dense model's. Attention, vocabulary
@@ -198,8 +215,15 @@ TINY_SMALL = TinySpec(name="tiny-small", hidden_size=64, num_layers=4, num_heads
 # with the two tool-call markers.
 TINY_TOOLS = TinySpec(name="tiny-tools", task="mul", p_tool=0.4, vocab_size=384, sft_steps=800, sft_batch=32)
 
+# The code-writing model (docs/code.md, recipes/configs/tiny_code_cpu.yaml): the dense model's shape,
+# warmed up on the code task (rlreason.data.tasks.code) by a teacher that writes the right program on
+# p_right of the problems and otherwise a lookup table of the shown values or the line through the wrong
+# intercept; RL on the sandbox's verdict alone has to teach it to generalise.
+TINY_CODE = TinySpec(name="tiny-code", task="code", p_right=0.3, vocab_size=320, sft_steps=300, sft_batch=64)
+
 # Names ``model_name_or_path`` accepts for the embedded models.
-SPECS = {"tiny": TinySpec(), "tiny-moe": TINY_MOE, "tiny-small": TINY_SMALL, "tiny-tools": TINY_TOOLS}
+SPECS = {"tiny": TinySpec(), "tiny-moe": TINY_MOE, "tiny-small": TINY_SMALL, "tiny-tools": TINY_TOOLS,
+         "tiny-code": TINY_CODE}
 
 
 def build_threads() -> int:
@@ -391,6 +415,8 @@ def warmup(model, tokenizer, spec: TinySpec, log=print) -> list[float]:
     if spec.has_tools:
         problems = mul.generate(n, seed=spec.seed, split="train", difficulty=spec.mul_difficulty, unique=False)
         tools = tool_schemas()
+    elif spec.is_code:
+        problems = code.generate(n, seed=spec.seed, split_name="train", difficulty=spec.code_difficulty)
     else:
         problems = arith.generate(n, seed=spec.seed, split="train", difficulty=spec.difficulty, unique=False)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.sft_lr, weight_decay=0.01, betas=(0.9, 0.98))
@@ -409,6 +435,9 @@ def warmup(model, tokenizer, spec: TinySpec, log=print) -> list[float]:
         chunk = problems[step * spec.sft_batch:(step + 1) * spec.sft_batch]
         if spec.has_tools:
             batch = _tools_batch(tokenizer, spec, chunk, rng, tools)
+        elif spec.is_code:
+            batch = _sft_batch(tokenizer, [(prompt_text(tokenizer, p.question), code.teacher(p, spec.p_right, rng))
+                                           for p in chunk])
         else:
             pairs = [(prompt_text(tokenizer, p.question), arith.trace(p, spec.slip_rate, rng)[0]) for p in chunk]
             batch = _sft_batch(tokenizer, pairs)
@@ -437,6 +466,10 @@ def build_spec_tokenizer(spec: TinySpec):
         for p in mul.generate(4000, seed=spec.seed + 10_000, split="train", difficulty=spec.mul_difficulty,
                               unique=False):
             corpus.append(render_tools_chat(mul.prompt(p) + mul.teacher(p, spec.p_tool, corpus_rng), tool_schemas()))
+    elif spec.is_code:
+        for p in code.generate(4000, seed=spec.seed + 10_000, split_name="train", difficulty=spec.code_difficulty):
+            corpus.append(f"{IM_START}user\n{p.question}{EOS}\n{IM_START}assistant\n")
+            corpus.append(code.teacher(p, spec.p_right, corpus_rng))
     else:
         probs = arith.generate(4000, seed=spec.seed + 10_000, split="train", difficulty=spec.difficulty,
                                unique=False)

@@ -93,7 +93,7 @@ def pytest_sessionstart(session):
         return
     from rlreason.tiny import TinySpec, ensure
 
-    for spec in (TinySpec(), _tools_test_spec(), _moe_test_spec()):
+    for spec in (TinySpec(), _tools_test_spec(), _moe_test_spec(), _code_test_spec()):
         ensure(spec, log=lambda *a: None)
 
 
@@ -107,3 +107,24 @@ def pytest_runtest_makereport(item, call):
         if log is not None and log.exists():
             report.sections.append((f"vLLM server log, last lines ({log})", log_tail(log)))
     return report
+
+
+# The code-writing tiny model as the tests use it: tiny-code's tokenizer and teacher with a quarter of its
+# warm-up (about 1 min to build), for the code demo's wiring; the demo's model itself is measured by
+# benchmarks/code_warmup.py (README, "Code").
+CODE_TEST_WARMUP_STEPS = 100
+
+
+def _code_test_spec():
+    import dataclasses
+
+    from rlreason.tiny import TINY_CODE
+
+    return dataclasses.replace(TINY_CODE, name="tiny-code-ci", sft_steps=CODE_TEST_WARMUP_STEPS)
+
+
+@pytest.fixture(scope="session")
+def tiny_code_path() -> Path:
+    from rlreason.tiny import ensure
+
+    return ensure(_code_test_spec(), log=lambda *a: None)

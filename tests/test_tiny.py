@@ -77,10 +77,16 @@ def test_existing_specs_keep_their_cache_keys(monkeypatch):
     of the dense one's), so their cached builds are still found. Keys as they were before
     tiny-tools existed (commit be02a58), at the default 2 build threads."""
     monkeypatch.setattr(tiny, "build_threads", lambda: 2)
-    assert {name: spec.key() for name, spec in tiny.SPECS.items() if name != "tiny-tools"} == {
+    assert {name: spec.key() for name, spec in tiny.SPECS.items() if name not in ("tiny-tools", "tiny-code")} == {
         "tiny": "35b555b97bbb", "tiny-moe": "ea31a4b303e1", "tiny-small": "8e5314fd7b47"}
     tools = tiny.SPECS["tiny-tools"]
     assert tools.key() != dataclasses.replace(tools, p_tool=0.2).key()
+    # nor do the code model's: tiny-tools' key as it was before tiny-code existed (commit 879949f)
+    assert tools.key() == "9347b4e9f1d7"
+    code = tiny.SPECS["tiny-code"]
+    narrower = dataclasses.replace(code.code_difficulty, max_b=50)
+    assert len({code.key(), dataclasses.replace(code, p_right=0.5).key(), dataclasses.replace(code, task="arith").key(),
+                dataclasses.replace(code, code_difficulty=narrower).key()}) == 4
     with pytest.raises(ValueError, match="task"):
         tiny.TinySpec(task="division")
 
