@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from rlreason.eval.metrics import code_metrics
+from rlreason.eval.render import render, seed_all
 from rlreason.eval.suites import Suite, load_problems
 
 Style = Literal["completion", "chat"]
@@ -129,7 +130,7 @@ def check_programs(sandbox: Any, programs: Sequence[str], tests: Sequence[str], 
 
 def chat_style(tokenizer: Any, chat_template: str) -> bool:
     """Whether prompts go through the tokenizer's chat template (the ``chat`` style), as
-    ``rlreason.eval.core.render`` decides it."""
+    ``rlreason.eval.render.render`` decides it."""
     has_chat = bool(getattr(tokenizer, "chat_template", None))
     if chat_template == "on" and not has_chat:
         raise ValueError("chat_template='on' but the tokenizer has no chat template")
@@ -148,8 +149,6 @@ def run_code_suite(engine: Any, tokenizer: Any, suite: Suite, protocol: Any, cod
     (pass@1 with its interval, pass@k for the protocol's k <= n, the statuses counted) and the
     code scoring's settings under ``sandbox``.
     """
-    from rlreason.eval.core import _seed_all, render
-
     code = code or CodeScoring()
     chat = chat_style(tokenizer, protocol.chat_template)
     style: Style = "chat" if chat else "completion"
@@ -162,7 +161,7 @@ def run_code_suite(engine: Any, tokenizer: Any, suite: Suite, protocol: Any, cod
                              f"{missing[0]!r} (a code suite's rows need 'test' and 'entry_point')")
     prompts = [render(p, suite, template, tokenizer, protocol.chat_template) for p in problems]
     prompt_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in prompts]
-    _seed_all(protocol.seed)
+    seed_all(protocol.seed)
     groups = engine.generate(prompt_ids, protocol.n, protocol.sampling()) if problems else []
     built = [build_program(str(p["problem"]), s.text, style) for p, group in zip(problems, groups, strict=True)
              for s in group]

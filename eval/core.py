@@ -27,17 +27,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
-from rlreason.data import INTERNAL_COLUMNS, prompt_messages, render_prompt
+from rlreason.data import INTERNAL_COLUMNS, prompt_messages
 from rlreason.eval.code import CodeScoring, run_code_suite
 from rlreason.eval.metrics import breakdown, code_metrics, suite_metrics, task_metrics, wilson_interval
+from rlreason.eval.render import render, seed_all
 from rlreason.eval.suites import SUITES, TEMPLATES, Suite, Template, get_suite, get_template, load_problems
 from rlreason.rewards import completion_text
 from rlreason.rewards.format import format_reward
@@ -324,24 +322,6 @@ class EvalProtocol:
 # --------------------------------------------------------------------------- scoring
 
 
-def render(problem: dict, suite: Suite, template: Template, tokenizer: Any, chat_template: str) -> str:
-    """The prompt text for one problem (what the model continues).
-
-    Same rendering as the trainer's ``rlreason.data.prepare``: the template fills the user
-    message, which goes through the tokenizer's chat template (with the system prompt) when
-    it is used, else is sent as raw text after the system prompt.
-    """
-    has_chat = bool(getattr(tokenizer, "chat_template", None))
-    if chat_template == "on" and not has_chat:
-        raise ValueError("chat_template='on' but the tokenizer has no chat template")
-    text = render_prompt(problem["row"], prompt_column=suite.problem_column, tokenizer=tokenizer,
-                         use_chat_template=chat_template != "off", template=template.user,
-                         system_prompt=template.system)
-    if not isinstance(text, str):
-        raise ValueError(f"suite {suite.name!r}: conversational prompts need a chat template")
-    return text
-
-
 def follows_format(text: str, answer_format: str, answer: str | None) -> bool:
     """Whether a completion followed a template's answer format (``Template.format``)."""
     if answer_format == "think_answer":
@@ -482,11 +462,6 @@ def summarize(records: Sequence[dict], ks: Sequence[int],
 # --------------------------------------------------------------------------- suites
 
 
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def run_suite(
     engine: RolloutEngine,
     tokenizer: Any,
@@ -520,7 +495,7 @@ def run_suite(
     prompts = [render(p, suite, template, tokenizer, protocol.chat_template) for p in problems]
     # As the trainer tokenizes: the chat template already inserted any special tokens.
     prompt_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in prompts]
-    _seed_all(protocol.seed)
+    seed_all(protocol.seed)
     if tools is not None and problems:
         if protocol.chat_template == "off":
             raise ValueError("tools need the chat template (it renders the tool list and the calls); "
@@ -699,7 +674,7 @@ def run_task(engine: RolloutEngine, rows: Sequence[dict], scorer: RewardRunner, 
     """
     _check_scorer(scorer, None, "task_scorer(reward_funcs)")
     rows = list(rows)
-    _seed_all(protocol.seed)
+    seed_all(protocol.seed)
     groups, prompts = _generate(engine, rows, protocol.n, protocol.sampling(), tools) if rows else ([], None)
     scored = score_samples(scorer, rows, groups, prompt_column=prompt_column, plain_text=plain_text, prompts=prompts)
     values = {fn: [_value(v) for v in t.tolist()] for fn, t in scored.per_func.items()}

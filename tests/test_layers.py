@@ -108,7 +108,9 @@ RULES = {
     "rewards": (files("rewards"), ("rlreason.rewards",), True),
     "algorithms": (files("rlreason/algorithms/"), ("rlreason.algorithms",), False),  # its own modules only
     "batching": (files("rlreason/data/batching.py"), (), False),
-    "tasks": (files("rlreason/data/tasks"), ("rlreason.data.tasks",), True),
+    # A built-in task may use the held-out split (rlreason/data/split.py, stdlib only), so that its
+    # warm-up never draws a problem the recipe holds out of the task's file (the code task).
+    "tasks": (files("rlreason/data/tasks"), ("rlreason.data.tasks", "rlreason.data.split"), True),
     **{layer.rpartition(".")[2]: (layer_files(layer), LAYERS[:i + 1], True)
        for i, layer in enumerate(LAYERS) if layer not in ("rlreason.rewards", "rlreason.algorithms")},
 }
