@@ -52,3 +52,42 @@ def heldout_cells(runs: list[dict]) -> str:
     sd = statistics.stdev(after) if len(after) > 1 else 0.0
     return (f"{100 * runs[0]['heldout_before']:.1f}% | {100 * statistics.mean(after):.1f}% ± {100 * sd:.1f} | "
             f"{', '.join(f'{100 * a:.1f}' for a in after)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The demos' README curves (tools_demo_plot.py, code_demo_plot.py)
+
+
+def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of ``key`` where logged; the last row of a step wins (an evaluation after it)."""
+    at: dict[int, float] = {}
+    for r in rows:
+        if isinstance(r.get(key), int | float):
+            at[int(r["step"])] = float(r[key])
+    steps = sorted(at)
+    return steps, [at[s] for s in steps]
+
+
+def plot_heldout(ax, rows: list[dict], label: str) -> None:
+    """The held-out greedy ``eval/accuracy`` over steps on ``ax``, with its 95% interval where logged."""
+    steps, acc = series(rows, "eval/accuracy")
+    _, lo = series(rows, "eval/accuracy_ci_low")
+    _, hi = series(rows, "eval/accuracy_ci_high")
+    ax.plot(steps, acc, marker="o", label=label)
+    if len(lo) == len(hi) == len(steps):
+        ax.fill_between(steps, lo, hi, alpha=0.2, label="95% interval")
+
+
+def save_demo_figure(fig, axes, out_png: Path) -> Path:
+    """Label the GRPO-step axes (rates in [0, 1]), write ``out_png`` and close ``fig``."""
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
+        ax.set_xlabel("GRPO step")
+        ax.set_ylim(-0.02, 1.02)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tools_demo_plot import series  # benchmarks/ is the script's folder, first on sys.path
+from _common import plot_heldout, save_demo_figure, series  # benchmarks/ is on sys.path when a script runs
 
 from rlreason.run.tracking import read_metrics
 
@@ -30,22 +30,9 @@ def plot(run_dir: Path, out_png: Path) -> Path:
     key = next((k for r in rows for k in r if k.startswith("rewards/code_tests") and k.endswith("mean")), "accuracy")
     ax1.plot(*series(rows, key), label="programs passing every hidden test")
     ax1.set_title("Training samples (temperature 1)")
-    steps, acc = series(rows, "eval/accuracy")
-    _, lo = series(rows, "eval/accuracy_ci_low")
-    _, hi = series(rows, "eval/accuracy_ci_high")
-    ax2.plot(steps, acc, marker="o", label="pass@1")
-    if len(lo) == len(hi) == len(steps):
-        ax2.fill_between(steps, lo, hi, alpha=0.2, label="95% interval")
+    plot_heldout(ax2, rows, "pass@1")
     ax2.set_title("Held-out problems (greedy)")
-    for ax in (ax1, ax2):
-        ax.set_xlabel("GRPO step")
-        ax.set_ylim(-0.02, 1.02)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return out_png
+    return save_demo_figure(fig, (ax1, ax2), out_png)
 
 
 def main() -> None:

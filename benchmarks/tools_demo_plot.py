@@ -15,17 +15,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from _common import plot_heldout, save_demo_figure, series  # benchmarks/ is on sys.path when a script runs
+
 from rlreason.run.tracking import read_metrics
-
-
-def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
-    """(steps, values) of ``key`` where logged; the last row of a step wins (an evaluation after it)."""
-    at: dict[int, float] = {}
-    for r in rows:
-        if isinstance(r.get(key), int | float):
-            at[int(r["step"])] = float(r[key])
-    steps = sorted(at)
-    return steps, [at[s] for s in steps]
 
 
 def plot(run_dir: Path, out_png: Path) -> Path:
@@ -39,23 +31,10 @@ def plot(run_dir: Path, out_png: Path) -> Path:
     for key, label in (("tools/call_frequency", "tool calls per completion"), ("accuracy", "accuracy")):
         ax1.plot(*series(rows, key), label=label)
     ax1.set_title("Training samples (temperature 1)")
-    steps, acc = series(rows, "eval/accuracy")
-    _, lo = series(rows, "eval/accuracy_ci_low")
-    _, hi = series(rows, "eval/accuracy_ci_high")
-    ax2.plot(steps, acc, marker="o", label="accuracy")
-    if len(lo) == len(hi) == len(steps):
-        ax2.fill_between(steps, lo, hi, alpha=0.2, label="95% interval")
+    plot_heldout(ax2, rows, "accuracy")
     ax2.plot(*series(rows, "eval/tools/call_frequency"), marker="s", label="tool calls per completion")
     ax2.set_title("Held-out problems (greedy)")
-    for ax in (ax1, ax2):
-        ax.set_xlabel("GRPO step")
-        ax.set_ylim(-0.02, 1.02)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return out_png
+    return save_demo_figure(fig, (ax1, ax2), out_png)
 
 
 def main() -> None:
