@@ -206,6 +206,15 @@ def context_length(engine: Any, model_path: str) -> int:
     return int(AutoConfig.from_pretrained(model_path).max_position_embeddings)
 
 
+def known_context(engine: Any, model_path: str) -> int | None:
+    """:func:`context_length`, or None where neither the engine nor the model's config says it (a
+    config without ``max_position_embeddings``): the budget is then not capped."""
+    try:
+        return context_length(engine, model_path)
+    except (OSError, AttributeError, TypeError, ValueError):
+        return None
+
+
 def build_scorer(args: argparse.Namespace):
     """The suites' scoring runner with the arguments' timeout, workers and memory cap
     (``rlreason.eval.core.suite_scorer``); the caller closes it."""
@@ -381,9 +390,9 @@ def load_tokenizer(model_path: str) -> Any:
     return tokenizer
 
 
-def build_engine(args: argparse.Namespace, model_path: str, seed: int = 0) -> tuple[Any, Any]:
-    """(engine, tokenizer) for ``--engine``, from the one engine factory (rlreason/rollout/factory.py);
-    ``seed`` the protocol's (the vLLM engine's own). vLLM is imported only when asked for."""
+def build_engine(args: argparse.Namespace, model_path: str) -> tuple[Any, Any]:
+    """(engine, tokenizer) for ``--engine``, from the one engine factory (rlreason/rollout/factory.py).
+    vLLM is imported only when asked for; its engine gets ``args.seed``, the protocol's (``main``)."""
     from rlreason.rollout import factory
 
     kwargs = json.loads(args.engine_kwargs)
@@ -396,7 +405,7 @@ def build_engine(args: argparse.Namespace, model_path: str, seed: int = 0) -> tu
             kwargs.setdefault("dtype", args.dtype)
         tokenizer = load_tokenizer(model_path)
         # VLLMEngine(model, tokenizer, *, seed, dtype, gpu_memory_utilization, ...) in rlreason/rollout/vllm.py
-        engine = factory.make_engine("vllm", model_path, tokenizer, seed=kwargs.pop("seed", seed), **kwargs)
+        engine = factory.make_engine("vllm", model_path, tokenizer, seed=kwargs.pop("seed", args.seed), **kwargs)
         return engine, tokenizer
     tokenizer = load_tokenizer(model_path)
     import torch
@@ -451,6 +460,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                                  f"rename the file")
             names.insert(0, task[0])  # scored first
         protocol = build_protocol(args)
+        args.seed = protocol.seed  # the resolved seed (flag, protocol or default), the vLLM engine's too
         code = code_scoring(args, names[1:] if task else names)
         loaded_tools = load_tools(args) if uses_tools(args) else None
     results: dict[str, Any] = {"config": {"suites": {}}, "suites": {}, "problems": {}}
@@ -470,11 +480,11 @@ def main(argv: list[str] | None = None) -> dict | None:
                     own = stack.enter_context(build_task_scorer(args, task[2])) if task else None
                     with clean_start():
                         executor = stack.enter_context(build_tools(args, *loaded_tools)) if loaded_tools else None
-                        engine, tokenizer = build_engine(args, model_path, protocol.seed)
+                        engine, tokenizer = build_engine(args, model_path)
                         check_chat_template(protocol, tokenizer, args.model)
                         # the budget per suite is capped at what the context leaves after its longest prompt
                         # (core.fit_budget); tool rollouts cap each turn themselves (ToolRollouts)
-                        context = None if executor else context_length(engine, model_path)
+                        context = None if executor else known_context(engine, model_path)
                         rows = task_rows(task[1], tokenizer, protocol, prompt_column=args.prompt_column,
                                          source=f"--data {args.data!r}") if task else []
                         tools = tool_rollouts(args, executor, tokenizer, engine, model_path) if executor else None

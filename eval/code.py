@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 from rlreason.eval.metrics import code_metrics
 from rlreason.eval.render import BUDGET, budget_record, fit_budget, generate_within, prompt_ids, render, seed_all
-from rlreason.eval.suites import Suite, Template, load_problems
+from rlreason.eval.suites import Suite, load_problems
 
 Style = Literal["completion", "chat"]
 
@@ -137,17 +137,6 @@ def chat_style(tokenizer: Any, chat_template: str) -> bool:
     return chat_template != "off" and has_chat
 
 
-def code_prompts(tokenizer: Any, suite: Suite, protocol: Any, allow_hub: bool = True
-                 ) -> tuple[list[dict], Template, list[str], list[list[int]]]:
-    """A code suite's problems, its template (the protocol's, else by style), the rendered prompts
-    and their token ids."""
-    chat = chat_style(tokenizer, protocol.chat_template)
-    template = protocol.template_for(dataclasses.replace(suite, default_template="code_chat" if chat else "code"))
-    problems = load_problems(suite, protocol.limit, allow_hub)
-    prompts = [render(p, suite, template, tokenizer, protocol.chat_template) for p in problems]
-    return problems, template, prompts, prompt_ids(prompts, tokenizer)
-
-
 def run_code_suite(engine: Any, tokenizer: Any, suite: Suite, protocol: Any, code: CodeScoring | None = None,
                    allow_hub: bool = True, context: int | None = None) -> tuple[dict[str, Any], list[dict]]:
     """Generate a code suite (``suite.scoring == "code"``) and check every completion in the
@@ -158,16 +147,21 @@ def run_code_suite(engine: Any, tokenizer: Any, suite: Suite, protocol: Any, cod
     "completions", "programs", "statuses", "stderr", "correct", "formatted", "lengths",
     "truncated", "score_failures"}``; the metrics are :func:`~rlreason.eval.metrics.code_metrics`'
     (pass@1 with its interval, pass@k for the protocol's k <= n, the statuses counted) and the
-    code scoring's settings under ``sandbox``.
+    code scoring's settings under ``sandbox``. ``context``: as ``core.run_suite``'s (the budget capped
+    at it minus the longest prompt; a prompt as long as it is not generated).
     """
     code = code or CodeScoring()
-    style: Style = "chat" if chat_style(tokenizer, protocol.chat_template) else "completion"
-    problems, template, prompts, ids = code_prompts(tokenizer, suite, protocol, allow_hub)
+    chat = chat_style(tokenizer, protocol.chat_template)
+    style: Style = "chat" if chat else "completion"
+    template = protocol.template_for(dataclasses.replace(suite, default_template="code_chat" if chat else "code"))
+    problems = load_problems(suite, protocol.limit, allow_hub)
     for column in ("test", "entry_point"):
         missing = [p["id"] for p in problems if not isinstance(p["row"].get(column), str)]
         if missing:
             raise ValueError(f"code suite {suite.name!r}: column {column!r} missing or not a string in problem "
                              f"{missing[0]!r} (a code suite's rows need 'test' and 'entry_point')")
+    prompts = [render(p, suite, template, tokenizer, protocol.chat_template) for p in problems]
+    ids = prompt_ids(prompts, tokenizer)
     lengths = [len(i) for i in ids]
     budget, too_long = fit_budget(protocol.max_tokens, lengths, context)
     seed_all(protocol.seed)
