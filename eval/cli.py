@@ -240,6 +240,23 @@ def load_task(args: argparse.Namespace) -> tuple[str, Any, list]:
     return name, data, funcs
 
 
+def reward_suites(args: argparse.Namespace, names: list[str], protocol: Any) -> dict[str, tuple[Any, list]]:
+    """The suites of ``names`` scored by rewards (``scoring: reward``), checked before any model loads:
+    ``{name: (its rows, its reward functions)}`` (``rlreason.eval.core.reward_suite_data``: the data
+    read, the rewards built and checked against its columns). Errors name ``--suites`` and the suite."""
+    from rlreason.eval.core import reward_suite_data
+
+    out = {}
+    for name in names:
+        suite = get_suite(name)
+        if suite.scoring == "reward":
+            try:
+                out[name] = reward_suite_data(suite, protocol.limit, allow_hub=not args.no_hub)
+            except ValueError as e:
+                raise ValueError(f"--suites {name}: {e}") from None
+    return out
+
+
 def build_task_scorer(args: argparse.Namespace, funcs: list):
     """The ``--data`` task's scoring runner over its ``--reward`` functions, with the arguments'
     timeout, workers and memory cap (``rlreason.eval.core.task_scorer``); the caller closes it."""
@@ -406,6 +423,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                                  f"rename the file")
             names.insert(0, task[0])  # scored first
         protocol = build_protocol(args)
+        rewarded = reward_suites(args, names, protocol)
         code = code_scoring(args, names[1:] if task else names)
         loaded_tools = load_tools(args) if uses_tools(args) else None
     results: dict[str, Any] = {"config": {"suites": {}}, "suites": {}, "problems": {}}
@@ -420,9 +438,12 @@ def main(argv: list[str] | None = None) -> dict | None:
                 # Built before the engine: a "fork" runner forks this process, best while it is small
                 # and has no engine threads yet.
                 with contextlib.ExitStack() as stack:
-                    suites = names[1:] if task else names
+                    suites = [name for name in (names[1:] if task else names) if name not in rewarded]
                     scorer = stack.enter_context(build_scorer(args)) if suites else None
                     own = stack.enter_context(build_task_scorer(args, task[2])) if task else None
+                    # each reward suite's runner over its own rewards, built here too: before the engine
+                    owns = {name: stack.enter_context(build_task_scorer(args, funcs))
+                            for name, (_, funcs) in rewarded.items()}
                     with clean_start():
                         executor = stack.enter_context(build_tools(args, *loaded_tools)) if loaded_tools else None
                         engine, tokenizer = build_engine(args, model_path)
@@ -432,6 +453,9 @@ def main(argv: list[str] | None = None) -> dict | None:
                     for name in names:  # one at a time: a stop keeps the suites already scored
                         if task and name == task[0]:
                             done = _run_task(engine, rows, own, protocol, args, name, tools)
+                        elif name in rewarded:
+                            done = _run_reward_suite(engine, tokenizer, get_suite(name), rewarded[name][0],
+                                                     owns[name], protocol, tools)
                         else:
                             done = evaluate_suites(engine, tokenizer, [name], protocol, scorer=scorer,
                                                    allow_hub=not args.no_hub,
@@ -486,6 +510,24 @@ def _run_task(engine: Any, rows: list[dict], scorer: Any, protocol: Any, args: a
                  "rewards_plain_text": args.rewards_plain_text, "scoring": scorer.settings()}
     return {"config": {"protocol": protocol.to_dict(), "suites": {name: described}},
             "suites": {name: metrics}, "problems": {name: records}}
+
+
+def _run_reward_suite(engine: Any, tokenizer: Any, suite: Any, data: Any, scorer: Any, protocol: Any,
+                      tools: Any = None) -> dict[str, Any]:
+    """A reward suite run (``rlreason.eval.core.run_reward_suite``) and timed, shaped as ``_run_task``'s
+    results: its config is the suite's definition (``reward_funcs`` as resolved: a file's full path)
+    and how its rewards were run (``reward_runner``)."""
+    from rlreason.eval.core import run_reward_suite
+
+    start = time.perf_counter()
+    metrics, records = run_reward_suite(engine, tokenizer, suite, data, scorer, protocol, tools)
+    metrics["seconds"] = time.perf_counter() - start
+    print(f"{suite.name}: pass@1 {metrics.get('pass@1', float('nan')):.4f}, mean reward {metrics.get('mean_reward')} "
+          f"on {metrics['problems']} problems x {metrics['n_samples']} samples ({metrics['seconds']:.1f}s)",
+          file=sys.stderr)
+    described = {**suite.describe(), "reward_runner": scorer.settings()}
+    return {"config": {"protocol": protocol.to_dict(), "suites": {suite.name: described}},
+            "suites": {suite.name: metrics}, "problems": {suite.name: records}}
 
 
 if __name__ == "__main__":

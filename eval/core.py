@@ -36,7 +36,16 @@ from rlreason.data import INTERNAL_COLUMNS, prompt_messages
 from rlreason.eval.code import CodeScoring, run_code_suite
 from rlreason.eval.metrics import breakdown, code_metrics, suite_metrics, task_metrics, wilson_interval
 from rlreason.eval.render import render, seed_all
-from rlreason.eval.suites import SUITES, TEMPLATES, Suite, Template, get_suite, get_template, load_problems
+from rlreason.eval.suites import (
+    SUITES,
+    TEMPLATES,
+    Suite,
+    Template,
+    get_suite,
+    get_template,
+    load_problems,
+    load_rows,
+)
 from rlreason.rewards import completion_text
 from rlreason.rewards.format import format_reward
 from rlreason.rewards.math import RULES, extract_answer, verify
@@ -485,6 +494,9 @@ def run_suite(
     first rollout's (rendered with its tools) and it adds ``messages`` (each exchange) and
     ``tool_calls`` / ``tool_failures`` (per completion).
     """
+    if suite.scoring == "reward":
+        raise ValueError(f"suite {suite.name!r} is scored by its reward_funcs: run it with run_reward_suite (its "
+                         f"own task_scorer), as the eval CLI does")
     if suite.scoring == "code":
         if tools is not None:
             raise ValueError(f"suite {suite.name!r} is a code suite: its programs are checked by running them, "
@@ -638,11 +650,11 @@ def flat_metrics(results: dict[str, Any], prefix: str = "eval") -> dict[str, flo
 
 
 def task_rows(data: Any, tokenizer: Any, protocol: EvalProtocol, *, prompt_column: str = "prompt",
-              source: str = "the dataset") -> list[dict]:
+              source: str = "the dataset", suite: Suite | None = None) -> list[dict]:
     """A task's problems (a ``datasets.Dataset``, its first ``protocol.limit`` rows) rendered and
     tokenized as training renders them (``rlreason.data.prepare``, with the protocol's template,
-    system prompt and chat-template setting): the rows :func:`run_task` takes. Errors name
-    ``source``."""
+    system prompt and chat-template setting; ``suite``: a reward suite's default template, else
+    ``plain``): the rows :func:`run_task` takes. Errors name ``source``."""
     from rlreason.data import prepare
 
     if protocol.limit is not None and protocol.limit < len(data):
@@ -650,7 +662,7 @@ def task_rows(data: Any, tokenizer: Any, protocol: EvalProtocol, *, prompt_colum
     has_chat = bool(getattr(tokenizer, "chat_template", None))
     if protocol.chat_template == "on" and not has_chat:
         raise ValueError("chat_template='on' but the tokenizer has no chat template")
-    template = protocol.template_for(None)
+    template = protocol.template_for(suite)
     return list(prepare(data, prompt_column=prompt_column, answer_column=None, tokenizer=tokenizer,
                         use_chat_template=protocol.chat_template != "off", template=template.user,
                         system_prompt=template.system, source=source))
@@ -696,6 +708,49 @@ def run_task(engine: RolloutEngine, rows: Sequence[dict], scorer: RewardRunner, 
             **(_tool_fields(group) if tools is not None else {}),
         })
     return task_metrics(records, protocol.ks), records
+
+
+def reward_suite_data(suite: Suite, limit: int | None = None, allow_hub: bool = True) -> tuple[Any, list[Callable]]:
+    """A reward suite (``scoring: reward``) checked before any model loads: (its first ``limit`` rows as
+    a ``datasets.Dataset``, its ``reward_funcs`` built and checked against the rows' columns, as
+    training checks its rewards against a dataset's). Errors (ValueError, FileNotFoundError) name the
+    suite and the key or column at fault."""
+    import datasets
+
+    from rlreason.rewards.registry import RewardSpecError, build_rewards
+    from rlreason.rewards.runner import RESERVED_ARGUMENTS
+
+    rows = load_rows(suite, limit, allow_hub)
+    data = datasets.Dataset.from_list(rows)
+    if rows and suite.problem_column not in data.column_names:
+        raise ValueError(f"suite {suite.name!r}: problem_column {suite.problem_column!r} is no column of its data; "
+                         f"its columns are {', '.join(data.column_names)}")
+    columns = set(data.column_names) - {suite.problem_column, *INTERNAL_COLUMNS}
+    taken = sorted(columns & set(RESERVED_ARGUMENTS))
+    if taken:
+        raise ValueError(f"suite {suite.name!r}: column {taken[0]!r} has the name of an argument every reward "
+                         f"receives ({', '.join(RESERVED_ARGUMENTS)}); rename it")
+    try:
+        funcs, _ = build_rewards(list(suite.reward_funcs), columns=columns | {"completion_ids"})
+    except RewardSpecError as e:
+        raise ValueError(f"suite {suite.name!r}: {e}") from None
+    return data, funcs
+
+
+def run_reward_suite(engine: RolloutEngine, tokenizer: Any, suite: Suite, data: Any, scorer: RewardRunner,
+                     protocol: EvalProtocol, tools: ToolRollouts | None = None) -> tuple[dict[str, Any], list[dict]]:
+    """A reward suite run as a task of the user's (:func:`run_task`): ``data`` and the runner over its
+    rewards (``task_scorer(funcs)``) as :func:`reward_suite_data` gives them, rendered with the suite's
+    template. -> (metrics, records) as :func:`run_task`'s, each record's ``id`` the id column's value
+    when the suite names one."""
+    rows = task_rows(data, tokenizer, protocol, prompt_column=suite.problem_column, source=f"suite {suite.name!r}",
+                     suite=suite)
+    metrics, records = run_task(engine, rows, scorer, protocol, name=suite.name, prompt_column=suite.problem_column,
+                                tools=tools)
+    if suite.id_column:
+        for record in records:
+            record["id"] = record["columns"].get(suite.id_column, record["index"])
+    return metrics, records
 
 
 # --------------------------------------------------------------------------- self-consistency
@@ -756,6 +811,8 @@ __all__ = [
     "HELDOUT_METRICS",
     "HELDOUT_SUMS",
     "heldout_metrics",
+    "reward_suite_data",
+    "run_reward_suite",
     "run_task",
     "score_samples",
     "task_rows",
