@@ -423,7 +423,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                                  f"rename the file")
             names.insert(0, task[0])  # scored first
         protocol = build_protocol(args)
-        rewarded = reward_suites(args, names, protocol)
+        rewarded = reward_suites(args, names[1:] if task else names, protocol)
         code = code_scoring(args, names[1:] if task else names)
         loaded_tools = load_tools(args) if uses_tools(args) else None
     results: dict[str, Any] = {"config": {"suites": {}}, "suites": {}, "problems": {}}
