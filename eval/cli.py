@@ -3,6 +3,7 @@ with your own rewards, or compare two results files.
 
     python -m rlreason.eval --model PATH --suites math500,gsm8k --n 4 --k 1,4 --limit 50 --out results/
     python -m rlreason.eval --model PATH --data countdown.jsonl --reward my_rewards.py:countdown --out results/
+    python -m rlreason.eval --model PATH --suite-file docs/examples/countdown/countdown.yaml --suites countdown,math500
     python -m rlreason.eval --compare a/results.json b/results.json
     python -m rlreason.eval --model run/final_model --data mul.jsonl --tools rlreason.data.tasks.mul:multiply
     python -m rlreason.eval --model PATH --suites humaneval --n 10 --k 1,5,10 --temperature 0.8 --out results/
@@ -19,7 +20,9 @@ keeps each exchange's messages.
 
 With ``--data`` the problems are rendered and the completions scored as training renders and scores
 them: each ``--reward`` is called with every column of the file, a sample is correct when the first
-reward gives it >= 1.0, and the results are written as a suite's (named after the file).
+reward gives it >= 1.0, and the results are written as a suite's (named after the file). A suite
+file's ``scoring: reward`` suite is such a task declared once and named like a benchmark: its file,
+prompt column and ``reward_funcs`` (docs/evaluation.md, "Suites scored by a reward").
 """
 
 from __future__ import annotations
@@ -57,7 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rewards_plain_text", "--rewards-plain-text", action="store_true",
                    help="--data: pass prompts and completions to the rewards as plain text, as the training config "
                         "key rewards_plain_text does")
-    p.add_argument("--suite-file", action="append", default=[], help="YAML file defining more suites (repeatable)")
+    p.add_argument("--suite-file", action="append", default=[],
+                   help="YAML file defining more suites (repeatable); 'scoring: reward' with 'reward_funcs' scores a "
+                        "suite of any task with rewards")
     p.add_argument("--limit", type=int, default=None, help="first N problems of each suite")
     p.add_argument("--n", type=int, default=1, help="samples per problem")
     p.add_argument("--k", default=None, help="comma-separated k for pass@k and maj@k (default: 1 and n)")

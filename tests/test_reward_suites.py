@@ -26,9 +26,13 @@ PROBLEMS = [json.loads(line) for line in (EXAMPLE / "countdown_test.jsonl").read
 
 
 @pytest.fixture(autouse=True)
-def own_registry(monkeypatch):
-    """Suites registered by a test (a suite file) stay in that test."""
-    monkeypatch.setattr(suites_module, "SUITES", dict(suites_module.SUITES))
+def own_registry():
+    """Suites registered by a test (a suite file) stay in that test. The registry is restored in
+    place: modules hold it by name (``from rlreason.eval.suites import SUITES``)."""
+    saved = dict(suites_module.SUITES)
+    yield
+    suites_module.SUITES.clear()
+    suites_module.SUITES.update(saved)
 
 
 # --------------------------------------------------------------------------- the Countdown reward
