@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rlreason.data import INTERNAL_COLUMNS, prompt_messages
-from rlreason.eval.code import CodeScoring, run_code_suite
+from rlreason.eval.code import CodeScoring, code_prompts, run_code_suite
 from rlreason.eval.metrics import breakdown, code_metrics, suite_metrics, task_metrics, wilson_interval
-from rlreason.eval.render import render, seed_all
+from rlreason.eval.render import BUDGET, budget_record, fit_budget, prompt_ids, render, seed_all
 from rlreason.eval.suites import (
     SUITES,
     TEMPLATES,
@@ -296,6 +296,9 @@ class EvalProtocol:
     extract_rules: tuple[str, ...] = RULES
     extract_fallback: str | tuple[str, ...] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes recorded with the config
+    # The named protocol these settings came from (rlreason.eval.protocols: "default", "greedy", "open-r1", or a
+    # YAML file's name); the CLI notes in ``extra`` its description and the fields its flags overrode.
+    name: str = "default"
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -480,11 +483,14 @@ def run_suite(
     allow_hub: bool = True,
     tools: ToolRollouts | None = None,
     code: CodeScoring | None = None,
+    context: int | None = None,
 ) -> tuple[dict[str, Any], list[dict]]:
     """Generate one suite and score it with ``scorer`` (:func:`suite_scorer`). -> (metrics,
     per-problem records). A code suite (``suite.scoring == "code"``, HumanEval) runs its programs
     in the sandbox instead (``rlreason.eval.code.run_code_suite``, with ``code``'s settings;
-    records and metrics as it describes them).
+    records and metrics as it describes them). ``context``: the tokens the model holds; the
+    budget is then capped at it minus the suite's longest prompt (``render.fit_budget``; not with
+    ``tools``, whose rollouts cap each turn) and the metrics carry it under ``render.BUDGET``.
 
     A record: ``{"suite", "index", "id", "subject", "level", "prompt", "gold", "completions",
     "answers", "correct", "formatted", "lengths", "truncated", "gold_unparseable",
@@ -501,12 +507,11 @@ def run_suite(
         if tools is not None:
             raise ValueError(f"suite {suite.name!r} is a code suite: its programs are checked by running them, "
                              f"with no tools; evaluate it without --tools / --environment-factory")
-        return run_code_suite(engine, tokenizer, suite, protocol, code, allow_hub)
-    template = protocol.template_for(suite)
-    problems = load_problems(suite, protocol.limit, allow_hub)
-    prompts = [render(p, suite, template, tokenizer, protocol.chat_template) for p in problems]
-    # As the trainer tokenizes: the chat template already inserted any special tokens.
-    prompt_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in prompts]
+        return run_code_suite(engine, tokenizer, suite, protocol, code, allow_hub, context)
+    problems, template, prompts, ids = suite_prompts(tokenizer, suite, protocol, allow_hub)
+    lengths = [len(i) for i in ids]
+    budget = fit_budget(protocol.max_tokens, lengths, None if tools else context, f"suite {suite.name!r}")
+    sampling = dataclasses.replace(protocol.sampling(), max_tokens=budget)
     seed_all(protocol.seed)
     if tools is not None and problems:
         if protocol.chat_template == "off":
@@ -515,10 +520,10 @@ def run_suite(
         messages = [prompt_messages(p["row"], prompt_column=suite.problem_column, template=template.user,
                                     system_prompt=template.system) for p in problems]
         groups, rollout_ids, _ = tools.generate(engine, [p["row"] for p in problems], messages, protocol.n,
-                                                protocol.sampling())
+                                                sampling)
         prompts = [tokenizer.decode(rollout_ids[i * protocol.n]) for i in range(len(problems))]
     else:
-        groups = engine.generate(prompt_ids, protocol.n, protocol.sampling()) if problems else []
+        groups = engine.generate(ids, protocol.n, sampling) if problems else []
     # One scorer batch for the whole suite: the workers score chunks of it in parallel.
     texts = [final_text(s) for group in groups for s in group]
     golds = [p["gold"] for p, group in zip(problems, groups, strict=True) for _ in group]
@@ -543,7 +548,28 @@ def run_suite(
     metrics = summarize(records, protocol.ks, same)
     metrics["vote_failures"] = vote_failures
     metrics["template"] = dataclasses.asdict(template)
+    if context is not None and tools is None:
+        metrics[BUDGET] = budget_record(protocol.max_tokens, budget, lengths, context)
     return metrics, records
+
+
+def suite_prompts(tokenizer: Any, suite: Suite, protocol: EvalProtocol, allow_hub: bool = True
+                  ) -> tuple[list[dict], Template, list[str], list[list[int]]]:
+    """An answer suite's problems, its template, the rendered prompts and their token ids."""
+    template = protocol.template_for(suite)
+    problems = load_problems(suite, protocol.limit, allow_hub)
+    prompts = [render(p, suite, template, tokenizer, protocol.chat_template) for p in problems]
+    return problems, template, prompts, prompt_ids(prompts, tokenizer)
+
+
+def suite_budget(tokenizer: Any, suite: Suite, protocol: EvalProtocol, context: int, allow_hub: bool = True) -> int:
+    """The budget ``suite``'s run will have in ``context`` tokens (``render.fit_budget`` over its
+    prompts, rendered as its run renders them): to check every suite fits before any generates."""
+    if suite.scoring == "code":
+        ids = code_prompts(tokenizer, suite, protocol, allow_hub)[3]
+    else:
+        ids = suite_prompts(tokenizer, suite, protocol, allow_hub)[3]
+    return fit_budget(protocol.max_tokens, [len(i) for i in ids], context, f"suite {suite.name!r}")
 
 
 def _tool_fields(group: Sequence[Sample]) -> dict[str, list]:
@@ -565,6 +591,7 @@ def evaluate_suites(
     log: Callable[[str], None] | None = None,
     tools: ToolRollouts | None = None,
     code: CodeScoring | None = None,
+    context: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``engine`` on benchmark suites (the trainer's periodic eval and the CLI).
 
@@ -581,6 +608,11 @@ def evaluate_suites(
         tools: the tools the model may call (module docstring); None: single-turn completions.
         code: how code suites (HumanEval) run their programs in the sandbox
             (``rlreason.eval.code.CodeScoring``; None: its defaults, bubblewrap).
+        context: the tokens the model holds (prompt and completion; the CLI's ``context_length``):
+            each suite's budget is capped at it minus its longest prompt (``render.fit_budget``;
+            a prompt that leaves no room is a ValueError) and its config records
+            ``max_tokens``, ``max_tokens_effective``, ``context_length``, ``longest_prompt_tokens``.
+            None: no cap (the trainer's, whose budget fits its context by construction).
 
     Returns:
         ``{"config": {"protocol", "suites"}, "suites": {name: metrics}, "problems": {name: [records]}}``;
@@ -603,7 +635,8 @@ def evaluate_suites(
     }
     for suite in resolved:
         start = time.perf_counter()
-        metrics, records = run_suite(engine, tokenizer, suite, protocol, scorer, allow_hub, tools, code)
+        metrics, records = run_suite(engine, tokenizer, suite, protocol, scorer, allow_hub, tools, code, context)
+        out["config"]["suites"][suite.name].update(metrics.pop(BUDGET, {}))
         metrics["seconds"] = time.perf_counter() - start
         out["suites"][suite.name] = metrics
         out["problems"][suite.name] = records
@@ -670,7 +703,7 @@ def task_rows(data: Any, tokenizer: Any, protocol: EvalProtocol, *, prompt_colum
 
 def run_task(engine: RolloutEngine, rows: Sequence[dict], scorer: RewardRunner, protocol: EvalProtocol, *,
              name: str, prompt_column: str = "prompt", plain_text: bool = False,
-             tools: ToolRollouts | None = None) -> tuple[dict[str, Any], list[dict]]:
+             tools: ToolRollouts | None = None, context: int | None = None) -> tuple[dict[str, Any], list[dict]]:
     """Generate ``protocol.n`` samples per problem of a task of the user's and score them with the
     task's own rewards (``scorer``, :func:`task_scorer`) as training scores them
     (:func:`score_samples`): the eval CLI's ``--data``/``--reward``. -> (metrics, per-problem
@@ -682,12 +715,15 @@ def run_task(engine: RolloutEngine, rows: Sequence[dict], scorer: RewardRunner, 
     "score_failures"}`` (``rewards``: each reward's values, None where it gave None or failed);
     the metrics are :func:`~rlreason.eval.metrics.task_metrics`'. With ``tools`` (module
     docstring) the rewards get each exchange and a record adds ``messages``, ``tool_calls`` and
-    ``tool_failures`` (per completion).
+    ``tool_failures`` (per completion). ``context``: as :func:`run_suite`'s.
     """
     _check_scorer(scorer, None, "task_scorer(reward_funcs)")
     rows = list(rows)
+    lengths = [len(r["prompt_ids"]) for r in rows]
+    budget = fit_budget(protocol.max_tokens, lengths, None if tools else context, f"task {name!r}")
     seed_all(protocol.seed)
-    groups, prompts = _generate(engine, rows, protocol.n, protocol.sampling(), tools) if rows else ([], None)
+    sampling = dataclasses.replace(protocol.sampling(), max_tokens=budget)
+    groups, prompts = _generate(engine, rows, protocol.n, sampling, tools) if rows else ([], None)
     scored = score_samples(scorer, rows, groups, prompt_column=prompt_column, plain_text=plain_text, prompts=prompts)
     values = {fn: [_value(v) for v in t.tolist()] for fn, t in scored.per_func.items()}
     failed = scored.failed.tolist() if scored.failed is not None else [False] * len(scored.total)
@@ -707,7 +743,10 @@ def run_task(engine: RolloutEngine, rows: Sequence[dict], scorer: RewardRunner, 
             "truncated": [s.finish_reason == "length" for s in group],
             **(_tool_fields(group) if tools is not None else {}),
         })
-    return task_metrics(records, protocol.ks), records
+    metrics = task_metrics(records, protocol.ks)
+    if context is not None and tools is None:
+        metrics[BUDGET] = budget_record(protocol.max_tokens, budget, lengths, context)
+    return metrics, records
 
 
 def reward_suite_data(suite: Suite, limit: int | None = None, allow_hub: bool = True) -> tuple[Any, list[Callable]]:
@@ -737,16 +776,22 @@ def reward_suite_data(suite: Suite, limit: int | None = None, allow_hub: bool = 
     return data, funcs
 
 
-def run_reward_suite(engine: RolloutEngine, tokenizer: Any, suite: Suite, data: Any, scorer: RewardRunner,
-                     protocol: EvalProtocol, tools: ToolRollouts | None = None) -> tuple[dict[str, Any], list[dict]]:
-    """A reward suite run as a task of the user's (:func:`run_task`): ``data`` and the runner over its
-    rewards (``task_scorer(funcs)``) as :func:`reward_suite_data` gives them, rendered with the suite's
-    template. -> (metrics, records) as :func:`run_task`'s, each record's ``id`` the id column's value
-    when the suite names one."""
-    rows = task_rows(data, tokenizer, protocol, prompt_column=suite.problem_column, source=f"suite {suite.name!r}",
+def reward_suite_rows(suite: Suite, data: Any, tokenizer: Any, protocol: EvalProtocol) -> list[dict]:
+    """A reward suite's problems (``data``, as :func:`reward_suite_data` gives it) rendered as a task's
+    (:func:`task_rows`) with the suite's template: the rows :func:`run_reward_suite` takes."""
+    return task_rows(data, tokenizer, protocol, prompt_column=suite.problem_column, source=f"suite {suite.name!r}",
                      suite=suite)
+
+
+def run_reward_suite(engine: RolloutEngine, suite: Suite, rows: Sequence[dict], scorer: RewardRunner,
+                     protocol: EvalProtocol, tools: ToolRollouts | None = None, context: int | None = None
+                     ) -> tuple[dict[str, Any], list[dict]]:
+    """A reward suite run as a task of the user's (:func:`run_task`): ``rows`` as
+    :func:`reward_suite_rows` makes them, ``scorer`` the runner over its rewards (``task_scorer(funcs)``,
+    ``funcs`` from :func:`reward_suite_data`); ``context`` as :func:`run_task`'s. -> (metrics, records)
+    as :func:`run_task`'s, each record's ``id`` the id column's value when the suite names one."""
     metrics, records = run_task(engine, rows, scorer, protocol, name=suite.name, prompt_column=suite.problem_column,
-                                tools=tools)
+                                tools=tools, context=context)
     if suite.id_column:
         for record in records:
             record["id"] = record["columns"].get(suite.id_column, record["index"])
@@ -812,6 +857,7 @@ __all__ = [
     "HELDOUT_SUMS",
     "heldout_metrics",
     "reward_suite_data",
+    "reward_suite_rows",
     "run_reward_suite",
     "run_task",
     "score_samples",
