@@ -36,6 +36,7 @@ from rlreason.eval.metrics import diff_interval
 # Columns of the markdown table, in order; a column shows only when some suite has it.
 _BASE_COLUMNS = ("problems", "n_samples", "pass@1", "pass@1_ci95")
 _TAIL_COLUMNS = ("mean_reward", "mean_length", "truncation_rate", "format_rate", "answer_rate")
+_HIGHER_IS_BETTER = {"truncation_rate": False, "mean_length": None}  # None: neither (a length is no score)
 _CLAIM_TRIES = 1000  # date_ids tried before giving up (a clash needs two runs in the same microsecond)
 
 
@@ -113,7 +114,7 @@ def lighteval_document(results: dict[str, Any], extra_config: dict[str, Any] | N
             "hf_repo": about.get("hf_id"), "hf_subset": about.get("hf_config"),
             "evaluation_splits": [about["hf_split"]] if about.get("hf_split") else [],
             "local_path": about.get("local_path") or about.get("data"),
-            "metrics": [{"metric_name": name, "higher_is_better": name != "truncation_rate"}
+            "metrics": [{"metric_name": name, "higher_is_better": _HIGHER_IS_BETTER.get(name, True)}
                         for name in names if name is not None and name in out_results.get(task, {})],
             "generation_size": size, "num_samples": [metrics.get("n_samples", protocol.get("n"))],
             "num_fewshots": 0, "version": 0, "original_num_docs": _original_docs(len(records), protocol.get("limit")),
