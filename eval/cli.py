@@ -4,25 +4,30 @@ with your own rewards, or compare two results files.
     python -m rlreason.eval --model PATH --suites math500,gsm8k --n 4 --k 1,4 --limit 50 --out results/
     python -m rlreason.eval --model PATH --data countdown.jsonl --reward my_rewards.py:countdown --out results/
     python -m rlreason.eval --model PATH --suite-file docs/examples/countdown/countdown.yaml --suites countdown,math500
-    python -m rlreason.eval --compare a/results.json b/results.json
+    python -m rlreason.eval --compare results_a/ results_b/          (or two results_<date>.json files)
     python -m rlreason.eval --model run/final_model --data mul.jsonl --tools rlreason.data.tasks.mul:multiply
     python -m rlreason.eval --model PATH --suites humaneval --n 10 --k 1,5,10 --temperature 0.8 --out results/
 
 A code suite (humaneval) runs each completion's program with the problem's tests in the sandbox
 (bubblewrap; ``--sandbox``, ``--code-timeout-s``, ``--code-memory-mb``, ``--code-workers``): pass@k
-of the programs, and each program, run status and stderr tail in problems.jsonl.
+of the programs, and each program, run status and stderr tail in the per-sample details.
 
 With ``--tools`` / ``--environment-factory`` (named like the training config's ``tools`` and
 ``environment_factory``) every completion is a multi-turn exchange in which the model may call them,
 run isolated as in training (``--tool-timeout-s``, ``--tool-memory-mb``, ...): suites score the
-exchange's final answer (pass@k, maj@k), ``--reward`` gets the whole exchange, and problems.jsonl
-keeps each exchange's messages.
+exchange's final answer (pass@k, maj@k), ``--reward`` gets the whole exchange, and the per-sample
+details keep each exchange's messages.
 
 With ``--data`` the problems are rendered and the completions scored as training renders and scores
 them: each ``--reward`` is called with every column of the file, a sample is correct when the first
 reward gives it >= 1.0, and the results are written as a suite's (named after the file). A suite
 file's ``scoring: reward`` suite is such a task declared once and named like a benchmark: its file,
 prompt column and ``reward_funcs`` (docs/evaluation.md, "Suites scored by a reward").
+
+``--out DIR`` writes lighteval's layout, never overwriting an earlier run (rlreason.eval.report):
+``DIR/results/<model>/results_<date_id>.json`` (metrics with ``_stderr``, the "all" row, the config),
+``DIR/details/<model>/<date_id>/`` (per suite, lighteval's per-sample details parquet and the full
+records as ``samples_<task>_<date_id>.jsonl``) and ``DIR/results.md`` (each run's tables, appended).
 """
 
 from __future__ import annotations
@@ -128,8 +133,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default="auto", help="hf engine: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
     p.add_argument("--batch-prompts", type=int, default=64, help="hf engine: prompts per generate() call")
     p.add_argument("--no-hub", action="store_true", help="never download a suite from the hub")
-    p.add_argument("--out", default=None, help="folder for results.json, problems.jsonl and results.md")
-    p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="print two results files side by side and exit")
+    p.add_argument("--out", default=None,
+                   help="folder for the results (lighteval's layout: results/<model>/results_<date_id>.json, "
+                        "details/<model>/<date_id>/, results.md), never overwriting an earlier run's")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                   help="print two runs side by side and exit: results files, or --out folders (their newest run)")
     args = p.parse_args(argv)
     if not args.compare and not args.model:
         p.error("--model is required (or use --compare A B)")
@@ -454,10 +462,12 @@ def build_engine(args: argparse.Namespace, model_path: str, seed: int = 0) -> tu
 
 
 def run_compare(a_path: str, b_path: str) -> str:
-    from rlreason.eval.report import compare_table, config_differences
+    """Two runs side by side: each a results file or an ``--out`` folder (its newest results file;
+    an old-style results.json is read too)."""
+    from rlreason.eval.report import compare_table, config_differences, newest_results_file, read_results
 
-    a, b = (json.loads(Path(p).read_text()) for p in (a_path, b_path))
-    lines = [f"A = {a_path}", f"B = {b_path}"]
+    a, b = (read_results(p)["rlreason"] for p in (a_path, b_path))
+    lines = [f"A = {newest_results_file(a_path)}", f"B = {newest_results_file(b_path)}"]
     diffs = config_differences(a, b)
     if diffs:
         lines.append("protocol differs: " + "; ".join(diffs))
@@ -467,11 +477,12 @@ def run_compare(a_path: str, b_path: str) -> str:
 
 def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
+    start_time = time.time()  # the results' config_general.start_time
     if args.compare:
         print(run_compare(*args.compare))
         return None
     from rlreason.eval.core import evaluate_suites, reward_suite_rows, task_rows
-    from rlreason.eval.report import markdown_table, write_results
+    from rlreason.eval.report import results_model_name, run_table, write_results
 
     names = [s.strip() for s in args.suites.split(",") if s.strip()]
     task = None
@@ -552,7 +563,8 @@ def main(argv: list[str] | None = None) -> dict | None:
             if not results["suites"]:
                 return results
     extra = {"model": args.model, "model_path": model_path, "engine": args.engine,
-             "engine_kwargs": json.loads(args.engine_kwargs), "dtype": args.dtype, "argv": argv or sys.argv[1:]}
+             "engine_kwargs": json.loads(args.engine_kwargs), "dtype": args.dtype, "argv": argv or sys.argv[1:],
+             "start_time": start_time}
     if any(get_suite(name).scoring == "code" for name in (names[1:] if task else names)):
         extra["code_scoring"] = code.to_dict()
     if uses_tools(args):
@@ -561,14 +573,11 @@ def main(argv: list[str] | None = None) -> dict | None:
                           "tool_timeout_s": args.tool_timeout_s, "tool_memory_mb": args.tool_memory_mb,
                           "tool_max_output_chars": args.tool_max_output_chars,
                           "tool_isolation": args.tool_isolation}
-    table = markdown_table(results["suites"])
-    if "interrupted" in results["config"]:
-        stop = results["config"]["interrupted"]
-        table += f"\n\nstopped by {stop['signal']}: not evaluated: {', '.join(stop['suites_not_done'])}"
+    table = run_table(results)
     if args.out:
-        paths = write_results(results, args.out, extra)
-        (Path(args.out) / "results.md").write_text(table + "\n")  # the table, next to the numbers it shows
-        print(f"wrote {paths['results']}, {paths['problems']} and results.md", file=sys.stderr)
+        paths = write_results(results, args.out, extra, model_name=results_model_name(args.model))
+        print(f"wrote {paths['results']}, the per-sample details under {Path(args.out) / 'details'} and the tables "
+              f"in {paths['markdown']}", file=sys.stderr)
     print(table)
     return results
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from rlreason.data import INTERNAL_COLUMNS, prompt_messages
 from rlreason.eval.code import CodeScoring, code_prompts, run_code_suite
-from rlreason.eval.metrics import breakdown, code_metrics, suite_metrics, task_metrics, wilson_interval
+from rlreason.eval.metrics import breakdown, code_metrics, maj_at_k, suite_metrics, task_metrics, wilson_interval
 from rlreason.eval.render import BUDGET, budget_record, fit_budget, prompt_ids, render, seed_all
 from rlreason.eval.suites import (
     SUITES,
@@ -494,8 +494,9 @@ def run_suite(
 
     A record: ``{"suite", "index", "id", "subject", "level", "prompt", "gold", "completions",
     "answers", "correct", "formatted", "lengths", "truncated", "gold_unparseable",
-    "score_failures"}``; a completion whose scoring failed has answer None, is wrong and
-    unformatted, and counts in ``score_failures``. With ``tools`` (module docstring) each
+    "score_failures", "maj"}`` (``maj``: the problem's ``{"maj@k": 0.0 or 1.0}`` for each k <= n);
+    a completion whose scoring failed has answer None, is wrong and unformatted, and counts in
+    ``score_failures``. With ``tools`` (module docstring) each
     completion is a tool exchange: its final answer is scored, the record's ``prompt`` is the
     first rollout's (rendered with its tools) and it adds ``messages`` (each exchange) and
     ``tool_calls`` / ``tool_failures`` (per completion).
@@ -545,6 +546,9 @@ def run_suite(
             **(_tool_fields(group) if tools is not None else {}),
         })
     same, vote_failures = vote_table(scorer, records, protocol)
+    for r in records:  # each problem's maj@k: the results' per-sample details and the maj@k stderr need them
+        r["maj"] = {f"maj@{k}": maj_at_k(r["answers"], r["correct"], k, same)
+                    for k in sorted(set(protocol.ks)) if 1 <= k <= protocol.n}
     metrics = summarize(records, protocol.ks, same)
     metrics["vote_failures"] = vote_failures
     metrics["template"] = dataclasses.asdict(template)

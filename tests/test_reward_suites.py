@@ -16,6 +16,8 @@ import yaml
 
 from rlreason.eval import cli
 from rlreason.eval import suites as suites_module
+from rlreason.eval.lighteval_schema import task_name
+from rlreason.eval.report import read_results, read_samples
 from rlreason.eval.suites import Suite, load_suite_file, spec_relative_to
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,12 +151,18 @@ def _check_scored(results: dict, problems: int, n: int) -> list[float]:
 def test_cli_scores_the_countdown_suite_with_its_reward_beside_a_benchmark(tiny_path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the suite file's paths are its own folder's, not the working folder's
     out = tmp_path / "out"
-    res = cli.main(["--model", str(tiny_path), "--suite-file", str(EXAMPLE / "countdown.yaml"),
-                    "--suites", "countdown,arith", "--limit", "6", "--n", "2", "--max-tokens", "24", "--out", str(out)])
+    cli.main(["--model", str(tiny_path), "--suite-file", str(EXAMPLE / "countdown.yaml"),
+              "--suites", "countdown,arith", "--limit", "6", "--n", "2", "--max-tokens", "24", "--out", str(out)])
+    doc = read_results(out)  # what was written, read back
+    res = {"suites": doc["rlreason"]["suites"], "config": doc["rlreason"]["config"],
+           "problems": {"countdown": read_samples(out, "countdown")}}
     assert list(res["suites"]) == ["countdown", "arith"]
     _check_scored(res, 6, 2)
     assert res["problems"]["countdown"][0]["prompt"].count("Make 39 from [14, 2, 9, 17]") == 1  # rendered, plain
     assert res["suites"]["arith"]["problems"] == 6 and "pass@1" in res["suites"]["arith"]
+    task = task_name("countdown")  # lighteval's results: the reward suite a task beside the benchmark
+    assert doc["results"][task] and all(f"{k}_stderr" in doc["results"][task] for k in doc["results"][task]
+                                        if not k.endswith("_stderr"))
     described = res["config"]["suites"]["countdown"]
     assert described["scoring"] == "reward" and described["default_template"] == "plain"
     assert list(described["reward_funcs"]) == [f"{EXAMPLE / 'countdown_reward.py'}:countdown"]
