@@ -199,8 +199,10 @@ class Suite:
         get_template(self.default_template)
 
     def describe(self) -> dict[str, Any]:
-        """The suite's definition as plain data (for results files); ``generator`` by name."""
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "generator"}
+        """The suite's definition as plain data (for results files); ``generator`` by name; a reward
+        suite's without the gold's fields, which its rewards do not read."""
+        unused = ("generator", "answer_column", "gold_format") if self.scoring == "reward" else ("generator",)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in unused}
         if self.generator is not None:
             d["generator"] = getattr(self.generator, "__name__", repr(self.generator))
         return d

@@ -123,6 +123,7 @@ def test_a_reward_suite_is_declared_whole():
         Suite("x", local_path="x.jsonl", scoring="rewards")
     suite = Suite("x", local_path="x.jsonl", scoring="reward", reward_funcs=["accuracy"], answer_column=None)
     assert suite.reward_funcs == ("accuracy",) and suite.describe()["reward_funcs"] == ("accuracy",)
+    assert "answer_column" not in suite.describe() and "gold_format" not in suite.describe()  # not read
 
 
 # --------------------------------------------------------------------------- the eval CLI
