@@ -42,7 +42,8 @@ from typing import Any
 
 import yaml
 
-from rlreason.eval.suites import SUITES, TEMPLATES, get_suite, load_suite_file
+from rlreason.eval.protocols import PROTOCOLS
+from rlreason.eval.suites import SUITES, TEMPLATES, check_data, get_suite, load_suite_file
 from rlreason.run import stopping
 
 
@@ -64,17 +65,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "key rewards_plain_text does")
     p.add_argument("--suite-file", action="append", default=[], help="YAML file defining more suites (repeatable)")
     p.add_argument("--limit", type=int, default=None, help="first N problems of each suite")
-    p.add_argument("--n", type=int, default=1, help="samples per problem")
+    # The sampling and prompt flags default to None, "not given": a given flag overrides --protocol's value,
+    # and the defaults named in the help apply only where neither sets one (build_protocol).
+    p.add_argument("--protocol", default="default",
+                   help=f"named settings ({', '.join(PROTOCOLS)}) or a YAML file of EvalProtocol fields; flags "
+                        f"given explicitly override it (docs/evaluation.md, Protocols)")
+    p.add_argument("--n", type=int, default=None, help="samples per problem (default 1)")
     p.add_argument("--k", default=None, help="comma-separated k for pass@k and maj@k (default: 1 and n)")
     p.add_argument("--temperature", type=float, default=None, help="default 0 (greedy) for n=1, else 0.6")
     p.add_argument("--top-p", type=float, default=None, help="default 1.0 for greedy, else 0.95")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--max-tokens", type=int, default=1024)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--top-k", type=int, default=None, help="default 0 (off)")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="new tokens per completion (default 1024), capped at the model's context minus the suite's "
+                        "longest prompt")
+    p.add_argument("--seed", type=int, default=None, help="default 0")
     p.add_argument("--template", choices=sorted(TEMPLATES), default=None, help="default: each suite's own")
     p.add_argument("--user-template", default=None, help="str.format template over the row, with {prompt}")
     p.add_argument("--system-prompt", default=None, help="overrides the template's ('' for none)")
-    p.add_argument("--chat-template", choices=("auto", "on", "off"), default="auto")
+    p.add_argument("--chat-template", choices=("auto", "on", "off"), default=None, help="default auto")
     p.add_argument("--extract-fallback", default=None,
                    help="comma-separated answer fallbacks when no marker is found (whole,answer_phrase,last_math,"
                         "last_number); default none")
@@ -277,18 +285,53 @@ def code_scoring(args: argparse.Namespace, suites: list[str]):
     return code
 
 
-def build_protocol(args: argparse.Namespace):
-    """The ``EvalProtocol`` the arguments describe (sampling defaults depend on ``--n``)."""
-    from rlreason.eval.core import EvalProtocol
+# EvalProtocol field <- the flag that sets it (argparse's attribute), for the flags a protocol may set.
+PROTOCOL_FLAGS: dict[str, str] = {"n": "n", "ks": "k", "temperature": "temperature", "top_p": "top_p",
+                                  "top_k": "top_k", "max_tokens": "max_tokens", "seed": "seed",
+                                  "template": "template", "user_template": "user_template",
+                                  "system_prompt": "system_prompt", "chat_template": "chat_template",
+                                  "extract_fallback": "extract_fallback"}
 
-    temperature = args.temperature if args.temperature is not None else (0.0 if args.n == 1 else 0.6)
-    top_p = args.top_p if args.top_p is not None else (1.0 if temperature == 0 else 0.95)
-    ks = tuple(int(k) for k in args.k.split(",")) if args.k else tuple(sorted({1, args.n}))
-    fallback = tuple(args.extract_fallback.split(",")) if args.extract_fallback else None
-    return EvalProtocol(n=args.n, temperature=temperature, top_p=top_p, top_k=args.top_k, max_tokens=args.max_tokens,
-                        seed=args.seed, ks=ks, limit=args.limit, template=args.template,
-                        user_template=args.user_template, system_prompt=args.system_prompt,
-                        chat_template=args.chat_template, extract_fallback=fallback)
+
+def flag_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The EvalProtocol fields set by flags given on the command line (their parser default is None)."""
+    given = {field: getattr(args, flag) for field, flag in PROTOCOL_FLAGS.items() if getattr(args, flag) is not None}
+    if "ks" in given:
+        given["ks"] = tuple(int(k) for k in given["ks"].split(","))
+    if "extract_fallback" in given:
+        given["extract_fallback"] = tuple(given["extract_fallback"].split(","))
+    return given
+
+
+def build_protocol(args: argparse.Namespace):
+    """The ``EvalProtocol`` the arguments describe: flags given explicitly > ``--protocol``'s values
+    (rlreason.eval.protocols) > the defaults, of which temperature and top_p depend on n (greedy
+    for n=1, else 0.6 / 0.95) and ks is 1 and n. Its name is the protocol's; ``extra`` records the
+    protocol's description and ``overridden_by_flags`` (the fields flags changed)."""
+    from rlreason.eval.core import EvalProtocol
+    from rlreason.eval.protocols import protocol_fields, resolve_protocol
+
+    named = resolve_protocol(args.protocol)
+    flags = flag_values(args)
+    values = {**protocol_fields(named), **flags}
+    n = values.setdefault("n", 1)
+    temperature = values.setdefault("temperature", 0.0 if n == 1 else 0.6)
+    values.setdefault("top_p", 1.0 if temperature == 0 else 0.95)
+    values.setdefault("ks", tuple(sorted({1, n})))
+    # what the flags replaced: {field: the protocol's value} (the value used is the protocol's field)
+    overridden = {k: named[k] for k in sorted(flags) if k in named and protocol_fields({k: named[k]})[k] != flags[k]}
+    extra = {"description": named.get("description"), "overridden_by_flags": overridden,
+             **({"based_on": named["based_on"]} if "based_on" in named else {}),
+             **({"file": str(Path(args.protocol).resolve())} if args.protocol not in PROTOCOLS else {})}
+    return EvalProtocol(**values, limit=args.limit, extra=extra)
+
+
+def check_chat_template(protocol: Any, tokenizer: Any, model: str) -> None:
+    """``chat_template`` "on" (the open-r1 protocol's, lighteval's ``--use-chat-template``) needs a
+    tokenizer with one: said now, once, naming the protocol and the way out."""
+    if protocol.chat_template == "on" and not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"--protocol {protocol.name}: prompts go through the model's chat template (chat_template "
+                         f"'on'), and --model {model!r}'s tokenizer has none; for a base model add --chat-template off")
 
 
 def resolve_model(model: str) -> str:
@@ -346,9 +389,9 @@ def load_tokenizer(model_path: str) -> Any:
     return tokenizer
 
 
-def build_engine(args: argparse.Namespace, model_path: str) -> tuple[Any, Any]:
-    """(engine, tokenizer) for ``--engine``, from the one engine factory (rlreason/rollout/factory.py).
-    vLLM is imported only when asked for."""
+def build_engine(args: argparse.Namespace, model_path: str, seed: int = 0) -> tuple[Any, Any]:
+    """(engine, tokenizer) for ``--engine``, from the one engine factory (rlreason/rollout/factory.py);
+    ``seed`` the protocol's (the vLLM engine's own). vLLM is imported only when asked for."""
     from rlreason.rollout import factory
 
     kwargs = json.loads(args.engine_kwargs)
@@ -361,7 +404,7 @@ def build_engine(args: argparse.Namespace, model_path: str) -> tuple[Any, Any]:
             kwargs.setdefault("dtype", args.dtype)
         tokenizer = load_tokenizer(model_path)
         # VLLMEngine(model, tokenizer, *, seed, dtype, gpu_memory_utilization, ...) in rlreason/rollout/vllm.py
-        engine = factory.make_engine("vllm", model_path, tokenizer, seed=kwargs.pop("seed", args.seed), **kwargs)
+        engine = factory.make_engine("vllm", model_path, tokenizer, seed=kwargs.pop("seed", seed), **kwargs)
         return engine, tokenizer
     tokenizer = load_tokenizer(model_path)
     import torch
@@ -410,6 +453,8 @@ def main(argv: list[str] | None = None) -> dict | None:
                 get_suite(name)
         except ValueError as e:
             raise ValueError(f"--suites: {e}") from None
+        for name in names:  # each suite's data is here (or on the hub), else one line saying how to supply it
+            check_data(get_suite(name), allow_hub=not args.no_hub)
         if args.data is not None:
             task = load_task(args)
             if task[0] in names:
@@ -436,18 +481,22 @@ def main(argv: list[str] | None = None) -> dict | None:
                     own = stack.enter_context(build_task_scorer(args, task[2])) if task else None
                     with clean_start():
                         executor = stack.enter_context(build_tools(args, *loaded_tools)) if loaded_tools else None
-                        engine, tokenizer = build_engine(args, model_path)
-                        tools = tool_rollouts(args, executor, tokenizer, engine, model_path) if executor else None
+                        engine, tokenizer = build_engine(args, model_path, protocol.seed)
+                        check_chat_template(protocol, tokenizer, args.model)
+                        # the budget per suite is capped at what the context leaves after its longest prompt
+                        # (core.fit_budget); tool rollouts cap each turn themselves (ToolRollouts)
+                        context = None if executor else context_length(engine, model_path)
                         rows = task_rows(task[1], tokenizer, protocol, prompt_column=args.prompt_column,
                                          source=f"--data {args.data!r}") if task else []
+                        tools = tool_rollouts(args, executor, tokenizer, engine, model_path) if executor else None
                     for name in names:  # one at a time: a stop keeps the suites already scored
                         if task and name == task[0]:
-                            done = _run_task(engine, rows, own, protocol, args, name, tools)
+                            done = _run_task(engine, rows, own, protocol, args, name, tools, context)
                         else:
                             done = evaluate_suites(engine, tokenizer, [name], protocol, scorer=scorer,
                                                    allow_hub=not args.no_hub,
                                                    log=lambda line: print(line, file=sys.stderr), tools=tools,
-                                                   code=code)
+                                                   code=code, context=context)
                         results["config"] = {**done["config"], "suites": {**results["config"]["suites"],
                                                                           **done["config"]["suites"]}}
                         results["suites"].update(done["suites"])
@@ -479,20 +528,24 @@ def main(argv: list[str] | None = None) -> dict | None:
 
 
 def _run_task(engine: Any, rows: list[dict], scorer: Any, protocol: Any, args: argparse.Namespace, name: str,
-              tools: Any = None) -> dict[str, Any]:
+              tools: Any = None, context: int | None = None) -> dict[str, Any]:
     """The ``--data`` task run and timed, shaped as ``evaluate_suites``' results (its config under
     ``config["suites"][name]``: the file, the prompt column, the rewards and how they were run)."""
     from rlreason.eval.core import run_task
+    from rlreason.eval.render import BUDGET, budget_line
 
     start = time.perf_counter()
     metrics, records = run_task(engine, rows, scorer, protocol, name=name, prompt_column=args.prompt_column,
-                                plain_text=args.rewards_plain_text, tools=tools)
+                                plain_text=args.rewards_plain_text, tools=tools, context=context)
+    budget = metrics.pop(BUDGET, {})
+    if budget and budget_line(name, budget):
+        print(budget_line(name, budget), file=sys.stderr)
     metrics["seconds"] = time.perf_counter() - start
     print(f"{name}: pass@1 {metrics.get('pass@1', float('nan')):.4f}, mean reward {metrics.get('mean_reward')} on "
           f"{metrics['problems']} problems x {metrics['n_samples']} samples ({metrics['seconds']:.1f}s)",
           file=sys.stderr)
     described = {"data": args.data, "prompt_column": args.prompt_column, "rewards": args.reward or ["accuracy"],
-                 "rewards_plain_text": args.rewards_plain_text, "scoring": scorer.settings()}
+                 "rewards_plain_text": args.rewards_plain_text, "scoring": scorer.settings(), **budget}
     return {"config": {"protocol": protocol.to_dict(), "suites": {name: described}},
             "suites": {name: metrics}, "problems": {name: records}}
 

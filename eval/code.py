@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from rlreason.eval.metrics import code_metrics
-from rlreason.eval.render import render, seed_all
-from rlreason.eval.suites import Suite, load_problems
+from rlreason.eval.render import BUDGET, budget_record, fit_budget, generate_within, prompt_ids, render, seed_all
+from rlreason.eval.suites import Suite, Template, load_problems
 
 Style = Literal["completion", "chat"]
 
@@ -137,8 +137,19 @@ def chat_style(tokenizer: Any, chat_template: str) -> bool:
     return chat_template != "off" and has_chat
 
 
+def code_prompts(tokenizer: Any, suite: Suite, protocol: Any, allow_hub: bool = True
+                 ) -> tuple[list[dict], Template, list[str], list[list[int]]]:
+    """A code suite's problems, its template (the protocol's, else by style), the rendered prompts
+    and their token ids."""
+    chat = chat_style(tokenizer, protocol.chat_template)
+    template = protocol.template_for(dataclasses.replace(suite, default_template="code_chat" if chat else "code"))
+    problems = load_problems(suite, protocol.limit, allow_hub)
+    prompts = [render(p, suite, template, tokenizer, protocol.chat_template) for p in problems]
+    return problems, template, prompts, prompt_ids(prompts, tokenizer)
+
+
 def run_code_suite(engine: Any, tokenizer: Any, suite: Suite, protocol: Any, code: CodeScoring | None = None,
-                   allow_hub: bool = True) -> tuple[dict[str, Any], list[dict]]:
+                   allow_hub: bool = True, context: int | None = None) -> tuple[dict[str, Any], list[dict]]:
     """Generate a code suite (``suite.scoring == "code"``) and check every completion in the
     sandbox (module docstring). -> (metrics, per-problem records), as ``run_suite`` returns them.
 
@@ -150,19 +161,18 @@ def run_code_suite(engine: Any, tokenizer: Any, suite: Suite, protocol: Any, cod
     code scoring's settings under ``sandbox``.
     """
     code = code or CodeScoring()
-    chat = chat_style(tokenizer, protocol.chat_template)
-    style: Style = "chat" if chat else "completion"
-    template = protocol.template_for(dataclasses.replace(suite, default_template="code_chat" if chat else "code"))
-    problems = load_problems(suite, protocol.limit, allow_hub)
+    style: Style = "chat" if chat_style(tokenizer, protocol.chat_template) else "completion"
+    problems, template, prompts, ids = code_prompts(tokenizer, suite, protocol, allow_hub)
     for column in ("test", "entry_point"):
         missing = [p["id"] for p in problems if not isinstance(p["row"].get(column), str)]
         if missing:
             raise ValueError(f"code suite {suite.name!r}: column {column!r} missing or not a string in problem "
                              f"{missing[0]!r} (a code suite's rows need 'test' and 'entry_point')")
-    prompts = [render(p, suite, template, tokenizer, protocol.chat_template) for p in problems]
-    prompt_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in prompts]
+    lengths = [len(i) for i in ids]
+    budget, too_long = fit_budget(protocol.max_tokens, lengths, context)
     seed_all(protocol.seed)
-    groups = engine.generate(prompt_ids, protocol.n, protocol.sampling()) if problems else []
+    sampling = dataclasses.replace(protocol.sampling(), max_tokens=budget)
+    groups = generate_within(engine, ids, protocol.n, sampling, too_long) if problems else []
     built = [build_program(str(p["problem"]), s.text, style) for p, group in zip(problems, groups, strict=True)
              for s in group]
     tests = [p["row"]["test"] for p in problems for _ in range(protocol.n)]
@@ -190,6 +200,9 @@ def run_code_suite(engine: Any, tokenizer: Any, suite: Suite, protocol: Any, cod
     metrics["style"] = style
     metrics["template"] = dataclasses.asdict(template)
     metrics["sandbox"] = {**code.to_dict(), "workers": code.workers(), "run_seconds": run_seconds}
+    if context is not None:
+        metrics[BUDGET] = budget_record(protocol.max_tokens, budget, lengths, context, too_long,
+                                        [p["id"] for p in problems])
     return metrics, records
 
 

@@ -83,6 +83,18 @@ class Template:
 CODE_CHAT_INSTRUCTION = ("Please provide a self-contained Python script that solves the following problem in a "
                          "markdown code block:\n```python\n{prompt}```")
 
+# lighteval's math prompt, the query its math_500 task sent when open-r1's README numbers were made and the one
+# its aime tasks send in lighteval 0.13.0 (lighteval/tasks/tasks/aime.py MATH_PROMPT_TEMPLATE, adapted there from
+# simple-evals' math_eval.py and Llama 3's evals; two spaces after "clearly." as in the source). 0.13.0 writes it
+# with dedent() around a triple-quoted string, which leaves a newline before and after; the math_500 template
+# open-r1 used had .strip() applied, as here. Braces doubled for str.format: the model sees $\boxed{ANSWER}$.
+LIGHTEVAL_MATH_PROMPT = (
+    "Solve the following math problem efficiently and clearly.  The last line of your response should be of the "
+    "following format: 'Therefore, the final answer is: $\\boxed{{ANSWER}}$. I hope it is correct' (without quotes) "
+    "where ANSWER is just the final number or expression that solves the problem. Think step by step before "
+    "answering.\n\n{prompt}"
+)
+
 TEMPLATES: dict[str, Template] = {
     "plain": Template("plain"),
     "boxed": Template("boxed", user="{prompt}\n" + BOXED_INSTRUCTION.replace("{}", "{{}}"), format="boxed"),
@@ -93,6 +105,8 @@ TEMPLATES: dict[str, Template] = {
     # "code_chat" asks an instruct model for a fenced block. Their format check is code_block (rlreason.eval.code).
     "code": Template("code", format="code_block"),
     "code_chat": Template("code_chat", user=CODE_CHAT_INSTRUCTION, format="code_block"),
+    # The open-r1 protocol's prompt (rlreason.eval.protocols): the answer is asked for in a \boxed{}.
+    "lighteval_math": Template("lighteval_math", user=LIGHTEVAL_MATH_PROMPT, format="boxed"),
 }
 
 
@@ -270,32 +284,76 @@ def local_candidates(suite: Suite) -> list[Path]:
     return [p] if p.is_absolute() else [benchmarks_dir() / p, Path.cwd() / p]
 
 
+def missing_data(suite: Suite, hub_error: BaseException | None = None) -> FileNotFoundError:
+    """The one-line error for a suite whose data is not here: the file expected (the first of
+    :func:`local_candidates`), why the hub did not supply it, and how to supply it: a folder in
+    ``RLREASON_BENCHMARKS`` (a built-in suite's relative ``local_path``) or written once from the hub
+    with ``python -m rlreason.eval.fetch`` (a suite with an ``hf_id``)."""
+    tried = local_candidates(suite)
+    expected = tried[0] if tried else None
+    what = f"its data file {expected} is missing" if expected else "it has no local_path"
+    if hub_error is not None:
+        lines = str(hub_error).strip().splitlines()
+        why = f"; loading hub dataset {suite.hf_id!r} failed ({type(hub_error).__name__}: {lines[0] if lines else ''})"
+    elif suite.hf_id:
+        why = " (--no-hub: the hub was not tried)"
+    else:
+        why = " and it has no hf_id to fetch it from"
+    ways = []
+    if expected is not None and not Path(suite.local_path).expanduser().is_absolute():  # type: ignore[arg-type]
+        ways.append(f"set RLREASON_BENCHMARKS to a folder holding {Path(suite.local_path).name}")  # type: ignore[arg-type]
+    elif expected is not None:
+        ways.append(f"put the file at {expected}")
+    if suite.hf_id:
+        to = f" --to {expected.parent}" if expected is not None and expected.parent != benchmarks_dir() else ""
+        ways.append(f"write it once from the hub with: python -m rlreason.eval.fetch {suite.name}{to}")
+    return FileNotFoundError(f"suite {suite.name!r}: {what}{why}; to supply it, " + ", or ".join(ways))
+
+
+def local_file(suite: Suite) -> Path | None:
+    """The first of the suite's :func:`local_candidates` that exists, or None."""
+    return next((p for p in local_candidates(suite) if p.is_file()), None)
+
+
+def check_data(suite: Suite, allow_hub: bool = True) -> None:
+    """Fail now, before any model loads, when ``suite``'s data cannot be had: generated suites need
+    nothing, a local file must exist, else (``allow_hub``) its hub dataset is loaded once (cached by
+    ``datasets``, so the run's own load reads the cache; ``HF_HUB_OFFLINE=1`` fails at once).
+    Raises :func:`missing_data`'s FileNotFoundError."""
+    if suite.generator is not None or local_file(suite) is not None:
+        return
+    import logging
+
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # no line per retried request: the error says it once
+    try:
+        load_rows(suite, limit=1, allow_hub=allow_hub)
+    finally:
+        hub_log.setLevel(level)
+
+
 def load_rows(suite: Suite, limit: int | None = None, allow_hub: bool = True) -> list[dict]:
     """The suite's raw rows (the first ``limit``): generated, from the local file, or from the hub.
 
-    Raises FileNotFoundError naming the suite and every path tried when no local file exists
-    and ``allow_hub`` is False or the hub load fails (e.g. offline).
+    Raises :func:`missing_data`'s FileNotFoundError (the file expected and how to supply it) when
+    no local file exists and ``allow_hub`` is False, the suite has no hub id or the hub load fails
+    (e.g. offline).
     """
     if suite.generator is not None:
         return list(suite.generator(limit))[:limit]
-    tried = local_candidates(suite)
-    for path in tried:
-        if path.is_file():
-            return _read_local(path, limit)
-    where = ", ".join(str(p) for p in tried) or "(no local_path)"
+    path = local_file(suite)
+    if path is not None:
+        return _read_local(path, limit)
     if not allow_hub or not suite.hf_id:
-        raise FileNotFoundError(f"suite {suite.name!r}: no local file (tried {where}) and no hub fallback allowed")
+        raise missing_data(suite)
     try:
         import datasets
 
         split = suite.hf_split if limit is None else f"{suite.hf_split}[:{limit}]"
         return list(datasets.load_dataset(suite.hf_id, suite.hf_config, split=split))
     except Exception as e:  # offline, not found, gated: all mean "cannot load"
-        raise FileNotFoundError(
-            f"suite {suite.name!r}: no local file (tried {where}; set RLREASON_BENCHMARKS to the folder holding it) "
-            f"and loading hub dataset {suite.hf_id!r} (config={suite.hf_config!r}, split={suite.hf_split!r}) "
-            f"failed: {type(e).__name__}: {e}"
-        ) from e
+        raise missing_data(suite, e) from e
 
 
 def _read_local(path: Path, limit: int | None) -> list[dict]:

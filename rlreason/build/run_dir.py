@@ -16,7 +16,7 @@ from accelerate import Accelerator
 from rlreason.config import ConfigError, GRPOConfig
 from rlreason.data.tasks import EMBEDDED_TASKS
 from rlreason.eval.core import HELDOUT_METRICS, suite_metric_names
-from rlreason.eval.suites import SUITES
+from rlreason.eval.suites import SUITES, check_data
 from rlreason.loop.parts import RunDir
 from rlreason.rewards import build_rewards
 from rlreason.rewards.model import is_model_spec, is_reward_model
@@ -69,6 +69,11 @@ def check_eval_settings(cfg: GRPOConfig) -> None:
     unknown = [name for name in cfg.eval_suites if name not in SUITES]
     if unknown:
         raise ConfigError(f"config key 'eval_suites': unknown suite {unknown[0]!r}; the suites are {', '.join(SUITES)}")
+    for name in cfg.eval_suites:  # the data is here or on the hub, else the eval CLI's line: the file expected, how
+        try:
+            check_data(SUITES[name])
+        except FileNotFoundError as e:
+            raise ConfigError(f"config key 'eval_suites': {e}") from None
     coded = [name for name in cfg.eval_suites if SUITES[name].scoring == "code"]
     if coded:  # a code suite runs its programs in the sandbox: without it the run would fail at its first eval
         from rlreason.rewards.sandbox import SandboxUnavailable, check_available
