@@ -3,6 +3,7 @@ with your own rewards, or compare two results files.
 
     python -m rlreason.eval --model PATH --suites math500,gsm8k --n 4 --k 1,4 --limit 50 --out results/
     python -m rlreason.eval --model PATH --data countdown.jsonl --reward my_rewards.py:countdown --out results/
+    python -m rlreason.eval --model PATH --suite-file docs/examples/countdown/countdown.yaml --suites countdown,math500
     python -m rlreason.eval --compare results_a/ results_b/          (or two results_<date>.json files)
     python -m rlreason.eval --model run/final_model --data mul.jsonl --tools rlreason.data.tasks.mul:multiply
     python -m rlreason.eval --model PATH --suites humaneval --n 10 --k 1,5,10 --temperature 0.8 --out results/
@@ -19,7 +20,9 @@ details keep each exchange's messages.
 
 With ``--data`` the problems are rendered and the completions scored as training renders and scores
 them: each ``--reward`` is called with every column of the file, a sample is correct when the first
-reward gives it >= 1.0, and the results are written as a suite's (named after the file).
+reward gives it >= 1.0, and the results are written as a suite's (named after the file). A suite
+file's ``scoring: reward`` suite is such a task declared once and named like a benchmark: its file,
+prompt column and ``reward_funcs`` (docs/evaluation.md, "Suites scored by a reward").
 
 ``--out DIR`` writes lighteval's layout, never overwriting an earlier run (rlreason.eval.report):
 ``DIR/results/<model>/results_<date_id>.json`` (metrics with ``_stderr``, the "all" row, the config),
@@ -63,7 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rewards_plain_text", "--rewards-plain-text", action="store_true",
                    help="--data: pass prompts and completions to the rewards as plain text, as the training config "
                         "key rewards_plain_text does")
-    p.add_argument("--suite-file", action="append", default=[], help="YAML file defining more suites (repeatable)")
+    p.add_argument("--suite-file", action="append", default=[],
+                   help="YAML file defining more suites (repeatable); 'scoring: reward' with 'reward_funcs' scores a "
+                        "suite of any task with rewards")
     p.add_argument("--limit", type=int, default=None, help="first N problems of each suite")
     # The sampling and prompt flags default to None, "not given": a given flag overrides --protocol's value,
     # and the defaults named in the help apply only where neither sets one (build_protocol).
@@ -256,6 +261,23 @@ def load_task(args: argparse.Namespace) -> tuple[str, Any, list]:
     return name, data, funcs
 
 
+def reward_suites(args: argparse.Namespace, names: list[str], protocol: Any) -> dict[str, tuple[Any, list]]:
+    """The suites of ``names`` scored by rewards (``scoring: reward``), checked before any model loads:
+    ``{name: (its rows, its reward functions)}`` (``rlreason.eval.core.reward_suite_data``: the data
+    read, the rewards built and checked against its columns). Errors name ``--suites`` and the suite."""
+    from rlreason.eval.core import reward_suite_data
+
+    out = {}
+    for name in names:
+        suite = get_suite(name)
+        if suite.scoring == "reward":
+            try:
+                out[name] = reward_suite_data(suite, protocol.limit, allow_hub=not args.no_hub)
+            except ValueError as e:
+                raise ValueError(f"--suites {name}: {e}") from None
+    return out
+
+
 def build_task_scorer(args: argparse.Namespace, funcs: list):
     """The ``--data`` task's scoring runner over its ``--reward`` functions, with the arguments'
     timeout, workers and memory cap (``rlreason.eval.core.task_scorer``); the caller closes it."""
@@ -440,7 +462,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.compare:
         print(run_compare(*args.compare))
         return None
-    from rlreason.eval.core import evaluate_suites, task_rows
+    from rlreason.eval.core import evaluate_suites, reward_suite_rows, task_rows
     from rlreason.eval.report import results_model_name, run_table, write_results
 
     names = [s.strip() for s in args.suites.split(",") if s.strip()]
@@ -462,6 +484,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                                  f"rename the file")
             names.insert(0, task[0])  # scored first
         protocol = build_protocol(args)
+        rewarded = reward_suites(args, names[1:] if task else names, protocol)
         code = code_scoring(args, names[1:] if task else names)
         loaded_tools = load_tools(args) if uses_tools(args) else None
     results: dict[str, Any] = {"config": {"suites": {}}, "suites": {}, "problems": {}}
@@ -476,9 +499,12 @@ def main(argv: list[str] | None = None) -> dict | None:
                 # Built before the engine: a "fork" runner forks this process, best while it is small
                 # and has no engine threads yet.
                 with contextlib.ExitStack() as stack:
-                    suites = names[1:] if task else names
+                    suites = [name for name in (names[1:] if task else names) if name not in rewarded]
                     scorer = stack.enter_context(build_scorer(args)) if suites else None
                     own = stack.enter_context(build_task_scorer(args, task[2])) if task else None
+                    # each reward suite's runner over its own rewards, built here too: before the engine
+                    owns = {name: stack.enter_context(build_task_scorer(args, funcs))
+                            for name, (_, funcs) in rewarded.items()}
                     with clean_start():
                         executor = stack.enter_context(build_tools(args, *loaded_tools)) if loaded_tools else None
                         engine, tokenizer = build_engine(args, model_path, protocol.seed)
@@ -488,10 +514,15 @@ def main(argv: list[str] | None = None) -> dict | None:
                         context = None if executor else context_length(engine, model_path)
                         rows = task_rows(task[1], tokenizer, protocol, prompt_column=args.prompt_column,
                                          source=f"--data {args.data!r}") if task else []
+                        suite_rows = {name: reward_suite_rows(get_suite(name), data, tokenizer, protocol)
+                                      for name, (data, _) in rewarded.items()}
                         tools = tool_rollouts(args, executor, tokenizer, engine, model_path) if executor else None
                     for name in names:  # one at a time: a stop keeps the suites already scored
                         if task and name == task[0]:
                             done = _run_task(engine, rows, own, protocol, args, name, tools, context)
+                        elif name in rewarded:
+                            done = _run_reward_suite(engine, get_suite(name), suite_rows[name], owns[name], protocol,
+                                                     tools, context)
                         else:
                             done = evaluate_suites(engine, tokenizer, [name], protocol, scorer=scorer,
                                                    allow_hub=not args.no_hub,
@@ -548,6 +579,26 @@ def _run_task(engine: Any, rows: list[dict], scorer: Any, protocol: Any, args: a
                  "rewards_plain_text": args.rewards_plain_text, "scoring": scorer.settings(), **budget}
     return {"config": {"protocol": protocol.to_dict(), "suites": {name: described}},
             "suites": {name: metrics}, "problems": {name: records}}
+
+
+def _run_reward_suite(engine: Any, suite: Any, rows: list[dict], scorer: Any, protocol: Any, tools: Any = None,
+                      context: int | None = None) -> dict[str, Any]:
+    """A reward suite run (``rlreason.eval.core.run_reward_suite``) and timed, shaped as ``_run_task``'s
+    results: its config is the suite's definition (``reward_funcs`` as resolved: a file's full path),
+    how its rewards were run (``reward_runner``) and its budget where capped."""
+    from rlreason.eval.core import run_reward_suite
+    from rlreason.eval.render import BUDGET
+
+    start = time.perf_counter()
+    metrics, records = run_reward_suite(engine, suite, rows, scorer, protocol, tools, context)
+    budget = metrics.pop(BUDGET, {})
+    metrics["seconds"] = time.perf_counter() - start
+    print(f"{suite.name}: pass@1 {metrics.get('pass@1', float('nan')):.4f}, mean reward {metrics.get('mean_reward')} "
+          f"on {metrics['problems']} problems x {metrics['n_samples']} samples ({metrics['seconds']:.1f}s)",
+          file=sys.stderr)
+    described = {**suite.describe(), "reward_runner": scorer.settings(), **budget}
+    return {"config": {"protocol": protocol.to_dict(), "suites": {suite.name: described}},
+            "suites": {suite.name: metrics}, "problems": {suite.name: records}}
 
 
 if __name__ == "__main__":
