@@ -356,25 +356,6 @@ def check_chat_template(protocol: Any, tokenizer: Any, model: str) -> None:
                          f"'on'), and --model {model!r}'s tokenizer has none; for a base model add --chat-template off")
 
 
-def check_budgets(tokenizer: Any, protocol: Any, context: int, suites: list[str], rows: list[dict],
-                  task: str | None, allow_hub: bool = True) -> None:
-    """Every suite's (and the ``--data`` task's) budget in ``context`` tokens, before any generates
-    (``rlreason.eval.render.fit_budget``): a prompt that leaves no room is an error naming the suite
-    and the lengths; a budget capped below ``max_tokens`` is one line on stderr. The runs cap it the
-    same way (``evaluate_suites(..., context=)``) and record it in their config."""
-    from rlreason.eval.core import suite_budget
-    from rlreason.eval.render import fit_budget
-
-    budgets = {name: suite_budget(tokenizer, get_suite(name), protocol, context, allow_hub) for name in suites}
-    if task is not None:
-        budgets[task] = fit_budget(protocol.max_tokens, [len(r["prompt_ids"]) for r in rows], context,
-                                   f"task {task!r}")
-    for name, budget in budgets.items():
-        if budget < protocol.max_tokens:
-            print(f"{name}: max_tokens {protocol.max_tokens} capped at {budget}: the model's context is {context} "
-                  f"tokens and the longest prompt {context - budget} tokens", file=sys.stderr)
-
-
 def resolve_model(model: str) -> str:
     """``tiny`` -> the embedded model's cached folder; anything else unchanged, once checked: a path
     (``./x``, ``/x``, ``~/x``, ``a/b/c``) must be a model folder; ``name`` or ``org/name`` is a local
@@ -535,11 +516,6 @@ def main(argv: list[str] | None = None) -> dict | None:
                                          source=f"--data {args.data!r}") if task else []
                         suite_rows = {name: reward_suite_rows(get_suite(name), data, tokenizer, protocol)
                                       for name, (data, _) in rewarded.items()}
-                        if context is not None:  # every suite fits before any generates
-                            check_budgets(tokenizer, protocol, context, suites, rows, task[0] if task else None,
-                                          allow_hub=not args.no_hub)
-                            for name, prepared in suite_rows.items():  # a reward suite's prompts are a task's
-                                check_budgets(tokenizer, protocol, context, [], prepared, name)
                         tools = tool_rollouts(args, executor, tokenizer, engine, model_path) if executor else None
                     for name in names:  # one at a time: a stop keeps the suites already scored
                         if task and name == task[0]:
@@ -587,12 +563,14 @@ def _run_task(engine: Any, rows: list[dict], scorer: Any, protocol: Any, args: a
     """The ``--data`` task run and timed, shaped as ``evaluate_suites``' results (its config under
     ``config["suites"][name]``: the file, the prompt column, the rewards and how they were run)."""
     from rlreason.eval.core import run_task
-    from rlreason.eval.render import BUDGET
+    from rlreason.eval.render import BUDGET, budget_line
 
     start = time.perf_counter()
     metrics, records = run_task(engine, rows, scorer, protocol, name=name, prompt_column=args.prompt_column,
                                 plain_text=args.rewards_plain_text, tools=tools, context=context)
     budget = metrics.pop(BUDGET, {})
+    if budget and budget_line(name, budget):
+        print(budget_line(name, budget), file=sys.stderr)
     metrics["seconds"] = time.perf_counter() - start
     print(f"{name}: pass@1 {metrics.get('pass@1', float('nan')):.4f}, mean reward {metrics.get('mean_reward')} on "
           f"{metrics['problems']} problems x {metrics['n_samples']} samples ({metrics['seconds']:.1f}s)",

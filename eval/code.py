@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from rlreason.eval.metrics import code_metrics
-from rlreason.eval.render import BUDGET, budget_record, fit_budget, prompt_ids, render, seed_all
+from rlreason.eval.render import BUDGET, budget_record, fit_budget, generate_within, prompt_ids, render, seed_all
 from rlreason.eval.suites import Suite, Template, load_problems
 
 Style = Literal["completion", "chat"]
@@ -169,10 +169,10 @@ def run_code_suite(engine: Any, tokenizer: Any, suite: Suite, protocol: Any, cod
             raise ValueError(f"code suite {suite.name!r}: column {column!r} missing or not a string in problem "
                              f"{missing[0]!r} (a code suite's rows need 'test' and 'entry_point')")
     lengths = [len(i) for i in ids]
-    budget = fit_budget(protocol.max_tokens, lengths, context, f"suite {suite.name!r}")
+    budget, too_long = fit_budget(protocol.max_tokens, lengths, context)
     seed_all(protocol.seed)
-    groups = engine.generate(ids, protocol.n, dataclasses.replace(protocol.sampling(), max_tokens=budget)) \
-        if problems else []
+    sampling = dataclasses.replace(protocol.sampling(), max_tokens=budget)
+    groups = generate_within(engine, ids, protocol.n, sampling, too_long) if problems else []
     built = [build_program(str(p["problem"]), s.text, style) for p, group in zip(problems, groups, strict=True)
              for s in group]
     tests = [p["row"]["test"] for p in problems for _ in range(protocol.n)]
@@ -201,7 +201,8 @@ def run_code_suite(engine: Any, tokenizer: Any, suite: Suite, protocol: Any, cod
     metrics["template"] = dataclasses.asdict(template)
     metrics["sandbox"] = {**code.to_dict(), "workers": code.workers(), "run_seconds": run_seconds}
     if context is not None:
-        metrics[BUDGET] = budget_record(protocol.max_tokens, budget, lengths, context)
+        metrics[BUDGET] = budget_record(protocol.max_tokens, budget, lengths, context, too_long,
+                                        [p["id"] for p in problems])
     return metrics, records
 
 

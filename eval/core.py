@@ -33,9 +33,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rlreason.data import INTERNAL_COLUMNS, prompt_messages
-from rlreason.eval.code import CodeScoring, code_prompts, run_code_suite
+from rlreason.eval.code import CodeScoring, run_code_suite
 from rlreason.eval.metrics import breakdown, code_metrics, maj_at_k, suite_metrics, task_metrics, wilson_interval
-from rlreason.eval.render import BUDGET, budget_record, fit_budget, prompt_ids, render, seed_all
+from rlreason.eval.render import (
+    BUDGET,
+    budget_line,
+    budget_record,
+    fit_budget,
+    generate_within,
+    prompt_ids,
+    render,
+    seed_all,
+)
 from rlreason.eval.suites import (
     SUITES,
     TEMPLATES,
@@ -511,7 +520,7 @@ def run_suite(
         return run_code_suite(engine, tokenizer, suite, protocol, code, allow_hub, context)
     problems, template, prompts, ids = suite_prompts(tokenizer, suite, protocol, allow_hub)
     lengths = [len(i) for i in ids]
-    budget = fit_budget(protocol.max_tokens, lengths, None if tools else context, f"suite {suite.name!r}")
+    budget, too_long = fit_budget(protocol.max_tokens, lengths, None if tools else context)
     sampling = dataclasses.replace(protocol.sampling(), max_tokens=budget)
     seed_all(protocol.seed)
     if tools is not None and problems:
@@ -524,7 +533,7 @@ def run_suite(
                                                 sampling)
         prompts = [tokenizer.decode(rollout_ids[i * protocol.n]) for i in range(len(problems))]
     else:
-        groups = engine.generate(ids, protocol.n, sampling) if problems else []
+        groups = generate_within(engine, ids, protocol.n, sampling, too_long) if problems else []
     # One scorer batch for the whole suite: the workers score chunks of it in parallel.
     texts = [final_text(s) for group in groups for s in group]
     golds = [p["gold"] for p, group in zip(problems, groups, strict=True) for _ in group]
@@ -553,7 +562,8 @@ def run_suite(
     metrics["vote_failures"] = vote_failures
     metrics["template"] = dataclasses.asdict(template)
     if context is not None and tools is None:
-        metrics[BUDGET] = budget_record(protocol.max_tokens, budget, lengths, context)
+        metrics[BUDGET] = budget_record(protocol.max_tokens, budget, lengths, context, too_long,
+                                        [p["id"] for p in problems])
     return metrics, records
 
 
@@ -564,16 +574,6 @@ def suite_prompts(tokenizer: Any, suite: Suite, protocol: EvalProtocol, allow_hu
     problems = load_problems(suite, protocol.limit, allow_hub)
     prompts = [render(p, suite, template, tokenizer, protocol.chat_template) for p in problems]
     return problems, template, prompts, prompt_ids(prompts, tokenizer)
-
-
-def suite_budget(tokenizer: Any, suite: Suite, protocol: EvalProtocol, context: int, allow_hub: bool = True) -> int:
-    """The budget ``suite``'s run will have in ``context`` tokens (``render.fit_budget`` over its
-    prompts, rendered as its run renders them): to check every suite fits before any generates."""
-    if suite.scoring == "code":
-        ids = code_prompts(tokenizer, suite, protocol, allow_hub)[3]
-    else:
-        ids = suite_prompts(tokenizer, suite, protocol, allow_hub)[3]
-    return fit_budget(protocol.max_tokens, [len(i) for i in ids], context, f"suite {suite.name!r}")
 
 
 def _tool_fields(group: Sequence[Sample]) -> dict[str, list]:
@@ -614,8 +614,10 @@ def evaluate_suites(
             (``rlreason.eval.code.CodeScoring``; None: its defaults, bubblewrap).
         context: the tokens the model holds (prompt and completion; the CLI's ``context_length``):
             each suite's budget is capped at it minus its longest prompt (``render.fit_budget``;
-            a prompt that leaves no room is a ValueError) and its config records
-            ``max_tokens``, ``max_tokens_effective``, ``context_length``, ``longest_prompt_tokens``.
+            a prompt as long as the context is not generated and scored wrong), its config
+            records ``max_tokens``, ``max_tokens_effective``, ``context_length``,
+            ``longest_prompt_tokens`` and ``prompts_too_long`` (their ids) and ``log`` gets a line
+            when the budget was capped or prompts did not fit.
             None: no cap (the trainer's, whose budget fits its context by construction).
 
     Returns:
@@ -640,10 +642,15 @@ def evaluate_suites(
     for suite in resolved:
         start = time.perf_counter()
         metrics, records = run_suite(engine, tokenizer, suite, protocol, scorer, allow_hub, tools, code, context)
-        out["config"]["suites"][suite.name].update(metrics.pop(BUDGET, {}))
+        budget = metrics.pop(BUDGET, None)
         metrics["seconds"] = time.perf_counter() - start
         out["suites"][suite.name] = metrics
         out["problems"][suite.name] = records
+        if budget is not None:
+            out["config"]["suites"][suite.name].update(budget)
+            line = budget_line(suite.name, budget)
+            if line is not None and log is not None:
+                log(line)
         if log is not None:
             log(f"{suite.name}: pass@1 {metrics.get('pass@1', float('nan')):.4f} on {metrics['problems']} problems "
                 f"x {metrics['n_samples']} samples ({metrics['seconds']:.1f}s)")
@@ -724,10 +731,14 @@ def run_task(engine: RolloutEngine, rows: Sequence[dict], scorer: RewardRunner, 
     _check_scorer(scorer, None, "task_scorer(reward_funcs)")
     rows = list(rows)
     lengths = [len(r["prompt_ids"]) for r in rows]
-    budget = fit_budget(protocol.max_tokens, lengths, None if tools else context, f"task {name!r}")
+    budget, too_long = fit_budget(protocol.max_tokens, lengths, None if tools else context)
     seed_all(protocol.seed)
     sampling = dataclasses.replace(protocol.sampling(), max_tokens=budget)
-    groups, prompts = _generate(engine, rows, protocol.n, sampling, tools) if rows else ([], None)
+    if tools is None:
+        groups = generate_within(engine, [r["prompt_ids"] for r in rows], protocol.n, sampling, too_long)
+        prompts = None
+    else:
+        groups, prompts = _generate(engine, rows, protocol.n, sampling, tools) if rows else ([], None)
     scored = score_samples(scorer, rows, groups, prompt_column=prompt_column, plain_text=plain_text, prompts=prompts)
     values = {fn: [_value(v) for v in t.tolist()] for fn, t in scored.per_func.items()}
     failed = scored.failed.tolist() if scored.failed is not None else [False] * len(scored.total)
@@ -749,7 +760,8 @@ def run_task(engine: RolloutEngine, rows: Sequence[dict], scorer: RewardRunner, 
         })
     metrics = task_metrics(records, protocol.ks)
     if context is not None and tools is None:
-        metrics[BUDGET] = budget_record(protocol.max_tokens, budget, lengths, context)
+        metrics[BUDGET] = budget_record(protocol.max_tokens, budget, lengths, context, too_long,
+                                        list(range(len(rows))))
     return metrics, records
 
 

@@ -122,7 +122,7 @@ def test_open_r1_reaches_the_engine_with_the_budget_capped_at_the_context(tiny_p
     suite = results["config"]["suites"]["arith"]
     assert suite["max_tokens_effective"] == engine.calls[0][2].max_tokens and suite["context_length"] == context
     err = capsys.readouterr().err
-    assert f"arith: max_tokens 32768 capped at {suite['max_tokens_effective']}: the model's context is {context}" in err
+    assert f"arith: max_tokens 32768 capped at {suite['max_tokens_effective']} (the model's context is {context}" in err
 
 
 def test_a_yaml_protocol_is_applied_and_recorded_and_flags_override_it(tiny_path, tmp_path, recorded):
@@ -165,32 +165,41 @@ def test_a_bad_yaml_protocol_is_one_error_line_naming_the_file_and_the_key(tmp_p
 
 
 def test_fit_budget():
-    assert fit_budget(32768, [10, 30], 192, "suite 'x'") == 162
-    assert fit_budget(100, [10, 30], 192, "suite 'x'") == 100
-    assert fit_budget(32768, [10, 30], None, "suite 'x'") == 32768
-    with pytest.raises(ValueError, match=r"^suite 'x': problem 1's prompt is 192 tokens and the model's context 192: "
-                                         r"no room to generate"):
-        fit_budget(5, [10, 192, 3], 192, "suite 'x'")
+    assert fit_budget(32768, [10, 30], 192) == (162, [])
+    assert fit_budget(100, [10, 30], 192) == (100, [])
+    assert fit_budget(32768, [10, 30], None) == (32768, [])
+    assert fit_budget(5000, [10, 192, 3, 200], 192) == (182, [1, 3])  # the longest prompt that fits sets it
+    assert fit_budget(64, [192, 300], 192) == (64, [0, 1])
 
 
-def test_a_prompt_longer_than_the_context_is_one_error_line_before_any_generation(tiny_path, tmp_path, recorded,
-                                                                                 capsys):
-    (tmp_path / "long.jsonl").write_text(json.dumps({"problem": "1+2+" * 60 + "3", "answer": "123"}) + "\n"
+def test_a_prompt_as_long_as_the_context_is_not_generated_and_scored_wrong(tiny_path, tmp_path, recorded, capsys):
+    long = "1+2+" * 60 + "3"
+    (tmp_path / "long.jsonl").write_text(json.dumps({"problem": long, "answer": "123"}) + "\n"
                                          + json.dumps({"problem": "1+1", "answer": "2"}) + "\n")
     (tmp_path / "suites.yaml").write_text("suites:\n  - name: long\n    local_path: long.jsonl\n")
-    with pytest.raises(SystemExit) as stop:
-        _main(["--model", str(tiny_path), "--suite-file", str(tmp_path / "suites.yaml"), "--suites", "arith,long",
-               "--limit", "2", "--template", "plain"])
-    assert stop.value.code == 1
-    [engine] = recorded
-    assert engine.calls == []  # not even arith, listed first, generated
+    results = _main(["--model", str(tiny_path), "--suite-file", str(tmp_path / "suites.yaml"), "--suites", "long",
+                     "--template", "plain", "--max-tokens", "500"])
     tok = AutoTokenizer.from_pretrained(tiny_path)
-    length = len(tok(tok.apply_chat_template([{"role": "user", "content": "1+2+" * 60 + "3"}], tokenize=False,
-                                             add_generation_prompt=True), add_special_tokens=False)["input_ids"])
-    err = capsys.readouterr().err.splitlines()
-    assert err[-1] == (f"error: suite 'long': problem 0's prompt is {length} tokens and the model's context 192: no "
-                       f"room to generate; shorten the prompts (--template, --limit) or use a model with a longer "
-                       f"context")
+
+    def length(text):
+        return len(tok(tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                               add_generation_prompt=True), add_special_tokens=False)["input_ids"])
+
+    assert length(long) > 192 > length("1+1")
+    [engine] = recorded
+    [(prompts, n, sampling)] = engine.calls  # only the problem that fits was generated
+    assert [len(p) for p in prompts] == [length("1+1")] and sampling.max_tokens == 192 - length("1+1")
+    first, second = results["problems"]["long"]
+    assert (first["completions"], first["correct"], first["truncated"], first["lengths"]) == ([""], [False], [True],
+                                                                                              [0])
+    assert second["completions"][0] != ""
+    config = results["config"]["suites"]["long"]
+    assert (config["prompts_too_long"], config["longest_prompt_tokens"], config["max_tokens"]) == \
+        ([0], length(long), 500)
+    assert results["suites"]["long"]["problems"] == 2  # it still counts: wrong
+    assert (f"long: max_tokens 500 capped at {192 - length('1+1')} (the model's context is 192 tokens, the longest "
+            f"prompt that fits {length('1+1')}); 1 prompts as long as the context (the longest {length(long)} "
+            f"tokens) not generated, scored wrong") in capsys.readouterr().err.splitlines()
 
 
 def test_missing_suite_data_is_one_line_before_the_model_loads(tmp_path, monkeypatch, capsys):
