@@ -563,22 +563,32 @@ def _run_task(engine: Any, rows: list[dict], scorer: Any, protocol: Any, args: a
     """The ``--data`` task run and timed, shaped as ``evaluate_suites``' results (its config under
     ``config["suites"][name]``: the file, the prompt column, the rewards and how they were run)."""
     from rlreason.eval.core import run_task
-    from rlreason.eval.render import BUDGET, budget_line
 
     start = time.perf_counter()
     metrics, records = run_task(engine, rows, scorer, protocol, name=name, prompt_column=args.prompt_column,
                                 plain_text=args.rewards_plain_text, tools=tools, context=context)
-    budget = metrics.pop(BUDGET, {})
-    if budget and budget_line(name, budget):
-        print(budget_line(name, budget), file=sys.stderr)
-    metrics["seconds"] = time.perf_counter() - start
-    print(f"{name}: pass@1 {metrics.get('pass@1', float('nan')):.4f}, mean reward {metrics.get('mean_reward')} on "
-          f"{metrics['problems']} problems x {metrics['n_samples']} samples ({metrics['seconds']:.1f}s)",
-          file=sys.stderr)
+    budget = _task_done(name, metrics, start)
     described = {"data": args.data, "prompt_column": args.prompt_column, "rewards": args.reward or ["accuracy"],
                  "rewards_plain_text": args.rewards_plain_text, "scoring": scorer.settings(), **budget}
     return {"config": {"protocol": protocol.to_dict(), "suites": {name: described}},
             "suites": {name: metrics}, "problems": {name: records}}
+
+
+def _task_done(name: str, metrics: dict[str, Any], start: float) -> dict[str, Any]:
+    """A task's run finished (``--data``'s or a reward suite's): its time in ``metrics``, its lines on
+    stderr (the capped budget, if it was; pass@1 and the mean reward). -> the budget record taken out of
+    ``metrics``, for the suite's config."""
+    from rlreason.eval.render import BUDGET, budget_line
+
+    budget = metrics.pop(BUDGET, {})
+    line = budget_line(name, budget) if budget else None
+    if line:
+        print(line, file=sys.stderr)
+    metrics["seconds"] = time.perf_counter() - start
+    print(f"{name}: pass@1 {metrics.get('pass@1', float('nan')):.4f}, mean reward {metrics.get('mean_reward')} on "
+          f"{metrics['problems']} problems x {metrics['n_samples']} samples ({metrics['seconds']:.1f}s)",
+          file=sys.stderr)
+    return budget
 
 
 def _run_reward_suite(engine: Any, suite: Any, rows: list[dict], scorer: Any, protocol: Any, tools: Any = None,
@@ -587,15 +597,10 @@ def _run_reward_suite(engine: Any, suite: Any, rows: list[dict], scorer: Any, pr
     results: its config is the suite's definition (``reward_funcs`` as resolved: a file's full path),
     how its rewards were run (``reward_runner``) and its budget where capped."""
     from rlreason.eval.core import run_reward_suite
-    from rlreason.eval.render import BUDGET
 
     start = time.perf_counter()
     metrics, records = run_reward_suite(engine, suite, rows, scorer, protocol, tools, context)
-    budget = metrics.pop(BUDGET, {})
-    metrics["seconds"] = time.perf_counter() - start
-    print(f"{suite.name}: pass@1 {metrics.get('pass@1', float('nan')):.4f}, mean reward {metrics.get('mean_reward')} "
-          f"on {metrics['problems']} problems x {metrics['n_samples']} samples ({metrics['seconds']:.1f}s)",
-          file=sys.stderr)
+    budget = _task_done(suite.name, metrics, start)
     described = {**suite.describe(), "reward_runner": scorer.settings(), **budget}
     return {"config": {"protocol": protocol.to_dict(), "suites": {suite.name: described}},
             "suites": {suite.name: metrics}, "problems": {suite.name: records}}
