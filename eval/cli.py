@@ -3,23 +3,31 @@ with your own rewards, or compare two results files.
 
     python -m rlreason.eval --model PATH --suites math500,gsm8k --n 4 --k 1,4 --limit 50 --out results/
     python -m rlreason.eval --model PATH --data countdown.jsonl --reward my_rewards.py:countdown --out results/
-    python -m rlreason.eval --compare a/results.json b/results.json
+    python -m rlreason.eval --model PATH --suite-file docs/examples/countdown/countdown.yaml --suites countdown,math500
+    python -m rlreason.eval --compare results_a/ results_b/          (or two results_<date>.json files)
     python -m rlreason.eval --model run/final_model --data mul.jsonl --tools rlreason.data.tasks.mul:multiply
     python -m rlreason.eval --model PATH --suites humaneval --n 10 --k 1,5,10 --temperature 0.8 --out results/
 
 A code suite (humaneval) runs each completion's program with the problem's tests in the sandbox
 (bubblewrap; ``--sandbox``, ``--code-timeout-s``, ``--code-memory-mb``, ``--code-workers``): pass@k
-of the programs, and each program, run status and stderr tail in problems.jsonl.
+of the programs, and each program, run status and stderr tail in the per-sample details.
 
 With ``--tools`` / ``--environment-factory`` (named like the training config's ``tools`` and
 ``environment_factory``) every completion is a multi-turn exchange in which the model may call them,
 run isolated as in training (``--tool-timeout-s``, ``--tool-memory-mb``, ...): suites score the
-exchange's final answer (pass@k, maj@k), ``--reward`` gets the whole exchange, and problems.jsonl
-keeps each exchange's messages.
+exchange's final answer (pass@k, maj@k), ``--reward`` gets the whole exchange, and the per-sample
+details keep each exchange's messages.
 
 With ``--data`` the problems are rendered and the completions scored as training renders and scores
 them: each ``--reward`` is called with every column of the file, a sample is correct when the first
-reward gives it >= 1.0, and the results are written as a suite's (named after the file).
+reward gives it >= 1.0, and the results are written as a suite's (named after the file). A suite
+file's ``scoring: reward`` suite is such a task declared once and named like a benchmark: its file,
+prompt column and ``reward_funcs`` (docs/evaluation.md, "Suites scored by a reward").
+
+``--out DIR`` writes lighteval's layout, never overwriting an earlier run (rlreason.eval.report):
+``DIR/results/<model>/results_<date_id>.json`` (metrics with ``_stderr``, the "all" row, the config),
+``DIR/details/<model>/<date_id>/`` (per suite, lighteval's per-sample details parquet and the full
+records as ``samples_<task>_<date_id>.jsonl``) and ``DIR/results.md`` (each run's tables, appended).
 """
 
 from __future__ import annotations
@@ -58,7 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rewards_plain_text", "--rewards-plain-text", action="store_true",
                    help="--data: pass prompts and completions to the rewards as plain text, as the training config "
                         "key rewards_plain_text does")
-    p.add_argument("--suite-file", action="append", default=[], help="YAML file defining more suites (repeatable)")
+    p.add_argument("--suite-file", action="append", default=[],
+                   help="YAML file defining more suites (repeatable); 'scoring: reward' with 'reward_funcs' scores a "
+                        "suite of any task with rewards")
     p.add_argument("--limit", type=int, default=None, help="first N problems of each suite")
     # The sampling and prompt flags default to None, "not given": a given flag overrides --protocol's value,
     # and the defaults named in the help apply only where neither sets one (build_protocol).
@@ -123,8 +133,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default="auto", help="hf engine: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
     p.add_argument("--batch-prompts", type=int, default=64, help="hf engine: prompts per generate() call")
     p.add_argument("--no-hub", action="store_true", help="never download a suite from the hub")
-    p.add_argument("--out", default=None, help="folder for results.json, problems.jsonl and results.md")
-    p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="print two results files side by side and exit")
+    p.add_argument("--out", default=None,
+                   help="folder for the results (lighteval's layout: results/<model>/results_<date_id>.json, "
+                        "details/<model>/<date_id>/, results.md), never overwriting an earlier run's")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                   help="print two runs side by side and exit: results files, or --out folders (their newest run)")
     args = p.parse_args(argv)
     if not args.compare and not args.model:
         p.error("--model is required (or use --compare A B)")
@@ -255,6 +268,23 @@ def load_task(args: argparse.Namespace) -> tuple[str, Any, list]:
         funcs.append(fn)
     name = Path(args.data.rstrip("/")).stem or "data"
     return name, data, funcs
+
+
+def reward_suites(args: argparse.Namespace, names: list[str], protocol: Any) -> dict[str, tuple[Any, list]]:
+    """The suites of ``names`` scored by rewards (``scoring: reward``), checked before any model loads:
+    ``{name: (its rows, its reward functions)}`` (``rlreason.eval.core.reward_suite_data``: the data
+    read, the rewards built and checked against its columns). Errors name ``--suites`` and the suite."""
+    from rlreason.eval.core import reward_suite_data
+
+    out = {}
+    for name in names:
+        suite = get_suite(name)
+        if suite.scoring == "reward":
+            try:
+                out[name] = reward_suite_data(suite, protocol.limit, allow_hub=not args.no_hub)
+            except ValueError as e:
+                raise ValueError(f"--suites {name}: {e}") from None
+    return out
 
 
 def build_task_scorer(args: argparse.Namespace, funcs: list):
@@ -422,10 +452,12 @@ def build_engine(args: argparse.Namespace, model_path: str) -> tuple[Any, Any]:
 
 
 def run_compare(a_path: str, b_path: str) -> str:
-    from rlreason.eval.report import compare_table, config_differences
+    """Two runs side by side: each a results file or an ``--out`` folder (its newest results file;
+    an old-style results.json is read too)."""
+    from rlreason.eval.report import compare_table, config_differences, newest_results_file, read_results
 
-    a, b = (json.loads(Path(p).read_text()) for p in (a_path, b_path))
-    lines = [f"A = {a_path}", f"B = {b_path}"]
+    a, b = (read_results(p)["rlreason"] for p in (a_path, b_path))
+    lines = [f"A = {newest_results_file(a_path)}", f"B = {newest_results_file(b_path)}"]
     diffs = config_differences(a, b)
     if diffs:
         lines.append("protocol differs: " + "; ".join(diffs))
@@ -435,11 +467,12 @@ def run_compare(a_path: str, b_path: str) -> str:
 
 def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
+    start_time = time.time()  # the results' config_general.start_time
     if args.compare:
         print(run_compare(*args.compare))
         return None
-    from rlreason.eval.core import evaluate_suites, task_rows
-    from rlreason.eval.report import markdown_table, write_results
+    from rlreason.eval.core import evaluate_suites, reward_suite_rows, task_rows
+    from rlreason.eval.report import results_model_name, run_table, write_results
 
     names = [s.strip() for s in args.suites.split(",") if s.strip()]
     task = None
@@ -461,6 +494,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             names.insert(0, task[0])  # scored first
         protocol = build_protocol(args)
         args.seed = protocol.seed  # the resolved seed (flag, protocol or default), the vLLM engine's too
+        rewarded = reward_suites(args, names[1:] if task else names, protocol)
         code = code_scoring(args, names[1:] if task else names)
         loaded_tools = load_tools(args) if uses_tools(args) else None
     results: dict[str, Any] = {"config": {"suites": {}}, "suites": {}, "problems": {}}
@@ -475,9 +509,12 @@ def main(argv: list[str] | None = None) -> dict | None:
                 # Built before the engine: a "fork" runner forks this process, best while it is small
                 # and has no engine threads yet.
                 with contextlib.ExitStack() as stack:
-                    suites = names[1:] if task else names
+                    suites = [name for name in (names[1:] if task else names) if name not in rewarded]
                     scorer = stack.enter_context(build_scorer(args)) if suites else None
                     own = stack.enter_context(build_task_scorer(args, task[2])) if task else None
+                    # each reward suite's runner over its own rewards, built here too: before the engine
+                    owns = {name: stack.enter_context(build_task_scorer(args, funcs))
+                            for name, (_, funcs) in rewarded.items()}
                     with clean_start():
                         executor = stack.enter_context(build_tools(args, *loaded_tools)) if loaded_tools else None
                         engine, tokenizer = build_engine(args, model_path)
@@ -487,10 +524,15 @@ def main(argv: list[str] | None = None) -> dict | None:
                         context = None if executor else known_context(engine, model_path)
                         rows = task_rows(task[1], tokenizer, protocol, prompt_column=args.prompt_column,
                                          source=f"--data {args.data!r}") if task else []
+                        suite_rows = {name: reward_suite_rows(get_suite(name), data, tokenizer, protocol)
+                                      for name, (data, _) in rewarded.items()}
                         tools = tool_rollouts(args, executor, tokenizer, engine, model_path) if executor else None
                     for name in names:  # one at a time: a stop keeps the suites already scored
                         if task and name == task[0]:
                             done = _run_task(engine, rows, own, protocol, args, name, tools, context)
+                        elif name in rewarded:
+                            done = _run_reward_suite(engine, get_suite(name), suite_rows[name], owns[name], protocol,
+                                                     tools, context)
                         else:
                             done = evaluate_suites(engine, tokenizer, [name], protocol, scorer=scorer,
                                                    allow_hub=not args.no_hub,
@@ -507,7 +549,8 @@ def main(argv: list[str] | None = None) -> dict | None:
             if not results["suites"]:
                 return results
     extra = {"model": args.model, "model_path": model_path, "engine": args.engine,
-             "engine_kwargs": json.loads(args.engine_kwargs), "dtype": args.dtype, "argv": argv or sys.argv[1:]}
+             "engine_kwargs": json.loads(args.engine_kwargs), "dtype": args.dtype, "argv": argv or sys.argv[1:],
+             "start_time": start_time}
     if any(get_suite(name).scoring == "code" for name in (names[1:] if task else names)):
         extra["code_scoring"] = code.to_dict()
     if uses_tools(args):
@@ -516,14 +559,11 @@ def main(argv: list[str] | None = None) -> dict | None:
                           "tool_timeout_s": args.tool_timeout_s, "tool_memory_mb": args.tool_memory_mb,
                           "tool_max_output_chars": args.tool_max_output_chars,
                           "tool_isolation": args.tool_isolation}
-    table = markdown_table(results["suites"])
-    if "interrupted" in results["config"]:
-        stop = results["config"]["interrupted"]
-        table += f"\n\nstopped by {stop['signal']}: not evaluated: {', '.join(stop['suites_not_done'])}"
+    table = run_table(results)
     if args.out:
-        paths = write_results(results, args.out, extra)
-        (Path(args.out) / "results.md").write_text(table + "\n")  # the table, next to the numbers it shows
-        print(f"wrote {paths['results']}, {paths['problems']} and results.md", file=sys.stderr)
+        paths = write_results(results, args.out, extra, model_name=results_model_name(args.model))
+        print(f"wrote {paths['results']}, the per-sample details under {Path(args.out) / 'details'} and the tables "
+              f"in {paths['markdown']}", file=sys.stderr)
     print(table)
     return results
 
@@ -533,22 +573,47 @@ def _run_task(engine: Any, rows: list[dict], scorer: Any, protocol: Any, args: a
     """The ``--data`` task run and timed, shaped as ``evaluate_suites``' results (its config under
     ``config["suites"][name]``: the file, the prompt column, the rewards and how they were run)."""
     from rlreason.eval.core import run_task
-    from rlreason.eval.render import BUDGET, budget_line
 
     start = time.perf_counter()
     metrics, records = run_task(engine, rows, scorer, protocol, name=name, prompt_column=args.prompt_column,
                                 plain_text=args.rewards_plain_text, tools=tools, context=context)
-    budget = metrics.pop(BUDGET, {})
-    if budget and budget_line(name, budget):
-        print(budget_line(name, budget), file=sys.stderr)
-    metrics["seconds"] = time.perf_counter() - start
-    print(f"{name}: pass@1 {metrics.get('pass@1', float('nan')):.4f}, mean reward {metrics.get('mean_reward')} on "
-          f"{metrics['problems']} problems x {metrics['n_samples']} samples ({metrics['seconds']:.1f}s)",
-          file=sys.stderr)
+    budget = _task_done(name, metrics, start)
     described = {"data": args.data, "prompt_column": args.prompt_column, "rewards": args.reward or ["accuracy"],
                  "rewards_plain_text": args.rewards_plain_text, "scoring": scorer.settings(), **budget}
     return {"config": {"protocol": protocol.to_dict(), "suites": {name: described}},
             "suites": {name: metrics}, "problems": {name: records}}
+
+
+def _task_done(name: str, metrics: dict[str, Any], start: float) -> dict[str, Any]:
+    """A task's run finished (``--data``'s or a reward suite's): its time in ``metrics``, its lines on
+    stderr (the capped budget, if it was; pass@1 and the mean reward). -> the budget record taken out of
+    ``metrics``, for the suite's config."""
+    from rlreason.eval.render import BUDGET, budget_line
+
+    budget = metrics.pop(BUDGET, {})
+    line = budget_line(name, budget) if budget else None
+    if line:
+        print(line, file=sys.stderr)
+    metrics["seconds"] = time.perf_counter() - start
+    print(f"{name}: pass@1 {metrics.get('pass@1', float('nan')):.4f}, mean reward {metrics.get('mean_reward')} on "
+          f"{metrics['problems']} problems x {metrics['n_samples']} samples ({metrics['seconds']:.1f}s)",
+          file=sys.stderr)
+    return budget
+
+
+def _run_reward_suite(engine: Any, suite: Any, rows: list[dict], scorer: Any, protocol: Any, tools: Any = None,
+                      context: int | None = None) -> dict[str, Any]:
+    """A reward suite run (``rlreason.eval.core.run_reward_suite``) and timed, shaped as ``_run_task``'s
+    results: its config is the suite's definition (``reward_funcs`` as resolved: a file's full path),
+    how its rewards were run (``reward_runner``) and its budget where capped."""
+    from rlreason.eval.core import run_reward_suite
+
+    start = time.perf_counter()
+    metrics, records = run_reward_suite(engine, suite, rows, scorer, protocol, tools, context)
+    budget = _task_done(suite.name, metrics, start)
+    described = {**suite.describe(), "reward_runner": scorer.settings(), **budget}
+    return {"config": {"protocol": protocol.to_dict(), "suites": {suite.name: described}},
+            "suites": {suite.name: metrics}, "problems": {suite.name: records}}
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from typing import Any
 
 from rlreason.data import INTERNAL_COLUMNS, prompt_messages
 from rlreason.eval.code import CodeScoring, run_code_suite
-from rlreason.eval.metrics import breakdown, code_metrics, suite_metrics, task_metrics, wilson_interval
+from rlreason.eval.metrics import breakdown, code_metrics, maj_at_k, suite_metrics, task_metrics, wilson_interval
 from rlreason.eval.render import (
     BUDGET,
     budget_line,
@@ -45,7 +45,16 @@ from rlreason.eval.render import (
     render,
     seed_all,
 )
-from rlreason.eval.suites import SUITES, TEMPLATES, Suite, Template, get_suite, get_template, load_problems
+from rlreason.eval.suites import (
+    SUITES,
+    TEMPLATES,
+    Suite,
+    Template,
+    get_suite,
+    get_template,
+    load_problems,
+    load_rows,
+)
 from rlreason.rewards import completion_text
 from rlreason.rewards.format import format_reward
 from rlreason.rewards.math import RULES, extract_answer, verify
@@ -494,12 +503,16 @@ def run_suite(
 
     A record: ``{"suite", "index", "id", "subject", "level", "prompt", "gold", "completions",
     "answers", "correct", "formatted", "lengths", "truncated", "gold_unparseable",
-    "score_failures"}``; a completion whose scoring failed has answer None, is wrong and
-    unformatted, and counts in ``score_failures``. With ``tools`` (module docstring) each
+    "score_failures", "maj"}`` (``maj``: the problem's ``{"maj@k": 0.0 or 1.0}`` for each k <= n);
+    a completion whose scoring failed has answer None, is wrong and unformatted, and counts in
+    ``score_failures``. With ``tools`` (module docstring) each
     completion is a tool exchange: its final answer is scored, the record's ``prompt`` is the
     first rollout's (rendered with its tools) and it adds ``messages`` (each exchange) and
     ``tool_calls`` / ``tool_failures`` (per completion).
     """
+    if suite.scoring == "reward":
+        raise ValueError(f"suite {suite.name!r} is scored by its reward_funcs: run it with run_reward_suite (its "
+                         f"own task_scorer), as the eval CLI does")
     if suite.scoring == "code":
         if tools is not None:
             raise ValueError(f"suite {suite.name!r} is a code suite: its programs are checked by running them, "
@@ -542,6 +555,9 @@ def run_suite(
             **(_tool_fields(group) if tools is not None else {}),
         })
     same, vote_failures = vote_table(scorer, records, protocol)
+    for r in records:  # each problem's maj@k: the results' per-sample details and the maj@k stderr need them
+        r["maj"] = {f"maj@{k}": maj_at_k(r["answers"], r["correct"], k, same)
+                    for k in sorted(set(protocol.ks)) if 1 <= k <= protocol.n}
     metrics = summarize(records, protocol.ks, same)
     metrics["vote_failures"] = vote_failures
     metrics["template"] = dataclasses.asdict(template)
@@ -678,11 +694,11 @@ def flat_metrics(results: dict[str, Any], prefix: str = "eval") -> dict[str, flo
 
 
 def task_rows(data: Any, tokenizer: Any, protocol: EvalProtocol, *, prompt_column: str = "prompt",
-              source: str = "the dataset") -> list[dict]:
+              source: str = "the dataset", suite: Suite | None = None) -> list[dict]:
     """A task's problems (a ``datasets.Dataset``, its first ``protocol.limit`` rows) rendered and
     tokenized as training renders them (``rlreason.data.prepare``, with the protocol's template,
-    system prompt and chat-template setting): the rows :func:`run_task` takes. Errors name
-    ``source``."""
+    system prompt and chat-template setting; ``suite``: a reward suite's default template, else
+    ``plain``): the rows :func:`run_task` takes. Errors name ``source``."""
     from rlreason.data import prepare
 
     if protocol.limit is not None and protocol.limit < len(data):
@@ -690,7 +706,7 @@ def task_rows(data: Any, tokenizer: Any, protocol: EvalProtocol, *, prompt_colum
     has_chat = bool(getattr(tokenizer, "chat_template", None))
     if protocol.chat_template == "on" and not has_chat:
         raise ValueError("chat_template='on' but the tokenizer has no chat template")
-    template = protocol.template_for(None)
+    template = protocol.template_for(suite)
     return list(prepare(data, prompt_column=prompt_column, answer_column=None, tokenizer=tokenizer,
                         use_chat_template=protocol.chat_template != "off", template=template.user,
                         system_prompt=template.system, source=source))
@@ -746,6 +762,55 @@ def run_task(engine: RolloutEngine, rows: Sequence[dict], scorer: RewardRunner, 
     if context is not None and tools is None:
         metrics[BUDGET] = budget_record(protocol.max_tokens, budget, lengths, context, too_long,
                                         list(range(len(rows))))
+    return metrics, records
+
+
+def reward_suite_data(suite: Suite, limit: int | None = None, allow_hub: bool = True) -> tuple[Any, list[Callable]]:
+    """A reward suite (``scoring: reward``) checked before any model loads: (its first ``limit`` rows as
+    a ``datasets.Dataset``, its ``reward_funcs`` built and checked against the rows' columns, as
+    training checks its rewards against a dataset's). Errors (ValueError, FileNotFoundError) name the
+    suite and the key or column at fault."""
+    import datasets
+
+    from rlreason.rewards.registry import RewardSpecError, build_rewards
+    from rlreason.rewards.runner import RESERVED_ARGUMENTS
+
+    rows = load_rows(suite, limit, allow_hub)
+    data = datasets.Dataset.from_list(rows)
+    if rows and suite.problem_column not in data.column_names:
+        raise ValueError(f"suite {suite.name!r}: problem_column {suite.problem_column!r} is no column of its data; "
+                         f"its columns are {', '.join(data.column_names)}")
+    columns = set(data.column_names) - {suite.problem_column, *INTERNAL_COLUMNS}
+    taken = sorted(columns & set(RESERVED_ARGUMENTS))
+    if taken:
+        raise ValueError(f"suite {suite.name!r}: column {taken[0]!r} has the name of an argument every reward "
+                         f"receives ({', '.join(RESERVED_ARGUMENTS)}); rename it")
+    try:
+        funcs, _ = build_rewards(list(suite.reward_funcs), columns=columns | {"completion_ids"})
+    except RewardSpecError as e:
+        raise ValueError(f"suite {suite.name!r}: {e}") from None
+    return data, funcs
+
+
+def reward_suite_rows(suite: Suite, data: Any, tokenizer: Any, protocol: EvalProtocol) -> list[dict]:
+    """A reward suite's problems (``data``, as :func:`reward_suite_data` gives it) rendered as a task's
+    (:func:`task_rows`) with the suite's template: the rows :func:`run_reward_suite` takes."""
+    return task_rows(data, tokenizer, protocol, prompt_column=suite.problem_column, source=f"suite {suite.name!r}",
+                     suite=suite)
+
+
+def run_reward_suite(engine: RolloutEngine, suite: Suite, rows: Sequence[dict], scorer: RewardRunner,
+                     protocol: EvalProtocol, tools: ToolRollouts | None = None, context: int | None = None
+                     ) -> tuple[dict[str, Any], list[dict]]:
+    """A reward suite run as a task of the user's (:func:`run_task`): ``rows`` as
+    :func:`reward_suite_rows` makes them, ``scorer`` the runner over its rewards (``task_scorer(funcs)``,
+    ``funcs`` from :func:`reward_suite_data`); ``context`` as :func:`run_task`'s. -> (metrics, records)
+    as :func:`run_task`'s, each record's ``id`` the id column's value when the suite names one."""
+    metrics, records = run_task(engine, rows, scorer, protocol, name=suite.name, prompt_column=suite.problem_column,
+                                tools=tools, context=context)
+    if suite.id_column:
+        for record in records:
+            record["id"] = record["columns"].get(suite.id_column, record["index"])
     return metrics, records
 
 
@@ -807,6 +872,9 @@ __all__ = [
     "HELDOUT_METRICS",
     "HELDOUT_SUMS",
     "heldout_metrics",
+    "reward_suite_data",
+    "reward_suite_rows",
+    "run_reward_suite",
     "run_task",
     "score_samples",
     "task_rows",

@@ -14,6 +14,17 @@ Add a suite with :func:`register_suite` or a YAML file (:func:`load_suite_file`)
         problem_column: question
         answer_column: answer
         gold_format: plain
+
+A suite of any task is scored by reward functions instead (``scoring: reward``): the training
+config's ``reward_funcs`` entries, called as training calls them, every column of the file passed
+(``rlreason.eval.core.run_reward_suite``; docs/evaluation.md, "Suites scored by a reward")::
+
+    suites:
+      - name: countdown
+        local_path: countdown_test.jsonl
+        problem_column: prompt
+        scoring: reward
+        reward_funcs: [countdown_reward.py:countdown]   # a file relative to the YAML file, as local_path
 """
 
 from __future__ import annotations
@@ -33,6 +44,8 @@ from rlreason.rewards.math import extract_answer, gsm8k_gold
 ARITH_EVAL_SEED = 12345
 
 GoldFormat = Literal["plain", "gsm8k", "boxed_solution", "list"]
+Scoring = Literal["answer", "code", "reward"]
+SCORINGS: tuple[str, ...] = ("answer", "code", "reward")
 GOLD_FORMATS: tuple[str, ...] = ("plain", "gsm8k", "boxed_solution", "list")
 REPO = Path(__file__).resolve().parents[1]
 
@@ -140,7 +153,10 @@ class Suite:
     ``scoring``: ``"answer"`` (an answer extracted and verified against the gold) or ``"code"``
     (HumanEval's form: the model writes a program from ``problem_column``, the function's
     signature and docstring, and it is run in the sandbox with the row's ``test`` code and
-    ``check(<entry_point>)``, both columns; rlreason.eval.code).
+    ``check(<entry_point>)``, both columns; rlreason.eval.code) or ``"reward"`` (any task: the
+    ``reward_funcs``, entries as the training config's ``reward_funcs``, score each completion with
+    every column of the row, a sample correct when the first gives it >= 1.0, as the eval CLI's
+    ``--data``/``--reward``; the answer and gold columns are not used; rlreason.eval.core.run_reward_suite).
     """
 
     name: str
@@ -157,25 +173,36 @@ class Suite:
     hf_config: str | None = None
     id_column: str | None = None
     generator: Any = None  # Callable[[int], list[dict]] | None; Any keeps the dataclass printable in YAML errors
-    scoring: Literal["answer", "code"] = "answer"
+    scoring: Scoring = "answer"
+    reward_funcs: tuple = ()  # scoring "reward": names, "pkg.module:fn", "path/file.py:fn" or {name, kwargs, weight}
 
     def __post_init__(self) -> None:
-        if self.scoring not in ("answer", "code"):
-            raise ValueError(f"suite {self.name!r}: scoring must be 'answer' or 'code', got {self.scoring!r}")
+        if self.scoring not in SCORINGS:
+            raise ValueError(f"suite {self.name!r}: scoring must be one of {SCORINGS}, got {self.scoring!r}")
+        # a YAML list arrives as a list: stored as a tuple, as the field is declared (the suite is frozen)
+        object.__setattr__(self, "reward_funcs", tuple(self.reward_funcs or ()))
+        if self.scoring == "reward" and not self.reward_funcs:
+            raise ValueError(f"suite {self.name!r}: scoring 'reward' needs reward_funcs, e.g. [accuracy] or "
+                             f"['my_rewards.py:my_reward'] (the first decides what is correct, >= 1.0)")
+        if self.scoring != "reward" and self.reward_funcs:
+            raise ValueError(f"suite {self.name!r}: reward_funcs score a suite with scoring 'reward'; this one's "
+                             f"scoring is {self.scoring!r}")
         if self.gold_format not in GOLD_FORMATS:
             raise ValueError(
                 f"suite {self.name!r}: gold_format must be one of {GOLD_FORMATS}, got {self.gold_format!r}")
         if self.gold_format == "boxed_solution" and not self.solution_column:
             raise ValueError(f"suite {self.name!r}: gold_format 'boxed_solution' needs solution_column")
-        if self.gold_format != "boxed_solution" and not self.answer_column:
+        if self.gold_format != "boxed_solution" and not self.answer_column and self.scoring != "reward":
             raise ValueError(f"suite {self.name!r}: gold_format {self.gold_format!r} needs answer_column")
         if self.generator is None and not (self.local_path or self.hf_id):
             raise ValueError(f"suite {self.name!r}: needs local_path or hf_id")
         get_template(self.default_template)
 
     def describe(self) -> dict[str, Any]:
-        """The suite's definition as plain data (for results files); ``generator`` by name."""
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "generator"}
+        """The suite's definition as plain data (for results files); ``generator`` by name; a reward
+        suite's without the gold's fields, which its rewards do not read."""
+        unused = ("generator", "answer_column", "gold_format") if self.scoring == "reward" else ("generator",)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in unused}
         if self.generator is not None:
             d["generator"] = getattr(self.generator, "__name__", repr(self.generator))
         return d
@@ -245,7 +272,10 @@ def get_suite(name: str) -> Suite:
 def load_suite_file(path: str | Path, overwrite: bool = True) -> list[Suite]:
     """Register the suites of a YAML file: a list of Suite fields, or ``{"suites": [...]}``.
 
-    A relative ``local_path`` is taken relative to the YAML file's folder.
+    A relative ``local_path`` is taken relative to the YAML file's folder, and so is the file of a
+    ``reward_funcs`` entry (``"rewards.py:fn"``): the suite means the same from any working folder. A
+    reward suite's ``default_template`` is ``plain`` (the problem as is, as training renders a
+    dataset's) unless given.
     """
     import yaml
 
@@ -263,8 +293,27 @@ def load_suite_file(path: str | Path, overwrite: bool = True) -> list[Suite]:
                 f"{path}: suite {entry.get('name')!r} has unknown keys {sorted(unknown)}; known: {sorted(known)}")
         if entry.get("local_path") and not Path(entry["local_path"]).is_absolute():
             entry = {**entry, "local_path": str((path.parent / entry["local_path"]).resolve())}
+        if entry.get("scoring") == "reward":
+            entry = {"default_template": "plain", **entry,
+                     "reward_funcs": [spec_relative_to(e, path.parent) for e in entry.get("reward_funcs") or ()]}
         suites.append(register_suite(Suite(**entry), overwrite=overwrite))
     return suites
+
+
+def spec_relative_to(entry: Any, folder: Path) -> Any:
+    """A ``reward_funcs`` entry with a relative file spec (``"rewards.py:fn"``, ``"sub/r.py:fn"``, or a
+    mapping's ``name``) taken relative to ``folder``; names, modules (``pkg.module:fn``) and absolute
+    paths unchanged. A path is told from a module as the reward registry tells them: it ends in
+    ``.py`` or holds a slash."""
+    if isinstance(entry, dict) and "name" in entry:
+        return {**entry, "name": spec_relative_to(entry["name"], folder)}
+    if not isinstance(entry, str) or ":" not in entry.strip(":"):
+        return entry
+    target, attr = entry.rsplit(":", 1)
+    target = target.strip()
+    if not (target.endswith(".py") or "/" in target or "\\" in target) or Path(target).expanduser().is_absolute():
+        return entry
+    return f"{(folder / target).resolve()}:{attr}"
 
 
 # --------------------------------------------------------------------------- loading
