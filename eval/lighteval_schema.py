@@ -104,7 +104,8 @@ def mean_stderr(values: Sequence[float]) -> float:
 
 def task_results(metrics: dict[str, Any], records: Sequence[dict[str, Any]]) -> dict[str, float]:
     """A suite's row of ``results``: each mean metric under its results name, as a float, with its
-    ``_stderr`` where every problem has a value and there are at least two problems."""
+    ``_stderr`` where it is the mean of the per-problem values and there are at least two problems
+    (a reward that gave some samples None has a mean over the scored samples instead: no stderr)."""
     n = metrics.get("n_samples", 0)
     out: dict[str, float] = {}
     for key, value in metrics.items():
@@ -113,7 +114,8 @@ def task_results(metrics: dict[str, Any], records: Sequence[dict[str, Any]]) -> 
             continue
         out[name] = float(value)
         per_problem = [problem_value(r, key) for r in records]
-        if len(per_problem) > 1 and all(v is not None for v in per_problem):
+        if len(per_problem) > 1 and all(v is not None for v in per_problem) \
+                and math.isclose(fmean(per_problem), value, rel_tol=1e-9, abs_tol=1e-12):  # type: ignore[arg-type]
             out[f"{name}_stderr"] = mean_stderr(per_problem)  # type: ignore[arg-type]
     return out
 

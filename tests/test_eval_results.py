@@ -263,6 +263,58 @@ def test_compare_reads_new_files_folders_and_old_results_json(run, tmp_path, cap
     assert "| arith | pass@1 |" in capsys.readouterr().out
 
 
+def test_details_keep_one_column_type_whatever_the_records_hold(tmp_path):
+    """Arrow gives a column one type: golds that are a number in one row and a string in the next,
+    levels that are ints or None, empty lists, rewards that are None, a task's columns and a tool
+    exchange's messages of any shape all go into one parquet per suite, and come back as written
+    (numbers and open-ended values as JSON text)."""
+    common = {"lengths": [3, 4], "truncated": [False, True], "score_failures": 0}
+    answer = [{"suite": "mix", "index": 0, "id": 0, "subject": None, "level": 3, "prompt": "p0", "gold": 27.0,
+               "completions": ["a", "b"], "answers": [None, "27"], "correct": [False, True], "formatted": [False, True],
+               "gold_unparseable": False, "maj": {"maj@2": 0.0}, **common,
+               "messages": [[{"role": "assistant", "content": "x",
+                              "tool_calls": [{"name": "f", "arguments": {"a": 1}}]}], []],
+               "tool_calls": [1, 0], "tool_failures": [0, 0]},
+              {"suite": "mix", "index": 1, "id": "x/1", "subject": "Algebra", "level": None, "prompt": "p1",
+               "gold": "\\frac12", "completions": ["", "c"], "answers": [None, None], "correct": [False, False],
+               "formatted": [False, False], "gold_unparseable": True, "maj": {"maj@2": 0.0}, **common,
+               "messages": [[], [{"role": "tool", "content": "2"}]], "tool_calls": [0, 1], "tool_failures": [0, 1]}]
+    code = [{"suite": "code", "index": i, "id": f"HumanEval/{i}", "prompt": "def f():", "style": "completion",
+             "completions": ["  return 1", ""], "programs": ["def f():  return 1", "def f():"],
+             "statuses": ["ok", "error"], "stderr": ["", "Traceback"], "correct": [True, False],
+             "formatted": [True, True], **common} for i in range(2)]
+    task = [{"suite": "task", "index": 0, "id": 0, "prompt": "q", "columns": {"nums": [1, 2], "answer": 3},
+             "completions": ["a", "b"], "rewards": {"f": [None, 0.5]}, "correct": [False, False],
+             "failed": [True, False], **common},
+            {"suite": "task", "index": 1, "id": 1, "prompt": "r", "columns": {"nums": [], "answer": "x"},
+             "completions": ["c", "d"], "rewards": {"f": [1.0, 1.0]}, "correct": [True, True],
+             "failed": [False, False], **common}]
+    results = {"config": {"protocol": {"n": 2, "max_tokens": 4}, "suites": {}},
+               "suites": {"mix": {"problems": 2, "n_samples": 2, "pass@1": 0.25, "maj@2": 0.0},
+                          "code": {"problems": 2, "n_samples": 2, "pass@1": 0.5},
+                          "task": {"problems": 2, "n_samples": 2, "pass@1": 0.5, "mean_reward": 2.5 / 3}},
+               "problems": {"mix": answer, "code": code, "task": task}}
+    paths = write_results(results, tmp_path, model_name="m")
+    mix, coded, tasked = (pq.read_table(paths["details"][s]).to_pylist() for s in ("mix", "code", "task"))
+    assert [r["doc"]["specific"]["gold"] for r in mix] == ["27.0", "\\frac12"]
+    assert [r["doc"]["choices"] for r in mix] == [["27.0"], ["\\frac12"]]
+    assert [r["doc"]["specific"]["level"] for r in mix] == ["3", None]
+    assert [r["doc"]["id"] for r in mix] == ["0", "x/1"]
+    assert [[json.loads(m) for m in r["doc"]["specific"]["messages"]] for r in mix] == [a["messages"] for a in answer]
+    assert [r["metric"]["maj@k:k=2&n=2"] for r in mix] == [0.0, 0.0]
+    assert [r["doc"]["specific"]["statuses"] for r in coded] == [["ok", "error"]] * 2
+    assert all(r["doc"]["choices"] == [] and r["doc"]["gold_index"] == [] for r in coded)
+    assert [r["doc"]["specific"]["rewards"] for r in tasked] == [[[None, 0.5]], [[1.0, 1.0]]]
+    assert [json.loads(r["doc"]["specific"]["columns"]) for r in tasked] == [t["columns"] for t in task]
+    assert [r["doc"]["choices"] for r in tasked] == [["3"], ["x"]]  # the task's answer column, as text
+    assert [r["metric"]["mean_reward"] for r in tasked] == [0.5, 1.0]
+    row = read_results(tmp_path)["results"]["rlreason|task|0"]
+    # 2.5 / 3 over the scored samples, not the mean 0.75 of the problems' means: a stderr over problems is not its own
+    assert row["mean_reward"] == 2.5 / 3 and "mean_reward_stderr" not in row
+    assert row["pass@k:k=1&n=2_stderr"] == pytest.approx(0.5)  # per problem 0 and 1: stdev 0.7071 / sqrt 2
+    assert read_samples(tmp_path, "task") == task
+
+
 @pytest.mark.parametrize(("model", "name"), [("Qwen/Qwen2.5-Math-1.5B", "Qwen/Qwen2.5-Math-1.5B"), ("tiny", "tiny"),
                                              ("org/we ird:name", "org/we_ird_name"), ("../x", "_/x")])
 def test_results_model_name(model, name):
