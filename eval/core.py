@@ -288,6 +288,9 @@ class EvalProtocol:
     ``rlreason.rewards.math.extract_answer``) and compared to the gold with ``verify``, in the
     scorer's worker processes (:func:`suite_scorer`: its timeout, memory cap and crash
     isolation; a completion whose scoring failed is wrong and counted in ``score_failures``).
+
+    ``name``: the named protocol the settings came from (``rlreason.eval.protocols``: ``default``,
+    ``greedy``, ``open-r1`` or a YAML file's); it is recorded, it changes nothing by itself.
     """
 
     n: int = 1
@@ -305,8 +308,7 @@ class EvalProtocol:
     extract_rules: tuple[str, ...] = RULES
     extract_fallback: str | tuple[str, ...] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes recorded with the config
-    # The named protocol these settings came from (rlreason.eval.protocols: "default", "greedy", "open-r1", or a
-    # YAML file's name); the CLI notes in ``extra`` its description and the fields its flags overrode.
+    # the CLI notes in ``extra`` the protocol's description and the fields its flags overrode
     name: str = "default"
 
     def __post_init__(self) -> None:
