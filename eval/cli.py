@@ -469,7 +469,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
     start_time = time.time()  # the results' config_general.start_time
     if args.compare:
-        print(run_compare(*args.compare))
+        with clean_start():  # a path with no results file is one error line
+            print(run_compare(*args.compare))
         return None
     from rlreason.eval.core import evaluate_suites, reward_suite_rows, task_rows
     from rlreason.eval.report import results_model_name, run_table, write_results

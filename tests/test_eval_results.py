@@ -261,6 +261,10 @@ def test_compare_reads_new_files_folders_and_old_results_json(run, tmp_path, cap
     assert "| weights | mean_reward | - | 0.500 | - |" in printed
     cli.main(["--compare", str(_only_results_file(out)), str(out)])
     assert "| arith | pass@1 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["--compare", str(tmp_path / "nothing"), str(out)])
+    assert stopped.value.code == 1 and capsys.readouterr().err == (
+        f"error: {tmp_path / 'nothing'}: no results file (results/<model>/results_<date_id>.json) there\n")
 
 
 def test_details_keep_one_column_type_whatever_the_records_hold(tmp_path):
