@@ -3,23 +3,31 @@ with your own rewards, or compare two results files.
 
     python -m rlreason.eval --model PATH --suites math500,gsm8k --n 4 --k 1,4 --limit 50 --out results/
     python -m rlreason.eval --model PATH --data countdown.jsonl --reward my_rewards.py:countdown --out results/
-    python -m rlreason.eval --compare a/results.json b/results.json
+    python -m rlreason.eval --model PATH --suite-file docs/examples/countdown/countdown.yaml --suites countdown,math500
+    python -m rlreason.eval --compare results_a/ results_b/          (or two results_<date>.json files)
     python -m rlreason.eval --model run/final_model --data mul.jsonl --tools rlreason.data.tasks.mul:multiply
     python -m rlreason.eval --model PATH --suites humaneval --n 10 --k 1,5,10 --temperature 0.8 --out results/
 
 A code suite (humaneval) runs each completion's program with the problem's tests in the sandbox
 (bubblewrap; ``--sandbox``, ``--code-timeout-s``, ``--code-memory-mb``, ``--code-workers``): pass@k
-of the programs, and each program, run status and stderr tail in problems.jsonl.
+of the programs, and each program, run status and stderr tail in the per-sample details.
 
 With ``--tools`` / ``--environment-factory`` (named like the training config's ``tools`` and
 ``environment_factory``) every completion is a multi-turn exchange in which the model may call them,
 run isolated as in training (``--tool-timeout-s``, ``--tool-memory-mb``, ...): suites score the
-exchange's final answer (pass@k, maj@k), ``--reward`` gets the whole exchange, and problems.jsonl
-keeps each exchange's messages.
+exchange's final answer (pass@k, maj@k), ``--reward`` gets the whole exchange, and the per-sample
+details keep each exchange's messages.
 
 With ``--data`` the problems are rendered and the completions scored as training renders and scores
 them: each ``--reward`` is called with every column of the file, a sample is correct when the first
-reward gives it >= 1.0, and the results are written as a suite's (named after the file).
+reward gives it >= 1.0, and the results are written as a suite's (named after the file). A suite
+file's ``scoring: reward`` suite is such a task declared once and named like a benchmark: its file,
+prompt column and ``reward_funcs`` (docs/evaluation.md, "Suites scored by a reward").
+
+``--out DIR`` writes lighteval's layout, never overwriting an earlier run (rlreason.eval.report):
+``DIR/results/<model>/results_<date_id>.json`` (metrics with ``_stderr``, the "all" row, the config),
+``DIR/details/<model>/<date_id>/`` (per suite, lighteval's per-sample details parquet and the full
+records as ``samples_<task>_<date_id>.jsonl``) and ``DIR/results.md`` (each run's tables, appended).
 """
 
 from __future__ import annotations
@@ -37,7 +45,8 @@ from typing import Any
 
 import yaml
 
-from rlreason.eval.suites import SUITES, TEMPLATES, get_suite, load_suite_file
+from rlreason.eval.protocols import PROTOCOLS
+from rlreason.eval.suites import SUITES, TEMPLATES, check_data, get_suite, load_suite_file
 from rlreason.run import stopping
 
 
@@ -57,19 +66,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rewards_plain_text", "--rewards-plain-text", action="store_true",
                    help="--data: pass prompts and completions to the rewards as plain text, as the training config "
                         "key rewards_plain_text does")
-    p.add_argument("--suite-file", action="append", default=[], help="YAML file defining more suites (repeatable)")
+    p.add_argument("--suite-file", action="append", default=[],
+                   help="YAML file defining more suites (repeatable); 'scoring: reward' with 'reward_funcs' scores a "
+                        "suite of any task with rewards")
     p.add_argument("--limit", type=int, default=None, help="first N problems of each suite")
-    p.add_argument("--n", type=int, default=1, help="samples per problem")
+    # The sampling and prompt flags default to None, "not given": a given flag overrides --protocol's value,
+    # and the defaults named in the help apply only where neither sets one (build_protocol).
+    p.add_argument("--protocol", default="default",
+                   help=f"named settings ({', '.join(PROTOCOLS)}) or a YAML file of EvalProtocol fields; flags "
+                        f"given explicitly override it (docs/evaluation.md, Protocols)")
+    p.add_argument("--n", type=int, default=None, help="samples per problem (default 1)")
     p.add_argument("--k", default=None, help="comma-separated k for pass@k and maj@k (default: 1 and n)")
     p.add_argument("--temperature", type=float, default=None, help="default 0 (greedy) for n=1, else 0.6")
     p.add_argument("--top-p", type=float, default=None, help="default 1.0 for greedy, else 0.95")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--max-tokens", type=int, default=1024)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--top-k", type=int, default=None, help="default 0 (off)")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="new tokens per completion (default 1024), capped at the model's context minus the suite's "
+                        "longest prompt")
+    p.add_argument("--seed", type=int, default=None, help="default 0")
     p.add_argument("--template", choices=sorted(TEMPLATES), default=None, help="default: each suite's own")
     p.add_argument("--user-template", default=None, help="str.format template over the row, with {prompt}")
     p.add_argument("--system-prompt", default=None, help="overrides the template's ('' for none)")
-    p.add_argument("--chat-template", choices=("auto", "on", "off"), default="auto")
+    p.add_argument("--chat-template", choices=("auto", "on", "off"), default=None, help="default auto")
     p.add_argument("--extract-fallback", default=None,
                    help="comma-separated answer fallbacks when no marker is found (whole,answer_phrase,last_math,"
                         "last_number); default none")
@@ -115,8 +133,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default="auto", help="hf engine: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
     p.add_argument("--batch-prompts", type=int, default=64, help="hf engine: prompts per generate() call")
     p.add_argument("--no-hub", action="store_true", help="never download a suite from the hub")
-    p.add_argument("--out", default=None, help="folder for results.json, problems.jsonl and results.md")
-    p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="print two results files side by side and exit")
+    p.add_argument("--out", default=None,
+                   help="folder for the results (lighteval's layout: results/<model>/results_<date_id>.json, "
+                        "details/<model>/<date_id>/, results.md), never overwriting an earlier run's")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                   help="print two runs side by side and exit: results files, or --out folders (their newest run)")
     args = p.parse_args(argv)
     if not args.compare and not args.model:
         p.error("--model is required (or use --compare A B)")
@@ -198,6 +219,15 @@ def context_length(engine: Any, model_path: str) -> int:
     return int(AutoConfig.from_pretrained(model_path).max_position_embeddings)
 
 
+def known_context(engine: Any, model_path: str) -> int | None:
+    """:func:`context_length`, or None where neither the engine nor the model's config says it (a
+    config without ``max_position_embeddings``): the budget is then not capped."""
+    try:
+        return context_length(engine, model_path)
+    except (OSError, AttributeError, TypeError, ValueError):
+        return None
+
+
 def build_scorer(args: argparse.Namespace):
     """The suites' scoring runner with the arguments' timeout, workers and memory cap
     (``rlreason.eval.core.suite_scorer``); the caller closes it."""
@@ -240,6 +270,23 @@ def load_task(args: argparse.Namespace) -> tuple[str, Any, list]:
     return name, data, funcs
 
 
+def reward_suites(args: argparse.Namespace, names: list[str], protocol: Any) -> dict[str, tuple[Any, list]]:
+    """The suites of ``names`` scored by rewards (``scoring: reward``), checked before any model loads:
+    ``{name: (its rows, its reward functions)}`` (``rlreason.eval.core.reward_suite_data``: the data
+    read, the rewards built and checked against its columns). Errors name ``--suites`` and the suite."""
+    from rlreason.eval.core import reward_suite_data
+
+    out = {}
+    for name in names:
+        suite = get_suite(name)
+        if suite.scoring == "reward":
+            try:
+                out[name] = reward_suite_data(suite, protocol.limit, allow_hub=not args.no_hub)
+            except ValueError as e:
+                raise ValueError(f"--suites {name}: {e}") from None
+    return out
+
+
 def build_task_scorer(args: argparse.Namespace, funcs: list):
     """The ``--data`` task's scoring runner over its ``--reward`` functions, with the arguments'
     timeout, workers and memory cap (``rlreason.eval.core.task_scorer``); the caller closes it."""
@@ -269,18 +316,53 @@ def code_scoring(args: argparse.Namespace, suites: list[str]):
     return code
 
 
-def build_protocol(args: argparse.Namespace):
-    """The ``EvalProtocol`` the arguments describe (sampling defaults depend on ``--n``)."""
-    from rlreason.eval.core import EvalProtocol
+# EvalProtocol field <- the flag that sets it (argparse's attribute), for the flags a protocol may set.
+PROTOCOL_FLAGS: dict[str, str] = {"n": "n", "ks": "k", "temperature": "temperature", "top_p": "top_p",
+                                  "top_k": "top_k", "max_tokens": "max_tokens", "seed": "seed",
+                                  "template": "template", "user_template": "user_template",
+                                  "system_prompt": "system_prompt", "chat_template": "chat_template",
+                                  "extract_fallback": "extract_fallback"}
 
-    temperature = args.temperature if args.temperature is not None else (0.0 if args.n == 1 else 0.6)
-    top_p = args.top_p if args.top_p is not None else (1.0 if temperature == 0 else 0.95)
-    ks = tuple(int(k) for k in args.k.split(",")) if args.k else tuple(sorted({1, args.n}))
-    fallback = tuple(args.extract_fallback.split(",")) if args.extract_fallback else None
-    return EvalProtocol(n=args.n, temperature=temperature, top_p=top_p, top_k=args.top_k, max_tokens=args.max_tokens,
-                        seed=args.seed, ks=ks, limit=args.limit, template=args.template,
-                        user_template=args.user_template, system_prompt=args.system_prompt,
-                        chat_template=args.chat_template, extract_fallback=fallback)
+
+def flag_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The EvalProtocol fields set by flags given on the command line (their parser default is None)."""
+    given = {field: getattr(args, flag) for field, flag in PROTOCOL_FLAGS.items() if getattr(args, flag) is not None}
+    if "ks" in given:
+        given["ks"] = tuple(int(k) for k in given["ks"].split(","))
+    if "extract_fallback" in given:
+        given["extract_fallback"] = tuple(given["extract_fallback"].split(","))
+    return given
+
+
+def build_protocol(args: argparse.Namespace):
+    """The ``EvalProtocol`` the arguments describe: flags given explicitly > ``--protocol``'s values
+    (rlreason.eval.protocols) > the defaults, of which temperature and top_p depend on n (greedy
+    for n=1, else 0.6 / 0.95) and ks is 1 and n. Its name is the protocol's; ``extra`` records the
+    protocol's description and ``overridden_by_flags`` (the fields flags changed)."""
+    from rlreason.eval.core import EvalProtocol
+    from rlreason.eval.protocols import protocol_fields, resolve_protocol
+
+    named = resolve_protocol(args.protocol)
+    flags = flag_values(args)
+    values = {**protocol_fields(named), **flags}
+    n = values.setdefault("n", 1)
+    temperature = values.setdefault("temperature", 0.0 if n == 1 else 0.6)
+    values.setdefault("top_p", 1.0 if temperature == 0 else 0.95)
+    values.setdefault("ks", tuple(sorted({1, n})))
+    # what the flags replaced: {field: the protocol's value} (the value used is the protocol's field)
+    overridden = {k: named[k] for k in sorted(flags) if k in named and protocol_fields({k: named[k]})[k] != flags[k]}
+    extra = {"description": named.get("description"), "overridden_by_flags": overridden,
+             **({"based_on": named["based_on"]} if "based_on" in named else {}),
+             **({"file": str(Path(args.protocol).resolve())} if args.protocol not in PROTOCOLS else {})}
+    return EvalProtocol(**values, limit=args.limit, extra=extra)
+
+
+def check_chat_template(protocol: Any, tokenizer: Any, model: str) -> None:
+    """``chat_template`` "on" (the open-r1 protocol's, lighteval's ``--use-chat-template``) needs a
+    tokenizer with one: said now, once, naming the protocol and the way out."""
+    if protocol.chat_template == "on" and not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"--protocol {protocol.name}: prompts go through the model's chat template (chat_template "
+                         f"'on'), and --model {model!r}'s tokenizer has none; for a base model add --chat-template off")
 
 
 def resolve_model(model: str) -> str:
@@ -340,7 +422,7 @@ def load_tokenizer(model_path: str) -> Any:
 
 def build_engine(args: argparse.Namespace, model_path: str) -> tuple[Any, Any]:
     """(engine, tokenizer) for ``--engine``, from the one engine factory (rlreason/rollout/factory.py).
-    vLLM is imported only when asked for."""
+    vLLM is imported only when asked for; its engine gets ``args.seed``, the protocol's (``main``)."""
     from rlreason.rollout import factory
 
     kwargs = json.loads(args.engine_kwargs)
@@ -370,10 +452,12 @@ def build_engine(args: argparse.Namespace, model_path: str) -> tuple[Any, Any]:
 
 
 def run_compare(a_path: str, b_path: str) -> str:
-    from rlreason.eval.report import compare_table, config_differences
+    """Two runs side by side: each a results file or an ``--out`` folder (its newest results file;
+    an old-style results.json is read too)."""
+    from rlreason.eval.report import compare_table, config_differences, newest_results_file, read_results
 
-    a, b = (json.loads(Path(p).read_text()) for p in (a_path, b_path))
-    lines = [f"A = {a_path}", f"B = {b_path}"]
+    a, b = (read_results(p)["rlreason"] for p in (a_path, b_path))
+    lines = [f"A = {newest_results_file(a_path)}", f"B = {newest_results_file(b_path)}"]
     diffs = config_differences(a, b)
     if diffs:
         lines.append("protocol differs: " + "; ".join(diffs))
@@ -383,11 +467,13 @@ def run_compare(a_path: str, b_path: str) -> str:
 
 def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
+    start_time = time.time()  # the results' config_general.start_time
     if args.compare:
-        print(run_compare(*args.compare))
+        with clean_start():  # a path with no results file is one error line
+            print(run_compare(*args.compare))
         return None
-    from rlreason.eval.core import evaluate_suites, task_rows
-    from rlreason.eval.report import markdown_table, write_results
+    from rlreason.eval.core import evaluate_suites, reward_suite_rows, task_rows
+    from rlreason.eval.report import results_model_name, run_table, write_results
 
     names = [s.strip() for s in args.suites.split(",") if s.strip()]
     task = None
@@ -399,6 +485,8 @@ def main(argv: list[str] | None = None) -> dict | None:
                 get_suite(name)
         except ValueError as e:
             raise ValueError(f"--suites: {e}") from None
+        for name in names:  # each suite's data is here (or on the hub), else one line saying how to supply it
+            check_data(get_suite(name), allow_hub=not args.no_hub)
         if args.data is not None:
             task = load_task(args)
             if task[0] in names:
@@ -406,6 +494,8 @@ def main(argv: list[str] | None = None) -> dict | None:
                                  f"rename the file")
             names.insert(0, task[0])  # scored first
         protocol = build_protocol(args)
+        args.seed = protocol.seed  # the resolved seed (flag, protocol or default), the vLLM engine's too
+        rewarded = reward_suites(args, names[1:] if task else names, protocol)
         code = code_scoring(args, names[1:] if task else names)
         loaded_tools = load_tools(args) if uses_tools(args) else None
     results: dict[str, Any] = {"config": {"suites": {}}, "suites": {}, "problems": {}}
@@ -420,23 +510,35 @@ def main(argv: list[str] | None = None) -> dict | None:
                 # Built before the engine: a "fork" runner forks this process, best while it is small
                 # and has no engine threads yet.
                 with contextlib.ExitStack() as stack:
-                    suites = names[1:] if task else names
+                    suites = [name for name in (names[1:] if task else names) if name not in rewarded]
                     scorer = stack.enter_context(build_scorer(args)) if suites else None
                     own = stack.enter_context(build_task_scorer(args, task[2])) if task else None
+                    # each reward suite's runner over its own rewards, built here too: before the engine
+                    owns = {name: stack.enter_context(build_task_scorer(args, funcs))
+                            for name, (_, funcs) in rewarded.items()}
                     with clean_start():
                         executor = stack.enter_context(build_tools(args, *loaded_tools)) if loaded_tools else None
                         engine, tokenizer = build_engine(args, model_path)
-                        tools = tool_rollouts(args, executor, tokenizer, engine, model_path) if executor else None
+                        check_chat_template(protocol, tokenizer, args.model)
+                        # the budget per suite is capped at what the context leaves after its longest prompt
+                        # (core.fit_budget); tool rollouts cap each turn themselves (ToolRollouts)
+                        context = None if executor else known_context(engine, model_path)
                         rows = task_rows(task[1], tokenizer, protocol, prompt_column=args.prompt_column,
                                          source=f"--data {args.data!r}") if task else []
+                        suite_rows = {name: reward_suite_rows(get_suite(name), data, tokenizer, protocol)
+                                      for name, (data, _) in rewarded.items()}
+                        tools = tool_rollouts(args, executor, tokenizer, engine, model_path) if executor else None
                     for name in names:  # one at a time: a stop keeps the suites already scored
                         if task and name == task[0]:
-                            done = _run_task(engine, rows, own, protocol, args, name, tools)
+                            done = _run_task(engine, rows, own, protocol, args, name, tools, context)
+                        elif name in rewarded:
+                            done = _run_reward_suite(engine, get_suite(name), suite_rows[name], owns[name], protocol,
+                                                     tools, context)
                         else:
                             done = evaluate_suites(engine, tokenizer, [name], protocol, scorer=scorer,
                                                    allow_hub=not args.no_hub,
                                                    log=lambda line: print(line, file=sys.stderr), tools=tools,
-                                                   code=code)
+                                                   code=code, context=context)
                         results["config"] = {**done["config"], "suites": {**results["config"]["suites"],
                                                                           **done["config"]["suites"]}}
                         results["suites"].update(done["suites"])
@@ -448,7 +550,8 @@ def main(argv: list[str] | None = None) -> dict | None:
             if not results["suites"]:
                 return results
     extra = {"model": args.model, "model_path": model_path, "engine": args.engine,
-             "engine_kwargs": json.loads(args.engine_kwargs), "dtype": args.dtype, "argv": argv or sys.argv[1:]}
+             "engine_kwargs": json.loads(args.engine_kwargs), "dtype": args.dtype, "argv": argv or sys.argv[1:],
+             "start_time": start_time}
     if any(get_suite(name).scoring == "code" for name in (names[1:] if task else names)):
         extra["code_scoring"] = code.to_dict()
     if uses_tools(args):
@@ -457,35 +560,61 @@ def main(argv: list[str] | None = None) -> dict | None:
                           "tool_timeout_s": args.tool_timeout_s, "tool_memory_mb": args.tool_memory_mb,
                           "tool_max_output_chars": args.tool_max_output_chars,
                           "tool_isolation": args.tool_isolation}
-    table = markdown_table(results["suites"])
-    if "interrupted" in results["config"]:
-        stop = results["config"]["interrupted"]
-        table += f"\n\nstopped by {stop['signal']}: not evaluated: {', '.join(stop['suites_not_done'])}"
+    table = run_table(results)
     if args.out:
-        paths = write_results(results, args.out, extra)
-        (Path(args.out) / "results.md").write_text(table + "\n")  # the table, next to the numbers it shows
-        print(f"wrote {paths['results']}, {paths['problems']} and results.md", file=sys.stderr)
+        paths = write_results(results, args.out, extra, model_name=results_model_name(args.model))
+        print(f"wrote {paths['results']}, the per-sample details under {Path(args.out) / 'details'} and the tables "
+              f"in {paths['markdown']}", file=sys.stderr)
     print(table)
     return results
 
 
 def _run_task(engine: Any, rows: list[dict], scorer: Any, protocol: Any, args: argparse.Namespace, name: str,
-              tools: Any = None) -> dict[str, Any]:
+              tools: Any = None, context: int | None = None) -> dict[str, Any]:
     """The ``--data`` task run and timed, shaped as ``evaluate_suites``' results (its config under
     ``config["suites"][name]``: the file, the prompt column, the rewards and how they were run)."""
     from rlreason.eval.core import run_task
 
     start = time.perf_counter()
     metrics, records = run_task(engine, rows, scorer, protocol, name=name, prompt_column=args.prompt_column,
-                                plain_text=args.rewards_plain_text, tools=tools)
+                                plain_text=args.rewards_plain_text, tools=tools, context=context)
+    budget = _task_done(name, metrics, start)
+    described = {"data": args.data, "prompt_column": args.prompt_column, "rewards": args.reward or ["accuracy"],
+                 "rewards_plain_text": args.rewards_plain_text, "scoring": scorer.settings(), **budget}
+    return {"config": {"protocol": protocol.to_dict(), "suites": {name: described}},
+            "suites": {name: metrics}, "problems": {name: records}}
+
+
+def _task_done(name: str, metrics: dict[str, Any], start: float) -> dict[str, Any]:
+    """A task's run finished (``--data``'s or a reward suite's): its time in ``metrics``, its lines on
+    stderr (the capped budget, if it was; pass@1 and the mean reward). -> the budget record taken out of
+    ``metrics``, for the suite's config."""
+    from rlreason.eval.render import BUDGET, budget_line
+
+    budget = metrics.pop(BUDGET, {})
+    line = budget_line(name, budget) if budget else None
+    if line:
+        print(line, file=sys.stderr)
     metrics["seconds"] = time.perf_counter() - start
     print(f"{name}: pass@1 {metrics.get('pass@1', float('nan')):.4f}, mean reward {metrics.get('mean_reward')} on "
           f"{metrics['problems']} problems x {metrics['n_samples']} samples ({metrics['seconds']:.1f}s)",
           file=sys.stderr)
-    described = {"data": args.data, "prompt_column": args.prompt_column, "rewards": args.reward or ["accuracy"],
-                 "rewards_plain_text": args.rewards_plain_text, "scoring": scorer.settings()}
-    return {"config": {"protocol": protocol.to_dict(), "suites": {name: described}},
-            "suites": {name: metrics}, "problems": {name: records}}
+    return budget
+
+
+def _run_reward_suite(engine: Any, suite: Any, rows: list[dict], scorer: Any, protocol: Any, tools: Any = None,
+                      context: int | None = None) -> dict[str, Any]:
+    """A reward suite run (``rlreason.eval.core.run_reward_suite``) and timed, shaped as ``_run_task``'s
+    results: its config is the suite's definition (``reward_funcs`` as resolved: a file's full path),
+    how its rewards were run (``reward_runner``) and its budget where capped."""
+    from rlreason.eval.core import run_reward_suite
+
+    start = time.perf_counter()
+    metrics, records = run_reward_suite(engine, suite, rows, scorer, protocol, tools, context)
+    budget = _task_done(suite.name, metrics, start)
+    described = {**suite.describe(), "reward_runner": scorer.settings(), **budget}
+    return {"config": {"protocol": protocol.to_dict(), "suites": {suite.name: described}},
+            "suites": {suite.name: metrics}, "problems": {suite.name: records}}
 
 
 if __name__ == "__main__":

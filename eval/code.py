@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from rlreason.eval.metrics import code_metrics
-from rlreason.eval.render import render, seed_all
+from rlreason.eval.render import BUDGET, budget_record, fit_budget, generate_within, prompt_ids, render, seed_all
 from rlreason.eval.suites import Suite, load_problems
 
 Style = Literal["completion", "chat"]
@@ -138,7 +138,7 @@ def chat_style(tokenizer: Any, chat_template: str) -> bool:
 
 
 def run_code_suite(engine: Any, tokenizer: Any, suite: Suite, protocol: Any, code: CodeScoring | None = None,
-                   allow_hub: bool = True) -> tuple[dict[str, Any], list[dict]]:
+                   allow_hub: bool = True, context: int | None = None) -> tuple[dict[str, Any], list[dict]]:
     """Generate a code suite (``suite.scoring == "code"``) and check every completion in the
     sandbox (module docstring). -> (metrics, per-problem records), as ``run_suite`` returns them.
 
@@ -147,7 +147,8 @@ def run_code_suite(engine: Any, tokenizer: Any, suite: Suite, protocol: Any, cod
     "completions", "programs", "statuses", "stderr", "correct", "formatted", "lengths",
     "truncated", "score_failures"}``; the metrics are :func:`~rlreason.eval.metrics.code_metrics`'
     (pass@1 with its interval, pass@k for the protocol's k <= n, the statuses counted) and the
-    code scoring's settings under ``sandbox``.
+    code scoring's settings under ``sandbox``. ``context``: as ``core.run_suite``'s (the budget capped
+    at it minus the longest prompt; a prompt as long as it is not generated).
     """
     code = code or CodeScoring()
     chat = chat_style(tokenizer, protocol.chat_template)
@@ -160,9 +161,12 @@ def run_code_suite(engine: Any, tokenizer: Any, suite: Suite, protocol: Any, cod
             raise ValueError(f"code suite {suite.name!r}: column {column!r} missing or not a string in problem "
                              f"{missing[0]!r} (a code suite's rows need 'test' and 'entry_point')")
     prompts = [render(p, suite, template, tokenizer, protocol.chat_template) for p in problems]
-    prompt_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in prompts]
+    ids = prompt_ids(prompts, tokenizer)
+    lengths = [len(i) for i in ids]
+    budget, too_long = fit_budget(protocol.max_tokens, lengths, context)
     seed_all(protocol.seed)
-    groups = engine.generate(prompt_ids, protocol.n, protocol.sampling()) if problems else []
+    sampling = dataclasses.replace(protocol.sampling(), max_tokens=budget)
+    groups = generate_within(engine, ids, protocol.n, sampling, too_long) if problems else []
     built = [build_program(str(p["problem"]), s.text, style) for p, group in zip(problems, groups, strict=True)
              for s in group]
     tests = [p["row"]["test"] for p in problems for _ in range(protocol.n)]
@@ -190,6 +194,9 @@ def run_code_suite(engine: Any, tokenizer: Any, suite: Suite, protocol: Any, cod
     metrics["style"] = style
     metrics["template"] = dataclasses.asdict(template)
     metrics["sandbox"] = {**code.to_dict(), "workers": code.workers(), "run_seconds": run_seconds}
+    if context is not None:
+        metrics[BUDGET] = budget_record(protocol.max_tokens, budget, lengths, context, too_long,
+                                        [p["id"] for p in problems])
     return metrics, records
 
 

@@ -34,9 +34,27 @@ from typing import Any
 
 from rlreason.data import INTERNAL_COLUMNS, prompt_messages
 from rlreason.eval.code import CodeScoring, run_code_suite
-from rlreason.eval.metrics import breakdown, code_metrics, suite_metrics, task_metrics, wilson_interval
-from rlreason.eval.render import render, seed_all
-from rlreason.eval.suites import SUITES, TEMPLATES, Suite, Template, get_suite, get_template, load_problems
+from rlreason.eval.metrics import breakdown, code_metrics, maj_at_k, suite_metrics, task_metrics, wilson_interval
+from rlreason.eval.render import (
+    BUDGET,
+    budget_line,
+    budget_record,
+    fit_budget,
+    generate_within,
+    prompt_ids,
+    render,
+    seed_all,
+)
+from rlreason.eval.suites import (
+    SUITES,
+    TEMPLATES,
+    Suite,
+    Template,
+    get_suite,
+    get_template,
+    load_problems,
+    load_rows,
+)
 from rlreason.rewards import completion_text
 from rlreason.rewards.format import format_reward
 from rlreason.rewards.math import RULES, extract_answer, verify
@@ -270,6 +288,9 @@ class EvalProtocol:
     ``rlreason.rewards.math.extract_answer``) and compared to the gold with ``verify``, in the
     scorer's worker processes (:func:`suite_scorer`: its timeout, memory cap and crash
     isolation; a completion whose scoring failed is wrong and counted in ``score_failures``).
+
+    ``name``: the named protocol the settings came from (``rlreason.eval.protocols``: ``default``,
+    ``greedy``, ``open-r1`` or a YAML file's); it is recorded, it changes nothing by itself.
     """
 
     n: int = 1
@@ -287,6 +308,8 @@ class EvalProtocol:
     extract_rules: tuple[str, ...] = RULES
     extract_fallback: str | tuple[str, ...] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes recorded with the config
+    # the CLI notes in ``extra`` the protocol's description and the fields its flags overrode
+    name: str = "default"
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -471,30 +494,36 @@ def run_suite(
     allow_hub: bool = True,
     tools: ToolRollouts | None = None,
     code: CodeScoring | None = None,
+    context: int | None = None,
 ) -> tuple[dict[str, Any], list[dict]]:
     """Generate one suite and score it with ``scorer`` (:func:`suite_scorer`). -> (metrics,
     per-problem records). A code suite (``suite.scoring == "code"``, HumanEval) runs its programs
     in the sandbox instead (``rlreason.eval.code.run_code_suite``, with ``code``'s settings;
-    records and metrics as it describes them).
+    records and metrics as it describes them). ``context``: the tokens the model holds; the
+    budget is then capped at it minus the suite's longest prompt (``render.fit_budget``; not with
+    ``tools``, whose rollouts cap each turn) and the metrics carry it under ``render.BUDGET``.
 
     A record: ``{"suite", "index", "id", "subject", "level", "prompt", "gold", "completions",
     "answers", "correct", "formatted", "lengths", "truncated", "gold_unparseable",
-    "score_failures"}``; a completion whose scoring failed has answer None, is wrong and
-    unformatted, and counts in ``score_failures``. With ``tools`` (module docstring) each
+    "score_failures", "maj"}`` (``maj``: the problem's ``{"maj@k": 0.0 or 1.0}`` for each k <= n);
+    a completion whose scoring failed has answer None, is wrong and unformatted, and counts in
+    ``score_failures``. With ``tools`` (module docstring) each
     completion is a tool exchange: its final answer is scored, the record's ``prompt`` is the
     first rollout's (rendered with its tools) and it adds ``messages`` (each exchange) and
     ``tool_calls`` / ``tool_failures`` (per completion).
     """
+    if suite.scoring == "reward":
+        raise ValueError(f"suite {suite.name!r} is scored by its reward_funcs: run it with run_reward_suite (its "
+                         f"own task_scorer), as the eval CLI does")
     if suite.scoring == "code":
         if tools is not None:
             raise ValueError(f"suite {suite.name!r} is a code suite: its programs are checked by running them, "
                              f"with no tools; evaluate it without --tools / --environment-factory")
-        return run_code_suite(engine, tokenizer, suite, protocol, code, allow_hub)
-    template = protocol.template_for(suite)
-    problems = load_problems(suite, protocol.limit, allow_hub)
-    prompts = [render(p, suite, template, tokenizer, protocol.chat_template) for p in problems]
-    # As the trainer tokenizes: the chat template already inserted any special tokens.
-    prompt_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in prompts]
+        return run_code_suite(engine, tokenizer, suite, protocol, code, allow_hub, context)
+    problems, template, prompts, ids = suite_prompts(tokenizer, suite, protocol, allow_hub)
+    lengths = [len(i) for i in ids]
+    budget, too_long = fit_budget(protocol.max_tokens, lengths, None if tools else context)
+    sampling = dataclasses.replace(protocol.sampling(), max_tokens=budget)
     seed_all(protocol.seed)
     if tools is not None and problems:
         if protocol.chat_template == "off":
@@ -503,10 +532,10 @@ def run_suite(
         messages = [prompt_messages(p["row"], prompt_column=suite.problem_column, template=template.user,
                                     system_prompt=template.system) for p in problems]
         groups, rollout_ids, _ = tools.generate(engine, [p["row"] for p in problems], messages, protocol.n,
-                                                protocol.sampling())
+                                                sampling)
         prompts = [tokenizer.decode(rollout_ids[i * protocol.n]) for i in range(len(problems))]
     else:
-        groups = engine.generate(prompt_ids, protocol.n, protocol.sampling()) if problems else []
+        groups = generate_within(engine, ids, protocol.n, sampling, too_long) if problems else []
     # One scorer batch for the whole suite: the workers score chunks of it in parallel.
     texts = [final_text(s) for group in groups for s in group]
     golds = [p["gold"] for p, group in zip(problems, groups, strict=True) for _ in group]
@@ -528,10 +557,25 @@ def run_suite(
             **(_tool_fields(group) if tools is not None else {}),
         })
     same, vote_failures = vote_table(scorer, records, protocol)
+    for r in records:  # each problem's maj@k: the results' per-sample details and the maj@k stderr need them
+        r["maj"] = {f"maj@{k}": maj_at_k(r["answers"], r["correct"], k, same)
+                    for k in sorted(set(protocol.ks)) if 1 <= k <= protocol.n}
     metrics = summarize(records, protocol.ks, same)
     metrics["vote_failures"] = vote_failures
     metrics["template"] = dataclasses.asdict(template)
+    if context is not None and tools is None:
+        metrics[BUDGET] = budget_record(protocol.max_tokens, budget, lengths, context, too_long,
+                                        [p["id"] for p in problems])
     return metrics, records
+
+
+def suite_prompts(tokenizer: Any, suite: Suite, protocol: EvalProtocol, allow_hub: bool = True
+                  ) -> tuple[list[dict], Template, list[str], list[list[int]]]:
+    """An answer suite's problems, its template, the rendered prompts and their token ids."""
+    template = protocol.template_for(suite)
+    problems = load_problems(suite, protocol.limit, allow_hub)
+    prompts = [render(p, suite, template, tokenizer, protocol.chat_template) for p in problems]
+    return problems, template, prompts, prompt_ids(prompts, tokenizer)
 
 
 def _tool_fields(group: Sequence[Sample]) -> dict[str, list]:
@@ -553,6 +597,7 @@ def evaluate_suites(
     log: Callable[[str], None] | None = None,
     tools: ToolRollouts | None = None,
     code: CodeScoring | None = None,
+    context: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``engine`` on benchmark suites (the trainer's periodic eval and the CLI).
 
@@ -569,6 +614,13 @@ def evaluate_suites(
         tools: the tools the model may call (module docstring); None: single-turn completions.
         code: how code suites (HumanEval) run their programs in the sandbox
             (``rlreason.eval.code.CodeScoring``; None: its defaults, bubblewrap).
+        context: the tokens the model holds (prompt and completion; the CLI's ``context_length``):
+            each suite's budget is capped at it minus its longest prompt (``render.fit_budget``;
+            a prompt as long as the context is not generated and scored wrong), its config
+            records ``max_tokens``, ``max_tokens_effective``, ``context_length``,
+            ``longest_prompt_tokens`` and ``prompts_too_long`` (their ids) and ``log`` gets a line
+            when the budget was capped or prompts did not fit.
+            None: no cap (the trainer's, whose budget fits its context by construction).
 
     Returns:
         ``{"config": {"protocol", "suites"}, "suites": {name: metrics}, "problems": {name: [records]}}``;
@@ -591,10 +643,16 @@ def evaluate_suites(
     }
     for suite in resolved:
         start = time.perf_counter()
-        metrics, records = run_suite(engine, tokenizer, suite, protocol, scorer, allow_hub, tools, code)
+        metrics, records = run_suite(engine, tokenizer, suite, protocol, scorer, allow_hub, tools, code, context)
+        budget = metrics.pop(BUDGET, None)
         metrics["seconds"] = time.perf_counter() - start
         out["suites"][suite.name] = metrics
         out["problems"][suite.name] = records
+        if budget is not None:
+            out["config"]["suites"][suite.name].update(budget)
+            line = budget_line(suite.name, budget)
+            if line is not None and log is not None:
+                log(line)
         if log is not None:
             log(f"{suite.name}: pass@1 {metrics.get('pass@1', float('nan')):.4f} on {metrics['problems']} problems "
                 f"x {metrics['n_samples']} samples ({metrics['seconds']:.1f}s)")
@@ -638,11 +696,11 @@ def flat_metrics(results: dict[str, Any], prefix: str = "eval") -> dict[str, flo
 
 
 def task_rows(data: Any, tokenizer: Any, protocol: EvalProtocol, *, prompt_column: str = "prompt",
-              source: str = "the dataset") -> list[dict]:
+              source: str = "the dataset", suite: Suite | None = None) -> list[dict]:
     """A task's problems (a ``datasets.Dataset``, its first ``protocol.limit`` rows) rendered and
     tokenized as training renders them (``rlreason.data.prepare``, with the protocol's template,
-    system prompt and chat-template setting): the rows :func:`run_task` takes. Errors name
-    ``source``."""
+    system prompt and chat-template setting; ``suite``: a reward suite's default template, else
+    ``plain``): the rows :func:`run_task` takes. Errors name ``source``."""
     from rlreason.data import prepare
 
     if protocol.limit is not None and protocol.limit < len(data):
@@ -650,7 +708,7 @@ def task_rows(data: Any, tokenizer: Any, protocol: EvalProtocol, *, prompt_colum
     has_chat = bool(getattr(tokenizer, "chat_template", None))
     if protocol.chat_template == "on" and not has_chat:
         raise ValueError("chat_template='on' but the tokenizer has no chat template")
-    template = protocol.template_for(None)
+    template = protocol.template_for(suite)
     return list(prepare(data, prompt_column=prompt_column, answer_column=None, tokenizer=tokenizer,
                         use_chat_template=protocol.chat_template != "off", template=template.user,
                         system_prompt=template.system, source=source))
@@ -658,7 +716,7 @@ def task_rows(data: Any, tokenizer: Any, protocol: EvalProtocol, *, prompt_colum
 
 def run_task(engine: RolloutEngine, rows: Sequence[dict], scorer: RewardRunner, protocol: EvalProtocol, *,
              name: str, prompt_column: str = "prompt", plain_text: bool = False,
-             tools: ToolRollouts | None = None) -> tuple[dict[str, Any], list[dict]]:
+             tools: ToolRollouts | None = None, context: int | None = None) -> tuple[dict[str, Any], list[dict]]:
     """Generate ``protocol.n`` samples per problem of a task of the user's and score them with the
     task's own rewards (``scorer``, :func:`task_scorer`) as training scores them
     (:func:`score_samples`): the eval CLI's ``--data``/``--reward``. -> (metrics, per-problem
@@ -670,12 +728,19 @@ def run_task(engine: RolloutEngine, rows: Sequence[dict], scorer: RewardRunner, 
     "score_failures"}`` (``rewards``: each reward's values, None where it gave None or failed);
     the metrics are :func:`~rlreason.eval.metrics.task_metrics`'. With ``tools`` (module
     docstring) the rewards get each exchange and a record adds ``messages``, ``tool_calls`` and
-    ``tool_failures`` (per completion).
+    ``tool_failures`` (per completion). ``context``: as :func:`run_suite`'s.
     """
     _check_scorer(scorer, None, "task_scorer(reward_funcs)")
     rows = list(rows)
+    lengths = [len(r["prompt_ids"]) for r in rows]
+    budget, too_long = fit_budget(protocol.max_tokens, lengths, None if tools else context)
     seed_all(protocol.seed)
-    groups, prompts = _generate(engine, rows, protocol.n, protocol.sampling(), tools) if rows else ([], None)
+    sampling = dataclasses.replace(protocol.sampling(), max_tokens=budget)
+    if tools is None:
+        groups = generate_within(engine, [r["prompt_ids"] for r in rows], protocol.n, sampling, too_long)
+        prompts = None
+    else:
+        groups, prompts = _generate(engine, rows, protocol.n, sampling, tools) if rows else ([], None)
     scored = score_samples(scorer, rows, groups, prompt_column=prompt_column, plain_text=plain_text, prompts=prompts)
     values = {fn: [_value(v) for v in t.tolist()] for fn, t in scored.per_func.items()}
     failed = scored.failed.tolist() if scored.failed is not None else [False] * len(scored.total)
@@ -695,7 +760,60 @@ def run_task(engine: RolloutEngine, rows: Sequence[dict], scorer: RewardRunner, 
             "truncated": [s.finish_reason == "length" for s in group],
             **(_tool_fields(group) if tools is not None else {}),
         })
-    return task_metrics(records, protocol.ks), records
+    metrics = task_metrics(records, protocol.ks)
+    if context is not None and tools is None:
+        metrics[BUDGET] = budget_record(protocol.max_tokens, budget, lengths, context, too_long,
+                                        list(range(len(rows))))
+    return metrics, records
+
+
+def reward_suite_data(suite: Suite, limit: int | None = None, allow_hub: bool = True) -> tuple[Any, list[Callable]]:
+    """A reward suite (``scoring: reward``) checked before any model loads: (its first ``limit`` rows as
+    a ``datasets.Dataset``, its ``reward_funcs`` built and checked against the rows' columns, as
+    training checks its rewards against a dataset's). Errors (ValueError, FileNotFoundError) name the
+    suite and the key or column at fault."""
+    import datasets
+
+    from rlreason.rewards.registry import RewardSpecError, build_rewards
+    from rlreason.rewards.runner import RESERVED_ARGUMENTS
+
+    rows = load_rows(suite, limit, allow_hub)
+    data = datasets.Dataset.from_list(rows)
+    if rows and suite.problem_column not in data.column_names:
+        raise ValueError(f"suite {suite.name!r}: problem_column {suite.problem_column!r} is no column of its data; "
+                         f"its columns are {', '.join(data.column_names)}")
+    columns = set(data.column_names) - {suite.problem_column, *INTERNAL_COLUMNS}
+    taken = sorted(columns & set(RESERVED_ARGUMENTS))
+    if taken:
+        raise ValueError(f"suite {suite.name!r}: column {taken[0]!r} has the name of an argument every reward "
+                         f"receives ({', '.join(RESERVED_ARGUMENTS)}); rename it")
+    try:
+        funcs, _ = build_rewards(list(suite.reward_funcs), columns=columns | {"completion_ids"})
+    except RewardSpecError as e:
+        raise ValueError(f"suite {suite.name!r}: {e}") from None
+    return data, funcs
+
+
+def reward_suite_rows(suite: Suite, data: Any, tokenizer: Any, protocol: EvalProtocol) -> list[dict]:
+    """A reward suite's problems (``data``, as :func:`reward_suite_data` gives it) rendered as a task's
+    (:func:`task_rows`) with the suite's template: the rows :func:`run_reward_suite` takes."""
+    return task_rows(data, tokenizer, protocol, prompt_column=suite.problem_column, source=f"suite {suite.name!r}",
+                     suite=suite)
+
+
+def run_reward_suite(engine: RolloutEngine, suite: Suite, rows: Sequence[dict], scorer: RewardRunner,
+                     protocol: EvalProtocol, tools: ToolRollouts | None = None, context: int | None = None
+                     ) -> tuple[dict[str, Any], list[dict]]:
+    """A reward suite run as a task of the user's (:func:`run_task`): ``rows`` as
+    :func:`reward_suite_rows` makes them, ``scorer`` the runner over its rewards (``task_scorer(funcs)``,
+    ``funcs`` from :func:`reward_suite_data`); ``context`` as :func:`run_task`'s. -> (metrics, records)
+    as :func:`run_task`'s, each record's ``id`` the id column's value when the suite names one."""
+    metrics, records = run_task(engine, rows, scorer, protocol, name=suite.name, prompt_column=suite.problem_column,
+                                tools=tools, context=context)
+    if suite.id_column:
+        for record in records:
+            record["id"] = record["columns"].get(suite.id_column, record["index"])
+    return metrics, records
 
 
 # --------------------------------------------------------------------------- self-consistency
@@ -756,6 +874,9 @@ __all__ = [
     "HELDOUT_METRICS",
     "HELDOUT_SUMS",
     "heldout_metrics",
+    "reward_suite_data",
+    "reward_suite_rows",
+    "run_reward_suite",
     "run_task",
     "score_samples",
     "task_rows",

@@ -14,6 +14,17 @@ Add a suite with :func:`register_suite` or a YAML file (:func:`load_suite_file`)
         problem_column: question
         answer_column: answer
         gold_format: plain
+
+A suite of any task is scored by reward functions instead (``scoring: reward``): the training
+config's ``reward_funcs`` entries, called as training calls them, every column of the file passed
+(``rlreason.eval.core.run_reward_suite``; docs/evaluation.md, "Suites scored by a reward")::
+
+    suites:
+      - name: countdown
+        local_path: countdown_test.jsonl
+        problem_column: prompt
+        scoring: reward
+        reward_funcs: [countdown_reward.py:countdown]   # a file relative to the YAML file, as local_path
 """
 
 from __future__ import annotations
@@ -33,6 +44,8 @@ from rlreason.rewards.math import extract_answer, gsm8k_gold
 ARITH_EVAL_SEED = 12345
 
 GoldFormat = Literal["plain", "gsm8k", "boxed_solution", "list"]
+Scoring = Literal["answer", "code", "reward"]
+SCORINGS: tuple[str, ...] = ("answer", "code", "reward")
 GOLD_FORMATS: tuple[str, ...] = ("plain", "gsm8k", "boxed_solution", "list")
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,6 +96,18 @@ class Template:
 CODE_CHAT_INSTRUCTION = ("Please provide a self-contained Python script that solves the following problem in a "
                          "markdown code block:\n```python\n{prompt}```")
 
+# lighteval's math prompt, the query its math_500 task sent when open-r1's README numbers were made and the one
+# its aime tasks send in lighteval 0.13.0 (lighteval/tasks/tasks/aime.py MATH_PROMPT_TEMPLATE, adapted there from
+# simple-evals' math_eval.py and Llama 3's evals; two spaces after "clearly." as in the source). 0.13.0 writes it
+# with dedent() around a triple-quoted string, which leaves a newline before and after; the math_500 template
+# open-r1 used had .strip() applied, as here. Braces doubled for str.format: the model sees $\boxed{ANSWER}$.
+LIGHTEVAL_MATH_PROMPT = (
+    "Solve the following math problem efficiently and clearly.  The last line of your response should be of the "
+    "following format: 'Therefore, the final answer is: $\\boxed{{ANSWER}}$. I hope it is correct' (without quotes) "
+    "where ANSWER is just the final number or expression that solves the problem. Think step by step before "
+    "answering.\n\n{prompt}"
+)
+
 TEMPLATES: dict[str, Template] = {
     "plain": Template("plain"),
     "boxed": Template("boxed", user="{prompt}\n" + BOXED_INSTRUCTION.replace("{}", "{{}}"), format="boxed"),
@@ -93,6 +118,8 @@ TEMPLATES: dict[str, Template] = {
     # "code_chat" asks an instruct model for a fenced block. Their format check is code_block (rlreason.eval.code).
     "code": Template("code", format="code_block"),
     "code_chat": Template("code_chat", user=CODE_CHAT_INSTRUCTION, format="code_block"),
+    # The open-r1 protocol's prompt (rlreason.eval.protocols): the answer is asked for in a \boxed{}.
+    "lighteval_math": Template("lighteval_math", user=LIGHTEVAL_MATH_PROMPT, format="boxed"),
 }
 
 
@@ -126,7 +153,10 @@ class Suite:
     ``scoring``: ``"answer"`` (an answer extracted and verified against the gold) or ``"code"``
     (HumanEval's form: the model writes a program from ``problem_column``, the function's
     signature and docstring, and it is run in the sandbox with the row's ``test`` code and
-    ``check(<entry_point>)``, both columns; rlreason.eval.code).
+    ``check(<entry_point>)``, both columns; rlreason.eval.code) or ``"reward"`` (any task: the
+    ``reward_funcs``, entries as the training config's ``reward_funcs``, score each completion with
+    every column of the row, a sample correct when the first gives it >= 1.0, as the eval CLI's
+    ``--data``/``--reward``; the answer and gold columns are not used; rlreason.eval.core.run_reward_suite).
     """
 
     name: str
@@ -143,25 +173,36 @@ class Suite:
     hf_config: str | None = None
     id_column: str | None = None
     generator: Any = None  # Callable[[int], list[dict]] | None; Any keeps the dataclass printable in YAML errors
-    scoring: Literal["answer", "code"] = "answer"
+    scoring: Scoring = "answer"
+    reward_funcs: tuple = ()  # scoring "reward": names, "pkg.module:fn", "path/file.py:fn" or {name, kwargs, weight}
 
     def __post_init__(self) -> None:
-        if self.scoring not in ("answer", "code"):
-            raise ValueError(f"suite {self.name!r}: scoring must be 'answer' or 'code', got {self.scoring!r}")
+        if self.scoring not in SCORINGS:
+            raise ValueError(f"suite {self.name!r}: scoring must be one of {SCORINGS}, got {self.scoring!r}")
+        # a YAML list arrives as a list: stored as a tuple, as the field is declared (the suite is frozen)
+        object.__setattr__(self, "reward_funcs", tuple(self.reward_funcs or ()))
+        if self.scoring == "reward" and not self.reward_funcs:
+            raise ValueError(f"suite {self.name!r}: scoring 'reward' needs reward_funcs, e.g. [accuracy] or "
+                             f"['my_rewards.py:my_reward'] (the first decides what is correct, >= 1.0)")
+        if self.scoring != "reward" and self.reward_funcs:
+            raise ValueError(f"suite {self.name!r}: reward_funcs score a suite with scoring 'reward'; this one's "
+                             f"scoring is {self.scoring!r}")
         if self.gold_format not in GOLD_FORMATS:
             raise ValueError(
                 f"suite {self.name!r}: gold_format must be one of {GOLD_FORMATS}, got {self.gold_format!r}")
         if self.gold_format == "boxed_solution" and not self.solution_column:
             raise ValueError(f"suite {self.name!r}: gold_format 'boxed_solution' needs solution_column")
-        if self.gold_format != "boxed_solution" and not self.answer_column:
+        if self.gold_format != "boxed_solution" and not self.answer_column and self.scoring != "reward":
             raise ValueError(f"suite {self.name!r}: gold_format {self.gold_format!r} needs answer_column")
         if self.generator is None and not (self.local_path or self.hf_id):
             raise ValueError(f"suite {self.name!r}: needs local_path or hf_id")
         get_template(self.default_template)
 
     def describe(self) -> dict[str, Any]:
-        """The suite's definition as plain data (for results files); ``generator`` by name."""
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "generator"}
+        """The suite's definition as plain data (for results files); ``generator`` by name; a reward
+        suite's without the gold's fields, which its rewards do not read."""
+        unused = ("generator", "answer_column", "gold_format") if self.scoring == "reward" else ("generator",)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in unused}
         if self.generator is not None:
             d["generator"] = getattr(self.generator, "__name__", repr(self.generator))
         return d
@@ -231,7 +272,10 @@ def get_suite(name: str) -> Suite:
 def load_suite_file(path: str | Path, overwrite: bool = True) -> list[Suite]:
     """Register the suites of a YAML file: a list of Suite fields, or ``{"suites": [...]}``.
 
-    A relative ``local_path`` is taken relative to the YAML file's folder.
+    A relative ``local_path`` is taken relative to the YAML file's folder, and so is the file of a
+    ``reward_funcs`` entry (``"rewards.py:fn"``): the suite means the same from any working folder. A
+    reward suite's ``default_template`` is ``plain`` (the problem as is, as training renders a
+    dataset's) unless given.
     """
     import yaml
 
@@ -249,8 +293,27 @@ def load_suite_file(path: str | Path, overwrite: bool = True) -> list[Suite]:
                 f"{path}: suite {entry.get('name')!r} has unknown keys {sorted(unknown)}; known: {sorted(known)}")
         if entry.get("local_path") and not Path(entry["local_path"]).is_absolute():
             entry = {**entry, "local_path": str((path.parent / entry["local_path"]).resolve())}
+        if entry.get("scoring") == "reward":
+            entry = {"default_template": "plain", **entry,
+                     "reward_funcs": [spec_relative_to(e, path.parent) for e in entry.get("reward_funcs") or ()]}
         suites.append(register_suite(Suite(**entry), overwrite=overwrite))
     return suites
+
+
+def spec_relative_to(entry: Any, folder: Path) -> Any:
+    """A ``reward_funcs`` entry with a relative file spec (``"rewards.py:fn"``, ``"sub/r.py:fn"``, or a
+    mapping's ``name``) taken relative to ``folder``; names, modules (``pkg.module:fn``) and absolute
+    paths unchanged. A path is told from a module as the reward registry tells them: it ends in
+    ``.py`` or holds a slash."""
+    if isinstance(entry, dict) and "name" in entry:
+        return {**entry, "name": spec_relative_to(entry["name"], folder)}
+    if not isinstance(entry, str) or ":" not in entry.strip(":"):
+        return entry
+    target, attr = entry.rsplit(":", 1)
+    target = target.strip()
+    if not (target.endswith(".py") or "/" in target or "\\" in target) or Path(target).expanduser().is_absolute():
+        return entry
+    return f"{(folder / target).resolve()}:{attr}"
 
 
 # --------------------------------------------------------------------------- loading
@@ -270,32 +333,76 @@ def local_candidates(suite: Suite) -> list[Path]:
     return [p] if p.is_absolute() else [benchmarks_dir() / p, Path.cwd() / p]
 
 
+def missing_data(suite: Suite, hub_error: BaseException | None = None) -> FileNotFoundError:
+    """The one-line error for a suite whose data is not here: the file expected (the first of
+    :func:`local_candidates`), why the hub did not supply it, and how to supply it: a folder in
+    ``RLREASON_BENCHMARKS`` (a built-in suite's relative ``local_path``) or written once from the hub
+    with ``python -m rlreason.eval.fetch`` (a suite with an ``hf_id``)."""
+    tried = local_candidates(suite)
+    expected = tried[0] if tried else None
+    what = f"its data file {expected} is missing" if expected else "it has no local_path"
+    if hub_error is not None:
+        lines = str(hub_error).strip().splitlines()
+        why = f"; loading hub dataset {suite.hf_id!r} failed ({type(hub_error).__name__}: {lines[0] if lines else ''})"
+    elif suite.hf_id:
+        why = " (--no-hub: the hub was not tried)"
+    else:
+        why = " and it has no hf_id to fetch it from"
+    ways = []
+    if expected is not None and not Path(suite.local_path).expanduser().is_absolute():  # type: ignore[arg-type]
+        ways.append(f"set RLREASON_BENCHMARKS to a folder holding {Path(suite.local_path).name}")  # type: ignore[arg-type]
+    elif expected is not None:
+        ways.append(f"put the file at {expected}")
+    if suite.hf_id:
+        to = f" --to {expected.parent}" if expected is not None and expected.parent != benchmarks_dir() else ""
+        ways.append(f"write it once from the hub with: python -m rlreason.eval.fetch {suite.name}{to}")
+    return FileNotFoundError(f"suite {suite.name!r}: {what}{why}; to supply it, " + ", or ".join(ways))
+
+
+def local_file(suite: Suite) -> Path | None:
+    """The first of the suite's :func:`local_candidates` that exists, or None."""
+    return next((p for p in local_candidates(suite) if p.is_file()), None)
+
+
+def check_data(suite: Suite, allow_hub: bool = True) -> None:
+    """Fail now, before any model loads, when ``suite``'s data cannot be had: generated suites need
+    nothing, a local file must exist, else (``allow_hub``) its hub dataset is loaded once (cached by
+    ``datasets``, so the run's own load reads the cache; ``HF_HUB_OFFLINE=1`` fails at once).
+    Raises :func:`missing_data`'s FileNotFoundError."""
+    if suite.generator is not None or local_file(suite) is not None:
+        return
+    import logging
+
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # no line per retried request: the error says it once
+    try:
+        load_rows(suite, limit=1, allow_hub=allow_hub)
+    finally:
+        hub_log.setLevel(level)
+
+
 def load_rows(suite: Suite, limit: int | None = None, allow_hub: bool = True) -> list[dict]:
     """The suite's raw rows (the first ``limit``): generated, from the local file, or from the hub.
 
-    Raises FileNotFoundError naming the suite and every path tried when no local file exists
-    and ``allow_hub`` is False or the hub load fails (e.g. offline).
+    Raises :func:`missing_data`'s FileNotFoundError (the file expected and how to supply it) when
+    no local file exists and ``allow_hub`` is False, the suite has no hub id or the hub load fails
+    (e.g. offline).
     """
     if suite.generator is not None:
         return list(suite.generator(limit))[:limit]
-    tried = local_candidates(suite)
-    for path in tried:
-        if path.is_file():
-            return _read_local(path, limit)
-    where = ", ".join(str(p) for p in tried) or "(no local_path)"
+    path = local_file(suite)
+    if path is not None:
+        return _read_local(path, limit)
     if not allow_hub or not suite.hf_id:
-        raise FileNotFoundError(f"suite {suite.name!r}: no local file (tried {where}) and no hub fallback allowed")
+        raise missing_data(suite)
     try:
         import datasets
 
         split = suite.hf_split if limit is None else f"{suite.hf_split}[:{limit}]"
         return list(datasets.load_dataset(suite.hf_id, suite.hf_config, split=split))
     except Exception as e:  # offline, not found, gated: all mean "cannot load"
-        raise FileNotFoundError(
-            f"suite {suite.name!r}: no local file (tried {where}; set RLREASON_BENCHMARKS to the folder holding it) "
-            f"and loading hub dataset {suite.hf_id!r} (config={suite.hf_config!r}, split={suite.hf_split!r}) "
-            f"failed: {type(e).__name__}: {e}"
-        ) from e
+        raise missing_data(suite, e) from e
 
 
 def _read_local(path: Path, limit: int | None) -> list[dict]:

@@ -18,6 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rlreason.eval.report import read_results, read_samples
+
 ROOT = Path(__file__).resolve().parents[1]
 
 TASK = textwrap.dedent('''
@@ -177,11 +179,11 @@ def test_a_countdown_task_written_outside_the_package_trains_with_heldout_eval_a
         p["target"] for p in problems[:8])
     # each completion got the score the task's own function gives it, and pass@1 is their mean
     task = runpy.run_path(str(task_dir / "countdown_task.py"))
-    records = [json.loads(x) for x in (results / "problems.jsonl").read_text().splitlines()]
+    records = read_samples(results)
     assert len(records) == 8 and all(r["prompt"].startswith("Using ") for r in records)  # as trained: no chat template
     scores = [task["score"](r["completions"][0], r["columns"]["nums"], r["columns"]["target"]) for r in records]
     assert [r["rewards"]["countdown_reward"][0] for r in records] == scores
-    suite = json.loads((results / "results.json").read_text())["suites"]["heldout"]
+    suite = read_results(results)["rlreason"]["suites"]["heldout"]
     assert suite["pass@1"] == sum(scores) / 8 and suite["score_failures"] == 0
 
 

@@ -28,7 +28,7 @@ from rlreason.eval.core import (
     self_consistency,
     suite_scorer,
 )
-from rlreason.eval.report import compare_table, markdown_table
+from rlreason.eval.report import compare_table, markdown_table, read_results, read_samples
 from rlreason.eval.suites import SUITES, Suite, get_suite, load_problems, load_suite_file, register_suite
 from rlreason.rewards import accuracy_reward, format_reward
 from rlreason.rollout.base import Sample, SamplingConfig
@@ -318,10 +318,11 @@ def test_cli_reproduces_trainer_heldout_eval(tiny_path, tmp_path, capsys):
 
     out = tmp_path / "arith"
     main(["--model", str(tiny_path), "--suites", "arith", "--limit", "200", "--max-tokens", "64", "--out", str(out)])
-    results = json.loads((out / "results.json").read_text())
-    problems = [json.loads(line) for line in (out / "problems.jsonl").read_text().splitlines()]
+    doc = read_results(out)
+    results = doc["rlreason"]
+    problems = read_samples(out)
     assert len(problems) == 200 and {"prompt", "completions", "answers", "correct", "gold"} <= set(problems[0])
-    assert results["config"]["protocol"]["temperature"] == 0.0 and results["versions"]["torch"]
+    assert results["config"]["protocol"]["temperature"] == 0.0 and doc["config_general"]["package_versions"]["torch"]
     assert "| arith |" in capsys.readouterr().out
 
     # The trainer's held-out eval, as rlreason.build builds it.
@@ -345,13 +346,13 @@ def test_cli_runs_a_real_suite(tiny_path, tmp_path):
     out = tmp_path / "m500"
     main(["--model", str(tiny_path), "--suites", "math500", "--limit", "5", "--n", "2", "--max-tokens", "16",
           "--no-hub", "--out", str(out)])
-    m = json.loads((out / "results.json").read_text())["suites"]["math500"]
+    m = read_results(out)["rlreason"]["suites"]["math500"]
     assert m["problems"] == 5 and m["n_samples"] == 2
     assert {"pass@1", "pass@2", "maj@2", "pass@1_ci95", "mean_length", "truncation_rate", "by_subject"} <= set(m)
-    assert len((out / "problems.jsonl").read_text().splitlines()) == 5
+    assert len(read_samples(out, "math500")) == 5
 
 
-def test_cli_writes_its_markdown_table_next_to_results_json(tiny_path, tmp_path, capsys):
+def test_cli_writes_its_markdown_table_next_to_its_results(tiny_path, tmp_path, capsys):
     from rlreason.eval.cli import main
 
     out = tmp_path / "arith"
@@ -359,8 +360,8 @@ def test_cli_writes_its_markdown_table_next_to_results_json(tiny_path, tmp_path,
           "--reward_num_workers", "1", "--reward-timeout-s", "5"])
     printed = capsys.readouterr().out
     table = (out / "results.md").read_text()
-    assert "| arith |" in table and table.strip() in printed
-    scoring = json.loads((out / "results.json").read_text())["config"]["scoring"]
+    assert "| arith |" in table and printed.strip() in table  # the printed table, in the run's section
+    scoring = read_results(out)["rlreason"]["config"]["scoring"]
     assert (scoring["num_workers"], scoring["timeout_s"], scoring["memory_mb"], scoring["in_process"]) == \
         (1, 5.0, 1024, False)
 
@@ -391,10 +392,10 @@ def test_a_stop_signal_mid_eval_writes_the_finished_suites(tiny_path, tmp_path):
     proc.send_signal(signal.SIGTERM)
     printed, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, err.read_text()[-3000:]
-    results = json.loads((out / "results.json").read_text())
+    results = read_results(out)["rlreason"]
     assert list(results["suites"]) == ["first"] and results["suites"]["first"]["problems"] == 8
     assert results["config"]["interrupted"] == {"signal": "SIGTERM", "suites_not_done": ["second"]}
-    assert len((out / "problems.jsonl").read_text().splitlines()) == 8
+    assert len(read_samples(out)) == 8
     assert "stopped by SIGTERM: not evaluated: second" in (out / "results.md").read_text()
     assert "| first |" in printed and "evaluation stopped; 1 of 2 suites done" in err.read_text()
 

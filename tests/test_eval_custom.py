@@ -16,6 +16,7 @@ import pytest
 from rlreason.data import prepare
 from rlreason.eval import cli
 from rlreason.eval.core import HELDOUT_METRICS, heldout_scorer
+from rlreason.eval.report import read_results, read_samples
 from rlreason.loop.trainer import GRPOTrainer
 from rlreason.rewards.runner import RewardRunner
 from rlreason.rollout.base import Sample, SamplingConfig
@@ -187,7 +188,7 @@ def test_cli_scores_a_task_of_the_users_with_its_reward(tmp_path, monkeypatch, c
     out = tmp_path / "out"
     cli.main(["--model", "ckpt", "--data", str(data), "--reward", f"{reward_file}:countdown", "--n", "2",
               "--out", str(out)])
-    results = json.loads((out / "results.json").read_text())
+    results = read_results(out)["rlreason"]
     m = results["suites"]["countdown"]
     assert list(results["suites"]) == ["countdown"]  # no suite besides the task (math500 is the default without)
     assert (m["problems"], m["n_samples"]) == (3, 2)
@@ -197,7 +198,7 @@ def test_cli_scores_a_task_of_the_users_with_its_reward(tmp_path, monkeypatch, c
     config = results["config"]["suites"]["countdown"]
     assert config["data"] == str(data) and config["rewards"] == [f"{reward_file}:countdown"]
     assert config["scoring"]["functions"] == ["countdown"] and not config["scoring"]["in_process"]
-    problems = [json.loads(line) for line in (out / "problems.jsonl").read_text().splitlines()]
+    problems = read_samples(out)
     assert [p["rewards"]["countdown"] for p in problems] == [[1.0, 0.0], [0.1, 0.1], [0.0, 0.0]]
     assert [p["correct"] for p in problems] == [[True, False], [False, False], [False, False]]
     assert problems[0]["columns"] == {"target": 24, "nums": [1, 2, 3, 4]}
@@ -278,4 +279,4 @@ def test_cli_scores_the_tiny_model_on_a_countdown_file(tiny_path, tmp_path):
                     "--max-tokens", "16", "--out", str(out)])
     m = res["suites"]["countdown"]
     assert m["problems"] == 3 and m["score_failures"] == 0 and m["mean_reward"] is not None
-    assert json.loads((out / "results.json").read_text())["suites"]["countdown"]["problems"] == 3
+    assert read_results(out)["rlreason"]["suites"]["countdown"]["problems"] == 3

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from rlreason.eval.report import read_results, read_samples
 from rlreason.rollout.base import Sample
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,10 +86,10 @@ def test_the_cli_scores_a_suite_on_each_exchanges_final_answer(tools_model, tmp_
                "--tools", "rlreason.data.tasks.mul:multiply", "--max-tool-calling-iterations", "2",
                "--reward-num-workers", "1", "--out", "out", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
-    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    results = read_results(tmp_path / "out")["rlreason"]
     metrics = results["suites"]["mul"]
     assert {"pass@1", "pass@4", "maj@4"} <= set(metrics)
-    records = [json.loads(x) for x in (tmp_path / "out" / "problems.jsonl").read_text().splitlines()]
+    records = read_samples(tmp_path / "out")
     assert len(records) == 6
     calls = 0
     for rec, problem in zip(records, problems, strict=True):

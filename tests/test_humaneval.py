@@ -23,6 +23,7 @@ from rlreason.eval.code import (
     truncate_completion,
 )
 from rlreason.eval.metrics import code_metrics, pass_at_k
+from rlreason.eval.report import read_results, read_samples
 from rlreason.eval.suites import get_suite, humaneval_rows, load_problems
 
 
@@ -169,19 +170,19 @@ def test_a_hanging_program_fails_on_its_own_timeout(rows, bwrap):
 
 def test_cli_humaneval_end_to_end(tiny_path, tmp_path, bwrap):
     """``python -m rlreason.eval --suites humaneval`` on the tiny model: completion style (no chat
-    template) with n=2, results.json with pass@1/pass@2 and the sandbox's settings, problems.jsonl
+    template) with n=2, results with pass@1/pass@2 and the sandbox's settings, per-problem records
     with each completion's program, status and stderr tail."""
     from rlreason.eval.cli import main
 
     out = tmp_path / "he"
     main(["--model", str(tiny_path), "--suites", "humaneval", "--limit", "3", "--n", "2", "--max-tokens", "24",
           "--chat-template", "off", "--code-timeout-s", "5", "--out", str(out)])
-    results = json.loads((out / "results.json").read_text())
+    results = read_results(out)["rlreason"]
     m = results["suites"]["humaneval"]
     assert m["problems"] == 3 and m["n_samples"] == 2 and m["style"] == "completion"
     assert 0.0 <= m["pass@1"] <= m["pass@2"] <= 1.0 and sum(m["statuses"].values()) == 6
     assert results["config"]["code_scoring"]["timeout_s"] == 5.0
-    records = [json.loads(line) for line in (out / "problems.jsonl").read_text().splitlines()]
+    records = read_samples(out)
     assert [r["id"] for r in records] == ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
     for r in records:
         assert len(r["programs"]) == len(r["statuses"]) == len(r["stderr"]) == 2
@@ -199,8 +200,8 @@ def test_cli_humaneval_chat_style(tiny_path, tmp_path, bwrap):
     out = tmp_path / "chat"
     main(["--model", str(tiny_path), "--suites", "humaneval", "--limit", "2", "--max-tokens", "16",
           "--out", str(out)])
-    m = json.loads((out / "results.json").read_text())["suites"]["humaneval"]
-    records = [json.loads(line) for line in (out / "problems.jsonl").read_text().splitlines()]
+    m = read_results(out)["rlreason"]["suites"]["humaneval"]
+    records = read_samples(out)
     assert m["style"] == "chat" and m["template"]["name"] == "code_chat"
     assert "self-contained Python script" in records[0]["prompt"]
     assert math.isclose(m["format_rate"], sum(sum(r["formatted"]) for r in records) / 2)
@@ -251,7 +252,7 @@ def test_a_code_suite_of_ones_own_from_yaml(tiny_path, tmp_path, bwrap):
     try:
         main(["--model", str(tiny_path), "--suite-file", str(tmp_path / "suites.yaml"), "--suites", "mine",
               "--max-tokens", "8", "--chat-template", "off", "--out", str(tmp_path / "out")])
-        [record] = [json.loads(line) for line in (tmp_path / "out" / "problems.jsonl").read_text().splitlines()]
+        [record] = read_samples(tmp_path / "out")
         assert record["programs"][0].startswith(rows[0]["prompt"]) and len(record["statuses"]) == 1
         with pytest.raises(ValueError, match="code suite 'bad': column 'test' missing"):  # checked before generating
             run_code_suite(None, None, SUITES["bad"], EvalProtocol(chat_template="off"))

@@ -30,7 +30,7 @@ from _configs import DEMO, demo_config
 from _logprobs import trainer_logprobs  # noqa: E402
 from _vllm_server import free_port, running_server  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from rlreason.build import assemble  # noqa: E402
 from rlreason.data import arith_dataset, prepare  # noqa: E402
@@ -179,6 +179,21 @@ def test_min_p_repetition_penalty_and_generation_kwargs_reach_vllm(engine, fresh
     extra = engine.generate(prompts, 1, SamplingConfig(max_tokens=60, temperature=0.7, min_p=1.0,
                                                        extra=(("repetition_penalty", 1.5),)))
     assert [e[0].token_ids for e in extra] == [h[0].token_ids for h in hf]
+
+
+def test_open_r1_protocol_gives_vllm_open_r1s_sampling_params(engine, tiny_path):
+    """Issue 34: ``--protocol open-r1`` as vLLM receives it: open-r1's README's lighteval run,
+    generation_parameters={max_new_tokens:32768,temperature:0.6,top_p:0.95}, top-k off (0 in vLLM 0.32);
+    the eval CLI then caps max_tokens at the engine's max_model_len minus the prompt (tests/test_eval_protocols.py)."""
+    from rlreason.eval.core import EvalProtocol
+    from rlreason.eval.protocols import protocol_fields, resolve_protocol
+
+    if not isinstance(engine, VLLMEngine):
+        pytest.skip("the server engine builds its request from the same SamplingConfig fields (_request)")
+    sampling = EvalProtocol(**protocol_fields(resolve_protocol("open-r1"))).sampling()
+    params = engine.sampling_params(4, sampling, 0)
+    assert (params.n, params.temperature, params.top_p, params.top_k, params.max_tokens) == (4, 0.6, 0.95, 0, 32768)
+    assert engine.max_model_len == AutoConfig.from_pretrained(tiny_path).max_position_embeddings == 192
 
 
 def test_length_finish_reason_and_extra_stop_tokens(engine, fresh_model, tok, prompts):

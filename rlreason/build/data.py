@@ -32,6 +32,7 @@ from rlreason.eval.suites import arith_suite
 from rlreason.rewards import build_rewards, parse_gold, reward_name
 from rlreason.rewards.math import AccuracyReward
 from rlreason.rewards.model import RewardModel, dry_run, is_model_spec
+from rlreason.rewards.registry import RewardSignatureError, check_signature
 from rlreason.rewards.runner import RESERVED_ARGUMENTS, reward_inputs
 
 # ``dataset_name`` of a run whose dataset a Python caller gave (rlreason.api.GRPOTrainer's train_dataset)
@@ -51,7 +52,8 @@ def load_data(cfg: GRPOConfig, tokenizer: Any, dataset: datasets.Dataset | None 
 
     ``dataset`` / ``eval_dataset`` / ``rewards``: a Python caller's (TRL's ``train_dataset`` /
     ``eval_dataset`` / ``reward_funcs``), in place of the config's; the eval rows are the held-out
-    problems."""
+    problems. The config's ``eval_dataset`` (``load_eval_dataset``) is the same: its rows, rendered as
+    the training rows are, are the held-out problems."""
     embedded = dataset is None and cfg.dataset_name in EMBEDDED_TASKS
     common = dict(prompt_column=cfg.prompt_column, tokenizer=tokenizer, template=cfg.prompt_template,
                   use_chat_template=embedded_chat(cfg.use_chat_template, embedded),
@@ -59,7 +61,12 @@ def load_data(cfg: GRPOConfig, tokenizer: Any, dataset: datasets.Dataset | None 
                   chat_template_kwargs=cfg.chat_template_kwargs)
     if dataset is None and cfg.dataset_name == GIVEN_DATASET:
         raise ValueError(f"config key 'dataset_name': {GIVEN_DATASET} stands for a train_dataset given from Python")
+    if cfg.eval_dataset and eval_dataset is not None:
+        raise ValueError("config key 'eval_dataset': an eval_dataset is given from Python too (GRPOTrainer("
+                         "eval_dataset=...)); the held-out problems come from one of them")
     if not embedded:  # the caller's dataset is read as a loaded file is
+        if cfg.eval_dataset:  # before the training rows are checked: a wrong path fails first, and cheaply
+            eval_dataset = load_eval_dataset(cfg)
         raw = dataset if dataset is not None else load_dataset_any(cfg.dataset_name, cfg.dataset_split,
                                                                     name=cfg.dataset_config)
         rows = kept_rows(raw, cfg.dataset_filter)  # the file's row of each row kept
@@ -81,7 +88,7 @@ def load_data(cfg: GRPOConfig, tokenizer: Any, dataset: datasets.Dataset | None 
             if eval_dataset is None:
                 return train, []
             return train, list(prepare(rename_columns(eval_dataset, cfg.column_map), answer_column=None,
-                                       source="eval_dataset", **common))
+                                       source=eval_source(cfg), **common))
         train = prepare(data.select(train_idx), answer_column=None, source=source,
                         rows=[rows[i] for i in train_idx], **common)
         heldout = prepare(data.select(held_idx), answer_column=None, source=source,
@@ -102,6 +109,38 @@ def load_data(cfg: GRPOConfig, tokenizer: Any, dataset: datasets.Dataset | None 
         raise ValueError(f"config key 'arith_difficulty': {e}") from e
     train = prepare(arith_dataset(cfg.arith_train_size, cfg.seed, "train", difficulty), **common)
     return train, list(prepare(datasets.Dataset.from_list(arith_suite(n_eval, difficulty)), **common))
+
+
+def load_eval_dataset(cfg: GRPOConfig) -> datasets.Dataset:
+    """The config's ``eval_dataset``, loaded as ``dataset_name`` is (``load_dataset_any``, with
+    ``eval_dataset_split`` / ``eval_dataset_config``); an error names the key."""
+    try:
+        return load_dataset_any(cfg.eval_dataset, cfg.eval_dataset_split, name=cfg.eval_dataset_config)
+    except (ValueError, OSError) as e:
+        raise type(e)(f"config key 'eval_dataset': {e}") from None
+
+
+def eval_source(cfg: GRPOConfig) -> str:
+    """How errors name the held-out set given apart from the training data."""
+    return f"eval_dataset {cfg.eval_dataset!r}" if cfg.eval_dataset else "eval_dataset"
+
+
+def check_heldout_columns(cfg: GRPOConfig, eval_rows: list[dict], scorers: list[Callable]) -> None:
+    """The held-out set given apart from the training data (``eval_dataset``) has the columns its
+    scorers (``heldout_rewards``: ``eval_reward_funcs``, or the training reward) ask for, none named like
+    an argument every reward receives: checked at start-up, as the training rewards are against the
+    training data, instead of failing at the first evaluation."""
+    if not eval_rows:
+        return
+    columns = set(eval_rows[0]) - {cfg.prompt_column, *INTERNAL_COLUMNS}
+    source = eval_source(cfg)
+    check_column_names(columns, source)
+    for fn in scorers:
+        try:
+            check_signature(fn, columns | {"completion_ids"})
+        except RewardSignatureError as e:
+            key = "eval_reward_funcs" if cfg.eval_reward_funcs else "reward_funcs"
+            raise ValueError(f"config key '{key}' scores {source}: {e}") from None
 
 
 def dataset_source(cfg: GRPOConfig) -> str:

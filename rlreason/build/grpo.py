@@ -19,7 +19,7 @@ from typing import Any
 import datasets
 import torch
 
-from rlreason.build.data import dataset_rewards, dataset_source, load_data
+from rlreason.build.data import check_heldout_columns, dataset_rewards, dataset_source, load_data
 from rlreason.build.engine import separate_engine
 from rlreason.build.models import load_policy, load_teacher
 from rlreason.build.run_dir import start
@@ -65,6 +65,8 @@ def build(cfg: GRPOConfig, given: Given | None = None) -> Parts:
     reward_funcs, reward_weights = dataset_rewards(cfg, train, g.reward_funcs, g.reward_processing_classes) \
         if entries else ([], [])
     eval_accuracy, eval_format = heldout_rewards(cfg, reward_funcs)  # the built-in accuracy, or your task's reward
+    if cfg.eval_dataset or g.eval_dataset is not None:  # held-out rows of their own: their columns checked too
+        check_heldout_columns(cfg, eval_rows, [fn for fn in (eval_accuracy, eval_format) if fn is not None])
     # its manager process forks before vLLM starts threads; its probe builds one of each environment, in a worker
     executor = tool_executor(cfg, tools)
     # With async_rollouts the held-out eval runs while the next training batch is generated on the rollout

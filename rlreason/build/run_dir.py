@@ -16,7 +16,7 @@ from accelerate import Accelerator
 from rlreason.config import ConfigError, GRPOConfig
 from rlreason.data.tasks import EMBEDDED_TASKS
 from rlreason.eval.core import HELDOUT_METRICS, suite_metric_names
-from rlreason.eval.suites import SUITES
+from rlreason.eval.suites import SUITES, check_data
 from rlreason.loop.parts import RunDir
 from rlreason.rewards import build_rewards
 from rlreason.rewards.model import is_model_spec, is_reward_model
@@ -69,6 +69,16 @@ def check_eval_settings(cfg: GRPOConfig) -> None:
     unknown = [name for name in cfg.eval_suites if name not in SUITES]
     if unknown:
         raise ConfigError(f"config key 'eval_suites': unknown suite {unknown[0]!r}; the suites are {', '.join(SUITES)}")
+    rewarded = [name for name in cfg.eval_suites if SUITES[name].scoring == "reward"]
+    if rewarded:  # its rewards need a runner of their own; the held-out eval is that runner for a run
+        raise ConfigError(f"config key 'eval_suites': suite {rewarded[0]!r} is scored by reward functions (scoring: "
+                          f"reward), which the periodic suite evaluation does not run: evaluate its file during "
+                          f"training with eval_dataset and eval_reward_funcs, or after it with python -m rlreason.eval")
+    for name in cfg.eval_suites:  # the data is here or on the hub, else the eval CLI's line: the file expected, how
+        try:
+            check_data(SUITES[name])
+        except FileNotFoundError as e:
+            raise ConfigError(f"config key 'eval_suites': {e}") from None
     coded = [name for name in cfg.eval_suites if SUITES[name].scoring == "code"]
     if coded:  # a code suite runs its programs in the sandbox: without it the run would fail at its first eval
         from rlreason.rewards.sandbox import SandboxUnavailable, check_available
@@ -81,16 +91,17 @@ def check_eval_settings(cfg: GRPOConfig) -> None:
     metric = cfg.metric_for_best_model
     if not metric:
         return
-    heldout = cfg.dataset_name in EMBEDDED_TASKS or cfg.eval_holdout_size > 0
+    heldout = cfg.dataset_name in EMBEDDED_TASKS or cfg.eval_holdout_size > 0 or bool(cfg.eval_dataset)
     known = [*(HELDOUT_METRICS if heldout else ()), *suite_metric_names(cfg.eval_suites)]
     if metric in known:
         return
     if not known:
         why = ("this run evaluates nothing to pick a best checkpoint by (no held-out problems: set eval_holdout_size "
-               "for a dataset of your own; and eval_suites is empty): add either, or unset it")
+               "or eval_dataset for a dataset of your own; and eval_suites is empty): add either, or unset it")
     elif metric in HELDOUT_METRICS:
         why = (f"{metric!r} is a held-out metric, and this run has no held-out problems (set eval_holdout_size to "
-               f"hold rows of your dataset out): or name one of the suites' metrics ({', '.join(known[:3])}, ...)")
+               f"hold rows of your dataset out, or eval_dataset): or name one of the suites' metrics "
+               f"({', '.join(known[:3])}, ...)")
     else:
         close = difflib.get_close_matches(metric, known, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""

@@ -373,6 +373,12 @@ class GRPOConfig:
     # prompt, so the same rows whatever their order) for the held-out eval; 0 = none. The embedded
     # task brings its own held-out problems.
     eval_holdout_size: int = 0
+    # Or a held-out set of its own (TRL's eval_dataset): a data file, save_to_disk folder or hub dataset,
+    # loaded as dataset_name is (eval_dataset_split / eval_dataset_config as dataset_split / dataset_config;
+    # the same prompt_column, column_map, template and chat template); its rows are the held-out problems.
+    eval_dataset: str | None = None
+    eval_dataset_split: str = "train"
+    eval_dataset_config: str | None = None
     # What scores the held-out eval (reward_funcs' forms); empty: the built-in accuracy (and format)
     # when the training rewards use it or the task is the embedded one, else the first training reward.
     # A completion is correct when the first of them gives it >= 1.
@@ -618,6 +624,15 @@ class GRPOConfig:
              f"the embedded task (dataset_name: {self.dataset_name}) has its own held-out problems (final_eval_size, "
              "eval_size); "
              "eval_holdout_size holds rows of your own dataset out of training")
+        need(not (self.eval_dataset and self.eval_holdout_size), "eval_dataset",
+             f"its rows are the held-out problems, and eval_holdout_size: {self.eval_holdout_size} holds rows of the "
+             "training set out as them too: keep one (eval_holdout_size: 0, or no eval_dataset)")
+        need(not (self.eval_dataset and self.dataset_name in EMBEDDED_TASKS), "eval_dataset",
+             f"the embedded task (dataset_name: {self.dataset_name}) has its own held-out problems (final_eval_size, "
+             "eval_size); eval_dataset is the held-out set of a dataset of your own")
+        need(bool(self.eval_dataset) or (self.eval_dataset_split == "train" and self.eval_dataset_config is None),
+             "eval_dataset_split" if self.eval_dataset_split != "train" else "eval_dataset_config",
+             "says how to load eval_dataset, which is not set")
         bad = [k for k in self.allow_config_changes if k not in OPTIMIZER_KEYS]
         need(not bad, "allow_config_changes",
              f"only optimizer settings may change on resume ({', '.join(OPTIMIZER_KEYS)}); got {bad}")

@@ -61,7 +61,8 @@ IGNORED: dict[str, str] = {
                      "torch_compile", "use_cache", "ds3_gather_for_generation", "activation_checkpointing_kwargs",
                      "torch_compile_backend", "torch_compile_mode", "liger_kernel_config", "pad_to_multiple_of"),
                     "rlreason loads the model's default revision and attention and computes log-probs itself"),
-    "dataset_test_split": "held-out rows are eval_holdout_size rows of the training split (or the embedded task's own)",
+    "dataset_test_split": "held-out rows are eval_holdout_size rows of the training split, eval_dataset's (its split: "
+                          "eval_dataset_split) or the embedded task's own",
     "ignore_bias_buffers": "rlreason draws its own prompt stream; processes and devices come from accelerate launch",
     "use_bnb_nested_quant": "QLoRA's base is NF4 with its constants quantised too (bitsandbytes' double quant), always",
     **dict.fromkeys(("label_smoothing_factor", "average_tokens_across_devices"),

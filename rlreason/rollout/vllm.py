@@ -178,6 +178,13 @@ class VLLMEngine:
 
     # ------------------------------------------------------------------ generation
 
+    @property
+    def max_model_len(self) -> int:
+        """Tokens one sequence may hold, prompt and completion: vLLM's ``max_model_len`` (the model's
+        positions unless the constructor's ``max_model_len`` set it lower). The eval CLI caps a
+        suite's budget with it (``rlreason.eval.cli.context_length``)."""
+        return int(self.llm.model_config.max_model_len)
+
     def sampling_params(self, n: int, sampling: SamplingConfig, seed: int | None):
         from vllm import SamplingParams
 
