@@ -247,9 +247,9 @@ def read_results(path: str | Path) -> dict[str, Any]:
 
 
 def read_samples(out_dir: str | Path, suite: str | None = None) -> list[dict[str, Any]]:
-    """The newest run's per-problem records (the internal record dicts) under ``out_dir``, from its
-    samples JSONL files, in the order the suites ran; only ``suite``'s when given. An old-style
-    folder (``results.json``, ``problems.jsonl``) is read too."""
+    """The newest run's per-problem records (the internal record dicts) under ``out_dir`` (or the run
+    of a results file given instead), from its samples JSONL files, in the order the suites ran; only
+    ``suite``'s when given. An old-style folder (``results.json``, ``problems.jsonl``) is read too."""
     results_file = newest_results_file(out_dir)
     doc = json.loads(results_file.read_text())
     if "rlreason" not in doc:  # an old-style run: results.json with problems.jsonl beside it
@@ -257,7 +257,8 @@ def read_samples(out_dir: str | Path, suite: str | None = None) -> list[dict[str
         return [r for r in map(json.loads, lines) if suite is None or r["suite"] == suite]
     date_id = results_file.stem.removeprefix("results_")
     model = doc["config_general"]["model_name"]
-    root = Path(out_dir) if Path(out_dir).is_dir() else results_file.parents[model.count("/") + 1]
+    # the --out folder: given, or above results/<model>/ (one folder per part of the model's name)
+    root = Path(out_dir) if Path(out_dir).is_dir() else results_file.parents[model.count("/") + 2]
     folder = root / "details" / model / date_id
     records = []
     for name in doc["rlreason"]["suites"]:

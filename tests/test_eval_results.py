@@ -189,6 +189,7 @@ def test_read_samples_gives_the_runs_records(run):
     assert read_samples(out, "arith") == expected["arith"]
     assert read_samples(out) == expected["weights"] + expected["arith"]  # in the order the suites ran
     assert all(set(r["maj"]) == {"maj@1", "maj@2"} for r in read_samples(out, "arith"))
+    assert read_samples(_only_results_file(out)) == read_samples(out)  # a results file names its run too
 
 
 def test_results_md_keeps_both_tables(run):
