@@ -244,7 +244,7 @@ def load_task(args: argparse.Namespace) -> tuple[str, Any, list]:
 
     from rlreason.rewards.dataset_io import load_dataset_any
     from rlreason.rewards.registry import RewardSpecError, build_rewards
-    from rlreason.rewards.runner import RESERVED_ARGUMENTS
+    from rlreason.rewards.runner import refuse_reserved_columns
 
     datasets.disable_progress_bars()  # no "Generating train split" bars around the results (as a run's)
     try:
@@ -255,10 +255,7 @@ def load_task(args: argparse.Namespace) -> tuple[str, Any, list]:
         raise ValueError(f"--prompt_column {args.prompt_column!r}: no such column in --data {args.data!r}; its "
                          f"columns are {', '.join(data.column_names)}")
     columns = set(data.column_names) - {args.prompt_column}
-    taken = sorted(columns & set(RESERVED_ARGUMENTS))
-    if taken:
-        raise ValueError(f"--data {args.data!r}: column {taken[0]!r} has the name of an argument every reward "
-                         f"receives ({', '.join(RESERVED_ARGUMENTS)}); rename it")
+    refuse_reserved_columns(columns, f"--data {args.data!r}")
     funcs = []
     for spec in args.reward or ["accuracy"]:
         try:

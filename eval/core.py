@@ -775,7 +775,7 @@ def reward_suite_data(suite: Suite, limit: int | None = None, allow_hub: bool = 
     import datasets
 
     from rlreason.rewards.registry import RewardSpecError, build_rewards
-    from rlreason.rewards.runner import RESERVED_ARGUMENTS
+    from rlreason.rewards.runner import refuse_reserved_columns
 
     rows = load_rows(suite, limit, allow_hub)
     data = datasets.Dataset.from_list(rows)
@@ -783,10 +783,7 @@ def reward_suite_data(suite: Suite, limit: int | None = None, allow_hub: bool = 
         raise ValueError(f"suite {suite.name!r}: problem_column {suite.problem_column!r} is no column of its data; "
                          f"its columns are {', '.join(data.column_names)}")
     columns = set(data.column_names) - {suite.problem_column, *INTERNAL_COLUMNS}
-    taken = sorted(columns & set(RESERVED_ARGUMENTS))
-    if taken:
-        raise ValueError(f"suite {suite.name!r}: column {taken[0]!r} has the name of an argument every reward "
-                         f"receives ({', '.join(RESERVED_ARGUMENTS)}); rename it")
+    refuse_reserved_columns(columns, f"suite {suite.name!r}")
     try:
         funcs, _ = build_rewards(list(suite.reward_funcs), columns=columns | {"completion_ids"})
     except RewardSpecError as e:

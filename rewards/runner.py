@@ -67,6 +67,17 @@ RESERVED_ARGUMENTS = ("prompts", "completions", "completion_ids", "trainer_state
 _RESERVED = tuple(a for a in RESERVED_ARGUMENTS if a != "completion_ids")  # completion_ids travels with the columns
 
 
+def refuse_reserved_columns(columns: set[str] | frozenset[str], source: str, fix: str = "rename it") -> None:
+    """Refuse data columns named like the arguments every reward receives (:data:`RESERVED_ARGUMENTS`):
+    every reward call would fail (``completion_ids``: the column would be replaced by the token ids,
+    in silence). ValueError ``"<source>: column 'x' has the name of ...; <fix>"``, ``fix`` formatted
+    with ``column`` (the first such column)."""
+    taken = sorted(set(columns) & set(RESERVED_ARGUMENTS))
+    if taken:
+        raise ValueError(f"{source}: column {taken[0]!r} has the name of an argument every reward receives "
+                         f"({', '.join(RESERVED_ARGUMENTS)}); {fix.format(column=taken[0])}")
+
+
 @dataclass
 class RewardOutput:
     """Scores of N completions."""

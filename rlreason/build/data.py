@@ -33,7 +33,7 @@ from rlreason.rewards import build_rewards, parse_gold, reward_name
 from rlreason.rewards.math import AccuracyReward
 from rlreason.rewards.model import RewardModel, dry_run, is_model_spec
 from rlreason.rewards.registry import RewardSignatureError, check_signature
-from rlreason.rewards.runner import RESERVED_ARGUMENTS, reward_inputs
+from rlreason.rewards.runner import refuse_reserved_columns, reward_inputs
 
 # ``dataset_name`` of a run whose dataset a Python caller gave (rlreason.api.GRPOTrainer's train_dataset)
 GIVEN_DATASET = "<train_dataset>"
@@ -204,11 +204,8 @@ def check_column_names(columns: set[str], source: str) -> None:
     (``prompts``, ``completions``, ``completion_ids``, TRL's ``trainer_state``, ``log_extra``,
     ``log_metric``): every reward call of the run would fail at step 1 (``completion_ids``: the
     column would be replaced by the token ids, in silence)."""
-    taken = sorted(columns & set(RESERVED_ARGUMENTS))
-    if taken:
-        raise ValueError(f"{source or 'the dataset'}: column {taken[0]!r} has the name of an argument every reward "
-                         f"receives ({', '.join(RESERVED_ARGUMENTS)}); rename it with column_map, e.g. "
-                         f"column_map: {{{taken[0]}: {taken[0]}_column}}")
+    refuse_reserved_columns(columns, source or "the dataset",
+                            fix="rename it with column_map, e.g. column_map: {{{column}: {column}_column}}")
 
 
 def _takes(fn: Callable, name: str) -> bool:
