@@ -39,6 +39,7 @@ from typing import Any, Literal
 from rlreason.data import MUL_EVAL_SEED
 from rlreason.data.tasks import arith, mul
 from rlreason.rewards.math import extract_answer, gsm8k_gold
+from rlreason.rewards.registry import is_path_spec
 
 # Fixed so that every run, before and after training, is scored on the same problems.
 ARITH_EVAL_SEED = 12345
@@ -303,15 +304,15 @@ def load_suite_file(path: str | Path, overwrite: bool = True) -> list[Suite]:
 def spec_relative_to(entry: Any, folder: Path) -> Any:
     """A ``reward_funcs`` entry with a relative file spec (``"rewards.py:fn"``, ``"sub/r.py:fn"``, or a
     mapping's ``name``) taken relative to ``folder``; names, modules (``pkg.module:fn``) and absolute
-    paths unchanged. A path is told from a module as the reward registry tells them: it ends in
-    ``.py`` or holds a slash."""
+    paths unchanged. A path is told from a module as the reward registry tells them
+    (``rlreason.rewards.registry.is_path_spec``)."""
     if isinstance(entry, dict) and "name" in entry:
         return {**entry, "name": spec_relative_to(entry["name"], folder)}
     if not isinstance(entry, str) or ":" not in entry.strip(":"):
         return entry
     target, attr = entry.rsplit(":", 1)
     target = target.strip()
-    if not (target.endswith(".py") or "/" in target or "\\" in target) or Path(target).expanduser().is_absolute():
+    if not is_path_spec(target) or Path(target).expanduser().is_absolute():
         return entry
     return f"{(folder / target).resolve()}:{attr}"
 

@@ -147,14 +147,14 @@ def _target(spec: str | Callable) -> Callable:
     if not isinstance(spec, str):
         raise RewardSpecError(f"reward spec must be a string or a callable, got {type(spec).__name__}: {spec!r}")
     if ":" not in spec:
-        if spec not in REWARDS and "." in spec.strip(".") and not _is_path(spec):
+        if spec not in REWARDS and "." in spec.strip(".") and not is_path_spec(spec):
             return _dotted(spec)
         return _builtin(spec)
     # rsplit, so a Windows drive letter ("C:\\r.py:fn") stays in the path.
     target, attr = (part.strip() for part in spec.rsplit(":", 1))
     if not target or not attr:
         raise RewardSpecError(f"reward spec {spec!r}: expected 'module:function' or 'file.py:function'")
-    module = _load_file(target, spec) if _is_path(target) else _import_module(target, spec)
+    module = _load_file(target, spec) if is_path_spec(target) else _import_module(target, spec)
     return _get_callable(module, attr, spec)
 
 
@@ -286,7 +286,8 @@ def _describe(signature: inspect.Signature) -> str:
     return f"({', '.join(params)})" if params else "no arguments"
 
 
-def _is_path(target: str) -> bool:
+def is_path_spec(target: str) -> bool:
+    """Whether a spec's target (before ``:fn``) names a file (``x.py``, ``dir/x``), not a module."""
     return target.endswith(".py") or "/" in target or "\\" in target
 
 
