@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import os
 import sys
 import time
@@ -46,7 +45,7 @@ from typing import Any
 import yaml
 
 from rlreason.eval.protocols import PROTOCOLS
-from rlreason.eval.suites import SUITES, TEMPLATES, check_data, get_suite, load_suite_file
+from rlreason.eval.suites import SUITES, TEMPLATES, check_data, get_suite, load_suite_file, quiet_hub_log
 from rlreason.run import stopping
 
 
@@ -402,17 +401,13 @@ def load_tokenizer(model_path: str) -> Any:
 
     from rlreason.data import check_tokenizer
 
-    hub_log = logging.getLogger("huggingface_hub")
-    level = hub_log.level
-    hub_log.setLevel(logging.ERROR)  # no line per failed request: the error below says it once
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        with quiet_hub_log():  # the error below says it once
+            tokenizer = AutoTokenizer.from_pretrained(model_path)
     except OSError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise OSError(f"--model {model_path!r}: no local folder of that name, and no hub model of that name could "
                       f"be loaded ({first})") from e
-    finally:
-        hub_log.setLevel(level)
     check_tokenizer(tokenizer, model_path, f"--model {model_path!r}")
     return tokenizer
 

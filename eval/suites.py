@@ -29,9 +29,12 @@ config's ``reward_funcs`` entries, called as training calls them, every column o
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -372,13 +375,19 @@ def check_data(suite: Suite, allow_hub: bool = True) -> None:
     Raises :func:`missing_data`'s FileNotFoundError."""
     if suite.generator is not None or local_file(suite) is not None:
         return
-    import logging
+    with quiet_hub_log():
+        load_rows(suite, limit=1, allow_hub=allow_hub)
 
+
+@contextlib.contextmanager
+def quiet_hub_log() -> Iterator[None]:
+    """huggingface_hub logs errors only inside: no line per failed or retried request, where the
+    caller's error says it once."""
     hub_log = logging.getLogger("huggingface_hub")
     level = hub_log.level
-    hub_log.setLevel(logging.ERROR)  # no line per retried request: the error says it once
+    hub_log.setLevel(logging.ERROR)
     try:
-        load_rows(suite, limit=1, allow_hub=allow_hub)
+        yield
     finally:
         hub_log.setLevel(level)
 
